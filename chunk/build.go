@@ -165,7 +165,7 @@ func (s *scanner) splice(ctx context.Context, old []Entry, suspects []Range) ([]
 	reused := 0
 	done := int64(0) // out covers [0, done), a boundary of both
 	oi := 0          // first old entry at or after done
-	window := 2*s.p.avgSize() + int64(s.p.MaxSize)
+	window := s.p.avgSize()
 	for _, r := range suspects {
 		b := min(alignUp(r.End()), s.size)
 		if b <= done {

@@ -82,14 +82,14 @@ func (s *scanner) nextKnown(pos int64) int64 {
 	return s.size
 }
 
-// fill makes the block containing pos readable in the view, reading no
-// further than limit and no known-zero range.
-func (s *scanner) fill(pos, limit int64) error {
+// fill makes the block containing pos readable in the view, reading up to
+// want bytes but no further than limit and no known-zero range.
+func (s *scanner) fill(pos, limit, want int64) error {
 	if pos >= s.vOff && pos < s.vOff+int64(len(s.vBuf)) {
 		return nil
 	}
 	start := alignDown(pos)
-	end := min(start+viewSize, alignUp(limit), s.size, s.nextKnown(start))
+	end := min(start+max(want, BlockSize), alignUp(limit), s.size, s.nextKnown(start))
 	if end <= start {
 		return fmt.Errorf("internal error: empty read at %d (limit %d)", pos, limit)
 	}
@@ -113,12 +113,13 @@ func (s *scanner) fill(pos, limit int64) error {
 }
 
 // zeroBlock reports whether the block starting at the aligned offset pos is
-// all zero, and where the zero range it belongs to is known to end.
-func (s *scanner) zeroBlock(pos, limit int64) (bool, int64, error) {
+// all zero, and where the zero range it belongs to is known to end. If it
+// must read, it reads up to want bytes.
+func (s *scanner) zeroBlock(pos, limit, want int64) (bool, int64, error) {
 	if end, ok := s.knownZero(pos); ok {
 		return true, end, nil
 	}
-	if err := s.fill(pos, limit); err != nil {
+	if err := s.fill(pos, limit, want); err != nil {
 		return false, 0, err
 	}
 	if s.vZero[(pos-s.vOff)/BlockSize] {
@@ -140,21 +141,24 @@ func (s *scanner) scan(ctx context.Context, from, limit int64, final bool, emit 
 			return pos, false, err
 		}
 		if pos%BlockSize == 0 {
-			zero, end, err := s.zeroBlock(pos, limit)
+			zero, end, err := s.zeroBlock(pos, limit, viewSize)
 			if err != nil {
 				return pos, false, err
 			}
 			if zero {
+				// Probe past the hole with small reads that grow while
+				// the blocks stay zero, so that finding where a hole
+				// ends does not read far into the data after it.
+				probe := int64(BlockSize)
 				for end < limit {
-					var more bool
-					var next int64
-					if more, next, err = s.zeroBlock(end, limit); err != nil {
+					more, next, err := s.zeroBlock(end, limit, probe)
+					if err != nil {
 						return pos, false, err
 					}
 					if !more {
 						break
 					}
-					end = next
+					end, probe = next, min(2*probe, viewSize)
 				}
 				if end >= limit && limit < s.size {
 					if !final {
@@ -205,7 +209,7 @@ func (s *scanner) page(pos, limit int64, final bool, emit func(Entry) bool) (int
 		}
 		end = limit
 	}
-	if err := s.fill(pos, limit); err != nil {
+	if err := s.fill(pos, limit, viewSize); err != nil {
 		return pos, more, err
 	}
 	b := s.vBuf[pos-s.vOff : end-s.vOff]
@@ -270,7 +274,7 @@ func (r *runReader) Read(p []byte) (int, error) {
 			break
 		}
 		if r.pos%BlockSize == 0 {
-			zero, _, err := r.s.zeroBlock(r.pos, r.limit)
+			zero, _, err := r.s.zeroBlock(r.pos, r.limit, viewSize)
 			if err != nil {
 				return n, err
 			}
@@ -278,7 +282,7 @@ func (r *runReader) Read(p []byte) (int, error) {
 				r.done = true
 				break
 			}
-		} else if err := r.s.fill(r.pos, r.limit); err != nil {
+		} else if err := r.s.fill(r.pos, r.limit, viewSize); err != nil {
 			return n, err
 		}
 		// Copy the run of non-zero blocks the view holds from r.pos.

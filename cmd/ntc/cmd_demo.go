@@ -1,0 +1,232 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/ntc-project/ntc/chunk"
+)
+
+type demoOptions struct {
+	dir  string
+	size string
+	keep bool
+}
+
+func newDemoCommand(g *globals) *cobra.Command {
+	var o demoOptions
+	cmd := &cobra.Command{
+		Use:   "demo",
+		Short: "Show ntc's delta indexing on a generated disk image",
+		Long: `Demo makes a disk image (random data, text, zero regions), indexes it, rewrites
+1% of it in scattered 64 KiB extents as a guest would, and re-indexes it twice:
+once reading everything, once reading only around the changed extents. It
+prints what each read and how many bytes a transfer would have to send.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return runDemo(cmd.Context(), g, o)
+		},
+	}
+	cmd.Flags().StringVar(&o.dir, "dir", "", "working directory (default: a temporary one, removed afterwards)")
+	cmd.Flags().StringVar(&o.size, "size", "512M", "image size")
+	cmd.Flags().BoolVar(&o.keep, "keep", false, "keep the working directory")
+	return cmd
+}
+
+type demoJSON struct {
+	ImageBytes      int64      `json:"image_bytes"`
+	ChangedBytes    int64      `json:"changed_bytes"`
+	FullMS          float64    `json:"full_index_ms"`
+	FullRead        int64      `json:"full_index_bytes_read"`
+	IncrementalMS   float64    `json:"incremental_index_ms"`
+	IncrementalRead int64      `json:"incremental_index_bytes_read"`
+	Identical       bool       `json:"identical"`
+	Diff            chunk.Diff `json:"diff"`
+}
+
+func runDemo(ctx context.Context, g *globals, o demoOptions) error {
+	size, err := chunk.ParseSize(o.size)
+	if err != nil || size < 4<<20 {
+		return usagef("--size %q: want at least 4M", o.size)
+	}
+	dir := o.dir
+	if dir == "" {
+		if dir, err = os.MkdirTemp("", "ntc-demo-"); err != nil {
+			return err
+		}
+		if !o.keep {
+			defer os.RemoveAll(dir)
+		}
+	}
+	say := func(format string, a ...any) {
+		if !g.json {
+			fmt.Fprintf(g.stdout, format+"\n", a...)
+		}
+	}
+	imgPath := filepath.Join(dir, "disk.img")
+	say("1. writing a %s disk image with data, text and empty regions: %s", humanBytes(size), imgPath)
+	r := rand.New(rand.NewPCG(uint64(size), 1))
+	if err := writeDemoImage(imgPath, size, r); err != nil {
+		return err
+	}
+	p := chunk.DefaultCDC()
+	full := func(label string) (*chunk.Index, chunk.ScanStats, time.Duration, error) {
+		img, err := chunk.OpenFile(imgPath)
+		if err != nil {
+			return nil, chunk.ScanStats{}, 0, err
+		}
+		defer img.Close()
+		bar := g.newProgress(label, size)
+		defer bar.Done()
+		t0 := time.Now()
+		x, st, err := chunk.Build(ctx, img, p, chunk.Options{Progress: bar.Add})
+		return x, st, time.Since(t0), err
+	}
+	v1, st, d, err := full("indexing")
+	if err != nil {
+		return err
+	}
+	s1 := v1.Stats()
+	say("2. full index: %d chunks, %s zero (never read from the sparse file, never sent); read %s in %s (%s)",
+		s1.Chunks, humanBytes(s1.ZeroBytes), humanBytes(st.BytesRead), d.Round(time.Millisecond), rate(st.BytesRead, d))
+
+	changed, err := rewriteExtents(imgPath, size, r)
+	if err != nil {
+		return err
+	}
+	var changedBytes int64
+	for _, c := range changed {
+		changedBytes += c.Len
+	}
+	say("3. the guest rewrote %d scattered 64 KiB extents (%s, 1%%)", len(changed), humanBytes(changedBytes))
+
+	v2full, stFull, dFull, err := full("re-indexing")
+	if err != nil {
+		return err
+	}
+	say("4. full re-index:        read %s in %s", humanBytes(stFull.BytesRead), dFull.Round(time.Millisecond))
+
+	img, err := chunk.OpenFile(imgPath)
+	if err != nil {
+		return err
+	}
+	defer img.Close()
+	t0 := time.Now()
+	v2, stInc, err := chunk.Reindex(ctx, v1, img, changed, chunk.Options{})
+	dInc := time.Since(t0)
+	if err != nil {
+		return err
+	}
+	identical := equalEntries(v2, v2full)
+	say("5. incremental re-index: read %s in %s (%.1f%% of the image, %.1f%% of the time); identical to the full one: %v",
+		humanBytes(stInc.BytesRead), dInc.Round(time.Millisecond),
+		100*float64(stInc.BytesRead)/float64(size), 100*float64(dInc)/float64(dFull), identical)
+	diff, err := chunk.Compare(v1, v2)
+	if err != nil {
+		return err
+	}
+	say("6. a transfer of the new version to a holder of the old one sends %d chunks, %s (%.2fx the changed bytes); %d chunks are reused",
+		diff.NewChunks, humanBytes(diff.NewBytes), float64(diff.NewBytes)/float64(changedBytes), diff.ReusedChunks)
+	if !identical {
+		return fmt.Errorf("the incremental index differs from the full one: please report this bug")
+	}
+	for _, x := range []struct {
+		name string
+		idx  *chunk.Index
+	}{{"v1.idx", v1}, {"v2.idx", v2}} {
+		if err := chunk.WriteIndexFile(filepath.Join(dir, x.name), x.idx); err != nil {
+			return err
+		}
+	}
+	if o.keep || o.dir != "" {
+		say("   indexes are in %s: try 'ntc diff %s %s'", dir, filepath.Join(dir, "v1.idx"), filepath.Join(dir, "v2.idx"))
+	}
+	if g.json {
+		return writeJSON(g.stdout, demoJSON{
+			ImageBytes: size, ChangedBytes: changedBytes,
+			FullMS: ms(dFull), FullRead: stFull.BytesRead, IncrementalMS: ms(dInc), IncrementalRead: stInc.BytesRead,
+			Identical: identical, Diff: diff,
+		})
+	}
+	return nil
+}
+
+func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
+
+func equalEntries(a, b *chunk.Index) bool {
+	if a.Size != b.Size || len(a.Entries) != len(b.Entries) {
+		return false
+	}
+	for i := range a.Entries {
+		if a.Entries[i] != b.Entries[i] {
+			return false
+		}
+	}
+	return true
+}
+
+// writeDemoImage writes a sparse image: a quarter left as holes, the rest in
+// 1 MiB regions of random data, repetitive text and zeros.
+func writeDemoImage(path string, size int64, r *rand.Rand) error {
+	f, err := os.Create(path)
+	if err != nil {
+		return fmt.Errorf("create demo image: %w", err)
+	}
+	if err := f.Truncate(size); err != nil {
+		f.Close()
+		return fmt.Errorf("create demo image: %w", err)
+	}
+	buf := make([]byte, 1<<20)
+	words := []string{"office", "home", "checkpoint", "resume", "chunk", "guest", "disk", "page"}
+	for off := int64(0); off < size*3/4; off += int64(len(buf)) {
+		switch r.IntN(4) {
+		case 0:
+			continue // a hole
+		case 1: // log-like text
+			n := 0
+			for n < len(buf) {
+				line := fmt.Sprintf("%d %s %s %x\n", r.IntN(1e6), words[r.IntN(len(words))], words[r.IntN(len(words))], r.Uint32())
+				n += copy(buf[n:], line)
+			}
+		default:
+			for i := range buf {
+				buf[i] = byte(r.Uint32())
+			}
+		}
+		if _, err := f.WriteAt(buf[:min(int64(len(buf)), size-off)], off); err != nil {
+			f.Close()
+			return fmt.Errorf("write demo image: %w", err)
+		}
+	}
+	return f.Close()
+}
+
+// rewriteExtents overwrites 1% of the image in random 64 KiB extents.
+func rewriteExtents(path string, size int64, r *rand.Rand) ([]chunk.Range, error) {
+	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	if err != nil {
+		return nil, fmt.Errorf("change demo image: %w", err)
+	}
+	const ext = 64 << 10
+	buf := make([]byte, ext)
+	n := int(size / 100 / ext)
+	var out []chunk.Range
+	for _, slot := range r.Perm(int(size / ext))[:max(n, 1)] {
+		for i := range buf {
+			buf[i] = byte(r.Uint32())
+		}
+		off := int64(slot) * ext
+		if _, err := f.WriteAt(buf, off); err != nil {
+			f.Close()
+			return nil, fmt.Errorf("change demo image: %w", err)
+		}
+		out = append(out, chunk.Range{Off: off, Len: ext})
+	}
+	return out, f.Close()
+}

@@ -1,0 +1,115 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/spf13/cobra"
+	"github.com/spf13/viper"
+)
+
+// globals holds what every subcommand shares: output streams and the one
+// viper instance that resolves flags, NTC_* environment variables and the
+// configuration file, in that order of precedence.
+type globals struct {
+	stdout, stderr io.Writer
+	v              *viper.Viper
+	configFile     string
+	json           bool
+	verbose        bool
+}
+
+func newGlobals(stdout, stderr io.Writer) *globals {
+	v := viper.New()
+	v.SetEnvPrefix("NTC")
+	v.SetEnvKeyReplacer(strings.NewReplacer(".", "_", "-", "_"))
+	v.AutomaticEnv()
+	return &globals{stdout: stdout, stderr: stderr, v: v}
+}
+
+func newRootCommand(g *globals) *cobra.Command {
+	root := &cobra.Command{
+		Use:   "ntc",
+		Short: "Replicate live QEMU virtual machines by sending only what changed",
+		Long: `ntc moves a running virtual machine from one host to another (say, office to home)
+by sending only what changed since the last copy.
+
+It indexes disk and memory images into content-addressed chunks (BLAKE3 IDs,
+content-defined boundaries), re-reads only the regions that changed, and sends
+only the chunks the other side lacks over QUIC.
+
+Start here:
+  ntc demo                      see it work on a generated image
+  ntc index disk.img            index an image (writes disk.img.idx)
+  ntc index disk.img --prev disk.img.idx --changed 1G+64K
+                                re-index reading only around the changes
+  ntc diff old.idx new.idx      what a transfer from old to new would send
+
+Configuration comes from flags, then NTC_* environment variables (NTC_CHUNK_AVERAGE),
+then the file given by --config (default: $NTC_HOME/ntc.yaml or
+~/.config/ntc/ntc.yaml if present). See configs/ntc.example.yaml.`,
+		SilenceUsage:  true,
+		SilenceErrors: true,
+		PersistentPreRunE: func(cmd *cobra.Command, args []string) error {
+			return g.loadConfig()
+		},
+	}
+	pf := root.PersistentFlags()
+	pf.StringVar(&g.configFile, "config", "", "configuration file (YAML)")
+	pf.BoolVar(&g.json, "json", false, "print one JSON object instead of text")
+	pf.BoolVarP(&g.verbose, "verbose", "v", false, "say more about what is happening")
+	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error { return usageError{err} })
+	root.AddCommand(
+		newIndexCommand(g),
+		newDiffCommand(g),
+		newDemoCommand(g),
+		newVersionCommand(g),
+	)
+	return root
+}
+
+func (g *globals) loadConfig() error {
+	path := g.configFile
+	if path == "" {
+		for _, cand := range defaultConfigPaths() {
+			if _, err := os.Stat(cand); err == nil {
+				path = cand
+				break
+			}
+		}
+	}
+	if path == "" {
+		return nil
+	}
+	g.v.SetConfigFile(path)
+	if err := g.v.ReadInConfig(); err != nil {
+		var nf viper.ConfigFileNotFoundError
+		if errors.As(err, &nf) || os.IsNotExist(err) {
+			return usagef("configuration file %s not found", path)
+		}
+		return fmt.Errorf("read configuration %s: %w (see configs/ntc.example.yaml for the format)", path, err)
+	}
+	return nil
+}
+
+func defaultConfigPaths() []string {
+	var out []string
+	if h := os.Getenv("NTC_HOME"); h != "" {
+		out = append(out, filepath.Join(h, "ntc.yaml"))
+	}
+	if d, err := os.UserConfigDir(); err == nil {
+		out = append(out, filepath.Join(d, "ntc", "ntc.yaml"))
+	}
+	return out
+}
+
+// bind makes a flag's value resolvable through viper under key.
+func (g *globals) bind(cmd *cobra.Command, key, flag string) {
+	if err := g.v.BindPFlag(key, cmd.Flags().Lookup(flag)); err != nil {
+		panic(fmt.Sprintf("bind flag %s: %v", flag, err)) // a programming error
+	}
+}
