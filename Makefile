@@ -1,0 +1,39 @@
+# ntc: the front door. `make demo` and `make test` install what they need.
+GO      ?= go
+BIN     := bin/ntc
+GOFLAGS ?=
+
+.PHONY: all deps build demo test test-short bench fuzz guest vet clean
+
+all: build
+
+deps:
+	./scripts/deps.sh
+
+build:
+	$(GO) build $(GOFLAGS) -o $(BIN) ./cmd/ntc
+
+## demo: the main job on its embedded default
+demo: deps build
+	./$(BIN) demo
+
+## test: vet, then every test with the race detector (QEMU guests included)
+test: deps
+	$(GO) vet ./...
+	$(GO) test -race -timeout 30m ./...
+
+test-short:
+	$(GO) test -short ./...
+
+## bench: the numbers the issues ask for, each with its baseline from the same run
+bench: build
+	$(GO) test -run '^$$' -bench . -benchtime 3x ./chunk/
+
+fuzz:
+	$(GO) test -run '^$$' -fuzz FuzzDecodeIndex -fuzztime 60s ./chunk/
+
+vet:
+	$(GO) vet ./...
+
+clean:
+	rm -rf bin
