@@ -10,6 +10,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/signal"
 	"syscall"
@@ -26,11 +27,12 @@ const (
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	os.Exit(run(ctx, os.Args[1:]))
+	os.Exit(run(ctx, os.Args[1:], os.Stdout, os.Stderr))
 }
 
-func run(ctx context.Context, args []string) int {
-	g := newGlobals(os.Stdout, os.Stderr)
+// run executes one ntc command line and returns the exit code.
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	g := newGlobals(stdout, stderr)
 	root := newRootCommand(g)
 	root.SetArgs(args)
 	err := root.ExecuteContext(ctx)
@@ -38,13 +40,13 @@ func run(ctx context.Context, args []string) int {
 	case err == nil:
 		return exitOK
 	case errors.Is(err, context.Canceled) && ctx.Err() != nil:
-		fmt.Fprintln(os.Stderr, "ntc: interrupted; nothing half-written was left behind")
+		fmt.Fprintln(stderr, "ntc: interrupted; nothing half-written was left behind")
 		return exitInterrupted
 	case errors.As(err, new(usageError)):
-		fmt.Fprintf(os.Stderr, "ntc: %v\nRun 'ntc --help' for usage.\n", err)
+		fmt.Fprintf(stderr, "ntc: %v\nRun 'ntc --help' for usage.\n", err)
 		return exitUsage
 	default:
-		fmt.Fprintf(os.Stderr, "ntc: %v\n", err)
+		fmt.Fprintf(stderr, "ntc: %v\n", err)
 		return exitError
 	}
 }
