@@ -32,6 +32,10 @@ bench: build
 fuzz:
 	$(GO) test -run '^$$' -fuzz FuzzDecodeIndex -fuzztime 60s ./chunk/
 
+## guest: build the test guest (Debian cloud kernel + busybox initramfs) into the cache
+guest:
+	$(GO) run ./internal/testguest/cmd/buildguest
+
 vet:
 	$(GO) vet ./...
 
