@@ -22,6 +22,12 @@ type Options struct {
 	// Progress, if set, is called from several goroutines with the number
 	// of image bytes just covered.
 	Progress func(n int64)
+	// Chunk, if set, is called with the content of every data chunk as it
+	// is cut, from several goroutines at once; data is only valid during
+	// the call. Every chunk of the resulting index is seen at least once;
+	// a few chunks cut provisionally where pieces of a parallel index meet
+	// may be seen that the index does not keep. An error stops indexing.
+	Chunk func(e Entry, data []byte) error
 }
 
 // ScanStats says what indexing cost.
@@ -74,6 +80,7 @@ func build(ctx context.Context, img Image, p Params, opt Options, segmentSize in
 	for range min(workers, max(nseg, 1)) {
 		g.Go(func() error {
 			s := newScanner(img, size, p, known)
+			s.onChunk = opt.Chunk
 			for k := range jobs {
 				a := int64(k) * segmentSize
 				b := min(a+segmentSize, size)
@@ -109,6 +116,7 @@ func build(ctx context.Context, img Image, p Params, opt Options, segmentSize in
 		// Every provisional zero entry is truly zero: stitching need not
 		// read it again.
 		s := newScanner(img, size, p, alignKnown(append(zeroRanges(entries), holes...), size))
+		s.onChunk = opt.Chunk
 		entries, _, err = s.splice(ctx, entries, joins)
 		if err != nil {
 			return nil, st, err
@@ -142,6 +150,7 @@ func Reindex(ctx context.Context, prev *Index, img Image, changed []Range, opt O
 	}
 	known := subtractRanges(alignKnown(zeroRanges(old), size), outward(suspects, size))
 	s := newScanner(img, size, prev.Params, alignKnown(append(known, holes...), size))
+	s.onChunk = opt.Chunk
 	entries, reused, err := s.splice(ctx, old, suspects)
 	if err != nil {
 		return nil, st, err

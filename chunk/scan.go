@@ -36,6 +36,9 @@ type scanner struct {
 	run      runReader
 
 	read int64 // bytes read from img
+
+	// onChunk, if set, sees the content of every data chunk cut.
+	onChunk func(Entry, []byte) error
 }
 
 func newScanner(img io.ReaderAt, size int64, p Params, known []Range) *scanner {
@@ -213,7 +216,13 @@ func (s *scanner) page(pos, limit int64, final bool, emit func(Entry) bool) (int
 		return pos, more, err
 	}
 	b := s.vBuf[pos-s.vOff : end-s.vOff]
-	if emit(Entry{Offset: pos, Length: end - pos, ID: ID(blake3.Sum256(b))}) {
+	e := Entry{Offset: pos, Length: end - pos, ID: ID(blake3.Sum256(b))}
+	if s.onChunk != nil {
+		if err := s.onChunk(e, b); err != nil {
+			return pos, more, err
+		}
+	}
+	if emit(e) {
 		return end, stopped, nil
 	}
 	return end, more, nil
@@ -242,6 +251,11 @@ func (s *scanner) cdc(ctx context.Context, pos, limit int64, final bool, emit fu
 			e.Zero = true
 		} else {
 			e.ID = ID(blake3.Sum256(c.Data))
+			if s.onChunk != nil {
+				if err := s.onChunk(e, c.Data); err != nil {
+					return pos, more, err
+				}
+			}
 		}
 		if emit(e) {
 			return end, stopped, nil
