@@ -1,0 +1,55 @@
+// Package sync moves versions of images from a sender to a receiver,
+// sending only the chunks the receiver lacks, and commits each version
+// atomically on the receiver.
+//
+// Vocabulary: a Version is a named Set's next state: several images (disks,
+// RAM, device state, or plain files) plus opaque metadata, which travel and
+// commit as one. An image is its chunk.Index and a Source of chunk content.
+// The receiver keeps versions in a Repo: a chunk store, the committed
+// versions' indexes, and the current version materialized as files.
+//
+// # Protocol (version 1)
+//
+// One push is one QUIC connection (package transport: mutually pinned
+// identities). Frames are a type byte, a uvarint length and a payload;
+// integers in payloads are uvarints unless noted.
+//
+// The sender opens the control stream and says hello (magic, protocol
+// version, set name). The receiver answers with its base: the set's current
+// version number and, per image, the BLAKE3 digest of its index. The sender
+// keeps the indexes of versions the receiver acknowledged, by digest; if it
+// lacks one it asks for it (need-index / index). It then offers version
+// base+1: a header (version, base, metadata, and per image its name, size,
+// chunk parameters and whether it is based on the base image of the same
+// name), ops frames, and an end frame. Ops edit the base image's entry list
+// into the new one: keep n, skip n, insert entries (length, zero flag, ID).
+// An unchanged image is one keep op, so a version costs bytes in proportion
+// to what changed, not to the image size.
+//
+// Both sides then list the distinct IDs of inserted data entries in order of
+// first appearance. The receiver answers with a want bitmap over that list
+// (the chunks its store lacks). The sender announces on the control stream
+// how many data streams it opens for the round, and sends each wanted chunk
+// once over them (ordinal, codec raw or zstd, data), at most at the
+// bandwidth cap. The receiver decompresses, verifies each chunk's BLAKE3
+// against its ID, and stores the good ones; a damaged chunk is refused and
+// asked for again in the next round (at most 3). When nothing is missing the
+// receiver syncs its store, writes the version's indexes and metadata to a
+// temporary directory, renames it into place and points CURRENT at it (the
+// commit), brings the materialized image files to the new version, and
+// answers committed. The sender then records the acknowledged version.
+//
+// Errors travel as codes in an error frame (errors.go), never as text. A
+// malformed frame also closes the connection with transport's protocol
+// violation code; the receiver goes on serving other connections.
+//
+// # Interruptions
+//
+// Chunks are stored one by one, each atomically; the version is committed
+// only at the end. A push that dies at any point (either side killed) leaves
+// the previous version current and intact, and the next push sends only the
+// chunks the receiver does not yet hold.
+//
+// The package does not index images (chunk does), open connections
+// (transport does) or print anything.
+package sync

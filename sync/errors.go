@@ -1,0 +1,86 @@
+package sync
+
+import (
+	"errors"
+	"fmt"
+	"syscall"
+)
+
+// Sync error codes, sent in error frames on the control stream. They are
+// part of the protocol: add, never renumber. Only codes cross the wire,
+// never text: each side words the error itself.
+const (
+	codeInternal   = 1
+	codeMalformed  = 2
+	codeVersion    = 3
+	codeBadName    = 4
+	codeBusy       = 5
+	codeNoSpace    = 6
+	codeConflict   = 7
+	codeBadChunks  = 8
+	codeCancelled  = 9
+	codeUnknownImg = 10
+)
+
+// Conditions a push can end with; match them with errors.Is.
+var (
+	ErrRemoteInternal  = errors.New("the receiver failed (see its log)")
+	ErrVersionMismatch = errors.New("the receiver speaks another sync protocol version: upgrade the older ntc")
+	ErrBusy            = errors.New("another push of this set is in progress on the receiver: try again when it ends")
+	ErrNoSpace         = errors.New("the receiver's disk is full: free space there and push again (its previous version is intact)")
+	ErrConflict        = errors.New("the receiver's copy moved on since this sender last pushed: push again")
+	ErrBadChunks       = errors.New("chunks kept arriving damaged: check the sender's disk and memory")
+	ErrRemoteCancelled = errors.New("the other side stopped")
+	ErrUnknownImage    = errors.New("asked for an image the receiver does not hold")
+)
+
+var codes = [...]struct {
+	code uint64
+	err  error
+}{
+	{codeMalformed, ErrMalformed},
+	{codeVersion, ErrVersionMismatch},
+	{codeBadName, ErrBadName},
+	{codeBusy, ErrBusy},
+	{codeNoSpace, ErrNoSpace},
+	{codeConflict, ErrConflict},
+	{codeBadChunks, ErrBadChunks},
+	{codeCancelled, ErrRemoteCancelled},
+	{codeUnknownImg, ErrUnknownImage},
+}
+
+// codeOf maps a local error to the code sent to the peer.
+func codeOf(err error) uint64 {
+	if errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EDQUOT) {
+		return codeNoSpace
+	}
+	for _, c := range codes {
+		if errors.Is(err, c.err) {
+			return c.code
+		}
+	}
+	return codeInternal
+}
+
+// decodeError turns a received error frame into the local condition.
+func decodeError(p []byte) error {
+	c, err := decodeUint(p)
+	if err != nil {
+		return err
+	}
+	for _, x := range codes {
+		if x.code == c {
+			return &RemoteError{Code: c, err: x.err}
+		}
+	}
+	return &RemoteError{Code: c, err: ErrRemoteInternal}
+}
+
+// RemoteError is an error the peer reported.
+type RemoteError struct {
+	Code uint64
+	err  error
+}
+
+func (e *RemoteError) Error() string { return fmt.Sprintf("peer reported: %v", e.err) }
+func (e *RemoteError) Unwrap() error { return e.err }

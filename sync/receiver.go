@@ -1,0 +1,385 @@
+package sync
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"sync/atomic"
+	"time"
+
+	"github.com/klauspost/compress/zstd"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/ntc-project/ntc/chunk"
+	"github.com/ntc-project/ntc/transport"
+)
+
+// maxRounds bounds how often the receiver asks again for chunks that
+// arrived damaged.
+const maxRounds = 3
+
+// Receiver serves pushes into a repository.
+type Receiver struct {
+	Repo *Repo
+	// Log, if set, is told about each push and each problem.
+	Log func(format string, args ...any)
+}
+
+func (r *Receiver) logf(format string, args ...any) {
+	if r.Log != nil {
+		r.Log(format, args...)
+	}
+}
+
+// Serve handles one connection: one push. Errors are reported to the peer
+// as codes and returned; the caller goes on serving other connections.
+func (r *Receiver) Serve(ctx context.Context, conn *transport.Conn) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	ctrl, err := conn.AcceptStream(ctx)
+	if err != nil {
+		return fmt.Errorf("accept control stream: %w", err)
+	}
+	w := newFrameWriter(ctrl)
+	err = r.serve(ctx, conn, ctrl, w)
+	if err != nil {
+		// Tell the peer what went wrong, by code.
+		w.write(msgError, encodeUint(codeOf(err)))
+		w.flush()
+		r.logf("push from %s: %v", conn.PeerID(), err)
+	}
+	ctrl.Close()
+	if errors.Is(err, ErrMalformed) {
+		conn.CloseWithError(transport.ErrProtocol)
+		return err
+	}
+	// The last frame (committed, or an error) must reach the sender before
+	// the connection goes: wait for the sender to close it, briefly.
+	wctx, wcancel := context.WithTimeout(ctx, 5*time.Second)
+	defer wcancel()
+	select {
+	case <-conn.Context().Done():
+	case <-wctx.Done():
+	}
+	return err
+}
+
+// incoming is the receiver's view of one offer.
+type incoming struct {
+	offer   offer
+	ops     [][]op
+	results [][]chunk.Entry
+	index   []*chunk.Index
+	news    []newChunk
+	lengths map[chunk.ID]int64
+}
+
+func (r *Receiver) serve(ctx context.Context, conn *transport.Conn, ctrl *transport.Stream, w *frameWriter) error {
+	rd := newFrameReader(ctrl)
+	p, err := rd.expect(msgHello)
+	if err != nil {
+		return err
+	}
+	h, err := decodeHello(p)
+	if err != nil {
+		return err
+	}
+	if h.version != protocolVersion {
+		return ErrVersionMismatch
+	}
+	if err := CheckName(h.set); err != nil {
+		return err
+	}
+	unlock, err := r.Repo.lock(ctx, h.set)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	cur, err := r.Repo.Current(h.set)
+	if err != nil {
+		return err
+	}
+	var b base
+	baseIdx := map[string]*chunk.Index{}
+	if cur != nil {
+		b.version = cur.Version
+		for _, im := range cur.Images {
+			b.images = append(b.images, imageRef{name: im.Name, digest: im.Digest})
+		}
+	}
+	if err := w.write(msgBase, b.encode()); err != nil {
+		return err
+	}
+	if err := w.flush(); err != nil {
+		return err
+	}
+	loadBase := func(name string) (*chunk.Index, error) {
+		if x, ok := baseIdx[name]; ok {
+			return x, nil
+		}
+		if cur == nil {
+			return nil, ErrUnknownImage
+		}
+		for _, im := range cur.Images {
+			if im.Name == name {
+				x, err := r.Repo.Index(h.set, cur.Version, name)
+				if err != nil {
+					return nil, err
+				}
+				baseIdx[name] = x
+				return x, nil
+			}
+		}
+		return nil, ErrUnknownImage
+	}
+
+	// Index requests, then the offer.
+	var in incoming
+	for {
+		typ, p, err := rd.read()
+		if err != nil {
+			return unexpected(err)
+		}
+		if typ == msgNeedIndex {
+			name, err := decodeName(p)
+			if err != nil {
+				return err
+			}
+			x, err := loadBase(name)
+			if err != nil {
+				return err
+			}
+			enc, err := x.MarshalBinary()
+			if err != nil {
+				return err
+			}
+			if err := w.write(msgIndex, encodeIndexMsg(name, enc)); err != nil {
+				return err
+			}
+			if err := w.flush(); err != nil {
+				return err
+			}
+			continue
+		}
+		if typ == msgError {
+			return decodeError(p)
+		}
+		if typ != msgOffer {
+			return fmt.Errorf("%w: frame type %d before the offer", ErrMalformed, typ)
+		}
+		if in.offer, err = decodeOffer(p); err != nil {
+			return err
+		}
+		break
+	}
+	if in.offer.base != b.version {
+		return ErrConflict
+	}
+	if err := r.readOps(rd, &in, loadBase); err != nil {
+		return err
+	}
+	r.logf("push of %s v%d from %s: %d images, %d new chunks offered", h.set, in.offer.version, conn.PeerID(), len(in.index), len(in.news))
+
+	// Rounds: ask for what is missing until nothing is.
+	have := make([]atomic.Bool, len(in.news))
+	for i, nc := range in.news {
+		ok, err := r.Repo.store.Has(ctx, nc.entry.ID)
+		if err != nil {
+			return err
+		}
+		have[i].Store(ok)
+	}
+	for round := uint64(1); ; round++ {
+		bitmap := make([]byte, (len(in.news)+7)/8)
+		missing := 0
+		for i := range in.news {
+			if !have[i].Load() {
+				bitmap[i/8] |= 1 << (i % 8)
+				missing++
+			}
+		}
+		if missing == 0 {
+			break
+		}
+		if round > maxRounds {
+			return ErrBadChunks
+		}
+		if err := w.write(msgWant, want{round: round, bitmap: bitmap}.encode()); err != nil {
+			return err
+		}
+		if err := w.flush(); err != nil {
+			return err
+		}
+		if err := r.receiveRound(ctx, conn, rd, &in, round, bitmap, have); err != nil {
+			return err
+		}
+	}
+	if err := r.Repo.store.Sync(ctx); err != nil {
+		return err
+	}
+	m := &Manifest{Set: h.set, Version: in.offer.version, Base: in.offer.base, Created: time.Now().UTC(), Sender: conn.PeerID().String()}
+	for i, oi := range in.offer.images {
+		d, _, err := indexDigest(in.index[i])
+		if err != nil {
+			return err
+		}
+		m.Images = append(m.Images, ImageManifest{Name: oi.name, Size: oi.size, Index: oi.name + ".idx", Digest: d,
+			Params: oi.params.String(), Chunks: len(in.index[i].Entries)})
+	}
+	if err := r.Repo.commit(h.set, m, in.index, in.offer.meta); err != nil {
+		return err
+	}
+	if err := r.Repo.Materialize(ctx, h.set, m.Version); err != nil {
+		return err
+	}
+	r.logf("committed %s v%d", h.set, m.Version)
+	if err := w.write(msgCommitted, encodeUint(m.Version)); err != nil {
+		return err
+	}
+	return w.flush()
+}
+
+// readOps reads the ops frames up to the offer's end and rebuilds each
+// image's index.
+func (r *Receiver) readOps(rd *frameReader, in *incoming, loadBase func(string) (*chunk.Index, error)) error {
+	n := len(in.offer.images)
+	in.ops = make([][]op, n)
+	for {
+		typ, p, err := rd.read()
+		if err != nil {
+			return unexpected(err)
+		}
+		if typ == msgOfferEnd {
+			break
+		}
+		if typ != msgOps {
+			return fmt.Errorf("%w: frame type %d inside the offer", ErrMalformed, typ)
+		}
+		m, err := decodeOpsMsg(p)
+		if err != nil {
+			return err
+		}
+		if m.image >= n {
+			return fmt.Errorf("%w: ops for image %d of %d", ErrMalformed, m.image, n)
+		}
+		in.ops[m.image] = append(in.ops[m.image], m.ops...)
+	}
+	in.results = make([][]chunk.Entry, n)
+	in.index = make([]*chunk.Index, n)
+	for i, oi := range in.offer.images {
+		if err := CheckName(oi.name); err != nil {
+			return err
+		}
+		var baseEntries []chunk.Entry
+		if oi.based {
+			x, err := loadBase(oi.name)
+			if err != nil {
+				return err
+			}
+			baseEntries = x.Entries
+		}
+		es, err := applyDelta(baseEntries, in.ops[i])
+		if err != nil {
+			return fmt.Errorf("image %s: %w", oi.name, err)
+		}
+		x := &chunk.Index{Params: oi.params, Size: oi.size, Entries: es}
+		if err := x.Check(); err != nil {
+			return fmt.Errorf("%w: image %s: %w", ErrMalformed, oi.name, err)
+		}
+		in.results[i], in.index[i] = es, x
+	}
+	in.news = listNew(in.ops, in.results)
+	return nil
+}
+
+// receiveRound reads the sender's announcement of the round (how many data
+// streams it opens), then those streams, storing every chunk that verifies.
+func (r *Receiver) receiveRound(ctx context.Context, conn *transport.Conn, rd *frameReader, in *incoming, round uint64, bitmap []byte, have []atomic.Bool) error {
+	p, err := rd.expect(msgSent)
+	if err != nil {
+		return err
+	}
+	s, err := decodeSent(p)
+	if err != nil {
+		return err
+	}
+	if s.round != round {
+		return fmt.Errorf("%w: round %d announced during round %d", ErrMalformed, s.round, round)
+	}
+	g, gctx := errgroup.WithContext(ctx)
+	var damaged atomic.Int64
+	for range s.streams {
+		st, err := conn.AcceptStream(gctx)
+		if err != nil {
+			g.Wait()
+			return fmt.Errorf("accept data stream: %w", err)
+		}
+		g.Go(func() error { return r.readData(gctx, st, in, round, bitmap, have, &damaged) })
+	}
+	if err := g.Wait(); err != nil {
+		return err
+	}
+	if n := damaged.Load(); n > 0 {
+		r.logf("round %d: refused %d damaged chunks; asking again", round, n)
+	}
+	return nil
+}
+
+// readData reads one data stream: chunks of the current round.
+func (r *Receiver) readData(ctx context.Context, s *transport.Stream, in *incoming, round uint64, bitmap []byte, have []atomic.Bool, damaged *atomic.Int64) error {
+	defer s.Close()
+	dec, err := zstd.NewReader(nil, zstd.WithDecoderConcurrency(1), zstd.WithDecoderMaxMemory(128<<20))
+	if err != nil {
+		return err
+	}
+	defer dec.Close()
+	rd := newFrameReader(s)
+	p, err := rd.expect(msgData)
+	if err != nil {
+		return err
+	}
+	if r, err := decodeUint(p); err != nil || r != round {
+		return fmt.Errorf("%w: data stream of round %d during round %d", ErrMalformed, r, round)
+	}
+	var buf []byte
+	for {
+		typ, p, err := rd.read()
+		if err == io.EOF {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		if typ != msgChunk {
+			return fmt.Errorf("%w: frame type %d on a data stream", ErrMalformed, typ)
+		}
+		m, err := decodeChunk(p)
+		if err != nil {
+			return err
+		}
+		if m.ordinal >= uint64(len(in.news)) || bitmap[m.ordinal/8]&(1<<(m.ordinal%8)) == 0 {
+			return fmt.Errorf("%w: chunk %d was not asked for", ErrMalformed, m.ordinal)
+		}
+		nc := in.news[m.ordinal]
+		data := m.data
+		if m.codec == codecZstd {
+			buf, err = dec.DecodeAll(m.data, buf[:0])
+			if err != nil || int64(len(buf)) != nc.entry.Length {
+				r.logf("chunk %s: does not decompress to its %d bytes", nc.entry.ID.Short(), nc.entry.Length)
+				damaged.Add(1)
+				continue
+			}
+			data = buf
+		}
+		if err := chunk.Verify(nc.entry.ID, data, "received from the sender"); err != nil {
+			r.logf("refused %v", err)
+			damaged.Add(1)
+			continue
+		}
+		if err := r.Repo.store.Put(ctx, nc.entry.ID, data); err != nil {
+			return err
+		}
+		have[m.ordinal].Store(true)
+	}
+}

@@ -1,0 +1,425 @@
+package sync
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"sync/atomic"
+	"time"
+
+	"github.com/klauspost/compress/zstd"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/ntc-project/ntc/chunk"
+	"github.com/ntc-project/ntc/internal/atomicfile"
+	"github.com/ntc-project/ntc/transport"
+)
+
+// Sender pushes versions and remembers, per peer and set, what the peer
+// acknowledged, so that the next push is a delta against it.
+type Sender struct {
+	// StateDir holds what the sender remembers: the indexes of acknowledged
+	// versions, by digest, and per peer and set the acknowledged version.
+	StateDir string
+	// Streams is the number of parallel data streams (default 4).
+	Streams int
+	// BytesPerSec caps the chunk data rate; 0 means no cap.
+	BytesPerSec int64
+	// Progress, if set, is called with the chunk bytes (uncompressed) as
+	// they are sent, from several goroutines.
+	Progress func(n int64)
+	// Log, if set, is told what happens.
+	Log func(format string, args ...any)
+}
+
+// Result says what a push did.
+type Result struct {
+	Set     string `json:"name"`
+	Version uint64 `json:"version"`
+	// ImageBytes is the total size of the version's images.
+	ImageBytes int64 `json:"image_bytes"`
+	// ChangedBytes is the size of the entries that differ from the
+	// receiver's previous version.
+	ChangedBytes int64 `json:"changed_bytes"`
+	// NewChunks counts the distinct chunks offered that the receiver's
+	// previous version did not have; ChunksSent those it asked for.
+	NewChunks  int   `json:"new_chunks"`
+	ChunksSent int   `json:"chunks_sent"`
+	ChunkBytes int64 `json:"chunk_bytes"`
+	// DataBytes is the compressed chunk data sent.
+	DataBytes int64 `json:"data_bytes"`
+	Rounds    int   `json:"rounds"`
+	// IndexFetched is set when the sender had to fetch the base indexes.
+	IndexFetched bool  `json:"index_fetched"`
+	DurationMS   int64 `json:"duration_ms"`
+}
+
+func (s *Sender) logf(format string, args ...any) {
+	if s.Log != nil {
+		s.Log(format, args...)
+	}
+}
+
+// ackState is what the sender remembers of a peer's copy of a set.
+type ackState struct {
+	Version uint64     `json:"version"`
+	Images  []ackImage `json:"images"`
+}
+
+type ackImage struct {
+	Name   string   `json:"name"`
+	Digest chunk.ID `json:"digest"`
+}
+
+func (s *Sender) ackPath(peer transport.ID, set string) string {
+	return filepath.Join(s.StateDir, "peers", peer.String(), set+".json")
+}
+
+func (s *Sender) cachedIndexPath(d chunk.ID) string {
+	return filepath.Join(s.StateDir, "indexes", d.String()+".idx")
+}
+
+// cachedIndex returns the index with digest d if the sender keeps it.
+func (s *Sender) cachedIndex(d chunk.ID) *chunk.Index {
+	if s.StateDir == "" {
+		return nil
+	}
+	x, err := chunk.ReadIndexFile(s.cachedIndexPath(d))
+	if err != nil {
+		return nil
+	}
+	if got, _, err := indexDigest(x); err != nil || got != d {
+		return nil
+	}
+	return x
+}
+
+// LastAcked returns the version of set that peer last acknowledged to this
+// sender, and its indexes by image name (nil if unknown).
+func (s *Sender) LastAcked(peer transport.ID, set string) (uint64, map[string]*chunk.Index) {
+	b, err := os.ReadFile(s.ackPath(peer, set))
+	if err != nil {
+		return 0, nil
+	}
+	var st ackState
+	if json.Unmarshal(b, &st) != nil {
+		return 0, nil
+	}
+	out := map[string]*chunk.Index{}
+	for _, im := range st.Images {
+		if x := s.cachedIndex(im.Digest); x != nil {
+			out[im.Name] = x
+		}
+	}
+	return st.Version, out
+}
+
+func (s *Sender) remember(peer transport.ID, set string, version uint64, v *Version, digests []chunk.ID, encoded [][]byte) error {
+	if s.StateDir == "" {
+		return nil
+	}
+	if err := os.MkdirAll(filepath.Join(s.StateDir, "indexes"), 0o700); err != nil {
+		return err
+	}
+	if err := os.MkdirAll(filepath.Dir(s.ackPath(peer, set)), 0o700); err != nil {
+		return err
+	}
+	st := ackState{Version: version}
+	for i, im := range v.Images {
+		p := s.cachedIndexPath(digests[i])
+		if _, err := os.Stat(p); errors.Is(err, fs.ErrNotExist) {
+			if err := atomicfile.WriteBytes(p, 0o600, encoded[i]); err != nil {
+				return err
+			}
+		}
+		st.Images = append(st.Images, ackImage{Name: im.Name, Digest: digests[i]})
+	}
+	b, _ := json.MarshalIndent(st, "", "  ")
+	return atomicfile.WriteBytes(s.ackPath(peer, set), 0o600, b)
+}
+
+// Push sends version v over conn and returns when the receiver committed it.
+func (s *Sender) Push(ctx context.Context, conn *transport.Conn, v *Version) (*Result, error) {
+	start := time.Now()
+	if err := v.check(); err != nil {
+		return nil, err
+	}
+	res := &Result{Set: v.Set}
+	ctrl, err := conn.OpenStream(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("open control stream: %w", err)
+	}
+	defer ctrl.Close()
+	// Closing the stream unblocks reads when ctx ends.
+	stop := context.AfterFunc(ctx, func() { ctrl.Cancel(transport.ErrShuttingDown) })
+	defer stop()
+	w := newFrameWriter(ctrl)
+	rd := newFrameReader(ctrl)
+	if err := w.write(msgHello, hello{version: protocolVersion, set: v.Set}.encode()); err != nil {
+		return nil, ctxErr(ctx, err)
+	}
+	if err := w.flush(); err != nil {
+		return nil, ctxErr(ctx, err)
+	}
+	p, err := rd.expect(msgBase)
+	if err != nil {
+		return nil, ctxErr(ctx, fmt.Errorf("handshake: %w", err))
+	}
+	b, err := decodeBase(p)
+	if err != nil {
+		return nil, err
+	}
+
+	// The base entries of each image the receiver holds: from the cache, or
+	// fetched once.
+	baseOf := map[string]*chunk.Index{}
+	for _, ref := range b.images {
+		if !hasImage(v, ref.name) {
+			continue
+		}
+		x := s.cachedIndex(ref.digest)
+		if x == nil {
+			if err := w.write(msgNeedIndex, encodeName(ref.name)); err != nil {
+				return nil, ctxErr(ctx, err)
+			}
+			if err := w.flush(); err != nil {
+				return nil, ctxErr(ctx, err)
+			}
+			p, err := rd.expect(msgIndex)
+			if err != nil {
+				return nil, ctxErr(ctx, fmt.Errorf("fetch base index of %s: %w", ref.name, err))
+			}
+			name, enc, err := decodeIndexMsg(p)
+			if err != nil {
+				return nil, err
+			}
+			if name != ref.name {
+				return nil, fmt.Errorf("%w: asked for index %s, got %s", ErrMalformed, ref.name, name)
+			}
+			x = &chunk.Index{}
+			if err := x.UnmarshalBinary(enc); err != nil {
+				return nil, fmt.Errorf("base index of %s: %w", ref.name, err)
+			}
+			if d, _, err := indexDigest(x); err != nil || d != ref.digest {
+				return nil, fmt.Errorf("%w: base index of %s does not match its digest", ErrMalformed, ref.name)
+			}
+			res.IndexFetched = true
+		}
+		baseOf[ref.name] = x
+	}
+
+	// The offer.
+	o := offer{version: b.version + 1, base: b.version, meta: v.Meta}
+	allOps := make([][]op, len(v.Images))
+	results := make([][]chunk.Entry, len(v.Images))
+	for i, im := range v.Images {
+		bx, based := baseOf[im.Name]
+		if based && bx.Params != im.Index.Params {
+			based = false // cut differently: offer it whole
+		}
+		var baseEntries []chunk.Entry
+		if based {
+			baseEntries = bx.Entries
+		}
+		o.images = append(o.images, offerImage{name: im.Name, size: im.Index.Size, params: im.Index.Params, based: based})
+		allOps[i] = makeDelta(baseEntries, im.Index.Entries)
+		results[i] = im.Index.Entries
+		res.ImageBytes += im.Index.Size
+		for _, op := range allOps[i] {
+			for _, e := range op.entries {
+				res.ChangedBytes += e.Length
+			}
+		}
+	}
+	if err := w.write(msgOffer, o.encode()); err != nil {
+		return nil, ctxErr(ctx, err)
+	}
+	for i, ops := range allOps {
+		for len(ops) > 0 {
+			n := opsThatFit(ops, maxFrame/2)
+			if err := w.write(msgOps, opsMsg{image: i, ops: ops[:n]}.encode()); err != nil {
+				return nil, ctxErr(ctx, err)
+			}
+			ops = ops[n:]
+		}
+	}
+	if err := w.write(msgOfferEnd, nil); err != nil {
+		return nil, ctxErr(ctx, err)
+	}
+	if err := w.flush(); err != nil {
+		return nil, ctxErr(ctx, err)
+	}
+	news := listNew(allOps, results)
+	res.NewChunks = len(news)
+	s.logf("offered %s v%d: %d images, %d new chunks", v.Set, o.version, len(v.Images), len(news))
+
+	lim := newLimiter(s.BytesPerSec)
+	for {
+		typ, p, err := rd.read()
+		if err != nil {
+			return nil, ctxErr(ctx, fmt.Errorf("waiting for the receiver: %w", unexpected(err)))
+		}
+		switch typ {
+		case msgError:
+			return nil, decodeError(p)
+		case msgCommitted:
+			ver, err := decodeUint(p)
+			if err != nil {
+				return nil, err
+			}
+			if ver != o.version {
+				return nil, fmt.Errorf("%w: committed version %d, offered %d", ErrMalformed, ver, o.version)
+			}
+			res.Version = ver
+			digests := make([]chunk.ID, len(v.Images))
+			encoded := make([][]byte, len(v.Images))
+			for i, im := range v.Images {
+				if digests[i], encoded[i], err = indexDigest(im.Index); err != nil {
+					return nil, err
+				}
+			}
+			if err := s.remember(conn.PeerID(), v.Set, ver, v, digests, encoded); err != nil {
+				return nil, fmt.Errorf("pushed, but could not record it locally: %w", err)
+			}
+			res.DurationMS = time.Since(start).Milliseconds()
+			return res, nil
+		case msgWant:
+			wt, err := decodeWant(p)
+			if err != nil {
+				return nil, err
+			}
+			if len(wt.bitmap) != (len(news)+7)/8 {
+				return nil, fmt.Errorf("%w: want bitmap of %d bytes for %d chunks", ErrMalformed, len(wt.bitmap), len(news))
+			}
+			res.Rounds++
+			if err := s.sendRound(ctx, conn, w, v, news, wt, lim, res); err != nil {
+				return nil, ctxErr(ctx, err)
+			}
+		default:
+			return nil, fmt.Errorf("%w: unexpected frame type %d", ErrMalformed, typ)
+		}
+	}
+}
+
+func hasImage(v *Version, name string) bool {
+	for _, im := range v.Images {
+		if im.Name == name {
+			return true
+		}
+	}
+	return false
+}
+
+// opsThatFit returns how many ops from the start fit in about limit bytes.
+func opsThatFit(ops []op, limit int) int {
+	size := 0
+	for i, o := range ops {
+		size += 4 + len(o.entries)*42
+		if size > limit && i > 0 {
+			return i
+		}
+	}
+	return len(ops)
+}
+
+// sendRound sends the wanted chunks over parallel data streams.
+func (s *Sender) sendRound(ctx context.Context, conn *transport.Conn, w *frameWriter, v *Version, news []newChunk, wt want, lim *limiter, res *Result) error {
+	var todo []int
+	for i := range news {
+		if wt.bitmap[i/8]&(1<<(i%8)) != 0 {
+			todo = append(todo, i)
+		}
+	}
+	streams := s.Streams
+	if streams <= 0 {
+		streams = 4
+	}
+	streams = max(1, min(streams, maxStreams, len(todo)))
+	if err := w.write(msgSent, sent{round: wt.round, streams: uint64(streams)}.encode()); err != nil {
+		return err
+	}
+	if err := w.flush(); err != nil {
+		return err
+	}
+	var next, sentChunks, sentBytes, dataBytes atomic.Int64
+	g, gctx := errgroup.WithContext(ctx)
+	for range streams {
+		g.Go(func() error {
+			st, err := conn.OpenStream(gctx)
+			if err != nil {
+				return fmt.Errorf("open data stream: %w", err)
+			}
+			stop := context.AfterFunc(gctx, func() { st.Cancel(transport.ErrShuttingDown) })
+			defer stop()
+			enc, err := zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedFastest), zstd.WithEncoderConcurrency(1))
+			if err != nil {
+				return err
+			}
+			defer enc.Close()
+			fw := newFrameWriter(st)
+			if err := fw.write(msgData, encodeUint(wt.round)); err != nil {
+				return err
+			}
+			if err := fw.flush(); err != nil {
+				return err
+			}
+			var frame, comp []byte
+			for {
+				k := int(next.Add(1) - 1)
+				if k >= len(todo) {
+					break
+				}
+				nc := news[todo[k]]
+				data, err := v.Images[nc.image].Source.ReadChunk(gctx, nc.entry)
+				if err != nil {
+					return fmt.Errorf("image %s: %w", v.Images[nc.image].Name, err)
+				}
+				if err := chunk.Verify(nc.entry.ID, data, v.Images[nc.image].Name); err != nil && !skipSenderVerify {
+					return fmt.Errorf("the image changed since it was indexed (index it again): %w", err)
+				}
+				m := chunkMsg{ordinal: uint64(todo[k]), codec: codecRaw, data: data}
+				comp = enc.EncodeAll(data, comp[:0])
+				if len(comp) < len(data) {
+					m.codec, m.data = codecZstd, comp
+				}
+				frame = m.appendTo(frame[:0])
+				if err := lim.wait(gctx, len(frame)); err != nil {
+					return err
+				}
+				if err := fw.write(msgChunk, frame); err != nil {
+					return err
+				}
+				sentChunks.Add(1)
+				sentBytes.Add(int64(len(data)))
+				dataBytes.Add(int64(len(m.data)))
+				if s.Progress != nil {
+					s.Progress(int64(len(data)))
+				}
+			}
+			if err := fw.flush(); err != nil {
+				return err
+			}
+			return st.Close()
+		})
+	}
+	err := g.Wait()
+	res.ChunksSent += int(sentChunks.Load())
+	res.ChunkBytes += sentBytes.Load()
+	res.DataBytes += dataBytes.Load()
+	return err
+}
+
+// skipSenderVerify lets a test put damaged chunks on the wire.
+var skipSenderVerify = false
+
+// ctxErr prefers the context's error when it ended the operation.
+func ctxErr(ctx context.Context, err error) error {
+	if ctx.Err() != nil {
+		return fmt.Errorf("%w (%v)", context.Cause(ctx), err)
+	}
+	return err
+}

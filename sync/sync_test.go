@@ -1,0 +1,331 @@
+package sync
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	gosync "sync"
+	"testing"
+
+	"github.com/ntc-project/ntc/chunk"
+	"github.com/ntc-project/ntc/transport"
+	"github.com/ntc-project/ntc/transport/transporttest"
+)
+
+// peers is a receiver serving a repository on loopback and a sender
+// identity allowed to push to it.
+type peers struct {
+	repo   *Repo
+	addr   string
+	srvID  transport.ID
+	client *transport.Identity
+	errs   chan error
+}
+
+func newPeers(t *testing.T) *peers {
+	t.Helper()
+	repo, err := OpenRepo(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv, cli := transporttest.Identity(t), transporttest.Identity(t)
+	l := transporttest.Listen(t, srv, transport.AllowIDs(cli.ID()), transport.Config{})
+	p := &peers{repo: repo, addr: l.Addr().String(), srvID: srv.ID(), client: cli, errs: make(chan error, 100)}
+	rcv := &Receiver{Repo: repo, Log: t.Logf}
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg gosync.WaitGroup
+	wg.Go(func() {
+		for {
+			c, err := l.Accept(ctx)
+			if err != nil {
+				return
+			}
+			wg.Go(func() {
+				p.errs <- rcv.Serve(ctx, c)
+				c.Close()
+			})
+		}
+	})
+	t.Cleanup(func() { cancel(); wg.Wait() })
+	return p
+}
+
+func (p *peers) push(t *testing.T, ctx context.Context, s *Sender, v *Version) (*Result, error) {
+	t.Helper()
+	c, err := transport.Dial(ctx, p.addr, p.client, p.srvID, transport.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	return s.Push(ctx, c, v)
+}
+
+func randomData(r *rand.Rand, n int) []byte {
+	b := make([]byte, n)
+	for i := range b {
+		b[i] = byte(r.Uint32())
+	}
+	return b
+}
+
+// imageVersion indexes data as one image of a version.
+func imageVersion(t *testing.T, set string, images map[string][]byte) *Version {
+	t.Helper()
+	v := &Version{Set: set, Meta: []byte(`{"test":true}`)}
+	for _, name := range []string{"disk", "ram", "extra"} {
+		data, ok := images[name]
+		if !ok {
+			continue
+		}
+		p := chunk.DefaultCDC()
+		if name == "ram" {
+			p = chunk.Pages()
+		}
+		x, _, err := chunk.Build(t.Context(), chunk.Bytes(data), p, chunk.Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		v.Images = append(v.Images, Image{Name: name, Index: x, Source: ReaderSource{chunk.Bytes(data)}})
+	}
+	return v
+}
+
+func assertMaterialized(t *testing.T, repo *Repo, set string, images map[string][]byte) {
+	t.Helper()
+	for name, want := range images {
+		got, err := os.ReadFile(repo.ImagePath(set, name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(got, want) {
+			t.Fatalf("materialized %s/%s differs from what was pushed (%d vs %d bytes)", set, name, len(got), len(want))
+		}
+	}
+}
+
+func TestPushSendsOnlyWhatChanged(t *testing.T) {
+	p := newPeers(t)
+	ctx := t.Context()
+	r := rand.New(rand.NewPCG(1, 1))
+	disk := append(randomData(r, 6<<20), make([]byte, 2<<20)...)
+	ram := randomData(r, 1<<20)
+	s := &Sender{StateDir: t.TempDir()}
+	images := map[string][]byte{"disk": disk, "ram": ram}
+	res, err := p.push(t, ctx, s, imageVersion(t, "vm", images))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Version != 1 || res.ChunkBytes != 7<<20 {
+		t.Fatalf("first push: version %d, sent %d chunk bytes, want 1 and %d", res.Version, res.ChunkBytes, 7<<20)
+	}
+	assertMaterialized(t, p.repo, "vm", images)
+
+	// Change 5 scattered 64 KiB extents of the disk and 3 pages of RAM.
+	var changed int64
+	for _, off := range []int{0, 1 << 20, 3 << 20, 5<<20 + 4096, 7 << 20} {
+		copy(disk[off:off+64<<10], randomData(r, 64<<10))
+		changed += 64 << 10
+	}
+	for _, off := range []int{0, 40960, 1<<20 - 4096} {
+		copy(ram[off:off+4096], randomData(r, 4096))
+		changed += 4096
+	}
+	res, err = p.push(t, ctx, s, imageVersion(t, "vm", images))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Version != 2 || res.IndexFetched {
+		t.Fatalf("second push: version %d, index fetched %v", res.Version, res.IndexFetched)
+	}
+	if res.ChunkBytes < changed || res.ChunkBytes > 2*changed {
+		t.Fatalf("second push sent %d chunk bytes for %d changed", res.ChunkBytes, changed)
+	}
+	assertMaterialized(t, p.repo, "vm", images)
+
+	// Unchanged: nothing to send.
+	res, err = p.push(t, ctx, s, imageVersion(t, "vm", images))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.ChunksSent != 0 || res.ChangedBytes != 0 || res.Version != 3 {
+		t.Fatalf("unchanged push: %+v", res)
+	}
+
+	// A sender that forgot everything fetches the base indexes and still
+	// sends only the changes.
+	copy(disk[2<<20:], randomData(r, 4096))
+	res, err = p.push(t, ctx, &Sender{StateDir: t.TempDir()}, imageVersion(t, "vm", images))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !res.IndexFetched || res.ChunkBytes > 128<<10 {
+		t.Fatalf("push without state: fetched %v, sent %d bytes", res.IndexFetched, res.ChunkBytes)
+	}
+	assertMaterialized(t, p.repo, "vm", images)
+	if vs, _ := p.repo.List(); len(vs) != 1 || len(vs[0].Versions) != 4 {
+		t.Fatalf("repository lists %+v", vs)
+	}
+}
+
+// corrupting damages the first read of some chunks.
+type corrupting struct {
+	src   Source
+	mu    gosync.Mutex
+	left  int
+	every bool
+}
+
+func (c *corrupting) ReadChunk(ctx context.Context, e chunk.Entry) ([]byte, error) {
+	b, err := c.src.ReadChunk(ctx, e)
+	if err != nil {
+		return nil, err
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.every || c.left > 0 {
+		c.left--
+		b[len(b)/2] ^= 0xff
+	}
+	return b, nil
+}
+
+// rawSender skips the sender's own verification so that damaged chunks
+// reach the wire, as they would from a faulty network or a malicious peer.
+func TestDamagedChunksAreRefusedAndFetchedAgain(t *testing.T) {
+	p := newPeers(t)
+	ctx := t.Context()
+	r := rand.New(rand.NewPCG(2, 2))
+	disk := randomData(r, 2<<20)
+	v := imageVersion(t, "vm", map[string][]byte{"disk": disk})
+	src := &corrupting{src: v.Images[0].Source, left: 5}
+	v.Images[0].Source = src
+	skipSenderVerify = true
+	t.Cleanup(func() { skipSenderVerify = false })
+	res, err := p.push(t, ctx, &Sender{}, v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Rounds != 2 {
+		t.Fatalf("took %d rounds, want 2 (the damaged chunks asked again)", res.Rounds)
+	}
+	assertMaterialized(t, p.repo, "vm", map[string][]byte{"disk": disk})
+
+	// Chunks that are always damaged: the push fails and version 1 stays.
+	disk2 := randomData(r, 1<<20)
+	v2 := imageVersion(t, "vm", map[string][]byte{"disk": disk2})
+	v2.Images[0].Source = &corrupting{src: v2.Images[0].Source, every: true}
+	_, err = p.push(t, ctx, &Sender{}, v2)
+	if !errors.Is(err, ErrBadChunks) {
+		t.Fatalf("push of always-damaged chunks: %v, want ErrBadChunks", err)
+	}
+	if m, err := p.repo.Current("vm"); err != nil || m.Version != 1 {
+		t.Fatalf("current version after a failed push: %+v, %v", m, err)
+	}
+	assertMaterialized(t, p.repo, "vm", map[string][]byte{"disk": disk})
+	// Nothing damaged was stored.
+	for _, e := range v2.Images[0].Index.Entries {
+		if ok, _ := p.repo.Store().Has(ctx, e.ID); ok && !e.Zero {
+			if _, err := p.repo.Store().Get(ctx, e.ID); err != nil {
+				t.Fatalf("store holds a damaged chunk: %v", err)
+			}
+		}
+	}
+}
+
+func TestInterruptedPushResumes(t *testing.T) {
+	p := newPeers(t)
+	r := rand.New(rand.NewPCG(3, 3))
+	disk := randomData(r, 8<<20)
+	v := imageVersion(t, "vm", map[string][]byte{"disk": disk})
+	ctx, cancel := context.WithCancel(t.Context())
+	var sent int64
+	var mu gosync.Mutex
+	s := &Sender{StateDir: t.TempDir(), Streams: 1, Progress: func(n int64) {
+		mu.Lock()
+		defer mu.Unlock()
+		sent += n
+		if sent >= 4<<20 {
+			cancel()
+		}
+	}}
+	if _, err := p.push(t, ctx, s, v); !errors.Is(err, context.Canceled) {
+		t.Fatalf("interrupted push: %v, want context.Canceled", err)
+	}
+	if m, _ := p.repo.Current("vm"); m != nil {
+		t.Fatalf("a version was committed by an interrupted push: %+v", m)
+	}
+	s.Progress = nil
+	res, err := p.push(t, t.Context(), s, v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.ChunkBytes > 5<<20 {
+		t.Fatalf("resumed push sent %d bytes of 8 MiB; about 4 MiB were already there", res.ChunkBytes)
+	}
+	assertMaterialized(t, p.repo, "vm", map[string][]byte{"disk": disk})
+}
+
+func TestBadNamesAreRefused(t *testing.T) {
+	for _, name := range []string{"", "..", "../x", "a/b", ".hidden", "x\x00y", string(make([]byte, 200))} {
+		if CheckName(name) == nil {
+			t.Errorf("CheckName(%q) accepted", name)
+		}
+	}
+	for _, name := range []string{"vm", "disk-vda", "pc.ram", "a_b+c"} {
+		if err := CheckName(name); err != nil {
+			t.Errorf("CheckName(%q): %v", name, err)
+		}
+	}
+}
+
+func TestMalformedFrameClosesOnlyThatConnection(t *testing.T) {
+	p := newPeers(t)
+	ctx := t.Context()
+	c, err := transport.Dial(ctx, p.addr, p.client, p.srvID, transport.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := c.OpenStream(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st.Write([]byte{msgHello, 5, 'h', 'e', 'l', 'l', 'o'})
+	st.Close()
+	if err := <-p.errs; !errors.Is(err, ErrMalformed) {
+		t.Fatalf("receiver: %v, want ErrMalformed", err)
+	}
+	c.Close()
+	disk := randomData(rand.New(rand.NewPCG(4, 4)), 1<<20)
+	if _, err := p.push(t, ctx, &Sender{}, imageVersion(t, "vm", map[string][]byte{"disk": disk})); err != nil {
+		t.Fatalf("push after a malformed connection: %v", err)
+	}
+}
+
+func TestRepoIsIntactAfterFailedMaterializeRedo(t *testing.T) {
+	p := newPeers(t)
+	ctx := t.Context()
+	r := rand.New(rand.NewPCG(5, 5))
+	disk := randomData(r, 1<<20)
+	s := &Sender{StateDir: t.TempDir()}
+	if _, err := p.push(t, ctx, s, imageVersion(t, "vm", map[string][]byte{"disk": disk})); err != nil {
+		t.Fatal(err)
+	}
+	copy(disk[100<<10:], randomData(r, 8192))
+	if _, err := p.push(t, ctx, s, imageVersion(t, "vm", map[string][]byte{"disk": disk})); err != nil {
+		t.Fatal(err)
+	}
+	// Pretend a crash interrupted the move from version 1 to 2: the state
+	// says applying, the file is a mix. Materialize redoes it.
+	state := filepath.Join(p.repo.Dir(), "sets", "vm", "images", ".state.json")
+	os.WriteFile(state, []byte(`{"version":1,"applying":2}`), 0o644)
+	f, _ := os.OpenFile(p.repo.ImagePath("vm", "disk"), os.O_RDWR, 0)
+	f.WriteAt(make([]byte, 4096), 100<<10)
+	f.Close()
+	if err := p.repo.Materialize(ctx, "vm", 2); err != nil {
+		t.Fatal(err)
+	}
+	assertMaterialized(t, p.repo, "vm", map[string][]byte{"disk": disk})
+}

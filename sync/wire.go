@@ -1,0 +1,226 @@
+package sync
+
+import (
+	"bufio"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"math"
+
+	"github.com/ntc-project/ntc/chunk"
+)
+
+// Frame types. The values are part of the wire protocol: add, never renumber.
+const (
+	msgHello     = 1  // S→R on the control stream: magic, version, set name
+	msgBase      = 2  // R→S: the version the receiver holds, and its images
+	msgNeedIndex = 3  // S→R: send me the index of this base image
+	msgIndex     = 4  // R→S: an encoded index
+	msgOffer     = 5  // S→R: a new version, as a delta against the base
+	msgWant      = 6  // R→S: bitmap over the offer's new chunks
+	msgChunk     = 7  // S→R on a data stream: one chunk
+	msgSent      = 8  // S→R: every wanted chunk of this round was sent
+	msgCommitted = 9  // R→S: the version is committed
+	msgError     = 10 // either way: an error code, then the connection ends
+	msgOps       = 11 // S→R: edits of one image's entries (several per image)
+	msgOfferEnd  = 12 // S→R: the offer is complete
+	msgData      = 13 // S→R: first frame of a data stream: its round
+)
+
+// maxStreams bounds the data streams of one round.
+const maxStreams = 64
+
+const (
+	helloMagic      = "NTC-SYNC"
+	protocolVersion = 1
+	// maxFrame bounds any frame; an offer for a 16 TiB image at 16 KiB
+	// chunks would exceed it, and is sent as several frames.
+	maxFrame = 64 << 20
+)
+
+// ErrMalformed reports a frame that cannot be decoded.
+var ErrMalformed = errors.New("malformed frame")
+
+// frameWriter writes frames to a buffered stream.
+type frameWriter struct {
+	w   *bufio.Writer
+	buf []byte
+}
+
+func newFrameWriter(w io.Writer) *frameWriter {
+	return &frameWriter{w: bufio.NewWriterSize(w, 256<<10)}
+}
+
+// write sends one frame: type, uvarint length, payload.
+func (f *frameWriter) write(typ byte, payload []byte) error {
+	var hdr [1 + binary.MaxVarintLen64]byte
+	hdr[0] = typ
+	n := binary.PutUvarint(hdr[1:], uint64(len(payload)))
+	if _, err := f.w.Write(hdr[:1+n]); err != nil {
+		return err
+	}
+	_, err := f.w.Write(payload)
+	return err
+}
+
+func (f *frameWriter) flush() error { return f.w.Flush() }
+
+// frameReader reads frames from a stream.
+type frameReader struct {
+	r   *bufio.Reader
+	buf []byte
+}
+
+func newFrameReader(r io.Reader) *frameReader {
+	return &frameReader{r: bufio.NewReaderSize(r, 256<<10)}
+}
+
+// read returns the next frame; the payload is valid until the next read.
+// A clean end of stream before a frame is io.EOF.
+func (f *frameReader) read() (byte, []byte, error) {
+	typ, err := f.r.ReadByte()
+	if err != nil {
+		return 0, nil, err
+	}
+	n, err := binary.ReadUvarint(f.r)
+	if err != nil {
+		return 0, nil, fmt.Errorf("%w: frame length: %w", ErrMalformed, unexpected(err))
+	}
+	if n > maxFrame {
+		return 0, nil, fmt.Errorf("%w: frame of %d bytes, limit %d", ErrMalformed, n, maxFrame)
+	}
+	if uint64(cap(f.buf)) < n {
+		f.buf = make([]byte, n)
+	}
+	f.buf = f.buf[:n]
+	if _, err := io.ReadFull(f.r, f.buf); err != nil {
+		return 0, nil, fmt.Errorf("%w: frame type %d: %w", ErrMalformed, typ, unexpected(err))
+	}
+	return typ, f.buf, nil
+}
+
+// expect reads a frame of type want; an error frame becomes its error.
+func (f *frameReader) expect(want byte) ([]byte, error) {
+	typ, p, err := f.read()
+	if err != nil {
+		return nil, unexpected(err)
+	}
+	if typ == msgError {
+		return nil, decodeError(p)
+	}
+	if typ != want {
+		return nil, fmt.Errorf("%w: got frame type %d, want %d", ErrMalformed, typ, want)
+	}
+	return p, nil
+}
+
+func unexpected(err error) error {
+	if err == io.EOF {
+		return io.ErrUnexpectedEOF
+	}
+	return err
+}
+
+// enc builds a payload.
+type enc struct{ b []byte }
+
+func (e *enc) uvarint(v uint64) { e.b = binary.AppendUvarint(e.b, v) }
+func (e *enc) bytes(p []byte)   { e.uvarint(uint64(len(p))); e.b = append(e.b, p...) }
+func (e *enc) str(s string)     { e.bytes([]byte(s)) }
+func (e *enc) id(id chunk.ID)   { e.b = append(e.b, id[:]...) }
+func (e *enc) u64(v uint64)     { e.b = binary.BigEndian.AppendUint64(e.b, v) }
+
+// dec reads a payload; the first error sticks and later reads return zero.
+type dec struct {
+	b   []byte
+	err error
+}
+
+func (d *dec) fail(what string) {
+	if d.err == nil {
+		d.err = fmt.Errorf("%w: %s", ErrMalformed, what)
+	}
+}
+
+func (d *dec) uvarint() uint64 {
+	if d.err != nil {
+		return 0
+	}
+	v, n := binary.Uvarint(d.b)
+	if n <= 0 {
+		d.fail("bad varint")
+		return 0
+	}
+	d.b = d.b[n:]
+	return v
+}
+
+// count reads a count of items that take at least min bytes each, and
+// refuses counts the rest of the payload cannot hold.
+func (d *dec) count(min int) int {
+	v := d.uvarint()
+	if d.err == nil && (v > math.MaxInt32 || v*uint64(max(min, 1)) > uint64(len(d.b))) {
+		d.fail("count larger than the frame")
+		return 0
+	}
+	return int(v)
+}
+
+func (d *dec) bytes() []byte {
+	n := d.uvarint()
+	if d.err != nil {
+		return nil
+	}
+	if n > uint64(len(d.b)) {
+		d.fail("field longer than the frame")
+		return nil
+	}
+	p := d.b[:n]
+	d.b = d.b[n:]
+	return p
+}
+
+func (d *dec) str(maxLen int) string {
+	p := d.bytes()
+	if len(p) > maxLen {
+		d.fail("string too long")
+		return ""
+	}
+	return string(p)
+}
+
+func (d *dec) id() chunk.ID {
+	var id chunk.ID
+	if d.err != nil {
+		return id
+	}
+	if len(d.b) < len(id) {
+		d.fail("short chunk id")
+		return id
+	}
+	copy(id[:], d.b)
+	d.b = d.b[len(id):]
+	return id
+}
+
+func (d *dec) u64() uint64 {
+	if d.err != nil {
+		return 0
+	}
+	if len(d.b) < 8 {
+		d.fail("short integer")
+		return 0
+	}
+	v := binary.BigEndian.Uint64(d.b)
+	d.b = d.b[8:]
+	return v
+}
+
+// done reports the first error, or trailing bytes.
+func (d *dec) done() error {
+	if d.err == nil && len(d.b) != 0 {
+		d.fail("trailing bytes")
+	}
+	return d.err
+}
