@@ -1,0 +1,192 @@
+package sync
+
+import (
+	"bytes"
+	"errors"
+	"math/rand/v2"
+	"slices"
+	"testing"
+	"testing/iotest"
+
+	"github.com/ntc-project/ntc/chunk"
+)
+
+func entriesOf(tb testing.TB, data []byte) []chunk.Entry {
+	tb.Helper()
+	x, _, err := chunk.Build(tb.Context(), chunk.Bytes(data), chunk.Params{Kind: chunk.CDC, Pol: chunk.DefaultPolynomial, MinSize: 512, MaxSize: 4096, AvgBits: 9}, chunk.Options{})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return x.Entries
+}
+
+func TestDeltaRoundTrip(t *testing.T) {
+	r := rand.New(rand.NewPCG(1, 1))
+	for i := range 50 {
+		a := randomData(r, 1+r.IntN(200<<10))
+		b := slices.Clone(a)
+		switch i % 4 {
+		case 0:
+			copy(b[r.IntN(len(b)):], randomData(r, 1+r.IntN(5000)))
+		case 1:
+			b = append(b, randomData(r, r.IntN(9000))...)
+		case 2:
+			b = b[:r.IntN(len(b))+1]
+		case 3:
+			tail := b[r.IntN(len(b)):]
+			clear(tail[:min(len(tail), 100000)])
+		}
+		base, next := entriesOf(t, a), entriesOf(t, b)
+		ops := makeDelta(base, next)
+		var e enc
+		encodeOps(&e, ops)
+		d := dec{b: e.b}
+		got := decodeOps(&d)
+		if err := d.done(); err != nil {
+			t.Fatal(err)
+		}
+		rebuilt, err := applyDelta(base, got)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !slices.Equal(rebuilt, next) {
+			t.Fatalf("case %d: delta does not rebuild the new entries", i)
+		}
+	}
+	// An unchanged image is one keep op, whatever its size.
+	base := entriesOf(t, randomData(r, 1<<20))
+	if ops := makeDelta(base, base); len(ops) != 1 || ops[0].kind != opKeep {
+		t.Fatalf("unchanged image: %d ops", len(ops))
+	}
+}
+
+func TestFramesOneByteAtATime(t *testing.T) {
+	var buf bytes.Buffer
+	w := newFrameWriter(&buf)
+	msgs := [][]byte{hello{version: 1, set: "vm"}.encode(), want{round: 2, bitmap: []byte{1, 2, 3}}.encode(), nil}
+	for i, m := range msgs {
+		if err := w.write(byte(i+1), m); err != nil {
+			t.Fatal(err)
+		}
+	}
+	w.flush()
+	rd := newFrameReader(iotest.OneByteReader(&buf))
+	for i, m := range msgs {
+		typ, p, err := rd.read()
+		if err != nil || typ != byte(i+1) || !bytes.Equal(p, m) {
+			t.Fatalf("frame %d: %d %x %v", i, typ, p, err)
+		}
+	}
+	if _, _, err := rd.read(); err == nil {
+		t.Fatal("read past the end")
+	}
+}
+
+func TestTruncatedFrame(t *testing.T) {
+	var buf bytes.Buffer
+	w := newFrameWriter(&buf)
+	w.write(msgOffer, bytes.Repeat([]byte{7}, 100))
+	w.flush()
+	rd := newFrameReader(bytes.NewReader(buf.Bytes()[:50]))
+	if _, _, err := rd.read(); !errors.Is(err, ErrMalformed) {
+		t.Fatalf("truncated frame: %v", err)
+	}
+	huge := []byte{msgOffer, 0xff, 0xff, 0xff, 0xff, 0x0f}
+	if _, _, err := newFrameReader(bytes.NewReader(huge)).read(); !errors.Is(err, ErrMalformed) {
+		t.Fatalf("oversized frame: %v", err)
+	}
+}
+
+func offerSeed() []byte {
+	return offer{version: 3, base: 2, meta: []byte("{}"), images: []offerImage{
+		{name: "disk", size: 1 << 20, params: chunk.DefaultCDC(), based: true},
+		{name: "ram", size: 4096, params: chunk.Pages()}}}.encode()
+}
+
+func FuzzDecodeOffer(f *testing.F) {
+	f.Add(offerSeed())
+	f.Fuzz(func(t *testing.T, b []byte) {
+		m, err := decodeOffer(b)
+		if err != nil {
+			return
+		}
+		m2, err := decodeOffer(m.encode())
+		if err != nil || m2.version != m.version || len(m2.images) != len(m.images) {
+			t.Fatalf("re-decode: %v", err)
+		}
+	})
+}
+
+func FuzzDecodeOps(f *testing.F) {
+	r := rand.New(rand.NewPCG(9, 9))
+	a := randomData(r, 50000)
+	b := slices.Clone(a)
+	copy(b[1000:], randomData(r, 3000))
+	base := entriesOf(f, a)
+	var e enc
+	encodeOps(&e, makeDelta(base, entriesOf(f, b)))
+	f.Add(opsMsg{image: 0, ops: nil}.encode())
+	f.Add(append([]byte{0}, e.b...))
+	f.Fuzz(func(t *testing.T, p []byte) {
+		m, err := decodeOpsMsg(p)
+		if err != nil {
+			return
+		}
+		// Applying arbitrary ops never panics; a result is a valid list.
+		es, err := applyDelta(base, m.ops)
+		if err != nil {
+			return
+		}
+		pos := int64(0)
+		for _, e := range es {
+			if e.Offset != pos || e.Length <= 0 {
+				t.Fatalf("applyDelta returned a broken list at %d", pos)
+			}
+			pos += e.Length
+		}
+	})
+}
+
+func FuzzDecodeFrames(f *testing.F) {
+	var buf bytes.Buffer
+	w := newFrameWriter(&buf)
+	w.write(msgHello, hello{version: 1, set: "vm"}.encode())
+	w.write(msgBase, base{version: 2, images: []imageRef{{name: "disk"}}}.encode())
+	w.write(msgWant, want{round: 1, bitmap: []byte{0xff}}.encode())
+	w.write(msgChunk, chunkMsg{ordinal: 3, codec: codecRaw, data: []byte("abc")}.appendTo(nil))
+	w.write(msgSent, sent{round: 1, streams: 4}.encode())
+	w.write(msgError, encodeUint(codeNoSpace))
+	w.flush()
+	f.Add(buf.Bytes())
+	f.Fuzz(func(t *testing.T, b []byte) {
+		rd := newFrameReader(bytes.NewReader(b))
+		for range 20 {
+			typ, p, err := rd.read()
+			if err != nil {
+				return
+			}
+			switch typ {
+			case msgHello:
+				decodeHello(p)
+			case msgBase:
+				if m, err := decodeBase(p); err == nil {
+					if m2, err := decodeBase(m.encode()); err != nil || m2.version != m.version {
+						t.Fatal("base does not round-trip")
+					}
+				}
+			case msgWant:
+				decodeWant(p)
+			case msgChunk:
+				decodeChunk(p)
+			case msgSent:
+				decodeSent(p)
+			case msgError:
+				decodeError(p)
+			case msgIndex:
+				if _, b, err := decodeIndexMsg(p); err == nil {
+					(&chunk.Index{}).UnmarshalBinary(b)
+				}
+			}
+		}
+	})
+}
