@@ -1,0 +1,70 @@
+package transport
+
+import (
+	"crypto/tls"
+	"errors"
+)
+
+// errNoPeerCertificate is a handshake failure that never leaves this node.
+var errNoPeerCertificate = errors.New("peer sent no certificate")
+
+// serverTLS returns the TLS configuration of a listener: TLS 1.3, a client
+// certificate required, and the client's ID checked against allow. A refused
+// client gets a bad_certificate alert, which [MapError] turns into
+// [ErrPeerNotAllowed] on its side; quic-go never hands its connection to
+// [Listener.Accept].
+func serverTLS(id *Identity, allow func(ID) bool) *tls.Config {
+	return &tls.Config{
+		MinVersion:   tls.VersionTLS13,
+		Certificates: []tls.Certificate{id.TLSCertificate()},
+		NextProtos:   []string{ALPN},
+		// Any certificate: the peer is judged by the hash of its
+		// certificate below, not by a chain. TLS still checks that the
+		// client holds the certificate's key.
+		ClientAuth: tls.RequireAnyClientCert,
+		// Without resumption every connection presents its certificate.
+		SessionTicketsDisabled: true,
+		VerifyConnection: func(cs tls.ConnectionState) error {
+			peer, err := peerIDOf(cs)
+			if err != nil {
+				return err
+			}
+			if !allow(peer) {
+				return ErrPeerNotAllowed
+			}
+			return nil
+		},
+	}
+}
+
+// clientTLS returns the TLS configuration for dialling the node peer: TLS
+// 1.3, this node's certificate offered, and the server's pinned.
+func clientTLS(id *Identity, peer ID) *tls.Config {
+	return &tls.Config{
+		MinVersion:   tls.VersionTLS13,
+		Certificates: []tls.Certificate{id.TLSCertificate()},
+		NextProtos:   []string{ALPN},
+		// The server's certificate is self-signed: there is no chain to
+		// verify. VerifyConnection pins it by hash instead, and TLS checks
+		// that the server holds its key.
+		InsecureSkipVerify: true,
+		VerifyConnection: func(cs tls.ConnectionState) error {
+			got, err := peerIDOf(cs)
+			if err != nil {
+				return err
+			}
+			if got != peer {
+				return &PeerMismatchError{Want: peer, Got: got}
+			}
+			return nil
+		},
+	}
+}
+
+// peerIDOf returns the ID of the certificate the peer presented.
+func peerIDOf(cs tls.ConnectionState) (ID, error) {
+	if len(cs.PeerCertificates) == 0 {
+		return ID{}, errNoPeerCertificate
+	}
+	return idOf(cs.PeerCertificates[0].Raw), nil
+}

@@ -1,0 +1,160 @@
+// Package transporttest provides helpers for tests and benchmarks that need
+// connected [transport.Conn] pairs: a loopback pair with fresh identities,
+// and a byte mover that is the baseline for stream throughput.
+package transporttest
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"testing"
+
+	"golang.org/x/sync/errgroup"
+
+	"github.com/ntc-project/ntc/transport"
+)
+
+// Identity returns a fresh in-memory identity.
+func Identity(tb testing.TB) *transport.Identity {
+	tb.Helper()
+	id, err := transport.GenerateIdentity()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return id
+}
+
+// Listen listens on a free loopback port as srv, admitting the IDs allowed.
+// The listener is closed when the test ends.
+func Listen(tb testing.TB, srv *transport.Identity, allow func(transport.ID) bool, cfg transport.Config) *transport.Listener {
+	tb.Helper()
+	l, err := transport.Listen("127.0.0.1:0", srv, allow, cfg)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() {
+		if err := l.Close(); err != nil {
+			tb.Error(err)
+		}
+	})
+	return l
+}
+
+// Pair returns the two ends of a connection over loopback between two fresh
+// identities, both using cfg. Both are closed when the test ends.
+func Pair(tb testing.TB, cfg transport.Config) (client, server *transport.Conn) {
+	tb.Helper()
+	cid, sid := Identity(tb), Identity(tb)
+	l := Listen(tb, sid, transport.AllowIDs(cid.ID()), cfg)
+	ctx := tb.Context()
+	accepted := make(chan error, 1)
+	go func() {
+		var err error
+		server, err = l.Accept(ctx)
+		accepted <- err
+	}()
+	client, err := transport.Dial(ctx, l.Addr().String(), cid, sid.ID(), cfg)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() {
+		if err := client.Close(); err != nil {
+			tb.Error(err)
+		}
+	})
+	if err := <-accepted; err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() {
+		if err := server.Close(); err != nil {
+			tb.Error(err)
+		}
+	})
+	return client, server
+}
+
+const bufSize = 256 << 10
+
+// MoveBytes opens a stream from one end of a connection, sends size bytes on
+// it and returns once the other end has read them all and acknowledged. It
+// is one operation of [StreamThroughput].
+func MoveBytes(ctx context.Context, from, to *transport.Conn, size int64) error {
+	g, ctx := errgroup.WithContext(ctx)
+	g.Go(func() error {
+		s, err := to.AcceptStream(ctx)
+		if err != nil {
+			return err
+		}
+		defer context.AfterFunc(ctx, func() { s.Cancel(ctx.Err()) })()
+		buf := make([]byte, bufSize)
+		var n int64
+		for {
+			m, err := s.Read(buf)
+			n += int64(m)
+			if errors.Is(err, io.EOF) {
+				break
+			}
+			if err != nil {
+				return fmt.Errorf("receive: %w", err)
+			}
+		}
+		if n != size {
+			return fmt.Errorf("received %d bytes, want %d", n, size)
+		}
+		if _, err := s.Write([]byte{1}); err != nil {
+			return fmt.Errorf("acknowledge: %w", err)
+		}
+		return s.Close()
+	})
+	g.Go(func() error {
+		s, err := from.OpenStream(ctx)
+		if err != nil {
+			return err
+		}
+		defer context.AfterFunc(ctx, func() { s.Cancel(ctx.Err()) })()
+		buf := make([]byte, bufSize)
+		for left := size; left > 0; {
+			m, err := s.Write(buf[:min(left, int64(len(buf)))])
+			left -= int64(m)
+			if err != nil {
+				return fmt.Errorf("send: %w", err)
+			}
+		}
+		if err := s.Close(); err != nil {
+			return fmt.Errorf("send: %w", err)
+		}
+		// Read to the end, so that the stream completes on both sides
+		// and stops counting against the peer's stream limit.
+		ack, err := io.ReadAll(s)
+		if err != nil {
+			return fmt.Errorf("wait for acknowledgement: %w", err)
+		}
+		if len(ack) != 1 {
+			return fmt.Errorf("acknowledgement has %d bytes, want 1", len(ack))
+		}
+		return nil
+	})
+	return g.Wait()
+}
+
+// warmUp is moved before measuring, so that flow-control windows and the
+// congestion window have grown: the benchmark reports the steady rate.
+const warmUp = 32 << 20
+
+// StreamThroughput measures one stream moving size bytes per operation from
+// one end of a connection to the other, reporting the rate as MB/s. The
+// connection is warmed up first.
+func StreamThroughput(b *testing.B, from, to *transport.Conn, size int64) {
+	b.Helper()
+	if err := MoveBytes(b.Context(), from, to, warmUp); err != nil {
+		b.Fatal(err)
+	}
+	b.SetBytes(size)
+	b.ReportAllocs()
+	for b.Loop() {
+		if err := MoveBytes(b.Context(), from, to, size); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
