@@ -91,7 +91,9 @@ func (r *Receiver) serve(ctx context.Context, conn *transport.Conn, ctrl *transp
 	if err := CheckName(h.set); err != nil {
 		return err
 	}
-	unlock, err := r.Repo.lock(ctx, h.set)
+	unlock, err := r.Repo.lock(ctx, h.set, conn.PeerID().String(), func() {
+		conn.CloseWithError(transport.ErrShuttingDown)
+	})
 	if err != nil {
 		return err
 	}

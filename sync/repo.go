@@ -41,7 +41,16 @@ type Repo struct {
 	store *chunk.DirStore
 
 	mu    gosync.Mutex
-	locks map[string]chan struct{}
+	locks map[string]*setLock
+}
+
+// setLock serializes pushes of one set. The holder's owner (the peer) and
+// cancel let a newer push from the same peer take over from one whose
+// sender went away without a word (killed, or its link dropped).
+type setLock struct {
+	ch     chan struct{}
+	owner  string
+	cancel func()
 }
 
 // Manifest describes a committed version.
@@ -75,7 +84,7 @@ func OpenRepo(dir string) (*Repo, error) {
 			return nil, fmt.Errorf("open repository: %w", err)
 		}
 	}
-	return &Repo{dir: dir, store: st, locks: map[string]chan struct{}{}}, nil
+	return &Repo{dir: dir, store: st, locks: map[string]*setLock{}}, nil
 }
 
 // Store returns the repository's chunk store.
@@ -84,29 +93,42 @@ func (r *Repo) Store() *chunk.DirStore { return r.store }
 // Dir returns the repository's directory.
 func (r *Repo) Dir() string { return r.dir }
 
-// lockWait is how long a push waits for another push of the same set (one
-// whose sender just went away, typically) before giving up as busy.
+// lockWait is how long a push waits for another push of the same set
+// before giving up as busy.
 const lockWait = 10 * time.Second
 
-// lock takes the set for one push, waiting a while for another to end.
-func (r *Repo) lock(ctx context.Context, set string) (func(), error) {
+// lock takes the set for one push by owner. A push by the same owner that
+// is still in progress is cancelled first: a sender pushes a set once at a
+// time, so the older push is one whose sender is gone.
+func (r *Repo) lock(ctx context.Context, set, owner string, cancel func()) (func(), error) {
 	r.mu.Lock()
-	ch, ok := r.locks[set]
+	l, ok := r.locks[set]
 	if !ok {
-		ch = make(chan struct{}, 1)
-		r.locks[set] = ch
+		l = &setLock{ch: make(chan struct{}, 1)}
+		r.locks[set] = l
+	}
+	if l.owner == owner && l.cancel != nil {
+		l.cancel()
 	}
 	r.mu.Unlock()
 	t := time.NewTimer(lockWait)
 	defer t.Stop()
 	select {
-	case ch <- struct{}{}:
-		return func() { <-ch }, nil
+	case l.ch <- struct{}{}:
 	case <-t.C:
 		return nil, ErrBusy
 	case <-ctx.Done():
 		return nil, ctx.Err()
 	}
+	r.mu.Lock()
+	l.owner, l.cancel = owner, cancel
+	r.mu.Unlock()
+	return func() {
+		r.mu.Lock()
+		l.owner, l.cancel = "", nil
+		r.mu.Unlock()
+		<-l.ch
+	}, nil
 }
 
 func versionDir(v uint64) string { return fmt.Sprintf("v%06d", v) }

@@ -19,6 +19,11 @@ func writeJSON(w io.Writer, v any) error {
 	return enc.Encode(v)
 }
 
+// writeJSONLine writes v as one line, for streams of events.
+func writeJSONLine(w io.Writer, v any) error {
+	return json.NewEncoder(w).Encode(v)
+}
+
 // humanBytes formats n with binary units: 1.5 GiB.
 func humanBytes(n int64) string {
 	const unit = 1024

@@ -21,6 +21,14 @@ type globals struct {
 	configFile     string
 	json           bool
 	verbose        bool
+	// bindings wait for the command that runs: several commands bind the
+	// same key (serve and ls both read serve.store).
+	bindings []binding
+}
+
+type binding struct {
+	cmd       *cobra.Command
+	key, flag string
 }
 
 func newGlobals(stdout, stderr io.Writer) *globals {
@@ -55,6 +63,13 @@ then the file given by --config (default: $NTC_HOME/ntc.yaml or
 		SilenceUsage:  true,
 		SilenceErrors: true,
 		PersistentPreRunE: func(cmd *cobra.Command, args []string) error {
+			for _, b := range g.bindings {
+				if b.cmd == cmd {
+					if err := g.v.BindPFlag(b.key, cmd.Flags().Lookup(b.flag)); err != nil {
+						return fmt.Errorf("bind flag %s: %w", b.flag, err)
+					}
+				}
+			}
 			return g.loadConfig()
 		},
 	}
@@ -67,6 +82,11 @@ then the file given by --config (default: $NTC_HOME/ntc.yaml or
 		newIndexCommand(g),
 		newDiffCommand(g),
 		newDemoCommand(g),
+		newInitCommand(g),
+		newIDCommand(g),
+		newServeCommand(g),
+		newPushCommand(g),
+		newLsCommand(g),
 		newVersionCommand(g),
 	)
 	return root
@@ -107,9 +127,8 @@ func defaultConfigPaths() []string {
 	return out
 }
 
-// bind makes a flag's value resolvable through viper under key.
+// bind makes a flag's value resolvable through viper under key when cmd
+// runs.
 func (g *globals) bind(cmd *cobra.Command, key, flag string) {
-	if err := g.v.BindPFlag(key, cmd.Flags().Lookup(flag)); err != nil {
-		panic(fmt.Sprintf("bind flag %s: %v", flag, err)) // a programming error
-	}
+	g.bindings = append(g.bindings, binding{cmd, key, flag})
 }

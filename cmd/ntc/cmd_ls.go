@@ -1,0 +1,52 @@
+package main
+
+import (
+	"fmt"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	ntcsync "github.com/ntc-project/ntc/sync"
+)
+
+func newLsCommand(g *globals) *cobra.Command {
+	var store string
+	cmd := &cobra.Command{
+		Use:   "ls --store DIR",
+		Short: "List the sets and versions a repository holds",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			store = g.v.GetString("serve.store")
+			if store == "" {
+				return usagef("ls needs --store DIR")
+			}
+			repo, err := ntcsync.OpenRepo(store)
+			if err != nil {
+				return err
+			}
+			sets, err := repo.List()
+			if err != nil {
+				return err
+			}
+			if g.json {
+				return writeJSON(g.stdout, sets)
+			}
+			if len(sets) == 0 {
+				fmt.Fprintf(g.stdout, "%s holds nothing yet\n", store)
+			}
+			for _, s := range sets {
+				fmt.Fprintf(g.stdout, "%s: %d versions\n", s.Set, len(s.Versions))
+				if m := s.Current; m != nil {
+					fmt.Fprintf(g.stdout, "  current v%d, received %s from %.20s…\n", m.Version, m.Created.Local().Format(time.DateTime), m.Sender)
+					for _, im := range m.Images {
+						fmt.Fprintf(g.stdout, "    %-24s %10s  %s\n", im.Name, humanBytes(im.Size), repo.ImagePath(s.Set, im.Name))
+					}
+				}
+			}
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&store, "store", "", "repository directory")
+	g.bind(cmd, "serve.store", "store")
+	return cmd
+}

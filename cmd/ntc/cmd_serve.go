@@ -1,0 +1,119 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log"
+	gosync "sync"
+
+	"github.com/spf13/cobra"
+
+	ntcsync "github.com/ntc-project/ntc/sync"
+	"github.com/ntc-project/ntc/transport"
+)
+
+type serveOptions struct {
+	listen string
+	store  string
+	allow  []string
+}
+
+func newServeCommand(g *globals) *cobra.Command {
+	var o serveOptions
+	cmd := &cobra.Command{
+		Use:   "serve --store DIR --allow ID [--allow ID ...]",
+		Short: "Receive pushes into a repository",
+		Long: `Serve receives versions pushed by the peers it allows (by node ID: see 'ntc id')
+over QUIC and keeps them in DIR: a chunk store, every committed version's
+indexes, and the current version of each set as image files under
+DIR/sets/SET/images/. A push commits atomically: until it is complete the
+previous version stays current and intact. Peers not allowed are refused
+before anything is written.
+
+Example:
+  ntc serve --listen :7400 --store ~/vms --allow TYA6ZIM-V6MAQKO-...
+
+'ntc ls --store DIR' lists what was received.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			o.listen = g.v.GetString("serve.listen")
+			o.store = g.v.GetString("serve.store")
+			if len(o.allow) == 0 {
+				o.allow = g.v.GetStringSlice("serve.allow")
+			}
+			return runServe(cmd.Context(), g, o)
+		},
+	}
+	f := cmd.Flags()
+	f.String("listen", ":7400", "UDP address to listen on")
+	f.String("store", "", "repository directory (created if needed)")
+	f.StringArrayVar(&o.allow, "allow", nil, "node ID allowed to push (repeatable; or serve.allow in the config)")
+	g.bind(cmd, "serve.listen", "listen")
+	g.bind(cmd, "serve.store", "store")
+	return cmd
+}
+
+type listeningJSON struct {
+	Event string `json:"event"`
+	Addr  string `json:"addr"`
+	ID    string `json:"id"`
+	Store string `json:"store"`
+}
+
+func runServe(ctx context.Context, g *globals, o serveOptions) error {
+	if o.store == "" {
+		return usagef("serve needs --store DIR (where received versions are kept)")
+	}
+	if len(o.allow) == 0 {
+		return usagef("serve needs at least one --allow ID: the node IDs that may push (run 'ntc id' on the sender)")
+	}
+	var allowed []transport.ID
+	for _, s := range o.allow {
+		id, err := transport.ParseID(s)
+		if err != nil {
+			return usagef("--allow %q: %v", s, err)
+		}
+		allowed = append(allowed, id)
+	}
+	id, err := transport.LoadIdentity(g.home())
+	if err != nil {
+		return err
+	}
+	repo, err := ntcsync.OpenRepo(o.store)
+	if err != nil {
+		return err
+	}
+	l, err := transport.Listen(o.listen, id, transport.AllowIDs(allowed...), transport.Config{})
+	if err != nil {
+		return err
+	}
+	defer l.Close()
+	logger := log.New(g.stderr, "ntc serve: ", log.LstdFlags)
+	if g.json {
+		writeJSONLine(g.stdout, listeningJSON{Event: "listening", Addr: l.Addr().String(), ID: id.ID().String(), Store: o.store})
+	} else {
+		fmt.Fprintf(g.stdout, "serving %s on %s as %s (%d peers allowed)\n", o.store, l.Addr(), id.ID(), len(allowed))
+	}
+	rcv := &ntcsync.Receiver{Repo: repo, Log: logger.Printf}
+	var wg gosync.WaitGroup
+	defer wg.Wait()
+	for {
+		c, err := l.Accept(ctx)
+		if err != nil {
+			if ctx.Err() != nil {
+				logger.Printf("stopping: pushes in progress are abandoned; their sets keep their previous version")
+				return nil
+			}
+			if errors.Is(err, transport.ErrPeerNotAllowed) {
+				logger.Printf("refused a peer: %v", err)
+				continue
+			}
+			return err
+		}
+		wg.Go(func() {
+			defer c.Close()
+			rcv.Serve(ctx, c)
+		})
+	}
+}
