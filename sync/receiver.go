@@ -213,13 +213,17 @@ func (r *Receiver) serve(ctx context.Context, conn *transport.Conn, ctrl *transp
 		if err := w.flush(); err != nil {
 			return err
 		}
+		t0 := time.Now()
 		if err := r.receiveRound(ctx, conn, rd, &in, round, bitmap, have); err != nil {
 			return err
 		}
+		r.logf("round %d: received %d chunks in %s", round, missing, time.Since(t0).Round(time.Millisecond))
 	}
+	t0 := time.Now()
 	if err := r.Repo.store.Sync(ctx); err != nil {
 		return err
 	}
+	tSync := time.Since(t0)
 	m := &Manifest{Set: h.set, Version: in.offer.version, Base: in.offer.base, Created: time.Now().UTC(), Sender: conn.PeerID().String()}
 	for i, oi := range in.offer.images {
 		d, _, err := indexDigest(in.index[i])
@@ -232,10 +236,12 @@ func (r *Receiver) serve(ctx context.Context, conn *transport.Conn, ctrl *transp
 	if err := r.Repo.commit(h.set, m, in.index, in.offer.meta); err != nil {
 		return err
 	}
+	tCommit := time.Since(t0)
 	if err := r.Repo.Materialize(ctx, h.set, m.Version); err != nil {
 		return err
 	}
-	r.logf("committed %s v%d", h.set, m.Version)
+	r.logf("committed %s v%d (store synced in %s, committed in %s, images written in %s)", h.set, m.Version,
+		tSync.Round(time.Millisecond), (tCommit - tSync).Round(time.Millisecond), (time.Since(t0) - tCommit).Round(time.Millisecond))
 	if err := w.write(msgCommitted, encodeUint(m.Version)); err != nil {
 		return err
 	}
@@ -379,7 +385,11 @@ func (r *Receiver) readData(ctx context.Context, s *transport.Stream, in *incomi
 			damaged.Add(1)
 			continue
 		}
-		if err := r.Repo.store.Put(ctx, nc.entry.ID, data); err != nil {
+		var comp []byte
+		if m.codec == codecZstd {
+			comp = m.data
+		}
+		if err := r.Repo.store.PutEncoded(ctx, nc.entry.ID, data, comp, m.codec == codecRaw); err != nil {
 			return err
 		}
 		have[m.ordinal].Store(true)

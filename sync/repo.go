@@ -25,7 +25,7 @@ import (
 // Repo is a receiver's repository: a chunk store and, per set, its
 // committed versions and the materialized images of the current one.
 //
-//	DIR/chunks/…                     the chunk store (chunk.DirStore)
+//	DIR/packs/…                      the chunk store (chunk.PackStore)
 //	DIR/sets/SET/v000042/            a committed version: manifest.json,
 //	                                 meta, one IMAGE.idx per image
 //	DIR/sets/SET/CURRENT             the current version's directory name
@@ -38,7 +38,7 @@ import (
 // previous version (its indexes and chunks) stays intact throughout.
 type Repo struct {
 	dir   string
-	store *chunk.DirStore
+	store *chunk.PackStore
 
 	mu    gosync.Mutex
 	locks map[string]*setLock
@@ -73,22 +73,40 @@ type ImageManifest struct {
 	Chunks int      `json:"chunks"`
 }
 
-// OpenRepo opens, creating if needed, the repository in dir.
+// OpenRepo opens, creating if needed, the repository in dir, for one
+// process at a time.
 func OpenRepo(dir string) (*Repo, error) {
-	st, err := chunk.OpenDirStore(dir)
-	if err != nil {
-		return nil, err
-	}
 	for _, d := range []string{"sets", "tmp"} {
 		if err := os.MkdirAll(filepath.Join(dir, d), 0o755); err != nil {
 			return nil, fmt.Errorf("open repository: %w", err)
 		}
 	}
+	st, err := chunk.OpenPackStore(dir)
+	if err != nil {
+		return nil, err
+	}
 	return &Repo{dir: dir, store: st, locks: map[string]*setLock{}}, nil
 }
 
-// Store returns the repository's chunk store.
-func (r *Repo) Store() *chunk.DirStore { return r.store }
+// OpenRepoForReading opens the repository in dir to list and read its
+// manifests and indexes, while another process may be serving it.
+func OpenRepoForReading(dir string) (*Repo, error) {
+	if _, err := os.Stat(filepath.Join(dir, "sets")); err != nil {
+		return nil, fmt.Errorf("open repository %s: %w (is it a directory that 'ntc serve --store' created?)", dir, err)
+	}
+	return &Repo{dir: dir, locks: map[string]*setLock{}}, nil
+}
+
+// Close releases the repository's chunk store.
+func (r *Repo) Close() error {
+	if r.store == nil {
+		return nil
+	}
+	return r.store.Close()
+}
+
+// Store returns the repository's chunk store (nil when opened for reading).
+func (r *Repo) Store() *chunk.PackStore { return r.store }
 
 // Dir returns the repository's directory.
 func (r *Repo) Dir() string { return r.dir }
@@ -343,6 +361,7 @@ func (r *Repo) materializeImage(ctx context.Context, path string, prev, next *ch
 	if err := f.Truncate(next.Size); err != nil {
 		return err
 	}
+	w := &spanWriter{f: f}
 	j := 0
 	for _, e := range next.Entries {
 		for j < len(prev.Entries) && prev.Entries[j].Offset < e.Offset {
@@ -351,9 +370,12 @@ func (r *Repo) materializeImage(ctx context.Context, path string, prev, next *ch
 		if j < len(prev.Entries) && prev.Entries[j] == e {
 			continue
 		}
-		if err := r.writeEntry(ctx, f, e); err != nil {
+		if err := r.writeEntry(ctx, w, e); err != nil {
 			return err
 		}
+	}
+	if err := w.flush(); err != nil {
+		return err
 	}
 	return f.Sync()
 }
@@ -365,21 +387,54 @@ func (r *Repo) writeWhole(ctx context.Context, path string, x *chunk.Index) erro
 		if err := f.Truncate(x.Size); err != nil {
 			return err
 		}
+		sw := &spanWriter{f: f}
 		for _, e := range x.Entries {
 			if e.Zero {
 				continue
 			}
-			if err := r.writeEntry(ctx, f, e); err != nil {
+			if err := r.writeEntry(ctx, sw, e); err != nil {
 				return err
 			}
 		}
-		return nil
+		return sw.flush()
 	})
 }
 
-func (r *Repo) writeEntry(ctx context.Context, f *os.File, e chunk.Entry) error {
+// spanWriter gathers writes at consecutive offsets into large ones.
+type spanWriter struct {
+	f   *os.File
+	off int64
+	buf []byte
+}
+
+func (w *spanWriter) WriteAt(p []byte, off int64) (int, error) {
+	if len(w.buf) > 0 && (off != w.off+int64(len(w.buf)) || len(w.buf) >= 4<<20) {
+		if err := w.flush(); err != nil {
+			return 0, err
+		}
+	}
+	if len(w.buf) == 0 {
+		w.off = off
+	}
+	w.buf = append(w.buf, p...)
+	return len(p), nil
+}
+
+func (w *spanWriter) flush() error {
+	if len(w.buf) == 0 {
+		return nil
+	}
+	_, err := w.f.WriteAt(w.buf, w.off)
+	w.buf = w.buf[:0]
+	return err
+}
+
+func (r *Repo) writeEntry(ctx context.Context, f *spanWriter, e chunk.Entry) error {
 	if e.Zero {
-		err := unix.Fallocate(int(f.Fd()), unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE, e.Offset, e.Length)
+		if err := f.flush(); err != nil {
+			return err
+		}
+		err := unix.Fallocate(int(f.f.Fd()), unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE, e.Offset, e.Length)
 		if err == nil {
 			return nil
 		}

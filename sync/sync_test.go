@@ -25,12 +25,13 @@ type peers struct {
 	errs   chan error
 }
 
-func newPeers(t *testing.T) *peers {
+func newPeers(t testing.TB) *peers {
 	t.Helper()
 	repo, err := OpenRepo(t.TempDir())
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(func() { repo.Close() })
 	srv, cli := transporttest.Identity(t), transporttest.Identity(t)
 	l := transporttest.Listen(t, srv, transport.AllowIDs(cli.ID()), transport.Config{})
 	p := &peers{repo: repo, addr: l.Addr().String(), srvID: srv.ID(), client: cli, errs: make(chan error, 100)}
@@ -53,7 +54,7 @@ func newPeers(t *testing.T) *peers {
 	return p
 }
 
-func (p *peers) push(t *testing.T, ctx context.Context, s *Sender, v *Version) (*Result, error) {
+func (p *peers) push(t testing.TB, ctx context.Context, s *Sender, v *Version) (*Result, error) {
 	t.Helper()
 	c, err := transport.Dial(ctx, p.addr, p.client, p.srvID, transport.Config{})
 	if err != nil {
@@ -72,7 +73,7 @@ func randomData(r *rand.Rand, n int) []byte {
 }
 
 // imageVersion indexes data as one image of a version.
-func imageVersion(t *testing.T, set string, images map[string][]byte) *Version {
+func imageVersion(t testing.TB, set string, images map[string][]byte) *Version {
 	t.Helper()
 	v := &Version{Set: set, Meta: []byte(`{"test":true}`)}
 	for _, name := range []string{"disk", "ram", "extra"} {

@@ -20,7 +20,7 @@ func newLsCommand(g *globals) *cobra.Command {
 			if store == "" {
 				return usagef("ls needs --store DIR")
 			}
-			repo, err := ntcsync.OpenRepo(store)
+			repo, err := ntcsync.OpenRepoForReading(store)
 			if err != nil {
 				return err
 			}

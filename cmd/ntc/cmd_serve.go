@@ -84,6 +84,7 @@ func runServe(ctx context.Context, g *globals, o serveOptions) error {
 	if err != nil {
 		return err
 	}
+	defer repo.Close()
 	l, err := transport.Listen(o.listen, id, transport.AllowIDs(allowed...), transport.Config{})
 	if err != nil {
 		return err

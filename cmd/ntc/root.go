@@ -6,6 +6,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"runtime/pprof"
 	"strings"
 
 	"github.com/spf13/cobra"
@@ -21,6 +22,7 @@ type globals struct {
 	configFile     string
 	json           bool
 	verbose        bool
+	cpuProfile     string
 	// bindings wait for the command that runs: several commands bind the
 	// same key (serve and ls both read serve.store).
 	bindings []binding
@@ -70,13 +72,27 @@ then the file given by --config (default: $NTC_HOME/ntc.yaml or
 					}
 				}
 			}
+			if g.cpuProfile != "" {
+				f, err := os.Create(g.cpuProfile)
+				if err != nil {
+					return err
+				}
+				if err := pprof.StartCPUProfile(f); err != nil {
+					return err
+				}
+			}
 			return g.loadConfig()
+		},
+		PersistentPostRun: func(cmd *cobra.Command, args []string) {
+			pprof.StopCPUProfile()
 		},
 	}
 	pf := root.PersistentFlags()
 	pf.StringVar(&g.configFile, "config", "", "configuration file (YAML)")
 	pf.BoolVar(&g.json, "json", false, "print one JSON object instead of text")
 	pf.BoolVarP(&g.verbose, "verbose", "v", false, "say more about what is happening")
+	pf.StringVar(&g.cpuProfile, "cpuprofile", "", "write a CPU profile of this command to FILE")
+	pf.MarkHidden("cpuprofile")
 	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error { return usageError{err} })
 	root.AddCommand(
 		newIndexCommand(g),

@@ -1,0 +1,278 @@
+package bench
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/klauspost/compress/zstd"
+)
+
+// Node is one ntc home directory (an identity) using the ntc binary Bin.
+type Node struct {
+	Bin  string
+	Home string
+	ID   string
+}
+
+// NewNode creates an identity in home.
+func NewNode(ctx context.Context, bin, home string) (*Node, error) {
+	n := &Node{Bin: bin, Home: home}
+	out, err := n.Command(ctx, "init").Output()
+	if err != nil {
+		return nil, fmt.Errorf("ntc init: %w", err)
+	}
+	n.ID = strings.TrimSpace(string(out))
+	return n, nil
+}
+
+// Command runs ntc as this node.
+func (n *Node) Command(ctx context.Context, args ...string) *exec.Cmd {
+	c := exec.CommandContext(ctx, n.Bin, args...)
+	c.Env = append(os.Environ(), "NTC_HOME="+n.Home)
+	return c
+}
+
+// Server is a running 'ntc serve'.
+type Server struct {
+	Addr   string
+	cmd    *exec.Cmd
+	stderr bytes.Buffer
+}
+
+// Serve starts 'ntc serve' on addr into store, allowing peer.
+func (n *Node) Serve(ctx context.Context, addr, store string, allow string, wrap ...string) (*Server, error) {
+	args := []string{"--json", "serve", "--listen", addr, "--store", store, "--allow", allow}
+	var c *exec.Cmd
+	if len(wrap) > 0 {
+		c = exec.CommandContext(ctx, wrap[0], append(append(wrap[1:], n.Bin), args...)...)
+		c.Env = append(os.Environ(), "NTC_HOME="+n.Home)
+	} else {
+		c = n.Command(ctx, args...)
+	}
+	s := &Server{cmd: c}
+	c.Stderr = &s.stderr
+	out, err := c.StdoutPipe()
+	if err != nil {
+		return nil, err
+	}
+	if err := c.Start(); err != nil {
+		return nil, err
+	}
+	line, err := bufio.NewReader(out).ReadString('\n')
+	if err != nil {
+		c.Process.Kill()
+		c.Wait()
+		return nil, fmt.Errorf("ntc serve did not start: %v: %s", err, s.stderr.String())
+	}
+	var ev struct{ Addr string }
+	if err := json.Unmarshal([]byte(line), &ev); err != nil {
+		return nil, fmt.Errorf("ntc serve printed %q", line)
+	}
+	s.Addr = ev.Addr
+	return s, nil
+}
+
+// Stop ends the server and returns its peak resident memory in bytes.
+func (s *Server) Stop() (int64, error) {
+	s.cmd.Process.Signal(syscall.SIGTERM)
+	s.cmd.Wait()
+	return maxRSS(s.cmd.ProcessState), nil
+}
+
+func maxRSS(ps *os.ProcessState) int64 {
+	if ps == nil {
+		return 0
+	}
+	if ru, ok := ps.SysUsage().(*syscall.Rusage); ok {
+		return ru.Maxrss * 1024
+	}
+	return 0
+}
+
+func cpuTime(ps *os.ProcessState) time.Duration {
+	if ps == nil {
+		return 0
+	}
+	return ps.UserTime() + ps.SystemTime()
+}
+
+// PushResult is what 'ntc push --json' reports, plus the process's costs.
+type PushResult struct {
+	Version      uint64 `json:"version"`
+	ImageBytes   int64  `json:"image_bytes"`
+	ChangedBytes int64  `json:"changed_bytes"`
+	ChunksSent   int    `json:"chunks_sent"`
+	ChunkBytes   int64  `json:"chunk_bytes"`
+	DataBytes    int64  `json:"data_bytes"`
+	BytesSent    int64  `json:"bytes_sent"`
+	BytesRead    int64  `json:"bytes_read"`
+	DurationMS   int64  `json:"duration_ms"`
+	IndexMS      int64  `json:"index_ms"`
+	Wall         time.Duration
+	CPU          time.Duration
+	MaxRSS       int64
+}
+
+// Push runs 'ntc push' and returns its summary.
+func (n *Node) Push(ctx context.Context, addr, peer string, args ...string) (*PushResult, error) {
+	c := n.Command(ctx, append([]string{"--json", "push", "--to", addr, "--peer", peer}, args...)...)
+	var stderr bytes.Buffer
+	c.Stderr = &stderr
+	t0 := time.Now()
+	out, err := c.Output()
+	if err != nil {
+		return nil, fmt.Errorf("ntc push: %w: %s", err, stderr.String())
+	}
+	var r PushResult
+	if err := json.Unmarshal(out, &r); err != nil {
+		return nil, fmt.Errorf("ntc push printed %q", out)
+	}
+	r.Wall, r.CPU, r.MaxRSS = time.Since(t0), cpuTime(c.ProcessState), maxRSS(c.ProcessState)
+	return &r, nil
+}
+
+// WriteRandom writes size incompressible bytes to path.
+func WriteRandom(path string, size int64, seed uint64) error {
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	r := rand.New(rand.NewPCG(seed, 11))
+	buf := make([]byte, 1<<20)
+	for off := int64(0); off < size; off += int64(len(buf)) {
+		for i := 0; i < len(buf); i += 8 {
+			v := r.Uint64()
+			for k := range 8 {
+				buf[i+k] = byte(v >> (8 * k))
+			}
+		}
+		if _, err := f.Write(buf[:min(int64(len(buf)), size-off)]); err != nil {
+			f.Close()
+			return err
+		}
+	}
+	return f.Close()
+}
+
+// Extent is a changed byte range.
+type Extent struct{ Off, Len int64 }
+
+// RewriteScattered rewrites frac of the file in random extents of n bytes
+// (aligned to n), with fresh random data, and returns them and the
+// zstd-compressed size of their new content (the oracle).
+func RewriteScattered(path string, frac float64, n int64, seed uint64) ([]Extent, int64, error) {
+	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	if err != nil {
+		return nil, 0, err
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return nil, 0, err
+	}
+	r := rand.New(rand.NewPCG(seed, 12))
+	slots := int(fi.Size() / n)
+	count := max(1, int(frac*float64(fi.Size())/float64(n)))
+	enc, _ := zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedDefault))
+	defer enc.Close()
+	var all []byte
+	var out []Extent
+	buf := make([]byte, n)
+	for _, s := range r.Perm(slots)[:count] {
+		for i := range buf {
+			buf[i] = byte(r.Uint32())
+		}
+		off := int64(s) * n
+		if _, err := f.WriteAt(buf, off); err != nil {
+			return nil, 0, err
+		}
+		all = append(all, buf...)
+		out = append(out, Extent{off, n})
+	}
+	return out, int64(len(enc.EncodeAll(all, nil))), f.Sync()
+}
+
+// Ranges formats extents for --changed.
+func Ranges(es []Extent) string {
+	var b strings.Builder
+	for i, e := range es {
+		if i > 0 {
+			b.WriteByte(',')
+		}
+		fmt.Fprintf(&b, "%d+%d", e.Off, e.Len)
+	}
+	return b.String()
+}
+
+// Rsync is an rsync daemon serving one writable module.
+type Rsync struct {
+	Port int
+	cmd  *exec.Cmd
+	dir  string
+}
+
+// StartRsync starts an rsync daemon on 127.0.0.1:port (or inside a wrapper
+// command such as 'ip netns exec NS') whose module "m" is dest.
+func StartRsync(ctx context.Context, dir, dest, addr string, port int, wrap ...string) (*Rsync, error) {
+	conf := filepath.Join(dir, "rsyncd.conf")
+	text := fmt.Sprintf("use chroot = no\nuid = root\ngid = root\naddress = %s\nport = %d\npid file = %s\n[m]\npath = %s\nread only = no\n",
+		addr, port, filepath.Join(dir, "rsyncd.pid"), dest)
+	if err := os.WriteFile(conf, []byte(text), 0o644); err != nil {
+		return nil, err
+	}
+	args := append(wrap, "rsync", "--daemon", "--no-detach", "--config", conf)
+	c := exec.CommandContext(ctx, args[0], args[1:]...)
+	if err := c.Start(); err != nil {
+		return nil, err
+	}
+	return &Rsync{Port: port, cmd: c, dir: dir}, nil
+}
+
+// Stop ends the daemon.
+func (r *Rsync) Stop() {
+	r.cmd.Process.Kill()
+	r.cmd.Wait()
+}
+
+// RsyncResult is what one rsync run cost.
+type RsyncResult struct {
+	BytesSent, BytesReceived int64
+	Wall, CPU                time.Duration
+}
+
+var rsyncTotal = regexp.MustCompile(`Total bytes (sent|received): ([\d,]+)`)
+
+// RunRsync copies src to rsync://addr:port/m/ with the given options and
+// parses --stats. wrap runs the client elsewhere (a namespace).
+func RunRsync(ctx context.Context, src, addr string, port int, opts []string, wrap ...string) (*RsyncResult, error) {
+	args := append(append(wrap, "rsync"), opts...)
+	args = append(args, "--stats", src, fmt.Sprintf("rsync://%s:%d/m/", addr, port))
+	c := exec.CommandContext(ctx, args[0], args[1:]...)
+	t0 := time.Now()
+	out, err := c.CombinedOutput()
+	if err != nil {
+		return nil, fmt.Errorf("rsync: %w: %s", err, out)
+	}
+	r := &RsyncResult{Wall: time.Since(t0), CPU: cpuTime(c.ProcessState)}
+	for _, m := range rsyncTotal.FindAllStringSubmatch(string(out), -1) {
+		v, _ := strconv.ParseInt(strings.ReplaceAll(m[2], ",", ""), 10, 64)
+		if m[1] == "sent" {
+			r.BytesSent = v
+		} else {
+			r.BytesReceived = v
+		}
+	}
+	return r, nil
+}
