@@ -1,0 +1,277 @@
+package capture
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"os"
+	"path/filepath"
+	"reflect"
+	"testing"
+	"time"
+
+	"github.com/ntc-project/ntc/capture/migstream"
+	"github.com/ntc-project/ntc/chunk"
+	"github.com/ntc-project/ntc/internal/testguest"
+)
+
+// These tests checkpoint the test guest (internal/testguest) under QEMU TCG.
+// They need QEMU and qemu-img, and root for userfaultfd write-protect.
+
+func skipUnlessRoot(tb testing.TB) {
+	tb.Helper()
+	testguest.SkipIfNoQEMU(tb)
+	if os.Geteuid() != 0 {
+		b, _ := os.ReadFile("/proc/sys/vm/unprivileged_userfaultfd")
+		if string(bytes.TrimSpace(b)) != "1" {
+			tb.Skip("QEMU's background snapshot needs userfaultfd write-protect: run as root or set vm.unprivileged_userfaultfd=1")
+		}
+	}
+}
+
+// startGuest boots the test guest and waits for its first ticks.
+func startGuest(tb testing.TB, opts testguest.StartOptions) *testguest.VM {
+	tb.Helper()
+	skipUnlessRoot(tb)
+	if opts.Dir == "" {
+		// Short: the QMP socket path must fit in 107 bytes.
+		dir, err := os.MkdirTemp("", "ntcc-")
+		if err != nil {
+			tb.Fatal(err)
+		}
+		tb.Cleanup(func() { os.RemoveAll(dir) })
+		opts.Dir = dir
+	}
+	vm := testguest.StartTB(tb, opts)
+	ctx, cancel := context.WithTimeout(tb.Context(), 2*time.Minute)
+	defer cancel()
+	if _, err := vm.WaitTick(ctx, 2); err != nil {
+		tb.Fatal(err)
+	}
+	return vm
+}
+
+func testConfig(tb testing.TB, vm *testguest.VM, dir string) Config {
+	return Config{QMP: vm.QMPPath(), Dir: dir, Log: func(m string) { tb.Log(m) }}
+}
+
+func checkpointTB(tb testing.TB, cfg Config) *Result {
+	tb.Helper()
+	ctx, cancel := context.WithTimeout(tb.Context(), 5*time.Minute)
+	defer cancel()
+	res, err := Checkpoint(ctx, cfg)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return res
+}
+
+// waitTicking fails tb unless the guest prints n more ticks.
+func waitTicking(tb testing.TB, vm *testguest.VM, n int) int {
+	tb.Helper()
+	ctx, cancel := context.WithTimeout(tb.Context(), time.Minute)
+	defer cancel()
+	last := vm.LastTick()
+	got, err := vm.WaitTick(ctx, last+n)
+	if err != nil {
+		tb.Fatalf("guest stopped ticking after tick %d: %v", last, err)
+	}
+	return got
+}
+
+// guestStatus returns the guest's run state through a fresh QMP session.
+func guestStatus(tb testing.TB, path string) runState {
+	tb.Helper()
+	s, err := Dial(tb.Context(), path, DialOptions{})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	defer s.Close()
+	st, err := queryStatus(tb.Context(), s)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return st
+}
+
+func diskTickOf(tb testing.TB, repo *Repository, m *Manifest) int {
+	tb.Helper()
+	img, err := repo.Image(tb.Context(), m.Seq, m.Disks[0].Index)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	n, err := testguest.ReadDiskTickAt(img)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return n
+}
+
+// TestCheckpointGuest takes two checkpoints of a guest that writes its disk
+// and RAM, and checks them against what QEMU and qemu-img say.
+func TestCheckpointGuest(t *testing.T) {
+	vm := startGuest(t, testguest.StartOptions{DiskBusyMiB: 1, BusyMiB: 8})
+	dir := t.TempDir()
+	cfg := testConfig(t, vm, dir)
+
+	before := vm.LastTick()
+	res1 := checkpointTB(t, cfg)
+	after := waitTicking(t, vm, 2)
+	m1 := res1.Manifest
+	t.Logf("checkpoint 1: %+v", res1.Stats)
+	repo, err := OpenRepository(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if tick := diskTickOf(t, repo, m1); tick < before || tick > after {
+		t.Errorf("checkpoint 1 disk holds tick %d, want between %d (seen before) and %d (seen after)", tick, before, after)
+	}
+	if m1.Seq != 1 || m1.Parent != 0 || res1.Stats.DiskMode != "full" {
+		t.Errorf("checkpoint 1: seq %d parent %d mode %s", m1.Seq, m1.Parent, res1.Stats.DiskMode)
+	}
+	checkManifest(t, vm, m1)
+
+	// Checkpoint 2 reads only the frozen overlay's extents.
+	waitTicking(t, vm, 2)
+	before = vm.LastTick()
+	res2 := checkpointTB(t, cfg)
+	after = waitTicking(t, vm, 2)
+	m2, st := res2.Manifest, res2.Stats
+	t.Logf("checkpoint 2: %+v", st)
+	if tick := diskTickOf(t, repo, m2); tick < before || tick > after {
+		t.Errorf("checkpoint 2 disk holds tick %d, want between %d and %d", tick, before, after)
+	}
+	if m2.Seq != 2 || m2.Parent != 1 || st.DiskMode != "incremental" {
+		t.Fatalf("checkpoint 2: seq %d parent %d mode %s", m2.Seq, m2.Parent, st.DiskMode)
+	}
+	// The guest rewrites 1 MiB plus the tick sector: whole 64 KiB clusters.
+	if st.DiskBytesChanged < 64<<10 || st.DiskBytesChanged > 4<<20 {
+		t.Errorf("disk_bytes_changed %d, want the guest's writes (≈1 MiB)", st.DiskBytesChanged)
+	}
+	if limit := 2*st.DiskBytesChanged + 64<<10; st.DiskBytesRead > limit {
+		t.Errorf("disk_bytes_read %d, want at most 2×changed + a cluster = %d", st.DiskBytesRead, limit)
+	}
+	if st.Committed != 1 || st.CommitError != "" {
+		t.Errorf("committed %d overlays (error %q), want 1", st.Committed, st.CommitError)
+	}
+
+	// After the commit, the base image holds exactly the disk as of
+	// checkpoint 2 (the guest writes to the newest overlay).
+	raw := filepath.Join(t.TempDir(), "disk.raw")
+	if _, err := qemuImg(t.Context(), "convert", "-f", "qcow2", "-O", "raw", vm.DiskPath(), raw); err != nil {
+		t.Fatal(err)
+	}
+	want, err := os.ReadFile(raw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	img, err := repo.Image(t.Context(), 2, m2.Disks[0].Index)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := make([]byte, img.Size())
+	if _, err := img.ReadAt(got, 0); err != nil && !errors.Is(err, io.EOF) {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, want) {
+		t.Fatalf("disk of checkpoint 2 from the store differs from qemu-img convert of the chain (%d vs %d bytes)", len(got), len(want))
+	}
+	full, _, err := chunk.Build(t.Context(), chunk.Bytes(want), chunk.DefaultCDC(), chunk.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	incr, err := repo.Index(2, m2.Disks[0].Index)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !reflect.DeepEqual(full, incr) {
+		t.Error("incremental disk index of checkpoint 2 differs from a full index of the same content")
+	}
+
+	// The chain is base + one overlay, recorded in state.json.
+	rst, err := repo.loadState()
+	if err != nil || rst == nil || len(rst.Disks) != 1 {
+		t.Fatalf("state: %+v, %v", rst, err)
+	}
+	if d := rst.Disks[0]; d.Seq != 2 || len(d.Overlays) != 1 || d.Base.File != vm.DiskPath() || d.Overlays[0].Created != 2 {
+		t.Errorf("state after checkpoint 2: %+v", d)
+	}
+
+	// RAM and device state join back into a stream the parser reads as
+	// the original.
+	checkStreamRoundTrip(t, repo, m2)
+	waitTicking(t, vm, 1)
+}
+
+func checkManifest(t *testing.T, vm *testguest.VM, m *Manifest) {
+	t.Helper()
+	if m.Machine.Type != "pc-i440fx-7.2" || m.Machine.RAMBytes != 256<<20 || m.Machine.CPUs != 1 {
+		t.Errorf("machine %q, %d bytes, %d CPUs", m.Machine.Type, m.Machine.RAMBytes, m.Machine.CPUs)
+	}
+	if !reflect.DeepEqual(m.Machine.Argv, vm.Argv()) {
+		t.Errorf("argv %q, want %q", m.Machine.Argv, vm.Argv())
+	}
+	if m.QEMUVersion == "" || m.Stream.Machine != m.Machine.Type {
+		t.Errorf("qemu %q, stream machine %q", m.QEMUVersion, m.Stream.Machine)
+	}
+	if len(m.Disks) != 1 {
+		t.Fatalf("disks %+v", m.Disks)
+	}
+	d := m.Disks[0]
+	if d.Name != "disk-vda" || d.Node != testguest.DiskNode || d.Device != testguest.DiskDevice || d.Index != "disk-vda.idx" || d.Size != 64<<20 || d.File != vm.DiskPath() {
+		t.Errorf("disk %+v", d)
+	}
+	found := false
+	for _, r := range m.RAM {
+		if r.Name == "pc.ram" {
+			found = r.Index == "ram-pc.ram.idx" && r.Size == 256<<20
+		}
+	}
+	if !found {
+		t.Errorf("no 256 MiB pc.ram in %+v", m.RAM)
+	}
+	if m.GuestPauseMS <= 0 || m.Stats.RAMBytes < 256<<20 || m.Stats.RAMPagesNew == 0 {
+		t.Errorf("stats %+v", m.Stats)
+	}
+}
+
+// checkStreamRoundTrip joins checkpoint m's stream from the repository,
+// parses it again, and compares pages, layout and device state.
+func checkStreamRoundTrip(t *testing.T, repo *Repository, m *Manifest) {
+	t.Helper()
+	ctx := t.Context()
+	s, src, err := repo.Stream(ctx, m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pr, pw := io.Pipe()
+	go func() { pw.CloseWithError(migstream.Join(ctx, pw, s, src)) }()
+	sink := newRAMSink(ctx, repo.Store(), 0)
+	got, err := migstream.Parse(ctx, pr, sink)
+	if ferr := sink.finish(); err == nil {
+		err = ferr
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := len(sink.newIDs()); n != 0 {
+		t.Errorf("the joined stream holds %d pages the store lacked", n)
+	}
+	if !reflect.DeepEqual(got.Layout, s.Layout) || !reflect.DeepEqual(got.Blocks, s.Blocks) || !reflect.DeepEqual(got.Config, s.Config) ||
+		got.RAM != s.RAM || got.Footers != s.Footers {
+		t.Error("the joined stream's description differs from the stored one")
+	}
+	if !bytes.Equal(got.Devices, s.Devices) || !bytes.Equal(got.Description, s.Description) {
+		t.Error("the joined stream's device state differs from the stored one")
+	}
+	for i, b := range sink.blocks {
+		want, err := repo.Index(m.Seq, m.RAM[i].Index)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if m.RAM[i].Name != b.name || !reflect.DeepEqual(b.idx.Index(), want) {
+			t.Errorf("RAM block %q: the joined stream's pages differ from the stored index", b.name)
+		}
+	}
+}

@@ -1,0 +1,11 @@
+//go:build !goqemu
+
+package capture
+
+import "time"
+
+// newMonitor connects the QMP wire: the standard-library client unless ntc
+// is built with -tags goqemu.
+func newMonitor(path string, timeout time.Duration) (monitor, error) {
+	return dialMonitor(path, timeout)
+}

@@ -1,0 +1,344 @@
+package capture
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+)
+
+// runState is the reply of query-status.
+type runState struct {
+	Status  string `json:"status"`
+	Running bool   `json:"running"`
+}
+
+func queryStatus(ctx context.Context, s *Session) (runState, error) {
+	var st runState
+	err := s.Run(ctx, "query-status", nil, &st)
+	return st, err
+}
+
+// notRunningError explains why ntc refuses a guest in state st.
+func notRunningError(st runState) error {
+	var what string
+	switch st.Status {
+	case "paused":
+		what = "the guest is paused; ntc leaves it paused and checkpoints running guests only " +
+			"(QEMU's background snapshot would resume it): resume it with the QMP command cont and retry"
+	case "shutdown", "guest-panicked", "internal-error", "io-error":
+		what = fmt.Sprintf("the guest has stopped (%s): there is nothing live to checkpoint", st.Status)
+	case "inmigrate", "prelaunch":
+		what = fmt.Sprintf("the guest has not started yet (%s): cont it (or wait for its incoming migration) and retry", st.Status)
+	case "postmigrate", "finish-migrate":
+		what = fmt.Sprintf("the guest was migrated away (%s)", st.Status)
+	default:
+		what = fmt.Sprintf("the guest is %s, not running", st.Status)
+	}
+	return fmt.Errorf("%s: %w", what, ErrGuestNotRunning)
+}
+
+// migrationActive reports whether a migration status means one is under way.
+func migrationActive(status string) bool {
+	switch status {
+	case "", "none", "completed", "failed", "cancelled":
+		return false
+	}
+	return true
+}
+
+type migrateInfo struct {
+	Status    string `json:"status"`
+	ErrorDesc string `json:"error-desc"`
+}
+
+func queryMigrate(ctx context.Context, s *Session) (migrateInfo, error) {
+	var mi migrateInfo
+	err := s.Run(ctx, "query-migrate", nil, &mi)
+	return mi, err
+}
+
+// describeMachine collects the machine description from QEMU and /proc.
+func describeMachine(ctx context.Context, s *Session) (Machine, error) {
+	var m Machine
+	var err error
+	if m.Argv, err = processArgv(s.Peer().PID); err != nil {
+		return m, err
+	}
+	var typ string
+	if err := s.Run(ctx, "qom-get", map[string]any{"path": "/machine", "property": "type"}, &typ); err != nil {
+		return m, fmt.Errorf("read the machine type: %w", err)
+	}
+	m.Type = strings.TrimSuffix(typ, "-machine")
+	var mem struct {
+		Base    int64 `json:"base-memory"`
+		Plugged int64 `json:"plugged-memory"`
+	}
+	if err := s.Run(ctx, "query-memory-size-summary", nil, &mem); err != nil {
+		return m, fmt.Errorf("read the RAM size: %w", err)
+	}
+	m.RAMBytes = mem.Base + mem.Plugged
+	var cpus []json.RawMessage
+	if err := s.Run(ctx, "query-cpus-fast", nil, &cpus); err != nil {
+		return m, fmt.Errorf("count the CPUs: %w", err)
+	}
+	m.CPUs = len(cpus)
+	return m, nil
+}
+
+// chainLayer is one layer of a disk's live chain.
+type chainLayer struct {
+	File   string
+	Format string
+}
+
+// liveDisk is a writable disk as QEMU reports it.
+type liveDisk struct {
+	Name   string // "disk-" + Device, made a file name
+	Device string // qdev id, else drive name, else node name
+	Node   string // the top node (the device's active layer)
+	Size   int64
+	Chain  []chainLayer // top first
+}
+
+type imageTree struct {
+	Filename    string     `json:"filename"`
+	Format      string     `json:"format"`
+	VirtualSize int64      `json:"virtual-size"`
+	Backing     *imageTree `json:"backing-image"`
+}
+
+type blockInfo struct {
+	Device   string `json:"device"`
+	QDev     string `json:"qdev"`
+	Inserted *struct {
+		NodeName  string    `json:"node-name"`
+		ReadOnly  bool      `json:"ro"`
+		Encrypted bool      `json:"encrypted"`
+		Image     imageTree `json:"image"`
+	} `json:"inserted"`
+}
+
+// queryDisks lists the writable disks and their chains. Read-only media
+// (CD-ROMs) do not change and get no overlay; they are left out.
+func queryDisks(ctx context.Context, s *Session) ([]liveDisk, error) {
+	var infos []blockInfo
+	if err := s.Run(ctx, "query-block", nil, &infos); err != nil {
+		return nil, fmt.Errorf("list the disks: %w", err)
+	}
+	used := map[string]bool{}
+	var out []liveDisk
+	for _, bi := range infos {
+		in := bi.Inserted
+		if in == nil || in.ReadOnly {
+			continue
+		}
+		d := liveDisk{Node: in.NodeName, Size: in.Image.VirtualSize, Device: deviceName(bi.QDev, bi.Device, in.NodeName)}
+		if d.Node == "" {
+			return nil, fmt.Errorf("disk %s has no node name: %w", d.Device, ErrUnsupported)
+		}
+		if in.Encrypted {
+			return nil, fmt.Errorf("disk %s is encrypted: %w", d.Device, ErrUnsupported)
+		}
+		for t := &in.Image; t != nil; t = t.Backing {
+			d.Chain = append(d.Chain, chainLayer{File: t.Filename, Format: t.Format})
+		}
+		d.Name = uniqueName(used, "disk-"+fileName(d.Device))
+		out = append(out, d)
+	}
+	return out, nil
+}
+
+// deviceName picks the most stable name of a block device: the qdev id
+// ("vda" from /machine/peripheral/vda/virtio-backend), else the drive
+// name, else the node name.
+func deviceName(qdev, drive, node string) string {
+	if rest, ok := strings.CutPrefix(qdev, "/machine/peripheral/"); ok {
+		if id, _, _ := strings.Cut(rest, "/"); id != "" {
+			return id
+		}
+	}
+	if drive != "" {
+		return drive
+	}
+	if qdev != "" && !strings.HasPrefix(qdev, "/") {
+		return qdev
+	}
+	return node
+}
+
+// argvNode returns the node (or drive) the command line attaches to the
+// device with id dev: the drive= of its -device option, "" if not found.
+func argvNode(argv []string, dev string) string {
+	for i := 0; i+1 < len(argv); i++ {
+		if argv[i] != "-device" && argv[i] != "--device" {
+			continue
+		}
+		opts := splitOpts(argv[i+1])
+		if slices.Contains(opts, "id="+dev) {
+			for _, o := range opts {
+				if v, ok := strings.CutPrefix(o, "drive="); ok {
+					return v
+				}
+			}
+		}
+	}
+	return ""
+}
+
+// splitOpts splits a QEMU option string at commas (",," is a literal comma).
+func splitOpts(s string) []string {
+	var out []string
+	var cur strings.Builder
+	for i := 0; i < len(s); i++ {
+		if s[i] == ',' {
+			if i+1 < len(s) && s[i+1] == ',' {
+				cur.WriteByte(',')
+				i++
+				continue
+			}
+			out = append(out, cur.String())
+			cur.Reset()
+			continue
+		}
+		cur.WriteByte(s[i])
+	}
+	return append(out, cur.String())
+}
+
+// migrationSetup is what a checkpoint changes in QEMU's migration setup,
+// to be put back afterwards.
+type migrationSetup struct {
+	caps   map[string]bool
+	params migrationParams
+}
+
+type migrationParams struct {
+	MaxBandwidth  int64 `json:"max-bandwidth"`
+	DowntimeLimit int64 `json:"downtime-limit"`
+}
+
+// checkpointBandwidth is max-bandwidth during a checkpoint (bytes/s): as
+// fast as ntc reads. QEMU's default, 128 MiB/s, would stretch the snapshot.
+const checkpointBandwidth = 1 << 40
+
+// Migration capabilities a checkpoint sets.
+var checkpointCaps = []string{"background-snapshot", "pause-before-switchover", "events"}
+
+func setupMigration(ctx context.Context, s *Session, method Method, downtime time.Duration) (*migrationSetup, error) {
+	var caps []struct {
+		Capability string `json:"capability"`
+		State      bool   `json:"state"`
+	}
+	if err := s.Run(ctx, "query-migrate-capabilities", nil, &caps); err != nil {
+		return nil, err
+	}
+	saved := &migrationSetup{caps: map[string]bool{}}
+	for _, c := range caps {
+		saved.caps[c.Capability] = c.State
+	}
+	for _, c := range checkpointCaps {
+		if _, ok := saved.caps[c]; !ok {
+			return nil, fmt.Errorf("QEMU %s has no %s migration capability (QEMU 6.0 or later has): %w", s.Version(), c, ErrUnsupported)
+		}
+	}
+	if err := s.Run(ctx, "query-migrate-parameters", nil, &saved.params); err != nil {
+		return nil, err
+	}
+	bg := method == MethodBackground
+	set := []map[string]any{
+		{"capability": "background-snapshot", "state": bg},
+		{"capability": "pause-before-switchover", "state": !bg},
+		{"capability": "events", "state": true},
+	}
+	if err := s.Run(ctx, "migrate-set-capabilities", map[string]any{"capabilities": set}, nil); err != nil {
+		var ce *CommandError
+		if errors.As(err, &ce) && bg {
+			return nil, fmt.Errorf("enable QEMU's background snapshot: %w (it cannot be combined with xbzrle, compress, "+
+				"multifd or postcopy: switch those off; it needs userfaultfd write-protect: run QEMU as root or set "+
+				"vm.unprivileged_userfaultfd=1; or use the precopy method): %w", err, ErrUnsupported)
+		}
+		return nil, fmt.Errorf("set up QEMU's migration for a checkpoint: %w", err)
+	}
+	params := map[string]any{"max-bandwidth": checkpointBandwidth}
+	if !bg {
+		params["downtime-limit"] = max(downtime.Milliseconds(), 1)
+	}
+	if err := s.Run(ctx, "migrate-set-parameters", params, nil); err != nil {
+		return saved, err
+	}
+	return saved, nil
+}
+
+// restore puts the migration setup back as it was.
+func (m *migrationSetup) restore(ctx context.Context, s *Session) error {
+	var set []map[string]any
+	for _, c := range checkpointCaps {
+		set = append(set, map[string]any{"capability": c, "state": m.caps[c]})
+	}
+	err1 := s.Run(ctx, "migrate-set-capabilities", map[string]any{"capabilities": set}, nil)
+	err2 := s.Run(ctx, "migrate-set-parameters", m.params, nil)
+	return errors.Join(err1, err2)
+}
+
+// snapshotAction is one blockdev-snapshot-sync of a transaction.
+func snapshotAction(node string, ov layer) map[string]any {
+	return map[string]any{
+		"type": "blockdev-snapshot-sync",
+		"data": map[string]any{
+			"node-name":          node,
+			"snapshot-file":      ov.File,
+			"snapshot-node-name": ov.Node,
+			"format":             "qcow2",
+			"mode":               "absolute-paths",
+		},
+	}
+}
+
+// commit merges the layers above base up to and including top into base,
+// live, and waits for the job to end. top must not be the active layer.
+func commit(ctx context.Context, s *Session, device, top, base, job string) error {
+	mark := s.EventMark()
+	args := map[string]any{"job-id": job, "device": device, "top-node": top, "base-node": base}
+	if err := s.Run(ctx, "block-commit", args, nil); err != nil {
+		return err
+	}
+	ev, _, err := s.WaitEvent(ctx, mark, func(e Event) bool {
+		return (e.Name == "BLOCK_JOB_COMPLETED" || e.Name == "BLOCK_JOB_CANCELLED") && e.String("device") == job
+	})
+	if err != nil {
+		return fmt.Errorf("wait for block-commit job %s: %w", job, err)
+	}
+	if ev.Name == "BLOCK_JOB_CANCELLED" {
+		return fmt.Errorf("block-commit job %s was cancelled", job)
+	}
+	if msg := ev.String("error"); msg != "" {
+		return fmt.Errorf("block-commit job %s: %s", job, msg)
+	}
+	return nil
+}
+
+// waitRunning polls until no migration is under way, for at most d.
+func waitMigrationIdle(ctx context.Context, s *Session, d time.Duration) error {
+	deadline := time.Now().Add(d)
+	for {
+		mi, err := queryMigrate(ctx, s)
+		if err != nil {
+			return err
+		}
+		if !migrationActive(mi.Status) {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("migration still %s after %s", mi.Status, d)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+}

@@ -1,0 +1,372 @@
+package capture
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"sync"
+	"time"
+)
+
+// Sentinel errors for the conditions a caller may want to tell apart.
+var (
+	// ErrNotQMP: the socket does not speak QMP.
+	ErrNotQMP = errors.New("not a QMP socket")
+	// ErrQMPBusy: QEMU accepted the connection but another client holds its
+	// QMP socket (QEMU serves one client at a time).
+	ErrQMPBusy = errors.New("QMP socket held by another client")
+	// ErrDisconnected: the QMP connection ended (QEMU exited or closed it).
+	ErrDisconnected = errors.New("QMP connection lost")
+	// ErrGuestNotRunning: the guest is paused, shut down or otherwise not
+	// running, so ntc refuses to checkpoint it.
+	ErrGuestNotRunning = errors.New("guest is not running")
+	// ErrUnsupported: the QEMU or its configuration lacks something a
+	// checkpoint needs (background-snapshot, a disk layout ntc can read).
+	ErrUnsupported = errors.New("unsupported by ntc checkpoint")
+	// ErrBusy: another ntc checkpoint or a migration is in progress.
+	ErrBusy = errors.New("busy")
+)
+
+// CommandError is QEMU's error reply to a QMP command.
+type CommandError struct {
+	Command string
+	Desc    string // QEMU's description
+}
+
+func (e *CommandError) Error() string { return fmt.Sprintf("QMP %s: %s", e.Command, e.Desc) }
+
+// Event is one QMP event.
+type Event struct {
+	Name string
+	Data map[string]any
+	// Time is QEMU's timestamp of the event.
+	Time time.Time
+}
+
+// String returns the event's data field s as a string ("" if absent).
+func (e Event) String(field string) string {
+	s, _ := e.Data[field].(string)
+	return s
+}
+
+// Default timeouts of a Session.
+const (
+	DefaultConnectTimeout = 5 * time.Second
+	DefaultCommandTimeout = 30 * time.Second
+	// maxEvents bounds the events a Session keeps; older ones are dropped.
+	maxEvents = 4096
+)
+
+// Session is one QMP connection to a QEMU. Every command takes a context
+// and a timeout; events are read all the time into a log that waiters scan
+// from a mark, so a command's reply never waits behind an unread event.
+// Methods are safe for concurrent use, though QEMU answers one command at a
+// time.
+type Session struct {
+	path    string
+	mon     monitor
+	timeout time.Duration
+	version Version
+	peer    Process
+
+	mu      sync.Mutex
+	events  []Event
+	base    int // events dropped from the front of events
+	changed chan struct{}
+	broken  error         // set when the session can no longer be used
+	done    chan struct{} // closed when the connection has ended
+}
+
+// DialOptions tune Dial; the zero value uses the defaults.
+type DialOptions struct {
+	// ConnectTimeout bounds connecting and the QMP greeting.
+	ConnectTimeout time.Duration
+	// CommandTimeout bounds each command (a context deadline that comes
+	// sooner wins).
+	CommandTimeout time.Duration
+}
+
+// Dial connects to the QMP unix socket at path, reads the greeting and
+// negotiates capabilities. It identifies the QEMU process behind the socket
+// (SO_PEERCRED) first, so that a silent socket can be told apart: a QEMU
+// whose QMP another client holds (ErrQMPBusy) or something else (ErrNotQMP).
+func Dial(ctx context.Context, path string, opts DialOptions) (*Session, error) {
+	if opts.ConnectTimeout <= 0 {
+		opts.ConnectTimeout = DefaultConnectTimeout
+	}
+	if opts.CommandTimeout <= 0 {
+		opts.CommandTimeout = DefaultCommandTimeout
+	}
+	fi, err := os.Stat(path)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		return nil, fmt.Errorf("no QMP socket at %s: start QEMU with -qmp unix:%s,server=on,wait=off (or give the right --qmp path)", path, path)
+	case err != nil:
+		return nil, fmt.Errorf("QMP socket %s: %w", path, err)
+	case fi.Mode()&fs.ModeSocket == 0:
+		return nil, fmt.Errorf("%s is a %s, not a unix socket: %w (give QEMU's -qmp unix: socket)", path, fileKind(fi.Mode()), ErrNotQMP)
+	}
+	peer, err := peerProcess(ctx, path, opts.ConnectTimeout)
+	if err != nil {
+		return nil, err
+	}
+	mon, err := newMonitor(path, opts.ConnectTimeout)
+	if err != nil {
+		return nil, fmt.Errorf("connect to QMP socket %s: %w", path, err)
+	}
+	type greeting struct {
+		v   Version
+		err error
+	}
+	connected := make(chan greeting, 1)
+	go func() {
+		v, err := mon.connect()
+		connected <- greeting{v, err}
+	}()
+	t := time.NewTimer(opts.ConnectTimeout)
+	defer t.Stop()
+	var g greeting
+	select {
+	case g = <-connected:
+	case <-t.C:
+		mon.disconnect()
+		<-connected
+		return nil, silentPeerError(path, peer, opts.ConnectTimeout)
+	case <-ctx.Done():
+		mon.disconnect()
+		<-connected
+		return nil, fmt.Errorf("connect to QMP socket %s: %w", path, ctx.Err())
+	}
+	if g.err != nil {
+		mon.disconnect()
+		if peer.IsQEMU() && !errors.Is(g.err, ErrNotQMP) {
+			return nil, fmt.Errorf("QMP handshake with QEMU (pid %d) on %s: %w", peer.PID, path, g.err)
+		}
+		return nil, fmt.Errorf("%s (served by pid %d, %s) did not answer with a QMP greeting (%v): %w", path, peer.PID, peer.Name(), g.err, ErrNotQMP)
+	}
+	if g.v.QEMU.Major == 0 {
+		mon.disconnect()
+		return nil, fmt.Errorf("%s (served by pid %d, %s) sent no QEMU version in its greeting: %w", path, peer.PID, peer.Name(), ErrNotQMP)
+	}
+	s := &Session{
+		path: path, mon: mon, timeout: opts.CommandTimeout, version: g.v, peer: peer,
+		changed: make(chan struct{}), done: make(chan struct{}),
+	}
+	go s.pump(mon.events())
+	return s, nil
+}
+
+func fileKind(m fs.FileMode) string {
+	switch {
+	case m.IsDir():
+		return "directory"
+	case m.IsRegular():
+		return "regular file"
+	}
+	return m.Type().String()
+}
+
+// silentPeerError explains a socket that accepted the connection but sent
+// no greeting.
+func silentPeerError(path string, peer Process, d time.Duration) error {
+	if peer.IsQEMU() {
+		return fmt.Errorf("QEMU (pid %d) accepted the connection on %s but sent no QMP greeting within %s: "+
+			"another client holds its QMP socket (QEMU serves one at a time); disconnect it, or start QEMU with "+
+			"a second -qmp socket for ntc: %w", peer.PID, path, d, ErrQMPBusy)
+	}
+	return fmt.Errorf("%s is served by pid %d (%s), which sent no QMP greeting within %s: %w (give QEMU's -qmp socket)",
+		path, peer.PID, peer.Name(), d, ErrNotQMP)
+}
+
+// pump moves events from the monitor into the log as they come, so that
+// the monitor's reader never blocks on an event nobody reads (go-qemu's
+// event channel is unbuffered: an unread event stalls every reply).
+func (s *Session) pump(evs <-chan Event) {
+	for ev := range evs {
+		s.mu.Lock()
+		if len(s.events) == maxEvents {
+			half := maxEvents / 2
+			s.events = append(s.events[:0], s.events[half:]...)
+			s.base += half
+		}
+		s.events = append(s.events, ev)
+		close(s.changed)
+		s.changed = make(chan struct{})
+		s.mu.Unlock()
+	}
+	s.mu.Lock()
+	if s.broken == nil {
+		s.broken = ErrDisconnected
+	}
+	s.mu.Unlock()
+	close(s.done)
+}
+
+// Version returns the QEMU version from the greeting, like "7.2.22".
+func (s *Session) Version() string { return s.version.String() }
+
+// VersionAtLeast reports whether QEMU is at least major.minor.
+func (s *Session) VersionAtLeast(major, minor int) bool {
+	q := s.version.QEMU
+	return q.Major > major || (q.Major == major && q.Minor >= minor)
+}
+
+// Package returns QEMU's package string from the greeting.
+func (s *Session) Package() string { return s.version.Package }
+
+// Peer returns the QEMU process behind the socket.
+func (s *Session) Peer() Process { return s.peer }
+
+// Path returns the socket path.
+func (s *Session) Path() string { return s.path }
+
+// Done is closed when the connection has ended.
+func (s *Session) Done() <-chan struct{} { return s.done }
+
+// Err returns why the session can no longer be used, or nil.
+func (s *Session) Err() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.broken
+}
+
+// Close ends the connection.
+func (s *Session) Close() error {
+	s.mu.Lock()
+	if s.broken == nil {
+		s.broken = errors.New("QMP session closed")
+	}
+	s.mu.Unlock()
+	err := s.mon.disconnect()
+	<-s.done
+	return err
+}
+
+// Run executes a QMP command with args (nil for none, else anything that
+// marshals to a JSON object) and decodes the reply's "return" value into
+// reply (nil to ignore it). QEMU's error replies are *CommandError. If no
+// reply comes within the command timeout or ctx ends, the session is
+// closed, since a late reply would be taken for the next command's.
+func (s *Session) Run(ctx context.Context, command string, args any, reply any) error {
+	return s.run(ctx, command, args, reply, nil)
+}
+
+// RunWithFile is Run that passes f to QEMU with the command (SCM_RIGHTS),
+// as getfd needs.
+func (s *Session) RunWithFile(ctx context.Context, command string, args any, f *os.File) error {
+	return s.run(ctx, command, args, nil, f)
+}
+
+func (s *Session) run(ctx context.Context, command string, args any, reply any, f *os.File) error {
+	if err := s.Err(); err != nil {
+		return fmt.Errorf("QMP %s: %w", command, err)
+	}
+	b, err := json.Marshal(qmpCommand{Execute: command, Args: args})
+	if err != nil {
+		return fmt.Errorf("QMP %s: encode arguments: %w", command, err)
+	}
+	ctx, cancel := context.WithTimeout(ctx, s.timeout)
+	defer cancel()
+	type result struct {
+		out []byte
+		err error
+	}
+	ch := make(chan result, 1)
+	go func() {
+		var r result
+		r.out, r.err = s.mon.run(b, f)
+		ch <- r
+	}()
+	var r result
+	select {
+	case r = <-ch:
+	case <-ctx.Done():
+		s.mu.Lock()
+		if s.broken == nil {
+			s.broken = fmt.Errorf("no reply to %s: %w", command, ctx.Err())
+		}
+		s.mu.Unlock()
+		s.mon.disconnect()
+		<-ch
+		return fmt.Errorf("QMP %s: no reply: %w", command, ctx.Err())
+	}
+	if r.err != nil {
+		return s.classify(command, r.err)
+	}
+	if reply == nil {
+		return nil
+	}
+	var resp struct {
+		Return json.RawMessage `json:"return"`
+	}
+	if err := json.Unmarshal(r.out, &resp); err != nil {
+		return fmt.Errorf("QMP %s: decode reply: %w", command, err)
+	}
+	if err := json.Unmarshal(resp.Return, reply); err != nil {
+		return fmt.Errorf("QMP %s: decode reply %.200s: %w", command, resp.Return, err)
+	}
+	return nil
+}
+
+// classify turns a monitor error into a *CommandError (QEMU said no) or a
+// lost connection.
+func (s *Session) classify(command string, err error) error {
+	var re *replyError
+	if errors.As(err, &re) {
+		return &CommandError{Command: command, Desc: re.desc}
+	}
+	s.markBroken(ErrDisconnected)
+	return fmt.Errorf("QMP %s: %w (did QEMU exit?): %v", command, ErrDisconnected, err)
+}
+
+func (s *Session) markBroken(err error) {
+	s.mu.Lock()
+	if s.broken == nil {
+		s.broken = err
+	}
+	s.mu.Unlock()
+}
+
+// EventMark returns a mark for WaitEvent: only events received after it
+// are considered.
+func (s *Session) EventMark() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.base + len(s.events)
+}
+
+// WaitEvent waits for an event after mark from for which match is true and
+// returns it with the mark just past it. It fails when ctx ends or the
+// connection is lost.
+func (s *Session) WaitEvent(ctx context.Context, from int, match func(Event) bool) (Event, int, error) {
+	for {
+		s.mu.Lock()
+		for i := max(from, s.base) - s.base; i < len(s.events); i++ {
+			if match(s.events[i]) {
+				ev := s.events[i]
+				n := s.base + i + 1
+				s.mu.Unlock()
+				return ev, n, nil
+			}
+		}
+		from = s.base + len(s.events)
+		changed := s.changed
+		s.mu.Unlock()
+		select {
+		case <-changed:
+		case <-s.done:
+			// Events that came with the end are in the log already.
+			s.mu.Lock()
+			more := s.base+len(s.events) > from
+			s.mu.Unlock()
+			if !more {
+				return Event{}, from, fmt.Errorf("wait for QMP event: %w", ErrDisconnected)
+			}
+		case <-ctx.Done():
+			return Event{}, from, ctx.Err()
+		}
+	}
+}
