@@ -239,19 +239,19 @@ func (s *PackStore) Get(ctx context.Context, id ID) ([]byte, error) {
 
 // Put verifies a chunk and appends it, compressed when that saves space.
 func (s *PackStore) Put(ctx context.Context, id ID, data []byte) error {
-	return s.PutEncoded(ctx, id, data, nil, false)
-}
-
-// PutEncoded is Put for a chunk whose compressed form is already known, as
-// it arrives from the network: zstd, if not nil, is data compressed with
-// zstd; raw says data is known not to compress. Either way no compression
-// is attempted again. data is verified; zstd is trusted to decompress to
-// it (Get verifies it on every read).
-func (s *PackStore) PutEncoded(ctx context.Context, id ID, data, zstd []byte, raw bool) error {
-	if err := ctx.Err(); err != nil {
+	if err := Verify(id, data, "offered to the store"); err != nil {
 		return err
 	}
-	if err := Verify(id, data, "offered to the store"); err != nil {
+	return s.PutVerified(ctx, id, data, nil, false)
+}
+
+// PutVerified is Put for a chunk the caller has just verified against id,
+// and whose compressed form may already be known, as when it arrives from
+// the network: zstd, if not nil, is data compressed with zstd; raw says
+// data is known not to compress. Either way no compression is attempted
+// again. Get still verifies the chunk on every read.
+func (s *PackStore) PutVerified(ctx context.Context, id ID, data, zstd []byte, raw bool) error {
+	if err := ctx.Err(); err != nil {
 		return err
 	}
 	if ok, _ := s.Has(ctx, id); ok {

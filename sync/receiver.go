@@ -389,7 +389,7 @@ func (r *Receiver) readData(ctx context.Context, s *transport.Stream, in *incomi
 		if m.codec == codecZstd {
 			comp = m.data
 		}
-		if err := r.Repo.store.PutEncoded(ctx, nc.entry.ID, data, comp, m.codec == codecRaw); err != nil {
+		if err := r.Repo.store.PutVerified(ctx, nc.entry.ID, data, comp, m.codec == codecRaw); err != nil {
 			return err
 		}
 		have[m.ordinal].Store(true)

@@ -257,7 +257,7 @@ func (s *Sender) Push(ctx context.Context, conn *transport.Conn, v *Version) (*R
 	res.NewChunks = len(news)
 	s.logf("offered %s v%d: %d images, %d new chunks", v.Set, o.version, len(v.Images), len(news))
 
-	lim := newLimiter(s.BytesPerSec)
+	lim := newLimiter(s.BytesPerSec, func() uint64 { return conn.QUIC().ConnectionStats().BytesSent })
 	for {
 		typ, p, err := rd.read()
 		if err != nil {
