@@ -117,6 +117,11 @@ type PushResult struct {
 	ChunkBytes   int64  `json:"chunk_bytes"`
 	DataBytes    int64  `json:"data_bytes"`
 	BytesSent    int64  `json:"bytes_sent"`
+	BytesUp      int64  `json:"bytes_up"`
+	BytesDown    int64  `json:"bytes_down"`
+	Patched      int    `json:"chunks_patched"`
+	BytesLost    int64  `json:"bytes_lost"`
+	Packets      int64  `json:"packets_sent"`
 	BytesRead    int64  `json:"bytes_read"`
 	DurationMS   int64  `json:"duration_ms"`
 	IndexMS      int64  `json:"index_ms"`

@@ -127,6 +127,8 @@ func BenchmarkPushLoopback(b *testing.B) {
 		b.ReportMetric(float64(rz.BytesSent+rz.BytesReceived)/float64(oracle+64<<10), "rsync-z/oracle")
 		b.ReportMetric(float64(first.MaxRSS)/(1<<20), "push-MiB")
 		b.ReportMetric(float64(srvRSS)/(1<<20), "serve-MiB")
+		b.Logf("with --changed: up %d down %d data %d lost %d packets %d, %d chunks (%d patched)", third.BytesUp, third.BytesDown, third.DataBytes, third.BytesLost, third.Packets, third.ChunksSent, third.Patched)
+		b.Logf("without: up %d down %d data %d lost %d packets %d, %d chunks", second.BytesUp, second.BytesDown, second.DataBytes, second.BytesLost, second.Packets, second.ChunksSent)
 		b.Logf("first push %d MB in %d ms; second sent %d (oracle %d); with --changed %d (oracle %d), read %d; rsync -z sent+received %d in %s",
 			size/1e6, first.DurationMS, second.BytesSent, oracle+64<<10, third.BytesSent, oracle3+64<<10, third.BytesRead, rz.BytesSent+rz.BytesReceived, rz.Wall)
 	}

@@ -213,6 +213,11 @@ type chunkMsg struct {
 const (
 	codecRaw  = 0
 	codecZstd = 1
+	// codecPatch rebuilds the chunk from the receiver's base image at the
+	// chunk's offset and literal bytes: uvarint segment count, each
+	// uvarint(length<<1 | literal), then one byte (0 raw, 1 zstd) and the
+	// literal bytes of all literal segments in order.
+	codecPatch = 2
 )
 
 func (m chunkMsg) appendTo(b []byte) []byte {
@@ -233,7 +238,7 @@ func decodeChunk(p []byte) (chunkMsg, error) {
 		return m, d.err
 	}
 	m.codec, m.data = d.b[0], d.b[1:]
-	if m.codec != codecRaw && m.codec != codecZstd {
+	if m.codec > codecPatch {
 		return m, fmt.Errorf("%w: unknown chunk codec %d", ErrMalformed, m.codec)
 	}
 	return m, nil

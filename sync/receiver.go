@@ -71,6 +71,7 @@ type incoming struct {
 	ops     [][]op
 	results [][]chunk.Entry
 	index   []*chunk.Index
+	bases   []io.ReaderAt // the base image, for based images (patches)
 	news    []newChunk
 	lengths map[chunk.ID]int64
 }
@@ -178,7 +179,7 @@ func (r *Receiver) serve(ctx context.Context, conn *transport.Conn, ctrl *transp
 	if in.offer.base != b.version {
 		return ErrConflict
 	}
-	if err := r.readOps(rd, &in, loadBase); err != nil {
+	if err := r.readOps(ctx, rd, &in, loadBase); err != nil {
 		return err
 	}
 	r.logf("push of %s v%d from %s: %d images, %d new chunks offered", h.set, in.offer.version, conn.PeerID(), len(in.index), len(in.news))
@@ -250,7 +251,7 @@ func (r *Receiver) serve(ctx context.Context, conn *transport.Conn, ctrl *transp
 
 // readOps reads the ops frames up to the offer's end and rebuilds each
 // image's index.
-func (r *Receiver) readOps(rd *frameReader, in *incoming, loadBase func(string) (*chunk.Index, error)) error {
+func (r *Receiver) readOps(ctx context.Context, rd *frameReader, in *incoming, loadBase func(string) (*chunk.Index, error)) error {
 	n := len(in.offer.images)
 	in.ops = make([][]op, n)
 	for {
@@ -275,6 +276,7 @@ func (r *Receiver) readOps(rd *frameReader, in *incoming, loadBase func(string) 
 	}
 	in.results = make([][]chunk.Entry, n)
 	in.index = make([]*chunk.Index, n)
+	in.bases = make([]io.ReaderAt, n)
 	for i, oi := range in.offer.images {
 		if err := CheckName(oi.name); err != nil {
 			return err
@@ -286,6 +288,7 @@ func (r *Receiver) readOps(rd *frameReader, in *incoming, loadBase func(string) 
 				return err
 			}
 			baseEntries = x.Entries
+			in.bases[i] = chunk.NewStoreImage(ctx, x, r.Repo.store)
 		}
 		es, err := applyDelta(baseEntries, in.ops[i])
 		if err != nil {
@@ -371,7 +374,17 @@ func (r *Receiver) readData(ctx context.Context, s *transport.Stream, in *incomi
 		}
 		nc := in.news[m.ordinal]
 		data := m.data
-		if m.codec == codecZstd {
+		if m.codec == codecPatch {
+			base := in.bases[nc.image]
+			if base == nil {
+				return fmt.Errorf("%w: a patch for an image without a base", ErrMalformed)
+			}
+			if data, err = applyPatch(m.data, nc.entry.Offset, nc.entry.Length, base, dec); err != nil {
+				r.logf("chunk %s: %v", nc.entry.ID.Short(), err)
+				damaged.Add(1)
+				continue
+			}
+		} else if m.codec == codecZstd {
 			buf, err = dec.DecodeAll(m.data, buf[:0])
 			if err != nil || int64(len(buf)) != nc.entry.Length {
 				r.logf("chunk %s: does not decompress to its %d bytes", nc.entry.ID.Short(), nc.entry.Length)

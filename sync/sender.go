@@ -53,6 +53,8 @@ type Result struct {
 	// DataBytes is the compressed chunk data sent.
 	DataBytes int64 `json:"data_bytes"`
 	Rounds    int   `json:"rounds"`
+	// Patched counts chunks sent as patches against the receiver's copy.
+	Patched int `json:"chunks_patched"`
 	// IndexFetched is set when the sender had to fetch the base indexes.
 	IndexFetched bool  `json:"index_fetched"`
 	DurationMS   int64 `json:"duration_ms"`
@@ -212,6 +214,24 @@ func (s *Sender) Push(ctx context.Context, conn *transport.Conn, v *Version) (*R
 		baseOf[ref.name] = x
 	}
 
+	// Patches need the receiver to hold exactly the version the changed
+	// ranges are relative to.
+	patchable := make([][]chunk.Range, len(v.Images))
+	for i, im := range v.Images {
+		if im.Base == nil || im.Changed == nil {
+			continue
+		}
+		d, _, err := indexDigest(im.Base)
+		if err != nil {
+			return nil, err
+		}
+		for _, ref := range b.images {
+			if ref.name == im.Name && ref.digest == d && im.Base.Params == im.Index.Params {
+				patchable[i] = chunk.NormalizeRanges(im.Changed, max(im.Index.Size, im.Base.Size))
+			}
+		}
+	}
+
 	// The offer.
 	o := offer{version: b.version + 1, base: b.version, meta: v.Meta}
 	allOps := make([][]op, len(v.Images))
@@ -296,7 +316,10 @@ func (s *Sender) Push(ctx context.Context, conn *transport.Conn, v *Version) (*R
 				return nil, fmt.Errorf("%w: want bitmap of %d bytes for %d chunks", ErrMalformed, len(wt.bitmap), len(news))
 			}
 			res.Rounds++
-			if err := s.sendRound(ctx, conn, w, v, news, wt, lim, res); err != nil {
+			if wt.round > 1 {
+				patchable = make([][]chunk.Range, len(v.Images)) // whole chunks when asked again
+			}
+			if err := s.sendRound(ctx, conn, w, v, news, wt, lim, patchable, res); err != nil {
 				return nil, ctxErr(ctx, err)
 			}
 		default:
@@ -327,7 +350,7 @@ func opsThatFit(ops []op, limit int) int {
 }
 
 // sendRound sends the wanted chunks over parallel data streams.
-func (s *Sender) sendRound(ctx context.Context, conn *transport.Conn, w *frameWriter, v *Version, news []newChunk, wt want, lim *limiter, res *Result) error {
+func (s *Sender) sendRound(ctx context.Context, conn *transport.Conn, w *frameWriter, v *Version, news []newChunk, wt want, lim *limiter, patchable [][]chunk.Range, res *Result) error {
 	var todo []int
 	for i := range news {
 		if wt.bitmap[i/8]&(1<<(i%8)) != 0 {
@@ -345,7 +368,7 @@ func (s *Sender) sendRound(ctx context.Context, conn *transport.Conn, w *frameWr
 	if err := w.flush(); err != nil {
 		return err
 	}
-	var next, sentChunks, sentBytes, dataBytes atomic.Int64
+	var next, sentChunks, sentBytes, dataBytes, patched atomic.Int64
 	g, gctx := errgroup.WithContext(ctx)
 	for range streams {
 		g.Go(func() error {
@@ -382,8 +405,11 @@ func (s *Sender) sendRound(ctx context.Context, conn *transport.Conn, w *frameWr
 					return fmt.Errorf("the image changed since it was indexed (index it again): %w", err)
 				}
 				m := chunkMsg{ordinal: uint64(todo[k]), codec: codecRaw, data: data}
-				comp = enc.EncodeAll(data, comp[:0])
-				if len(comp) < len(data) {
+				segs, lit := patchSegments(nc.entry, patchable[nc.image])
+				if patchable[nc.image] != nil && lit < nc.entry.Length-64 {
+					m.codec, m.data = codecPatch, encodePatch(comp[:0], segs, data, enc)
+					patched.Add(1)
+				} else if comp = enc.EncodeAll(data, comp[:0]); len(comp) < len(data) {
 					m.codec, m.data = codecZstd, comp
 				}
 				frame = m.appendTo(frame[:0])
@@ -410,6 +436,7 @@ func (s *Sender) sendRound(ctx context.Context, conn *transport.Conn, w *frameWr
 	res.ChunksSent += int(sentChunks.Load())
 	res.ChunkBytes += sentBytes.Load()
 	res.DataBytes += dataBytes.Load()
+	res.Patched += int(patched.Load())
 	return err
 }
 

@@ -146,12 +146,46 @@ func TestPushSendsOnlyWhatChanged(t *testing.T) {
 	}
 	assertMaterialized(t, p.repo, "vm", images)
 
+	// Known changed ranges: only the changed bytes travel, as patches.
+	prev := imageVersion(t, "vm", images).Images[0].Index
+	var ranges []chunk.Range
+	for _, off := range []int{512 << 10, 2<<20 + 100} {
+		copy(disk[off:off+8192], randomData(r, 8192))
+		ranges = append(ranges, chunk.Range{Off: int64(off), Len: 8192})
+	}
+	v := imageVersion(t, "vm", images)
+	v.Images[0].Base, v.Images[0].Changed = prev, ranges
+	res, err = p.push(t, ctx, s, v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Patched == 0 || res.DataBytes > 2*8192+1024 {
+		t.Fatalf("push with changed ranges: %d patched, %d data bytes for 16 KiB changed", res.Patched, res.DataBytes)
+	}
+	assertMaterialized(t, p.repo, "vm", images)
+
+	// Ranges that miss a change make patches that do not verify: they are
+	// refused and the chunks asked for again, whole.
+	prev = v.Images[0].Index
+	copy(disk[3<<20:], randomData(r, 4096))
+	copy(disk[4<<20:], randomData(r, 4096))
+	v = imageVersion(t, "vm", images)
+	v.Images[0].Base, v.Images[0].Changed = prev, []chunk.Range{{Off: 3 << 20, Len: 4096}}
+	res, err = p.push(t, ctx, s, v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Rounds != 2 {
+		t.Fatalf("a lying patch took %d rounds, want 2", res.Rounds)
+	}
+	assertMaterialized(t, p.repo, "vm", images)
+
 	// Unchanged: nothing to send.
 	res, err = p.push(t, ctx, s, imageVersion(t, "vm", images))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if res.ChunksSent != 0 || res.ChangedBytes != 0 || res.Version != 3 {
+	if res.ChunksSent != 0 || res.ChangedBytes != 0 || res.Version != 5 {
 		t.Fatalf("unchanged push: %+v", res)
 	}
 
@@ -166,7 +200,7 @@ func TestPushSendsOnlyWhatChanged(t *testing.T) {
 		t.Fatalf("push without state: fetched %v, sent %d bytes", res.IndexFetched, res.ChunkBytes)
 	}
 	assertMaterialized(t, p.repo, "vm", images)
-	if vs, _ := p.repo.List(); len(vs) != 1 || len(vs[0].Versions) != 4 {
+	if vs, _ := p.repo.List(); len(vs) != 1 || len(vs[0].Versions) != 6 {
 		t.Fatalf("repository lists %+v", vs)
 	}
 }

@@ -44,6 +44,13 @@ type Image struct {
 	Name   string
 	Index  *chunk.Index
 	Source Source
+	// Base and Changed, if set, say that the image differs from the
+	// version Base describes only in the Changed ranges (a disk's writes
+	// since the last checkpoint, say). When the receiver holds exactly
+	// that version, new chunks travel as patches: the changed bytes only,
+	// the rest copied from the receiver's copy.
+	Base    *chunk.Index
+	Changed []chunk.Range
 }
 
 // Version is a set of images that travels and commits as one: the disks of

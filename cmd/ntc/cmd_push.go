@@ -78,6 +78,8 @@ type pushJSON struct {
 	BytesSent  uint64  `json:"bytes_sent"`
 	BytesUp    uint64  `json:"bytes_up"`
 	BytesDown  uint64  `json:"bytes_down"`
+	BytesLost  uint64  `json:"bytes_lost"`
+	Packets    uint64  `json:"packets_sent"`
 	IndexMS    int64   `json:"index_ms"`
 	BytesRead  int64   `json:"bytes_read"`
 	DurationMS int64   `json:"duration_ms"`
@@ -129,6 +131,7 @@ func runPush(ctx context.Context, g *globals, o pushOptions, paths []string) err
 		opt := chunk.Options{Progress: bar.Add}
 		var x *chunk.Index
 		var st chunk.ScanStats
+		im := ntcsync.Image{Name: name, Source: ntcsync.ReaderSource{R: img}}
 		if p, ok := prev[name]; ok && o.changed != "" {
 			changed, perr := chunk.ParseRanges(o.changed)
 			if perr != nil {
@@ -136,6 +139,7 @@ func runPush(ctx context.Context, g *globals, o pushOptions, paths []string) err
 				return usageError{perr}
 			}
 			x, st, err = chunk.Reindex(ctx, p, img, changed, opt)
+			im.Base, im.Changed = p, changed
 		} else {
 			x, st, err = chunk.Build(ctx, img, chunk.DefaultCDC(), opt)
 		}
@@ -144,7 +148,8 @@ func runPush(ctx context.Context, g *globals, o pushOptions, paths []string) err
 			return fmt.Errorf("index %s: %w", path, err)
 		}
 		read += st.BytesRead
-		v.Images = append(v.Images, ntcsync.Image{Name: name, Index: x, Source: ntcsync.ReaderSource{R: img}})
+		im.Index = x
+		v.Images = append(v.Images, im)
 	}
 	indexed := time.Since(start)
 
@@ -163,7 +168,8 @@ func runPush(ctx context.Context, g *globals, o pushOptions, paths []string) err
 	}
 	total := time.Since(start)
 	out := pushJSON{Result: res, BytesUp: stats.BytesSent, BytesDown: stats.BytesReceived,
-		BytesSent: stats.BytesSent + stats.BytesReceived, IndexMS: indexed.Milliseconds(), BytesRead: read,
+		BytesSent: stats.BytesSent + stats.BytesReceived, BytesLost: stats.BytesLost, Packets: stats.PacketsSent,
+		IndexMS: indexed.Milliseconds(), BytesRead: read,
 		DurationMS: total.Milliseconds()}
 	if d := time.Duration(res.DurationMS) * time.Millisecond; d > 0 {
 		out.RateMbit = float64(stats.BytesSent) * 8 / d.Seconds() / 1e6
