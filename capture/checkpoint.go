@@ -55,8 +55,8 @@ type Config struct {
 	Log func(msg string)
 
 	// Test hooks: afterStop runs once the guest is paused, afterMigrate
-	// once migrate was accepted.
-	afterStop, afterMigrate func()
+	// once migrate was accepted; an error fails the checkpoint there.
+	afterStop, afterMigrate func(*Session) error
 }
 
 // Result is a complete checkpoint.
@@ -188,6 +188,8 @@ type checkpointer struct {
 	snapshotted bool
 	paused      bool // the guest was paused for the checkpoint and has not resumed
 	fdHeld      bool // QEMU holds the stream socket under fdName, unused
+	prepared    bool // the new overlays exist as unattached nodes
+	stream      *streamReader
 	stats       Stats
 
 	storeMu   sync.Mutex
@@ -269,12 +271,18 @@ func (c *checkpointer) run(ctx context.Context) (res *Result, err error) {
 				err = fmt.Errorf("%w; and resuming the guest failed: %v", err, rerr)
 			}
 		}
+		if c.prepared && !c.snapshotted {
+			c.dropOverlays(ctx, c.plans)
+		}
 		if c.snapshotted && !(err == nil && res != nil) {
 			if serr := c.saveState(false); serr != nil {
 				err = fmt.Errorf("%w; and recording the new disk overlays failed: %v", err, serr)
 			}
 		}
 	}()
+	if err := c.prepareOverlays(ctx); err != nil {
+		return nil, err
+	}
 	stream, err := c.capture(ctx)
 	if err != nil {
 		return nil, err
@@ -429,20 +437,23 @@ func (c *checkpointer) capture(ctx context.Context) (*capturedStream, error) {
 		}
 	}()
 
-	// Parse the stream as it comes.
+	// Parse the stream as it comes, on its own goroutine.
+	rd := &streamReader{conn: conn, drain: c.cfg.Method == MethodBackground}
 	sink := newRAMSink(ctx, c.repo.Store(), c.cfg.Workers)
-	counter := &countingReader{r: conn}
 	type parsed struct {
 		s   *migstream.Stream
 		err error
 	}
 	parseDone := make(chan parsed, 1)
 	go func() {
-		st, err := migstream.Parse(ctx, counter, sink)
+		st, err := migstream.Parse(ctx, rd, sink)
 		if ferr := sink.finish(); err == nil {
 			err = ferr
 		}
-		conn.Close() // QEMU's writes fail now, if it was not done
+		if err != nil && rd.migrating.Load() {
+			rd.discardRest()
+		}
+		conn.Close()
 		parseDone <- parsed{st, err}
 	}()
 	waitParse := func() parsed {
@@ -450,7 +461,7 @@ func (c *checkpointer) capture(ctx context.Context) (*capturedStream, error) {
 		case p := <-parseDone:
 			return p
 		case <-ctx.Done():
-			conn.Close()
+			rd.interrupt()
 			return <-parseDone
 		}
 	}
@@ -459,6 +470,7 @@ func (c *checkpointer) capture(ctx context.Context) (*capturedStream, error) {
 		waitParse()
 		return nil, err
 	}
+	c.stream = rd
 
 	mark := s.EventMark()
 	var resumed Event
@@ -510,7 +522,8 @@ func (c *checkpointer) capture(ctx context.Context) (*capturedStream, error) {
 	if err := dg.Wait(); err != nil {
 		return nil, err
 	}
-	c.stats.StreamBytes = counter.n.Load()
+	c.stats.StreamBytes = rd.n.Load()
+	c.stats.RAMPagesResent = p.s.Stats.Resent
 	return &capturedStream{s: p.s, blocks: sink.blocks, newPages: sink.newIDs()}, nil
 }
 
@@ -533,20 +546,38 @@ func lastEventBefore(s *Session, mark int, name string, end Event) (Event, bool)
 	return found, ok
 }
 
-// snapshotDisks puts a new overlay on every disk in one transaction. The
-// guest must be paused.
+// prepareOverlays creates and opens every disk's new overlay while the
+// guest runs. On error, those already prepared are dropped.
+func (c *checkpointer) prepareOverlays(ctx context.Context) error {
+	for i, p := range c.plans {
+		if err := prepareOverlay(ctx, c.sess, p.newOv.layer, p.frozenTop, p.live.Size); err != nil {
+			c.dropOverlays(ctx, c.plans[:i])
+			return fmt.Errorf("disk %s: %w", p.live.Device, err)
+		}
+	}
+	c.prepared = true
+	return nil
+}
+
+func (c *checkpointer) dropOverlays(ctx context.Context, plans []*diskPlan) {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+	defer cancel()
+	for _, p := range plans {
+		dropOverlay(ctx, c.sess, p.newOv.layer)
+	}
+}
+
+// snapshotDisks makes every disk's prepared overlay its active layer, in
+// one transaction. The guest must be paused.
 func (c *checkpointer) snapshotDisks(ctx context.Context) error {
 	if len(c.plans) == 0 {
 		return nil
 	}
 	actions := make([]map[string]any, 0, len(c.plans))
 	for _, p := range c.plans {
-		actions = append(actions, snapshotAction(p.live.Node, p.newOv.layer))
+		actions = append(actions, snapshotAction(p.live.Node, p.newOv.Node))
 	}
 	if err := c.sess.Run(ctx, "transaction", map[string]any{"actions": actions}, nil); err != nil {
-		for _, p := range c.plans {
-			removeIfNotInChain(p.newOv.File, p.live.Chain)
-		}
 		return fmt.Errorf("snapshot the disks: %w", err)
 	}
 	c.snapshotted = true
@@ -568,17 +599,22 @@ func (c *checkpointer) instantBackground(ctx context.Context, mark int) (Event, 
 		return Event{}, fmt.Errorf("pause the guest: %w", err)
 	}
 	if c.cfg.afterStop != nil {
-		c.cfg.afterStop()
+		if err := c.cfg.afterStop(s); err != nil {
+			return Event{}, err
+		}
 	}
 	if err := c.snapshotDisks(ctx); err != nil {
 		return Event{}, err
 	}
+	c.stream.migrating.Store(true)
 	if err := s.Run(ctx, "migrate", map[string]any{"uri": "fd:" + fdName}, nil); err != nil {
 		return Event{}, fmt.Errorf("start the background snapshot: %w", err)
 	}
 	c.fdHeld = false // QEMU owns it now
 	if c.cfg.afterMigrate != nil {
-		c.cfg.afterMigrate()
+		if err := c.cfg.afterMigrate(s); err != nil {
+			return Event{}, err
+		}
 	}
 	pctx, pcancel := context.WithTimeout(ctx, c.cfg.PauseTimeout)
 	defer pcancel()
@@ -605,12 +641,15 @@ func (c *checkpointer) instantBackground(ctx context.Context, mark int) (Event, 
 // ConvergeStep. It returns the RESUME event.
 func (c *checkpointer) instantPrecopy(ctx context.Context, mark int) (Event, error) {
 	s := c.sess
+	c.stream.migrating.Store(true)
 	if err := s.Run(ctx, "migrate", map[string]any{"uri": "fd:" + fdName}, nil); err != nil {
 		return Event{}, fmt.Errorf("start the migration: %w", err)
 	}
 	c.fdHeld = false
 	if c.cfg.afterMigrate != nil {
-		c.cfg.afterMigrate()
+		if err := c.cfg.afterMigrate(s); err != nil {
+			return Event{}, err
+		}
 	}
 	downtime := c.cfg.Downtime
 	deadline := time.Now().Add(c.cfg.ConvergeTimeout)
@@ -642,8 +681,11 @@ func (c *checkpointer) instantPrecopy(ctx context.Context, mark int) (Event, err
 	}
 	// QEMU has paused the guest.
 	c.paused = true
+
 	if c.cfg.afterStop != nil {
-		c.cfg.afterStop()
+		if err := c.cfg.afterStop(s); err != nil {
+			return Event{}, err
+		}
 	}
 	if err := c.snapshotDisks(ctx); err != nil {
 		return Event{}, err
@@ -722,21 +764,10 @@ func (c *checkpointer) recover(ctx context.Context) error {
 		if err := s.Run(ctx, "cont", nil, nil); err != nil {
 			return fmt.Errorf("resume the guest (status %s): %w", st.Status, err)
 		}
+		c.logf("resumed the guest after the failed checkpoint")
 	}
 	c.paused = false
-	c.logf("resumed the guest after a failed checkpoint")
 	return nil
-}
-
-// removeIfNotInChain removes an overlay file a failed transaction may have
-// created, unless QEMU uses it.
-func removeIfNotInChain(file string, chain []chainLayer) {
-	for _, l := range chain {
-		if l.File == file {
-			return
-		}
-	}
-	os.Remove(file)
 }
 
 // saveState records the chains. done: this checkpoint is complete, so the
@@ -914,6 +945,7 @@ func (c *checkpointer) finish(ctx context.Context, machine Machine, cs *captured
 		m.Stream.Machine = cs.s.Config.Machine
 	}
 	m.GuestPauseMS = c.stats.GuestPauseMS
+	m.Method = c.cfg.Method
 
 	if err := store.Sync(ctx); err != nil {
 		return nil, err
@@ -1008,13 +1040,58 @@ func (m *Manifest) disk(name string) *Disk {
 
 func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
 
-type countingReader struct {
-	r io.Reader
-	n atomic.Int64
+// streamReader reads the migration stream from ntc's end of the socket
+// pair and counts it. interrupt makes a blocked Read fail. With drain set
+// (the background-snapshot method) a failed parse does not close the
+// socket: discardRest reads the stream to its end first. QEMU 7.2 leaves
+// guest RAM write-protected when a background snapshot's stream breaks
+// after it started tracking writes, and its main loop then blocks for good
+// on the first write to guest memory; a stream read to the end finishes
+// the snapshot normally.
+type streamReader struct {
+	conn      net.Conn
+	drain     bool
+	migrating atomic.Bool // QEMU may be writing
+	n         atomic.Int64
+
+	mu       sync.Mutex
+	draining bool
 }
 
-func (c *countingReader) Read(p []byte) (int, error) {
-	n, err := c.r.Read(p)
-	c.n.Add(int64(n))
+// drainTimeout bounds how long a failed checkpoint keeps reading a
+// background snapshot to let QEMU finish it.
+const drainTimeout = 10 * time.Minute
+
+func (r *streamReader) Read(p []byte) (int, error) {
+	n, err := r.conn.Read(p)
+	r.n.Add(int64(n))
 	return n, err
+}
+
+// interrupt ends a parse that blocks in Read, unless the rest of the
+// stream is being discarded.
+func (r *streamReader) interrupt() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.draining {
+		return
+	}
+	if r.drain {
+		r.conn.SetReadDeadline(time.Now())
+	} else {
+		r.conn.Close()
+	}
+}
+
+// discardRest reads and drops the stream up to its end, when drain is set.
+func (r *streamReader) discardRest() {
+	r.mu.Lock()
+	if !r.drain {
+		r.mu.Unlock()
+		return
+	}
+	r.draining = true
+	r.conn.SetReadDeadline(time.Now().Add(drainTimeout))
+	r.mu.Unlock()
+	io.Copy(io.Discard, r)
 }

@@ -109,11 +109,19 @@ func diskTickOf(tb testing.TB, repo *Repository, m *Manifest) int {
 }
 
 // TestCheckpointGuest takes two checkpoints of a guest that writes its disk
-// and RAM, and checks them against what QEMU and qemu-img say.
+// and RAM, with each method, and checks them against what QEMU and
+// qemu-img say.
 func TestCheckpointGuest(t *testing.T) {
+	for _, m := range []Method{MethodPrecopy, MethodBackground} {
+		t.Run(string(m), func(t *testing.T) { testCheckpointGuest(t, m) })
+	}
+}
+
+func testCheckpointGuest(t *testing.T, method Method) {
 	vm := startGuest(t, testguest.StartOptions{DiskBusyMiB: 1, BusyMiB: 8})
 	dir := t.TempDir()
 	cfg := testConfig(t, vm, dir)
+	cfg.Method = method
 
 	before := vm.LastTick()
 	res1 := checkpointTB(t, cfg)
@@ -127,7 +135,7 @@ func TestCheckpointGuest(t *testing.T) {
 	if tick := diskTickOf(t, repo, m1); tick < before || tick > after {
 		t.Errorf("checkpoint 1 disk holds tick %d, want between %d (seen before) and %d (seen after)", tick, before, after)
 	}
-	if m1.Seq != 1 || m1.Parent != 0 || res1.Stats.DiskMode != "full" {
+	if m1.Seq != 1 || m1.Parent != 0 || res1.Stats.DiskMode != "full" || m1.Method != method {
 		t.Errorf("checkpoint 1: seq %d parent %d mode %s", m1.Seq, m1.Parent, res1.Stats.DiskMode)
 	}
 	checkManifest(t, vm, m1)

@@ -13,6 +13,10 @@ import (
 	"github.com/digitalocean/go-qemu/qmp"
 )
 
+// maxReply is the longest QMP reply go-qemu reads (bufio.Scanner's
+// default); a longer one ends the connection.
+const maxReply = 64 << 10
+
 // newMonitor connects the QMP wire through go-qemu's SocketMonitor. This
 // build needs github.com/digitalocean/go-libvirt in go.sum (go-qemu's qmp
 // package imports it): `go get github.com/digitalocean/go-qemu/qmp@v0.0.0-20250212194115-ee9b0668d242`.

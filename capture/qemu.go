@@ -5,7 +5,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"os"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -284,17 +286,41 @@ func (m *migrationSetup) restore(ctx context.Context, s *Session) error {
 	return errors.Join(err1, err2)
 }
 
-// snapshotAction is one blockdev-snapshot-sync of a transaction.
-func snapshotAction(node string, ov layer) map[string]any {
+// prepareOverlay creates the overlay file for a layer of format and size
+// bytes at backing (the active layer it will cover) and opens it in QEMU
+// as a node without backing, so that the snapshot itself, in the pause,
+// only changes the graph (blockdev-snapshot) instead of creating a file.
+func prepareOverlay(ctx context.Context, s *Session, ov layer, backing chainLayer, size int64) error {
+	if _, err := qemuImg(ctx, "create", "-q", "-f", "qcow2", "-u", "-b", backing.File, "-F", backing.Format,
+		ov.File, strconv.FormatInt(size, 10)); err != nil {
+		return fmt.Errorf("create overlay: %w", err)
+	}
+	err := s.Run(ctx, "blockdev-add", map[string]any{
+		"driver": "qcow2", "node-name": ov.Node, "backing": nil,
+		"file": map[string]any{"driver": "file", "filename": ov.File},
+	}, nil)
+	if err != nil {
+		os.Remove(ov.File)
+		return fmt.Errorf("open overlay %s in QEMU: %w", ov.File, err)
+	}
+	return nil
+}
+
+// dropOverlay undoes prepareOverlay for an overlay that never joined the
+// chain.
+func dropOverlay(ctx context.Context, s *Session, ov layer) {
+	if s.Err() == nil {
+		s.Run(ctx, "blockdev-del", map[string]any{"node-name": ov.Node}, nil)
+	}
+	os.Remove(ov.File)
+}
+
+// snapshotAction makes the prepared overlay node the active layer above
+// node, in a transaction.
+func snapshotAction(node, overlay string) map[string]any {
 	return map[string]any{
-		"type": "blockdev-snapshot-sync",
-		"data": map[string]any{
-			"node-name":          node,
-			"snapshot-file":      ov.File,
-			"snapshot-node-name": ov.Node,
-			"format":             "qcow2",
-			"mode":               "absolute-paths",
-		},
+		"type": "blockdev-snapshot",
+		"data": map[string]any{"node": node, "overlay": overlay},
 	}
 }
 

@@ -363,7 +363,7 @@ func (s *Session) WaitEvent(ctx context.Context, from int, match func(Event) boo
 			more := s.base+len(s.events) > from
 			s.mu.Unlock()
 			if !more {
-				return Event{}, from, fmt.Errorf("wait for QMP event: %w", ErrDisconnected)
+				return Event{}, from, fmt.Errorf("wait for QMP event: %w (did QEMU exit?)", ErrDisconnected)
 			}
 		case <-ctx.Done():
 			return Event{}, from, ctx.Err()

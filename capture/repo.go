@@ -64,6 +64,8 @@ type Manifest struct {
 	// after the RAM through the EOF marker), CDC-indexed.
 	DeviceState ImageRef   `json:"device_state"`
 	Stream      StreamInfo `json:"stream"`
+	// Method is how RAM was captured: "precopy" or "background-snapshot".
+	Method Method `json:"method"`
 	// GuestPauseMS is how long the guest was paused: QEMU's STOP to RESUME.
 	GuestPauseMS float64 `json:"guest_pause_ms"`
 	Stats        Stats   `json:"stats"`
@@ -141,7 +143,10 @@ type Stats struct {
 	// RAMPagesNew counts the distinct page contents the store lacked.
 	RAMPagesNew int64 `json:"ram_pages_new"`
 	RAMBytesNew int64 `json:"ram_bytes_new"`
-	StreamBytes int64 `json:"stream_bytes"`
+	// RAMPagesResent counts pages the stream carried more than once (a
+	// precopy migration resends what the guest dirtied meanwhile).
+	RAMPagesResent int64 `json:"ram_pages_resent"`
+	StreamBytes    int64 `json:"stream_bytes"`
 	// DiskBytesRead is what was read from the disk layers to index them.
 	DiskBytesRead int64 `json:"disk_bytes_read"`
 	// DiskBytesChanged is the size of the extents written since the parent
