@@ -886,7 +886,7 @@ func (c *checkpointer) finish(ctx context.Context, machine Machine, cs *captured
 		}
 		d := Disk{
 			Name: p.live.Name, Node: node, Device: p.live.Device, File: p.ds.Base.File, Format: p.ds.Base.Format,
-			Size: p.index.Size, Index: p.live.Name + ".idx", Mode: mode,
+			Size: p.index.Size, Index: p.live.Name + ".idx", Mode: mode, BytesChanged: p.delta, BytesRead: p.read,
 		}
 		if err := chunk.WriteIndexFile(filepath.Join(c.dir, d.Index), p.index); err != nil {
 			return nil, err

@@ -152,6 +152,7 @@ func TestCheckpointErrors(t *testing.T) {
 	// guest paused): the new overlay stays in the chain, recorded, and the
 	// next checkpoint reads it as a change.
 	t.Run("failure while paused, after the snapshot", func(t *testing.T) {
+		skipUnlessUserfaultfd(t)
 		c := cfg
 		c.Method = MethodBackground
 		c.afterMigrate = func(*Session) error { return errInjected }
@@ -227,7 +228,7 @@ func TestCheckpointErrors(t *testing.T) {
 // TestCheckpointRefusesUnreadableDisk: a disk format ntc cannot read is
 // refused before the guest is touched.
 func TestCheckpointRefusesUnreadableDisk(t *testing.T) {
-	skipUnlessRoot(t)
+	testguest.SkipIfNoQEMU(t)
 	dir, err := os.MkdirTemp("", "ntcv-")
 	if err != nil {
 		t.Fatal(err)

@@ -17,11 +17,11 @@ import (
 )
 
 // These tests checkpoint the test guest (internal/testguest) under QEMU TCG.
-// They need QEMU and qemu-img, and root for userfaultfd write-protect.
+// They need QEMU and qemu-img; the background-snapshot method also needs
+// userfaultfd write-protect (root).
 
-func skipUnlessRoot(tb testing.TB) {
+func skipUnlessUserfaultfd(tb testing.TB) {
 	tb.Helper()
-	testguest.SkipIfNoQEMU(tb)
 	if os.Geteuid() != 0 {
 		b, _ := os.ReadFile("/proc/sys/vm/unprivileged_userfaultfd")
 		if string(bytes.TrimSpace(b)) != "1" {
@@ -33,7 +33,7 @@ func skipUnlessRoot(tb testing.TB) {
 // startGuest boots the test guest and waits for its first ticks.
 func startGuest(tb testing.TB, opts testguest.StartOptions) *testguest.VM {
 	tb.Helper()
-	skipUnlessRoot(tb)
+	testguest.SkipIfNoQEMU(tb)
 	if opts.Dir == "" {
 		// Short: the QMP socket path must fit in 107 bytes.
 		dir, err := os.MkdirTemp("", "ntcc-")
@@ -118,6 +118,9 @@ func TestCheckpointGuest(t *testing.T) {
 }
 
 func testCheckpointGuest(t *testing.T, method Method) {
+	if method == MethodBackground {
+		skipUnlessUserfaultfd(t)
+	}
 	vm := startGuest(t, testguest.StartOptions{DiskBusyMiB: 1, BusyMiB: 8})
 	dir := t.TempDir()
 	cfg := testConfig(t, vm, dir)

@@ -98,6 +98,11 @@ type Disk struct {
 	// Mode is "full" (the whole disk was read) or "incremental" (only the
 	// extents written since the parent checkpoint).
 	Mode string `json:"mode"`
+	// BytesChanged is the size of the extents written since the parent
+	// (whole clusters), or the disk size for a full read; BytesRead what
+	// was read to index it.
+	BytesChanged int64 `json:"bytes_changed"`
+	BytesRead    int64 `json:"bytes_read"`
 }
 
 // RAM is one RAM block of a checkpoint, indexed by 4 KiB page.

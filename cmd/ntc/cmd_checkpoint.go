@@ -1,0 +1,153 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"path/filepath"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/ntc-project/ntc/capture"
+)
+
+type checkpointOptions struct {
+	qmp        string
+	out        string
+	overlayDir string
+	method     string
+	downtime   time.Duration
+	noCommit   bool
+	workers    int
+}
+
+func newCheckpointCommand(g *globals) *cobra.Command {
+	var o checkpointOptions
+	cmd := &cobra.Command{
+		Use:   "checkpoint --qmp SOCKET --out DIR",
+		Short: "Take a live checkpoint of a running QEMU guest",
+		Long: `Checkpoint captures a running QEMU guest, disk and memory consistent to one
+instant, with the guest paused for milliseconds, into the checkpoint
+repository DIR (created if needed): DIR/store holds the chunks,
+DIR/checkpoints/NNNNNN one index per disk, RAM block and the device state, and
+a manifest.json written last.
+
+QEMU must offer a QMP socket ntc can use (-qmp unix:SOCKET,server=on,wait=off;
+QEMU serves one QMP client at a time, so give ntc its own socket if something
+else holds one). The first checkpoint reads the disks in full; later ones read
+only what the guest wrote since the previous checkpoint: every disk gets a new
+qcow2 overlay at the checkpoint instant (created next to the disk, or in
+--overlay-dir), and the overlay of the previous checkpoint, which holds
+exactly those writes, is merged back into the disk image afterwards. The
+guest keeps running on the newest overlay: restart it from its command line
+only after 'ntc checkpoint' has merged, or point it at the overlay.
+
+RAM is captured by a live migration into ntc, kept as 4 KiB pages keyed by
+content: only pages the repository lacks are stored. --method precopy (the
+default) sends RAM while the guest runs and pauses it for the last pages;
+--method background-snapshot pauses it while QEMU write-protects RAM, which
+on QEMU 7.2 includes touching every page (slower for big guests).
+
+On any error the guest is left running, its disks valid, and no checkpoint
+looks complete that is not; earlier checkpoints are untouched. A paused guest
+is refused and left paused.
+
+Examples:
+  ntc checkpoint --qmp /run/vm/qmp.sock --out /srv/ntc/vm
+  ntc checkpoint --qmp /run/vm/qmp.sock --out /srv/ntc/vm --json
+  ntc checkpoint --qmp vm.sock --out ckpt --overlay-dir /var/lib/vm/overlays -v
+  NTC_CHECKPOINT_OUT=/srv/ntc/vm ntc checkpoint --qmp vm.sock`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			o.qmp = g.v.GetString("checkpoint.qmp")
+			o.out = g.v.GetString("checkpoint.out")
+			o.overlayDir = g.v.GetString("checkpoint.overlay-dir")
+			o.method = g.v.GetString("checkpoint.method")
+			return runCheckpoint(cmd.Context(), g, o)
+		},
+	}
+	f := cmd.Flags()
+	f.String("qmp", "", "QMP unix socket of the running QEMU")
+	f.String("out", "", "checkpoint repository directory")
+	f.String("overlay-dir", "", "where new disk overlays go (default: next to each disk)")
+	f.String("method", string(capture.MethodPrecopy), "how RAM is captured: precopy or background-snapshot")
+	f.DurationVar(&o.downtime, "downtime", 20*time.Millisecond, "final pause the precopy method aims at")
+	f.BoolVar(&o.noCommit, "no-commit", false, "keep earlier overlays instead of merging them into the disk")
+	f.IntVar(&o.workers, "workers", 0, "goroutines hashing and storing (default: all cores)")
+	g.bind(cmd, "checkpoint.qmp", "qmp")
+	g.bind(cmd, "checkpoint.out", "out")
+	g.bind(cmd, "checkpoint.overlay-dir", "overlay-dir")
+	g.bind(cmd, "checkpoint.method", "method")
+	return cmd
+}
+
+// checkpointJSON is checkpoint's --json summary.
+type checkpointJSON struct {
+	Seq      int    `json:"seq"`
+	Parent   int    `json:"parent"`
+	Dir      string `json:"dir"`
+	Manifest string `json:"manifest"`
+	capture.Stats
+	Method string `json:"method"`
+}
+
+func runCheckpoint(ctx context.Context, g *globals, o checkpointOptions) error {
+	if o.qmp == "" {
+		return usagef("--qmp SOCKET is required: the QMP socket of the running QEMU (started with -qmp unix:SOCKET,server=on,wait=off)")
+	}
+	if o.out == "" {
+		return usagef("--out DIR is required: the checkpoint repository (created if needed)")
+	}
+	method := capture.Method(o.method)
+	if method != capture.MethodPrecopy && method != capture.MethodBackground {
+		return usagef("--method %q: want %s or %s", o.method, capture.MethodPrecopy, capture.MethodBackground)
+	}
+	cfg := capture.Config{
+		QMP: o.qmp, Dir: o.out, OverlayDir: o.overlayDir, Method: method, Downtime: o.downtime,
+		NoCommit: o.noCommit, Workers: o.workers,
+	}
+	if g.verbose {
+		cfg.Log = func(msg string) { fmt.Fprintln(g.stderr, "ntc:", msg) }
+	}
+	res, err := capture.Checkpoint(ctx, cfg)
+	if err != nil {
+		return err
+	}
+	m := res.Manifest
+	out := checkpointJSON{
+		Seq: m.Seq, Parent: m.Parent, Dir: res.Dir, Manifest: filepath.Join(res.Dir, "manifest.json"),
+		Stats: res.Stats, Method: string(m.Method),
+	}
+	if g.json {
+		return writeJSON(g.stdout, out)
+	}
+	st := res.Stats
+	w := g.stdout
+	fmt.Fprintf(w, "checkpoint %d of %s (%s, QEMU %s, %s): guest paused %.1f ms, %s in all\n", m.Seq, o.qmp,
+		m.Machine.Type, m.QEMUVersion, m.Method, st.GuestPauseMS, (time.Duration(st.DurationMS * 1e6)).Round(time.Millisecond))
+	fmt.Fprintf(w, "  RAM    %s in %d blocks, %d pages of data: %d new to the repository (%s)\n",
+		humanBytes(st.RAMBytes), len(m.RAM), st.RAMPages, st.RAMPagesNew, humanBytes(st.RAMBytesNew))
+	for _, d := range m.Disks {
+		if d.Mode == "incremental" {
+			fmt.Fprintf(w, "  disk   %s (%s): %s written since checkpoint %d, %s read\n",
+				d.Name, humanBytes(d.Size), humanBytes(d.BytesChanged), m.Parent, humanBytes(d.BytesRead))
+		} else {
+			fmt.Fprintf(w, "  disk   %s (%s): read in full, %s of data\n", d.Name, humanBytes(d.Size), humanBytes(d.BytesRead))
+		}
+	}
+	if len(m.Disks) > 0 {
+		fmt.Fprintf(w, "         %d new chunks (%s) stored\n", st.DiskChunksNew, humanBytes(st.DiskBytesNew))
+	}
+	fmt.Fprintf(w, "  device state %s; migration stream %s\n", humanBytes(st.DeviceBytes), humanBytes(st.StreamBytes))
+	if st.Committed > 0 {
+		fmt.Fprintf(w, "  merged %d old overlay(s) into the disk images\n", st.Committed)
+	}
+	if st.CommitError != "" {
+		fmt.Fprintf(w, "  could not merge old overlays (the next checkpoint retries): %s\n", st.CommitError)
+	}
+	if len(res.Removed) > 0 {
+		fmt.Fprintf(w, "  removed incomplete checkpoints %v of earlier runs\n", res.Removed)
+	}
+	fmt.Fprintf(w, "  wrote %s\n", out.Manifest)
+	return nil
+}
