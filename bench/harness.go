@@ -86,9 +86,15 @@ func (n *Node) Serve(ctx context.Context, addr, store string, allow string, wrap
 
 // Stop ends the server and returns its peak resident memory in bytes.
 func (s *Server) Stop() (int64, error) {
+	rss, _ := s.StopUsage()
+	return rss, nil
+}
+
+// StopUsage ends the server and returns its peak resident memory and CPU.
+func (s *Server) StopUsage() (int64, time.Duration) {
 	s.cmd.Process.Signal(syscall.SIGTERM)
 	s.cmd.Wait()
-	return maxRSS(s.cmd.ProcessState), nil
+	return maxRSS(s.cmd.ProcessState), cpuTime(s.cmd.ProcessState)
 }
 
 func maxRSS(ps *os.ProcessState) int64 {
@@ -132,7 +138,14 @@ type PushResult struct {
 
 // Push runs 'ntc push' and returns its summary.
 func (n *Node) Push(ctx context.Context, addr, peer string, args ...string) (*PushResult, error) {
-	c := n.Command(ctx, append([]string{"--json", "push", "--to", addr, "--peer", peer}, args...)...)
+	return n.PushVia(ctx, nil, addr, peer, args...)
+}
+
+// PushVia runs 'ntc push' under a wrapper command (a namespace).
+func (n *Node) PushVia(ctx context.Context, wrap []string, addr, peer string, args ...string) (*PushResult, error) {
+	argv := append(append(wrap, n.Bin, "--json", "push", "--to", addr, "--peer", peer), args...)
+	c := exec.CommandContext(ctx, argv[0], argv[1:]...)
+	c.Env = append(os.Environ(), "NTC_HOME="+n.Home)
 	var stderr bytes.Buffer
 	c.Stderr = &stderr
 	t0 := time.Now()
@@ -246,15 +259,21 @@ func StartRsync(ctx context.Context, dir, dest, addr string, port int, wrap ...s
 }
 
 // Stop ends the daemon.
-func (r *Rsync) Stop() {
-	r.cmd.Process.Kill()
+func (r *Rsync) Stop() { r.StopUsage() }
+
+// StopUsage ends the daemon and returns its peak memory and the CPU it and
+// its children used.
+func (r *Rsync) StopUsage() (int64, time.Duration) {
+	r.cmd.Process.Signal(syscall.SIGTERM)
 	r.cmd.Wait()
+	return maxRSS(r.cmd.ProcessState), cpuTime(r.cmd.ProcessState)
 }
 
 // RsyncResult is what one rsync run cost.
 type RsyncResult struct {
 	BytesSent, BytesReceived int64
 	Wall, CPU                time.Duration
+	MaxRSS                   int64
 }
 
 var rsyncTotal = regexp.MustCompile(`Total bytes (sent|received): ([\d,]+)`)
@@ -270,7 +289,7 @@ func RunRsync(ctx context.Context, src, addr string, port int, opts []string, wr
 	if err != nil {
 		return nil, fmt.Errorf("rsync: %w: %s", err, out)
 	}
-	r := &RsyncResult{Wall: time.Since(t0), CPU: cpuTime(c.ProcessState)}
+	r := &RsyncResult{Wall: time.Since(t0), CPU: cpuTime(c.ProcessState), MaxRSS: maxRSS(c.ProcessState)}
 	for _, m := range rsyncTotal.FindAllStringSubmatch(string(out), -1) {
 		v, _ := strconv.ParseInt(strings.ReplaceAll(m[2], ",", ""), 10, 64)
 		if m[1] == "sent" {

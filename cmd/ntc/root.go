@@ -103,6 +103,7 @@ then the file given by --config (default: $NTC_HOME/ntc.yaml or
 		newServeCommand(g),
 		newPushCommand(g),
 		newLsCommand(g),
+		newBenchCommand(g),
 		newCheckpointCommand(g),
 		newVersionCommand(g),
 	)

@@ -1,0 +1,225 @@
+package bench
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/ntc-project/ntc/bench/link"
+)
+
+// Tools the benchmark compares.
+const (
+	ToolNTC        = "ntc"         // ntc push, indexing the whole new image
+	ToolNTCChanged = "ntc+changed" // ntc push --changed: the writes are known
+	ToolRsyncZ     = "rsync -z"    // rsync --no-whole-file -z
+	ToolRsync      = "rsync"       // rsync --no-whole-file
+	ToolFullZstd   = "full zstd"   // rsync --whole-file with zstd compression
+)
+
+// AllTools is every tool, in report order.
+var AllTools = []string{ToolNTC, ToolNTCChanged, ToolRsyncZ, ToolRsync, ToolFullZstd}
+
+// Config says what to run.
+type Config struct {
+	Bin       string // the ntc binary
+	Dir       string // work directory (images, stores)
+	Profiles  []link.Profile
+	Scenarios []*Scenario
+	Tools     []string
+	// Progress, if set, is told what is running.
+	Progress func(format string, args ...any)
+}
+
+// Case is one tool on one scenario over one link.
+type Case struct {
+	Scenario string `json:"scenario"`
+	Profile  string `json:"link"`
+	Tool     string `json:"tool"`
+	// WireBytes counts the IP bytes that crossed the link, both ways.
+	WireBytes int64 `json:"wire_bytes"`
+	// Wall is the sender's (client's) run time.
+	Wall time.Duration `json:"wall_ns"`
+	// CPU of each side's processes.
+	CPUSender   time.Duration `json:"cpu_sender_ns"`
+	CPUReceiver time.Duration `json:"cpu_receiver_ns"`
+	// Peak resident memory of each side's main process.
+	MemSender   int64 `json:"mem_sender_bytes"`
+	MemReceiver int64 `json:"mem_receiver_bytes"`
+	// Limit is the physical limit: the oracle's bytes at the link rate
+	// plus the handshake round trips; LimitBytes the oracle.
+	Limit      time.Duration `json:"limit_ns"`
+	LimitBytes int64         `json:"limit_bytes"`
+	Err        string        `json:"error,omitempty"`
+}
+
+// handshakeRTTs is what any tool needs before data flows: connection and
+// protocol handshakes (QUIC 1-RTT + offer/want; TCP + rsync's greeting).
+const handshakeRTTs = 2
+
+// Run runs every tool on every scenario over every link.
+func Run(ctx context.Context, cfg Config) ([]Case, error) {
+	var out []Case
+	for _, sc := range cfg.Scenarios {
+		for _, p := range cfg.Profiles {
+			l, err := link.Up(ctx, p)
+			if err != nil {
+				return out, fmt.Errorf("link %s: %w", p.Name, err)
+			}
+			for _, tool := range cfg.Tools {
+				if cfg.Progress != nil {
+					cfg.Progress("%s over %s: %s", sc.Name, p.Name, tool)
+				}
+				c, err := runCase(ctx, cfg, l, sc, tool)
+				if err != nil {
+					if ctx.Err() != nil {
+						l.Close()
+						return out, ctx.Err()
+					}
+					c.Err = err.Error()
+				}
+				out = append(out, c)
+			}
+			if err := l.Close(); err != nil {
+				return out, err
+			}
+		}
+	}
+	return out, nil
+}
+
+func limitOf(sc *Scenario, p link.Profile) time.Duration {
+	d := time.Duration(handshakeRTTs) * p.RTT
+	if p.Rate > 0 {
+		d += time.Duration(float64(sc.Oracle) * 8 / float64(p.Rate) * float64(time.Second))
+	}
+	return d
+}
+
+func runCase(ctx context.Context, cfg Config, l *link.Link, sc *Scenario, tool string) (Case, error) {
+	p := l.Profile()
+	c := Case{Scenario: sc.Name, Profile: p.Name, Tool: tool, Limit: limitOf(sc, p), LimitBytes: sc.Oracle}
+	dir, err := os.MkdirTemp(cfg.Dir, "case-")
+	if err != nil {
+		return c, err
+	}
+	defer os.RemoveAll(dir)
+	before := l.Stats()
+	switch tool {
+	case ToolNTC, ToolNTCChanged:
+		err = runNTC(ctx, cfg, l, sc, dir, tool == ToolNTCChanged, &c)
+	case ToolRsyncZ, ToolRsync, ToolFullZstd:
+		err = runRsync(ctx, l, sc, dir, tool, &c)
+	default:
+		err = fmt.Errorf("unknown tool %q", tool)
+	}
+	after := l.Stats()
+	c.WireBytes = after.AB.Bytes - before.AB.Bytes + after.BA.Bytes - before.BA.Bytes
+	return c, err
+}
+
+// runNTC seeds a receiver's store with the old version over loopback, then
+// serves it inside B and pushes the new version from A across the link.
+func runNTC(ctx context.Context, cfg Config, l *link.Link, sc *Scenario, dir string, changed bool, c *Case) error {
+	office, err := NewNode(ctx, cfg.Bin, filepath.Join(dir, "office"))
+	if err != nil {
+		return err
+	}
+	home, err := NewNode(ctx, cfg.Bin, filepath.Join(dir, "home"))
+	if err != nil {
+		return err
+	}
+	store := filepath.Join(dir, "store")
+	img := filepath.Join(dir, "disk.img")
+	if err := copyFile(sc.Old, img); err != nil {
+		return err
+	}
+	seed, err := home.Serve(ctx, "127.0.0.1:0", store, office.ID)
+	if err != nil {
+		return err
+	}
+	_, err = office.Push(ctx, seed.Addr, home.ID, img)
+	seed.Stop()
+	if err != nil {
+		return fmt.Errorf("seed: %w", err)
+	}
+	if err := copyFile(sc.New, img); err != nil {
+		return err
+	}
+	b := l.B()
+	srv, err := home.Serve(ctx, b.Addr.String()+":7400", store, office.ID, b.Wrap()...)
+	if err != nil {
+		return err
+	}
+	args := []string{img}
+	if changed {
+		if sc.Changed == nil {
+			srv.Stop()
+			return errors.New("the scenario does not know its changed ranges")
+		}
+		args = append(args, "--changed", Ranges(sc.Changed))
+	}
+	res, err := office.PushVia(ctx, l.A().Wrap(), srv.Addr, home.ID, args...)
+	rss, cpu := srv.StopUsage()
+	if err != nil {
+		return err
+	}
+	c.Wall, c.CPUSender, c.MemSender = res.Wall, res.CPU, res.MaxRSS
+	c.CPUReceiver, c.MemReceiver = cpu, rss
+	return nil
+}
+
+// runRsync puts the old version where an rsync daemon inside B serves it,
+// and runs the rsync client inside A.
+func runRsync(ctx context.Context, l *link.Link, sc *Scenario, dir, tool string, c *Case) error {
+	dest := filepath.Join(dir, "dest")
+	if err := os.MkdirAll(dest, 0o755); err != nil {
+		return err
+	}
+	src := filepath.Join(dir, "src")
+	if err := os.MkdirAll(src, 0o755); err != nil {
+		return err
+	}
+	img := filepath.Join(src, "disk.img")
+	if err := copyFile(sc.New, img); err != nil {
+		return err
+	}
+	opts := []string{"--no-whole-file", "--ignore-times"}
+	switch tool {
+	case ToolRsyncZ:
+		opts = append(opts, "-z")
+		if err := copyFile(sc.Old, filepath.Join(dest, "disk.img")); err != nil {
+			return err
+		}
+	case ToolRsync:
+		if err := copyFile(sc.Old, filepath.Join(dest, "disk.img")); err != nil {
+			return err
+		}
+	case ToolFullZstd:
+		opts = []string{"--whole-file", "-z", "--compress-choice=zstd"}
+	}
+	b := l.B()
+	d, err := StartRsync(ctx, dir, dest, b.Addr.String(), 873, b.Wrap()...)
+	if err != nil {
+		return err
+	}
+	var res *RsyncResult
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		res, err = RunRsync(ctx, img, b.Addr.String(), 873, opts, l.A().Wrap()...)
+		if err == nil || time.Now().After(deadline) || ctx.Err() != nil {
+			break
+		}
+		time.Sleep(100 * time.Millisecond) // the daemon is starting
+	}
+	rss, cpu := d.StopUsage()
+	if err != nil {
+		return err
+	}
+	c.Wall, c.CPUSender, c.MemSender = res.Wall, res.CPU, res.MaxRSS
+	c.CPUReceiver, c.MemReceiver = cpu, rss
+	return nil
+}

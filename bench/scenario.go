@@ -1,0 +1,70 @@
+package bench
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+)
+
+// Scenario is a pair of image versions: what the receiver holds, and what
+// the sender has now.
+type Scenario struct {
+	Name string
+	Old  string // path of the version the receiver holds
+	New  string // path of the version to send
+	// Changed lists the ranges of New that differ from Old, when known
+	// (as capture knows a VM's writes); tools that can use it get it.
+	Changed []Extent
+	// Oracle is the zstd-compressed size of the 4 KiB blocks of New that
+	// differ from Old: the least any tool must send.
+	Oracle int64
+	// ChangedBytes is the size of those blocks, uncompressed.
+	ChangedBytes int64
+}
+
+// ScenarioNames lists the scenarios Prepare knows, besides debian and vm
+// ones that need more set-up.
+var ScenarioNames = []string{"random-1pct", "random-10pct"}
+
+// Prepare makes the images of the named scenario in dir.
+func Prepare(ctx context.Context, name, dir string, size int64) (*Scenario, error) {
+	var frac float64
+	switch name {
+	case "random-1pct":
+		frac = 0.01
+	case "random-10pct":
+		frac = 0.10
+	default:
+		return nil, fmt.Errorf("unknown scenario %q (have %s)", name, strings.Join(ScenarioNames, ", "))
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, err
+	}
+	s := &Scenario{Name: name, Old: filepath.Join(dir, name+"-old.img"), New: filepath.Join(dir, name+"-new.img")}
+	if err := WriteRandom(s.Old, size, 1); err != nil {
+		return nil, err
+	}
+	if err := copyFile(s.Old, s.New); err != nil {
+		return nil, err
+	}
+	ext, oracle, err := RewriteScattered(s.New, frac, 64<<10, 2)
+	if err != nil {
+		return nil, err
+	}
+	s.Changed, s.Oracle = ext, oracle
+	for _, e := range ext {
+		s.ChangedBytes += e.Len
+	}
+	return s, ctx.Err()
+}
+
+// copyFile copies src to dst keeping holes.
+func copyFile(src, dst string) error {
+	if out, err := exec.Command("cp", "--sparse=always", src, dst).CombinedOutput(); err != nil {
+		return fmt.Errorf("cp %s %s: %v: %s", src, dst, err, out)
+	}
+	return nil
+}
