@@ -98,6 +98,9 @@ type offerImage struct {
 	size   int64
 	params chunk.Params
 	based  bool
+	// baseDigest names the base image's index the ops edit (when based):
+	// a receiver whose image differs ignores the offer.
+	baseDigest chunk.ID
 }
 
 // offer opens a new version; ops frames and an end frame follow.
@@ -124,11 +127,12 @@ func (m offer) encode() []byte {
 		e.u64(uint64(im.params.Pol))
 		e.uvarint(uint64(im.params.MinSize))
 		e.uvarint(uint64(im.params.MaxSize))
-		b := uint64(0)
 		if im.based {
-			b = 1
+			e.uvarint(1)
+			e.id(im.baseDigest)
+		} else {
+			e.uvarint(0)
 		}
-		e.uvarint(b)
 	}
 	return e.b
 }
@@ -147,7 +151,13 @@ func decodeOffer(p []byte) (offer, error) {
 		im.params.Pol = chunker.Pol(d.u64())
 		im.params.MinSize = uint32(d.uvarint())
 		im.params.MaxSize = uint32(d.uvarint())
-		im.based = d.uvarint() == 1
+		switch d.uvarint() {
+		case 0:
+		case 1:
+			im.based, im.baseDigest = true, d.id()
+		default:
+			d.fail("bad based flag")
+		}
 		if d.err == nil {
 			if im.size < 0 || im.size > 1<<50 {
 				d.fail("bad image size")

@@ -137,7 +137,9 @@ func (r *Receiver) serve(ctx context.Context, conn *transport.Conn, ctrl *transp
 		return nil, ErrUnknownImage
 	}
 
-	// Index requests, then the offer.
+	// Index requests and offers, until an offer against what this
+	// receiver holds arrives; others were made against an older belief of
+	// the sender's and are skipped.
 	var in incoming
 	for {
 		typ, p, err := rd.read()
@@ -174,10 +176,12 @@ func (r *Receiver) serve(ctx context.Context, conn *transport.Conn, ctrl *transp
 		if in.offer, err = decodeOffer(p); err != nil {
 			return err
 		}
-		break
-	}
-	if in.offer.base != b.version {
-		return ErrConflict
+		if offerMatches(in.offer, b) {
+			break
+		}
+		if err := skipOffer(rd); err != nil {
+			return err
+		}
 	}
 	if err := r.readOps(ctx, rd, &in, loadBase); err != nil {
 		return err
@@ -247,6 +251,23 @@ func (r *Receiver) serve(ctx context.Context, conn *transport.Conn, ctrl *transp
 		return err
 	}
 	return w.flush()
+}
+
+// skipOffer reads past the ops of an offer that is not taken.
+func skipOffer(rd *frameReader) error {
+	for {
+		typ, _, err := rd.read()
+		if err != nil {
+			return unexpected(err)
+		}
+		switch typ {
+		case msgOfferEnd:
+			return nil
+		case msgOps:
+		default:
+			return fmt.Errorf("%w: frame type %d inside an offer", ErrMalformed, typ)
+		}
+	}
 }
 
 // readOps reads the ops frames up to the offer's end and rebuilds each

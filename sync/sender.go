@@ -164,7 +164,12 @@ func (s *Sender) Push(ctx context.Context, conn *transport.Conn, v *Version) (*R
 	if err := w.write(msgHello, hello{version: protocolVersion, set: v.Set}.encode()); err != nil {
 		return nil, ctxErr(ctx, err)
 	}
-	if err := w.flush(); err != nil {
+	// Offer at once against the version the receiver last acknowledged to
+	// this sender (or against nothing): when the receiver still holds it,
+	// as it usually does, the offer costs no round trip of its own.
+	assumed, assumedIdx := s.lastBase(conn.PeerID(), v)
+	pre := prepareOffer(v, assumed, assumedIdx)
+	if err := pre.send(w); err != nil {
 		return nil, ctxErr(ctx, err)
 	}
 	p, err := rd.expect(msgBase)
@@ -175,103 +180,41 @@ func (s *Sender) Push(ctx context.Context, conn *transport.Conn, v *Version) (*R
 	if err != nil {
 		return nil, err
 	}
-
-	// The base entries of each image the receiver holds: from the cache, or
-	// fetched once.
-	baseOf := map[string]*chunk.Index{}
-	for _, ref := range b.images {
-		if !hasImage(v, ref.name) {
-			continue
+	if !pre.matches(b) {
+		// The receiver ignores that offer: offer again against what it
+		// holds, with base indexes from the cache or fetched once.
+		baseOf := map[string]*chunk.Index{}
+		for _, ref := range b.images {
+			if !hasImage(v, ref.name) {
+				continue
+			}
+			x := s.cachedIndex(ref.digest)
+			if x == nil {
+				if x, err = fetchIndex(ctx, w, rd, ref); err != nil {
+					return nil, err
+				}
+				res.IndexFetched = true
+			}
+			baseOf[ref.name] = x
 		}
-		x := s.cachedIndex(ref.digest)
-		if x == nil {
-			if err := w.write(msgNeedIndex, encodeName(ref.name)); err != nil {
-				return nil, ctxErr(ctx, err)
-			}
-			if err := w.flush(); err != nil {
-				return nil, ctxErr(ctx, err)
-			}
-			p, err := rd.expect(msgIndex)
-			if err != nil {
-				return nil, ctxErr(ctx, fmt.Errorf("fetch base index of %s: %w", ref.name, err))
-			}
-			name, enc, err := decodeIndexMsg(p)
-			if err != nil {
-				return nil, err
-			}
-			if name != ref.name {
-				return nil, fmt.Errorf("%w: asked for index %s, got %s", ErrMalformed, ref.name, name)
-			}
-			x = &chunk.Index{}
-			if err := x.UnmarshalBinary(enc); err != nil {
-				return nil, fmt.Errorf("base index of %s: %w", ref.name, err)
-			}
-			if d, _, err := indexDigest(x); err != nil || d != ref.digest {
-				return nil, fmt.Errorf("%w: base index of %s does not match its digest", ErrMalformed, ref.name)
-			}
-			res.IndexFetched = true
+		pre = prepareOffer(v, b, baseOf)
+		if err := pre.send(w); err != nil {
+			return nil, ctxErr(ctx, err)
 		}
-		baseOf[ref.name] = x
 	}
+	o, allOps, results := pre.offer, pre.ops, pre.results
+	res.ImageBytes, res.ChangedBytes = pre.imageBytes, pre.changedBytes
 
 	// Patches need the receiver to hold exactly the version the changed
 	// ranges are relative to.
 	patchable := make([][]chunk.Range, len(v.Images))
 	for i, im := range v.Images {
-		if im.Base == nil || im.Changed == nil {
+		if im.Base == nil || im.Changed == nil || !o.images[i].based {
 			continue
 		}
-		d, _, err := indexDigest(im.Base)
-		if err != nil {
-			return nil, err
+		if d, _, err := indexDigest(im.Base); err == nil && d == o.images[i].baseDigest && im.Base.Params == im.Index.Params {
+			patchable[i] = chunk.NormalizeRanges(im.Changed, max(im.Index.Size, im.Base.Size))
 		}
-		for _, ref := range b.images {
-			if ref.name == im.Name && ref.digest == d && im.Base.Params == im.Index.Params {
-				patchable[i] = chunk.NormalizeRanges(im.Changed, max(im.Index.Size, im.Base.Size))
-			}
-		}
-	}
-
-	// The offer.
-	o := offer{version: b.version + 1, base: b.version, meta: v.Meta}
-	allOps := make([][]op, len(v.Images))
-	results := make([][]chunk.Entry, len(v.Images))
-	for i, im := range v.Images {
-		bx, based := baseOf[im.Name]
-		if based && bx.Params != im.Index.Params {
-			based = false // cut differently: offer it whole
-		}
-		var baseEntries []chunk.Entry
-		if based {
-			baseEntries = bx.Entries
-		}
-		o.images = append(o.images, offerImage{name: im.Name, size: im.Index.Size, params: im.Index.Params, based: based})
-		allOps[i] = makeDelta(baseEntries, im.Index.Entries)
-		results[i] = im.Index.Entries
-		res.ImageBytes += im.Index.Size
-		for _, op := range allOps[i] {
-			for _, e := range op.entries {
-				res.ChangedBytes += e.Length
-			}
-		}
-	}
-	if err := w.write(msgOffer, o.encode()); err != nil {
-		return nil, ctxErr(ctx, err)
-	}
-	for i, ops := range allOps {
-		for len(ops) > 0 {
-			n := opsThatFit(ops, maxFrame/2)
-			if err := w.write(msgOps, opsMsg{image: i, ops: ops[:n]}.encode()); err != nil {
-				return nil, ctxErr(ctx, err)
-			}
-			ops = ops[n:]
-		}
-	}
-	if err := w.write(msgOfferEnd, nil); err != nil {
-		return nil, ctxErr(ctx, err)
-	}
-	if err := w.flush(); err != nil {
-		return nil, ctxErr(ctx, err)
 	}
 	news := listNew(allOps, results)
 	res.NewChunks = len(news)
@@ -326,6 +269,143 @@ func (s *Sender) Push(ctx context.Context, conn *transport.Conn, v *Version) (*R
 			return nil, fmt.Errorf("%w: unexpected frame type %d", ErrMalformed, typ)
 		}
 	}
+}
+
+// prepared is an offer ready to send.
+type prepared struct {
+	offer        offer
+	ops          [][]op
+	results      [][]chunk.Entry
+	imageBytes   int64
+	changedBytes int64
+}
+
+// prepareOffer expresses v as edits of the base images in baseOf (by name)
+// of version b.
+func prepareOffer(v *Version, b base, baseOf map[string]*chunk.Index) *prepared {
+	p := &prepared{offer: offer{version: b.version + 1, base: b.version, meta: v.Meta}}
+	p.ops = make([][]op, len(v.Images))
+	p.results = make([][]chunk.Entry, len(v.Images))
+	for i, im := range v.Images {
+		oi := offerImage{name: im.Name, size: im.Index.Size, params: im.Index.Params}
+		var baseEntries []chunk.Entry
+		if bx, ok := baseOf[im.Name]; ok && bx.Params == im.Index.Params {
+			for _, ref := range b.images {
+				if ref.name == im.Name {
+					oi.based, oi.baseDigest, baseEntries = true, ref.digest, bx.Entries
+				}
+			}
+		}
+		p.offer.images = append(p.offer.images, oi)
+		p.ops[i] = makeDelta(baseEntries, im.Index.Entries)
+		p.results[i] = im.Index.Entries
+		p.imageBytes += im.Index.Size
+		for _, op := range p.ops[i] {
+			for _, e := range op.entries {
+				p.changedBytes += e.Length
+			}
+		}
+	}
+	return p
+}
+
+// matches reports whether the receiver, holding b, takes the offer: the
+// rule the receiver applies too (see Receiver.serve).
+func (p *prepared) matches(b base) bool {
+	return offerMatches(p.offer, b)
+}
+
+func offerMatches(o offer, b base) bool {
+	if o.base != b.version {
+		return false
+	}
+	for _, oi := range o.images {
+		if !oi.based {
+			continue
+		}
+		found := false
+		for _, ref := range b.images {
+			if ref.name == oi.name && ref.digest == oi.baseDigest {
+				found = true
+			}
+		}
+		if !found {
+			return false
+		}
+	}
+	return true
+}
+
+// send writes the offer: header, ops frames, end.
+func (p *prepared) send(w *frameWriter) error {
+	if err := w.write(msgOffer, p.offer.encode()); err != nil {
+		return err
+	}
+	for i, ops := range p.ops {
+		for len(ops) > 0 {
+			n := opsThatFit(ops, maxFrame/2)
+			if err := w.write(msgOps, opsMsg{image: i, ops: ops[:n]}.encode()); err != nil {
+				return err
+			}
+			ops = ops[n:]
+		}
+	}
+	if err := w.write(msgOfferEnd, nil); err != nil {
+		return err
+	}
+	return w.flush()
+}
+
+// lastBase is what the sender believes the receiver holds: the version it
+// last acknowledged, with the indexes the sender keeps of it; nothing when
+// it knows of none.
+func (s *Sender) lastBase(peer transport.ID, v *Version) (base, map[string]*chunk.Index) {
+	b, err := os.ReadFile(s.ackPath(peer, v.Set))
+	if err != nil {
+		return base{}, nil
+	}
+	var st ackState
+	if json.Unmarshal(b, &st) != nil {
+		return base{}, nil
+	}
+	out := base{version: st.Version}
+	idx := map[string]*chunk.Index{}
+	for _, im := range st.Images {
+		out.images = append(out.images, imageRef{name: im.Name, digest: im.Digest})
+		if x := s.cachedIndex(im.Digest); x != nil {
+			idx[im.Name] = x
+		}
+	}
+	return out, idx
+}
+
+// fetchIndex asks the receiver for the index of one of its images.
+func fetchIndex(ctx context.Context, w *frameWriter, rd *frameReader, ref imageRef) (*chunk.Index, error) {
+	if err := w.write(msgNeedIndex, encodeName(ref.name)); err != nil {
+		return nil, ctxErr(ctx, err)
+	}
+	if err := w.flush(); err != nil {
+		return nil, ctxErr(ctx, err)
+	}
+	p, err := rd.expect(msgIndex)
+	if err != nil {
+		return nil, ctxErr(ctx, fmt.Errorf("fetch base index of %s: %w", ref.name, err))
+	}
+	name, enc, err := decodeIndexMsg(p)
+	if err != nil {
+		return nil, err
+	}
+	if name != ref.name {
+		return nil, fmt.Errorf("%w: asked for index %s, got %s", ErrMalformed, ref.name, name)
+	}
+	x := &chunk.Index{}
+	if err := x.UnmarshalBinary(enc); err != nil {
+		return nil, fmt.Errorf("base index of %s: %w", ref.name, err)
+	}
+	if d, _, err := indexDigest(x); err != nil || d != ref.digest {
+		return nil, fmt.Errorf("%w: base index of %s does not match its digest", ErrMalformed, ref.name)
+	}
+	return x, nil
 }
 
 func hasImage(v *Version, name string) bool {

@@ -117,6 +117,24 @@ func runPush(ctx context.Context, g *globals, o pushOptions, paths []string) err
 		s.Log = func(f string, a ...any) { fmt.Fprintf(g.stderr, f+"\n", a...) }
 	}
 	start := time.Now()
+	// Connect while indexing: the handshake's round trips overlap the work.
+	type dialed struct {
+		conn *transport.Conn
+		err  error
+	}
+	dctx, dcancel := context.WithCancel(ctx)
+	defer dcancel()
+	dch := make(chan dialed, 1)
+	go func() {
+		c, err := transport.Dial(dctx, o.to, id, peer, transport.Config{})
+		dch <- dialed{c, err}
+	}()
+	defer func() {
+		dcancel()
+		if d := <-dch; d.conn != nil {
+			d.conn.Close()
+		}
+	}()
 	v := &ntcsync.Version{Set: set}
 	_, prev := s.LastAcked(peer, set)
 	var read int64
@@ -153,11 +171,12 @@ func runPush(ctx context.Context, g *globals, o pushOptions, paths []string) err
 	}
 	indexed := time.Since(start)
 
-	conn, err := transport.Dial(ctx, o.to, id, peer, transport.Config{})
-	if err != nil {
-		return fmt.Errorf("connect to %s: %w", o.to, err)
+	d := <-dch
+	dch <- d // for the deferred close
+	if d.err != nil {
+		return fmt.Errorf("connect to %s: %w", o.to, d.err)
 	}
-	defer conn.Close()
+	conn := d.conn
 	bar := g.newProgress("sending", 0)
 	s.Progress = bar.Add
 	res, err := s.Push(ctx, conn, v)
