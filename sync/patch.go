@@ -75,7 +75,6 @@ func encodePatch(dst []byte, segs []segment, data []byte, z *zstd.Encoder) []byt
 	return e.b
 }
 
-
 // applyPatch rebuilds a chunk of length n at offset off from a patch and
 // the base image.
 func applyPatch(p []byte, off, n int64, base io.ReaderAt, z *zstd.Decoder) ([]byte, error) {
@@ -128,7 +127,6 @@ func applyPatch(p []byte, off, n int64, base io.ReaderAt, z *zstd.Decoder) ([]by
 	}
 	return out, nil
 }
-
 
 // baseReader reads the receiver's base version of an image from its store.
 func baseReader(ctx context.Context, x *chunk.Index, st chunk.Store) io.ReaderAt {
