@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -221,19 +222,24 @@ func (c *checkpointer) logf(format string, a ...any) {
 
 func (c *checkpointer) run(ctx context.Context) (res *Result, err error) {
 	s := c.sess
+	mi, err := queryMigrate(ctx, s)
+	if err != nil {
+		return nil, err
+	}
+	if migrationActive(mi.Status) {
+		if mi, err = c.cancelAbandoned(ctx, mi); err != nil {
+			return nil, err
+		}
+	}
+	if migrationActive(mi.Status) {
+		return nil, fmt.Errorf("a migration is under way (status %s): wait for it to end, or cancel it with migrate_cancel: %w", mi.Status, ErrBusy)
+	}
 	st, err := queryStatus(ctx, s)
 	if err != nil {
 		return nil, err
 	}
 	if !st.Running {
 		return nil, notRunningError(st)
-	}
-	mi, err := queryMigrate(ctx, s)
-	if err != nil {
-		return nil, err
-	}
-	if migrationActive(mi.Status) {
-		return nil, fmt.Errorf("a migration is under way (status %s): wait for it to end, or cancel it with migrate_cancel: %w", mi.Status, ErrBusy)
 	}
 	machine, err := describeMachine(ctx, s)
 	if err != nil {
@@ -266,6 +272,9 @@ func (c *checkpointer) run(ctx context.Context) (res *Result, err error) {
 	// From here on every exit resumes a guest ntc paused and records a
 	// changed chain.
 	defer func() {
+		if errors.Is(err, errSimulatedCrash) {
+			return // a test playing dead: no cleanup
+		}
 		if c.paused {
 			if rerr := c.recover(ctx); rerr != nil {
 				err = fmt.Errorf("%w; and resuming the guest failed: %v", err, rerr)
@@ -273,6 +282,10 @@ func (c *checkpointer) run(ctx context.Context) (res *Result, err error) {
 		}
 		if c.prepared && !c.snapshotted {
 			c.dropOverlays(ctx, c.plans)
+			c.prepared = false
+			if serr := c.saveState(false); serr != nil {
+				c.logf("could not record the dropped overlays: %v", serr)
+			}
 		}
 		if c.snapshotted && !(err == nil && res != nil) {
 			if serr := c.saveState(false); serr != nil {
@@ -290,6 +303,37 @@ func (c *checkpointer) run(ctx context.Context) (res *Result, err error) {
 	return c.finish(ctx, machine, stream)
 }
 
+// errSimulatedCrash, returned by a test hook, makes a checkpoint stop
+// where it is without cleaning up, as if ntc had been killed.
+var errSimulatedCrash = errors.New("simulated crash")
+
+// cancelAbandoned cancels a migration that an earlier ntc checkpoint of
+// this QEMU started and did not finish (it was killed): state.json still
+// lists the overlays it prepared. In the precopy method QEMU holds the guest
+// paused until the migration goes on or is cancelled; once cancelled, QEMU
+// resumes it. It returns the migration status afterwards.
+func (c *checkpointer) cancelAbandoned(ctx context.Context, mi migrateInfo) (migrateInfo, error) {
+	st, err := c.repo.loadState()
+	if err != nil || st == nil || !st.QEMU.Same(c.sess.Peer()) || len(st.Pending) == 0 {
+		return mi, err
+	}
+	c.logf("cancelling the migration (%s) an interrupted checkpoint left behind", mi.Status)
+	if err := c.sess.Run(ctx, "migrate_cancel", nil, nil); err != nil {
+		return mi, fmt.Errorf("cancel the migration an interrupted checkpoint left: %w", err)
+	}
+	if err := waitMigrationIdle(ctx, c.sess, 10*time.Second); err != nil {
+		return mi, err
+	}
+	// QEMU resumes a guest its migration paused right after the cancel.
+	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); {
+		if st, err := queryStatus(ctx, c.sess); err != nil || st.Running {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	return queryMigrate(ctx, c.sess)
+}
+
 // plan decides, per disk, between an incremental and a full read, and names
 // the new overlays. Nothing changes in QEMU yet.
 func (c *checkpointer) plan(ctx context.Context, disks []liveDisk) error {
@@ -302,6 +346,9 @@ func (c *checkpointer) plan(ctx context.Context, disks []liveDisk) error {
 	c.state = &state{QEMU: peer}
 	if !sameQEMU {
 		st = nil // another QEMU's chains: read everything, touch none of its files
+	}
+	if st != nil {
+		c.dropPending(ctx, st.Pending, disks)
 	}
 	for _, d := range disks {
 		if len(d.Chain) == 0 || d.Chain[0].File == "" {
@@ -363,6 +410,24 @@ func (c *checkpointer) plan(ctx context.Context, disks []liveDisk) error {
 }
 
 func top(d liveDisk) chainLayer { return d.Chain[0] }
+
+// dropPending closes and removes overlays an earlier run prepared for a
+// snapshot that never happened (it died in between), unless a chain uses
+// them.
+func (c *checkpointer) dropPending(ctx context.Context, pending []layer, disks []liveDisk) {
+	for _, ov := range pending {
+		inUse := false
+		for _, d := range disks {
+			for _, l := range d.Chain {
+				inUse = inUse || l.File == ov.File
+			}
+		}
+		if !inUse {
+			dropOverlay(ctx, c.sess, ov)
+			c.logf("removed %s, left over from an interrupted checkpoint", ov.File)
+		}
+	}
+}
 
 func containsOverlay(ovs []overlay, file string) bool {
 	for _, o := range ovs {
@@ -549,13 +614,22 @@ func lastEventBefore(s *Session, mark int, name string, end Event) (Event, bool)
 // prepareOverlays creates and opens every disk's new overlay while the
 // guest runs. On error, those already prepared are dropped.
 func (c *checkpointer) prepareOverlays(ctx context.Context) error {
+	if len(c.plans) == 0 {
+		return nil
+	}
+	c.prepared = true // recorded as pending before they exist
+	if err := c.saveState(false); err != nil {
+		c.prepared = false
+		return fmt.Errorf("record the new overlays: %w", err)
+	}
 	for i, p := range c.plans {
 		if err := prepareOverlay(ctx, c.sess, p.newOv.layer, p.frozenTop, p.live.Size); err != nil {
 			c.dropOverlays(ctx, c.plans[:i])
+			c.prepared = false
+			c.saveState(false)
 			return fmt.Errorf("disk %s: %w", p.live.Device, err)
 		}
 	}
-	c.prepared = true
 	return nil
 }
 
@@ -681,6 +755,7 @@ func (c *checkpointer) instantPrecopy(ctx context.Context, mark int) (Event, err
 	}
 	// QEMU has paused the guest.
 	c.paused = true
+	t0 := time.Now()
 
 	if c.cfg.afterStop != nil {
 		if err := c.cfg.afterStop(s); err != nil {
@@ -690,6 +765,7 @@ func (c *checkpointer) instantPrecopy(ctx context.Context, mark int) (Event, err
 	if err := c.snapshotDisks(ctx); err != nil {
 		return Event{}, err
 	}
+	t1 := time.Now()
 	if err := s.Run(ctx, "migrate-continue", map[string]any{"state": "pre-switchover"}, nil); err != nil {
 		return Event{}, fmt.Errorf("finish the migration: %w", err)
 	}
@@ -704,10 +780,13 @@ func (c *checkpointer) instantPrecopy(ctx context.Context, mark int) (Event, err
 	if st := ev.String("status"); st != "completed" {
 		return Event{}, c.migrationError(ctx, st)
 	}
+	t2 := time.Now()
 	rmark := s.EventMark()
-	if err := s.Run(ctx, "cont", nil, nil); err != nil {
+	if err := cont(ctx, s); err != nil {
 		return Event{}, fmt.Errorf("resume the guest: %w", err)
 	}
+	c.logf("in the pause: disk snapshot %s, last pages and device state %s, cont %s",
+		t1.Sub(t0).Round(time.Microsecond), t2.Sub(t1).Round(time.Microsecond), time.Since(t2).Round(time.Microsecond))
 	ev, _, err = s.WaitEvent(pctx, rmark, func(e Event) bool { return e.Name == "RESUME" })
 	if err != nil {
 		return Event{}, fmt.Errorf("wait for the guest to resume: %w", err)
@@ -761,13 +840,31 @@ func (c *checkpointer) recover(ctx context.Context) error {
 		return err
 	}
 	if !st.Running {
-		if err := s.Run(ctx, "cont", nil, nil); err != nil {
+		if err := cont(ctx, s); err != nil {
 			return fmt.Errorf("resume the guest (status %s): %w", st.Status, err)
 		}
 		c.logf("resumed the guest after the failed checkpoint")
 	}
 	c.paused = false
 	return nil
+}
+
+// cont resumes the guest. Right after a migration's "completed" event QEMU
+// 7.2 is still in finish-migrate for a moment and refuses cont ("Migration
+// is not finalized yet"); cont is retried until it has moved on.
+func cont(ctx context.Context, s *Session) error {
+	for delay := 200 * time.Microsecond; ; delay = min(2*delay, 50*time.Millisecond) {
+		err := s.Run(ctx, "cont", nil, nil)
+		var ce *CommandError
+		if err == nil || !errors.As(err, &ce) || !strings.Contains(ce.Desc, "not finalized") {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("%w (%w)", err, ctx.Err())
+		case <-time.After(delay):
+		}
+	}
 }
 
 // saveState records the chains. done: this checkpoint is complete, so the
@@ -780,6 +877,9 @@ func (c *checkpointer) saveState(done bool) error {
 			ds.Seq = c.seq
 		}
 		st.Disks = append(st.Disks, ds)
+		if c.prepared && !c.snapshotted {
+			st.Pending = append(st.Pending, p.newOv.layer)
+		}
 	}
 	c.state = st
 	return c.repo.saveState(st)

@@ -191,6 +191,37 @@ func TestCheckpointErrors(t *testing.T) {
 		}
 	})
 
+	// ntc killed in the pause (precopy, pre-switchover): QEMU holds the
+	// guest paused until the next checkpoint cancels the abandoned
+	// migration and removes the overlays prepared for it.
+	t.Run("ntc killed mid-checkpoint", func(t *testing.T) {
+		last, err := repo.Latest()
+		if err != nil {
+			t.Fatal(err)
+		}
+		before := overlayFiles(t, vm)
+		c := cfg
+		c.Method = MethodPrecopy
+		c.afterStop = func(*Session) error { return errSimulatedCrash }
+		if _, err := Checkpoint(t.Context(), c); !errors.Is(err, errSimulatedCrash) {
+			t.Fatalf("error %v, want the simulated crash", err)
+		}
+		if st := guestStatus(t, vm.QMPPath()); st.Running {
+			t.Logf("guest %+v after the crash", st)
+		}
+		if got := overlayFiles(t, vm); len(got) != len(before)+1 {
+			t.Fatalf("overlay files %v after the crash, want one prepared beside %v", got, before)
+		}
+		res := checkpointTB(t, cfg)
+		if res.Manifest.Seq != last.Seq+1 || res.Stats.DiskMode != "incremental" {
+			t.Errorf("checkpoint after the crash: seq %d (want %d), %s", res.Manifest.Seq, last.Seq+1, res.Stats.DiskMode)
+		}
+		waitTicking(t, vm, 2)
+		if got := overlayFiles(t, vm); len(got) != 1 {
+			t.Errorf("overlay files %v, want only the active one", got)
+		}
+	})
+
 	// QEMU killed in the middle: the repository keeps the earlier
 	// checkpoints; the broken one has no manifest and is removed by the
 	// next run.
@@ -217,8 +248,8 @@ func TestCheckpointErrors(t *testing.T) {
 			t.Fatal("checkpoint without QEMU succeeded")
 		}
 		all, _ := repo.listSeqs()
-		if !reflect.DeepEqual(all, []int{1, 2}) {
-			t.Errorf("checkpoint directories %v, want [1 2]", all)
+		if want, _ := repo.Checkpoints(); !reflect.DeepEqual(all, want) || all[len(all)-1] != last.Seq {
+			t.Errorf("checkpoint directories %v, want the complete ones %v ending with %d", all, want, last.Seq)
 		}
 		diskTickOf(t, repo, last) // still readable
 		checkStreamRoundTrip(t, repo, last)

@@ -20,13 +20,19 @@ import (
 // They need QEMU and qemu-img; the background-snapshot method also needs
 // userfaultfd write-protect (root).
 
+// uffdAvailable reports whether QEMU may use userfaultfd write-protect.
+func uffdAvailable() bool {
+	if os.Geteuid() == 0 {
+		return true
+	}
+	b, _ := os.ReadFile("/proc/sys/vm/unprivileged_userfaultfd")
+	return string(bytes.TrimSpace(b)) == "1"
+}
+
 func skipUnlessUserfaultfd(tb testing.TB) {
 	tb.Helper()
-	if os.Geteuid() != 0 {
-		b, _ := os.ReadFile("/proc/sys/vm/unprivileged_userfaultfd")
-		if string(bytes.TrimSpace(b)) != "1" {
-			tb.Skip("QEMU's background snapshot needs userfaultfd write-protect: run as root or set vm.unprivileged_userfaultfd=1")
-		}
+	if !uffdAvailable() {
+		tb.Skip("QEMU's background snapshot needs userfaultfd write-protect: run as root or set vm.unprivileged_userfaultfd=1")
 	}
 }
 

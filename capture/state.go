@@ -22,6 +22,10 @@ type state struct {
 	Version int         `json:"version"`
 	QEMU    Process     `json:"qemu"`
 	Disks   []diskState `json:"disks"`
+	// Pending lists overlays created and opened in QEMU for a snapshot
+	// that has not happened (yet): if ntc dies before it, the next run
+	// closes and removes them.
+	Pending []layer `json:"pending,omitempty"`
 }
 
 // diskState is one disk's chain as ntc arranged it.
