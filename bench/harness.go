@@ -17,6 +17,8 @@ import (
 	"time"
 
 	"github.com/klauspost/compress/zstd"
+
+	"github.com/ntc-project/ntc/internal/procstat"
 )
 
 // Node is one ntc home directory (an identity) using the ntc binary Bin.
@@ -92,9 +94,10 @@ func (s *Server) Stop() (int64, error) {
 
 // StopUsage ends the server and returns its peak resident memory and CPU.
 func (s *Server) StopUsage() (int64, time.Duration) {
+	hwm := procstat.PeakRSS(s.cmd.Process.Pid)
 	s.cmd.Process.Signal(syscall.SIGTERM)
 	s.cmd.Wait()
-	return maxRSS(s.cmd.ProcessState), cpuTime(s.cmd.ProcessState)
+	return hwm, cpuTime(s.cmd.ProcessState)
 }
 
 func maxRSS(ps *os.ProcessState) int64 {
@@ -131,9 +134,9 @@ type PushResult struct {
 	BytesRead    int64  `json:"bytes_read"`
 	DurationMS   int64  `json:"duration_ms"`
 	IndexMS      int64  `json:"index_ms"`
+	MaxRSS       int64  `json:"peak_rss"`
 	Wall         time.Duration
 	CPU          time.Duration
-	MaxRSS       int64
 }
 
 // Push runs 'ntc push' and returns its summary.
@@ -157,7 +160,10 @@ func (n *Node) PushVia(ctx context.Context, wrap []string, addr, peer string, ar
 	if err := json.Unmarshal(out, &r); err != nil {
 		return nil, fmt.Errorf("ntc push printed %q", out)
 	}
-	r.Wall, r.CPU, r.MaxRSS = time.Since(t0), cpuTime(c.ProcessState), maxRSS(c.ProcessState)
+	r.Wall, r.CPU = time.Since(t0), cpuTime(c.ProcessState)
+	if r.MaxRSS == 0 {
+		r.MaxRSS = maxRSS(c.ProcessState)
+	}
 	return &r, nil
 }
 
@@ -264,9 +270,10 @@ func (r *Rsync) Stop() { r.StopUsage() }
 // StopUsage ends the daemon and returns its peak memory and the CPU it and
 // its children used.
 func (r *Rsync) StopUsage() (int64, time.Duration) {
+	hwm := procstat.PeakRSS(r.cmd.Process.Pid)
 	r.cmd.Process.Signal(syscall.SIGTERM)
 	r.cmd.Wait()
-	return maxRSS(r.cmd.ProcessState), cpuTime(r.cmd.ProcessState)
+	return hwm, cpuTime(r.cmd.ProcessState)
 }
 
 // RsyncResult is what one rsync run cost.
@@ -281,7 +288,15 @@ var rsyncTotal = regexp.MustCompile(`Total bytes (sent|received): ([\d,]+)`)
 // RunRsync copies src to rsync://addr:port/m/ with the given options and
 // parses --stats. wrap runs the client elsewhere (a namespace).
 func RunRsync(ctx context.Context, src, addr string, port int, opts []string, wrap ...string) (*RsyncResult, error) {
-	args := append(append(wrap, "rsync"), opts...)
+	mem, err := os.CreateTemp("", "ntc-bench-rss-")
+	if err != nil {
+		return nil, err
+	}
+	mem.Close()
+	defer os.Remove(mem.Name())
+	// GNU time reports the client's own peak memory, not counting what
+	// this process shared with it before its exec.
+	args := append(append(wrap, "/usr/bin/time", "-f", "%M", "-o", mem.Name(), "rsync"), opts...)
 	args = append(args, "--stats", src, fmt.Sprintf("rsync://%s:%d/m/", addr, port))
 	c := exec.CommandContext(ctx, args[0], args[1:]...)
 	t0 := time.Now()
@@ -289,7 +304,11 @@ func RunRsync(ctx context.Context, src, addr string, port int, opts []string, wr
 	if err != nil {
 		return nil, fmt.Errorf("rsync: %w: %s", err, out)
 	}
-	r := &RsyncResult{Wall: time.Since(t0), CPU: cpuTime(c.ProcessState), MaxRSS: maxRSS(c.ProcessState)}
+	r := &RsyncResult{Wall: time.Since(t0), CPU: cpuTime(c.ProcessState)}
+	if b, err := os.ReadFile(mem.Name()); err == nil {
+		kb, _ := strconv.ParseInt(strings.TrimSpace(string(b)), 10, 64)
+		r.MaxRSS = kb << 10
+	}
 	for _, m := range rsyncTotal.FindAllStringSubmatch(string(out), -1) {
 		v, _ := strconv.ParseInt(strings.ReplaceAll(m[2], ",", ""), 10, 64)
 		if m[1] == "sent" {

@@ -11,6 +11,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/ntc-project/ntc/chunk"
+	"github.com/ntc-project/ntc/internal/procstat"
 	ntcsync "github.com/ntc-project/ntc/sync"
 	"github.com/ntc-project/ntc/transport"
 )
@@ -84,6 +85,7 @@ type pushJSON struct {
 	BytesRead  int64   `json:"bytes_read"`
 	DurationMS int64   `json:"duration_ms"`
 	RateMbit   float64 `json:"rate_mbit"`
+	PeakRSS    int64   `json:"peak_rss"`
 }
 
 func runPush(ctx context.Context, g *globals, o pushOptions, paths []string) error {
@@ -190,6 +192,7 @@ func runPush(ctx context.Context, g *globals, o pushOptions, paths []string) err
 		BytesSent: stats.BytesSent + stats.BytesReceived, BytesLost: stats.BytesLost, Packets: stats.PacketsSent,
 		IndexMS: indexed.Milliseconds(), BytesRead: read,
 		DurationMS: total.Milliseconds()}
+	out.PeakRSS = procstat.PeakRSS(0)
 	if d := time.Duration(res.DurationMS) * time.Millisecond; d > 0 {
 		out.RateMbit = float64(stats.BytesSent) * 8 / d.Seconds() / 1e6
 	}
