@@ -1,0 +1,283 @@
+package link
+
+import (
+	"context"
+	"math"
+	"os"
+	"os/exec"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+)
+
+// up brings up a link for the test, or skips when links cannot exist here.
+func up(t testing.TB, p Profile) *Link {
+	t.Helper()
+	if err := Available(); err != nil {
+		t.Skip(err)
+	}
+	l, err := Up(t.Context(), p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := l.Close(); err != nil {
+			t.Error(err)
+		}
+	})
+	return l
+}
+
+// namespaces lists the namespaces `ip netns` knows.
+func namespaces(t testing.TB) []string {
+	t.Helper()
+	names, err := netnsList()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return names
+}
+
+func median(ds []time.Duration) time.Duration {
+	s := slices.Clone(ds)
+	slices.Sort(s)
+	return s[len(s)/2]
+}
+
+func TestDSLImposesItsRoundTripOnATCPHandshake(t *testing.T) {
+	p, err := ProfileByName("dsl")
+	if err != nil {
+		t.Fatal(err)
+	}
+	l := up(t, p)
+	_, addr := startServer(t, l.B(), "tcp-serve")
+	var connects []time.Duration
+	run(t, l.A(), &connects, "tcp-connect", addr, "7")
+	// A connect takes one round trip (SYN, SYN-ACK). The median ignores a
+	// SYN the 0.1% loss may have taken (it costs a 1 s retransmission).
+	got := median(connects)
+	t.Logf("connect times across %v: %v, median %v", p, connects, got)
+	if got < 38*time.Millisecond || got > 60*time.Millisecond {
+		t.Errorf("median TCP connect across the dsl link took %v, want 38–60 ms (40 ms RTT)", got)
+	}
+}
+
+// slow20 is a 20 Mbit/s link with a short RTT, so that TCP reaches the rate
+// within a few round trips, and no loss, so that it keeps it.
+var slow20 = Profile{Name: "slow20", Rate: 20 * Mbit, RTT: 10 * time.Millisecond}
+
+func TestTCPAcrossA20MbitLinkMoves20Mbit(t *testing.T) {
+	l := up(t, slow20)
+	// The rate is measured after the first MiB: how fast TCP gets going
+	// (and how much its start-up overshoots the queue) depends on the
+	// sender's congestion control, not on the link.
+	const size, warm = 4 << 20, 1 << 20 // 1.3 s at 20 Mbit/s after the warm-up
+	srv, addr := startServer(t, l.B(), "tcp-serve", strconv.Itoa(warm))
+	run(t, l.A(), nil, "tcp-send", addr, strconv.Itoa(size))
+	var tr transfer
+	srv.next(t, &tr)
+	if tr.Bytes < size-warm {
+		t.Fatalf("server read %d bytes after the warm-up, want %d", tr.Bytes, size-warm)
+	}
+	// Goodput: TCP and IP headers take 52 of every 1500 bytes on the link.
+	mbit := float64(tr.Bytes) * 8 / tr.Span.Seconds() / 1e6
+	t.Logf("%d bytes in %v: %.2f Mbit/s of payload; relay %+v", tr.Bytes, tr.Span, mbit, l.Stats().AB)
+	if mbit < 18 || mbit > 22 {
+		t.Errorf("TCP moved %.2f Mbit/s across a 20 Mbit/s link, want 18–22", mbit)
+	}
+}
+
+func TestUDPAcrossA20MbitLinkArrivesAt20Mbit(t *testing.T) {
+	l := up(t, slow20)
+	srv, addr := startServer(t, l.B(), "udp-serve", strconv.Itoa(int(300*time.Millisecond)))
+	// Offer 30 Mbit/s for about a second: the queue fills and the link
+	// delivers its own rate, dropping the rest.
+	const size = 1372 // 1400 bytes on the wire
+	run(t, l.A(), nil, "udp-send", addr, "2700", strconv.Itoa(size), strconv.Itoa(int(30*Mbit)))
+	var tr transfer
+	srv.next(t, &tr)
+	st := l.Stats().AB
+	wire := float64((tr.Packets - 1) * (size + 28) * 8)
+	mbit := wire / tr.Span.Seconds() / 1e6
+	t.Logf("%d datagrams in %v: %.2f Mbit/s on the wire; relay %+v", tr.Packets, tr.Span, mbit, st)
+	if mbit < 18 || mbit > 22 {
+		t.Errorf("UDP arrived at %.2f Mbit/s across a 20 Mbit/s link, want 18–22", mbit)
+	}
+	if st.Overflow == 0 {
+		t.Errorf("30 Mbit/s offered to a 20 Mbit/s link overflowed no packet: %+v", st)
+	}
+}
+
+func TestLossDropsTheConfiguredShare(t *testing.T) {
+	const loss, n = 0.01, 20000
+	l := up(t, Profile{Name: "lossy", Loss: loss})
+	srv, addr := startServer(t, l.B(), "udp-serve", strconv.Itoa(int(300*time.Millisecond)))
+	run(t, l.A(), nil, "udp-send", addr, strconv.Itoa(n), "64", strconv.Itoa(int(20*Mbit)))
+	var tr transfer
+	srv.next(t, &tr)
+	st := l.Stats().AB
+	if st.Received < n/2 {
+		t.Fatalf("the relay saw %d of %d packets: %+v", st.Received, n, st)
+	}
+	// Binomial: allow five standard deviations.
+	mean := float64(st.Received) * loss
+	bound := 5 * math.Sqrt(mean*(1-loss))
+	t.Logf("lost %d of %d (%.3f%%), expected %.0f ± %.0f; receiver got %d; %d unread",
+		st.Lost, st.Received, 100*float64(st.Lost)/float64(st.Received), mean, bound, tr.Packets, st.Unread)
+	if math.Abs(float64(st.Lost)-mean) > bound {
+		t.Errorf("the link lost %d of %d packets, want %.0f ± %.0f (1%%)", st.Lost, st.Received, mean, bound)
+	}
+	if tr.Packets > st.Delivered {
+		t.Errorf("receiver got %d datagrams, more than the %d the relay delivered", tr.Packets, st.Delivered)
+	}
+}
+
+func TestEndpointsHoldOnlyLoopbackAndTheLink(t *testing.T) {
+	l := up(t, Profile{Name: "plain"})
+	for _, ep := range []Endpoint{l.A(), l.B()} {
+		out, err := ip(t.Context(), "-n", ep.Namespace, "-o", "link", "show")
+		if err != nil {
+			t.Fatal(err)
+		}
+		var devs []string
+		for line := range strings.Lines(string(out)) {
+			// "2: ntcl0: <POINTOPOINT,…"
+			if f := strings.Fields(line); len(f) > 1 {
+				devs = append(devs, strings.TrimSuffix(f[1], ":"))
+			}
+		}
+		if want := []string{"lo", ep.Dev}; !slices.Equal(devs, want) {
+			t.Errorf("%s has devices %v, want %v", ep.Namespace, devs, want)
+		}
+		out, err = ip(t.Context(), "-n", ep.Namespace, "-4", "route", "show")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if routes := strings.TrimSpace(string(out)); !strings.HasPrefix(routes, subnet.String()+" dev "+ep.Dev) || strings.Contains(routes, "\n") {
+			t.Errorf("%s routes %q, want only %s via %s", ep.Namespace, routes, subnet, ep.Dev)
+		}
+	}
+	out, err := ip(t.Context(), "-o", "link", "show")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, dev := range []string{l.A().Dev, l.B().Dev} {
+		if strings.Contains(string(out), " "+dev+":") {
+			t.Errorf("device %s is in this process's namespace", dev)
+		}
+	}
+}
+
+func TestCloseDeletesTheNamespacesAndWhatRunsThere(t *testing.T) {
+	l := up(t, Profile{Name: "plain"})
+	srv, _ := startServer(t, l.B(), "tcp-serve")
+	names := []string{l.A().Namespace, l.B().Namespace}
+	for _, ns := range names {
+		if !slices.Contains(namespaces(t), ns) {
+			t.Fatalf("namespace %s missing while the link is up", ns)
+		}
+	}
+	if err := l.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.Close(); err != nil {
+		t.Errorf("second Close: %v", err)
+	}
+	for _, ns := range names {
+		if slices.Contains(namespaces(t), ns) {
+			t.Errorf("namespace %s remains after Close", ns)
+		}
+	}
+	if err := srv.cmd.Wait(); err == nil {
+		t.Errorf("the server in %s survived Close", l.B().Namespace)
+	}
+}
+
+func TestCancellingTheContextTearsDown(t *testing.T) {
+	if err := Available(); err != nil {
+		t.Skip(err)
+	}
+	ctx, cancel := context.WithCancel(t.Context())
+	l, err := Up(ctx, Profile{Name: "plain"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cancel()
+	select {
+	case <-l.Done():
+	case <-time.After(teardownTimeout):
+		t.Fatal("the link outlived its context")
+	}
+	for _, ns := range []string{l.A().Namespace, l.B().Namespace} {
+		if slices.Contains(namespaces(t), ns) {
+			t.Errorf("namespace %s remains after cancellation", ns)
+		}
+	}
+	if err := l.Close(); err != nil {
+		t.Errorf("Close after cancellation: %v", err)
+	}
+}
+
+func TestUpDeletesWhatADeadProcessLeft(t *testing.T) {
+	if err := Available(); err != nil {
+		t.Skip(err)
+	}
+	// A process that has exited: its PID names the remains of a crash.
+	dead := exec.Command("true")
+	if err := dead.Run(); err != nil {
+		t.Fatal(err)
+	}
+	base := namePrefix + strconv.Itoa(dead.Process.Pid) + "-0"
+	lock, err := lockLink(base)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lock.Close() // as the kernel does when its holder dies
+	stale := []string{base + "-a", base + "-b"}
+	for _, ns := range stale {
+		if _, err := ip(t.Context(), "netns", "add", ns); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { ip(context.Background(), "netns", "delete", ns) })
+	}
+	l := up(t, Profile{Name: "plain"})
+	names := namespaces(t)
+	for _, ns := range stale {
+		if slices.Contains(names, ns) {
+			t.Errorf("Up left the stale namespace %s", ns)
+		}
+	}
+	for _, ns := range []string{l.A().Namespace, l.B().Namespace} {
+		if !slices.Contains(names, ns) {
+			t.Errorf("Up deleted its own namespace %s", ns)
+		}
+	}
+}
+
+// TestUpKeepsLiveLinks: a link whose owner holds its lock survives another
+// Up, even when its PID is not this process's.
+func TestUpKeepsLiveLinks(t *testing.T) {
+	if err := Available(); err != nil {
+		t.Skip(err)
+	}
+	base := namePrefix + "1-0" // PID 1 never dies, but the lock decides
+	lock, err := lockLink(base)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ns := base + "-a"
+	if _, err := ip(t.Context(), "netns", "add", ns); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		ip(context.Background(), "netns", "delete", ns)
+		os.Remove(lock.Name())
+		lock.Close()
+	})
+	up(t, Profile{Name: "plain"})
+	if !slices.Contains(namespaces(t), ns) {
+		t.Errorf("Up deleted %s, whose lock is held", ns)
+	}
+}
