@@ -3,7 +3,7 @@
 # QEMU and its tools, rsync (the benchmark baseline), and what the test guest
 # is built from. Go modules are fetched by the go command itself.
 set -euo pipefail
-pkgs=(qemu-system-x86 qemu-utils rsync busybox-static cpio zstd kmod iproute2 ca-certificates)
+pkgs=(qemu-system-x86 qemu-utils rsync zstd iproute2 mmdebstrap e2fsprogs time ca-certificates)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
