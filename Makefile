@@ -26,8 +26,10 @@ test-short:
 	$(GO) test -short ./...
 
 ## bench: the numbers the issues ask for, each with its baseline from the same run
-bench: build
-	$(GO) test -run '^$$' -bench . -benchtime 3x ./chunk/
+## (ntc bench needs root: network namespaces for the emulated links)
+bench: deps build
+	$(GO) test -run '^$$' -bench . -benchtime 3x ./chunk/ ./sync/ ./transport/
+	./$(BIN) bench --link dsl,wan,lan --scenario random-1pct,random-10pct,debian -o bench/results
 
 fuzz:
 	$(GO) test -run '^$$' -fuzz FuzzDecodeIndex -fuzztime 60s ./chunk/

@@ -7,6 +7,8 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+
+	"github.com/ntc-project/ntc/bench/debimg"
 )
 
 // Scenario is a pair of image versions: what the receiver holds, and what
@@ -25,14 +27,28 @@ type Scenario struct {
 	ChangedBytes int64
 }
 
-// ScenarioNames lists the scenarios Prepare knows, besides debian and vm
-// ones that need more set-up.
-var ScenarioNames = []string{"random-1pct", "random-10pct"}
+// ScenarioNames lists the scenarios Prepare knows. "debian" builds (once,
+// then from its cache) a Debian root file system image and the same image
+// after packages were installed into it: it needs root and mmdebstrap.
+var ScenarioNames = []string{"random-1pct", "random-10pct", "debian"}
+
+// DefaultScenarios run when none are named: the quick ones.
+var DefaultScenarios = []string{"random-1pct", "random-10pct"}
 
 // Prepare makes the images of the named scenario in dir.
 func Prepare(ctx context.Context, name, dir string, size int64) (*Scenario, error) {
 	var frac float64
 	switch name {
+	case "debian":
+		p, err := debimg.Build(ctx, debimg.Options{})
+		if err != nil {
+			return nil, fmt.Errorf("debian scenario: %w", err)
+		}
+		s := &Scenario{Name: name, Old: p.Old, New: p.New, Oracle: p.Oracle, ChangedBytes: p.ChangedBytes}
+		for _, r := range p.Changed {
+			s.Changed = append(s.Changed, Extent{Off: r.Off, Len: r.Len})
+		}
+		return s, nil
 	case "random-1pct":
 		frac = 0.01
 	case "random-10pct":

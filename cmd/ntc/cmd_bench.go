@@ -40,8 +40,13 @@ namespaces the benchmark creates and removes (no traffic leaves the machine):
   lan  1 Gbit/s, 1 ms RTT
 It needs root (network namespaces) and rsync.
 
+Scenarios: random-1pct and random-10pct rewrite 1% or 10% of a random image
+in scattered 64 KiB extents; debian installs packages (python3, curl, less)
+into a Debian root file system image built with mmdebstrap (cached).
+
 Examples:
-  ntc bench                                  every scenario on dsl, 64 MiB images
+  ntc bench                                  the random scenarios on dsl, 64 MiB images
+  ntc bench --scenario debian --link dsl,lan
   ntc bench --link dsl,wan,lan --size 256M --out results/
   ntc bench --scenario random-10pct --tools ntc,rsync-z --json`,
 		Args: cobra.NoArgs,
@@ -50,7 +55,7 @@ Examples:
 		},
 	}
 	f := cmd.Flags()
-	f.StringVar(&o.scenarios, "scenario", strings.Join(bench.ScenarioNames, ","), "scenarios, comma separated")
+	f.StringVar(&o.scenarios, "scenario", strings.Join(bench.DefaultScenarios, ","), "scenarios, comma separated: "+strings.Join(bench.ScenarioNames, ", "))
 	f.StringVar(&o.links, "link", "dsl", "link profiles, comma separated: dsl, wan, lan")
 	f.StringVar(&o.tools, "tools", "all", "tools: ntc, ntc+changed, rsync-z, rsync, full-zstd, or all")
 	f.StringVar(&o.size, "size", "64M", "image size of the synthetic scenarios")
