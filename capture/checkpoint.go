@@ -742,7 +742,7 @@ func (c *checkpointer) instantPrecopy(ctx context.Context, mark int) (Event, err
 			return Event{}, fmt.Errorf("wait for the migration to converge: %w", err)
 		}
 		if time.Now().After(deadline) {
-			return Event{}, fmt.Errorf("the guest dirties its memory faster than QEMU sends it: no switchover within %s", c.cfg.ConvergeTimeout)
+			return Event{}, fmt.Errorf("the guest dirties its memory faster than ntc stores it: no switchover within %s (try --method background-snapshot)", c.cfg.ConvergeTimeout)
 		}
 		downtime = min(2*downtime, maxDowntime)
 		c.logf("migration not converging: allowing a final pause of %s", downtime)

@@ -4,68 +4,91 @@
 //
 // # Vocabulary
 //
-//   - Session: one QMP connection (go-qemu's SocketMonitor underneath), with
-//     a timeout on every command and an event log that is read all the time.
-//     QEMU serves one QMP client at a time; a socket whose QEMU serves
-//     another client stays silent, and Dial says so (ErrQMPBusy).
-//   - Checkpoint: the guest's state at one instant. QEMU's `stop` pauses
-//     the guest, one `transaction` puts a new qcow2 overlay on every
-//     writable disk (the old top is frozen at that instant), and a
-//     background-snapshot migration (`migrate` to a socket ntc reads, handed
-//     over with getfd) write-protects RAM and resumes the guest by itself:
-//     ntc never sends `cont` on the success path, as a `cont` before RAM is
-//     protected would let RAM run ahead of the disks. The pause is QEMU's
-//     STOP to RESUME.
+//   - Session: one QMP connection, with a timeout on every command and an
+//     event log that is read all the time (so a reply never waits behind an
+//     unread event) and that waiters scan from a mark. QEMU serves one QMP
+//     client at a time; a QEMU serving another client stays silent, and Dial
+//     tells that apart from a socket that is not QMP by asking the kernel
+//     which process listens (SO_PEERCRED): ErrQMPBusy or ErrNotQMP. The wire
+//     is a small standard-library client; built with -tags goqemu it is
+//     go-qemu's SocketMonitor (whose module needs go-libvirt in go.sum, and
+//     whose 64 KiB line limit kills the connection on long replies).
+//   - Instant: the moment a checkpoint captures. The guest is paused, one
+//     QMP `transaction` of `blockdev-snapshot` makes a prepared qcow2 overlay
+//     the active layer of every writable disk (the old top is frozen), and
+//     the device state and the rest of RAM are saved, all in one pause.
+//   - Method: how RAM gets to ntc, always as a migration stream over a
+//     socket pair whose other end QEMU receives with getfd (no file, no
+//     temporary copy). MethodPrecopy (the default): a live migration sends
+//     RAM while the guest runs; with pause-before-switchover QEMU pauses the
+//     guest when little is left and waits; ntc snapshots the disks, lets
+//     QEMU send the last pages and the device state, and resumes the guest
+//     (retrying cont while QEMU says the migration is not finalized).
+//     MethodBackground: ntc pauses the guest (stop), snapshots the disks and
+//     starts a background snapshot, which write-protects RAM and resumes the
+//     guest by itself; ntc never sends cont then, as RAM would run ahead of
+//     the disks. On QEMU 7.2 that pause includes the snapshot's setup, which
+//     touches every page of guest RAM (about 300 ms for 256 MiB on the
+//     project's machines), and a background snapshot whose stream breaks
+//     after RAM is write-protected wedges QEMU's main loop for good, so a
+//     failed checkpoint reads that stream to its end instead of closing it.
+//     The pause is QEMU's STOP to RESUME, from the events' timestamps.
 //   - Overlay chain: a disk's base image (the guest's own image, where ntc
 //     found it) and the overlays ntc put on it, oldest first; the newest is
 //     the active layer the guest writes to. An overlay frozen by checkpoint
 //     k+1 holds exactly the clusters the guest wrote since checkpoint k:
 //     `qemu-img map` of that layer alone (backing: null) lists them, and
-//     only they are re-indexed (chunk.Reindex). After checkpoint k+1 is
-//     complete, the frozen overlays are merged into the base with a live
-//     block-commit, so a chain is base + one overlay between checkpoints.
-//     Overlays are created next to the disk's active layer (or in
-//     Config.OverlayDir), never in the repository: the running guest
-//     depends on them.
-//   - Chain: a frozen image read straight from its layer files, through the
-//     offsets `qemu-img map` reports (qcow2 and raw layers; zero ranges are
-//     never read).
+//     only they are re-indexed (chunk.Reindex). Once checkpoint k+1 is
+//     complete, frozen overlays are merged into the base with a live
+//     block-commit and removed, so a chain is base + one overlay between
+//     checkpoints. Overlays are created (qemu-img create, blockdev-add) before
+//     the pause, next to the disk's active layer or in Config.OverlayDir,
+//     never in the repository: the running guest depends on them.
+//   - Chain: a frozen image read straight from its layer files through the
+//     offsets `qemu-img map` reports (qcow2 and raw layers); ranges that read
+//     as zeros are never read.
 //   - Repository: DIR/store (a chunk.DirStore), DIR/checkpoints/NNNNNN (one
 //     index per disk, RAM block, the device state and the stream
 //     description, then manifest.json, written last and atomically) and
-//     DIR/state.json (the overlay chains and the QEMU process they belong
-//     to: boot ID, PID, start time). A checkpoint without a manifest is
-//     incomplete: ignored, and removed by the next run.
-//   - RAM: the migration stream is parsed as it arrives (capture/migstream)
-//     into one page index per RAM block (chunk.PageIndex, 4 KiB pages keyed
-//     by content); only pages the store lacks are written, and the raw
-//     stream is never stored. The device state and the stream description
-//     (Repository.Stream rebuilds the stream from them) are CDC-indexed.
+//     DIR/state.json (the overlay chains, overlays prepared for a checkpoint
+//     in progress, and the QEMU process they belong to: boot ID, PID, start
+//     time). A checkpoint without a manifest is incomplete: ignored, and
+//     removed by the next run. Repository.Stream rebuilds a checkpoint's
+//     migration stream for migstream.Join.
+//   - RAM: the stream is parsed as it arrives (capture/migstream) into one
+//     chunk.PageIndex per RAM block, 4 KiB pages keyed by content; only
+//     contents the store lacks are written. The device state and the stream
+//     description (header, configuration, block list, record layout,
+//     VMDESCRIPTION) are CDC-indexed blobs.
 //   - Machine: what starting an identical QEMU takes: the source's argv
-//     (/proc/PID/cmdline of the process behind the socket, found with
-//     SO_PEERCRED), the versioned machine type (qom-get /machine type), RAM
-//     size and CPU count.
+//     (/proc/PID/cmdline of the process behind the socket), the versioned
+//     machine type (qom-get /machine type, never the alias), RAM size and
+//     CPU count.
 //
 // # Guarantees
 //
-// On every error path the guest is left running (a guest ntc paused is
-// resumed with cont, after cancelling the snapshot; ntc reconnects if the
-// session broke), the overlay chains stay valid and recorded in state.json,
-// no manifest is written for the failed checkpoint, and earlier checkpoints
-// are not touched. A guest that is not running is refused and left as it
-// is: QEMU 7.2's background snapshot always resumes the guest, so a paused
-// guest cannot be checkpointed without un-pausing it.
+// On every error path the guest is left running (a guest paused for the
+// checkpoint is resumed, after the migration is cancelled or, for a
+// background snapshot, finished; ntc reconnects if the session broke), the
+// overlay chains stay valid and recorded in state.json, no manifest is
+// written for the failed checkpoint, and earlier checkpoints are not
+// touched. A guest that is not running is refused and left as it is. If ntc
+// itself is killed inside the pause, QEMU keeps the guest paused (precopy:
+// waiting in pre-switchover) until the next checkpoint of the same QEMU
+// cancels the abandoned migration, which resumes it.
 //
 // # What it does not do
 //
-// It does not send anything anywhere (sync does), does not resume guests
-// (resume does), and does not start QEMU. It needs QEMU 6.0 or later
-// (background-snapshot; 7.2 is what it was measured on) and userfaultfd
-// write-protect (root, or vm.unprivileged_userfaultfd=1). It reads qcow2 and
-// raw layers only, not compressed or encrypted clusters, nor disks on
-// network protocols (ErrUnsupported, before the guest is paused). Read-only
-// media get no overlay and are not indexed. One repository per VM: two
-// repositories checkpointing one QEMU take turns reading the disks in full.
-// The guest's disk now lives in the overlay chain: restarting QEMU from its
-// original command line would lose the writes since the last merge.
+// It does not send anything anywhere (sync does), resume guests elsewhere
+// (resume does), or start QEMU. It needs QEMU 6.0 or later (7.2 is what it
+// was measured on); MethodBackground also needs userfaultfd write-protect
+// (root, or vm.unprivileged_userfaultfd=1). It reads qcow2 and raw layers
+// only, not compressed or encrypted clusters, nor disks on network
+// protocols (ErrUnsupported, before the guest is touched). Read-only media
+// get no overlay and are not indexed. It does not garbage-collect the store:
+// page contents a precopy migration sent and then resent stay there. One
+// repository per VM: two repositories checkpointing one QEMU read the disks
+// in full every time. The guest's disk lives in the overlay chain: QEMU
+// restarted from its original command line would miss the writes since the
+// last merge.
 package capture
