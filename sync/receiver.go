@@ -359,8 +359,16 @@ func (r *Receiver) receiveRound(ctx context.Context, conn *transport.Conn, rd *f
 }
 
 // readData reads one data stream: chunks of the current round.
-func (r *Receiver) readData(ctx context.Context, s *transport.Stream, in *incoming, round uint64, bitmap []byte, have []atomic.Bool, damaged *atomic.Int64) error {
-	defer s.Close()
+func (r *Receiver) readData(ctx context.Context, s *transport.Stream, in *incoming, round uint64, bitmap []byte, have []atomic.Bool, damaged *atomic.Int64) (err error) {
+	defer func() {
+		if err != nil {
+			// Stop the sender's writes at once: the reason follows on
+			// the control stream.
+			s.Cancel(transport.ErrInternal)
+		} else {
+			s.Close()
+		}
+	}()
 	dec, err := zstd.NewReader(nil, zstd.WithDecoderConcurrency(1), zstd.WithDecoderMaxMemory(128<<20))
 	if err != nil {
 		return err

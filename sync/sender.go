@@ -263,6 +263,13 @@ func (s *Sender) Push(ctx context.Context, conn *transport.Conn, v *Version) (*R
 				patchable = make([][]chunk.Range, len(v.Images)) // whole chunks when asked again
 			}
 			if err := s.sendRound(ctx, conn, w, v, news, wt, lim, patchable, res); err != nil {
+				if ctx.Err() == nil {
+					// The receiver may have stopped the round: its reason
+					// is on the control stream.
+					if rerr := readPeerError(ctrl, rd); rerr != nil {
+						return nil, rerr
+					}
+				}
 				return nil, ctxErr(ctx, err)
 			}
 		default:
@@ -406,6 +413,17 @@ func fetchIndex(ctx context.Context, w *frameWriter, rd *frameReader, ref imageR
 		return nil, fmt.Errorf("%w: base index of %s does not match its digest", ErrMalformed, ref.name)
 	}
 	return x, nil
+}
+
+// readPeerError waits briefly for an error frame on the control stream.
+func readPeerError(ctrl *transport.Stream, rd *frameReader) error {
+	ctrl.SetReadDeadline(time.Now().Add(3 * time.Second))
+	defer ctrl.SetReadDeadline(time.Time{})
+	typ, p, err := rd.read()
+	if err != nil || typ != msgError {
+		return nil
+	}
+	return decodeError(p)
 }
 
 func hasImage(v *Version, name string) bool {
