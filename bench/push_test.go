@@ -164,14 +164,14 @@ func BenchmarkPushMemory(b *testing.B) {
 		}
 		f.Truncate(*bigSize)
 		f.Close()
-		// 1 GiB of data in 64 MiB pieces spread over the image.
+		// 1 GiB of distinct data in 64 MiB pieces spread over the image.
 		piece := filepath.Join(b.TempDir(), "piece")
-		if err := WriteRandom(piece, 64<<20, 5); err != nil {
-			b.Fatal(err)
-		}
-		data, _ := os.ReadFile(piece)
 		f, _ = os.OpenFile(img, os.O_RDWR, 0)
 		for k := range int64(16) {
+			if err := WriteRandom(piece, 64<<20, uint64(5+k)); err != nil {
+				b.Fatal(err)
+			}
+			data, _ := os.ReadFile(piece)
 			f.WriteAt(data, k*(*bigSize/16))
 		}
 		f.Close()
