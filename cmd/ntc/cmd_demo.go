@@ -11,6 +11,8 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/ntc-project/ntc/chunk"
+	ntcsync "github.com/ntc-project/ntc/sync"
+	"github.com/ntc-project/ntc/transport"
 )
 
 type demoOptions struct {
@@ -48,6 +50,9 @@ type demoJSON struct {
 	IncrementalRead int64      `json:"incremental_index_bytes_read"`
 	Identical       bool       `json:"identical"`
 	Diff            chunk.Diff `json:"diff"`
+	// Bytes on the wire (QUIC, both ways) of the first and second push.
+	PushFirstBytes  uint64 `json:"push_first_bytes"`
+	PushSecondBytes uint64 `json:"push_second_bytes"`
 }
 
 func runDemo(ctx context.Context, g *globals, o demoOptions) error {
@@ -96,6 +101,23 @@ func runDemo(ctx context.Context, g *globals, o demoOptions) error {
 	say("2. full index: %d chunks, %s zero (never read from the sparse file, never sent); read %s in %s (%s)",
 		s1.Chunks, humanBytes(s1.ZeroBytes), humanBytes(st.BytesRead), d.Round(time.Millisecond), rate(st.BytesRead, d))
 
+	recv, err := startDemoReceiver(ctx, dir)
+	if err != nil {
+		return err
+	}
+	defer recv.stop()
+	first, err := chunk.OpenFile(imgPath)
+	if err != nil {
+		return err
+	}
+	res1, wire1, err := recv.push(ctx, ntcsync.Image{Name: "disk.img", Index: v1, Source: ntcsync.ReaderSource{R: first}})
+	first.Close()
+	if err != nil {
+		return err
+	}
+	say("3. pushed it to a receiver on loopback over QUIC (version %d): %s on the wire for %s of data",
+		res1.Version, humanBytes(int64(wire1)), humanBytes(s1.DataBytes))
+
 	changed, err := rewriteExtents(imgPath, size, r)
 	if err != nil {
 		return err
@@ -104,13 +126,13 @@ func runDemo(ctx context.Context, g *globals, o demoOptions) error {
 	for _, c := range changed {
 		changedBytes += c.Len
 	}
-	say("3. the guest rewrote %d scattered 64 KiB extents (%s, 1%%)", len(changed), humanBytes(changedBytes))
+	say("4. the guest rewrote %d scattered 64 KiB extents (%s, 1%%)", len(changed), humanBytes(changedBytes))
 
 	v2full, stFull, dFull, err := full("re-indexing")
 	if err != nil {
 		return err
 	}
-	say("4. full re-index:        read %s in %s", humanBytes(stFull.BytesRead), dFull.Round(time.Millisecond))
+	say("5. full re-index:        read %s in %s", humanBytes(stFull.BytesRead), dFull.Round(time.Millisecond))
 
 	img, err := chunk.OpenFile(imgPath)
 	if err != nil {
@@ -124,18 +146,25 @@ func runDemo(ctx context.Context, g *globals, o demoOptions) error {
 		return err
 	}
 	identical := equalEntries(v2, v2full)
-	say("5. incremental re-index: read %s in %s (%.1f%% of the image, %.1f%% of the time); identical to the full one: %v",
+	say("6. incremental re-index: read %s in %s (%.1f%% of the image, %.1f%% of the time); identical to the full one: %v",
 		humanBytes(stInc.BytesRead), dInc.Round(time.Millisecond),
 		100*float64(stInc.BytesRead)/float64(size), 100*float64(dInc)/float64(dFull), identical)
 	diff, err := chunk.Compare(v1, v2)
 	if err != nil {
 		return err
 	}
-	say("6. a transfer of the new version to a holder of the old one sends %d chunks, %s (%.2fx the changed bytes); %d chunks are reused",
+	say("7. a transfer of the new version to a holder of the old one sends %d chunks, %s (%.2fx the changed bytes); %d chunks are reused",
 		diff.NewChunks, humanBytes(diff.NewBytes), float64(diff.NewBytes)/float64(changedBytes), diff.ReusedChunks)
 	if !identical {
 		return fmt.Errorf("the incremental index differs from the full one: please report this bug")
 	}
+	res2, wire2, err := recv.push(ctx, ntcsync.Image{Name: "disk.img", Index: v2, Source: ntcsync.ReaderSource{R: img}, Base: v1, Changed: changed})
+	if err != nil {
+		return err
+	}
+	say("8. pushed version %d with its changed ranges: %s on the wire (%d chunks, %d as patches) for %s changed",
+		res2.Version, humanBytes(int64(wire2)), res2.ChunksSent, res2.Patched, humanBytes(changedBytes))
+	pushed := [2]uint64{wire1, wire2}
 	for _, x := range []struct {
 		name string
 		idx  *chunk.Index
@@ -151,7 +180,7 @@ func runDemo(ctx context.Context, g *globals, o demoOptions) error {
 		return writeJSON(g.stdout, demoJSON{
 			ImageBytes: size, ChangedBytes: changedBytes,
 			FullMS: ms(dFull), FullRead: stFull.BytesRead, IncrementalMS: ms(dInc), IncrementalRead: stInc.BytesRead,
-			Identical: identical, Diff: diff,
+			Identical: identical, Diff: diff, PushFirstBytes: pushed[0], PushSecondBytes: pushed[1],
 		})
 	}
 	return nil
@@ -229,4 +258,69 @@ func rewriteExtents(path string, size int64, r *rand.Rand) ([]chunk.Range, error
 		out = append(out, chunk.Range{Off: off, Len: ext})
 	}
 	return out, f.Close()
+}
+
+// demoReceiver is a receiver on loopback in this process, and a sender
+// with its own identity allowed to push to it.
+type demoReceiver struct {
+	office, home *transport.Identity
+	repo         *ntcsync.Repo
+	l            *transport.Listener
+	sender       *ntcsync.Sender
+	stop         func()
+}
+
+func startDemoReceiver(ctx context.Context, dir string) (*demoReceiver, error) {
+	office, err := transport.GenerateIdentity()
+	if err != nil {
+		return nil, err
+	}
+	home, err := transport.GenerateIdentity()
+	if err != nil {
+		return nil, err
+	}
+	repo, err := ntcsync.OpenRepo(filepath.Join(dir, "home"))
+	if err != nil {
+		return nil, err
+	}
+	l, err := transport.Listen("127.0.0.1:0", home, transport.AllowIDs(office.ID()), transport.Config{})
+	if err != nil {
+		repo.Close()
+		return nil, err
+	}
+	sctx, cancel := context.WithCancel(ctx)
+	served := make(chan struct{})
+	go func() {
+		defer close(served)
+		rcv := &ntcsync.Receiver{Repo: repo}
+		for {
+			c, err := l.Accept(sctx)
+			if err != nil {
+				return
+			}
+			rcv.Serve(sctx, c)
+			c.Close()
+		}
+	}()
+	d := &demoReceiver{office: office, home: home, repo: repo, l: l,
+		sender: &ntcsync.Sender{StateDir: filepath.Join(dir, "office")}}
+	d.stop = func() {
+		cancel()
+		l.Close()
+		<-served
+		repo.Close()
+	}
+	return d, nil
+}
+
+// push sends one version of the image and returns the bytes on the wire.
+func (d *demoReceiver) push(ctx context.Context, im ntcsync.Image) (*ntcsync.Result, uint64, error) {
+	conn, err := transport.Dial(ctx, d.l.Addr().String(), d.office, d.home.ID(), transport.Config{})
+	if err != nil {
+		return nil, 0, err
+	}
+	defer conn.Close()
+	res, err := d.sender.Push(ctx, conn, &ntcsync.Version{Set: "demo", Images: []ntcsync.Image{im}})
+	st := conn.QUIC().ConnectionStats()
+	return res, st.BytesSent + st.BytesReceived, err
 }

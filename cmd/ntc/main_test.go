@@ -186,4 +186,7 @@ func TestDemoRuns(t *testing.T) {
 	if !res.Identical || res.IncrementalRead >= res.FullRead/4 || res.Diff.NewBytes < res.ChangedBytes {
 		t.Fatalf("demo summary %+v", res)
 	}
+	if res.PushSecondBytes == 0 || res.PushSecondBytes > res.PushFirstBytes/4 || res.PushSecondBytes > uint64(2*res.ChangedBytes)+64<<10 {
+		t.Fatalf("demo pushes: %d then %d bytes on the wire for %d changed", res.PushFirstBytes, res.PushSecondBytes, res.ChangedBytes)
+	}
 }
