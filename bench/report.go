@@ -121,7 +121,9 @@ func SVG(w io.Writer, cases []Case) {
 		}
 		ly := y(g.limit.Seconds())
 		fmt.Fprintf(w, `<line x1="%d" x2="%d" y1="%.1f" y2="%.1f" stroke="black" stroke-width="2"/>`+"\n", x0-2, x, ly, ly)
-		fmt.Fprintf(w, `<text x="%d" y="%d" transform="rotate(30 %d %d)">%s</text>`+"\n", x0, top+height+14, x0, top+height+14, html.EscapeString(g.name))
+		sc, ln, _ := strings.Cut(g.name, " / ")
+		fmt.Fprintf(w, `<text x="%d" y="%d">%s</text><text x="%d" y="%d">%s</text>`+"\n",
+			x0, top+height+16, html.EscapeString(sc), x0, top+height+30, html.EscapeString(ln))
 		x += gap
 	}
 	for i, t := range AllTools {
