@@ -36,11 +36,17 @@ type imageRef struct {
 	digest chunk.ID // BLAKE3 of the encoded index
 }
 
-// base is what the receiver holds of the set: its current version.
+// base is what the receiver holds of the set: its current version. It
+// also names the push session, so that data may come over more
+// connections than the control one.
 type base struct {
 	version uint64
 	images  []imageRef
+	session token
 }
+
+// token names a push session on the receiver.
+type token [16]byte
 
 func (m base) encode() []byte {
 	var e enc
@@ -50,6 +56,7 @@ func (m base) encode() []byte {
 		e.str(im.name)
 		e.id(im.digest)
 	}
+	e.b = append(e.b, m.session[:]...)
 	return e.b
 }
 
@@ -59,6 +66,37 @@ func decodeBase(p []byte) (base, error) {
 	n := d.count(33)
 	for range n {
 		m.images = append(m.images, imageRef{name: d.str(maxName), digest: d.id()})
+	}
+	if d.err == nil && len(d.b) != len(m.session) {
+		d.fail("bad session token")
+	} else if d.err == nil {
+		copy(m.session[:], d.b)
+		d.b = nil
+	}
+	return m, d.done()
+}
+
+// dataHeader opens a data stream: the round and the session it belongs to.
+type dataHeader struct {
+	round   uint64
+	session token
+}
+
+func (m dataHeader) encode() []byte {
+	var e enc
+	e.uvarint(m.round)
+	e.b = append(e.b, m.session[:]...)
+	return e.b
+}
+
+func decodeDataHeader(p []byte) (dataHeader, error) {
+	d := dec{b: p}
+	m := dataHeader{round: d.uvarint()}
+	if d.err == nil && len(d.b) != len(m.session) {
+		d.fail("bad session token")
+	} else if d.err == nil {
+		copy(m.session[:], d.b)
+		d.b = nil
 	}
 	return m, d.done()
 }

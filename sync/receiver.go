@@ -1,6 +1,8 @@
 package sync
 
 import (
+	"crypto/rand"
+	gosync "sync"
 	"context"
 	"errors"
 	"fmt"
@@ -24,6 +26,86 @@ type Receiver struct {
 	Repo *Repo
 	// Log, if set, is told about each push and each problem.
 	Log func(format string, args ...any)
+
+	mu       gosync.Mutex
+	sessions map[token]*session
+}
+
+// session is a push in progress: data streams for it may arrive on its
+// control connection or on data connections from the same peer.
+type session struct {
+	peer    transport.ID
+	streams chan dataStream
+}
+
+// dataStream is a data stream whose header has been read.
+type dataStream struct {
+	st    *transport.Stream
+	rd    *frameReader
+	round uint64
+}
+
+func (r *Receiver) register(peer transport.ID) (token, *session, func(), error) {
+	var t token
+	if _, err := rand.Read(t[:]); err != nil {
+		return t, nil, nil, err
+	}
+	s := &session{peer: peer, streams: make(chan dataStream, maxStreams)}
+	r.mu.Lock()
+	if r.sessions == nil {
+		r.sessions = map[token]*session{}
+	}
+	r.sessions[t] = s
+	r.mu.Unlock()
+	return t, s, func() {
+		r.mu.Lock()
+		delete(r.sessions, t)
+		r.mu.Unlock()
+	}, nil
+}
+
+// openData reads a data stream's header (with rd, if it already reads st)
+// and finds its session.
+func (r *Receiver) openData(st *transport.Stream, rd *frameReader, peer transport.ID) (*session, dataStream, error) {
+	if rd == nil {
+		rd = newFrameReader(st)
+	}
+	p, err := rd.expect(msgData)
+	if err != nil {
+		return nil, dataStream{}, err
+	}
+	h, err := decodeDataHeader(p)
+	if err != nil {
+		return nil, dataStream{}, err
+	}
+	r.mu.Lock()
+	s := r.sessions[h.session]
+	r.mu.Unlock()
+	if s == nil || s.peer != peer {
+		return nil, dataStream{}, fmt.Errorf("%w: data for an unknown push", ErrMalformed)
+	}
+	return s, dataStream{st: st, rd: rd, round: h.round}, nil
+}
+
+// forward hands every data stream of conn to its session, until conn ends.
+func (r *Receiver) forward(ctx context.Context, conn *transport.Conn, first *transport.Stream, rd *frameReader) error {
+	st := first
+	for {
+		s, ds, err := r.openData(st, rd, conn.PeerID())
+		rd = nil
+		if err != nil {
+			st.Cancel(transport.ErrProtocol)
+			return err
+		}
+		select {
+		case s.streams <- ds:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+		if st, err = conn.AcceptStream(ctx); err != nil {
+			return nil // the sender closed its data connection
+		}
+	}
 }
 
 func (r *Receiver) logf(format string, args ...any) {
@@ -41,8 +123,14 @@ func (r *Receiver) Serve(ctx context.Context, conn *transport.Conn) error {
 	if err != nil {
 		return fmt.Errorf("accept control stream: %w", err)
 	}
+	rd := newFrameReader(ctrl)
+	typ, err := rd.r.Peek(1)
+	if err == nil && typ[0] == msgData {
+		// A data connection of a push whose control stream is elsewhere.
+		return r.forward(ctx, conn, ctrl, rd)
+	}
 	w := newFrameWriter(ctrl)
-	err = r.serve(ctx, conn, ctrl, w)
+	err = r.serve(ctx, cancel, conn, rd, w)
 	if err != nil {
 		// Tell the peer what went wrong, by code.
 		w.write(msgError, encodeUint(codeOf(err)))
@@ -76,8 +164,7 @@ type incoming struct {
 	lengths map[chunk.ID]int64
 }
 
-func (r *Receiver) serve(ctx context.Context, conn *transport.Conn, ctrl *transport.Stream, w *frameWriter) error {
-	rd := newFrameReader(ctrl)
+func (r *Receiver) serve(ctx context.Context, cancel context.CancelFunc, conn *transport.Conn, rd *frameReader, w *frameWriter) error {
 	p, err := rd.expect(msgHello)
 	if err != nil {
 		return err
@@ -93,6 +180,7 @@ func (r *Receiver) serve(ctx context.Context, conn *transport.Conn, ctrl *transp
 		return err
 	}
 	unlock, err := r.Repo.lock(ctx, h.set, conn.PeerID().String(), func() {
+		cancel()
 		conn.CloseWithError(transport.ErrShuttingDown)
 	})
 	if err != nil {
@@ -104,6 +192,31 @@ func (r *Receiver) serve(ctx context.Context, conn *transport.Conn, ctrl *transp
 		return err
 	}
 	var b base
+	tok, sess, unregister, err := r.register(conn.PeerID())
+	if err != nil {
+		return err
+	}
+	defer unregister()
+	b.session = tok
+	// Data streams opened on the control connection join the session too.
+	go func() {
+		for {
+			st, err := conn.AcceptStream(ctx)
+			if err != nil {
+				return
+			}
+			s, ds, err := r.openData(st, nil, conn.PeerID())
+			if err != nil || s != sess {
+				st.Cancel(transport.ErrProtocol)
+				continue
+			}
+			select {
+			case sess.streams <- ds:
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
 	baseIdx := map[string]*chunk.Index{}
 	if cur != nil {
 		b.version = cur.Version
@@ -219,7 +332,7 @@ func (r *Receiver) serve(ctx context.Context, conn *transport.Conn, ctrl *transp
 			return err
 		}
 		t0 := time.Now()
-		if err := r.receiveRound(ctx, conn, rd, &in, round, bitmap, have); err != nil {
+		if err := r.receiveRound(ctx, sess, rd, &in, round, bitmap, have); err != nil {
 			return err
 		}
 		r.logf("round %d: received %d chunks in %s", round, missing, time.Since(t0).Round(time.Millisecond))
@@ -327,7 +440,7 @@ func (r *Receiver) readOps(ctx context.Context, rd *frameReader, in *incoming, l
 
 // receiveRound reads the sender's announcement of the round (how many data
 // streams it opens), then those streams, storing every chunk that verifies.
-func (r *Receiver) receiveRound(ctx context.Context, conn *transport.Conn, rd *frameReader, in *incoming, round uint64, bitmap []byte, have []atomic.Bool) error {
+func (r *Receiver) receiveRound(ctx context.Context, sess *session, rd *frameReader, in *incoming, round uint64, bitmap []byte, have []atomic.Bool) error {
 	p, err := rd.expect(msgSent)
 	if err != nil {
 		return err
@@ -342,12 +455,19 @@ func (r *Receiver) receiveRound(ctx context.Context, conn *transport.Conn, rd *f
 	g, gctx := errgroup.WithContext(ctx)
 	var damaged atomic.Int64
 	for range s.streams {
-		st, err := conn.AcceptStream(gctx)
-		if err != nil {
+		var ds dataStream
+		select {
+		case ds = <-sess.streams:
+		case <-gctx.Done():
 			g.Wait()
-			return fmt.Errorf("accept data stream: %w", err)
+			return fmt.Errorf("waiting for data streams: %w", context.Cause(gctx))
 		}
-		g.Go(func() error { return r.readData(gctx, st, in, round, bitmap, have, &damaged) })
+		if ds.round != round {
+			ds.st.Cancel(transport.ErrProtocol)
+			g.Wait()
+			return fmt.Errorf("%w: data stream of round %d during round %d", ErrMalformed, ds.round, round)
+		}
+		g.Go(func() error { return r.readData(gctx, ds, in, bitmap, have, &damaged) })
 	}
 	if err := g.Wait(); err != nil {
 		return err
@@ -359,7 +479,12 @@ func (r *Receiver) receiveRound(ctx context.Context, conn *transport.Conn, rd *f
 }
 
 // readData reads one data stream: chunks of the current round.
-func (r *Receiver) readData(ctx context.Context, s *transport.Stream, in *incoming, round uint64, bitmap []byte, have []atomic.Bool, damaged *atomic.Int64) (err error) {
+func (r *Receiver) readData(ctx context.Context, ds dataStream, in *incoming, bitmap []byte, have []atomic.Bool, damaged *atomic.Int64) (err error) {
+	s, rd := ds.st, ds.rd
+	// A stream on a data connection lives apart from the control one:
+	// end it when the push ends.
+	stop := context.AfterFunc(ctx, func() { s.Cancel(transport.ErrShuttingDown) })
+	defer stop()
 	defer func() {
 		if err != nil {
 			// Stop the sender's writes at once: the reason follows on
@@ -374,14 +499,6 @@ func (r *Receiver) readData(ctx context.Context, s *transport.Stream, in *incomi
 		return err
 	}
 	defer dec.Close()
-	rd := newFrameReader(s)
-	p, err := rd.expect(msgData)
-	if err != nil {
-		return err
-	}
-	if r, err := decodeUint(p); err != nil || r != round {
-		return fmt.Errorf("%w: data stream of round %d during round %d", ErrMalformed, r, round)
-	}
 	var buf []byte
 	for {
 		typ, p, err := rd.read()

@@ -29,6 +29,13 @@ type Sender struct {
 	Streams int
 	// BytesPerSec caps the chunk data rate; 0 means no cap.
 	BytesPerSec int64
+	// Conns is the number of connections that carry data (default 1, the
+	// control connection). Each QUIC connection has its own congestion
+	// window, and quic-go's NewReno backs off at every random loss: on a
+	// lossy long link several connections together fill it where one
+	// cannot. Dial makes the extra ones.
+	Conns int
+	Dial  func(ctx context.Context) (*transport.Conn, error)
 	// Progress, if set, is called with the chunk bytes (uncompressed) as
 	// they are sent, from several goroutines.
 	Progress func(n int64)
@@ -58,6 +65,13 @@ type Result struct {
 	// IndexFetched is set when the sender had to fetch the base indexes.
 	IndexFetched bool  `json:"index_fetched"`
 	DurationMS   int64 `json:"duration_ms"`
+	// Connections is how many connections carried the push; BytesUp and
+	// BytesDown what crossed the wire on all of them (QUIC packets,
+	// retransmissions included), BytesLost what QUIC declared lost.
+	Connections int    `json:"connections"`
+	BytesUp     uint64 `json:"bytes_up"`
+	BytesDown   uint64 `json:"bytes_down"`
+	BytesLost   uint64 `json:"bytes_lost"`
 }
 
 func (s *Sender) logf(format string, args ...any) {
@@ -220,7 +234,26 @@ func (s *Sender) Push(ctx context.Context, conn *transport.Conn, v *Version) (*R
 	res.NewChunks = len(news)
 	s.logf("offered %s v%d: %d images, %d new chunks", v.Set, o.version, len(v.Images), len(news))
 
-	lim := newLimiter(s.BytesPerSec, func() uint64 { return conn.QUIC().ConnectionStats().BytesSent })
+	conns := []*transport.Conn{conn}
+	if s.Conns > 1 && s.Dial != nil {
+		extra, err := s.dialExtra(ctx, s.Conns-1)
+		defer func() {
+			for _, c := range extra {
+				c.Close()
+			}
+		}()
+		if err != nil {
+			return nil, err
+		}
+		conns = append(conns, extra...)
+	}
+	lim := newLimiter(s.BytesPerSec, func() uint64 {
+		var n uint64
+		for _, c := range conns {
+			n += c.QUIC().ConnectionStats().BytesSent
+		}
+		return n
+	})
 	for {
 		typ, p, err := rd.read()
 		if err != nil {
@@ -249,6 +282,13 @@ func (s *Sender) Push(ctx context.Context, conn *transport.Conn, v *Version) (*R
 				return nil, fmt.Errorf("pushed, but could not record it locally: %w", err)
 			}
 			res.DurationMS = time.Since(start).Milliseconds()
+			res.Connections = len(conns)
+			for _, c := range conns {
+				st := c.QUIC().ConnectionStats()
+				res.BytesUp += st.BytesSent
+				res.BytesDown += st.BytesReceived
+				res.BytesLost += st.BytesLost
+			}
 			return res, nil
 		case msgWant:
 			wt, err := decodeWant(p)
@@ -262,7 +302,7 @@ func (s *Sender) Push(ctx context.Context, conn *transport.Conn, v *Version) (*R
 			if wt.round > 1 {
 				patchable = make([][]chunk.Range, len(v.Images)) // whole chunks when asked again
 			}
-			if err := s.sendRound(ctx, conn, w, v, news, wt, lim, patchable, res); err != nil {
+			if err := s.sendRound(ctx, conns, b.session, w, v, news, wt, lim, patchable, res); err != nil {
 				if ctx.Err() == nil {
 					// The receiver may have stopped the round: its reason
 					// is on the control stream.
@@ -415,6 +455,30 @@ func fetchIndex(ctx context.Context, w *frameWriter, rd *frameReader, ref imageR
 	return x, nil
 }
 
+// dialExtra opens n more connections to the receiver, in parallel.
+func (s *Sender) dialExtra(ctx context.Context, n int) ([]*transport.Conn, error) {
+	out := make([]*transport.Conn, n)
+	g, gctx := errgroup.WithContext(ctx)
+	for i := range n {
+		g.Go(func() error {
+			c, err := s.Dial(gctx)
+			if err != nil {
+				return fmt.Errorf("open data connection: %w", err)
+			}
+			out[i] = c
+			return nil
+		})
+	}
+	err := g.Wait()
+	var ok []*transport.Conn
+	for _, c := range out {
+		if c != nil {
+			ok = append(ok, c)
+		}
+	}
+	return ok, err
+}
+
 // readPeerError waits briefly for an error frame on the control stream.
 func readPeerError(ctrl *transport.Stream, rd *frameReader) error {
 	ctrl.SetReadDeadline(time.Now().Add(3 * time.Second))
@@ -448,7 +512,7 @@ func opsThatFit(ops []op, limit int) int {
 }
 
 // sendRound sends the wanted chunks over parallel data streams.
-func (s *Sender) sendRound(ctx context.Context, conn *transport.Conn, w *frameWriter, v *Version, news []newChunk, wt want, lim *limiter, patchable [][]chunk.Range, res *Result) error {
+func (s *Sender) sendRound(ctx context.Context, conns []*transport.Conn, session token, w *frameWriter, v *Version, news []newChunk, wt want, lim *limiter, patchable [][]chunk.Range, res *Result) error {
 	var todo []int
 	for i := range news {
 		if wt.bitmap[i/8]&(1<<(i%8)) != 0 {
@@ -459,7 +523,7 @@ func (s *Sender) sendRound(ctx context.Context, conn *transport.Conn, w *frameWr
 	if streams <= 0 {
 		streams = 4
 	}
-	streams = max(1, min(streams, maxStreams, len(todo)))
+	streams = max(1, min(max(streams, len(conns)), maxStreams, len(todo)))
 	if err := w.write(msgSent, sent{round: wt.round, streams: uint64(streams)}.encode()); err != nil {
 		return err
 	}
@@ -468,7 +532,8 @@ func (s *Sender) sendRound(ctx context.Context, conn *transport.Conn, w *frameWr
 	}
 	var next, sentChunks, sentBytes, dataBytes, patched atomic.Int64
 	g, gctx := errgroup.WithContext(ctx)
-	for range streams {
+	for i := range streams {
+		conn := conns[i%len(conns)]
 		g.Go(func() error {
 			st, err := conn.OpenStream(gctx)
 			if err != nil {
@@ -482,7 +547,7 @@ func (s *Sender) sendRound(ctx context.Context, conn *transport.Conn, w *frameWr
 			}
 			defer enc.Close()
 			fw := newFrameWriter(st)
-			if err := fw.write(msgData, encodeUint(wt.round)); err != nil {
+			if err := fw.write(msgData, dataHeader{round: wt.round, session: session}.encode()); err != nil {
 				return err
 			}
 			if err := fw.flush(); err != nil {

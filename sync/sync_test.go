@@ -364,3 +364,43 @@ func TestRepoIsIntactAfterFailedMaterializeRedo(t *testing.T) {
 	}
 	assertMaterialized(t, p.repo, "vm", map[string][]byte{"disk": disk})
 }
+
+func TestPushOverSeveralConnections(t *testing.T) {
+	p := newPeers(t)
+	ctx := t.Context()
+	r := rand.New(rand.NewPCG(8, 8))
+	images := map[string][]byte{"disk": randomData(r, 4<<20), "ram": randomData(r, 1<<20)}
+	s := &Sender{StateDir: t.TempDir(), Conns: 3, Streams: 6, Dial: func(ctx context.Context) (*transport.Conn, error) {
+		return transport.Dial(ctx, p.addr, p.client, p.srvID, transport.Config{})
+	}}
+	res, err := p.push(t, ctx, s, imageVersion(t, "vm", images))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Connections != 3 || res.ChunkBytes != 5<<20 {
+		t.Fatalf("push over 3 connections: %+v", res)
+	}
+	assertMaterialized(t, p.repo, "vm", images)
+	// Data for a session that does not exist is refused.
+	c, err := transport.Dial(ctx, p.addr, p.client, p.srvID, transport.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	st, err := c.OpenStream(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fw := newFrameWriter(st)
+	fw.write(msgData, dataHeader{round: 1}.encode())
+	fw.flush()
+	// The earlier connections ended cleanly (nil); this one must not.
+	for err := range p.errs {
+		if err != nil {
+			if !errors.Is(err, ErrMalformed) {
+				t.Fatalf("data for an unknown session: %v", err)
+			}
+			break
+		}
+	}
+}

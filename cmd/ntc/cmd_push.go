@@ -23,6 +23,7 @@ type pushOptions struct {
 	bwlimit string
 	changed string
 	streams int
+	conns   int
 }
 
 func newPushCommand(g *globals) *cobra.Command {
@@ -56,6 +57,7 @@ The set is named after the first image unless --name is given.`,
 			o.peer = g.v.GetString("push.peer")
 			o.bwlimit = g.v.GetString("push.bwlimit")
 			o.streams = g.v.GetInt("push.streams")
+			o.conns = g.v.GetInt("push.conns")
 			return runPush(cmd.Context(), g, o, args)
 		},
 	}
@@ -66,10 +68,12 @@ The set is named after the first image unless --name is given.`,
 	f.String("bwlimit", "", "cap the average send rate: 20Mbit, 2.5MB/s, 500k (bytes)")
 	f.StringVar(&o.changed, "changed", "", "ranges of the (single) image changed since the last push: re-read only those")
 	f.Int("streams", 4, "parallel data streams")
+	f.Int("conns", 4, "connections carrying data: each has its own congestion window, which lossy long links need")
 	g.bind(cmd, "push.to", "to")
 	g.bind(cmd, "push.peer", "peer")
 	g.bind(cmd, "push.bwlimit", "bwlimit")
 	g.bind(cmd, "push.streams", "streams")
+	g.bind(cmd, "push.conns", "conns")
 	return cmd
 }
 
@@ -77,10 +81,6 @@ The set is named after the first image unless --name is given.`,
 type pushJSON struct {
 	*ntcsync.Result
 	BytesSent  uint64  `json:"bytes_sent"`
-	BytesUp    uint64  `json:"bytes_up"`
-	BytesDown  uint64  `json:"bytes_down"`
-	BytesLost  uint64  `json:"bytes_lost"`
-	Packets    uint64  `json:"packets_sent"`
 	IndexMS    int64   `json:"index_ms"`
 	BytesRead  int64   `json:"bytes_read"`
 	DurationMS int64   `json:"duration_ms"`
@@ -114,7 +114,10 @@ func runPush(ctx context.Context, g *globals, o pushOptions, paths []string) err
 	if err := ntcsync.CheckName(set); err != nil {
 		return usagef("--name: %v", err)
 	}
-	s := &ntcsync.Sender{StateDir: filepath.Join(g.home(), "push"), Streams: o.streams, BytesPerSec: rate}
+	s := &ntcsync.Sender{StateDir: filepath.Join(g.home(), "push"), Streams: o.streams, BytesPerSec: rate, Conns: o.conns,
+		Dial: func(ctx context.Context) (*transport.Conn, error) {
+			return transport.Dial(ctx, o.to, id, peer, transport.Config{})
+		}}
 	if g.verbose {
 		s.Log = func(f string, a ...any) { fmt.Fprintf(g.stderr, f+"\n", a...) }
 	}
@@ -183,18 +186,14 @@ func runPush(ctx context.Context, g *globals, o pushOptions, paths []string) err
 	s.Progress = bar.Add
 	res, err := s.Push(ctx, conn, v)
 	bar.Done()
-	stats := conn.QUIC().ConnectionStats()
 	if err != nil {
 		return fmt.Errorf("push %s to %s: %w", set, o.to, err)
 	}
 	total := time.Since(start)
-	out := pushJSON{Result: res, BytesUp: stats.BytesSent, BytesDown: stats.BytesReceived,
-		BytesSent: stats.BytesSent + stats.BytesReceived, BytesLost: stats.BytesLost, Packets: stats.PacketsSent,
-		IndexMS: indexed.Milliseconds(), BytesRead: read,
-		DurationMS: total.Milliseconds()}
-	out.PeakRSS = procstat.PeakRSS(0)
+	out := pushJSON{Result: res, BytesSent: res.BytesUp + res.BytesDown,
+		IndexMS: indexed.Milliseconds(), BytesRead: read, DurationMS: total.Milliseconds(), PeakRSS: procstat.PeakRSS(0)}
 	if d := time.Duration(res.DurationMS) * time.Millisecond; d > 0 {
-		out.RateMbit = float64(stats.BytesSent) * 8 / d.Seconds() / 1e6
+		out.RateMbit = float64(res.BytesUp) * 8 / d.Seconds() / 1e6
 	}
 	if g.json {
 		return writeJSON(g.stdout, out)
