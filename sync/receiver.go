@@ -1,12 +1,12 @@
 package sync
 
 import (
-	"crypto/rand"
-	gosync "sync"
 	"context"
+	"crypto/rand"
 	"errors"
 	"fmt"
 	"io"
+	gosync "sync"
 	"sync/atomic"
 	"time"
 
