@@ -37,6 +37,9 @@ type Config struct {
 	Params chunk.Params
 	// Workers bound hashing and storing; 0: GOMAXPROCS.
 	Workers int
+	// RAMBuffer bounds the RAM pages held in memory while the store
+	// catches up with the stream; 0: DefaultRAMBuffer.
+	RAMBuffer int64
 	// Method is how RAM is captured; zero: MethodPrecopy.
 	Method Method
 	// Downtime is the final pause the precopy method aims at (QEMU's
@@ -97,11 +100,12 @@ const maxDowntime = 2 * time.Second
 const fdName = "ntc-checkpoint"
 
 // Checkpoint takes one checkpoint of the running QEMU at cfg.QMP into the
-// repository cfg.Dir: it pauses the guest for the instant of a disk
-// snapshot and a background-snapshot migration, indexes the RAM from the
-// stream while the guest runs again, indexes the disks as of that instant
-// (only the extents written since the previous checkpoint, when the
-// repository knows the chain), and writes the manifest last. On any error
+// repository cfg.Dir: it captures RAM and device state with a migration
+// into ntc (cfg.Method) and snapshots the disks in the same guest pause,
+// indexes the RAM pages from the stream as they come, indexes the disks as
+// of that instant (only the extents written since the previous checkpoint,
+// when the repository knows the chain), writes the manifest last, and then
+// merges the overlays no longer needed. On any error
 // the guest is left running, the disk chains stay valid and no manifest is
 // written for the failed checkpoint.
 func Checkpoint(ctx context.Context, cfg Config) (*Result, error) {
@@ -136,6 +140,14 @@ func Checkpoint(ctx context.Context, cfg Config) (*Result, error) {
 	}
 	if cfg.ConvergeTimeout <= 0 {
 		cfg.ConvergeTimeout = 2 * time.Minute
+	}
+	if cfg.OverlayDir != "" {
+		// QEMU resolves paths from its own working directory.
+		abs, err := filepath.Abs(cfg.OverlayDir)
+		if err != nil {
+			return nil, fmt.Errorf("checkpoint: overlay directory: %w", err)
+		}
+		cfg.OverlayDir = abs
 	}
 	repo, err := OpenRepository(cfg.Dir)
 	if err != nil {
@@ -504,7 +516,7 @@ func (c *checkpointer) capture(ctx context.Context) (*capturedStream, error) {
 
 	// Parse the stream as it comes, on its own goroutine.
 	rd := &streamReader{conn: conn, drain: c.cfg.Method == MethodBackground}
-	sink := newRAMSink(ctx, c.repo.Store(), c.cfg.Workers)
+	sink := newRAMSink(ctx, c.repo.Store(), c.cfg.Workers, c.cfg.RAMBuffer)
 	type parsed struct {
 		s   *migstream.Stream
 		err error

@@ -268,7 +268,7 @@ func checkStreamRoundTrip(t *testing.T, repo *Repository, m *Manifest) {
 	}
 	pr, pw := io.Pipe()
 	go func() { pw.CloseWithError(migstream.Join(ctx, pw, s, src)) }()
-	sink := newRAMSink(ctx, repo.Store(), 0)
+	sink := newRAMSink(ctx, repo.Store(), 0, 0)
 	got, err := migstream.Parse(ctx, pr, sink)
 	if ferr := sink.finish(); err == nil {
 		err = ferr

@@ -13,30 +13,50 @@ import (
 	"github.com/ntc-project/ntc/chunk"
 )
 
+// DefaultRAMBuffer is how much page data a checkpoint holds in memory while
+// the store catches up (Config.RAMBuffer).
+const DefaultRAMBuffer = 128 << 20
+
 // ramSink receives the pages of a migration stream as migstream.Parse reads
-// it: each page is hashed into its block's chunk.PageIndex at once, and a
-// page whose content is new to this checkpoint goes to workers that store it
-// unless the store already holds it. Nothing of the stream is kept besides
-// the indexes; a full queue slows the parser, which slows QEMU's sender. A
-// page sent twice (a precopy migration resends pages the guest dirtied) is
-// indexed with its last content; earlier contents may reach the store too.
+// it. Each page is hashed into its block's chunk.PageIndex at once; a page
+// whose content the store may lack waits in a bounded buffer for workers
+// that store it. Reading the stream thus runs at hashing speed, not at the
+// store's (which decides how long a precopy migration keeps the guest
+// paused at the end), until the buffer is full. A page sent again while it
+// still waits (a precopy migration resends what the guest dirtied) replaces
+// the waiting copy, so only its last content is stored; a page sent again
+// after it was stored leaves its earlier content in the store. Nothing of
+// the stream is kept besides the indexes.
 type ramSink struct {
 	store  chunk.Store
 	blocks []*ramBlock
-	seen   map[chunk.ID]struct{} // contents queued this checkpoint (parser goroutine only)
-	jobs   chan pageJob
-	pool   sync.Pool
 	g      *errgroup.Group
 	gctx   context.Context
+	stop   func() bool
+	pool   sync.Pool
 
-	mu  sync.Mutex
-	new map[chunk.ID]struct{} // contents stored by this sink
+	mu         sync.Mutex
+	work       *sync.Cond // workers wait for pages
+	room       *sync.Cond // the parser waits for room in the buffer
+	full       bool       // the parser waits on room
+	queue      []pageKey  // pages waiting, oldest first; a key may have gone stale
+	waiting    map[pageKey]*pageJob
+	maxWaiting int
+	closed     bool
+	err        error
+	claimed    map[chunk.ID]struct{} // contents stored, being stored, or found in the store
+	added      map[chunk.ID]struct{} // contents this sink added to the store
 }
 
 type ramBlock struct {
 	name   string
 	length int64
 	idx    *chunk.PageIndex
+}
+
+type pageKey struct {
+	block int
+	page  int64
 }
 
 type pageJob struct {
@@ -46,61 +66,107 @@ type pageJob struct {
 
 var _ migstream.Sink = (*ramSink)(nil)
 
-// newRAMSink starts workers storing pages into store. Call wait once
-// parsing is over.
-func newRAMSink(ctx context.Context, store chunk.Store, workers int) *ramSink {
+// newRAMSink starts workers storing pages into store, buffering up to
+// buffer bytes of pages. Call finish once parsing is over.
+func newRAMSink(ctx context.Context, store chunk.Store, workers int, buffer int64) *ramSink {
 	if workers <= 0 {
 		workers = runtime.GOMAXPROCS(0)
 	}
+	if buffer <= 0 {
+		buffer = DefaultRAMBuffer
+	}
 	g, gctx := errgroup.WithContext(ctx)
-	s := &ramSink{store: store, seen: make(map[chunk.ID]struct{}), jobs: make(chan pageJob, 256), g: g, gctx: gctx}
+	s := &ramSink{
+		store: store, g: g, gctx: gctx,
+		waiting: map[pageKey]*pageJob{}, maxWaiting: int(max(buffer/chunk.BlockSize, 1)),
+		claimed: map[chunk.ID]struct{}{}, added: map[chunk.ID]struct{}{},
+	}
+	s.work, s.room = sync.NewCond(&s.mu), sync.NewCond(&s.mu)
 	s.pool.New = func() any { b := make([]byte, chunk.BlockSize); return &b }
+	s.stop = context.AfterFunc(gctx, func() {
+		s.mu.Lock()
+		s.wakeAll()
+		s.mu.Unlock()
+	})
 	for range workers {
-		g.Go(s.work)
+		g.Go(s.storePages)
 	}
 	return s
 }
 
-func (s *ramSink) work() error {
-	for j := range s.jobs {
-		err := s.put(j)
-		s.pool.Put(j.data)
-		if err != nil {
-			// Keep draining so the parser never blocks on a dead queue.
-			for j := range s.jobs {
-				s.pool.Put(j.data)
-			}
-			return err
-		}
-	}
-	return nil
+func (s *ramSink) wakeAll() {
+	s.work.Broadcast()
+	s.room.Broadcast()
 }
 
-func (s *ramSink) put(j pageJob) error {
+// roomMade wakes the parser if it waits for room. The caller holds s.mu.
+func (s *ramSink) roomMade() {
+	if s.full {
+		s.room.Signal()
+	}
+}
+
+// storePages stores waiting pages until the sink is finished or fails.
+func (s *ramSink) storePages() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for {
+		for len(s.queue) == 0 && !s.closed && s.err == nil && s.gctx.Err() == nil {
+			s.work.Wait()
+		}
+		if s.err != nil || s.gctx.Err() != nil || len(s.queue) == 0 {
+			return s.err
+		}
+		key := s.queue[0]
+		s.queue = s.queue[1:]
+		j := s.waiting[key]
+		if j == nil {
+			continue // stale: the page became zero or already-stored content
+		}
+		delete(s.waiting, key)
+		s.roomMade()
+		if _, ok := s.claimed[j.id]; ok {
+			s.pool.Put(j.data)
+			continue
+		}
+		s.claimed[j.id] = struct{}{}
+		s.mu.Unlock()
+		added, err := s.put(j)
+		s.pool.Put(j.data)
+		s.mu.Lock()
+		if err != nil {
+			if s.err == nil {
+				s.err = err
+			}
+			s.wakeAll()
+			return err
+		}
+		if added {
+			s.added[j.id] = struct{}{}
+		}
+	}
+}
+
+// put stores a page unless the store holds it, and says whether it did.
+func (s *ramSink) put(j *pageJob) (bool, error) {
 	has, err := s.store.Has(s.gctx, j.id)
 	if err != nil {
-		return fmt.Errorf("store RAM page: %w", err)
+		return false, fmt.Errorf("store RAM page: %w", err)
 	}
 	if has {
-		return nil
+		return false, nil
 	}
 	if err := s.store.Put(s.gctx, j.id, *j.data); err != nil {
-		return fmt.Errorf("store RAM page: %w", err)
+		return false, fmt.Errorf("store RAM page: %w", err)
 	}
-	s.mu.Lock()
-	if s.new == nil {
-		s.new = make(map[chunk.ID]struct{})
-	}
-	s.new[j.id] = struct{}{}
-	s.mu.Unlock()
-	return nil
+	return true, nil
 }
 
 // Block is called by Parse for every RAM block.
 func (s *ramSink) Block(name string, length int64) (io.WriterAt, error) {
 	b := &ramBlock{name: name, length: length, idx: chunk.NewPageIndex(length)}
 	s.blocks = append(s.blocks, b)
-	return &ramWriter{s: s, b: b}, nil
+	return &ramWriter{s: s, b: b, n: len(s.blocks) - 1}, nil
 }
 
 // newIDs returns the page contents this sink added to the store. Call it
@@ -108,18 +174,24 @@ func (s *ramSink) Block(name string, length int64) (io.WriterAt, error) {
 func (s *ramSink) newIDs() map[chunk.ID]struct{} {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.new
+	return s.added
 }
 
-// finish waits for the workers after the parser is done (or failed).
+// finish stores what still waits and stops the workers.
 func (s *ramSink) finish() error {
-	close(s.jobs)
-	return s.g.Wait()
+	s.mu.Lock()
+	s.closed = true
+	s.wakeAll()
+	s.mu.Unlock()
+	err := s.g.Wait()
+	s.stop()
+	return err
 }
 
 type ramWriter struct {
 	s *ramSink
 	b *ramBlock
+	n int // block number
 }
 
 var _ migstream.ZeroWriterAt = (*ramWriter)(nil)
@@ -133,22 +205,48 @@ func (w *ramWriter) WriteAt(p []byte, off int64) (int, error) {
 	if err != nil {
 		return 0, fmt.Errorf("RAM block %q: %w", w.b.name, err)
 	}
+	key := pageKey{w.n, off / chunk.BlockSize}
+	s.mu.Lock()
+	defer s.mu.Unlock()
 	if e.Zero {
+		s.drop(key)
 		return len(p), nil
 	}
-	if _, ok := s.seen[e.ID]; ok {
+	if _, ok := s.claimed[e.ID]; ok {
+		s.drop(key)
 		return len(p), nil
 	}
-	s.seen[e.ID] = struct{}{}
-	buf := s.pool.Get().(*[]byte)
-	copy(*buf, p)
-	select {
-	case s.jobs <- pageJob{id: e.ID, data: buf}:
-	case <-s.gctx.Done():
-		s.pool.Put(buf)
+	if j := s.waiting[key]; j != nil {
+		copy(*j.data, p) // resent before it was stored: keep the last content
+		j.id = e.ID
+		return len(p), nil
+	}
+	for len(s.waiting) >= s.maxWaiting && s.err == nil && s.gctx.Err() == nil {
+		s.full = true
+		s.room.Wait()
+		s.full = false
+	}
+	if s.err != nil {
+		return 0, s.err
+	}
+	if err := s.gctx.Err(); err != nil {
 		return 0, context.Cause(s.gctx)
 	}
+	buf := s.pool.Get().(*[]byte)
+	copy(*buf, p)
+	s.waiting[key] = &pageJob{id: e.ID, data: buf}
+	s.queue = append(s.queue, key)
+	s.work.Signal()
 	return len(p), nil
+}
+
+// drop forgets a waiting copy of a page whose content needs no storing now.
+// The caller holds s.mu.
+func (s *ramSink) drop(key pageKey) {
+	if j := s.waiting[key]; j != nil {
+		delete(s.waiting, key)
+		s.pool.Put(j.data)
+	}
 }
 
 func (w *ramWriter) WriteZeroAt(off, n int64) error {
@@ -156,6 +254,9 @@ func (w *ramWriter) WriteZeroAt(off, n int64) error {
 		if err := w.b.idx.SetZero(o); err != nil {
 			return fmt.Errorf("RAM block %q: %w", w.b.name, err)
 		}
+		w.s.mu.Lock()
+		w.s.drop(pageKey{w.n, o / chunk.BlockSize})
+		w.s.mu.Unlock()
 	}
 	return nil
 }
