@@ -138,6 +138,11 @@ func testCheckpointGuest(t *testing.T, method Method) {
 
 	before := vm.LastTick()
 	res1 := checkpointTB(t, cfg)
+	// The first checkpoint stores everything and takes seconds: the guest
+	// ticks meanwhile.
+	if during := vm.LastTick(); res1.Stats.DurationMS > 3000 && during <= before {
+		t.Errorf("no tick during a %.0f ms checkpoint (last tick %d before and after)", res1.Stats.DurationMS, before)
+	}
 	after := waitTicking(t, vm, 2)
 	m1 := res1.Manifest
 	t.Logf("checkpoint 1: %+v", res1.Stats)

@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 )
@@ -219,6 +220,49 @@ func TestDialErrors(t *testing.T) {
 			}
 			if d := time.Since(start); d > 5*time.Second {
 				t.Errorf("took %s", d)
+			}
+		})
+	}
+}
+
+// TestCheckpointRefusesStoppedGuest: a guest that is not running is refused
+// with a reason, and nothing is changed (the fake QMP answers only the two
+// queries a refusal needs).
+func TestCheckpointRefusesStoppedGuest(t *testing.T) {
+	for _, tc := range []struct{ status, says string }{
+		{"paused", "resume it with the QMP command cont"},
+		{"shutdown", "the guest has stopped (shutdown)"},
+		{"guest-panicked", "the guest has stopped (guest-panicked)"},
+		{"prelaunch", "has not started yet"},
+		{"postmigrate", "migrated away"},
+	} {
+		t.Run(tc.status, func(t *testing.T) {
+			var mu sync.Mutex
+			var cmds []string
+			f := startFakeQMP(t, func(cmd string, args json.RawMessage) []string {
+				mu.Lock()
+				cmds = append(cmds, cmd)
+				mu.Unlock()
+				switch cmd {
+				case "query-migrate":
+					return []string{`{"return": {}}`}
+				case "query-status":
+					return []string{`{"return": {"status": "` + tc.status + `", "running": false}}`}
+				}
+				return []string{`{"error": {"class": "GenericError", "desc": "unexpected"}}`}
+			})
+			dir := t.TempDir()
+			_, err := Checkpoint(t.Context(), Config{QMP: f.path, Dir: dir})
+			if !errors.Is(err, ErrGuestNotRunning) || !strings.Contains(err.Error(), tc.says) {
+				t.Errorf("error %v, want ErrGuestNotRunning saying %q", err, tc.says)
+			}
+			mu.Lock()
+			if len(cmds) != 2 {
+				t.Errorf("commands sent: %v, want only the two queries", cmds)
+			}
+			mu.Unlock()
+			if st, _ := os.Stat(filepath.Join(dir, stateFile)); st != nil {
+				t.Error("state.json written for a refused checkpoint")
 			}
 		})
 	}
