@@ -125,14 +125,7 @@ func TestCheckpointErrors(t *testing.T) {
 		c := cfg
 		c.Method = MethodPrecopy
 		c.afterStop = func(*Session) error { return errInjected }
-		_, err := Checkpoint(t.Context(), c)
-		if !errors.Is(err, errInjected) {
-			t.Fatalf("error %v, want the injected one", err)
-		}
-		if st := guestStatus(t, vm.QMPPath()); !st.Running {
-			t.Fatalf("guest %+v after a failed checkpoint, want running", st)
-		}
-		waitTicking(t, vm, 2)
+		failCheckpoint(t, vm, c)
 		if got := liveChain(t, vm); !reflect.DeepEqual(got, chain) {
 			t.Errorf("chain changed: %+v, was %+v", got, chain)
 		}
@@ -156,14 +149,7 @@ func TestCheckpointErrors(t *testing.T) {
 		c := cfg
 		c.Method = MethodBackground
 		c.afterMigrate = func(*Session) error { return errInjected }
-		_, err := Checkpoint(t.Context(), c)
-		if !errors.Is(err, errInjected) {
-			t.Fatalf("error %v, want the injected one", err)
-		}
-		if st := guestStatus(t, vm.QMPPath()); !st.Running {
-			t.Fatalf("guest %+v after a failed checkpoint, want running", st)
-		}
-		waitTicking(t, vm, 2)
+		failCheckpoint(t, vm, c)
 		got := liveChain(t, vm)
 		if len(got) != len(chain)+1 || !reflect.DeepEqual(got[1:], chain) {
 			t.Errorf("chain %+v, want one more overlay on %+v", got, chain)
@@ -303,4 +289,17 @@ func checkpointAfterFailure(t *testing.T, vm *testguest.VM, repo *Repository, cf
 		t.Errorf("overlay files %v, want only the active one", got)
 	}
 	return res
+}
+
+// failCheckpoint runs a checkpoint whose hook injects a failure and checks
+// that the guest runs and ticks afterwards.
+func failCheckpoint(t *testing.T, vm *testguest.VM, cfg Config) {
+	t.Helper()
+	if _, err := Checkpoint(t.Context(), cfg); !errors.Is(err, errInjected) {
+		t.Fatalf("error %v, want the injected one", err)
+	}
+	if st := guestStatus(t, vm.QMPPath()); !st.Running {
+		t.Fatalf("guest %+v after a failed checkpoint, want running", st)
+	}
+	waitTicking(t, vm, 2)
 }
