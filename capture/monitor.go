@@ -14,10 +14,9 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// monitor is the QMP wire under a Session: go-qemu's SocketMonitor (build
-// tag goqemu, see monitor_goqemu.go) or the small client below, which has
-// the same shape without go-qemu's limits (a 64 KiB reply kills go-qemu's
-// monitor; its module needs go-libvirt, which this module's go.sum lacks).
+// monitor is the QMP wire under a Session: go-qemu's SocketMonitor (the
+// default, monitor_goqemu.go) or, built with -tags qmpstd, the small client
+// below, which has the same shape without go-qemu's 64 KiB reply limit.
 type monitor interface {
 	// connect reads the greeting and negotiates capabilities.
 	connect() (Version, error)

@@ -1,4 +1,4 @@
-//go:build goqemu
+//go:build !qmpstd
 
 package capture
 
