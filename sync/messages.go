@@ -67,13 +67,22 @@ func decodeBase(p []byte) (base, error) {
 	for range n {
 		m.images = append(m.images, imageRef{name: d.str(maxName), digest: d.id()})
 	}
-	if d.err == nil && len(d.b) != len(m.session) {
-		d.fail("bad session token")
-	} else if d.err == nil {
-		copy(m.session[:], d.b)
-		d.b = nil
-	}
+	m.session = d.token()
 	return m, d.done()
+}
+
+// token reads a session token.
+func (d *dec) token() token {
+	var t token
+	if d.err == nil && len(d.b) < len(t) {
+		d.fail("bad session token")
+	}
+	if d.err != nil {
+		return t
+	}
+	copy(t[:], d.b)
+	d.b = d.b[len(t):]
+	return t
 }
 
 // dataHeader opens a data stream: the round and the session it belongs to.
@@ -92,12 +101,7 @@ func (m dataHeader) encode() []byte {
 func decodeDataHeader(p []byte) (dataHeader, error) {
 	d := dec{b: p}
 	m := dataHeader{round: d.uvarint()}
-	if d.err == nil && len(d.b) != len(m.session) {
-		d.fail("bad session token")
-	} else if d.err == nil {
-		copy(m.session[:], d.b)
-		d.b = nil
-	}
+	m.session = d.token()
 	return m, d.done()
 }
 
