@@ -10,10 +10,12 @@
 //     client at a time; a QEMU serving another client stays silent, and Dial
 //     tells that apart from a socket that is not QMP by asking the kernel
 //     which process listens (SO_PEERCRED): ErrQMPBusy or ErrNotQMP. The wire
-//     is go-qemu's SocketMonitor, its event channel drained into the log;
-//     its 64 KiB line limit kills the connection on a long reply, so
-//     commands ask for flat, short answers. Built with -tags qmpstd, a
-//     small standard-library client of the same shape replaces it.
+//     is a small standard-library client; built with -tags goqemu it is
+//     go-qemu's SocketMonitor. go-qemu is not the default because its
+//     SocketMonitor hands out replies that alias its bufio.Scanner buffer
+//     (qmp/socket.go, listen): the race detector catches the next line
+//     overwriting a reply being decoded; it also drops the connection on
+//     a reply over 64 KiB.
 //   - Instant: the moment a checkpoint captures. The guest is paused, one
 //     QMP `transaction` of `blockdev-snapshot` makes a prepared qcow2 overlay
 //     the active layer of every writable disk (the old top is frozen), and

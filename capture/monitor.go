@@ -14,9 +14,9 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// monitor is the QMP wire under a Session: go-qemu's SocketMonitor (the
-// default, monitor_goqemu.go) or, built with -tags qmpstd, the small client
-// below, which has the same shape without go-qemu's 64 KiB reply limit.
+// monitor is the QMP wire under a Session: the small client below (the
+// default) or, built with -tags goqemu, go-qemu's SocketMonitor
+// (monitor_goqemu.go), whose replies race with its reader (see doc.go).
 type monitor interface {
 	// connect reads the greeting and negotiates capabilities.
 	connect() (Version, error)

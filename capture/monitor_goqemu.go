@@ -1,4 +1,4 @@
-//go:build !qmpstd
+//go:build goqemu
 
 package capture
 

@@ -1,4 +1,4 @@
-//go:build qmpstd
+//go:build !goqemu
 
 package capture
 
@@ -7,8 +7,8 @@ import "time"
 // maxReply is the longest QMP reply the monitor reads.
 const maxReply = maxLine
 
-// newMonitor connects the QMP wire with the standard-library client (ntc
-// built with -tags qmpstd).
+// newMonitor connects the QMP wire with the standard-library client, unless
+// ntc is built with -tags goqemu.
 func newMonitor(path string, timeout time.Duration) (monitor, error) {
 	return dialMonitor(path, timeout)
 }
