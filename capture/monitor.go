@@ -11,6 +11,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/digitalocean/go-qemu/qmp"
 	"golang.org/x/sys/unix"
 )
 
@@ -43,10 +44,8 @@ func (v Version) String() string {
 	return fmt.Sprintf("%d.%d.%d", v.QEMU.Major, v.QEMU.Minor, v.QEMU.Micro)
 }
 
-type qmpCommand struct {
-	Execute string `json:"execute"`
-	Args    any    `json:"arguments,omitempty"`
-}
+// qmpCommand is a QMP command as go-qemu encodes it.
+type qmpCommand = qmp.Command
 
 // replyError is QEMU's error reply.
 type replyError struct{ desc string }
