@@ -25,11 +25,13 @@ func newDemoCommand(g *globals) *cobra.Command {
 	var o demoOptions
 	cmd := &cobra.Command{
 		Use:   "demo",
-		Short: "Show ntc's delta indexing on a generated disk image",
-		Long: `Demo makes a disk image (random data, text, zero regions), indexes it, rewrites
-1% of it in scattered 64 KiB extents as a guest would, and re-indexes it twice:
-once reading everything, once reading only around the changed extents. It
-prints what each read and how many bytes a transfer would have to send.`,
+		Short: "Show ntc at work on a generated disk image: index, change, re-index, push",
+		Long: `Demo makes a disk image (random data, text, zero regions), indexes it, pushes
+it to a receiver it starts on loopback, rewrites 1% of it in scattered 64 KiB
+extents as a guest would, re-indexes it twice (once reading everything, once
+reading only around the changed extents: the indexes are identical), and
+pushes the new version with its changed ranges. It prints what each step read
+and what crossed the wire.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return runDemo(cmd.Context(), g, o)
