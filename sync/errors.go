@@ -16,7 +16,7 @@ const (
 	codeBadName    = 4
 	codeBusy       = 5
 	codeNoSpace    = 6
-	codeConflict   = 7
+	_              = 7 // was "conflict": offers against another base are now skipped
 	codeBadChunks  = 8
 	codeCancelled  = 9
 	codeUnknownImg = 10
@@ -28,7 +28,6 @@ var (
 	ErrVersionMismatch = errors.New("the receiver speaks another sync protocol version: upgrade the older ntc")
 	ErrBusy            = errors.New("another push of this set is in progress on the receiver: try again when it ends")
 	ErrNoSpace         = errors.New("the receiver's disk is full: free space there and push again (its previous version is intact)")
-	ErrConflict        = errors.New("the receiver's copy moved on since this sender last pushed: push again")
 	ErrBadChunks       = errors.New("chunks kept arriving damaged: check the sender's disk and memory")
 	ErrRemoteCancelled = errors.New("the other side stopped")
 	ErrUnknownImage    = errors.New("asked for an image the receiver does not hold")
@@ -43,7 +42,6 @@ var codes = [...]struct {
 	{codeBadName, ErrBadName},
 	{codeBusy, ErrBusy},
 	{codeNoSpace, ErrNoSpace},
-	{codeConflict, ErrConflict},
 	{codeBadChunks, ErrBadChunks},
 	{codeCancelled, ErrRemoteCancelled},
 	{codeUnknownImg, ErrUnknownImage},

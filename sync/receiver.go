@@ -161,7 +161,6 @@ type incoming struct {
 	index   []*chunk.Index
 	bases   []io.ReaderAt // the base image, for based images (patches)
 	news    []newChunk
-	lengths map[chunk.ID]int64
 }
 
 func (r *Receiver) serve(ctx context.Context, cancel context.CancelFunc, conn *transport.Conn, rd *frameReader, w *frameWriter) error {

@@ -41,6 +41,10 @@ type Sender struct {
 	Progress func(n int64)
 	// Log, if set, is told what happens.
 	Log func(format string, args ...any)
+
+	// unverified skips checking chunks before sending, so that a test can
+	// put damaged ones on the wire.
+	unverified bool
 }
 
 // Result says what a push did.
@@ -564,7 +568,7 @@ func (s *Sender) sendRound(ctx context.Context, conns []*transport.Conn, session
 				if err != nil {
 					return fmt.Errorf("image %s: %w", v.Images[nc.image].Name, err)
 				}
-				if err := chunk.Verify(nc.entry.ID, data, v.Images[nc.image].Name); err != nil && !skipSenderVerify {
+				if err := chunk.Verify(nc.entry.ID, data, v.Images[nc.image].Name); err != nil && !s.unverified {
 					return fmt.Errorf("the image changed since it was indexed (index it again): %w", err)
 				}
 				m := chunkMsg{ordinal: uint64(todo[k]), codec: codecRaw, data: data}
@@ -602,9 +606,6 @@ func (s *Sender) sendRound(ctx context.Context, conns []*transport.Conn, session
 	res.Patched += int(patched.Load())
 	return err
 }
-
-// skipSenderVerify lets a test put damaged chunks on the wire.
-var skipSenderVerify = false
 
 // ctxErr prefers the context's error when it ended the operation.
 func ctxErr(ctx context.Context, err error) error {

@@ -237,9 +237,7 @@ func TestDamagedChunksAreRefusedAndFetchedAgain(t *testing.T) {
 	v := imageVersion(t, "vm", map[string][]byte{"disk": disk})
 	src := &corrupting{src: v.Images[0].Source, left: 5}
 	v.Images[0].Source = src
-	skipSenderVerify = true
-	t.Cleanup(func() { skipSenderVerify = false })
-	res, err := p.push(t, ctx, &Sender{}, v)
+	res, err := p.push(t, ctx, &Sender{unverified: true}, v)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -252,7 +250,7 @@ func TestDamagedChunksAreRefusedAndFetchedAgain(t *testing.T) {
 	disk2 := randomData(r, 1<<20)
 	v2 := imageVersion(t, "vm", map[string][]byte{"disk": disk2})
 	v2.Images[0].Source = &corrupting{src: v2.Images[0].Source, every: true}
-	_, err = p.push(t, ctx, &Sender{}, v2)
+	_, err = p.push(t, ctx, &Sender{unverified: true}, v2)
 	if !errors.Is(err, ErrBadChunks) {
 		t.Fatalf("push of always-damaged chunks: %v, want ErrBadChunks", err)
 	}
