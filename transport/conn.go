@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"sync"
+	"sync/atomic"
 
 	"github.com/quic-go/quic-go"
 )
@@ -28,6 +29,17 @@ type Conn struct {
 
 	closeOnce sync.Once
 	closeErr  error
+
+	// ended holds why the connection ended, as a stream operation learned
+	// it: quic-go returns that error slightly before its context is done.
+	ended atomic.Pointer[error]
+}
+
+// noteEnded records err if the connection (not just ctx) ended.
+func (c *Conn) noteEnded(ctx context.Context, err error) {
+	if ctx.Err() == nil && err != nil {
+		c.ended.CompareAndSwap(nil, &err)
+	}
 }
 
 func newConn(qc *quic.Conn, bufs UDPBuffers) (*Conn, error) {
@@ -48,7 +60,9 @@ func (c *Conn) PeerID() ID { return c.peer }
 func (c *Conn) OpenStream(ctx context.Context) (*Stream, error) {
 	s, err := c.qc.OpenStreamSync(ctx)
 	if err != nil {
-		return nil, fmt.Errorf("open stream to %s: %w", c.peer, MapError(err))
+		err = MapError(err)
+		c.noteEnded(ctx, err)
+		return nil, fmt.Errorf("open stream to %s: %w", c.peer, err)
 	}
 	return &Stream{Stream: s}, nil
 }
@@ -57,7 +71,9 @@ func (c *Conn) OpenStream(ctx context.Context) (*Stream, error) {
 func (c *Conn) AcceptStream(ctx context.Context) (*Stream, error) {
 	s, err := c.qc.AcceptStream(ctx)
 	if err != nil {
-		return nil, fmt.Errorf("accept stream from %s: %w", c.peer, MapError(err))
+		err = MapError(err)
+		c.noteEnded(ctx, err)
+		return nil, fmt.Errorf("accept stream from %s: %w", c.peer, err)
 	}
 	return &Stream{Stream: s}, nil
 }
@@ -70,6 +86,9 @@ func (c *Conn) Context() context.Context { return c.qc.Context() }
 func (c *Conn) Err() error {
 	ctx := c.qc.Context()
 	if ctx.Err() == nil {
+		if e := c.ended.Load(); e != nil {
+			return *e
+		}
 		return nil
 	}
 	return MapError(context.Cause(ctx))
