@@ -5,15 +5,15 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
-	"syscall"
 	"time"
+
+	"github.com/ntc-project/ntc/internal/filelock"
 )
 
 // recipeVersion changes whenever the way a Pair is built changes in a way the
@@ -194,7 +194,7 @@ func Build(ctx context.Context, opts Options) (*Pair, error) {
 	if err := os.MkdirAll(o.CacheDir, 0o755); err != nil {
 		return nil, fmt.Errorf("create Debian image cache: %w", err)
 	}
-	unlock, err := lockFile(ctx, filepath.Join(o.CacheDir, ".lock"))
+	unlock, err := filelock.Lock(ctx, filepath.Join(o.CacheDir, ".lock"), "another process building the Debian images")
 	if err != nil {
 		return nil, err
 	}
@@ -252,30 +252,4 @@ func loadPair(dir string) (*Pair, error) {
 		}
 	}
 	return p, nil
-}
-
-// lockFile takes an exclusive flock on path, waiting until ctx is done.
-func lockFile(ctx context.Context, path string) (unlock func(), err error) {
-	f, err := os.OpenFile(path, os.O_CREATE|os.O_RDWR, 0o644)
-	if err != nil {
-		return nil, fmt.Errorf("open Debian image cache lock: %w", err)
-	}
-	tick := time.NewTicker(100 * time.Millisecond)
-	defer tick.Stop()
-	for {
-		err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB)
-		if err == nil {
-			return func() { f.Close() }, nil // closing releases the lock
-		}
-		if !errors.Is(err, syscall.EWOULDBLOCK) {
-			f.Close()
-			return nil, fmt.Errorf("lock %s: %w", path, err)
-		}
-		select {
-		case <-ctx.Done():
-			f.Close()
-			return nil, fmt.Errorf("wait for another process building the Debian images (%s): %w", path, ctx.Err())
-		case <-tick.C:
-		}
-	}
 }

@@ -241,25 +241,6 @@ func TestRecipeKey(t *testing.T) {
 	}
 }
 
-func TestLockFile(t *testing.T) {
-	path := filepath.Join(t.TempDir(), ".lock")
-	unlock, err := lockFile(t.Context(), path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithTimeout(t.Context(), 300*time.Millisecond)
-	defer cancel()
-	if _, err := lockFile(ctx, path); !errors.Is(err, context.DeadlineExceeded) {
-		t.Fatalf("second lock while held: %v, want context.DeadlineExceeded", err)
-	}
-	unlock()
-	unlock2, err := lockFile(t.Context(), path)
-	if err != nil {
-		t.Fatalf("lock after unlock: %v", err)
-	}
-	unlock2()
-}
-
 func TestToolError(t *testing.T) {
 	err := error(&ToolError{Tool: "mmdebstrap", Package: "mmdebstrap", Err: exec.ErrNotFound})
 	if !errors.Is(err, exec.ErrNotFound) || !strings.Contains(err.Error(), "apt-get install mmdebstrap") {

@@ -16,8 +16,9 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"time"
+
+	"github.com/ntc-project/ntc/internal/filelock"
 )
 
 //go:embed init.sh
@@ -122,7 +123,7 @@ func Build(ctx context.Context, opts Options) (*Guest, error) {
 	if err := os.MkdirAll(cache, 0o755); err != nil {
 		return nil, fmt.Errorf("create guest cache: %w", err)
 	}
-	unlock, err := lockFile(ctx, filepath.Join(cache, ".lock"))
+	unlock, err := filelock.Lock(ctx, filepath.Join(cache, ".lock"), "another process building the test guest")
 	if err != nil {
 		return nil, err
 	}
@@ -172,32 +173,6 @@ func loadGuest(dir string) (*Guest, error) {
 		}
 	}
 	return g, nil
-}
-
-// lockFile takes an exclusive flock on path, waiting until ctx is done.
-func lockFile(ctx context.Context, path string) (unlock func(), err error) {
-	f, err := os.OpenFile(path, os.O_CREATE|os.O_RDWR, 0o644)
-	if err != nil {
-		return nil, fmt.Errorf("open guest cache lock: %w", err)
-	}
-	tick := time.NewTicker(50 * time.Millisecond)
-	defer tick.Stop()
-	for {
-		err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB)
-		if err == nil {
-			return func() { f.Close() }, nil // closing releases the lock
-		}
-		if !errors.Is(err, syscall.EWOULDBLOCK) {
-			f.Close()
-			return nil, fmt.Errorf("lock %s: %w", path, err)
-		}
-		select {
-		case <-ctx.Done():
-			f.Close()
-			return nil, fmt.Errorf("wait for another process building the test guest (%s): %w", path, ctx.Err())
-		case <-tick.C:
-		}
-	}
 }
 
 // CommandError is a failed external command of the build.
