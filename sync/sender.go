@@ -42,8 +42,8 @@ type Sender struct {
 	// Log, if set, is told what happens.
 	Log func(format string, args ...any)
 
-	// unverified skips checking chunks before sending, so that a test can
-	// put damaged ones on the wire.
+	// unverified skips checking chunks asked for again, so that a test can
+	// keep damaged ones on the wire.
 	unverified bool
 }
 
@@ -558,39 +558,53 @@ func (s *Sender) sendRound(ctx context.Context, conns []*transport.Conn, session
 				return err
 			}
 			var frame, comp []byte
+			var zs zstdSkipper
 			for {
-				k := int(next.Add(1) - 1)
+				k := int(next.Add(sendBatch) - sendBatch)
 				if k >= len(todo) {
 					break
 				}
-				nc := news[todo[k]]
-				data, err := v.Images[nc.image].Source.ReadChunk(gctx, nc.entry)
+				batch := make([]newChunk, 0, sendBatch)
+				for _, i := range todo[k:min(k+sendBatch, len(todo))] {
+					batch = append(batch, news[i])
+				}
+				datas, err := readBatch(gctx, v, batch)
 				if err != nil {
-					return fmt.Errorf("image %s: %w", v.Images[nc.image].Name, err)
-				}
-				if err := chunk.Verify(nc.entry.ID, data, v.Images[nc.image].Name); err != nil && !s.unverified {
-					return fmt.Errorf("the image changed since it was indexed (index it again): %w", err)
-				}
-				m := chunkMsg{ordinal: uint64(todo[k]), codec: codecRaw, data: data}
-				segs, lit := patchSegments(nc.entry, patchable[nc.image])
-				if patchable[nc.image] != nil && lit < nc.entry.Length-64 {
-					m.codec, m.data = codecPatch, encodePatch(comp[:0], segs, data, enc)
-					patched.Add(1)
-				} else if comp = enc.EncodeAll(data, comp[:0]); len(comp) < len(data) {
-					m.codec, m.data = codecZstd, comp
-				}
-				frame = m.appendTo(frame[:0])
-				if err := lim.wait(gctx, len(frame)); err != nil {
 					return err
 				}
-				if err := fw.write(msgChunk, frame); err != nil {
-					return err
-				}
-				sentChunks.Add(1)
-				sentBytes.Add(int64(len(data)))
-				dataBytes.Add(int64(len(m.data)))
-				if s.Progress != nil {
-					s.Progress(int64(len(data)))
+				for j, nc := range batch {
+					data := datas[j]
+					// The receiver verifies every chunk; a chunk it refused
+					// is asked for again, and checked here first then.
+					if wt.round > 1 && !s.unverified {
+						if err := chunk.Verify(nc.entry.ID, data, v.Images[nc.image].Name); err != nil {
+							return fmt.Errorf("the image changed since it was indexed (index it again): %w", err)
+						}
+					}
+					m := chunkMsg{ordinal: uint64(todo[k+j]), codec: codecRaw, data: data}
+					segs, lit := patchSegments(nc.entry, patchable[nc.image])
+					if patchable[nc.image] != nil && lit < nc.entry.Length-64 {
+						m.codec, m.data = codecPatch, encodePatch(comp[:0], segs, data, enc)
+						patched.Add(1)
+					} else if zs.try() {
+						comp = enc.EncodeAll(data, comp[:0])
+						if zs.result(len(comp), len(data)) {
+							m.codec, m.data = codecZstd, comp
+						}
+					}
+					frame = m.appendTo(frame[:0])
+					if err := lim.wait(gctx, len(frame)); err != nil {
+						return err
+					}
+					if err := fw.write(msgChunk, frame); err != nil {
+						return err
+					}
+					sentChunks.Add(1)
+					sentBytes.Add(int64(len(data)))
+					dataBytes.Add(int64(len(m.data)))
+					if s.Progress != nil {
+						s.Progress(int64(len(data)))
+					}
 				}
 			}
 			if err := fw.flush(); err != nil {
@@ -613,4 +627,78 @@ func ctxErr(ctx context.Context, err error) error {
 		return fmt.Errorf("%w (%v)", context.Cause(ctx), err)
 	}
 	return err
+}
+
+// sendBatch is how many chunks a data stream takes at a time: consecutive
+// chunks of an image are read in one go and reach the receiver together.
+const sendBatch = 32
+
+// spanReader is a Source that can read a run of consecutive chunks at once.
+type spanReader interface {
+	ReadSpan(ctx context.Context, off, n int64) ([]byte, error)
+}
+
+// readBatch reads the content of a batch of chunks, runs of consecutive
+// chunks of one image in one read where the source allows.
+func readBatch(ctx context.Context, v *Version, batch []newChunk) ([][]byte, error) {
+	out := make([][]byte, len(batch))
+	for i := 0; i < len(batch); {
+		nc := batch[i]
+		im := v.Images[nc.image]
+		j := i + 1
+		sr, ok := im.Source.(spanReader)
+		if ok {
+			for j < len(batch) && batch[j].image == nc.image && batch[j].entry.Offset == batch[j-1].entry.End() {
+				j++
+			}
+		}
+		if !ok || j == i+1 {
+			data, err := im.Source.ReadChunk(ctx, nc.entry)
+			if err != nil {
+				return nil, fmt.Errorf("image %s: %w", im.Name, err)
+			}
+			out[i] = data
+			i++
+			continue
+		}
+		span, err := sr.ReadSpan(ctx, nc.entry.Offset, batch[j-1].entry.End()-nc.entry.Offset)
+		if err != nil {
+			return nil, fmt.Errorf("image %s: %w", im.Name, err)
+		}
+		for k := i; k < j; k++ {
+			off := batch[k].entry.Offset - nc.entry.Offset
+			out[k] = span[off : off+batch[k].entry.Length : off+batch[k].entry.Length]
+		}
+		i = j
+	}
+	return out, nil
+}
+
+// zstdSkipper stops trying to compress data that does not compress (a
+// disk's compressed files, encrypted data) for a while, so that such an
+// image costs no compression time, while data that does compress always
+// goes through zstd.
+type zstdSkipper struct {
+	skip, backoff int
+}
+
+// try reports whether to compress the next chunk.
+func (z *zstdSkipper) try() bool {
+	if z.skip > 0 {
+		z.skip--
+		return false
+	}
+	return true
+}
+
+// result records how a chunk compressed and reports whether the
+// compressed form is worth sending.
+func (z *zstdSkipper) result(comp, raw int) bool {
+	if comp <= raw-raw/32 {
+		z.backoff = 0
+		return true
+	}
+	z.backoff = min(max(2*z.backoff, 1), 16)
+	z.skip = z.backoff
+	return comp < raw
 }

@@ -7,6 +7,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"strings"
 	gosync "sync"
 	"testing"
 
@@ -259,6 +260,39 @@ func TestDamagedChunksAreRefusedAndFetchedAgain(t *testing.T) {
 	}
 	assertMaterialized(t, p.repo, "vm", map[string][]byte{"disk": disk})
 	// Nothing damaged was stored.
+	for _, e := range v2.Images[0].Index.Entries {
+		if ok, _ := p.repo.Store().Has(ctx, e.ID); ok && !e.Zero {
+			if _, err := p.repo.Store().Get(ctx, e.ID); err != nil {
+				t.Fatalf("store holds a damaged chunk: %v", err)
+			}
+		}
+	}
+}
+
+// An image that changes after it was indexed: the receiver refuses the
+// chunks that no longer match, and the sender, checking what it is asked
+// for again, stops with an error that says what to do. The receiver keeps
+// its version and stores nothing damaged.
+func TestImageChangedSinceIndexed(t *testing.T) {
+	p := newPeers(t)
+	ctx := t.Context()
+	r := rand.New(rand.NewPCG(5, 5))
+	disk := randomData(r, 2<<20)
+	if _, err := p.push(t, ctx, &Sender{}, imageVersion(t, "vm", map[string][]byte{"disk": disk})); err != nil {
+		t.Fatal(err)
+	}
+	disk2 := randomData(r, 2<<20)
+	v2 := imageVersion(t, "vm", map[string][]byte{"disk": disk2})
+	v2.Images[0].Source = &corrupting{src: v2.Images[0].Source, every: true}
+	_, err := p.push(t, ctx, &Sender{}, v2)
+	var bad *chunk.InvalidChunkError
+	if !errors.As(err, &bad) || !strings.Contains(err.Error(), "changed since it was indexed") {
+		t.Fatalf("push of an image that changed: %v, want the sender's InvalidChunkError", err)
+	}
+	if m, err := p.repo.Current("vm"); err != nil || m.Version != 1 {
+		t.Fatalf("current version after a failed push: %+v, %v", m, err)
+	}
+	assertMaterialized(t, p.repo, "vm", map[string][]byte{"disk": disk})
 	for _, e := range v2.Images[0].Index.Entries {
 		if ok, _ := p.repo.Store().Has(ctx, e.ID); ok && !e.Zero {
 			if _, err := p.repo.Store().Get(ctx, e.ID); err != nil {

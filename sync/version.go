@@ -12,7 +12,8 @@ import (
 // point: an image file, a chunk store, a frozen qcow2 chain.
 type Source interface {
 	// ReadChunk returns the content of entry e (a data entry of the image's
-	// index). The sender verifies it against e.ID before sending.
+	// index). The receiver verifies it against e.ID; a chunk it refused is
+	// checked by the sender before it goes again.
 	ReadChunk(ctx context.Context, e chunk.Entry) ([]byte, error)
 }
 
@@ -27,6 +28,18 @@ func (s ReaderSource) ReadChunk(ctx context.Context, e chunk.Entry) ([]byte, err
 	b := make([]byte, e.Length)
 	if _, err := s.R.ReadAt(b, e.Offset); err != nil && !(err == io.EOF) {
 		return nil, fmt.Errorf("read chunk at %d: %w", e.Offset, err)
+	}
+	return b, nil
+}
+
+// ReadSpan reads n bytes of the image at off: a run of consecutive chunks.
+func (s ReaderSource) ReadSpan(ctx context.Context, off, n int64) ([]byte, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	b := make([]byte, n)
+	if _, err := s.R.ReadAt(b, off); err != nil && !(err == io.EOF) {
+		return nil, fmt.Errorf("read chunks at %d: %w", off, err)
 	}
 	return b, nil
 }
