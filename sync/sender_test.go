@@ -15,7 +15,7 @@ func TestZstdSkipper(t *testing.T) {
 		wantTries int              // of 100 chunks
 	}{
 		{"all compress", func(int) bool { return true }, 100},
-		{"none compress", func(int) bool { return false }, 9},  // 1,2,4,8,16,16,16,16,16 skipped between tries
+		{"none compress", func(int) bool { return false }, 9}, // 1,2,4,8,16,16,16,16,16 skipped between tries
 		{"compressible after 10", func(i int) bool { return i >= 10 }, 100 - 10 + 3},
 	}
 	for _, tt := range tests {
