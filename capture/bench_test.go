@@ -95,15 +95,12 @@ func BenchmarkRAMDelta(b *testing.B) {
 func benchmarkRAMDelta(b *testing.B, method Method) {
 	for b.Loop() {
 		vm := startGuest(b, testguest.StartOptions{})
-		repo, err := OpenRepository(b.TempDir())
-		if err != nil {
-			b.Fatal(err)
-		}
-		cfg := Config{QMP: vm.QMPPath(), Dir: repo.Dir(), Method: method}
+		cfg := Config{QMP: vm.QMPPath(), Dir: b.TempDir(), Method: method}
 		m1 := checkpointTB(b, cfg).Manifest
 		time.Sleep(10 * time.Second)
 		res2 := checkpointTB(b, cfg)
 		m2 := res2.Manifest
+		repo := readRepo(b, cfg.Dir)
 
 		oracle := pageOracle(b, repo, m1, m2)
 		raw := cdcDelta(b, func(ctx context.Context, m *Manifest, w io.Writer) error {

@@ -153,11 +153,7 @@ func Checkpoint(ctx context.Context, cfg Config) (*Result, error) {
 	if err != nil {
 		return nil, err
 	}
-	unlock, err := repo.lock()
-	if err != nil {
-		return nil, err
-	}
-	defer unlock()
+	defer repo.Close()
 	removed, err := repo.removeIncomplete()
 	if err != nil {
 		return nil, err
@@ -962,7 +958,7 @@ func (c *checkpointer) storeChunk(ctx context.Context) func(chunk.Entry, []byte)
 		if err != nil || has {
 			return err
 		}
-		if err := store.Put(ctx, e.ID, data); err != nil {
+		if err := putHashed(ctx, store, e.ID, data); err != nil {
 			return err
 		}
 		c.storeMu.Lock()
@@ -975,7 +971,6 @@ func (c *checkpointer) storeChunk(ctx context.Context) func(chunk.Entry, []byte)
 
 // finish writes the indexes, then the manifest, then merges old overlays.
 func (c *checkpointer) finish(ctx context.Context, machine Machine, cs *capturedStream) (*Result, error) {
-	store := c.repo.Store()
 	m := &Manifest{
 		Version: ManifestVersion, Seq: c.seq, Created: time.Now().UTC().Truncate(time.Second),
 		QEMUVersion: c.sess.Version(), QEMUPackage: c.sess.Package(), Machine: machine,
@@ -1059,7 +1054,7 @@ func (c *checkpointer) finish(ctx context.Context, machine Machine, cs *captured
 	m.GuestPauseMS = c.stats.GuestPauseMS
 	m.Method = c.cfg.Method
 
-	if err := store.Sync(ctx); err != nil {
+	if err := c.repo.sync(ctx); err != nil {
 		return nil, err
 	}
 	c.stats.DurationMS = ms(time.Since(c.start))
@@ -1095,7 +1090,7 @@ func (c *checkpointer) writeBlob(ctx context.Context, name string, b []byte) (Im
 // storeChunkPlain stores chunks without counting them as disk chunks.
 func (c *checkpointer) storeChunkPlain(ctx context.Context) func(chunk.Entry, []byte) error {
 	store := c.repo.Store()
-	return func(e chunk.Entry, data []byte) error { return store.Put(ctx, e.ID, data) }
+	return func(e chunk.Entry, data []byte) error { return putHashed(ctx, store, e.ID, data) }
 }
 
 // commitOld merges every frozen overlay into its disk's base, live, and

@@ -50,14 +50,17 @@
 //   - Chain: a frozen image read straight from its layer files through the
 //     offsets `qemu-img map` reports (qcow2 and raw layers); ranges that read
 //     as zeros are never read.
-//   - Repository: DIR/store (a chunk.DirStore), DIR/checkpoints/NNNNNN (one
+//   - Repository: DIR/store (a chunk.PackStore), DIR/checkpoints/NNNNNN (one
 //     index per disk, RAM block, the device state and the stream
 //     description, then manifest.json, written last and atomically) and
 //     DIR/state.json (the overlay chains, overlays prepared for a checkpoint
 //     in progress, and the QEMU process they belong to: boot ID, PID, start
 //     time). A checkpoint without a manifest is incomplete: ignored, and
-//     removed by the next run. Repository.Stream rebuilds a checkpoint's
-//     migration stream for migstream.Join.
+//     removed by the next run. One process writes a repository at a time
+//     (DIR/lock); readers (OpenRepositoryForReading, e.g. a push) need no
+//     lock and see every checkpoint complete when they opened it.
+//     Repository.Stream rebuilds a checkpoint's migration stream for
+//     migstream.Join.
 //   - RAM: the stream is parsed as it arrives (capture/migstream) into one
 //     chunk.PageIndex per RAM block, 4 KiB pages keyed by content; only
 //     contents the store lacks are written. The device state and the stream

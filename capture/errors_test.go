@@ -57,10 +57,14 @@ func TestCheckpointErrors(t *testing.T) {
 	vm := startGuest(t, testguest.StartOptions{DiskBusyMiB: 1})
 	dir := t.TempDir()
 	cfg := testConfig(t, vm, dir)
-	repo, err := OpenRepository(dir)
+	w, err := OpenRepository(dir) // create it, for a reader to open
 	if err != nil {
 		t.Fatal(err)
 	}
+	if err := w.Close(); err != nil {
+		t.Fatal(err)
+	}
+	repo := readRepo(t, dir)
 	noCheckpoints := func(t *testing.T, want int) {
 		t.Helper()
 		seqs, err := repo.Checkpoints()

@@ -101,9 +101,25 @@ func guestStatus(tb testing.TB, path string) runState {
 	return st
 }
 
+// readRepo opens the repository in dir for reading, as it is now (a
+// reader sees the chunks stored when it opened), until the test ends.
+func readRepo(tb testing.TB, dir string) *Repository {
+	tb.Helper()
+	r, err := OpenRepositoryForReading(dir)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() {
+		if err := r.Close(); err != nil {
+			tb.Error(err)
+		}
+	})
+	return r
+}
+
 func diskTickOf(tb testing.TB, repo *Repository, m *Manifest) int {
 	tb.Helper()
-	img, err := repo.Image(tb.Context(), m.Seq, m.Disks[0].Index)
+	img, err := readRepo(tb, repo.Dir()).Image(tb.Context(), m.Seq, m.Disks[0].Index)
 	if err != nil {
 		tb.Fatal(err)
 	}
@@ -146,10 +162,7 @@ func testCheckpointGuest(t *testing.T, method Method) {
 	after := waitTicking(t, vm, 2)
 	m1 := res1.Manifest
 	t.Logf("checkpoint 1: %+v", res1.Stats)
-	repo, err := OpenRepository(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
+	repo := readRepo(t, dir)
 	if tick := diskTickOf(t, repo, m1); tick < before || tick > after {
 		t.Errorf("checkpoint 1 disk holds tick %d, want between %d (seen before) and %d (seen after)", tick, before, after)
 	}
@@ -192,7 +205,7 @@ func testCheckpointGuest(t *testing.T, method Method) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	img, err := repo.Image(t.Context(), 2, m2.Disks[0].Index)
+	img, err := readRepo(t, dir).Image(t.Context(), 2, m2.Disks[0].Index)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -267,6 +280,7 @@ func checkManifest(t *testing.T, vm *testguest.VM, m *Manifest) {
 func checkStreamRoundTrip(t *testing.T, repo *Repository, m *Manifest) {
 	t.Helper()
 	ctx := t.Context()
+	repo = readRepo(t, repo.Dir())
 	s, src, err := repo.Stream(ctx, m)
 	if err != nil {
 		t.Fatal(err)

@@ -156,7 +156,7 @@ func (s *ramSink) put(j *pageJob) (bool, error) {
 	if has {
 		return false, nil
 	}
-	if err := s.store.Put(s.gctx, j.id, *j.data); err != nil {
+	if err := putHashed(s.gctx, s.store, j.id, *j.data); err != nil {
 		return false, fmt.Errorf("store RAM page: %w", err)
 	}
 	return true, nil
@@ -259,4 +259,19 @@ func (w *ramWriter) WriteZeroAt(off, n int64) error {
 		w.s.mu.Unlock()
 	}
 	return nil
+}
+
+// putHashed stores data as chunk id, which the caller has just computed
+// from data: a store that can skip hashing it again does.
+func putHashed(ctx context.Context, store chunk.Store, id chunk.ID, data []byte) error {
+	if ps, ok := store.(verifiedPutter); ok {
+		return ps.PutVerified(ctx, id, data, nil, false)
+	}
+	return store.Put(ctx, id, data)
+}
+
+// verifiedPutter is a store that takes chunks already hashed
+// (chunk.PackStore).
+type verifiedPutter interface {
+	PutVerified(ctx context.Context, id chunk.ID, data, zstd []byte, raw bool) error
 }

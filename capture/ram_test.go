@@ -1,24 +1,35 @@
 package capture
 
 import (
+	"io"
 	"math/rand/v2"
 	"testing"
 
 	"github.com/ntc-project/ntc/chunk"
 )
 
-// BenchmarkRAMSink feeds pages into a RAM sink backed by a DirStore, as
-// the parser does: every page new (random) or every page already stored.
+// BenchmarkRAMSink feeds pages into a RAM sink, as the parser does: every
+// page new (random) or every page already stored, into the repository's
+// store (a PackStore) and, as the baseline, a DirStore (one file per page).
 func BenchmarkRAMSink(b *testing.B) {
 	const pages = 4096
 	for _, tc := range []struct {
-		name string
-		seen bool
-	}{{"new", false}, {"stored", true}} {
+		name  string
+		seen  bool
+		store func(dir string) (chunk.Store, error)
+	}{
+		{"new", false, openPackStore},
+		{"stored", true, openPackStore},
+		{"dirstore/new", false, openDirStore},
+		{"dirstore/stored", true, openDirStore},
+	} {
 		b.Run(tc.name, func(b *testing.B) {
-			store, err := chunk.OpenDirStore(b.TempDir())
+			store, err := tc.store(b.TempDir())
 			if err != nil {
 				b.Fatal(err)
+			}
+			if c, ok := store.(io.Closer); ok {
+				b.Cleanup(func() { c.Close() })
 			}
 			r := rand.New(rand.NewPCG(1, 2))
 			data := make([]byte, pages*chunk.BlockSize)
@@ -58,3 +69,6 @@ func BenchmarkRAMSink(b *testing.B) {
 		})
 	}
 }
+
+func openPackStore(dir string) (chunk.Store, error) { return chunk.OpenPackStore(dir) }
+func openDirStore(dir string) (chunk.Store, error)  { return chunk.OpenDirStore(dir) }

@@ -23,16 +23,26 @@ import (
 
 // Repository is a local checkpoint repository:
 //
-//	DIR/store/                 chunk.DirStore: every chunk any checkpoint references
+//	DIR/store/packs/           chunk.PackStore: every chunk any checkpoint references
 //	DIR/checkpoints/000042/    one checkpoint: an index per image, then manifest.json
 //	DIR/state.json             capture's bookkeeping: the overlay chain, the QEMU it belongs to
-//	DIR/lock                   held (flock) while a checkpoint is taken
+//	DIR/lock                   held (flock) by the one process writing the repository
 //
 // A checkpoint directory without manifest.json is incomplete: readers
-// ignore it and the next checkpoint removes it.
+// ignore it and the next checkpoint removes it. One process writes a
+// repository (OpenRepository) at a time; any number may read it
+// (OpenRepositoryForReading), even while it is written.
 type Repository struct {
-	dir   string
-	store *chunk.DirStore
+	dir    string
+	store  repoStore
+	packs  *chunk.PackStore // nil when open for reading
+	unlock func()
+}
+
+// repoStore is what a repository needs of its chunk store.
+type repoStore interface {
+	chunk.Store
+	Close() error
 }
 
 // File and directory names inside a repository.
@@ -168,30 +178,101 @@ type Stats struct {
 	CommitError string `json:"commit_error,omitempty"`
 }
 
-// OpenRepository opens, creating if needed, the repository in dir.
+// OpenRepository opens, creating if needed, the repository in dir for
+// writing. Only one process may hold it so (ErrBusy); Close releases it.
 func OpenRepository(dir string) (*Repository, error) {
-	if dir == "" {
-		return nil, errors.New("open checkpoint repository: no directory given")
-	}
-	abs, err := filepath.Abs(dir)
+	abs, err := repoDir(dir)
 	if err != nil {
-		return nil, fmt.Errorf("open checkpoint repository: %w", err)
+		return nil, err
 	}
 	if err := os.MkdirAll(filepath.Join(abs, checkpointsDir), 0o755); err != nil {
 		return nil, fmt.Errorf("open checkpoint repository: %w", err)
 	}
-	st, err := chunk.OpenDirStore(filepath.Join(abs, storeDir))
+	r := &Repository{dir: abs}
+	if r.unlock, err = r.lock(); err != nil {
+		return nil, err
+	}
+	if err := checkStoreLayout(abs); err != nil {
+		r.unlock()
+		return nil, err
+	}
+	if r.packs, err = chunk.OpenPackStore(filepath.Join(abs, storeDir)); err != nil {
+		r.unlock()
+		return nil, fmt.Errorf("open checkpoint repository: %w", err)
+	}
+	r.store = r.packs
+	return r, nil
+}
+
+// OpenRepositoryForReading opens the repository in dir to read its
+// checkpoints, while another process may be taking one. It sees the chunks
+// stored when it was opened, which include those of every complete
+// checkpoint: a manifest is written after the chunks are durable.
+func OpenRepositoryForReading(dir string) (*Repository, error) {
+	abs, err := repoDir(dir)
 	if err != nil {
 		return nil, err
 	}
+	if _, err := os.Stat(filepath.Join(abs, checkpointsDir)); err != nil {
+		return nil, fmt.Errorf("open checkpoint repository %s: %w (is it a directory 'ntc checkpoint --out' wrote?)", dir, err)
+	}
+	if err := checkStoreLayout(abs); err != nil {
+		return nil, err
+	}
+	st, err := chunk.OpenPackStoreReadOnly(filepath.Join(abs, storeDir))
+	if err != nil {
+		return nil, fmt.Errorf("open checkpoint repository: %w", err)
+	}
 	return &Repository{dir: abs, store: st}, nil
+}
+
+func repoDir(dir string) (string, error) {
+	if dir == "" {
+		return "", errors.New("open checkpoint repository: no directory given")
+	}
+	abs, err := filepath.Abs(dir)
+	if err != nil {
+		return "", fmt.Errorf("open checkpoint repository: %w", err)
+	}
+	return abs, nil
+}
+
+// checkStoreLayout refuses a repository whose store is the one file per
+// chunk layout of earlier ntc versions.
+func checkStoreLayout(dir string) error {
+	if _, err := os.Stat(filepath.Join(dir, storeDir, "chunks")); err == nil {
+		return fmt.Errorf("checkpoint repository %s keeps its chunks in the one-file-per-chunk layout of an older ntc: start a new repository (another --out)", dir)
+	}
+	return nil
+}
+
+// Close releases the repository: it makes what was stored durable, closes
+// the store and, when open for writing, unlocks it.
+func (r *Repository) Close() error {
+	err := r.store.Close()
+	if r.unlock != nil {
+		r.unlock()
+		r.unlock = nil
+	}
+	if err != nil {
+		return fmt.Errorf("close checkpoint repository %s: %w", r.dir, err)
+	}
+	return nil
 }
 
 // Dir returns the repository's directory (absolute).
 func (r *Repository) Dir() string { return r.dir }
 
 // Store returns the chunk store.
-func (r *Repository) Store() *chunk.DirStore { return r.store }
+func (r *Repository) Store() chunk.Store { return r.store }
+
+// sync makes every chunk stored so far durable.
+func (r *Repository) sync(ctx context.Context) error {
+	if r.packs == nil {
+		return fmt.Errorf("checkpoint repository %s: %w", r.dir, chunk.ErrReadOnly)
+	}
+	return r.packs.Sync(ctx)
+}
 
 // CheckpointDir returns the directory of checkpoint seq.
 func (r *Repository) CheckpointDir(seq int) string {
@@ -342,7 +423,7 @@ func (s storeSource) Block(name string, length int64) (io.ReaderAt, error) {
 	return img, nil
 }
 
-// lock takes the repository's lock file, so that two checkpoints never
+// lock takes the repository's lock file, so that two processes never
 // write one repository at once.
 func (r *Repository) lock() (unlock func(), err error) {
 	f, err := os.OpenFile(filepath.Join(r.dir, lockFile), os.O_RDWR|os.O_CREATE, 0o644)
@@ -352,7 +433,7 @@ func (r *Repository) lock() (unlock func(), err error) {
 	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
 		f.Close()
 		if errors.Is(err, unix.EWOULDBLOCK) {
-			return nil, fmt.Errorf("another ntc checkpoint is writing %s: wait for it to finish: %w", r.dir, ErrBusy)
+			return nil, fmt.Errorf("another ntc process is writing %s (a checkpoint): wait for it to finish: %w", r.dir, ErrBusy)
 		}
 		return nil, fmt.Errorf("lock checkpoint repository: %w", err)
 	}
