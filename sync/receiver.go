@@ -161,6 +161,7 @@ type incoming struct {
 	index   []*chunk.Index
 	bases   []io.ReaderAt // the base image, for based images (patches)
 	news    []newChunk
+	stage   *staging // images written as their chunks arrive
 }
 
 func (r *Receiver) serve(ctx context.Context, cancel context.CancelFunc, conn *transport.Conn, rd *frameReader, w *frameWriter) error {
@@ -299,6 +300,14 @@ func (r *Receiver) serve(ctx context.Context, cancel context.CancelFunc, conn *t
 		return err
 	}
 	r.logf("push of %s v%d from %s: %d images, %d new chunks offered", h.set, in.offer.version, conn.PeerID(), len(in.index), len(in.news))
+	names := make([]string, len(in.offer.images))
+	for i, oi := range in.offer.images {
+		names[i] = oi.name
+	}
+	if in.stage, err = r.Repo.stage(h.set, names, in.index); err != nil {
+		return err
+	}
+	defer in.stage.discard()
 
 	// Rounds: ask for what is missing until nothing is.
 	have := make([]atomic.Bool, len(in.news))
@@ -337,7 +346,10 @@ func (r *Receiver) serve(ctx context.Context, cancel context.CancelFunc, conn *t
 		r.logf("round %d: received %d chunks in %s", round, missing, time.Since(t0).Round(time.Millisecond))
 	}
 	t0 := time.Now()
-	if err := r.Repo.store.Sync(ctx); err != nil {
+	var g errgroup.Group
+	g.Go(func() error { return r.Repo.store.Sync(ctx) })
+	g.Go(in.stage.sync)
+	if err := g.Wait(); err != nil {
 		return err
 	}
 	tSync := time.Since(t0)
@@ -354,7 +366,7 @@ func (r *Receiver) serve(ctx context.Context, cancel context.CancelFunc, conn *t
 		return err
 	}
 	tCommit := time.Since(t0)
-	if err := r.Repo.Materialize(ctx, h.set, m.Version); err != nil {
+	if err := r.Repo.materialize(ctx, h.set, m.Version, in.stage); err != nil {
 		return err
 	}
 	r.logf("committed %s v%d (store synced in %s, committed in %s, images written in %s)", h.set, m.Version,
@@ -498,6 +510,12 @@ func (r *Receiver) readData(ctx context.Context, ds dataStream, in *incoming, bi
 		return err
 	}
 	defer dec.Close()
+	sw := &stageWriter{s: in.stage}
+	defer func() {
+		if ferr := sw.flush(); err == nil {
+			err = ferr
+		}
+	}()
 	var buf []byte
 	for {
 		typ, p, err := rd.read()
@@ -548,6 +566,9 @@ func (r *Receiver) readData(ctx context.Context, ds dataStream, in *incoming, bi
 			comp = m.data
 		}
 		if err := r.Repo.store.PutVerified(ctx, nc.entry.ID, data, comp, m.codec == codecRaw); err != nil {
+			return err
+		}
+		if err := sw.put(nc.entry.ID, data); err != nil {
 			return err
 		}
 		have[m.ordinal].Store(true)

@@ -302,20 +302,38 @@ type materializeState struct {
 // proportion to the change), or by writing them whole when no usable
 // version is there.
 func (r *Repo) Materialize(ctx context.Context, set string, v uint64) error {
-	dir := filepath.Join(r.dir, "sets", set, "images")
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return fmt.Errorf("materialize: %w", err)
-	}
-	statePath := filepath.Join(dir, ".state.json")
+	return r.materialize(ctx, set, v, nil)
+}
+
+func (r *Repo) statePath(set string) string {
+	return filepath.Join(r.dir, "sets", set, "images", ".state.json")
+}
+
+func (r *Repo) readState(set string) materializeState {
 	var st materializeState
-	if b, err := os.ReadFile(statePath); err == nil {
+	if b, err := os.ReadFile(r.statePath(set)); err == nil {
 		if json.Unmarshal(b, &st) != nil {
 			st = materializeState{}
 		}
 	}
+	return st
+}
+
+// materializedVersion is the version the set's image files hold, or were
+// being moved from; 0 when there is none.
+func (r *Repo) materializedVersion(set string) uint64 { return r.readState(set).Version }
+
+// materialize is Materialize with the images staged while the push
+// arrived put in place instead of written again.
+func (r *Repo) materialize(ctx context.Context, set string, v uint64, stg *staging) error {
+	dir := filepath.Join(r.dir, "sets", set, "images")
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return fmt.Errorf("materialize: %w", err)
+	}
+	st := r.readState(set)
 	writeState := func(s materializeState) error {
 		b, _ := json.Marshal(s)
-		return atomicfile.WriteBytes(statePath, 0o644, b)
+		return atomicfile.WriteBytes(r.statePath(set), 0o644, b)
 	}
 	m, err := r.Manifest(set, v)
 	if err != nil {
@@ -328,7 +346,13 @@ func (r *Repo) Materialize(ctx context.Context, set string, v uint64) error {
 	if err := writeState(materializeState{Version: from, Applying: v}); err != nil {
 		return err
 	}
-	for _, im := range m.Images {
+	for i, im := range m.Images {
+		if sf := stg.staged(i); sf != nil {
+			if err := sf.finish(ctx, r.store); err != nil {
+				return fmt.Errorf("materialize %s/%s: %w", set, im.Name, err)
+			}
+			continue
+		}
 		next, err := r.Index(set, v, im.Name)
 		if err != nil {
 			return err

@@ -1,0 +1,208 @@
+package sync
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync/atomic"
+
+	"github.com/ntc-project/ntc/chunk"
+	"github.com/ntc-project/ntc/internal/atomicfile"
+)
+
+// staging writes the images that materialization would write whole (the
+// first version of an image, or one whose file is gone) while their chunks
+// arrive, so that the image bytes are written once, from memory, instead
+// of read back from the store after the commit. A staged file is a
+// temporary file beside the image; it replaces the image only after the
+// version is committed. Losing it (a crash, a failed push) loses nothing:
+// materialization can always be redone from the indexes and the store.
+type staging struct {
+	files []*stagedFile // by image; nil: updated in place after the commit
+	at    map[chunk.ID][]stageTarget
+}
+
+type stageTarget struct{ file, entry int }
+
+type stagedFile struct {
+	f       *os.File
+	path    string // the image's path
+	x       *chunk.Index
+	written []atomic.Bool // by entry
+	done    bool
+}
+
+// stage prepares staged files for the images of version idx (named names)
+// of set that would otherwise be written whole.
+func (r *Repo) stage(set string, names []string, idx []*chunk.Index) (*staging, error) {
+	dir := filepath.Join(r.dir, "sets", set, "images")
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, fmt.Errorf("stage images: %w", err)
+	}
+	from := r.materializedVersion(set)
+	s := &staging{files: make([]*stagedFile, len(idx)), at: map[chunk.ID][]stageTarget{}}
+	for i, name := range names {
+		path := filepath.Join(dir, name)
+		removeStale(dir, name)
+		if from != 0 && fileExists(path) {
+			if _, err := r.Index(set, from, name); err == nil {
+				continue // updated in place, in proportion to the change
+			}
+		}
+		f, err := os.CreateTemp(dir, "."+name+".stage-*")
+		if err != nil {
+			s.discard()
+			return nil, fmt.Errorf("stage image %s: %w", name, err)
+		}
+		s.files[i] = &stagedFile{f: f, path: path, x: idx[i], written: make([]atomic.Bool, len(idx[i].Entries))}
+		if err := f.Truncate(idx[i].Size); err != nil {
+			s.discard()
+			return nil, fmt.Errorf("stage image %s: %w", name, err)
+		}
+		for j, e := range idx[i].Entries {
+			if !e.Zero {
+				s.at[e.ID] = append(s.at[e.ID], stageTarget{i, j})
+			}
+		}
+	}
+	return s, nil
+}
+
+func fileExists(path string) bool {
+	_, err := os.Stat(path)
+	return err == nil
+}
+
+// removeStale removes staged files of image name left by a push that died.
+func removeStale(dir, name string) {
+	old, _ := filepath.Glob(filepath.Join(dir, "."+name+".stage-*"))
+	for _, p := range old {
+		if strings.HasPrefix(filepath.Base(p), "."+name+".stage-") {
+			os.Remove(p)
+		}
+	}
+}
+
+// discard removes the staged files that were not put in place.
+func (s *staging) discard() {
+	if s == nil {
+		return
+	}
+	for _, sf := range s.files {
+		if sf != nil && !sf.done {
+			sf.f.Close()
+			os.Remove(sf.f.Name())
+		}
+	}
+}
+
+// sync makes what arrived in the staged files durable, so that finishing
+// them at the commit has only the chunks filled in from the store to sync.
+func (s *staging) sync() error {
+	if s == nil {
+		return nil
+	}
+	for _, sf := range s.files {
+		if sf != nil {
+			if err := sf.f.Sync(); err != nil {
+				return fmt.Errorf("sync image %s: %w", filepath.Base(sf.path), err)
+			}
+		}
+	}
+	return nil
+}
+
+// staged returns image i's staged file, or nil.
+func (s *staging) staged(i int) *stagedFile {
+	if s == nil || i >= len(s.files) {
+		return nil
+	}
+	return s.files[i]
+}
+
+// stageWriter writes received chunks into the staged files, gathering
+// chunks that follow each other into large writes. One per data stream.
+type stageWriter struct {
+	s    *staging
+	file int
+	off  int64
+	buf  []byte
+}
+
+const stageFlushSize = 1 << 20
+
+// put writes a verified chunk wherever the staged images hold it.
+func (w *stageWriter) put(id chunk.ID, data []byte) error {
+	if w.s == nil {
+		return nil
+	}
+	for _, t := range w.s.at[id] {
+		sf := w.s.files[t.file]
+		e := sf.x.Entries[t.entry]
+		if len(w.buf) > 0 && (t.file != w.file || e.Offset != w.off+int64(len(w.buf))) {
+			if err := w.flush(); err != nil {
+				return err
+			}
+		}
+		if len(w.buf) == 0 {
+			w.file, w.off = t.file, e.Offset
+		}
+		w.buf = append(w.buf, data...)
+		sf.written[t.entry].Store(true)
+		if len(w.buf) >= stageFlushSize {
+			if err := w.flush(); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+func (w *stageWriter) flush() error {
+	if len(w.buf) == 0 {
+		return nil
+	}
+	f := w.s.files[w.file].f
+	if _, err := f.WriteAt(w.buf, w.off); err != nil {
+		return fmt.Errorf("write image %s: %w", filepath.Base(w.s.files[w.file].path), err)
+	}
+	w.buf = w.buf[:0]
+	return nil
+}
+
+// finish completes staged file sf with the chunks that did not arrive in
+// this push (the store already held them), syncs it and puts it in place.
+func (sf *stagedFile) finish(ctx context.Context, store chunk.Store) error {
+	w := &spanWriter{f: sf.f}
+	for j, e := range sf.x.Entries {
+		if e.Zero || sf.written[j].Load() {
+			continue
+		}
+		data, err := store.Get(ctx, e.ID)
+		if err != nil {
+			return err
+		}
+		if _, err := w.WriteAt(data, e.Offset); err != nil {
+			return err
+		}
+	}
+	if err := w.flush(); err != nil {
+		return err
+	}
+	if err := sf.f.Chmod(0o644); err != nil {
+		return err
+	}
+	if err := sf.f.Sync(); err != nil {
+		return fmt.Errorf("sync: %w", err)
+	}
+	if err := sf.f.Close(); err != nil {
+		return err
+	}
+	if err := os.Rename(sf.f.Name(), sf.path); err != nil {
+		return err
+	}
+	sf.done = true
+	return atomicfile.SyncDir(filepath.Dir(sf.path))
+}
