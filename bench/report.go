@@ -35,6 +35,7 @@ func secs(d time.Duration) string { return fmt.Sprintf("%.2f", d.Seconds()) }
 func Markdown(w io.Writer, cases []Case) {
 	fmt.Fprintln(w, "| scenario | link | tool | wire MB | time s | limit s | time/limit | bytes/rsync -z | time/rsync -z | bytes/full | CPU snd/rcv s | mem snd/rcv MiB |")
 	fmt.Fprintln(w, "|---|---|---|---|---|---|---|---|---|---|---|---|")
+	var notes []Case
 	for _, c := range cases {
 		if c.Err != "" {
 			fmt.Fprintf(w, "| %s | %s | %s | failed: %s |||||||||\n", c.Scenario, c.Profile, c.Tool, strings.ReplaceAll(c.Err, "|", "/"))
@@ -48,11 +49,25 @@ func Markdown(w io.Writer, cases []Case) {
 		if full != nil {
 			fullB = float64(full.WireBytes)
 		}
-		fmt.Fprintf(w, "| %s | %s | %s | %.2f | %s | %s | %s | %s | %s | %s | %s/%s | %.0f/%.0f |\n",
-			c.Scenario, c.Profile, c.Tool, float64(c.WireBytes)/1e6, secs(c.Wall), secs(c.Limit),
+		cpu, mem := secs(c.CPUSender)+"/"+secs(c.CPUReceiver), fmt.Sprintf("%.0f/%.0f", float64(c.MemSender)/(1<<20), float64(c.MemReceiver)/(1<<20))
+		if c.Tool == ToolMigrate {
+			cpu, mem = "–", "–" // QEMU's CPU and memory are the guest's
+		}
+		tool := c.Tool
+		if c.Note != "" {
+			notes = append(notes, c)
+			tool += fmt.Sprintf(" [%d]", len(notes))
+		}
+		fmt.Fprintf(w, "| %s | %s | %s | %.2f | %s | %s | %s | %s | %s | %s | %s | %s |\n",
+			c.Scenario, c.Profile, tool, float64(c.WireBytes)/1e6, secs(c.Wall), secs(c.Limit),
 			ratio(float64(c.Wall), float64(c.Limit)), ratio(float64(c.WireBytes), rzB), ratio(float64(c.Wall), rzT),
-			ratio(float64(c.WireBytes), fullB), secs(c.CPUSender), secs(c.CPUReceiver),
-			float64(c.MemSender)/(1<<20), float64(c.MemReceiver)/(1<<20))
+			ratio(float64(c.WireBytes), fullB), cpu, mem)
+	}
+	if len(notes) > 0 {
+		fmt.Fprintln(w)
+	}
+	for i, c := range notes {
+		fmt.Fprintf(w, "[%d] %s, %s, %s: %s\n", i+1, c.Scenario, c.Profile, c.Tool, c.Note)
 	}
 }
 
@@ -84,7 +99,7 @@ func SVG(w io.Writer, cases []Case) {
 		g.bars = append(g.bars, c)
 	}
 	const barW, gap, height, top, left = 22, 30, 260, 40, 60
-	colors := map[string]string{ToolNTC: "#1f77b4", ToolNTCChanged: "#17becf", ToolRsyncZ: "#d62728", ToolRsync: "#ff9896", ToolFullZstd: "#7f7f7f"}
+	colors := map[string]string{ToolNTC: "#1f77b4", ToolNTCChanged: "#17becf", ToolRsyncZ: "#d62728", ToolRsync: "#ff9896", ToolFullZstd: "#7f7f7f", ToolMigrate: "#9467bd"}
 	maxT, minT := 1e-3, math.Inf(1)
 	for _, c := range cases {
 		if c.Err == "" {

@@ -1,11 +1,13 @@
 package bench
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/ntc-project/ntc/bench/link"
@@ -13,15 +15,29 @@ import (
 
 // Tools the benchmark compares.
 const (
-	ToolNTC        = "ntc"         // ntc push, indexing the whole new image
-	ToolNTCChanged = "ntc+changed" // ntc push --changed: the writes are known
-	ToolRsyncZ     = "rsync -z"    // rsync --no-whole-file -z
-	ToolRsync      = "rsync"       // rsync --no-whole-file
-	ToolFullZstd   = "full zstd"   // rsync --whole-file with zstd compression
+	ToolNTC        = "ntc"          // ntc push, indexing the whole new image
+	ToolNTCChanged = "ntc+changed"  // ntc push --changed: the writes are known
+	ToolRsyncZ     = "rsync -z"     // rsync --no-whole-file -z
+	ToolRsync      = "rsync"        // rsync --no-whole-file
+	ToolFullZstd   = "full zstd"    // rsync --whole-file with zstd compression
+	ToolMigrate    = "qemu migrate" // QEMU's own live migration of the running guest (VM scenarios)
 )
 
 // AllTools is every tool, in report order.
-var AllTools = []string{ToolNTC, ToolNTCChanged, ToolRsyncZ, ToolRsync, ToolFullZstd}
+var AllTools = []string{ToolNTC, ToolNTCChanged, ToolRsyncZ, ToolRsync, ToolFullZstd, ToolMigrate}
+
+// applies reports whether tool has a meaning in scenario sc: QEMU's
+// migration needs a guest; ntc+changed is for images whose writes are
+// listed (a checkpoint push always knows them).
+func applies(tool string, sc *Scenario) bool {
+	switch tool {
+	case ToolMigrate:
+		return sc.VM != nil
+	case ToolNTCChanged:
+		return sc.VM == nil
+	}
+	return true
+}
 
 // Config says what to run.
 type Config struct {
@@ -32,6 +48,9 @@ type Config struct {
 	Tools     []string
 	// Progress, if set, is told what is running.
 	Progress func(format string, args ...any)
+	// TraceDir, if set, receives a packet timeline of every case:
+	// trace-SCENARIO-LINK-TOOL.tsv (link.WriteTrace).
+	TraceDir string
 }
 
 // Case is one tool on one scenario over one link.
@@ -53,7 +72,10 @@ type Case struct {
 	// plus the handshake round trips; LimitBytes the oracle.
 	Limit      time.Duration `json:"limit_ns"`
 	LimitBytes int64         `json:"limit_bytes"`
-	Err        string        `json:"error,omitempty"`
+	// Note says what else a reader must know about this case (how QEMU's
+	// migration ended, for one).
+	Note string `json:"note,omitempty"`
+	Err  string `json:"error,omitempty"`
 }
 
 // handshakeRTTs is what any tool needs before data flows: connection and
@@ -70,6 +92,9 @@ func Run(ctx context.Context, cfg Config) ([]Case, error) {
 				return out, fmt.Errorf("link %s: %w", p.Name, err)
 			}
 			for _, tool := range cfg.Tools {
+				if !applies(tool, sc) {
+					continue
+				}
 				if cfg.Progress != nil {
 					cfg.Progress("%s over %s: %s", sc.Name, p.Name, tool)
 				}
@@ -99,20 +124,30 @@ func limitOf(sc *Scenario, p link.Profile) time.Duration {
 	return d
 }
 
-func runCase(ctx context.Context, cfg Config, l *link.Link, sc *Scenario, tool string) (Case, error) {
+func runCase(ctx context.Context, cfg Config, l *link.Link, sc *Scenario, tool string) (c Case, err error) {
 	p := l.Profile()
-	c := Case{Scenario: sc.Name, Profile: p.Name, Tool: tool, Limit: limitOf(sc, p), LimitBytes: sc.Oracle}
+	c = Case{Scenario: sc.Name, Profile: p.Name, Tool: tool, Limit: limitOf(sc, p), LimitBytes: sc.Oracle}
 	dir, err := os.MkdirTemp(cfg.Dir, "case-")
 	if err != nil {
 		return c, err
 	}
 	defer os.RemoveAll(dir)
 	before := l.Stats()
+	if cfg.TraceDir != "" {
+		l.StartTrace()
+		defer func() {
+			if werr := writeTrace(cfg.TraceDir, c, l.StopTrace()); werr != nil && err == nil {
+				err = werr
+			}
+		}()
+	}
 	switch tool {
 	case ToolNTC, ToolNTCChanged:
 		err = runNTC(ctx, cfg, l, sc, dir, tool == ToolNTCChanged, &c)
 	case ToolRsyncZ, ToolRsync, ToolFullZstd:
 		err = runRsync(ctx, l, sc, dir, tool, &c)
+	case ToolMigrate:
+		err = runMigrate(ctx, l, sc, dir, &c)
 	default:
 		err = fmt.Errorf("unknown tool %q", tool)
 	}
@@ -124,6 +159,9 @@ func runCase(ctx context.Context, cfg Config, l *link.Link, sc *Scenario, tool s
 // runNTC seeds a receiver's store with the old version over loopback, then
 // serves it inside B and pushes the new version from A across the link.
 func runNTC(ctx context.Context, cfg Config, l *link.Link, sc *Scenario, dir string, changed bool, c *Case) error {
+	if sc.VM != nil {
+		return runNTCCheckpoint(ctx, cfg, l, sc, dir, c)
+	}
 	office, err := NewNode(ctx, cfg.Bin, filepath.Join(dir, "office"))
 	if err != nil {
 		return err
@@ -162,6 +200,7 @@ func runNTC(ctx context.Context, cfg Config, l *link.Link, sc *Scenario, dir str
 		}
 		args = append(args, "--changed", Ranges(sc.Changed))
 	}
+	l.RestartTrace()
 	res, err := office.PushVia(ctx, l.A().Wrap(), srv.Addr, home.ID, args...)
 	rss, cpu := srv.StopUsage()
 	if err != nil {
@@ -172,8 +211,9 @@ func runNTC(ctx context.Context, cfg Config, l *link.Link, sc *Scenario, dir str
 	return nil
 }
 
-// runRsync puts the old version where an rsync daemon inside B serves it,
-// and runs the rsync client inside A.
+// runRsync puts the old versions of the scenario's files where an rsync
+// daemon inside B serves them, and runs the rsync client inside A on the
+// new versions.
 func runRsync(ctx context.Context, l *link.Link, sc *Scenario, dir, tool string, c *Case) error {
 	dest := filepath.Join(dir, "dest")
 	if err := os.MkdirAll(dest, 0o755); err != nil {
@@ -183,23 +223,24 @@ func runRsync(ctx context.Context, l *link.Link, sc *Scenario, dir, tool string,
 	if err := os.MkdirAll(src, 0o755); err != nil {
 		return err
 	}
-	img := filepath.Join(src, "disk.img")
-	if err := copyFile(sc.New, img); err != nil {
-		return err
-	}
-	opts := []string{"--no-whole-file", "--ignore-times"}
+	// The source is the directory src/: -r sends what is in it.
+	opts := []string{"-r", "--no-whole-file", "--ignore-times"}
 	switch tool {
 	case ToolRsyncZ:
 		opts = append(opts, "-z")
-		if err := copyFile(sc.Old, filepath.Join(dest, "disk.img")); err != nil {
-			return err
-		}
-	case ToolRsync:
-		if err := copyFile(sc.Old, filepath.Join(dest, "disk.img")); err != nil {
-			return err
-		}
 	case ToolFullZstd:
-		opts = []string{"--whole-file", "-z", "--compress-choice=zstd"}
+		opts = []string{"-r", "--whole-file", "-z", "--compress-choice=zstd"}
+	}
+	for _, f := range sc.Files {
+		// rsync only reads its source: a link will do.
+		if err := linkOrCopy(f.New, filepath.Join(src, f.Name)); err != nil {
+			return err
+		}
+		if tool != ToolFullZstd {
+			if err := copyFile(f.Old, filepath.Join(dest, f.Name)); err != nil {
+				return err
+			}
+		}
 	}
 	b := l.B()
 	d, err := StartRsync(ctx, dir, dest, b.Addr.String(), 873, b.Wrap()...)
@@ -207,9 +248,10 @@ func runRsync(ctx context.Context, l *link.Link, sc *Scenario, dir, tool string,
 		return err
 	}
 	var res *RsyncResult
+	l.RestartTrace()
 	deadline := time.Now().Add(10 * time.Second)
 	for {
-		res, err = RunRsync(ctx, img, b.Addr.String(), 873, opts, l.A().Wrap()...)
+		res, err = RunRsync(ctx, src+"/", b.Addr.String(), 873, opts, l.A().Wrap()...)
 		if err == nil || time.Now().After(deadline) || ctx.Err() != nil {
 			break
 		}
@@ -222,4 +264,40 @@ func runRsync(ctx context.Context, l *link.Link, sc *Scenario, dir, tool string,
 	c.Wall, c.CPUSender, c.MemSender = res.Wall, res.CPU, res.MaxRSS
 	c.CPUReceiver, c.MemReceiver = cpu, rss
 	return nil
+}
+
+// linkOrCopy hard-links src as dst, or copies it where that fails.
+func linkOrCopy(src, dst string) error {
+	if err := os.Link(src, dst); err == nil {
+		return nil
+	}
+	return copyFile(src, dst)
+}
+
+// runNTCCheckpoint seeds a receiver with the scenario's first checkpoint
+// over loopback, then pushes the second across the link.
+func runNTCCheckpoint(ctx context.Context, cfg Config, l *link.Link, sc *Scenario, dir string, c *Case) error {
+	return errors.New("ntc push of a checkpoint has not landed yet")
+}
+
+// writeTrace writes the packets of case c to dir.
+func writeTrace(dir string, c Case, pkts []link.Packet) error {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	name := strings.NewReplacer(" ", "", "+", "-").Replace(fmt.Sprintf("trace-%s-%s-%s.tsv", c.Scenario, c.Profile, c.Tool))
+	f, err := os.Create(filepath.Join(dir, name))
+	if err != nil {
+		return err
+	}
+	bw := bufio.NewWriter(f)
+	if err := link.WriteTrace(bw, pkts); err != nil {
+		f.Close()
+		return err
+	}
+	if err := bw.Flush(); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
 }

@@ -25,12 +25,31 @@ type Scenario struct {
 	Oracle int64
 	// ChangedBytes is the size of those blocks, uncompressed.
 	ChangedBytes int64
+	// Files are the files rsync and a full copy send: for image scenarios
+	// the one image (Old, New), for VM scenarios each checkpoint's
+	// migration stream and raw disk.
+	Files []FilePair
+	// VM is set for the VM scenarios (see PrepareVM).
+	VM *VMState
+}
+
+// FilePair is one file of a scenario: its old version, which the receiver
+// holds, and its new one, both to be found under Name on each side.
+type FilePair struct {
+	Name     string
+	Old, New string
 }
 
 // ScenarioNames lists the scenarios Prepare knows. "debian" builds (once,
 // then from its cache) a Debian root file system image and the same image
 // after packages were installed into it: it needs root and mmdebstrap.
-var ScenarioNames = []string{"random-1pct", "random-10pct", "debian"}
+// vm-idle and vm-busy are the test guest checkpointed twice (PrepareVM):
+// they need root and QEMU.
+var ScenarioNames = []string{"random-1pct", "random-10pct", "debian", ScenarioVMIdle, ScenarioVMBusy}
+
+// IsVM reports whether the named scenario is a VM scenario (PrepareVM
+// makes it, not Prepare).
+func IsVM(name string) bool { return name == ScenarioVMIdle || name == ScenarioVMBusy }
 
 // DefaultScenarios run when none are named: the quick ones.
 var DefaultScenarios = []string{"random-1pct", "random-10pct"}
@@ -48,6 +67,7 @@ func Prepare(ctx context.Context, name, dir string, size int64) (*Scenario, erro
 		for _, r := range p.Changed {
 			s.Changed = append(s.Changed, Extent{Off: r.Off, Len: r.Len})
 		}
+		s.Files = []FilePair{{Name: imageName, Old: s.Old, New: s.New}}
 		return s, nil
 	case "random-1pct":
 		frac = 0.01
@@ -71,11 +91,15 @@ func Prepare(ctx context.Context, name, dir string, size int64) (*Scenario, erro
 		return nil, err
 	}
 	s.Changed, s.Oracle = ext, oracle
+	s.Files = []FilePair{{Name: imageName, Old: s.Old, New: s.New}}
 	for _, e := range ext {
 		s.ChangedBytes += e.Len
 	}
 	return s, ctx.Err()
 }
+
+// imageName is the image's file name on both sides in the image scenarios.
+const imageName = "disk.img"
 
 // copyFile copies src to dst keeping holes.
 func copyFile(src, dst string) error {

@@ -198,6 +198,7 @@ func (l *Link) setup(ctx context.Context, base string) error {
 			mtu:     l.profile.mtu(),
 			start:   start,
 			closing: &l.closing,
+			ab:      i == 0,
 			armed:   disarmed,
 		}
 	}

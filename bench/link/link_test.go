@@ -281,3 +281,48 @@ func TestUpKeepsLiveLinks(t *testing.T) {
 		t.Errorf("Up deleted %s, whose lock is held", ns)
 	}
 }
+
+func TestTraceRecordsATCPHandshakeBothWays(t *testing.T) {
+	p, err := ProfileByName("lan")
+	if err != nil {
+		t.Fatal(err)
+	}
+	l := up(t, p)
+	_, addr := startServer(t, l.B(), "tcp-serve")
+	l.StartTrace()
+	run(t, l.A(), nil, "tcp-connect", addr, "1")
+	pkts := l.StopTrace()
+	port, err := strconv.Atoi(addr[strings.LastIndexByte(addr, ':')+1:])
+	if err != nil {
+		t.Fatal(err)
+	}
+	const syn, ack = 0x02, 0x10
+	var sawSyn, sawSynAck bool
+	for _, pk := range pkts {
+		switch {
+		case pk.AB && pk.Proto == 6 && int(pk.DstPort) == port && pk.First&(syn|ack) == syn:
+			sawSyn = true
+		case !pk.AB && pk.Proto == 6 && int(pk.SrcPort) == port && pk.First&(syn|ack) == syn|ack:
+			sawSynAck = sawSyn // after the SYN
+		}
+	}
+	if !sawSyn || !sawSynAck {
+		t.Fatalf("trace %+v: want a SYN A>B to port %d, then a SYN-ACK back", pkts, port)
+	}
+	if again := l.StopTrace(); again != nil {
+		t.Errorf("a stopped trace returned %d more packets", len(again))
+	}
+}
+
+func TestWriteTrace(t *testing.T) {
+	var b strings.Builder
+	err := WriteTrace(&b, []Packet{{At: 1500 * time.Microsecond, AB: true, Len: 60, Proto: 17, SrcPort: 1, DstPort: 7400, First: 0xc0},
+		{At: 2 * time.Millisecond, Len: 52, Proto: 6, SrcPort: 873, DstPort: 2, First: 0x12, Dropped: true}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := "ms\tdir\tlen\tproto\tsrc\tdst\tfirst\tfate\n1.500\tA>B\t60\t17\t1\t7400\tc0\t\n2.000\tB>A\t52\t6\t873\t2\t12\tdrop\n"
+	if b.String() != want {
+		t.Fatalf("got\n%q\nwant\n%q", b.String(), want)
+	}
+}

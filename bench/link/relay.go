@@ -36,6 +36,8 @@ type direction struct {
 	mtu     int
 	start   time.Time
 	closing *atomic.Bool
+	ab      bool                  // A to B
+	trace   atomic.Pointer[trace] // set while a trace runs
 
 	mu    sync.Mutex
 	fl    flight
@@ -79,6 +81,9 @@ func (d *direction) readLoop() {
 				}
 				d.received.Add(1)
 				due, f := d.sh.admit(d.now(), n)
+				if t := d.trace.Load(); t != nil {
+					t.add(d.ab, buf[:n], f == lost || f == overflow)
+				}
 				switch f {
 				case lost:
 					d.lost.Add(1)

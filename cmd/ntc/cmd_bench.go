@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"time"
 
 	"github.com/spf13/cobra"
 
@@ -21,6 +22,8 @@ type benchOptions struct {
 	size      string
 	dir       string
 	out       string
+	vmWork    time.Duration
+	trace     bool
 }
 
 func newBenchCommand(g *globals) *cobra.Command {
@@ -42,13 +45,21 @@ It needs root (network namespaces) and rsync.
 
 Scenarios: random-1pct and random-10pct rewrite 1% or 10% of a random image
 in scattered 64 KiB extents; debian installs packages (python3, curl, less)
-into a Debian root file system image built with mmdebstrap (cached).
+into a Debian root file system image built with mmdebstrap (cached); vm-idle
+and vm-busy boot the test guest (256 MiB; vm-busy rewrites 32 MiB of its RAM
+and 4 MiB of its disk continuously), checkpoint it with 'ntc checkpoint', let
+it work for --vm-work and checkpoint it again: ntc pushes the second
+checkpoint to a receiver holding the first, rsync and a full copy send the
+checkpoints as files (the migration stream and the raw disk), and QEMU's own
+live migration ("qemu migrate") moves the guest restored from the second
+checkpoint between two QEMUs, one in each namespace. They need QEMU.
 
 Examples:
   ntc bench                                  the random scenarios on dsl, 64 MiB images
   ntc bench --scenario debian --link dsl,lan
   ntc bench --link dsl,wan,lan --size 256M --out results/
-  ntc bench --scenario random-10pct --tools ntc,rsync-z --json`,
+  ntc bench --scenario random-10pct --tools ntc,rsync-z --json
+  ntc bench --scenario vm-idle,vm-busy --link dsl,lan --vm-work 30s`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return runBench(cmd.Context(), g, o)
@@ -57,7 +68,9 @@ Examples:
 	f := cmd.Flags()
 	f.StringVar(&o.scenarios, "scenario", strings.Join(bench.DefaultScenarios, ","), "scenarios, comma separated: "+strings.Join(bench.ScenarioNames, ", "))
 	f.StringVar(&o.links, "link", "dsl", "link profiles, comma separated: dsl, wan, lan")
-	f.StringVar(&o.tools, "tools", "all", "tools: ntc, ntc+changed, rsync-z, rsync, full-zstd, or all")
+	f.StringVar(&o.tools, "tools", "all", "tools: ntc, ntc+changed, rsync-z, rsync, full-zstd, migrate, or all")
+	f.BoolVar(&o.trace, "trace", false, "write each case's packet timeline to --out (trace-*.tsv)")
+	f.DurationVar(&o.vmWork, "vm-work", time.Minute, "how long the guest works between the VM scenarios' two checkpoints")
 	f.StringVar(&o.size, "size", "64M", "image size of the synthetic scenarios")
 	f.StringVar(&o.dir, "dir", "", "work directory (default: a temporary one)")
 	f.StringVarP(&o.out, "out", "o", "", "directory for report.md, report.json and chart.svg")
@@ -96,11 +109,26 @@ func runBench(ctx context.Context, g *globals, o benchOptions) error {
 		defer os.RemoveAll(dir)
 	}
 	cfg := bench.Config{Bin: bin, Dir: dir, Profiles: profiles, Tools: tools}
+	if o.trace {
+		if o.out == "" {
+			return usagef("--trace writes to the --out directory: give one")
+		}
+		cfg.TraceDir = o.out
+	}
 	if !g.json {
 		cfg.Progress = func(f string, a ...any) { fmt.Fprintf(g.stderr, "bench: "+f+"\n", a...) }
 	}
 	for _, name := range strings.Split(o.scenarios, ",") {
-		sc, err := bench.Prepare(ctx, strings.TrimSpace(name), filepath.Join(dir, "images"), size)
+		name = strings.TrimSpace(name)
+		if bench.IsVM(name) {
+			sc, err := bench.PrepareVM(ctx, name, filepath.Join(dir, "vms"), bin, bench.VMOptions{Work: o.vmWork, Progress: cfg.Progress})
+			if err != nil {
+				return err
+			}
+			cfg.Scenarios = append(cfg.Scenarios, sc)
+			continue
+		}
+		sc, err := bench.Prepare(ctx, name, filepath.Join(dir, "images"), size)
 		if err != nil {
 			return usageError{err}
 		}
@@ -127,12 +155,12 @@ func parseTools(s string) ([]string, error) {
 		return bench.AllTools, nil
 	}
 	names := map[string]string{"ntc": bench.ToolNTC, "ntc+changed": bench.ToolNTCChanged, "rsync-z": bench.ToolRsyncZ,
-		"rsync": bench.ToolRsync, "full-zstd": bench.ToolFullZstd}
+		"rsync": bench.ToolRsync, "full-zstd": bench.ToolFullZstd, "migrate": bench.ToolMigrate}
 	var out []string
 	for _, t := range strings.Split(s, ",") {
 		tool, ok := names[strings.TrimSpace(t)]
 		if !ok {
-			return nil, usagef("--tools: unknown tool %q (have ntc, ntc+changed, rsync-z, rsync, full-zstd)", t)
+			return nil, usagef("--tools: unknown tool %q (have ntc, ntc+changed, rsync-z, rsync, full-zstd, migrate)", t)
 		}
 		out = append(out, tool)
 	}
