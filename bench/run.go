@@ -72,6 +72,11 @@ type Case struct {
 	// plus the handshake round trips; LimitBytes the oracle.
 	Limit      time.Duration `json:"limit_ns"`
 	LimitBytes int64         `json:"limit_bytes"`
+	// IndexMS and RunMS are ntc push's own measures: from its start to the
+	// end of indexing, and to the receiver's acknowledgement (Wall adds
+	// starting and ending the process).
+	IndexMS int64 `json:"ntc_index_ms,omitempty"`
+	RunMS   int64 `json:"ntc_run_ms,omitempty"`
 	// Note says what else a reader must know about this case (how QEMU's
 	// migration ended, for one).
 	Note string `json:"note,omitempty"`
@@ -208,6 +213,7 @@ func runNTC(ctx context.Context, cfg Config, l *link.Link, sc *Scenario, dir str
 	}
 	c.Wall, c.CPUSender, c.MemSender = res.Wall, res.CPU, res.MaxRSS
 	c.CPUReceiver, c.MemReceiver = cpu, rss
+	c.IndexMS, c.RunMS = res.IndexMS, res.DurationMS
 	return nil
 }
 
