@@ -38,7 +38,7 @@ func Markdown(w io.Writer, cases []Case) {
 	var notes []Case
 	for _, c := range cases {
 		if c.Err != "" {
-			fmt.Fprintf(w, "| %s | %s | %s | failed: %s |||||||||\n", c.Scenario, c.Profile, c.Tool, strings.ReplaceAll(c.Err, "|", "/"))
+			fmt.Fprintf(w, "| %s | %s | %s | failed: %s |||||||||\n", c.Scenario, c.Profile, c.Tool, strings.Join(strings.Fields(strings.ReplaceAll(c.Err, "|", "/")), " "))
 			continue
 		}
 		rz, full := find(cases, c, ToolRsyncZ), find(cases, c, ToolFullZstd)

@@ -18,7 +18,7 @@ func TestMarkdownRatiosAndNotes(t *testing.T) {
 		{Scenario: "vm-busy", Profile: "dsl", Tool: ToolFullZstd, WireBytes: 100e6, Wall: 50 * time.Second, Limit: 4 * time.Second},
 		{Scenario: "vm-busy", Profile: "dsl", Tool: ToolMigrate, WireBytes: 200e6, Wall: 80 * time.Second, Limit: 4 * time.Second,
 			Note: "guest paused to finish"},
-		{Scenario: "vm-busy", Profile: "dsl", Tool: ToolRsync, Err: "rsync: exit status 12"},
+		{Scenario: "vm-busy", Profile: "dsl", Tool: ToolRsync, Err: "rsync: exit status 12:\nconnection | reset\n"},
 	}
 	var b bytes.Buffer
 	Markdown(&b, cases)
@@ -26,7 +26,7 @@ func TestMarkdownRatiosAndNotes(t *testing.T) {
 	for _, want := range []string{
 		"| vm-busy | dsl | ntc | 10.00 | 5.00 | 4.00 | 1.25 | 0.25 | 0.25 | 0.10 | 1.00/2.00 | 20/30 |",
 		"| vm-busy | dsl | qemu migrate [1] | 200.00 | 80.00 | 4.00 | 20.00 | 5.00 | 4.00 | 2.00 | – | – |",
-		"| vm-busy | dsl | rsync | failed: rsync: exit status 12 |",
+		"| vm-busy | dsl | rsync | failed: rsync: exit status 12: connection / reset |",
 		"[1] vm-busy, dsl, qemu migrate: guest paused to finish\n",
 	} {
 		if !strings.Contains(out, want) {

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"time"
 
@@ -162,10 +163,31 @@ func runCase(ctx context.Context, cfg Config, l *link.Link, sc *Scenario, tool s
 }
 
 // runNTC seeds a receiver's store with the old version over loopback, then
-// serves it inside B and pushes the new version from A across the link.
+// serves it inside B and pushes the new version from A across the link. An
+// image scenario pushes the image file (with --changed, listing the
+// writes); a VM scenario pushes its checkpoints: 'ntc push --checkpoint
+// REPO --seq N', as a user would after 'ntc checkpoint'.
 func runNTC(ctx context.Context, cfg Config, l *link.Link, sc *Scenario, dir string, changed bool, c *Case) error {
-	if sc.VM != nil {
-		return runNTCCheckpoint(ctx, cfg, l, sc, dir, c)
+	var seedArgs, args []string
+	next := func() error { return nil } // turns the old version into the new
+	if st := sc.VM; st != nil {
+		ck := func(seq int) []string {
+			return []string{"--checkpoint", st.Repo, "--seq", strconv.Itoa(seq), "--name", sc.Name}
+		}
+		seedArgs, args = ck(st.Seq1), ck(st.Seq2)
+	} else {
+		img := filepath.Join(dir, imageName)
+		if err := copyFile(sc.Old, img); err != nil {
+			return err
+		}
+		next = func() error { return copyFile(sc.New, img) }
+		seedArgs, args = []string{img}, []string{img}
+		if changed {
+			if sc.Changed == nil {
+				return errors.New("the scenario does not know its changed ranges")
+			}
+			args = append(args, "--changed", Ranges(sc.Changed))
+		}
 	}
 	office, err := NewNode(ctx, cfg.Bin, filepath.Join(dir, "office"))
 	if err != nil {
@@ -176,34 +198,22 @@ func runNTC(ctx context.Context, cfg Config, l *link.Link, sc *Scenario, dir str
 		return err
 	}
 	store := filepath.Join(dir, "store")
-	img := filepath.Join(dir, "disk.img")
-	if err := copyFile(sc.Old, img); err != nil {
-		return err
-	}
 	seed, err := home.Serve(ctx, "127.0.0.1:0", store, office.ID)
 	if err != nil {
 		return err
 	}
-	_, err = office.Push(ctx, seed.Addr, home.ID, img)
+	_, err = office.Push(ctx, seed.Addr, home.ID, seedArgs...)
 	seed.Stop()
 	if err != nil {
 		return fmt.Errorf("seed: %w", err)
 	}
-	if err := copyFile(sc.New, img); err != nil {
+	if err := next(); err != nil {
 		return err
 	}
 	b := l.B()
 	srv, err := home.Serve(ctx, b.Addr.String()+":7400", store, office.ID, b.Wrap()...)
 	if err != nil {
 		return err
-	}
-	args := []string{img}
-	if changed {
-		if sc.Changed == nil {
-			srv.Stop()
-			return errors.New("the scenario does not know its changed ranges")
-		}
-		args = append(args, "--changed", Ranges(sc.Changed))
 	}
 	l.RestartTrace()
 	res, err := office.PushVia(ctx, l.A().Wrap(), srv.Addr, home.ID, args...)
@@ -278,12 +288,6 @@ func linkOrCopy(src, dst string) error {
 		return nil
 	}
 	return copyFile(src, dst)
-}
-
-// runNTCCheckpoint seeds a receiver with the scenario's first checkpoint
-// over loopback, then pushes the second across the link.
-func runNTCCheckpoint(ctx context.Context, cfg Config, l *link.Link, sc *Scenario, dir string, c *Case) error {
-	return errors.New("ntc push of a checkpoint has not landed yet")
 }
 
 // writeTrace writes the packets of case c to dir.

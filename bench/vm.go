@@ -46,10 +46,10 @@ type VMOptions struct {
 // repositories the ntc sender starts from, and how to start the guest again
 // from the new checkpoint for QEMU's own migration.
 type VMState struct {
-	// Repo1 is a copy of the repository as it was after the first
-	// checkpoint (Seq1), Repo2 the repository after the second (Seq2).
-	Repo1, Repo2 string
-	Seq1, Seq2   int
+	// Repo is the checkpoint repository holding both checkpoints, Seq1
+	// and Seq2.
+	Repo       string
+	Seq1, Seq2 int
 	// Stream2 is the new checkpoint's migration stream as a file, Disk2
 	// its disk as a raw image: a restored guest starts from them.
 	Stream2, Disk2 string
@@ -131,11 +131,8 @@ func PrepareVM(ctx context.Context, name, dir, bin string, opts VMOptions) (*Sce
 	if err != nil {
 		return nil, err
 	}
-	st := &VMState{Repo1: filepath.Join(dir, "repo1"), Repo2: repo, Seq1: c1.Seq, Start: start,
+	st := &VMState{Repo: repo, Seq1: c1.Seq, Start: start,
 		Pause1: time.Duration(c1.GuestPauseMS * float64(time.Millisecond))}
-	if err := copyTree(repo, st.Repo1); err != nil {
-		return nil, err
-	}
 	ticks := int(opts.Work / time.Second)
 	progress("checkpoint %d taken (guest paused %.1f ms); the guest works for %d ticks", c1.Seq, c1.GuestPauseMS, ticks)
 	if _, err := vm.WaitTick(ctx, vm.LastTick()+ticks); err != nil {
@@ -152,10 +149,11 @@ func PrepareVM(ctx context.Context, name, dir, bin string, opts VMOptions) (*Sce
 		return nil, err
 	}
 
-	r, err := capture.OpenRepository(repo)
+	r, err := capture.OpenRepositoryForReading(repo)
 	if err != nil {
 		return nil, err
 	}
+	defer r.Close()
 	m1, err := r.Manifest(st.Seq1)
 	if err != nil {
 		return nil, err
@@ -374,12 +372,4 @@ func changedBlocks(ctx context.Context, old, new io.ReaderAt, size int64) ([]deb
 		}
 	}
 	return out, nil
-}
-
-// copyTree copies a directory with cp -a (sparse files stay sparse).
-func copyTree(src, dst string) error {
-	if out, err := exec.Command("cp", "-a", "--sparse=always", src, dst).CombinedOutput(); err != nil {
-		return fmt.Errorf("cp -a %s %s: %v: %s", src, dst, err, out)
-	}
-	return nil
 }
