@@ -257,28 +257,26 @@ func (s *PackStore) PutVerified(ctx context.Context, id ID, data, zstd []byte, r
 	if ok, _ := s.Has(ctx, id); ok {
 		return nil
 	}
-	var rec []byte
-	codec := byte(codecZstd)
+	// The record is its header and body: the body compressed here only
+	// when the caller knows nothing about how the data compresses.
+	body, codec := data, byte(codecRaw)
 	switch {
 	case zstd != nil:
-		rec = append(make([]byte, packHeaderLen, packHeaderLen+len(zstd)), zstd...)
-	case raw:
-		rec = append(make([]byte, packHeaderLen, packHeaderLen+len(data)), data...)
-		codec = codecRaw
-	default:
-		rec = s.enc.EncodeAll(data, make([]byte, packHeaderLen, packHeaderLen+len(data)/2))
-		if len(rec)-packHeaderLen >= len(data) {
-			rec = append(rec[:packHeaderLen], data...)
-			codec = codecRaw
+		body, codec = zstd, codecZstd
+	case !raw:
+		if c := s.enc.EncodeAll(data, make([]byte, 0, len(data)/2)); len(c) < len(data) {
+			body, codec = c, codecZstd
 		}
 	}
-	if len(rec)-packHeaderLen > maxRecordLen {
+	if len(body) > maxRecordLen {
 		return fmt.Errorf("put chunk %s: %d bytes is over the %d limit", id.Short(), len(data), maxRecordLen)
 	}
-	copy(rec, packMagic)
-	copy(rec[4:], id[:])
-	rec[36] = codec
-	binary.BigEndian.PutUint32(rec[37:], uint32(len(rec)-packHeaderLen))
+	var hdr [packHeaderLen]byte
+	copy(hdr[:], packMagic)
+	copy(hdr[4:], id[:])
+	hdr[36] = codec
+	binary.BigEndian.PutUint32(hdr[37:], uint32(len(body)))
+	recLen := int64(packHeaderLen + len(body))
 
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -288,7 +286,7 @@ func (s *PackStore) PutVerified(ctx context.Context, id ID, data, zstd []byte, r
 	if _, ok := s.where[id]; ok {
 		return nil
 	}
-	if s.size+int64(len(rec)) > packTargetSize && s.size > 0 {
+	if s.size+recLen > packTargetSize && s.size > 0 {
 		if err := s.flushLocked(); err != nil {
 			return err
 		}
@@ -300,9 +298,9 @@ func (s *PackStore) PutVerified(ctx context.Context, id ID, data, zstd []byte, r
 		s.bufOff = s.size
 	}
 	off := s.size
-	s.buf = append(s.buf, rec...)
-	s.size += int64(len(rec))
-	s.where[id] = packLoc{pack: int32(s.cur), codec: codec, length: uint32(len(rec) - packHeaderLen), off: off + packHeaderLen}
+	s.buf = append(append(s.buf, hdr[:]...), body...)
+	s.size += recLen
+	s.where[id] = packLoc{pack: int32(s.cur), codec: codec, length: uint32(len(body)), off: off + packHeaderLen}
 	if len(s.buf) >= packBufSize {
 		return s.flushLocked()
 	}

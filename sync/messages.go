@@ -273,10 +273,14 @@ const (
 )
 
 func (m chunkMsg) appendTo(b []byte) []byte {
+	return append(m.appendHead(b), m.data...)
+}
+
+// appendHead appends the encoding of m up to its data, which follows.
+func (m chunkMsg) appendHead(b []byte) []byte {
 	e := enc{b: b}
 	e.uvarint(m.ordinal)
 	e.b = append(e.b, m.codec)
-	e.b = append(e.b, m.data...)
 	return e.b
 }
 

@@ -557,7 +557,7 @@ func (s *Sender) sendRound(ctx context.Context, conns []*transport.Conn, session
 			if err := fw.flush(); err != nil {
 				return err
 			}
-			var frame, comp []byte
+			var head, comp, rbuf []byte
 			var zs zstdSkipper
 			for {
 				k := int(next.Add(sendBatch) - sendBatch)
@@ -568,7 +568,15 @@ func (s *Sender) sendRound(ctx context.Context, conns []*transport.Conn, session
 				for _, i := range todo[k:min(k+sendBatch, len(todo))] {
 					batch = append(batch, news[i])
 				}
-				datas, err := readBatch(gctx, v, batch)
+				var total int64
+				for _, nc := range batch {
+					total += nc.entry.Length
+				}
+				if int64(cap(rbuf)) < total {
+					rbuf = make([]byte, total)
+				}
+				buf := rbuf[:total]
+				datas, err := readBatch(gctx, v, batch, &buf)
 				if err != nil {
 					return err
 				}
@@ -592,11 +600,11 @@ func (s *Sender) sendRound(ctx context.Context, conns []*transport.Conn, session
 							m.codec, m.data = codecZstd, comp
 						}
 					}
-					frame = m.appendTo(frame[:0])
-					if err := lim.wait(gctx, len(frame)); err != nil {
+					head = m.appendHead(head[:0])
+					if err := lim.wait(gctx, len(head)+len(m.data)); err != nil {
 						return err
 					}
-					if err := fw.write(msgChunk, frame); err != nil {
+					if err := fw.write2(msgChunk, head, m.data); err != nil {
 						return err
 					}
 					sentChunks.Add(1)
@@ -635,12 +643,13 @@ const sendBatch = 32
 
 // spanReader is a Source that can read a run of consecutive chunks at once.
 type spanReader interface {
-	ReadSpan(ctx context.Context, off, n int64) ([]byte, error)
+	ReadSpan(ctx context.Context, p []byte, off int64) error
 }
 
 // readBatch reads the content of a batch of chunks, runs of consecutive
-// chunks of one image in one read where the source allows.
-func readBatch(ctx context.Context, v *Version, batch []newChunk) ([][]byte, error) {
+// chunks of one image in one read (into buf, reused) where the source
+// allows. The chunks are valid until buf is used again.
+func readBatch(ctx context.Context, v *Version, batch []newChunk, buf *[]byte) ([][]byte, error) {
 	out := make([][]byte, len(batch))
 	for i := 0; i < len(batch); {
 		nc := batch[i]
@@ -661,8 +670,13 @@ func readBatch(ctx context.Context, v *Version, batch []newChunk) ([][]byte, err
 			i++
 			continue
 		}
-		span, err := sr.ReadSpan(ctx, nc.entry.Offset, batch[j-1].entry.End()-nc.entry.Offset)
-		if err != nil {
+		n := batch[j-1].entry.End() - nc.entry.Offset
+		if int64(cap(*buf)) < n {
+			*buf = make([]byte, n)
+		}
+		span := (*buf)[:n]
+		*buf = (*buf)[n:]
+		if err := sr.ReadSpan(ctx, span, nc.entry.Offset); err != nil {
 			return nil, fmt.Errorf("image %s: %w", im.Name, err)
 		}
 		for k := i; k < j; k++ {

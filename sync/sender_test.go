@@ -60,7 +60,8 @@ func TestReadBatch(t *testing.T) {
 	}}
 	// Runs, gaps, a switch of image, a single chunk.
 	batch := []newChunk{{0, es[0]}, {0, es[1]}, {0, es[2]}, {0, es[5]}, {1, es[5]}, {1, es[6]}, {0, es[7]}}
-	got, err := readBatch(t.Context(), v, batch)
+	var buf []byte
+	got, err := readBatch(t.Context(), v, batch, &buf)
 	if err != nil {
 		t.Fatal(err)
 	}

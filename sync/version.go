@@ -32,16 +32,16 @@ func (s ReaderSource) ReadChunk(ctx context.Context, e chunk.Entry) ([]byte, err
 	return b, nil
 }
 
-// ReadSpan reads n bytes of the image at off: a run of consecutive chunks.
-func (s ReaderSource) ReadSpan(ctx context.Context, off, n int64) ([]byte, error) {
+// ReadSpan fills p with the image's bytes at off: a run of consecutive
+// chunks read at once.
+func (s ReaderSource) ReadSpan(ctx context.Context, p []byte, off int64) error {
 	if err := ctx.Err(); err != nil {
-		return nil, err
+		return err
 	}
-	b := make([]byte, n)
-	if _, err := s.R.ReadAt(b, off); err != nil && !(err == io.EOF) {
-		return nil, fmt.Errorf("read chunks at %d: %w", off, err)
+	if _, err := s.R.ReadAt(p, off); err != nil && !(err == io.EOF) {
+		return fmt.Errorf("read chunks at %d: %w", off, err)
 	}
-	return b, nil
+	return nil
 }
 
 // StoreSource reads chunks from a chunk store by ID.

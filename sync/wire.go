@@ -64,6 +64,21 @@ func (f *frameWriter) write(typ byte, payload []byte) error {
 	return err
 }
 
+// write2 sends one frame whose payload is head followed by body.
+func (f *frameWriter) write2(typ byte, head, body []byte) error {
+	var hdr [1 + binary.MaxVarintLen64]byte
+	hdr[0] = typ
+	n := binary.PutUvarint(hdr[1:], uint64(len(head)+len(body)))
+	if _, err := f.w.Write(hdr[:1+n]); err != nil {
+		return err
+	}
+	if _, err := f.w.Write(head); err != nil {
+		return err
+	}
+	_, err := f.w.Write(body)
+	return err
+}
+
 func (f *frameWriter) flush() error { return f.w.Flush() }
 
 // frameReader reads frames from a stream.
