@@ -220,6 +220,9 @@ type diskPlan struct {
 	index *chunk.Index
 	read  int64
 	delta int64
+	// extents are the ranges written since the previous checkpoint (an
+	// incremental read only).
+	extents []chunk.Range
 }
 
 func (c *checkpointer) logf(format string, a ...any) {
@@ -922,6 +925,7 @@ func (c *checkpointer) indexDisk(ctx context.Context, p *diskPlan) error {
 			changed = append(changed, ext...)
 		}
 		changed = chunk.NormalizeRanges(changed, img.Size())
+		p.extents = changed
 		for _, r := range changed {
 			p.delta += r.Len
 		}
@@ -997,6 +1001,12 @@ func (c *checkpointer) finish(ctx context.Context, machine Machine, cs *captured
 		}
 		if err := chunk.WriteIndexFile(filepath.Join(c.dir, d.Index), p.index); err != nil {
 			return nil, err
+		}
+		if p.prevIndex != nil {
+			d.Changes = p.live.Name + changesSuffix
+			if err := writeChanges(filepath.Join(c.dir, d.Changes), p.extents); err != nil {
+				return nil, err
+			}
 		}
 		m.Disks = append(m.Disks, d)
 		c.stats.DiskBytesRead += p.read

@@ -227,6 +227,7 @@ func testCheckpointGuest(t *testing.T, method Method) {
 	if !reflect.DeepEqual(full, incr) {
 		t.Error("incremental disk index of checkpoint 2 differs from a full index of the same content")
 	}
+	checkChanges(t, repo, m1, m2)
 
 	// The chain is base + one overlay, recorded in state.json.
 	rst, err := repo.loadState()
@@ -341,4 +342,54 @@ func layoutRecords(l migstream.Layout) [][4]int64 {
 		}
 	}
 	return out
+}
+
+// checkChanges checks the extents checkpoint m2 recorded as written since
+// m1: they add up to what its stats say, every chunk of m2's disk index
+// that m1's lacks overlaps them, and ChangedSince finds m1 from m2.
+func checkChanges(t *testing.T, repo *Repository, m1, m2 *Manifest) {
+	t.Helper()
+	d := &m2.Disks[0]
+	rs, ok, err := repo.Changes(m2.Seq, d)
+	if err != nil || !ok {
+		t.Fatalf("changes of checkpoint %d: %v, %v", m2.Seq, ok, err)
+	}
+	var n int64
+	for _, r := range rs {
+		n += r.Len
+	}
+	if n != d.BytesChanged || n == 0 {
+		t.Errorf("recorded changes add up to %d bytes, the manifest says %d", n, d.BytesChanged)
+	}
+	x1, err := repo.Index(m1.Seq, m1.Disks[0].Index)
+	if err != nil {
+		t.Fatal(err)
+	}
+	x2, err := repo.Index(m2.Seq, d.Index)
+	if err != nil {
+		t.Fatal(err)
+	}
+	old := map[chunk.Entry]bool{}
+	for _, e := range x1.Entries {
+		old[e] = true
+	}
+	for _, e := range x2.Entries {
+		if old[e] {
+			continue
+		}
+		hit := false
+		for _, r := range rs {
+			hit = hit || (r.Off < e.End() && e.Offset < r.End())
+		}
+		if !hit {
+			t.Errorf("entry %+v is new in checkpoint %d but outside every recorded change", e, m2.Seq)
+		}
+	}
+	base, changed, ok, err := repo.ChangedSince(m2, d.Name, func(x *chunk.Index) bool { return reflect.DeepEqual(x, x1) })
+	if err != nil || !ok || !reflect.DeepEqual(base, x1) || !reflect.DeepEqual(changed, rs) {
+		t.Errorf("ChangedSince(checkpoint %d) = %v, %v, %v; want checkpoint %d's index and the recorded changes", m2.Seq, ok, err, changed, m1.Seq)
+	}
+	if _, _, ok, err := repo.ChangedSince(m1, d.Name, func(*chunk.Index) bool { return true }); ok || err != nil {
+		t.Errorf("ChangedSince(the first checkpoint) = %v, %v; want not found", ok, err)
+	}
 }

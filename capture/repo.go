@@ -113,6 +113,9 @@ type Disk struct {
 	// was read to index it.
 	BytesChanged int64 `json:"bytes_changed"`
 	BytesRead    int64 `json:"bytes_read"`
+	// Changes, for an incremental disk, names the file that lists the
+	// extents written since the parent checkpoint (Repository.Changes).
+	Changes string `json:"changes,omitempty"`
 }
 
 // RAM is one RAM block of a checkpoint, indexed by 4 KiB page.

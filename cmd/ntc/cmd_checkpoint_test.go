@@ -52,18 +52,9 @@ func TestCheckpointUsage(t *testing.T) {
 // TestCheckpointCommand checkpoints the test guest twice through the
 // command line: the JSON summary, then the human one.
 func TestCheckpointCommand(t *testing.T) {
-	testguest.SkipIfNoQEMU(t)
-	vmDir, err := os.MkdirTemp("", "ntcm-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(vmDir) })
-	vm := testguest.StartTB(t, testguest.StartOptions{Dir: vmDir, DiskBusyMiB: 1})
+	vm := startTickingGuest(t)
 	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Minute)
 	defer cancel()
-	if _, err := vm.WaitTick(ctx, 2); err != nil {
-		t.Fatal(err)
-	}
 	repo := filepath.Join(t.TempDir(), "repo")
 
 	code, out, errs := ntc(t, ctx, "--json", "checkpoint", "--qmp", vm.QMPPath(), "--out", repo)
@@ -102,4 +93,24 @@ func TestCheckpointCommand(t *testing.T) {
 	if _, err := vm.WaitTick(ctx, vm.LastTick()+1); err != nil {
 		t.Fatalf("guest stopped ticking after the checkpoints: %v", err)
 	}
+}
+
+// startTickingGuest starts the test guest (it writes 1 MiB of its disk every
+// second) and waits for its second tick. It skips t without QEMU.
+func startTickingGuest(t *testing.T) *testguest.VM {
+	t.Helper()
+	testguest.SkipIfNoQEMU(t)
+	// Short: the QMP socket path must fit in 107 bytes.
+	vmDir, err := os.MkdirTemp("", "ntcm-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(vmDir) })
+	vm := testguest.StartTB(t, testguest.StartOptions{Dir: vmDir, DiskBusyMiB: 1})
+	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
+	defer cancel()
+	if _, err := vm.WaitTick(ctx, 2); err != nil {
+		t.Fatal(err)
+	}
+	return vm
 }

@@ -17,24 +17,36 @@ import (
 )
 
 type pushOptions struct {
-	to      string
-	peer    string
-	name    string
-	bwlimit string
-	changed string
-	streams int
-	conns   int
+	// checkpoint is a capture repository to push a checkpoint of, seq
+	// which one (0: the newest).
+	checkpoint string
+	seq        int
+	to         string
+	peer       string
+	name       string
+	bwlimit    string
+	changed    string
+	streams    int
+	conns      int
 }
 
 func newPushCommand(g *globals) *cobra.Command {
 	var o pushOptions
 	cmd := &cobra.Command{
-		Use:   "push IMAGE... --to HOST:PORT --peer ID",
-		Short: "Send images to a receiver, only what it lacks",
+		Use:   "push {IMAGE... | --checkpoint DIR [--seq N]} --to HOST:PORT --peer ID",
+		Short: "Send images or a VM checkpoint to a receiver, only what it lacks",
 		Long: `Push indexes the images and sends them as the next version of a set to a
 receiver ('ntc serve'). Only the chunks the receiver does not hold travel, and
 the new version is described as a delta against the version the receiver last
 acknowledged, so an unchanged image costs a few bytes whatever its size.
+
+With --checkpoint DIR, push sends a checkpoint that 'ntc checkpoint --out DIR'
+took (the newest, or --seq N) as one version: every disk, every RAM block,
+the device state and the stream description as images (disk-vda, ram-pc.ram,
+device, stream) and the checkpoint's manifest (manifest.json).
+Nothing is read again: the checkpoint's indexes and chunks are sent as they
+are, and a disk's writes since the checkpoint the receiver holds travel as
+patches. A checkpoint may be taken while a push runs.
 
 An interrupted push (Ctrl-C, a dropped link, either side killed) leaves the
 receiver's previous version intact; push again and only what did not arrive
@@ -44,11 +56,14 @@ Examples:
   ntc push disk.img --to home.example:7400 --peer HOME-ID
   ntc push disk.img nvram.bin --name office-vm --to home:7400 --peer HOME-ID --bwlimit 20Mbit
   ntc push disk.img --changed 1G+64K --to home:7400 --peer HOME-ID   re-read only the change
+  ntc push --checkpoint /srv/ntc/vm --to home:7400 --peer HOME-ID      the newest checkpoint
+  ntc push --checkpoint /srv/ntc/vm --seq 12 --name office-vm --to home:7400 --peer HOME-ID
 
-The set is named after the first image unless --name is given.`,
+The set is named after the first image, or the checkpoint directory, unless
+--name is given.`,
 		Args: func(cmd *cobra.Command, args []string) error {
-			if len(args) == 0 {
-				return usagef("push takes at least one IMAGE")
+			if len(args) == 0 && !cmd.Flags().Changed("checkpoint") {
+				return usagef("push takes at least one IMAGE, or --checkpoint DIR")
 			}
 			return nil
 		},
@@ -64,7 +79,9 @@ The set is named after the first image unless --name is given.`,
 	f := cmd.Flags()
 	f.String("to", "", "receiver address HOST:PORT")
 	f.String("peer", "", "the receiver's node ID (from 'ntc id' there)")
-	f.StringVar(&o.name, "name", "", "set name (default: the first image's file name)")
+	f.StringVar(&o.name, "name", "", "set name (default: the first image's file name, or the checkpoint directory's)")
+	f.StringVar(&o.checkpoint, "checkpoint", "", "push a checkpoint from this repository ('ntc checkpoint --out DIR') instead of images")
+	f.IntVar(&o.seq, "seq", 0, "with --checkpoint: the checkpoint to push (default: the newest)")
 	f.String("bwlimit", "", "cap the average send rate: 20Mbit, 2.5MB/s, 500k (bytes)")
 	f.StringVar(&o.changed, "changed", "", "ranges of the (single) image changed since the last push: re-read only those")
 	f.Int("streams", 4, "parallel data streams")
@@ -86,6 +103,8 @@ type pushJSON struct {
 	DurationMS int64   `json:"duration_ms"`
 	RateMbit   float64 `json:"rate_mbit"`
 	PeakRSS    int64   `json:"peak_rss"`
+	// Checkpoint is the checkpoint pushed with --checkpoint.
+	Checkpoint int `json:"checkpoint,omitempty"`
 }
 
 func runPush(ctx context.Context, g *globals, o pushOptions, paths []string) error {
@@ -100,6 +119,12 @@ func runPush(ctx context.Context, g *globals, o pushOptions, paths []string) err
 	if err != nil {
 		return usagef("--bwlimit: %v", err)
 	}
+	if o.checkpoint != "" && len(paths) > 0 {
+		return usagef("push either IMAGE... or --checkpoint DIR, not both")
+	}
+	if o.checkpoint == "" && o.seq != 0 {
+		return usagef("--seq picks a checkpoint: give --checkpoint DIR too")
+	}
 	if o.changed != "" && len(paths) != 1 {
 		return usagef("--changed describes one image: push one IMAGE with it")
 	}
@@ -108,7 +133,9 @@ func runPush(ctx context.Context, g *globals, o pushOptions, paths []string) err
 		return err
 	}
 	set := o.name
-	if set == "" {
+	if set == "" && o.checkpoint != "" {
+		set = safeName(filepath.Base(filepath.Clean(o.checkpoint)))
+	} else if set == "" {
 		set = safeName(filepath.Base(paths[0]))
 	}
 	if err := ntcsync.CheckName(set); err != nil {
@@ -143,6 +170,18 @@ func runPush(ctx context.Context, g *globals, o pushOptions, paths []string) err
 	v := &ntcsync.Version{Set: set}
 	_, prev := s.LastAcked(peer, set)
 	var read int64
+	var ckpt int
+	if o.checkpoint != "" {
+		cv, err := openCheckpointVersion(ctx, o.checkpoint, o.seq, prev)
+		if err != nil {
+			return err
+		}
+		defer cv.repo.Close()
+		v.Images, ckpt = cv.images, cv.seq
+		if g.verbose && len(cv.patched) > 0 {
+			fmt.Fprintf(g.stderr, "ntc: %v: the writes since the receiver's checkpoint are known: changed chunks may travel as patches\n", cv.patched)
+		}
+	}
 	for _, path := range paths {
 		img, err := chunk.OpenFile(path)
 		if err != nil {
@@ -191,7 +230,8 @@ func runPush(ctx context.Context, g *globals, o pushOptions, paths []string) err
 	}
 	total := time.Since(start)
 	out := pushJSON{Result: res, BytesSent: res.BytesUp + res.BytesDown,
-		IndexMS: indexed.Milliseconds(), BytesRead: read, DurationMS: total.Milliseconds(), PeakRSS: procstat.PeakRSS(0)}
+		IndexMS: indexed.Milliseconds(), BytesRead: read, DurationMS: total.Milliseconds(), PeakRSS: procstat.PeakRSS(0),
+		Checkpoint: ckpt}
 	if d := time.Duration(res.DurationMS) * time.Millisecond; d > 0 {
 		out.RateMbit = float64(res.BytesUp) * 8 / d.Seconds() / 1e6
 	}
@@ -199,6 +239,9 @@ func runPush(ctx context.Context, g *globals, o pushOptions, paths []string) err
 		return writeJSON(g.stdout, out)
 	}
 	fmt.Fprintf(g.stdout, "pushed %s v%d to %s in %s\n", set, res.Version, o.to, total.Round(time.Millisecond))
+	if ckpt != 0 {
+		fmt.Fprintf(g.stdout, "  checkpoint %d of %s\n", ckpt, o.checkpoint)
+	}
 	fmt.Fprintf(g.stdout, "  %s in %d images; %s changed since the receiver's last version\n",
 		humanBytes(res.ImageBytes), len(v.Images), humanBytes(res.ChangedBytes))
 	fmt.Fprintf(g.stdout, "  sent %d chunks (%s, %s compressed); %s on the wire in all\n",
