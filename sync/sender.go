@@ -190,6 +190,13 @@ func (s *Sender) Push(ctx context.Context, conn *transport.Conn, v *Version) (*R
 	if err := pre.send(w); err != nil {
 		return nil, ctxErr(ctx, err)
 	}
+	// Data connections' handshakes overlap the offer's round trip when
+	// chunks will probably travel.
+	var extra *dialing
+	defer func() { extra.close() }()
+	if len(listNew(pre.ops, pre.results)) > 0 {
+		extra = s.startDial(ctx)
+	}
 	p, err := rd.expect(msgBase)
 	if err != nil {
 		return nil, ctxErr(ctx, fmt.Errorf("handshake: %w", err))
@@ -239,17 +246,15 @@ func (s *Sender) Push(ctx context.Context, conn *transport.Conn, v *Version) (*R
 	s.logf("offered %s v%d: %d images, %d new chunks", v.Set, o.version, len(v.Images), len(news))
 
 	conns := []*transport.Conn{conn}
-	if s.Conns > 1 && s.Dial != nil {
-		extra, err := s.dialExtra(ctx, s.Conns-1)
-		defer func() {
-			for _, c := range extra {
-				c.Close()
-			}
-		}()
+	if len(news) > 0 {
+		if extra == nil {
+			extra = s.startDial(ctx)
+		}
+		more, err := extra.wait()
 		if err != nil {
 			return nil, err
 		}
-		conns = append(conns, extra...)
+		conns = append(conns, more...)
 	}
 	lim := newLimiter(s.BytesPerSec, func() uint64 {
 		var n uint64
@@ -460,27 +465,63 @@ func fetchIndex(ctx context.Context, w *frameWriter, rd *frameReader, ref imageR
 }
 
 // dialExtra opens n more connections to the receiver, in parallel.
-func (s *Sender) dialExtra(ctx context.Context, n int) ([]*transport.Conn, error) {
-	out := make([]*transport.Conn, n)
-	g, gctx := errgroup.WithContext(ctx)
-	for i := range n {
-		g.Go(func() error {
-			c, err := s.Dial(gctx)
-			if err != nil {
-				return fmt.Errorf("open data connection: %w", err)
-			}
-			out[i] = c
-			return nil
-		})
+// dialing is the opening of a push's extra data connections.
+type dialing struct {
+	done  chan struct{}
+	conns []*transport.Conn
+	err   error
+}
+
+// startDial starts opening the extra data connections (Conns-1 of them).
+// It returns nil when there are none to open.
+func (s *Sender) startDial(ctx context.Context) *dialing {
+	n := s.Conns - 1
+	if n <= 0 || s.Dial == nil {
+		return nil
 	}
-	err := g.Wait()
-	var ok []*transport.Conn
-	for _, c := range out {
-		if c != nil {
-			ok = append(ok, c)
+	d := &dialing{done: make(chan struct{})}
+	go func() {
+		defer close(d.done)
+		out := make([]*transport.Conn, n)
+		g, gctx := errgroup.WithContext(ctx)
+		for i := range n {
+			g.Go(func() error {
+				c, err := s.Dial(gctx)
+				if err != nil {
+					return fmt.Errorf("open data connection: %w", err)
+				}
+				out[i] = c
+				return nil
+			})
 		}
+		d.err = g.Wait()
+		for _, c := range out {
+			if c != nil {
+				d.conns = append(d.conns, c)
+			}
+		}
+	}()
+	return d
+}
+
+// wait returns the opened connections (none for a nil d).
+func (d *dialing) wait() ([]*transport.Conn, error) {
+	if d == nil {
+		return nil, nil
 	}
-	return ok, err
+	<-d.done
+	return d.conns, d.err
+}
+
+// close closes the connections, once they are open.
+func (d *dialing) close() {
+	if d == nil {
+		return
+	}
+	<-d.done
+	for _, c := range d.conns {
+		c.Close()
+	}
 }
 
 // readPeerError waits briefly for an error frame on the control stream.
