@@ -436,3 +436,21 @@ func TestPushOverSeveralConnections(t *testing.T) {
 		}
 	}
 }
+
+// The version's metadata is kept as sent, although the frames after the
+// offer reuse the buffer it arrived in.
+func TestMetaSurvivesTheOffer(t *testing.T) {
+	p := newPeers(t)
+	ctx := t.Context()
+	r := rand.New(rand.NewPCG(10, 10))
+	v := imageVersion(t, "vm", map[string][]byte{"disk": randomData(r, 4<<20)})
+	// Larger than the frames that follow it, which then reuse its buffer.
+	v.Meta = []byte(`{"note":"` + strings.Repeat("kept as sent ", 8<<10) + `"}`)
+	if _, err := p.push(t, ctx, &Sender{}, v); err != nil {
+		t.Fatal(err)
+	}
+	got, err := p.repo.Meta("vm", 1)
+	if err != nil || string(got) != string(v.Meta) {
+		t.Fatalf("metadata after the commit: %q, %v; want %q", got, err, v.Meta)
+	}
+}

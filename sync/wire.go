@@ -191,7 +191,8 @@ func (d *dec) bytes() []byte {
 		d.fail("field longer than the frame")
 		return nil
 	}
-	p := d.b[:n]
+	// A copy: the frame's buffer is reused for the next frame.
+	p := append([]byte(nil), d.b[:n]...)
 	d.b = d.b[n:]
 	return p
 }
