@@ -259,10 +259,16 @@ func TestDamagedChunksAreRefusedAndFetchedAgain(t *testing.T) {
 		t.Fatalf("current version after a failed push: %+v, %v", m, err)
 	}
 	assertMaterialized(t, p.repo, "vm", map[string][]byte{"disk": disk})
-	// Nothing damaged was stored.
-	for _, e := range v2.Images[0].Index.Entries {
-		if ok, _ := p.repo.Store().Has(ctx, e.ID); ok && !e.Zero {
-			if _, err := p.repo.Store().Get(ctx, e.ID); err != nil {
+	assertNothingDamagedStored(t, p.repo, v2.Images[0].Index)
+}
+
+// assertNothingDamagedStored checks that every chunk of x the store holds
+// reads back whole.
+func assertNothingDamagedStored(t *testing.T, repo *Repo, x *chunk.Index) {
+	t.Helper()
+	for _, e := range x.Entries {
+		if ok, _ := repo.Store().Has(t.Context(), e.ID); ok && !e.Zero {
+			if _, err := repo.Store().Get(t.Context(), e.ID); err != nil {
 				t.Fatalf("store holds a damaged chunk: %v", err)
 			}
 		}
@@ -293,13 +299,7 @@ func TestImageChangedSinceIndexed(t *testing.T) {
 		t.Fatalf("current version after a failed push: %+v, %v", m, err)
 	}
 	assertMaterialized(t, p.repo, "vm", map[string][]byte{"disk": disk})
-	for _, e := range v2.Images[0].Index.Entries {
-		if ok, _ := p.repo.Store().Has(ctx, e.ID); ok && !e.Zero {
-			if _, err := p.repo.Store().Get(ctx, e.ID); err != nil {
-				t.Fatalf("store holds a damaged chunk: %v", err)
-			}
-		}
-	}
+	assertNothingDamagedStored(t, p.repo, v2.Images[0].Index)
 }
 
 func TestInterruptedPushResumes(t *testing.T) {
