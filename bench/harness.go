@@ -86,6 +86,10 @@ func (n *Node) Serve(ctx context.Context, addr, store string, allow string, wrap
 	return s, nil
 }
 
+// Log returns what the server wrote to its standard error (its log).
+// Read it after Stop.
+func (s *Server) Log() string { return s.stderr.String() }
+
 // Stop ends the server and returns its peak resident memory in bytes.
 func (s *Server) Stop() (int64, error) {
 	rss, _ := s.StopUsage()

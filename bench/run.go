@@ -78,6 +78,10 @@ type Case struct {
 	// starting and ending the process).
 	IndexMS int64 `json:"ntc_index_ms,omitempty"`
 	RunMS   int64 `json:"ntc_run_ms,omitempty"`
+	// ReceiverLog holds the lines of the receiver's log that time its part:
+	// the rounds of chunks, and the commit (store synced, committed, images
+	// written).
+	ReceiverLog []string `json:"ntc_receiver_log,omitempty"`
 	// Note says what else a reader must know about this case (how QEMU's
 	// migration ended, for one).
 	Note string `json:"note,omitempty"`
@@ -218,6 +222,11 @@ func runNTC(ctx context.Context, cfg Config, l *link.Link, sc *Scenario, dir str
 	l.RestartTrace()
 	res, err := office.PushVia(ctx, l.A().Wrap(), srv.Addr, home.ID, args...)
 	rss, cpu := srv.StopUsage()
+	for _, line := range strings.Split(srv.Log(), "\n") {
+		if strings.Contains(line, "round ") || strings.Contains(line, "committed ") {
+			c.ReceiverLog = append(c.ReceiverLog, line)
+		}
+	}
 	if err != nil {
 		return err
 	}
