@@ -49,6 +49,9 @@ type Config struct {
 	Tools     []string
 	// Progress, if set, is told what is running.
 	Progress func(format string, args ...any)
+	// PushArgs are added to the measured 'ntc push' (an experiment such as
+	// --conns 1; the report is of ntc's defaults without them).
+	PushArgs []string
 	// TraceDir, if set, receives a packet timeline of every case:
 	// trace-SCENARIO-LINK-TOOL.tsv (link.WriteTrace).
 	TraceDir string
@@ -220,7 +223,7 @@ func runNTC(ctx context.Context, cfg Config, l *link.Link, sc *Scenario, dir str
 		return err
 	}
 	l.RestartTrace()
-	res, err := office.PushVia(ctx, l.A().Wrap(), srv.Addr, home.ID, args...)
+	res, err := office.PushVia(ctx, l.A().Wrap(), srv.Addr, home.ID, append(args, cfg.PushArgs...)...)
 	rss, cpu := srv.StopUsage()
 	for _, line := range strings.Split(srv.Log(), "\n") {
 		if strings.Contains(line, "round ") || strings.Contains(line, "committed ") {

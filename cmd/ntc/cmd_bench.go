@@ -24,6 +24,7 @@ type benchOptions struct {
 	out       string
 	vmWork    time.Duration
 	trace     bool
+	pushArgs  string
 }
 
 func newBenchCommand(g *globals) *cobra.Command {
@@ -69,6 +70,7 @@ Examples:
 	f.StringVar(&o.scenarios, "scenario", strings.Join(bench.DefaultScenarios, ","), "scenarios, comma separated: "+strings.Join(bench.ScenarioNames, ", "))
 	f.StringVar(&o.links, "link", "dsl", "link profiles, comma separated: dsl, wan, lan")
 	f.StringVar(&o.tools, "tools", "all", "tools: ntc, ntc+changed, rsync-z, rsync, full-zstd, migrate, or all")
+	f.StringVar(&o.pushArgs, "push-args", "", "extra arguments for the measured 'ntc push', e.g. \"--conns 1\" (an experiment: the report then is not of the defaults)")
 	f.BoolVar(&o.trace, "trace", false, "write each case's packet timeline to --out (trace-*.tsv)")
 	f.DurationVar(&o.vmWork, "vm-work", time.Minute, "how long the guest works between the VM scenarios' two checkpoints")
 	f.StringVar(&o.size, "size", "64M", "image size of the synthetic scenarios")
@@ -108,7 +110,7 @@ func runBench(ctx context.Context, g *globals, o benchOptions) error {
 		}
 		defer os.RemoveAll(dir)
 	}
-	cfg := bench.Config{Bin: bin, Dir: dir, Profiles: profiles, Tools: tools}
+	cfg := bench.Config{Bin: bin, Dir: dir, Profiles: profiles, Tools: tools, PushArgs: strings.Fields(o.pushArgs)}
 	if o.trace {
 		if o.out == "" {
 			return usagef("--trace writes to the --out directory: give one")
