@@ -70,10 +70,19 @@ func runMigrate(ctx context.Context, l *link.Link, sc *Scenario, dir string, c *
 		return fmt.Errorf("restored guest: %w", err)
 	}
 
-	if err := s.Run(ctx, "migrate-set-capabilities", map[string]any{"capabilities": []map[string]any{
-		{"capability": "events", "state": true}}}, nil); err != nil {
+	// Both ends report the migration's progress as events.
+	ds, err := capture.Dial(ctx, dst.QMPPath(), capture.DialOptions{})
+	if err != nil {
 		return err
 	}
+	defer ds.Close()
+	events := map[string]any{"capabilities": []map[string]any{{"capability": "events", "state": true}}}
+	for _, q := range []*capture.Session{s, ds} {
+		if err := q.Run(ctx, "migrate-set-capabilities", events, nil); err != nil {
+			return err
+		}
+	}
+	dmark := ds.EventMark()
 	// QEMU caps migration at 128 MiB/s by default: lift it, the link is
 	// the limit.
 	if err := s.Run(ctx, "migrate-set-parameters", map[string]any{"max-bandwidth": int64(1) << 40}, nil); err != nil {
@@ -99,13 +108,13 @@ func runMigrate(ctx context.Context, l *link.Link, sc *Scenario, dir string, c *
 		}
 		return false
 	}
-	forced := false
+	forced, tStop := false, time.Time{}
 	wctx, cancel := context.WithTimeout(ctx, deadline)
 	ev, _, err := s.WaitEvent(wctx, mark, done)
 	cancel()
 	if err != nil && ctx.Err() == nil {
 		// Not converged: pause the guest, as a user would, to finish.
-		forced = true
+		forced, tStop = true, time.Now()
 		if err := s.Run(ctx, "stop", nil, nil); err != nil {
 			return fmt.Errorf("pause the unconverged migration's guest: %w", err)
 		}
@@ -133,28 +142,32 @@ func runMigrate(ctx context.Context, l *link.Link, sc *Scenario, dir string, c *
 	}
 	if forced {
 		// QEMU leaves the destination paused when the source was: resume
-		// it, as the user who paused the source would.
-		ds, err := capture.Dial(ctx, dst.QMPPath(), capture.DialOptions{})
-		if err != nil {
-			return err
+		// it, as the user who paused the source would, once it has loaded
+		// all (a cont before that is lost).
+		if _, _, err := ds.WaitEvent(ctx, dmark, done); err != nil {
+			return fmt.Errorf("migrated guest: %w", err)
 		}
-		err = ds.Run(ctx, "cont", nil, nil)
-		ds.Close()
-		if err != nil {
+		if err := ds.Run(ctx, "cont", nil, nil); err != nil {
 			return fmt.Errorf("resume the migrated guest: %w", err)
 		}
+		info.Downtime = time.Since(tStop).Milliseconds()
 	}
 	// The destination runs the guest on: it ticks.
 	tctx, cancel = context.WithTimeout(ctx, time.Minute)
 	_, err = dst.WaitTick(tctx, src.LastTick()+1)
 	cancel()
 	if err != nil {
-		return fmt.Errorf("migrated guest: %w", err)
+		var status struct {
+			Status string `json:"status"`
+		}
+		serr := ds.Run(ctx, "query-status", nil, &status)
+		lines := dst.Serial()
+		return fmt.Errorf("migrated guest (status %q %v; serial ends %q): %w", status.Status, serr, lines[max(0, len(lines)-3):], err)
 	}
 	c.Note = fmt.Sprintf("QEMU: %d passes over RAM, %.1f MB of RAM sent, guest paused %d ms",
 		info.RAM.DirtySync, float64(info.RAM.Transferred)/1e6, info.Downtime)
 	if forced {
-		c.Note += fmt.Sprintf("; had not converged after %.0f s (one pass at the link rate + %s): guest paused to finish",
+		c.Note += fmt.Sprintf(" (from the stop to the destination's cont); had not converged after %.0f s (one pass at the link rate + %s): guest paused to finish",
 			deadline.Seconds(), migrateGrace)
 	}
 	return nil
