@@ -93,6 +93,7 @@ func runMigrate(ctx context.Context, l *link.Link, sc *Scenario, dir string, c *
 	deadline := pass + migrateGrace
 
 	mark = s.EventMark()
+	settle()
 	l.RestartTrace()
 	t0 := time.Now()
 	if err := s.Run(ctx, "migrate", map[string]any{"uri": "tcp:" + netip.AddrPortFrom(b.Addr, migratePort).String()}, nil); err != nil {

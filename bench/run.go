@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/ntc-project/ntc/bench/link"
@@ -222,6 +223,7 @@ func runNTC(ctx context.Context, cfg Config, l *link.Link, sc *Scenario, dir str
 	if err != nil {
 		return err
 	}
+	settle()
 	l.RestartTrace()
 	res, err := office.PushVia(ctx, l.A().Wrap(), srv.Addr, home.ID, append(args, cfg.PushArgs...)...)
 	rss, cpu := srv.StopUsage()
@@ -276,6 +278,7 @@ func runRsync(ctx context.Context, l *link.Link, sc *Scenario, dir, tool string,
 		return err
 	}
 	var res *RsyncResult
+	settle()
 	l.RestartTrace()
 	deadline := time.Now().Add(10 * time.Second)
 	for {
@@ -323,3 +326,10 @@ func writeTrace(dir string, c Case, pkts []link.Packet) error {
 	}
 	return f.Close()
 }
+
+// settle writes the machine's dirty pages out (sync(2)) before a measured
+// run, so that a tool that makes its writes durable (ntc fsyncs what it
+// received before acknowledging) does not wait for the setup's copies of
+// the old version too, while one that does not (rsync) leaves them to the
+// kernel.
+func settle() { syscall.Sync() }
