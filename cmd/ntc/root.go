@@ -105,6 +105,7 @@ then the file given by --config (default: $NTC_HOME/ntc.yaml or
 		newLsCommand(g),
 		newBenchCommand(g),
 		newCheckpointCommand(g),
+		newResumeCommand(g),
 		newVersionCommand(g),
 	)
 	return root

@@ -1,0 +1,257 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/ntc-project/ntc/resume"
+	ntcsync "github.com/ntc-project/ntc/sync"
+)
+
+type resumeOptions struct {
+	store   string
+	name    string
+	workdir string
+	network string
+	qemu    string
+	detach  bool
+}
+
+func newResumeCommand(g *globals) *cobra.Command {
+	var o resumeOptions
+	cmd := &cobra.Command{
+		Use:   "resume --store DIR --name SET",
+		Short: "Continue a received checkpoint's guest here, where it was",
+		Long: `Resume starts the guest of the checkpoint that set SET of the receiver's store
+DIR holds now ('ntc push --checkpoint' sent it; 'ntc ls --store DIR' lists the
+sets) and lets it continue from the checkpoint's instant: no reboot, its
+programs carry on.
+
+It starts QEMU from the source's recorded command line with the versioned
+machine type, the same RAM, CPUs and devices (the migration needs them), and
+paths moved into the work directory (--workdir, default
+$NTC_HOME/resume/SET): every disk gets a new qcow2 overlay there whose backing
+file is the received image (the received images are only read; the next push
+updates them in place, so stop the copy before pushing to SET again), the
+serial console goes to serial.log, and QMP to qmp.sock. Files the source loaded
+besides its disks (-kernel, -initrd, firmware) must be at the same paths here.
+QEMU starts paused with -incoming defer; ntc feeds it the migration stream
+rebuilt from the received RAM pages, device state and stream description,
+waits until QEMU has loaded it, and lets the guest run.
+
+The copy's network links are down (set_link) before it runs, so that it
+cannot clash with the original on the network; --network on keeps them as
+the source had them. A source with a vmgenid device gets a new generation
+ID: the guest can tell it is a copy.
+
+If the checkpoint does not fit the QEMU started for it (another machine type,
+RAM size or devices), QEMU refuses the stream and exits: ntc says what QEMU
+said, and nothing is left running.
+
+ntc stays in the foreground while the copy runs: Ctrl-C (or SIGTERM) stops
+the copy cleanly (QMP quit). With --detach it leaves the copy running and
+prints how to stop it.
+
+Examples:
+  ntc resume --store ~/vms --name office-vm
+  ntc resume --store ~/vms --name office-vm --detach --workdir /var/lib/ntc/office-vm
+  ntc resume --store ~/vms --name office-vm --network on --json`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			o.store = g.v.GetString("resume.store")
+			o.name = g.v.GetString("resume.name")
+			o.workdir = g.v.GetString("resume.workdir")
+			o.network = g.v.GetString("resume.network")
+			o.qemu = g.v.GetString("resume.qemu")
+			return runResume(cmd.Context(), g, o)
+		},
+	}
+	f := cmd.Flags()
+	f.String("store", "", "the receiver's repository directory (ntc serve --store)")
+	f.String("name", "", "the set to resume (the checkpoint repository's name when pushed)")
+	f.String("workdir", "", "where the copy's disk overlays, sockets and logs go (default: $NTC_HOME/resume/SET)")
+	f.String("network", string(resume.NetworkOff), "the copy's network links: off (set down before it runs) or on")
+	f.String("qemu", "", "QEMU binary (default: the source's, or its name on PATH)")
+	f.BoolVar(&o.detach, "detach", false, "leave the copy running and exit (default: stay until Ctrl-C, then stop it)")
+	g.bind(cmd, "resume.store", "store")
+	g.bind(cmd, "resume.name", "name")
+	g.bind(cmd, "resume.workdir", "workdir")
+	g.bind(cmd, "resume.network", "network")
+	g.bind(cmd, "resume.qemu", "qemu")
+	return cmd
+}
+
+// resumeJSON is what resume --json prints when the copy runs ("running"),
+// and when it has stopped ("stopped").
+type resumeJSON struct {
+	Event       string            `json:"event"`
+	Set         string            `json:"set"`
+	Version     uint64            `json:"version"`
+	Checkpoint  int               `json:"checkpoint"`
+	Machine     string            `json:"machine"`
+	PID         int               `json:"pid"`
+	WorkDir     string            `json:"workdir"`
+	QMP         string            `json:"qmp"`
+	SerialLog   string            `json:"serial_log,omitempty"`
+	Log         string            `json:"qemu_log"`
+	PIDFile     string            `json:"pidfile"`
+	Network     string            `json:"network"`
+	LinksDown   []string          `json:"links_down,omitempty"`
+	GenID       bool              `json:"new_generation_id"`
+	Disks       []resume.DiskPlan `json:"disks"`
+	ResumeMS    float64           `json:"resume_ms"`
+	LaunchMS    float64           `json:"launch_ms"`
+	MigrateMS   float64           `json:"migrate_ms"`
+	StreamBytes int64             `json:"stream_bytes"`
+	Detached    bool              `json:"detached"`
+}
+
+func runResume(ctx context.Context, g *globals, o resumeOptions) error {
+	t0 := time.Now()
+	if o.store == "" {
+		return usagef("--store DIR is required: the receiver's repository (ntc serve --store)")
+	}
+	if o.name == "" {
+		return usagef("--name SET is required: the set to resume ('ntc ls --store %s' lists them)", o.store)
+	}
+	if err := ntcsync.CheckName(o.name); err != nil {
+		return usagef("--name %q: %v", o.name, err)
+	}
+	network := resume.Network(o.network)
+	if network != resume.NetworkOff && network != resume.NetworkOn {
+		return usagef("--network %q: want off or on", o.network)
+	}
+	repo, err := ntcsync.OpenRepoForReading(o.store)
+	if err != nil {
+		return err
+	}
+	defer repo.Close()
+	cur, err := repo.Current(o.name)
+	if err != nil {
+		return err
+	}
+	if cur == nil {
+		return fmt.Errorf("%s holds no set %q: 'ntc ls --store %s' lists what was received", o.store, o.name, o.store)
+	}
+	images := filepath.Dir(repo.ImagePath(o.name, resume.ManifestImage))
+	if err := imagesHold(images, cur.Version); err != nil {
+		return err
+	}
+	work := o.workdir
+	if work == "" {
+		work = filepath.Join(g.home(), "resume", o.name)
+	}
+	vm, err := resume.Start(ctx, resume.Config{Images: images, WorkDir: work, Network: network, QEMU: o.qemu, Detach: o.detach})
+	if err != nil {
+		return err
+	}
+	// A push that landed meanwhile may have changed what was read.
+	if err := imagesHold(images, cur.Version); err != nil {
+		vm.Kill()
+		return fmt.Errorf("%w; the copy was stopped: run resume again", err)
+	}
+	total := time.Since(t0)
+	p := vm.Plan
+	out := resumeJSON{
+		Event: "running", Set: o.name, Version: cur.Version, Checkpoint: vm.Manifest.Seq, Machine: vm.Manifest.Machine.Type,
+		PID: vm.PID(), WorkDir: filepath.Dir(p.Control), QMP: p.QMP, SerialLog: p.SerialLog, Log: p.Log, PIDFile: p.PIDFile,
+		Network: string(network), GenID: p.GenID, Disks: p.Disks, ResumeMS: ms(total),
+		LaunchMS: ms(vm.Timings.Launch), MigrateMS: ms(vm.Timings.Migrate), StreamBytes: vm.Timings.StreamBytes, Detached: o.detach,
+	}
+	if network == resume.NetworkOff {
+		out.LinksDown = p.NICs
+	}
+	if g.json {
+		if err := writeJSONLine(g.stdout, out); err != nil {
+			vm.Kill()
+			return err
+		}
+	} else {
+		printResumed(g, out, vm.Manifest.Machine.RAMBytes)
+	}
+	if o.detach {
+		return vm.Release()
+	}
+	select {
+	case <-vm.Exited():
+		if err := vm.ExitErr(); err != nil {
+			return fmt.Errorf("the copy's QEMU exited: %w; see %s", err, p.Log)
+		}
+		if !g.json {
+			fmt.Fprintln(g.stdout, "the copy's QEMU exited (the guest shut down)")
+		}
+	case <-ctx.Done():
+		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+		defer cancel()
+		if err := vm.Stop(sctx); err != nil {
+			return err
+		}
+		if !g.json {
+			fmt.Fprintf(g.stdout, "stopped the copy; its disk writes stay in %s\n", out.WorkDir)
+		}
+	}
+	if g.json {
+		return writeJSONLine(g.stdout, map[string]string{"event": "stopped", "set": o.name, "workdir": out.WorkDir})
+	}
+	return nil
+}
+
+func printResumed(g *globals, o resumeJSON, ram int64) {
+	w := g.stdout
+	fmt.Fprintf(w, "resumed %s (version %d, checkpoint %d: %s, %s RAM) in %.2f s: the guest runs as pid %d\n",
+		o.Set, o.Version, o.Checkpoint, o.Machine, humanBytes(ram), o.ResumeMS/1000, o.PID)
+	fmt.Fprintf(w, "  QEMU started in %.0f ms, loaded the %s migration stream in %.0f ms\n", o.LaunchMS, humanBytes(o.StreamBytes), o.MigrateMS)
+	for _, d := range o.Disks {
+		fmt.Fprintf(w, "  disk %s: writes go to %s (on %s, left as received)\n", d.Device, d.Overlay, d.Image)
+	}
+	switch {
+	case len(o.LinksDown) > 0:
+		fmt.Fprintf(w, "  network: link down on %s (--network on keeps it up)\n", strings.Join(o.LinksDown, ", "))
+	case o.Network == string(resume.NetworkOn):
+		fmt.Fprintln(w, "  network: as the source had it")
+	}
+	if o.GenID {
+		fmt.Fprintln(w, "  vmgenid: a new generation ID tells the guest it is a copy")
+	}
+	if o.SerialLog != "" {
+		fmt.Fprintf(w, "  serial console: %s (tail -f it)\n", o.SerialLog)
+	}
+	fmt.Fprintf(w, "  QMP: %s   QEMU's log: %s\n", o.QMP, o.Log)
+	if o.Detached {
+		fmt.Fprintf(w, "left running: stop it with   kill $(cat %s)   (QEMU exits cleanly on SIGTERM)\n", o.PIDFile)
+	} else {
+		fmt.Fprintln(w, "Ctrl-C stops the copy (--detach leaves it running)")
+	}
+}
+
+// imagesHold checks that the set's image files hold version v, with no
+// update under way (the receiver records it in images/.state.json).
+func imagesHold(dir string, v uint64) error {
+	b, err := os.ReadFile(filepath.Join(dir, ".state.json"))
+	if errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("%s holds no received images yet", dir)
+	}
+	if err != nil {
+		return err
+	}
+	var st struct {
+		Version  uint64 `json:"version"`
+		Applying uint64 `json:"applying"`
+	}
+	if err := json.Unmarshal(b, &st); err != nil {
+		return fmt.Errorf("read %s/.state.json: %w", dir, err)
+	}
+	if st.Version != v || st.Applying != 0 {
+		return fmt.Errorf("the images in %s are being updated by a push (version %d current, files hold %d): wait for it to finish", dir, v, st.Version)
+	}
+	return nil
+}

@@ -1,0 +1,352 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/ntc-project/ntc/capture"
+	"github.com/ntc-project/ntc/internal/testguest"
+)
+
+// TestResumeCheckpoint checkpoints the running test guest, pushes it
+// between real ntc processes, stops the original and resumes the received
+// copy with a real 'ntc resume': the copy's console goes on counting from
+// the checkpoint (no boot), its disk keeps the ticks, its NIC link is down,
+// the receiver's images are not touched, and Ctrl-C stops it. Then two
+// manifests that do not fit their machine: a clear error, no QEMU left.
+func TestResumeCheckpoint(t *testing.T) {
+	testguest.SkipIfNoQEMU(t)
+	vmDir, err := os.MkdirTemp("", "ntcr-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(vmDir) })
+	vm := testguest.StartTB(t, testguest.StartOptions{Dir: vmDir, NIC: true})
+	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Minute)
+	defer cancel()
+	if _, err := vm.WaitTick(ctx, 2); err != nil {
+		t.Fatal(err)
+	}
+	office, home := newNode(t), newNode(t)
+	store := t.TempDir()
+	addr, _ := serve(t, home, store, office.id)
+	repo := filepath.Join(t.TempDir(), "office-vm")
+
+	before := vm.LastTick()
+	if code, _, errs := ntc(t, ctx, "checkpoint", "--qmp", vm.QMPPath(), "--out", repo); code != 0 {
+		t.Fatalf("checkpoint: exit %d: %s", code, errs)
+	}
+	after := vm.LastTick()
+	if _, err := push(t, ctx, office, addr, home.id, "--checkpoint", repo); err != nil {
+		t.Fatal(err)
+	}
+	if err := vm.Stop(ctx); err != nil {
+		t.Fatal(err)
+	}
+	images := filepath.Join(store, "sets", "office-vm", "images")
+	diskTick, err := testguest.ReadDiskTick(ctx, filepath.Join(images, "disk-vda"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if diskTick < before || diskTick > after+1 {
+		t.Fatalf("the received disk says tick %d; the guest printed tick %d before the checkpoint and %d after", diskTick, before, after)
+	}
+	sums := treeSums(t, images)
+
+	work := filepath.Join(vmDir, "copy")
+	c := home.cmd(context.Background(), "--json", "resume", "--store", store, "--name", "office-vm", "--workdir", work)
+	stdout, err := c.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var stderr strings.Builder
+	c.Stderr = &stderr
+	t0 := time.Now()
+	if err := c.Start(); err != nil {
+		t.Fatal(err)
+	}
+	// One reader of the output until it ends, then Wait (which closes the
+	// pipe).
+	lines := make(chan string, 16)
+	exited := make(chan error, 1)
+	go func() {
+		r := bufio.NewReader(stdout)
+		for {
+			l, err := r.ReadString('\n')
+			if l != "" {
+				lines <- l
+			}
+			if err != nil {
+				break
+			}
+		}
+		close(lines)
+		exited <- c.Wait()
+	}()
+	t.Cleanup(func() {
+		c.Process.Kill()
+		<-exited
+		killQEMUsIn(t, work)
+	})
+	line, ok := <-lines
+	if !ok {
+		t.Fatalf("resume printed nothing: %s", stderr.String())
+	}
+	var res resumeJSON
+	if err := json.Unmarshal([]byte(line), &res); err != nil || res.Event != "running" {
+		t.Fatalf("resume printed %q: %v", line, err)
+	}
+	t.Logf("resumed in %.0f ms (QEMU up in %.0f ms, %d-byte stream loaded in %.0f ms); %s after the command started",
+		res.ResumeMS, res.LaunchMS, res.StreamBytes, res.MigrateMS, time.Since(t0).Round(time.Millisecond))
+	if res.SerialLog == "" || res.QMP == "" || len(res.Disks) != 1 || len(res.LinksDown) != 1 || res.LinksDown[0] != testguest.NICDevice {
+		t.Fatalf("resume --json: %+v", res)
+	}
+
+	// The console goes on from the checkpoint: the first tick follows the
+	// one on the received disk, and nothing boots.
+	first := -1
+	for _, l := range waitSerialFile(t, ctx, res.SerialLog, 3) {
+		if strings.Contains(l, "Linux version") || strings.HasPrefix(l, "ntc: ready") {
+			t.Errorf("the copy booted: %q", l)
+		}
+		if m := tickRe.FindStringSubmatch(l); m != nil && first < 0 {
+			first, _ = strconv.Atoi(m[1])
+		}
+	}
+	if first != diskTick+1 && first != diskTick {
+		t.Errorf("the copy's first tick is %d; the checkpoint's disk says %d (the original printed %d before, %d after)", first, diskTick, before, after)
+	}
+	t.Logf("the original printed ticks %d..%d around the checkpoint, whose disk says %d; the copy went on with tick %d", before, after, diskTick, first)
+	if n, err := testguest.ReadDiskTick(ctx, res.Disks[0].Overlay); err != nil || n < first {
+		t.Errorf("the copy's disk says tick %d (%v), its console printed %d", n, err, first)
+	}
+
+	// The link is down: the virtio-net status field (config space, read
+	// through its BAR) has LINK_UP clear.
+	up, err := nicLinkUp(ctx, res.QMP, testguest.NICDevice)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if up {
+		t.Error("the copy's NIC link is up")
+	}
+
+	// Ctrl-C stops the copy.
+	if err := c.Process.Signal(os.Interrupt); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-exited:
+		if err != nil {
+			t.Fatalf("resume after Ctrl-C: %v: %s", err, stderr.String())
+		}
+	case <-ctx.Done():
+		t.Fatal("resume did not exit on Ctrl-C")
+	}
+	exited <- nil
+	var rest []string
+	for l := range lines {
+		rest = append(rest, l)
+	}
+	if len(rest) != 1 || !strings.Contains(rest[0], `"stopped"`) {
+		t.Errorf("resume printed %q after Ctrl-C", rest)
+	}
+	if err := syscall.Kill(res.PID, 0); err == nil {
+		t.Errorf("QEMU (pid %d) still runs after Ctrl-C", res.PID)
+	}
+	if got := treeSums(t, images); got != sums {
+		t.Errorf("the receiver's images changed during the resume:\n%s\nnow:\n%s", sums, got)
+	}
+
+	// Manifests whose machine does not match: QEMU refuses the stream.
+	for _, tc := range []struct {
+		name, says string
+		tamper     func(m *capture.Manifest)
+	}{
+		{"RAM size", "mismatch", func(m *capture.Manifest) { m.Machine.RAMBytes += 64 << 20 }},
+		{"machine type", "Machine type received", func(m *capture.Manifest) { m.Machine.Type = "pc-i440fx-7.1" }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			bad := filepath.Join(t.TempDir(), "store")
+			if out, err := exec.Command("cp", "-a", store, bad).CombinedOutput(); err != nil {
+				t.Fatalf("copy the store: %v: %s", err, out)
+			}
+			mp := filepath.Join(bad, "sets", "office-vm", "images", "manifest.json")
+			b, err := os.ReadFile(mp)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var m capture.Manifest
+			if err := json.Unmarshal(b, &m); err != nil {
+				t.Fatal(err)
+			}
+			tc.tamper(&m)
+			if b, err = json.Marshal(&m); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.WriteFile(mp, b, 0o644); err != nil {
+				t.Fatal(err)
+			}
+			w := filepath.Join(vmDir, "bad")
+			t.Cleanup(func() { killQEMUsIn(t, w) })
+			code, _, errs := ntc(t, ctx, "resume", "--store", bad, "--name", "office-vm", "--workdir", w)
+			t.Logf("ntc resume said: %s", errs)
+			if code != exitError || !strings.Contains(errs, "does not match") || !strings.Contains(errs, tc.says) {
+				t.Errorf("exit %d, stderr %q; want exit %d saying the machine does not match, with QEMU's %q", code, errs, exitError, tc.says)
+			}
+			if pids := qemusIn(t, w); len(pids) > 0 {
+				t.Errorf("QEMU left running: %v", pids)
+			}
+			if _, err := os.Stat(filepath.Join(w, "disk-vda.qcow2")); err == nil {
+				t.Error("the failed resume left its overlay behind")
+			}
+		})
+	}
+}
+
+var tickRe = regexp.MustCompile(`^tick (\d+)$`)
+
+// waitSerialFile waits until the serial log at path holds n tick lines and
+// returns its lines. QEMU writes the file; nothing announces a new line,
+// so it is read again every 50 ms.
+func waitSerialFile(t *testing.T, ctx context.Context, path string, n int) []string {
+	t.Helper()
+	tk := time.NewTicker(50 * time.Millisecond)
+	defer tk.Stop()
+	for {
+		b, _ := os.ReadFile(path)
+		lines := strings.Split(strings.ReplaceAll(string(b), "\r", ""), "\n")
+		ticks := 0
+		for _, l := range lines {
+			if tickRe.MatchString(l) {
+				ticks++
+			}
+		}
+		if ticks >= n {
+			return lines
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatalf("the copy's serial console shows %d ticks, want %d: %q", ticks, n, b)
+		case <-tk.C:
+		}
+	}
+}
+
+// nicLinkUp reads the LINK_UP bit of a virtio-net device's status field:
+// its device configuration sits at 0x2000 in BAR 4 (virtio-pci's modern
+// layout), after the 6-byte MAC address. set_link changes only this bit
+// and nothing QMP reports.
+func nicLinkUp(ctx context.Context, qmp, dev string) (bool, error) {
+	s, err := capture.Dial(ctx, qmp, capture.DialOptions{})
+	if err != nil {
+		return false, err
+	}
+	defer s.Close()
+	var buses []struct {
+		Devices []struct {
+			QDevID  string `json:"qdev_id"`
+			Regions []struct {
+				Bar     int    `json:"bar"`
+				Type    string `json:"type"`
+				Address int64  `json:"address"`
+			} `json:"regions"`
+		} `json:"devices"`
+	}
+	if err := s.Run(ctx, "query-pci", nil, &buses); err != nil {
+		return false, err
+	}
+	for _, b := range buses {
+		for _, d := range b.Devices {
+			if d.QDevID != dev {
+				continue
+			}
+			for _, r := range d.Regions {
+				if r.Bar != 4 || r.Type != "memory" || r.Address <= 0 {
+					continue
+				}
+				var out string
+				cmd := fmt.Sprintf("xp /1hx %#x", r.Address+0x2000+6)
+				if err := s.Run(ctx, "human-monitor-command", map[string]any{"command-line": cmd}, &out); err != nil {
+					return false, err
+				}
+				_, val, ok := strings.Cut(strings.TrimSpace(out), ": ")
+				v, err := strconv.ParseUint(strings.TrimPrefix(val, "0x"), 16, 16)
+				if !ok || err != nil {
+					return false, fmt.Errorf("%s printed %q", cmd, out)
+				}
+				return v&1 != 0, nil
+			}
+		}
+	}
+	return false, fmt.Errorf("no PCI device %s with a memory BAR 4", dev)
+}
+
+// treeSums lists every file under dir with its SHA-256.
+func treeSums(t *testing.T, dir string) string {
+	t.Helper()
+	var b strings.Builder
+	err := filepath.WalkDir(dir, func(p string, d os.DirEntry, err error) error {
+		if err != nil || d.IsDir() {
+			return err
+		}
+		f, err := os.Open(p)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		h := sha256.New()
+		if _, err := io.Copy(h, f); err != nil {
+			return err
+		}
+		fmt.Fprintf(&b, "%s %s\n", hex.EncodeToString(h.Sum(nil)), strings.TrimPrefix(p, dir))
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b.String()
+}
+
+// qemusIn returns the PIDs of QEMU processes whose command line mentions
+// dir.
+func qemusIn(t *testing.T, dir string) []int {
+	t.Helper()
+	ents, err := os.ReadDir("/proc")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var pids []int
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
+		if err == nil && strings.Contains(string(b), "qemu") && strings.Contains(string(b), dir) {
+			pids = append(pids, pid)
+		}
+	}
+	return pids
+}
+
+// killQEMUsIn kills the QEMU processes a test started in dir.
+func killQEMUsIn(t *testing.T, dir string) {
+	for _, pid := range qemusIn(t, dir) {
+		syscall.Kill(pid, syscall.SIGKILL)
+	}
+}
