@@ -1,6 +1,7 @@
 package sync
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -8,10 +9,12 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	gosync "sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/klauspost/compress/zstd"
+	"github.com/zeebo/blake3"
 	"golang.org/x/sync/errgroup"
 
 	"github.com/ntc-project/ntc/chunk"
@@ -41,6 +44,12 @@ type Sender struct {
 	Progress func(n int64)
 	// Log, if set, is told what happens.
 	Log func(format string, args ...any)
+
+	mu      gosync.Mutex
+	indexes map[chunk.ID]*chunk.Index // read from the cache, by digest
+
+	// connsFrom replaces extraConnsFrom when set.
+	connsFrom int64
 
 	// unverified skips checking chunks asked for again, so that a test can
 	// keep damaged ones on the wire.
@@ -108,13 +117,25 @@ func (s *Sender) cachedIndex(d chunk.ID) *chunk.Index {
 	if s.StateDir == "" {
 		return nil
 	}
-	x, err := chunk.ReadIndexFile(s.cachedIndexPath(d))
-	if err != nil {
+	s.mu.Lock()
+	x, ok := s.indexes[d]
+	s.mu.Unlock()
+	if ok {
+		return x
+	}
+	b, err := os.ReadFile(s.cachedIndexPath(d))
+	if err != nil || chunk.ID(blake3.Sum256(b)) != d {
 		return nil
 	}
-	if got, _, err := indexDigest(x); err != nil || got != d {
+	if x, err = chunk.DecodeIndex(bytes.NewReader(b)); err != nil {
 		return nil
 	}
+	s.mu.Lock()
+	if s.indexes == nil {
+		s.indexes = map[chunk.ID]*chunk.Index{}
+	}
+	s.indexes[d] = x
+	s.mu.Unlock()
 	return x
 }
 
@@ -138,24 +159,47 @@ func (s *Sender) LastAcked(peer transport.ID, set string) (uint64, map[string]*c
 	return st.Version, out
 }
 
-func (s *Sender) remember(peer transport.ID, set string, version uint64, v *Version, digests []chunk.ID, encoded [][]byte) error {
+// keepIndexes stores the version's indexes in the sender's cache by
+// digest (those not there yet), so that the next push can offer a delta
+// against them once the receiver acknowledged this one. It runs while the
+// chunks travel.
+func (s *Sender) keepIndexes(v *Version) ([]chunk.ID, error) {
+	digests := make([]chunk.ID, len(v.Images))
+	if s.StateDir != "" {
+		if err := os.MkdirAll(filepath.Join(s.StateDir, "indexes"), 0o700); err != nil {
+			return nil, err
+		}
+	}
+	for i, im := range v.Images {
+		d, enc, err := indexDigest(im.Index)
+		if err != nil {
+			return nil, err
+		}
+		digests[i] = d
+		if s.StateDir == "" {
+			continue
+		}
+		p := s.cachedIndexPath(d)
+		if _, err := os.Stat(p); errors.Is(err, fs.ErrNotExist) {
+			if err := atomicfile.WriteBytes(p, 0o600, enc); err != nil {
+				return nil, err
+			}
+		}
+	}
+	return digests, nil
+}
+
+// remember records that peer acknowledged version of set, whose images'
+// indexes keepIndexes stored under digests.
+func (s *Sender) remember(peer transport.ID, set string, version uint64, v *Version, digests []chunk.ID) error {
 	if s.StateDir == "" {
 		return nil
-	}
-	if err := os.MkdirAll(filepath.Join(s.StateDir, "indexes"), 0o700); err != nil {
-		return err
 	}
 	if err := os.MkdirAll(filepath.Dir(s.ackPath(peer, set)), 0o700); err != nil {
 		return err
 	}
 	st := ackState{Version: version}
 	for i, im := range v.Images {
-		p := s.cachedIndexPath(digests[i])
-		if _, err := os.Stat(p); errors.Is(err, fs.ErrNotExist) {
-			if err := atomicfile.WriteBytes(p, 0o600, encoded[i]); err != nil {
-				return err
-			}
-		}
 		st.Images = append(st.Images, ackImage{Name: im.Name, Digest: digests[i]})
 	}
 	b, _ := json.MarshalIndent(st, "", "  ")
@@ -190,11 +234,20 @@ func (s *Sender) Push(ctx context.Context, conn *transport.Conn, v *Version) (*R
 	if err := pre.send(w); err != nil {
 		return nil, ctxErr(ctx, err)
 	}
+	// The indexes go to the sender's cache while the offer travels.
+	kept := make(chan struct{})
+	var digests []chunk.ID
+	var keepErr error
+	go func() {
+		defer close(kept)
+		digests, keepErr = s.keepIndexes(v)
+	}()
+	defer func() { <-kept }()
 	// Data connections' handshakes overlap the offer's round trip when
-	// chunks will probably travel.
+	// enough chunks will probably travel.
 	var extra *dialing
 	defer func() { extra.close() }()
-	if len(listNew(pre.ops, pre.results)) > 0 {
+	if newBytes(listNew(pre.ops, pre.results)) >= s.extraFrom() {
 		extra = s.startDial(ctx)
 	}
 	p, err := rd.expect(msgBase)
@@ -246,7 +299,7 @@ func (s *Sender) Push(ctx context.Context, conn *transport.Conn, v *Version) (*R
 	s.logf("offered %s v%d: %d images, %d new chunks", v.Set, o.version, len(v.Images), len(news))
 
 	conns := []*transport.Conn{conn}
-	if len(news) > 0 {
+	if newBytes(news) >= s.extraFrom() {
 		if extra == nil {
 			extra = s.startDial(ctx)
 		}
@@ -280,14 +333,11 @@ func (s *Sender) Push(ctx context.Context, conn *transport.Conn, v *Version) (*R
 				return nil, fmt.Errorf("%w: committed version %d, offered %d", ErrMalformed, ver, o.version)
 			}
 			res.Version = ver
-			digests := make([]chunk.ID, len(v.Images))
-			encoded := make([][]byte, len(v.Images))
-			for i, im := range v.Images {
-				if digests[i], encoded[i], err = indexDigest(im.Index); err != nil {
-					return nil, err
-				}
+			<-kept
+			if keepErr != nil {
+				return nil, fmt.Errorf("pushed, but could not record it locally: %w", keepErr)
 			}
-			if err := s.remember(conn.PeerID(), v.Set, ver, v, digests, encoded); err != nil {
+			if err := s.remember(conn.PeerID(), v.Set, ver, v, digests); err != nil {
 				return nil, fmt.Errorf("pushed, but could not record it locally: %w", err)
 			}
 			res.DurationMS = time.Since(start).Milliseconds()
@@ -312,6 +362,10 @@ func (s *Sender) Push(ctx context.Context, conn *transport.Conn, v *Version) (*R
 				patchable = make([][]chunk.Range, len(v.Images)) // whole chunks when asked again
 			}
 			if err := s.sendRound(ctx, conns, b.session, w, v, news, wt, lim, patchable, res); err != nil {
+				var se sourceError
+				if errors.As(err, &se) {
+					return nil, se.err // this side's failure: the receiver only saw the push end
+				}
 				if ctx.Err() == nil {
 					// The receiver may have stopped the round: its reason
 					// is on the control stream.
@@ -465,6 +519,27 @@ func fetchIndex(ctx context.Context, w *frameWriter, rd *frameReader, ref imageR
 }
 
 // dialExtra opens n more connections to the receiver, in parallel.
+// extraConnsFrom is how many bytes of new chunks make extra data
+// connections worth their handshakes: below it, fresh connections' initial
+// windows only overflow a slow link's queue together.
+const extraConnsFrom = 8 << 20
+
+func (s *Sender) extraFrom() int64 {
+	if s.connsFrom > 0 {
+		return s.connsFrom
+	}
+	return extraConnsFrom
+}
+
+// newBytes is the size of the new chunks.
+func newBytes(news []newChunk) int64 {
+	var n int64
+	for _, nc := range news {
+		n += nc.entry.Length
+	}
+	return n
+}
+
 // dialing is the opening of a push's extra data connections.
 type dialing struct {
 	done  chan struct{}
@@ -619,7 +694,7 @@ func (s *Sender) sendRound(ctx context.Context, conns []*transport.Conn, session
 				buf := rbuf[:total]
 				datas, err := readBatch(gctx, v, batch, &buf)
 				if err != nil {
-					return err
+					return sourceError{err}
 				}
 				for j, nc := range batch {
 					data := datas[j]
@@ -627,7 +702,7 @@ func (s *Sender) sendRound(ctx context.Context, conns []*transport.Conn, session
 					// is asked for again, and checked here first then.
 					if wt.round > 1 && !s.unverified {
 						if err := chunk.Verify(nc.entry.ID, data, v.Images[nc.image].Name); err != nil {
-							return fmt.Errorf("the image changed since it was indexed (index it again): %w", err)
+							return sourceError{fmt.Errorf("the image changed since it was indexed (index it again): %w", err)}
 						}
 					}
 					m := chunkMsg{ordinal: uint64(todo[k+j]), codec: codecRaw, data: data}
@@ -677,6 +752,12 @@ func ctxErr(ctx context.Context, err error) error {
 	}
 	return err
 }
+
+// sourceError is a failure to read or check the chunks to send.
+type sourceError struct{ err error }
+
+func (e sourceError) Error() string { return e.err.Error() }
+func (e sourceError) Unwrap() error { return e.err }
 
 // sendBatch is how many chunks a data stream takes at a time: consecutive
 // chunks of an image are read in one go and reach the receiver together.

@@ -404,13 +404,23 @@ func TestPushOverSeveralConnections(t *testing.T) {
 	images := map[string][]byte{"disk": randomData(r, 4<<20), "ram": randomData(r, 1<<20)}
 	s := &Sender{StateDir: t.TempDir(), Conns: 3, Streams: 6, Dial: func(ctx context.Context) (*transport.Conn, error) {
 		return transport.Dial(ctx, p.addr, p.client, p.srvID, transport.Config{})
-	}}
+	}, connsFrom: 2 << 20}
 	res, err := p.push(t, ctx, s, imageVersion(t, "vm", images))
 	if err != nil {
 		t.Fatal(err)
 	}
 	if res.Connections != 3 || res.ChunkBytes != 5<<20 {
 		t.Fatalf("push over 3 connections: %+v", res)
+	}
+	assertMaterialized(t, p.repo, "vm", images)
+
+	// A small change travels on the control connection alone.
+	images["ram"] = randomData(r, 1<<20)
+	if res, err = p.push(t, ctx, s, imageVersion(t, "vm", images)); err != nil {
+		t.Fatal(err)
+	}
+	if res.Connections != 1 {
+		t.Fatalf("a push of %d bytes used %d connections, want 1", res.ChunkBytes, res.Connections)
 	}
 	assertMaterialized(t, p.repo, "vm", images)
 	// Data for a session that does not exist is refused.
