@@ -1,24 +1,13 @@
 package sync
 
 import (
-	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"io/fs"
-	"os"
-	"path/filepath"
 	gosync "sync"
-	"sync/atomic"
 	"time"
 
-	"github.com/klauspost/compress/zstd"
-	"github.com/zeebo/blake3"
-	"golang.org/x/sync/errgroup"
-
 	"github.com/ntc-project/ntc/chunk"
-	"github.com/ntc-project/ntc/internal/atomicfile"
 	"github.com/ntc-project/ntc/transport"
 )
 
@@ -93,119 +82,6 @@ func (s *Sender) logf(format string, args ...any) {
 	}
 }
 
-// ackState is what the sender remembers of a peer's copy of a set.
-type ackState struct {
-	Version uint64     `json:"version"`
-	Images  []ackImage `json:"images"`
-}
-
-type ackImage struct {
-	Name   string   `json:"name"`
-	Digest chunk.ID `json:"digest"`
-}
-
-func (s *Sender) ackPath(peer transport.ID, set string) string {
-	return filepath.Join(s.StateDir, "peers", peer.String(), set+".json")
-}
-
-func (s *Sender) cachedIndexPath(d chunk.ID) string {
-	return filepath.Join(s.StateDir, "indexes", d.String()+".idx")
-}
-
-// cachedIndex returns the index with digest d if the sender keeps it.
-func (s *Sender) cachedIndex(d chunk.ID) *chunk.Index {
-	if s.StateDir == "" {
-		return nil
-	}
-	s.mu.Lock()
-	x, ok := s.indexes[d]
-	s.mu.Unlock()
-	if ok {
-		return x
-	}
-	b, err := os.ReadFile(s.cachedIndexPath(d))
-	if err != nil || chunk.ID(blake3.Sum256(b)) != d {
-		return nil
-	}
-	if x, err = chunk.DecodeIndex(bytes.NewReader(b)); err != nil {
-		return nil
-	}
-	s.mu.Lock()
-	if s.indexes == nil {
-		s.indexes = map[chunk.ID]*chunk.Index{}
-	}
-	s.indexes[d] = x
-	s.mu.Unlock()
-	return x
-}
-
-// LastAcked returns the version of set that peer last acknowledged to this
-// sender, and its indexes by image name (nil if unknown).
-func (s *Sender) LastAcked(peer transport.ID, set string) (uint64, map[string]*chunk.Index) {
-	b, err := os.ReadFile(s.ackPath(peer, set))
-	if err != nil {
-		return 0, nil
-	}
-	var st ackState
-	if json.Unmarshal(b, &st) != nil {
-		return 0, nil
-	}
-	out := map[string]*chunk.Index{}
-	for _, im := range st.Images {
-		if x := s.cachedIndex(im.Digest); x != nil {
-			out[im.Name] = x
-		}
-	}
-	return st.Version, out
-}
-
-// keepIndexes stores the version's indexes in the sender's cache by
-// digest (those not there yet), so that the next push can offer a delta
-// against them once the receiver acknowledged this one. It runs while the
-// chunks travel.
-func (s *Sender) keepIndexes(v *Version) ([]chunk.ID, error) {
-	digests := make([]chunk.ID, len(v.Images))
-	if s.StateDir != "" {
-		if err := os.MkdirAll(filepath.Join(s.StateDir, "indexes"), 0o700); err != nil {
-			return nil, err
-		}
-	}
-	for i, im := range v.Images {
-		d, enc, err := indexDigest(im.Index)
-		if err != nil {
-			return nil, err
-		}
-		digests[i] = d
-		if s.StateDir == "" {
-			continue
-		}
-		p := s.cachedIndexPath(d)
-		if _, err := os.Stat(p); errors.Is(err, fs.ErrNotExist) {
-			if err := atomicfile.WriteBytes(p, 0o600, enc); err != nil {
-				return nil, err
-			}
-		}
-	}
-	return digests, nil
-}
-
-// remember records that peer acknowledged version of set, whose images'
-// indexes keepIndexes stored under digests.
-func (s *Sender) remember(peer transport.ID, set string, version uint64, v *Version, digests []chunk.ID) error {
-	if s.StateDir == "" {
-		return nil
-	}
-	if err := os.MkdirAll(filepath.Dir(s.ackPath(peer, set)), 0o700); err != nil {
-		return err
-	}
-	st := ackState{Version: version}
-	for i, im := range v.Images {
-		st.Images = append(st.Images, ackImage{Name: im.Name, Digest: digests[i]})
-	}
-	b, _ := json.MarshalIndent(st, "", "  ")
-	return atomicfile.WriteBytes(s.ackPath(peer, set), 0o600, b)
-}
-
 // Push sends version v over conn and returns when the receiver committed it.
 func (s *Sender) Push(ctx context.Context, conn *transport.Conn, v *Version) (*Result, error) {
 	start := time.Now()
@@ -229,7 +105,7 @@ func (s *Sender) Push(ctx context.Context, conn *transport.Conn, v *Version) (*R
 	// Offer at once against the version the receiver last acknowledged to
 	// this sender (or against nothing): when the receiver still holds it,
 	// as it usually does, the offer costs no round trip of its own.
-	assumed, assumedIdx := s.lastBase(conn.PeerID(), v)
+	assumed, assumedIdx := s.lastBase(conn.PeerID(), v.Set)
 	pre := prepareOffer(v, assumed, assumedIdx)
 	if err := pre.send(w); err != nil {
 		return nil, ctxErr(ctx, err)
@@ -466,29 +342,6 @@ func (p *prepared) send(w *frameWriter) error {
 	return w.flush()
 }
 
-// lastBase is what the sender believes the receiver holds: the version it
-// last acknowledged, with the indexes the sender keeps of it; nothing when
-// it knows of none.
-func (s *Sender) lastBase(peer transport.ID, v *Version) (base, map[string]*chunk.Index) {
-	b, err := os.ReadFile(s.ackPath(peer, v.Set))
-	if err != nil {
-		return base{}, nil
-	}
-	var st ackState
-	if json.Unmarshal(b, &st) != nil {
-		return base{}, nil
-	}
-	out := base{version: st.Version}
-	idx := map[string]*chunk.Index{}
-	for _, im := range st.Images {
-		out.images = append(out.images, imageRef{name: im.Name, digest: im.Digest})
-		if x := s.cachedIndex(im.Digest); x != nil {
-			idx[im.Name] = x
-		}
-	}
-	return out, idx
-}
-
 // fetchIndex asks the receiver for the index of one of its images.
 func fetchIndex(ctx context.Context, w *frameWriter, rd *frameReader, ref imageRef) (*chunk.Index, error) {
 	if err := w.write(msgNeedIndex, encodeName(ref.name)); err != nil {
@@ -516,87 +369,6 @@ func fetchIndex(ctx context.Context, w *frameWriter, rd *frameReader, ref imageR
 		return nil, fmt.Errorf("%w: base index of %s does not match its digest", ErrMalformed, ref.name)
 	}
 	return x, nil
-}
-
-// dialExtra opens n more connections to the receiver, in parallel.
-// extraConnsFrom is how many bytes of new chunks make extra data
-// connections worth their handshakes: below it, fresh connections' initial
-// windows only overflow a slow link's queue together.
-const extraConnsFrom = 8 << 20
-
-func (s *Sender) extraFrom() int64 {
-	if s.connsFrom > 0 {
-		return s.connsFrom
-	}
-	return extraConnsFrom
-}
-
-// newBytes is the size of the new chunks.
-func newBytes(news []newChunk) int64 {
-	var n int64
-	for _, nc := range news {
-		n += nc.entry.Length
-	}
-	return n
-}
-
-// dialing is the opening of a push's extra data connections.
-type dialing struct {
-	done  chan struct{}
-	conns []*transport.Conn
-	err   error
-}
-
-// startDial starts opening the extra data connections (Conns-1 of them).
-// It returns nil when there are none to open.
-func (s *Sender) startDial(ctx context.Context) *dialing {
-	n := s.Conns - 1
-	if n <= 0 || s.Dial == nil {
-		return nil
-	}
-	d := &dialing{done: make(chan struct{})}
-	go func() {
-		defer close(d.done)
-		out := make([]*transport.Conn, n)
-		g, gctx := errgroup.WithContext(ctx)
-		for i := range n {
-			g.Go(func() error {
-				c, err := s.Dial(gctx)
-				if err != nil {
-					return fmt.Errorf("open data connection: %w", err)
-				}
-				out[i] = c
-				return nil
-			})
-		}
-		d.err = g.Wait()
-		for _, c := range out {
-			if c != nil {
-				d.conns = append(d.conns, c)
-			}
-		}
-	}()
-	return d
-}
-
-// wait returns the opened connections (none for a nil d).
-func (d *dialing) wait() ([]*transport.Conn, error) {
-	if d == nil {
-		return nil, nil
-	}
-	<-d.done
-	return d.conns, d.err
-}
-
-// close closes the connections, once they are open.
-func (d *dialing) close() {
-	if d == nil {
-		return
-	}
-	<-d.done
-	for _, c := range d.conns {
-		c.Close()
-	}
 }
 
 // readPeerError waits briefly for an error frame on the control stream.
@@ -631,210 +403,10 @@ func opsThatFit(ops []op, limit int) int {
 	return len(ops)
 }
 
-// sendRound sends the wanted chunks over parallel data streams.
-func (s *Sender) sendRound(ctx context.Context, conns []*transport.Conn, session token, w *frameWriter, v *Version, news []newChunk, wt want, lim *limiter, patchable [][]chunk.Range, res *Result) error {
-	var todo []int
-	for i := range news {
-		if wt.bitmap[i/8]&(1<<(i%8)) != 0 {
-			todo = append(todo, i)
-		}
-	}
-	streams := s.Streams
-	if streams <= 0 {
-		streams = 4
-	}
-	streams = max(1, min(max(streams, len(conns)), maxStreams, len(todo)))
-	if err := w.write(msgSent, sent{round: wt.round, streams: uint64(streams)}.encode()); err != nil {
-		return err
-	}
-	if err := w.flush(); err != nil {
-		return err
-	}
-	var next, sentChunks, sentBytes, dataBytes, patched atomic.Int64
-	g, gctx := errgroup.WithContext(ctx)
-	for i := range streams {
-		conn := conns[i%len(conns)]
-		g.Go(func() error {
-			st, err := conn.OpenStream(gctx)
-			if err != nil {
-				return fmt.Errorf("open data stream: %w", err)
-			}
-			stop := context.AfterFunc(gctx, func() { st.Cancel(transport.ErrShuttingDown) })
-			defer stop()
-			enc, err := zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedFastest), zstd.WithEncoderConcurrency(1))
-			if err != nil {
-				return err
-			}
-			defer enc.Close()
-			fw := newFrameWriter(st)
-			if err := fw.write(msgData, dataHeader{round: wt.round, session: session}.encode()); err != nil {
-				return err
-			}
-			if err := fw.flush(); err != nil {
-				return err
-			}
-			var head, comp, rbuf []byte
-			var zs zstdSkipper
-			for {
-				k := int(next.Add(sendBatch) - sendBatch)
-				if k >= len(todo) {
-					break
-				}
-				batch := make([]newChunk, 0, sendBatch)
-				for _, i := range todo[k:min(k+sendBatch, len(todo))] {
-					batch = append(batch, news[i])
-				}
-				var total int64
-				for _, nc := range batch {
-					total += nc.entry.Length
-				}
-				if int64(cap(rbuf)) < total {
-					rbuf = make([]byte, total)
-				}
-				buf := rbuf[:total]
-				datas, err := readBatch(gctx, v, batch, &buf)
-				if err != nil {
-					return sourceError{err}
-				}
-				for j, nc := range batch {
-					data := datas[j]
-					// The receiver verifies every chunk; a chunk it refused
-					// is asked for again, and checked here first then.
-					if wt.round > 1 && !s.unverified {
-						if err := chunk.Verify(nc.entry.ID, data, v.Images[nc.image].Name); err != nil {
-							return sourceError{fmt.Errorf("the image changed since it was indexed (index it again): %w", err)}
-						}
-					}
-					m := chunkMsg{ordinal: uint64(todo[k+j]), codec: codecRaw, data: data}
-					segs, lit := patchSegments(nc.entry, patchable[nc.image])
-					if patchable[nc.image] != nil && lit < nc.entry.Length-64 {
-						m.codec, m.data = codecPatch, encodePatch(comp[:0], segs, data, enc)
-						patched.Add(1)
-					} else if zs.try() {
-						comp = enc.EncodeAll(data, comp[:0])
-						if zs.result(len(comp), len(data)) {
-							m.codec, m.data = codecZstd, comp
-						}
-					}
-					head = m.appendHead(head[:0])
-					if err := lim.wait(gctx, len(head)+len(m.data)); err != nil {
-						return err
-					}
-					if err := fw.write2(msgChunk, head, m.data); err != nil {
-						return err
-					}
-					sentChunks.Add(1)
-					sentBytes.Add(int64(len(data)))
-					dataBytes.Add(int64(len(m.data)))
-					if s.Progress != nil {
-						s.Progress(int64(len(data)))
-					}
-				}
-			}
-			if err := fw.flush(); err != nil {
-				return err
-			}
-			return st.Close()
-		})
-	}
-	err := g.Wait()
-	res.ChunksSent += int(sentChunks.Load())
-	res.ChunkBytes += sentBytes.Load()
-	res.DataBytes += dataBytes.Load()
-	res.Patched += int(patched.Load())
-	return err
-}
-
 // ctxErr prefers the context's error when it ended the operation.
 func ctxErr(ctx context.Context, err error) error {
 	if ctx.Err() != nil {
 		return fmt.Errorf("%w (%v)", context.Cause(ctx), err)
 	}
 	return err
-}
-
-// sourceError is a failure to read or check the chunks to send.
-type sourceError struct{ err error }
-
-func (e sourceError) Error() string { return e.err.Error() }
-func (e sourceError) Unwrap() error { return e.err }
-
-// sendBatch is how many chunks a data stream takes at a time: consecutive
-// chunks of an image are read in one go and reach the receiver together.
-const sendBatch = 32
-
-// spanReader is a Source that can read a run of consecutive chunks at once.
-type spanReader interface {
-	ReadSpan(ctx context.Context, p []byte, off int64) error
-}
-
-// readBatch reads the content of a batch of chunks, runs of consecutive
-// chunks of one image in one read (into buf, reused) where the source
-// allows. The chunks are valid until buf is used again.
-func readBatch(ctx context.Context, v *Version, batch []newChunk, buf *[]byte) ([][]byte, error) {
-	out := make([][]byte, len(batch))
-	for i := 0; i < len(batch); {
-		nc := batch[i]
-		im := v.Images[nc.image]
-		j := i + 1
-		sr, ok := im.Source.(spanReader)
-		if ok {
-			for j < len(batch) && batch[j].image == nc.image && batch[j].entry.Offset == batch[j-1].entry.End() {
-				j++
-			}
-		}
-		if !ok || j == i+1 {
-			data, err := im.Source.ReadChunk(ctx, nc.entry)
-			if err != nil {
-				return nil, fmt.Errorf("image %s: %w", im.Name, err)
-			}
-			out[i] = data
-			i++
-			continue
-		}
-		n := batch[j-1].entry.End() - nc.entry.Offset
-		if int64(cap(*buf)) < n {
-			*buf = make([]byte, n)
-		}
-		span := (*buf)[:n]
-		*buf = (*buf)[n:]
-		if err := sr.ReadSpan(ctx, span, nc.entry.Offset); err != nil {
-			return nil, fmt.Errorf("image %s: %w", im.Name, err)
-		}
-		for k := i; k < j; k++ {
-			off := batch[k].entry.Offset - nc.entry.Offset
-			out[k] = span[off : off+batch[k].entry.Length : off+batch[k].entry.Length]
-		}
-		i = j
-	}
-	return out, nil
-}
-
-// zstdSkipper stops trying to compress data that does not compress (a
-// disk's compressed files, encrypted data) for a while, so that such an
-// image costs no compression time, while data that does compress always
-// goes through zstd.
-type zstdSkipper struct {
-	skip, backoff int
-}
-
-// try reports whether to compress the next chunk.
-func (z *zstdSkipper) try() bool {
-	if z.skip > 0 {
-		z.skip--
-		return false
-	}
-	return true
-}
-
-// result records how a chunk compressed and reports whether the
-// compressed form is worth sending.
-func (z *zstdSkipper) result(comp, raw int) bool {
-	if comp <= raw-raw/32 {
-		z.backoff = 0
-		return true
-	}
-	z.backoff = min(max(2*z.backoff, 1), 16)
-	z.skip = z.backoff
-	return comp < raw
 }

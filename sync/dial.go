@@ -1,0 +1,90 @@
+package sync
+
+import (
+	"context"
+	"fmt"
+
+	"golang.org/x/sync/errgroup"
+
+	"github.com/ntc-project/ntc/transport"
+)
+
+// extraConnsFrom is how many bytes of new chunks make extra data
+// connections worth their handshakes: below it, fresh connections' initial
+// windows only overflow a slow link's queue together.
+const extraConnsFrom = 8 << 20
+
+func (s *Sender) extraFrom() int64 {
+	if s.connsFrom > 0 {
+		return s.connsFrom
+	}
+	return extraConnsFrom
+}
+
+// newBytes is the size of the new chunks.
+func newBytes(news []newChunk) int64 {
+	var n int64
+	for _, nc := range news {
+		n += nc.entry.Length
+	}
+	return n
+}
+
+// dialing is the opening of a push's extra data connections.
+type dialing struct {
+	done  chan struct{}
+	conns []*transport.Conn
+	err   error
+}
+
+// startDial starts opening the extra data connections (Conns-1 of them).
+// It returns nil when there are none to open.
+func (s *Sender) startDial(ctx context.Context) *dialing {
+	n := s.Conns - 1
+	if n <= 0 || s.Dial == nil {
+		return nil
+	}
+	d := &dialing{done: make(chan struct{})}
+	go func() {
+		defer close(d.done)
+		out := make([]*transport.Conn, n)
+		g, gctx := errgroup.WithContext(ctx)
+		for i := range n {
+			g.Go(func() error {
+				c, err := s.Dial(gctx)
+				if err != nil {
+					return fmt.Errorf("open data connection: %w", err)
+				}
+				out[i] = c
+				return nil
+			})
+		}
+		d.err = g.Wait()
+		for _, c := range out {
+			if c != nil {
+				d.conns = append(d.conns, c)
+			}
+		}
+	}()
+	return d
+}
+
+// wait returns the opened connections (none for a nil d).
+func (d *dialing) wait() ([]*transport.Conn, error) {
+	if d == nil {
+		return nil, nil
+	}
+	<-d.done
+	return d.conns, d.err
+}
+
+// close closes the connections, once they are open.
+func (d *dialing) close() {
+	if d == nil {
+		return
+	}
+	<-d.done
+	for _, c := range d.conns {
+		c.Close()
+	}
+}
