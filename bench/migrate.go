@@ -67,7 +67,7 @@ func runMigrate(ctx context.Context, l *link.Link, sc *Scenario, dir string, c *
 	_, err = src.WaitTick(tctx, 1)
 	cancel()
 	if err != nil {
-		return fmt.Errorf("restored guest: %w", err)
+		return fmt.Errorf("guest restored from checkpoint %d: %w%s", st.Seq2, err, oops(src.Serial()))
 	}
 
 	// Both ends report the migration's progress as events.
@@ -220,3 +220,19 @@ func qemuPath(name string) (string, error) {
 
 // shellQuote quotes s for sh.
 func shellQuote(s string) string { return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'" }
+
+// oops returns the lines of a guest's console that say why its kernel
+// died, if it did, as " (kernel: …)".
+func oops(lines []string) string {
+	var out []string
+	for _, l := range lines {
+		if strings.Contains(l, "Kernel panic") || strings.Contains(l, "BUG:") || strings.Contains(l, "Oops") ||
+			strings.Contains(l, "general protection") || strings.Contains(l, "RIP:") {
+			out = append(out, strings.TrimSpace(l))
+		}
+	}
+	if len(out) == 0 {
+		return ""
+	}
+	return " (kernel: " + strings.Join(out[:min(len(out), 6)], " / ") + ")"
+}
