@@ -95,3 +95,15 @@ func TestChangedBlocks(t *testing.T) {
 		})
 	}
 }
+
+func TestOopsQuotesWhyTheKernelDied(t *testing.T) {
+	if got := oops([]string{"tick 3", "tick 4"}); got != "" {
+		t.Errorf("a healthy console gave %q", got)
+	}
+	got := oops([]string{"tick 70", "[   68.3] BUG: unable to handle page fault for address: 0", "[   68.3] RIP: 0010:memset+0x9",
+		"[   68.4] Kernel panic - not syncing: Fatal exception"})
+	want := " (kernel: [   68.3] BUG: unable to handle page fault for address: 0 / [   68.3] RIP: 0010:memset+0x9 / [   68.4] Kernel panic - not syncing: Fatal exception)"
+	if got != want {
+		t.Errorf("got %q, want %q", got, want)
+	}
+}
