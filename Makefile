@@ -13,9 +13,9 @@ deps:
 build:
 	$(GO) build $(GOFLAGS) -o $(BIN) ./cmd/ntc
 
-## demo: the main job on its embedded default
+## demo: the main job: a live VM checkpointed, pushed over QUIC and resumed (ntc demo --vm)
 demo: deps build
-	./$(BIN) demo
+	./$(BIN) demo --vm
 
 ## test: vet, then every test with the race detector (QEMU guests included)
 test: deps

@@ -31,9 +31,10 @@
 //     the guest runs, so the copy cannot clash with the original on the
 //     network (same MAC and addresses); NetworkOn leaves it as it was. A
 //     source that has a vmgenid device gets a new generation ID, so the
-//     guest can tell it is a copy. Adding vmgenid to a source without one
-//     does not help: the guest only learns the ID's address from its
-//     firmware at boot.
+//     guest can tell it is a copy. One is not added to a source without
+//     one: tried on QEMU 7.2, the stream loads (the device's state is simply
+//     absent), but the guest never sees the ID, whose address its firmware
+//     allocates at boot from ACPI tables the source did not have.
 //   - Sessions: ntc talks to the copy over its own QMP socket
 //     (ntc-qmp.sock, through capture.Session); the user's is qmp.sock.
 //

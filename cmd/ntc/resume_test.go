@@ -172,6 +172,37 @@ func TestResumeCheckpoint(t *testing.T) {
 		t.Errorf("the receiver's images changed during the resume:\n%s\nnow:\n%s", sums, got)
 	}
 
+	// The stopped copy's work directory holds its writes: refused.
+	if code, _, errs := ntc(t, ctx, "resume", "--store", store, "--name", "office-vm", "--workdir", work); code != exitError || !strings.Contains(errs, "earlier copy") {
+		t.Errorf("resume into the used work directory: exit %d, %q", code, errs)
+	}
+
+	// --detach leaves the copy running; --network on keeps its link up.
+	detached := filepath.Join(vmDir, "detached")
+	t.Cleanup(func() { killQEMUsIn(t, detached) })
+	code, dout, errs := ntc(t, ctx, "--json", "resume", "--store", store, "--name", "office-vm", "--workdir", detached, "--detach", "--network", "on")
+	if code != 0 {
+		t.Fatalf("resume --detach: exit %d: %s", code, errs)
+	}
+	var dres resumeJSON
+	if err := json.Unmarshal([]byte(dout), &dres); err != nil || !dres.Detached || len(dres.LinksDown) != 0 {
+		t.Fatalf("resume --detach printed %q: %v", dout, err)
+	}
+	if up, err := nicLinkUp(ctx, dres.QMP, testguest.NICDevice); err != nil || !up {
+		t.Errorf("with --network on the copy's link is up: %v, %v", up, err)
+	}
+	waitSerialFile(t, ctx, dres.SerialLog, 1)
+	b, err := os.ReadFile(dres.PIDFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if pid, _ := strconv.Atoi(strings.TrimSpace(string(b))); pid != dres.PID {
+		t.Fatalf("pid file says %q, resume said %d", b, dres.PID)
+	}
+	if err := syscall.Kill(dres.PID, syscall.SIGTERM); err != nil {
+		t.Fatalf("the detached copy is not running: %v", err)
+	}
+
 	// Manifests whose machine does not match: QEMU refuses the stream.
 	for _, tc := range []struct {
 		name, says string

@@ -1,0 +1,32 @@
+package main
+
+import (
+	"encoding/json"
+	"testing"
+
+	"github.com/ntc-project/ntc/internal/testguest"
+)
+
+// TestDemoVM runs 'ntc demo --vm': the live test guest checkpointed twice,
+// pushed, resumed, and counting on from the checkpoint.
+func TestDemoVM(t *testing.T) {
+	testguest.SkipIfNoQEMU(t)
+	code, out, errs := ntc(t, t.Context(), "--json", "demo", "--vm")
+	if code != 0 {
+		t.Fatalf("demo --vm: exit %d: %s", code, errs)
+	}
+	var res demoVMJSON
+	if err := json.Unmarshal([]byte(out), &res); err != nil {
+		t.Fatalf("demo --vm --json printed %q: %v", out, err)
+	}
+	t.Logf("%+v", res)
+	if len(res.Checkpoints) != 2 || res.Booted || len(res.CopyTicks) < 3 || res.ResumeMS <= 0 {
+		t.Fatalf("demo --vm: %+v", res)
+	}
+	if c := res.CopyTicks[0]; c < res.CheckpointTick || c > res.CheckpointTick+1 {
+		t.Errorf("the copy's first tick is %d, the checkpoint's %d", c, res.CheckpointTick)
+	}
+	if first, second := res.Checkpoints[0].WireBytes, res.Checkpoints[1].WireBytes; second*5 > first {
+		t.Errorf("the second push moved %d bytes, the first %d: more than a fifth", second, first)
+	}
+}
