@@ -59,7 +59,9 @@ said, and nothing is left running.
 
 ntc stays in the foreground while the copy runs: Ctrl-C (or SIGTERM) stops
 the copy cleanly (QMP quit). With --detach it leaves the copy running and
-prints how to stop it.
+prints how to stop it. With --json it prints one JSON line when the copy runs
+(its pid, QMP socket, serial log, pid file, timings) and, in the foreground,
+one more when it has stopped.
 
 Examples:
   ntc resume --store ~/vms --name office-vm
@@ -78,7 +80,7 @@ Examples:
 	f := cmd.Flags()
 	f.String("store", "", "the receiver's repository directory (ntc serve --store)")
 	f.String("name", "", "the set to resume (the checkpoint repository's name when pushed)")
-	f.String("workdir", "", "where the copy's disk overlays, sockets and logs go (default: $NTC_HOME/resume/SET)")
+	f.String("workdir", "", "where the copy's disk overlays, sockets and logs go (default: $NTC_HOME/resume/SET; NTC_HOME defaults to ~/.local/state/ntc)")
 	f.String("network", string(resume.NetworkOff), "the copy's network links: off (set down before it runs) or on")
 	f.String("qemu", "", "QEMU binary (default: the source's, or its name on PATH)")
 	f.BoolVar(&o.detach, "detach", false, "leave the copy running and exit (default: stay until Ctrl-C, then stop it)")
