@@ -53,7 +53,17 @@ content-defined boundaries), re-reads only the regions that changed, and sends
 only the chunks the other side lacks over QUIC.
 
 Start here:
-  ntc demo                      see it work on a generated image
+  ntc demo --vm                 see it work: a guest checkpointed live, pushed, resumed
+  ntc demo                      the same for a generated disk image file
+
+Move a running VM (QEMU started with -qmp unix:/run/vm.qmp,server=on,wait=off):
+  ntc init && ntc id                                    on both machines, once
+  ntc serve --store ~/vms --allow OFFICE-ID             at home
+  ntc checkpoint --qmp /run/vm.qmp --out ~/ckpt/vm      at the office, the VM running
+  ntc push --checkpoint ~/ckpt/vm --to home:7400 --peer HOME-ID
+  ntc resume --store ~/vms --name vm                    at home: the VM goes on
+
+Images and indexes:
   ntc index disk.img            index an image (writes disk.img.idx)
   ntc index disk.img --prev disk.img.idx --changed 1G+64K
                                 re-index reading only around the changes
