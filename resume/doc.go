@@ -10,8 +10,9 @@
 //     pushed one (STORE/sets/SET/images): manifest.json, one raw image per
 //     disk ("disk-vda"), one page image per RAM block ("ram-pc.ram"), the
 //     device state ("device") and the stream description ("stream"). They
-//     are only ever read: the receiver updates them in place on the next
-//     push.
+//     are only ever read. The receiver updates them in place on the next
+//     push, except a file a running copy holds open (QEMU locks it): that
+//     one is replaced by a new file, and the copy keeps reading its own.
 //   - Copy: the resumed guest, a QEMU process started from the source's
 //     recorded command line (Manifest.Machine.Argv) with its paths moved
 //     into a work directory (see [Plan]): each disk becomes a new qcow2
@@ -46,10 +47,10 @@
 //
 // # What it does not do
 //
-// It does not fetch or verify checkpoints (sync does), nor keep the
-// received images still while the copy runs: a push to the same set
-// rewrites the overlays' backing files under the copy, so stop the copy (or
-// push to another set) first. Files the source's command line loads
+// It does not fetch or verify checkpoints (sync does). A push to the same
+// set while a copy runs leaves the copy's disks alone (see Images above),
+// but the RAM and device images of the set then describe the new
+// checkpoint: resume again only after the push. Files the source's command line loads
 // besides its disks (kernel, initrd, firmware) must be at the same paths
 // here; it checks -kernel, -initrd, -bios and -dtb. Legacy -net hubs can
 // only be resumed with the network on. It runs no QEMU older than the

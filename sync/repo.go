@@ -378,7 +378,10 @@ func (r *Repo) materializeImage(ctx context.Context, path string, prev, next *ch
 		return r.writeWhole(ctx, path, next)
 	}
 	defer f.Close()
-	if fi, err := f.Stat(); err != nil || (fi.Size() != prev.Size && fi.Size() != next.Size) {
+	if fi, err := f.Stat(); err != nil || (fi.Size() != prev.Size && fi.Size() != next.Size) || inUse(f) {
+		// A file another process holds locked (a QEMU running a resumed
+		// copy on an overlay over it) is replaced, not rewritten: the
+		// process keeps reading the previous version's file.
 		f.Close()
 		return r.writeWhole(ctx, path, next)
 	}
@@ -402,6 +405,16 @@ func (r *Repo) materializeImage(ctx context.Context, path string, prev, next *ch
 		return err
 	}
 	return f.Sync()
+}
+
+// inUse reports whether another process holds a lock on any part of f,
+// as QEMU does on the images it opens (OFD locks, even read-only).
+func inUse(f *os.File) bool {
+	lk := unix.Flock_t{Type: unix.F_WRLCK, Whence: 0, Start: 0, Len: 0}
+	if err := unix.FcntlFlock(f.Fd(), unix.F_OFD_GETLK, &lk); err != nil {
+		return false
+	}
+	return lk.Type != unix.F_UNLCK
 }
 
 // writeWhole writes the image to a temporary file and renames it over path.

@@ -1,11 +1,14 @@
 package sync
 
 import (
+	"bytes"
 	"errors"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"testing"
+
+	"golang.org/x/sys/unix"
 )
 
 // A first version is written while its chunks arrive; chunks the store
@@ -58,5 +61,41 @@ func assertNoStaged(t *testing.T, repo *Repo, set string) {
 	left, _ := filepath.Glob(filepath.Join(filepath.Dir(repo.ImagePath(set, "x")), ".*.stage-*"))
 	if len(left) > 0 {
 		t.Fatalf("staged files left: %v", left)
+	}
+}
+
+// An image file that another process holds locked, as QEMU does with the
+// backing file of a resumed copy, is replaced by the next version, not
+// rewritten under it: the holder keeps reading the version it opened.
+func TestImageInUseIsReplacedNotRewritten(t *testing.T) {
+	p := newPeers(t)
+	ctx := t.Context()
+	r := rand.New(rand.NewPCG(11, 11))
+	disk := randomData(r, 4<<20)
+	if _, err := p.push(t, ctx, &Sender{}, imageVersion(t, "vm", map[string][]byte{"disk": disk})); err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.Open(p.repo.ImagePath("vm", "disk"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	// QEMU's image locking: a shared OFD lock on a few bytes.
+	lk := unix.Flock_t{Type: unix.F_RDLCK, Start: 100, Len: 1}
+	if err := unix.FcntlFlock(f.Fd(), unix.F_OFD_SETLK, &lk); err != nil {
+		t.Fatal(err)
+	}
+	disk2 := append([]byte(nil), disk...)
+	copy(disk2[1<<20:], randomData(r, 64<<10))
+	if _, err := p.push(t, ctx, &Sender{}, imageVersion(t, "vm", map[string][]byte{"disk": disk2})); err != nil {
+		t.Fatal(err)
+	}
+	assertMaterialized(t, p.repo, "vm", map[string][]byte{"disk": disk2})
+	got := make([]byte, len(disk))
+	if _, err := f.ReadAt(got, 0); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, disk) {
+		t.Fatal("the locked file was rewritten under its holder")
 	}
 }

@@ -40,8 +40,8 @@ It starts QEMU from the source's recorded command line with the versioned
 machine type, the same RAM, CPUs and devices (the migration needs them), and
 paths moved into the work directory (--workdir, default
 $NTC_HOME/resume/SET): every disk gets a new qcow2 overlay there whose backing
-file is the received image (the received images are only read; the next push
-updates them in place, so stop the copy before pushing to SET again), the
+file is the received image (the received images are only read; a push to SET
+while the copy runs replaces the files it uses instead of rewriting them), the
 serial console goes to serial.log, and QMP to qmp.sock. Files the source loaded
 besides its disks (-kernel, -initrd, firmware) must be at the same paths here.
 QEMU starts paused with -incoming defer; ntc feeds it the migration stream
