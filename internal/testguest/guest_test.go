@@ -259,6 +259,8 @@ func TestStartRejects(t *testing.T) {
 		{MemoryMiB: 128, BusyMiB: 64},
 		{DiskBusyMiB: 64},
 		{BusyMiB: -1},
+		{Memory: "swap"},
+		{Memory: MemoryHugePages, MemoryMiB: 1 << 20}, // more huge pages than any host has free
 	} {
 		if vm, err := Start(t.Context(), opts); err == nil {
 			vm.Close()
