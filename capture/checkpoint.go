@@ -1,6 +1,7 @@
 package capture
 
 import (
+	"cmp"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -11,6 +12,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -86,8 +88,8 @@ const (
 	// MethodBackground runs a background snapshot (QEMU 6.0+): ntc pauses
 	// the guest, snapshots the disks and starts the snapshot; QEMU
 	// write-protects RAM and resumes the guest itself. On QEMU 7.2 the
-	// pause includes the snapshot's setup, which touches every page of
-	// guest RAM (≈300 ms for 256 MiB on the project's machines).
+	// pause includes the snapshot's setup, which touches and
+	// write-protects every page of guest RAM.
 	MethodBackground Method = "background-snapshot"
 )
 
@@ -195,9 +197,10 @@ type checkpointer struct {
 	// Set once the snapshot transaction succeeded: the chain changed and
 	// state.json must say so, whatever happens next.
 	snapshotted bool
-	paused      bool // the guest was paused for the checkpoint and has not resumed
-	fdHeld      bool // QEMU holds the stream socket under fdName, unused
-	prepared    bool // the new overlays exist as unattached nodes
+	paused      bool     // the guest was paused for the checkpoint and has not resumed
+	steps       []stepAt // ntc's own steps around the pause
+	fdHeld      bool     // QEMU holds the stream socket under fdName, unused
+	prepared    bool     // the new overlays exist as unattached nodes
 	stream      *streamReader
 	stats       Stats
 
@@ -562,8 +565,9 @@ func (c *checkpointer) capture(ctx context.Context) (*capturedStream, error) {
 	c.paused = false
 	if stop, ok := lastEventBefore(s, mark, "STOP", resumed); ok && resumed.Time.After(stop.Time) {
 		c.stats.GuestPauseMS = ms(resumed.Time.Sub(stop.Time))
+		c.stats.PauseSteps = pauseSteps(s, mark, stop, resumed, c.steps)
 	}
-	c.logf("guest resumed after %.1f ms", c.stats.GuestPauseMS)
+	c.logf("guest resumed after %.1f ms: %s", c.stats.GuestPauseMS, formatSteps(c.stats.PauseSteps))
 	if c.snapshotted {
 		if err := c.saveState(false); err != nil {
 			return fail(fmt.Errorf("record the new disk overlays: %w", err))
@@ -601,6 +605,60 @@ func (c *checkpointer) capture(ctx context.Context) (*capturedStream, error) {
 	c.stats.StreamBytes = rd.n.Load()
 	c.stats.RAMPagesResent = p.s.Stats.Resent
 	return &capturedStream{s: p.s, blocks: sink.blocks, newPages: sink.newIDs()}, nil
+}
+
+// PauseStep is a moment of a checkpoint's guest pause: a QMP event
+// ("MIGRATION setup") or a step of ntc's ("disks snapshotted"), in ms
+// since QEMU's STOP event.
+type PauseStep struct {
+	Step string  `json:"step"`
+	MS   float64 `json:"ms"`
+}
+
+// stepAt is one of ntc's steps around the pause and when it ended.
+type stepAt struct {
+	name string
+	at   time.Time
+}
+
+func (c *checkpointer) step(name string) {
+	c.steps = append(c.steps, stepAt{name, time.Now()})
+}
+
+// pauseSteps merges QEMU's events from STOP through resumed (after mark)
+// with ntc's steps into one list relative to stop, in time order. QEMU
+// stamps events with the host's clock, as ntc's steps are.
+func pauseSteps(s *Session, mark int, stop, resumed Event, ours []stepAt) []PauseStep {
+	rel := func(t time.Time) float64 { return ms(t.Sub(stop.Time)) }
+	var out []PauseStep
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	s.WaitEvent(ctx, mark, func(e Event) bool {
+		name := e.Name
+		if st := e.String("status"); st != "" {
+			name += " " + st
+		}
+		if !e.Time.Before(stop.Time) {
+			out = append(out, PauseStep{Step: name, MS: rel(e.Time)})
+		}
+		return e.Name == resumed.Name && e.Time.Equal(resumed.Time)
+	})
+	for _, st := range ours {
+		out = append(out, PauseStep{Step: st.name, MS: rel(st.at)})
+	}
+	slices.SortStableFunc(out, func(a, b PauseStep) int { return cmp.Compare(a.MS, b.MS) })
+	return out
+}
+
+func formatSteps(steps []PauseStep) string {
+	var b strings.Builder
+	for i, st := range steps {
+		if i > 0 {
+			b.WriteString(", ")
+		}
+		fmt.Fprintf(&b, "%s %+.1f", st.Step, st.MS)
+	}
+	return b.String()
 }
 
 // lastEventBefore finds the last event called name after mark and before
@@ -680,9 +738,11 @@ func (c *checkpointer) instantBackground(ctx context.Context, mark int) (Event, 
 	s := c.sess
 	c.logf("pausing the guest")
 	c.paused = true // until RESUME: a lost reply may hide a pause
+	c.step("stop sent")
 	if err := s.Run(ctx, "stop", nil, nil); err != nil {
 		return Event{}, fmt.Errorf("pause the guest: %w", err)
 	}
+	c.step("stop done")
 	if c.cfg.afterStop != nil {
 		if err := c.cfg.afterStop(s); err != nil {
 			return Event{}, err
@@ -691,10 +751,12 @@ func (c *checkpointer) instantBackground(ctx context.Context, mark int) (Event, 
 	if err := c.snapshotDisks(ctx); err != nil {
 		return Event{}, err
 	}
+	c.step("disks snapshotted")
 	c.stream.migrating.Store(true)
 	if err := s.Run(ctx, "migrate", map[string]any{"uri": "fd:" + fdName}, nil); err != nil {
 		return Event{}, fmt.Errorf("start the background snapshot: %w", err)
 	}
+	c.step("migrate accepted")
 	c.fdHeld = false // QEMU owns it now
 	if c.cfg.afterMigrate != nil {
 		if err := c.cfg.afterMigrate(s); err != nil {
@@ -767,6 +829,7 @@ func (c *checkpointer) instantPrecopy(ctx context.Context, mark int) (Event, err
 	// QEMU has paused the guest.
 	c.paused = true
 	t0 := time.Now()
+	c.step("pre-switchover seen")
 
 	if c.cfg.afterStop != nil {
 		if err := c.cfg.afterStop(s); err != nil {
@@ -777,6 +840,7 @@ func (c *checkpointer) instantPrecopy(ctx context.Context, mark int) (Event, err
 		return Event{}, err
 	}
 	t1 := time.Now()
+	c.step("disks snapshotted")
 	if err := s.Run(ctx, "migrate-continue", map[string]any{"state": "pre-switchover"}, nil); err != nil {
 		return Event{}, fmt.Errorf("finish the migration: %w", err)
 	}
@@ -792,6 +856,7 @@ func (c *checkpointer) instantPrecopy(ctx context.Context, mark int) (Event, err
 		return Event{}, c.migrationError(ctx, st)
 	}
 	t2 := time.Now()
+	c.step("completed seen")
 	rmark := s.EventMark()
 	if err := cont(ctx, s); err != nil {
 		return Event{}, fmt.Errorf("resume the guest: %w", err)
@@ -862,9 +927,11 @@ func (c *checkpointer) recover(ctx context.Context) error {
 
 // cont resumes the guest. Right after a migration's "completed" event QEMU
 // 7.2 is still in finish-migrate for a moment and refuses cont ("Migration
-// is not finalized yet"); cont is retried until it has moved on.
+// is not finalized yet"); cont is retried until it has moved on, every
+// millisecond or two: the guest is paused meanwhile (a backoff to 50 ms
+// added 10-40 ms to the precopy method's pause).
 func cont(ctx context.Context, s *Session) error {
-	for delay := 200 * time.Microsecond; ; delay = min(2*delay, 50*time.Millisecond) {
+	for delay := 200 * time.Microsecond; ; delay = min(2*delay, 2*time.Millisecond) {
 		err := s.Run(ctx, "cont", nil, nil)
 		var ce *CommandError
 		if err == nil || !errors.As(err, &ce) || !strings.Contains(ce.Desc, "not finalized") {

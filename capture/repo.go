@@ -153,7 +153,10 @@ type StreamInfo struct {
 // prints it.
 type Stats struct {
 	GuestPauseMS float64 `json:"guest_pause_ms"`
-	DurationMS   float64 `json:"duration_ms"`
+	// PauseSteps says where the pause went: QEMU's events and ntc's steps
+	// from STOP to RESUME.
+	PauseSteps []PauseStep `json:"pause_steps,omitempty"`
+	DurationMS float64     `json:"duration_ms"`
 	// RAMBytes is the size of all RAM blocks (guest RAM, video RAM, ROMs).
 	RAMBytes     int64 `json:"ram_bytes"`
 	RAMPages     int64 `json:"ram_pages"`      // non-zero pages
