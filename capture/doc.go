@@ -22,20 +22,28 @@
 //     the device state and the rest of RAM are saved, all in one pause.
 //   - Method: how RAM gets to ntc, always as a migration stream over a
 //     socket pair whose other end QEMU receives with getfd (no file, no
-//     temporary copy). MethodPrecopy (the default): a live migration sends
-//     RAM while the guest runs; with pause-before-switchover QEMU pauses the
-//     guest when little is left and waits; ntc snapshots the disks, lets
-//     QEMU send the last pages and the device state, and resumes the guest
-//     (retrying cont while QEMU says the migration is not finalized).
+//     temporary copy). MethodPrecopy: a live migration sends RAM while the
+//     guest runs; with pause-before-switchover QEMU pauses the guest when
+//     little is left and waits; ntc snapshots the disks, lets QEMU send the
+//     last pages and the device state, and resumes the guest (retrying cont
+//     every 2 ms at most while QEMU says the migration is not finalized).
 //     MethodBackground: ntc pauses the guest (stop), snapshots the disks and
 //     starts a background snapshot, which write-protects RAM and resumes the
 //     guest by itself; ntc never sends cont then, as RAM would run ahead of
 //     the disks. On QEMU 7.2 that pause includes the snapshot's setup, which
-//     touches every page of guest RAM (about 300 ms for 256 MiB on the
-//     project's machines), and a background snapshot whose stream breaks
-//     after RAM is write-protected wedges QEMU's main loop for good, so a
-//     failed checkpoint reads that stream to its end instead of closing it.
-//     The pause is QEMU's STOP to RESUME, from the events' timestamps.
+//     reads a byte of every page of guest RAM (ram_write_tracking_prepare),
+//     a page fault for each page not mapped, and write-protects every page.
+//     Private guest RAM is mostly unmapped again after every background
+//     snapshot (about 300 ms of pause for 256 MiB on the project's
+//     machines, every time); shared RAM (share=on) stays mapped (about
+//     40 ms: 65,536 page-table updates); on 2 MiB huge pages it is 128
+//     pages (11-14 ms). MethodAuto (the default) takes a background
+//     snapshot when guest RAM is on huge pages (x-query-ramblock) and
+//     precopy otherwise (27-44 ms). A background snapshot whose stream
+//     breaks after RAM is write-protected wedges QEMU 7.2's main loop for
+//     good, so a failed checkpoint reads that stream to its end instead of
+//     closing it. The pause is QEMU's STOP to RESUME, from the events'
+//     timestamps; Stats.PauseSteps says where it went.
 //   - Overlay chain: a disk's base image (the guest's own image, where ntc
 //     found it) and the overlays ntc put on it, oldest first; the newest is
 //     the active layer the guest writes to. An overlay frozen by checkpoint

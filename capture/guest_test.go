@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"os"
 	"path/filepath"
@@ -391,5 +392,65 @@ func checkChanges(t *testing.T, repo *Repository, m1, m2 *Manifest) {
 	}
 	if _, _, ok, err := repo.ChangedSince(m1, d.Name, func(*chunk.Index) bool { return true }); ok || err != nil {
 		t.Errorf("ChangedSince(the first checkpoint) = %v, %v; want not found", ok, err)
+	}
+}
+
+// TestMethodAuto checks the default method's choice: precopy for guest RAM
+// on 4 KiB pages, a background snapshot for RAM on huge pages (where the
+// host has them free), the guest ticking on.
+func TestMethodAuto(t *testing.T) {
+	for _, tc := range []struct {
+		mem  testguest.Memory
+		want Method
+	}{
+		{testguest.MemoryShared, MethodPrecopy},
+		{testguest.MemoryHugePages, MethodBackground},
+	} {
+		t.Run(string(tc.mem), func(t *testing.T) {
+			if tc.mem == testguest.MemoryHugePages {
+				skipUnlessUserfaultfd(t)
+				if free := testguest.HugePagesFree(); free < testguest.DefaultMemoryMiB {
+					t.Skipf("%d MiB of huge pages free, the guest needs %d (as root: echo %d > /proc/sys/vm/nr_hugepages)",
+						free, testguest.DefaultMemoryMiB, testguest.DefaultMemoryMiB/2)
+				}
+			}
+			vm := startGuest(t, testguest.StartOptions{Memory: tc.mem})
+			res := checkpointTB(t, testConfig(t, vm, t.TempDir()))
+			if res.Manifest.Method != tc.want {
+				t.Errorf("method %q, want %q", res.Manifest.Method, tc.want)
+			}
+			waitTicking(t, vm, 1)
+		})
+	}
+}
+
+func TestRAMOnHugePages(t *testing.T) {
+	const header = "              Block Name    PSize              Offset               Used              Total                HVA  RO\n"
+	// QEMU 8.0 and later.
+	row := func(name, psize string, used int64, ro string) string {
+		return fmt.Sprintf("%24s %8s  0x%016x 0x%016x 0x%016x 0x%016x %3s\n", name, psize, 0, used, used, 0x7f0000000000, ro)
+	}
+	// QEMU 7.2: no host address or ro/rw column.
+	const header72 = "              Block Name    PSize              Offset               Used              Total\n"
+	row72 := func(name, psize string, used int64) string {
+		return fmt.Sprintf("%24s %8s  0x%016x 0x%016x 0x%016x\n", name, psize, 0, used, used)
+	}
+	for _, tc := range []struct {
+		name     string
+		table    string
+		huge, ok bool
+	}{
+		{"huge", header + row("pc.ram", "2 MiB", 256<<20, "rw") + row("pc.bios", "4 KiB", 256<<10, "ro") + row("/rom@etc/acpi/tables", "4 KiB", 128<<10, "rw"), true, true},
+		{"small", header + row("pc.ram", "4 KiB", 256<<20, "rw"), false, true},
+		{"vram on small pages", header + row("pc.ram", "2 MiB", 256<<20, "rw") + row("vga.vram", "4 KiB", 16<<20, "rw"), false, true},
+		{"7.2 huge", header72 + row72("pc.ram", "2 MiB", 256<<20) + row72("pc.bios", "4 KiB", 256<<10) + row72("/rom@etc/acpi/tables", "4 KiB", 128<<10), true, true},
+		{"7.2 small", header72 + row72("pc.ram", "4 KiB", 256<<20) + row72("pc.bios", "4 KiB", 256<<10), false, true},
+		{"read-only on small pages", header + row("pc.ram", "2 MiB", 256<<20, "rw") + row("flash", "4 KiB", 4<<20, "ro"), true, true},
+		{"empty", "", false, false},
+		{"garbage", header + "a b c d e f g h\n", false, false},
+	} {
+		if huge, ok := ramOnHugePages(tc.table); huge != tc.huge || ok != tc.ok {
+			t.Errorf("%s: ramOnHugePages = %v, %v; want %v, %v", tc.name, huge, ok, tc.huge, tc.ok)
+		}
 	}
 }

@@ -42,11 +42,18 @@ exactly those writes, is merged back into the disk image afterwards. The
 guest keeps running on the newest overlay: restart it from its command line
 only after 'ntc checkpoint' has merged, or point it at the overlay.
 
-RAM is captured by a live migration into ntc, kept as 4 KiB pages keyed by
-content: only pages the repository lacks are stored. --method precopy (the
-default) sends RAM while the guest runs and pauses it for the last pages;
---method background-snapshot pauses it while QEMU write-protects RAM, which
-on QEMU 7.2 includes touching every page (slower for big guests).
+RAM is captured by a migration into ntc, kept as 4 KiB pages keyed by
+content: only pages the repository lacks are stored. --method
+background-snapshot pauses the guest only while QEMU saves the devices and
+write-protects RAM, then sends RAM as it was while the guest runs; --method
+precopy sends RAM while the guest runs and pauses it for the last pages.
+QEMU 7.2 touches and write-protects every page of guest RAM inside a
+background snapshot's pause: quick on huge pages, slow on 4 KiB pages. The
+default, --method auto, takes a background snapshot when guest RAM is on huge
+pages and precopy otherwise. To give a guest huge pages (as root, reserve
+them first: echo 2048 > /proc/sys/vm/nr_hugepages for 4 GiB):
+  -object memory-backend-memfd,id=pc.ram,size=4G,share=on,prealloc=on,hugetlb=on,x-use-canonical-path-for-ramblock-id=off
+  -machine memory-backend=pc.ram
 
 On any error the guest is left running, its disks valid, and no checkpoint
 looks complete that is not; earlier checkpoints are untouched. A paused guest
@@ -70,7 +77,7 @@ Examples:
 	f.String("qmp", "", "QMP unix socket of the running QEMU")
 	f.String("out", "", "checkpoint repository directory")
 	f.String("overlay-dir", "", "where new disk overlays go (default: next to each disk)")
-	f.String("method", string(capture.MethodPrecopy), "how RAM is captured: precopy or background-snapshot")
+	f.String("method", string(capture.MethodAuto), "how RAM is captured: auto, background-snapshot or precopy")
 	f.DurationVar(&o.downtime, "downtime", 20*time.Millisecond, "final pause the precopy method aims at")
 	f.BoolVar(&o.noCommit, "no-commit", false, "keep earlier overlays instead of merging them into the disk")
 	f.IntVar(&o.workers, "workers", 0, "goroutines hashing and storing (default: all cores)")
@@ -99,8 +106,8 @@ func runCheckpoint(ctx context.Context, g *globals, o checkpointOptions) error {
 		return usagef("--out DIR is required: the checkpoint repository (created if needed)")
 	}
 	method := capture.Method(o.method)
-	if method != capture.MethodPrecopy && method != capture.MethodBackground {
-		return usagef("--method %q: want %s or %s", o.method, capture.MethodPrecopy, capture.MethodBackground)
+	if method != capture.MethodAuto && method != capture.MethodPrecopy && method != capture.MethodBackground {
+		return usagef("--method %q: want %s, %s or %s", o.method, capture.MethodAuto, capture.MethodBackground, capture.MethodPrecopy)
 	}
 	cfg := capture.Config{
 		QMP: o.qmp, Dir: o.out, OverlayDir: o.overlayDir, Method: method, Downtime: o.downtime,

@@ -97,9 +97,9 @@ const (
 	MemoryPrivate Memory = "private"
 	// MemoryHugePages is MemoryShared on 2 MiB huge pages (hugetlb=on):
 	// a background snapshot then touches and write-protects 128 pages
-	// per 256 MiB instead of 65,536 (≈9 ms of guest pause instead of
-	// ≈40 ms on the project's machines). The host must have the huge
-	// pages free: see HugePagesFree.
+	// per 256 MiB instead of 65,536 (11-14 ms of guest pause at the
+	// median instead of ≈43 ms on the project's machines). The host must
+	// have the huge pages free: see HugePagesFree.
 	MemoryHugePages Memory = "hugepages"
 )
 
