@@ -17,8 +17,8 @@ import (
 // pause (QEMU's STOP to RESUME) at the median and the 99th percentile, the
 // duration, and disk bytes read per byte changed; for each method, with
 // guest RAM on huge pages (where the host has them free), shared (a
-// preallocated memfd, the test guest's default) and private (QEMU's default
-// for -m), idle and rewriting 64 MiB of RAM. Run it with -benchtime 20x.
+// preallocated memfd) and private (QEMU's default for -m, and the test
+// guest's), idle and rewriting 64 MiB of RAM. Run it with -benchtime 20x.
 func BenchmarkCheckpoint(b *testing.B) {
 	for _, m := range []Method{MethodPrecopy, MethodBackground} {
 		for _, mem := range []testguest.Memory{testguest.MemoryHugePages, testguest.MemoryShared, testguest.MemoryPrivate} {

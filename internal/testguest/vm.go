@@ -52,7 +52,7 @@ type StartOptions struct {
 	Dir string
 
 	MemoryMiB int // -m; default 256
-	// Memory is how guest RAM is backed; default MemoryShared.
+	// Memory is how guest RAM is backed; default MemoryPrivate.
 	Memory Memory
 	CPUs   int // -smp; default 1
 	// BusyMiB is ntc.busy: MiB of guest RAM rewritten with random bytes
@@ -88,12 +88,14 @@ const (
 	// QEMU starts (memory-backend-memfd, share=on, prealloc=on), under the
 	// RAM block name "pc.ram" that -m alone gives. Its pages stay mapped:
 	// a QEMU 7.2 background snapshot reads a byte of every page of guest
-	// RAM inside the guest pause, which costs a few ms when they are
-	// mapped and ≈300 ms for 256 MiB of private memory on the project's
-	// machines (after a background snapshot most private pages are no
-	// longer mapped, so every snapshot faults them in again).
+	// RAM inside the guest pause, about 11 ms for 256 MiB of mapped pages
+	// and about 300 ms of private memory on the project's machines (after
+	// a background snapshot most private pages are no longer mapped, so
+	// every snapshot faults them in again). The backend fixes the RAM
+	// size: a QEMU started from the same argv with another -m fails.
 	MemoryShared Memory = "shared"
-	// MemoryPrivate is QEMU's default for -m: private anonymous memory.
+	// MemoryPrivate (the default) is QEMU's default for -m: private
+	// anonymous memory.
 	MemoryPrivate Memory = "private"
 	// MemoryHugePages is MemoryShared on 2 MiB huge pages (hugetlb=on):
 	// a background snapshot then touches and write-protects 128 pages
@@ -191,7 +193,7 @@ func Start(ctx context.Context, opts StartOptions) (vm *VM, err error) {
 		opts.QEMU = DefaultQEMU
 	}
 	if opts.Memory == "" {
-		opts.Memory = MemoryShared
+		opts.Memory = MemoryPrivate
 	}
 	switch opts.Memory {
 	case MemoryShared, MemoryPrivate:
