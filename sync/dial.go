@@ -3,6 +3,7 @@ package sync
 import (
 	"context"
 	"fmt"
+	"time"
 
 	"golang.org/x/sync/errgroup"
 
@@ -13,6 +14,21 @@ import (
 // connections worth their handshakes: below it, fresh connections' initial
 // windows only overflow a slow link's queue together.
 const extraConnsFrom = 8 << 20
+
+// extraConnsRTT is the round trip from which extra data connections are
+// used at all: on a short path one connection's window opens fast, and more
+// connections only compete for the CPU (and on a loaded loopback, have
+// packets declared lost and sent again).
+const extraConnsRTT = 10 * time.Millisecond
+
+// wantsExtra reports whether n bytes of new chunks over conn call for the
+// extra data connections.
+func (s *Sender) wantsExtra(conn *transport.Conn, n int64) bool {
+	if s.Conns <= 1 || s.Dial == nil || n < s.extraFrom() {
+		return false
+	}
+	return s.connsAnyRTT || conn.QUIC().ConnectionStats().MinRTT >= extraConnsRTT
+}
 
 func (s *Sender) extraFrom() int64 {
 	if s.connsFrom > 0 {

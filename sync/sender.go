@@ -37,8 +37,10 @@ type Sender struct {
 	mu      gosync.Mutex
 	indexes map[chunk.ID]*chunk.Index // read from the cache, by digest
 
-	// connsFrom replaces extraConnsFrom when set.
-	connsFrom int64
+	// connsFrom replaces extraConnsFrom when set; connsAnyRTT uses extra
+	// connections whatever the round trip (tests run on loopback).
+	connsFrom   int64
+	connsAnyRTT bool
 
 	// unverified skips checking chunks asked for again, so that a test can
 	// keep damaged ones on the wire.
@@ -123,7 +125,7 @@ func (s *Sender) Push(ctx context.Context, conn *transport.Conn, v *Version) (*R
 	// enough chunks will probably travel.
 	var extra *dialing
 	defer func() { extra.close() }()
-	if newBytes(listNew(pre.ops, pre.results)) >= s.extraFrom() {
+	if s.wantsExtra(conn, newBytes(listNew(pre.ops, pre.results))) {
 		extra = s.startDial(ctx)
 	}
 	p, err := rd.expect(msgBase)
@@ -175,7 +177,7 @@ func (s *Sender) Push(ctx context.Context, conn *transport.Conn, v *Version) (*R
 	s.logf("offered %s v%d: %d images, %d new chunks", v.Set, o.version, len(v.Images), len(news))
 
 	conns := []*transport.Conn{conn}
-	if newBytes(news) >= s.extraFrom() {
+	if s.wantsExtra(conn, newBytes(news)) {
 		if extra == nil {
 			extra = s.startDial(ctx)
 		}

@@ -404,7 +404,7 @@ func TestPushOverSeveralConnections(t *testing.T) {
 	images := map[string][]byte{"disk": randomData(r, 4<<20), "ram": randomData(r, 1<<20)}
 	s := &Sender{StateDir: t.TempDir(), Conns: 3, Streams: 6, Dial: func(ctx context.Context) (*transport.Conn, error) {
 		return transport.Dial(ctx, p.addr, p.client, p.srvID, transport.Config{})
-	}, connsFrom: 2 << 20}
+	}, connsFrom: 2 << 20, connsAnyRTT: true}
 	res, err := p.push(t, ctx, s, imageVersion(t, "vm", images))
 	if err != nil {
 		t.Fatal(err)

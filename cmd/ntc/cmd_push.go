@@ -85,7 +85,7 @@ The set is named after the first image, or the checkpoint directory, unless
 	f.String("bwlimit", "", "cap the average send rate: 20Mbit, 2.5MB/s, 500k (bytes)")
 	f.StringVar(&o.changed, "changed", "", "ranges of the (single) image changed since the last push: re-read only those")
 	f.Int("streams", 4, "parallel data streams")
-	f.Int("conns", 4, "connections carrying data: each has its own congestion window, which lossy long links need")
+	f.Int("conns", 4, "connections carrying data on long paths (round trip 10 ms or more) when 8 MiB or more travel: each has its own congestion window, which lossy long links need")
 	g.bind(cmd, "push.to", "to")
 	g.bind(cmd, "push.peer", "peer")
 	g.bind(cmd, "push.bwlimit", "bwlimit")
