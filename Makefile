@@ -29,7 +29,7 @@ test-short:
 ## (ntc bench needs root: network namespaces for the emulated links)
 bench: deps build
 	$(GO) test -run '^$$' -bench . -benchtime 3x ./chunk/ ./sync/ ./transport/
-	./$(BIN) bench --link dsl,wan,lan --scenario random-1pct,random-10pct,debian -o bench/results
+	./$(BIN) bench --link dsl,wan,lan --scenario random-1pct,random-10pct,debian,vm-idle,vm-busy --size 128M --vm-work 60s -o bench/results
 
 fuzz:
 	$(GO) test -run '^$$' -fuzz FuzzDecodeIndex -fuzztime 60s ./chunk/
