@@ -83,7 +83,9 @@ const (
 	// pause-before-switchover: RAM is sent while the guest runs; QEMU
 	// pauses the guest for the last dirty pages and the device state, and
 	// the disks are snapshotted in that pause. The pause is QEMU's
-	// downtime plus two QMP round trips.
+	// downtime plus two QMP round trips. Under TCG, QEMU before 9.0 can
+	// miss guest writes in a precopy migration (see precopyLosesWrites):
+	// the checkpoint's RAM is then not the guest's and may not restore.
 	MethodPrecopy Method = "precopy"
 	// MethodBackground runs a background snapshot (QEMU 6.0+): ntc pauses
 	// the guest, snapshots the disks and starts the snapshot; QEMU
@@ -96,7 +98,10 @@ const (
 	// and write-protects one page per 2 MiB (the 256 MiB test guest paused
 	// 11-14 ms at the median), and precopy otherwise (27-44 ms, against
 	// 43 ms for a background snapshot of 4 KiB pages of shared memory and
-	// 300-400 ms of private memory; BenchmarkCheckpoint).
+	// 300-400 ms of private memory; BenchmarkCheckpoint). Under TCG on
+	// QEMU before 9.0, whose precopy can miss guest writes, it always
+	// takes a background snapshot (precopy only if userfaultfd is
+	// unavailable, with a warning in the log).
 	MethodAuto Method = "auto"
 )
 
@@ -283,6 +288,10 @@ func (c *checkpointer) run(ctx context.Context) (res *Result, err error) {
 		c.logf("%v: taking a precopy checkpoint instead", err)
 		c.cfg.Method = MethodPrecopy
 		caps, err = setupMigration(ctx, s, c.cfg.Method, c.cfg.Downtime)
+	}
+	if c.cfg.Method == MethodPrecopy && precopyLosesWrites(ctx, s) {
+		c.logf("warning: QEMU %s under TCG can miss guest writes in a precopy migration (fixed in QEMU 9.0): "+
+			"this checkpoint's RAM may not be the guest's at the instant and may not restore; use --method background-snapshot", s.Version())
 	}
 	if caps != nil {
 		defer func() {

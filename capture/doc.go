@@ -39,7 +39,11 @@
 //     40 ms: 65,536 page-table updates); on 2 MiB huge pages it is 128
 //     pages (11-14 ms). MethodAuto (the default) takes a background
 //     snapshot when guest RAM is on huge pages (x-query-ramblock) and
-//     precopy otherwise (27-44 ms). A background snapshot whose stream
+//     precopy otherwise (27-44 ms), except under TCG on QEMU before 9.0,
+//     whose precopy misses guest writes (dirty bitmap cleared without
+//     re-arming the TLB's dirty tracking; fixed by QEMU commit 03bfc2188f):
+//     there it always takes a background snapshot, since stale kernel pages
+//     made restored guests panic. A background snapshot whose stream
 //     breaks after RAM is write-protected wedges QEMU 7.2's main loop for
 //     good, so a failed checkpoint reads that stream to its end instead of
 //     closing it. The pause is QEMU's STOP to RESUME, from the events'

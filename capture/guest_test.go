@@ -415,9 +415,20 @@ func TestMethodAuto(t *testing.T) {
 				}
 			}
 			vm := startGuest(t, testguest.StartOptions{Memory: tc.mem})
+			want := tc.want
+			if s, err := Dial(t.Context(), vm.QMPPath(), DialOptions{}); err != nil {
+				t.Fatal(err)
+			} else {
+				// Precopy can lose writes here (TCG before QEMU 9.0):
+				// a background snapshot, if userfaultfd allows it.
+				if precopyLosesWrites(t.Context(), s) && uffdAvailable() {
+					want = MethodBackground
+				}
+				s.Close()
+			}
 			res := checkpointTB(t, testConfig(t, vm, t.TempDir()))
-			if res.Manifest.Method != tc.want {
-				t.Errorf("method %q, want %q", res.Manifest.Method, tc.want)
+			if res.Manifest.Method != want {
+				t.Errorf("method %q, want %q", res.Manifest.Method, want)
 			}
 			waitTicking(t, vm, 1)
 		})

@@ -275,10 +275,11 @@ func setupMigration(ctx context.Context, s *Session, method Method, downtime tim
 	return saved, nil
 }
 
-// chooseMethod is MethodAuto's choice: MethodBackground when every
-// writable RAM block of 1 MiB or more is on pages larger than 4 KiB (huge
-// pages), MethodPrecopy otherwise, or when QEMU does not say
-// (x-query-ramblock, QEMU 6.2 and later).
+// chooseMethod is MethodAuto's choice: MethodBackground when precopy can
+// lose guest writes (see precopyLosesWrites) or when every writable RAM
+// block of 1 MiB or more is on pages larger than 4 KiB (huge pages),
+// MethodPrecopy otherwise, or when QEMU does not say (x-query-ramblock,
+// QEMU 6.2 and later).
 //
 // QEMU 7.2's background snapshot, inside the guest pause, reads a byte of
 // every page of guest RAM (ram_write_tracking_prepare) and then
@@ -287,6 +288,9 @@ func setupMigration(ctx context.Context, s *Session, method Method, downtime tim
 // a page fault for every page that is not mapped: private guest RAM is
 // mostly unmapped again after each background snapshot.
 func chooseMethod(ctx context.Context, s *Session) Method {
+	if precopyLosesWrites(ctx, s) {
+		return MethodBackground
+	}
 	var out struct {
 		Text string `json:"human-readable-text"`
 	}
@@ -423,3 +427,29 @@ func waitMigrationIdle(ctx context.Context, s *Session, d time.Duration) error {
 		}
 	}
 }
+
+// precopyLosesWrites says whether a precopy migration of this QEMU can
+// miss guest writes, so that the RAM it sends is not the guest's RAM at the
+// instant: under TCG, QEMU before 9.0 clears the migration dirty bitmap a
+// word at a time without re-arming the vCPUs' TLB dirty tracking, so stores
+// through TLB entries filled earlier (kernel pages: their global mappings
+// survive context switches) are never marked dirty and never resent. QEMU
+// 9.0 fixed it (commit 03bfc2188f, "physmem: Fix migration dirty bitmap
+// coherency with TCG memory access"). Seen on QEMU 7.2: pages of the busy
+// test guest's kernel differed from its memory in the pause, and guests
+// restored from such checkpoints panicked (list_del corruption, "Attempted
+// to kill the idle task!"). A background snapshot tracks writes with
+// userfaultfd instead, and KVM with its own dirty log.
+func precopyLosesWrites(ctx context.Context, s *Session) bool {
+	var kvm struct {
+		Enabled bool `json:"enabled"`
+	}
+	if err := s.Run(ctx, "query-kvm", nil, &kvm); err != nil {
+		kvm.Enabled = false // unknown: assume the worst
+	}
+	return tcgDirtyBug(s.VersionAtLeast(9, 0), kvm.Enabled)
+}
+
+// tcgDirtyBug is precopyLosesWrites' rule: TCG (KVM not enabled) on QEMU
+// older than 9.0.
+func tcgDirtyBug(atLeast90, kvm bool) bool { return !atLeast90 && !kvm }

@@ -50,7 +50,9 @@ precopy sends RAM while the guest runs and pauses it for the last pages.
 QEMU 7.2 touches and write-protects every page of guest RAM inside a
 background snapshot's pause: quick on huge pages, slow on 4 KiB pages. The
 default, --method auto, takes a background snapshot when guest RAM is on huge
-pages and precopy otherwise. To give a guest huge pages (as root, reserve
+pages and precopy otherwise; under TCG on QEMU before 9.0, whose precopy
+misses some guest writes (the checkpoint may not restore), always a background
+snapshot. To give a guest huge pages (as root, reserve
 them first: echo 2048 > /proc/sys/vm/nr_hugepages for 4 GiB):
   -object memory-backend-memfd,id=pc.ram,size=4G,share=on,prealloc=on,hugetlb=on,x-use-canonical-path-for-ramblock-id=off
   -machine memory-backend=pc.ram
