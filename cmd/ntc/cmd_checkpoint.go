@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -115,8 +116,12 @@ func runCheckpoint(ctx context.Context, g *globals, o checkpointOptions) error {
 		QMP: o.qmp, Dir: o.out, OverlayDir: o.overlayDir, Method: method, Downtime: o.downtime,
 		NoCommit: o.noCommit, Workers: o.workers,
 	}
-	if g.verbose {
-		cfg.Log = func(msg string) { fmt.Fprintln(g.stderr, "ntc:", msg) }
+	// Warnings (an explicit precopy that this QEMU can get wrong) are
+	// always shown; the rest of the log with -v.
+	cfg.Log = func(msg string) {
+		if g.verbose || strings.HasPrefix(msg, "warning:") {
+			fmt.Fprintln(g.stderr, "ntc:", msg)
+		}
 	}
 	res, err := capture.Checkpoint(ctx, cfg)
 	if err != nil {
