@@ -428,11 +428,13 @@ func runDemoVM(ctx context.Context, g *globals, o demoOptions) error {
 				return fmt.Errorf("demo: %w", err)
 			}
 		}
+		// The last tick the guest printed before the checkpoint's instant
+		// (the checkpoint itself takes a few seconds more to store).
+		tick := vm.LastTick()
 		res, err := capture.Checkpoint(ctx, capture.Config{QMP: vm.QMPPath(), Dir: repo})
 		if err != nil {
 			return err
 		}
-		tick := vm.LastTick()
 		pr, wire, err := recv.pushCheckpoint(ctx, "office-vm", repo)
 		if err != nil {
 			return err
