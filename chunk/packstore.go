@@ -97,17 +97,10 @@ func OpenPackStore(dir string) (*PackStore, error) {
 		return nil, fmt.Errorf("open chunk store %s: %w: another ntc process is using it; stop it first", dir, ErrStoreBusy)
 	}
 	s.lock = lock
-	ents, err := os.ReadDir(pdir)
+	names, err := packNames(pdir)
 	if err != nil {
 		return nil, fmt.Errorf("open chunk store: %w", err)
 	}
-	var names []string
-	for _, e := range ents {
-		if strings.HasPrefix(e.Name(), "pack-") && strings.HasSuffix(e.Name(), ".dat") {
-			names = append(names, e.Name())
-		}
-	}
-	sort.Strings(names)
 	for _, n := range names {
 		f, err := os.OpenFile(filepath.Join(pdir, n), os.O_RDWR, 0)
 		if err != nil {
@@ -135,6 +128,22 @@ func OpenPackStore(dir string) (*PackStore, error) {
 		}
 	}
 	return s, nil
+}
+
+// packNames lists the pack files in pdir, oldest first.
+func packNames(pdir string) ([]string, error) {
+	ents, err := os.ReadDir(pdir)
+	if err != nil {
+		return nil, err
+	}
+	var names []string
+	for _, e := range ents {
+		if strings.HasPrefix(e.Name(), "pack-") && strings.HasSuffix(e.Name(), ".dat") {
+			names = append(names, e.Name())
+		}
+	}
+	sort.Strings(names)
+	return names, nil
 }
 
 // scan reads a pack's record headers into the map and returns where the

@@ -6,8 +6,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"sort"
-	"strings"
 
 	"github.com/klauspost/compress/zstd"
 )
@@ -33,7 +31,7 @@ var ErrReadOnly = errors.New("chunk store opened read-only")
 // OpenPackStoreReadOnly opens the pack store in dir for reading.
 func OpenPackStoreReadOnly(dir string) (*ReadOnlyPackStore, error) {
 	pdir := filepath.Join(dir, "packs")
-	ents, err := os.ReadDir(pdir)
+	names, err := packNames(pdir)
 	if err != nil {
 		return nil, fmt.Errorf("open chunk store %s for reading: %w", dir, err)
 	}
@@ -42,13 +40,6 @@ func OpenPackStoreReadOnly(dir string) (*ReadOnlyPackStore, error) {
 		return nil, err
 	}
 	s := &PackStore{dir: dir, dec: dec, where: map[ID]packLoc{}, dirty: map[int]bool{}}
-	var names []string
-	for _, e := range ents {
-		if strings.HasPrefix(e.Name(), "pack-") && strings.HasSuffix(e.Name(), ".dat") {
-			names = append(names, e.Name())
-		}
-	}
-	sort.Strings(names)
 	for _, n := range names {
 		f, err := os.Open(filepath.Join(pdir, n))
 		if err != nil {
