@@ -55,11 +55,12 @@ func runMigrate(ctx context.Context, l *link.Link, sc *Scenario, dir string, c *
 		return err
 	}
 	defer s.Close()
-	mark := s.EventMark()
 	if err := s.Run(ctx, "migrate-incoming", map[string]any{"uri": "exec:cat " + st.Stream2}, nil); err != nil {
 		return fmt.Errorf("restore the checkpoint: %w", err)
 	}
-	if _, _, err := s.WaitEvent(ctx, mark, func(e capture.Event) bool { return e.Name == "RESUME" }); err != nil {
+	// A background snapshot's stream records a stopped guest: QEMU loads
+	// it and stays paused. Wait for the load to end, then let it run.
+	if err := runAfterLoad(ctx, s); err != nil {
 		return fmt.Errorf("restore the checkpoint: %w", err)
 	}
 	// The restored guest runs (and its busy loops with it) once it ticks.
@@ -92,7 +93,7 @@ func runMigrate(ctx context.Context, l *link.Link, sc *Scenario, dir string, c *
 	pass := time.Duration(float64(st.RAMNonZero) * 8 / float64(p.Rate) * float64(time.Second))
 	deadline := pass + migrateGrace
 
-	mark = s.EventMark()
+	mark := s.EventMark()
 	settle()
 	l.RestartTrace()
 	t0 := time.Now()
@@ -235,4 +236,32 @@ func oops(lines []string) string {
 		return ""
 	}
 	return " (kernel: " + strings.Join(out[:min(len(out), 6)], " / ") + ")"
+}
+
+// runAfterLoad waits until QEMU has loaded an incoming stream and makes the
+// guest run if the stream left it paused.
+func runAfterLoad(ctx context.Context, s *capture.Session) error {
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+	defer cancel()
+	t := time.NewTicker(20 * time.Millisecond)
+	defer t.Stop()
+	for {
+		var st struct {
+			Status string `json:"status"`
+		}
+		if err := s.Run(ctx, "query-status", nil, &st); err != nil {
+			return err
+		}
+		switch st.Status {
+		case "running":
+			return nil
+		case "paused", "postmigrate", "prelaunch", "finish-migrate":
+			return s.Run(ctx, "cont", nil, nil)
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("the stream did not load: %w", ctx.Err())
+		case <-t.C:
+		}
+	}
 }
