@@ -30,16 +30,20 @@
 //     MethodBackground: ntc pauses the guest (stop), snapshots the disks and
 //     starts a background snapshot, which write-protects RAM and resumes the
 //     guest by itself; ntc never sends cont then, as RAM would run ahead of
-//     the disks. On QEMU 7.2 that pause includes the snapshot's setup, which
-//     reads a byte of every page of guest RAM (ram_write_tracking_prepare),
-//     a page fault for each page not mapped, and write-protects every page.
-//     Private guest RAM is mostly unmapped again after every background
-//     snapshot (about 300 ms of pause for 256 MiB on the project's
-//     machines, every time); shared RAM (share=on) stays mapped (about
-//     40 ms: 65,536 page-table updates); on 2 MiB huge pages it is 128
-//     pages (11-14 ms). MethodAuto (the default) takes a background
-//     snapshot when guest RAM is on huge pages (x-query-ramblock) and
-//     precopy otherwise (27-44 ms), except under TCG on QEMU before 9.0,
+//     the disks. On QEMU 7.2 that pause includes the snapshot's setup
+//     (QEMU reads a byte of every page of guest RAM, ram_write_tracking_prepare,
+//     before its own stop, which ntc's stop puts inside the pause: the disks
+//     must be snapshotted at the same instant) and the write protection of
+//     every page (userfaultfd). With 4 KiB pages that is 65,536 pages per
+//     256 MiB and about 300 ms of pause on the project's machines, every
+//     time: perf puts it in the touch loop and in TLB flushes of the
+//     write-protect ioctls, and the guest kernel counts no page faults
+//     there (the machines run under a paravirtualizing hypervisor, PVM,
+//     where both cost exits). On 2 MiB huge pages it is 128 pages (10-15
+//     ms): scripts/deps.sh reserves huge pages and the demo's guest uses
+//     them. Shared 4 KiB RAM (share=on) is in between (about 40 ms).
+//     MethodAuto (the default) takes a background snapshot when guest RAM
+//     is on huge pages (x-query-ramblock) and precopy otherwise (27-44 ms), except under TCG on QEMU before 9.0,
 //     whose precopy misses guest writes (dirty bitmap cleared without
 //     re-arming the TLB's dirty tracking; fixed by QEMU commit 03bfc2188f):
 //     there it always takes a background snapshot, since stale kernel pages

@@ -283,10 +283,9 @@ func setupMigration(ctx context.Context, s *Session, method Method, downtime tim
 //
 // QEMU 7.2's background snapshot, inside the guest pause, reads a byte of
 // every page of guest RAM (ram_write_tracking_prepare) and then
-// write-protects every page (userfaultfd). On 4 KiB pages that is 65,536
-// page-table updates per 256 MiB, each expensive on a virtualized host, and
-// a page fault for every page that is not mapped: private guest RAM is
-// mostly unmapped again after each background snapshot.
+// write-protects every page (userfaultfd): on 4 KiB pages 65,536 pages per
+// 256 MiB, which costs hundreds of milliseconds on a virtualized host (see
+// the package documentation).
 func chooseMethod(ctx context.Context, s *Session) Method {
 	if precopyLosesWrites(ctx, s) {
 		return MethodBackground

@@ -139,6 +139,9 @@ func runCheckpoint(ctx context.Context, g *globals, o checkpointOptions) error {
 	w := g.stdout
 	fmt.Fprintf(w, "checkpoint %d of %s (%s, QEMU %s, %s): guest paused %.1f ms, %s in all\n", m.Seq, o.qmp,
 		m.Machine.Type, m.QEMUVersion, m.Method, st.GuestPauseMS, (time.Duration(st.DurationMS * 1e6)).Round(time.Millisecond))
+	if st.GuestPauseMS > 100 && m.Method == capture.MethodBackground {
+		fmt.Fprintf(w, "  (a long pause: QEMU write-protects every page of guest RAM while the guest is paused; on huge pages that takes milliseconds: see 'ntc checkpoint --help')\n")
+	}
 	fmt.Fprintf(w, "  RAM    %s in %d blocks, %d pages of data: %d new to the repository (%s)\n",
 		humanBytes(st.RAMBytes), len(m.RAM), st.RAMPages, st.RAMPagesNew, humanBytes(st.RAMBytesNew))
 	for _, d := range m.Disks {

@@ -355,6 +355,8 @@ func (d *demoReceiver) pushVersion(ctx context.Context, v *ntcsync.Version) (*nt
 
 // demoVMJSON is demo --vm's --json summary.
 type demoVMJSON struct {
+	// Memory backs the guest's RAM: "hugepages" or "private" (4 KiB).
+	Memory      string           `json:"guest_memory"`
 	Checkpoints []demoCheckpoint `json:"checkpoints"`
 	// LastTick is the original's last tick before it was stopped;
 	// CheckpointTick the tick on the disk of the resumed checkpoint.
@@ -406,7 +408,15 @@ func runDemoVM(ctx context.Context, g *globals, o demoOptions) error {
 	if err := os.MkdirAll(filepath.Join(dir, "office"), 0o755); err != nil {
 		return err
 	}
-	vm, err := testguest.Start(bctx, testguest.StartOptions{Dir: filepath.Join(dir, "office"), NIC: true})
+	mem := testguest.PreferHugePages(testguest.DefaultMemoryMiB)
+	out.Memory = string(mem)
+	if mem == testguest.MemoryHugePages {
+		say("   guest RAM on 2 MiB huge pages: a checkpoint pauses it for milliseconds")
+	} else {
+		say("   guest RAM on 4 KiB pages (no %d MiB of huge pages free): QEMU 7.2 pauses it for ~0.3 s per checkpoint; as root, 'echo 384 > /proc/sys/vm/nr_hugepages' (make deps does) makes that milliseconds",
+			testguest.DefaultMemoryMiB)
+	}
+	vm, err := testguest.Start(bctx, testguest.StartOptions{Dir: filepath.Join(dir, "office"), NIC: true, Memory: mem})
 	if err != nil {
 		return fmt.Errorf("demo: %w", err)
 	}

@@ -243,3 +243,19 @@ func TestCpioWriterError(t *testing.T) {
 		t.Fatalf("Close = %v; want the write error", err)
 	}
 }
+
+// TestPreferHugePages: huge pages only where the host has enough of them
+// free, ordinary memory otherwise.
+func TestPreferHugePages(t *testing.T) {
+	if got := PreferHugePages(1 << 40); got != MemoryPrivate {
+		t.Errorf("PreferHugePages(1 TiB) = %q: no host has that many huge pages free", got)
+	}
+	free := HugePagesFree()
+	want := MemoryPrivate
+	if free >= 2 {
+		want = MemoryHugePages
+	}
+	if got := PreferHugePages(2); got != want {
+		t.Errorf("PreferHugePages(2 MiB) with %d MiB of huge pages free = %q, want %q", free, got, want)
+	}
+}

@@ -86,24 +86,36 @@ type Memory string
 const (
 	// MemoryShared backs guest RAM with a shared memfd, allocated when
 	// QEMU starts (memory-backend-memfd, share=on, prealloc=on), under the
-	// RAM block name "pc.ram" that -m alone gives. Its pages stay mapped:
-	// a QEMU 7.2 background snapshot reads a byte of every page of guest
-	// RAM inside the guest pause, about 11 ms for 256 MiB of mapped pages
-	// and about 300 ms of private memory on the project's machines (after
-	// a background snapshot most private pages are no longer mapped, so
-	// every snapshot faults them in again). The backend fixes the RAM
-	// size: a QEMU started from the same argv with another -m fails.
+	// RAM block name "pc.ram" that -m alone gives. The backend fixes the
+	// RAM size: a QEMU started from the same argv with another -m fails.
 	MemoryShared Memory = "shared"
 	// MemoryPrivate (the default) is QEMU's default for -m: private
-	// anonymous memory.
+	// anonymous memory. A QEMU 7.2 background snapshot pauses such a
+	// guest for about 300 ms per 256 MiB on the project's machines: see
+	// package capture.
 	MemoryPrivate Memory = "private"
 	// MemoryHugePages is MemoryShared on 2 MiB huge pages (hugetlb=on):
 	// a background snapshot then touches and write-protects 128 pages
-	// per 256 MiB instead of 65,536 (11-14 ms of guest pause at the
-	// median instead of ≈43 ms on the project's machines). The host must
-	// have the huge pages free: see HugePagesFree.
+	// per 256 MiB instead of 65,536, and the guest pauses for 11-15 ms
+	// at the median. The host must have the huge pages free: see
+	// HugePagesFree and PreferHugePages.
 	MemoryHugePages Memory = "hugepages"
 )
+
+// PreferHugePages is the memory a guest of mib MiB gets where the fastest
+// checkpoints are wanted (the demo): MemoryHugePages if the host has that
+// many MiB of huge pages free (scripts/deps.sh reserves them), otherwise
+// MemoryPrivate. Another QEMU may take the pages between this check and
+// Start: Start then fails with QEMU's own words.
+func PreferHugePages(mib int) Memory {
+	if mib == 0 {
+		mib = DefaultMemoryMiB
+	}
+	if HugePagesFree() >= mib {
+		return MemoryHugePages
+	}
+	return MemoryPrivate
+}
 
 // HugePagesFree returns how many MiB of 2 MiB huge pages the host has free
 // (HugePages_Free in /proc/meminfo); root reserves them with
