@@ -2,7 +2,9 @@ package capture
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
@@ -120,7 +122,8 @@ const maxChangesWalk = 64
 // checkpoint whose index of the disk called name isBase accepts (the index
 // a receiver holds, say), and returns that index with the extents written
 // to the disk since then. ok is false when no such checkpoint is found
-// within reach of recorded changes (a full read breaks the chain).
+// within reach of recorded changes (a full read or a pruned checkpoint
+// breaks the chain).
 func (r *Repository) ChangedSince(m *Manifest, name string, isBase func(*chunk.Index) bool) (base *chunk.Index, changed []chunk.Range, ok bool, err error) {
 	cur := m
 	for range maxChangesWalk {
@@ -134,6 +137,9 @@ func (r *Repository) ChangedSince(m *Manifest, name string, isBase func(*chunk.I
 		}
 		changed = append(changed, rs...)
 		parent, err := r.Manifest(cur.Parent)
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil, nil, false, nil // pruned: the chain ends here
+		}
 		if err != nil {
 			return nil, nil, false, err
 		}

@@ -1,0 +1,160 @@
+package capture
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"reflect"
+	"slices"
+	"testing"
+
+	"github.com/ntc-project/ntc/chunk"
+)
+
+// fakeCheckpoints writes n complete checkpoints of one 1 MiB disk into the
+// repository in dir, each recording a 64 KiB change since its parent, and
+// returns the disk's index of each (by seq).
+func fakeCheckpoints(t *testing.T, r *Repository, n int) map[int]*chunk.Index {
+	t.Helper()
+	idx := map[int]*chunk.Index{}
+	data := make([]byte, 1<<20)
+	for seq := 1; seq <= n; seq++ {
+		for i := range 64 << 10 {
+			data[seq*(64<<10)+i] = byte(seq)
+		}
+		x, _, err := chunk.Build(t.Context(), chunk.Bytes(data), chunk.DefaultCDC(), chunk.Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		idx[seq] = x
+		dir := r.CheckpointDir(seq)
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		d := Disk{Name: "disk-vda", Index: "disk-vda.idx", Size: x.Size, Mode: "full"}
+		if err := chunk.WriteIndexFile(filepath.Join(dir, d.Index), x); err != nil {
+			t.Fatal(err)
+		}
+		m := &Manifest{Version: ManifestVersion, Seq: seq, Parent: seq - 1}
+		if seq > 1 {
+			d.Mode, d.Changes = "incremental", d.Name+changesSuffix
+			if err := writeChanges(filepath.Join(dir, d.Changes), []chunk.Range{{Off: int64(seq) * 64 << 10, Len: 64 << 10}}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		m.Disks = []Disk{d}
+		if err := r.writeManifest(m); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return idx
+}
+
+func TestPrune(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		n      int
+		keep   int
+		pinned []int
+		state  int // the seq state.json's chain continues; 0: no state
+		want   []int
+	}{
+		{"keeps the newest", 6, 3, nil, 0, []int{1, 2, 3}},
+		{"keeps the pinned", 6, 3, []int{2}, 0, []int{1, 3}},
+		{"pinned among the newest", 6, 2, []int{6, 5}, 0, []int{1, 2, 3, 4}},
+		{"keeps the chain's checkpoint", 6, 2, []int{1}, 3, []int{2, 4}},
+		{"fewer than keep", 2, 3, nil, 0, nil},
+		{"keep 0 keeps one", 3, 0, nil, 0, []int{1, 2}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r, err := OpenRepository(t.TempDir())
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer r.Close()
+			fakeCheckpoints(t, r, tc.n)
+			if tc.state > 0 {
+				if err := r.saveState(&state{Disks: []diskState{{Name: "disk-vda", Seq: tc.state}}}); err != nil {
+					t.Fatal(err)
+				}
+			}
+			// An incomplete checkpoint (no manifest) is not Prune's.
+			incomplete := r.CheckpointDir(tc.n + 1)
+			if err := os.MkdirAll(incomplete, 0o755); err != nil {
+				t.Fatal(err)
+			}
+			got, err := r.Prune(tc.keep, tc.pinned...)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !reflect.DeepEqual(got, tc.want) {
+				t.Errorf("Prune(%d, %v) removed %v, want %v", tc.keep, tc.pinned, got, tc.want)
+			}
+			left, err := r.Checkpoints()
+			if err != nil {
+				t.Fatal(err)
+			}
+			for seq := 1; seq <= tc.n; seq++ {
+				_, statErr := os.Stat(r.CheckpointDir(seq))
+				if gone := slices.Contains(tc.want, seq); gone != errors.Is(statErr, os.ErrNotExist) || gone == slices.Contains(left, seq) {
+					t.Errorf("checkpoint %d: removed %v, directory %v, listed %v", seq, gone, statErr, left)
+				}
+			}
+			if _, err := os.Stat(incomplete); err != nil {
+				t.Errorf("the incomplete checkpoint: %v", err)
+			}
+		})
+	}
+}
+
+// TestPruneBreaksChangeChain: a checkpoint whose chain of recorded changes
+// back to the receiver's copy crosses a pruned checkpoint is not an error,
+// only not patchable; a chain that stays whole still is.
+func TestPruneBreaksChangeChain(t *testing.T) {
+	r, err := OpenRepository(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	idx := fakeCheckpoints(t, r, 6)
+	if got, err := r.Prune(2, 2); err != nil || !reflect.DeepEqual(got, []int{1, 3, 4}) {
+		t.Fatalf("Prune(2, 2) = %v, %v", got, err)
+	}
+	m6, err := r.Manifest(6)
+	if err != nil {
+		t.Fatal(err)
+	}
+	is := func(seq int) func(*chunk.Index) bool {
+		return func(x *chunk.Index) bool { return reflect.DeepEqual(x, idx[seq]) }
+	}
+	if _, _, ok, err := r.ChangedSince(m6, "disk-vda", is(2)); ok || err != nil {
+		t.Errorf("ChangedSince(6, checkpoint 2 across pruned 3 and 4) = %v, %v; want not found, no error", ok, err)
+	}
+	base, changed, ok, err := r.ChangedSince(m6, "disk-vda", is(5))
+	if err != nil || !ok || !reflect.DeepEqual(base, idx[5]) || !reflect.DeepEqual(changed, []chunk.Range{{Off: 6 * 64 << 10, Len: 64 << 10}}) {
+		t.Errorf("ChangedSince(6, checkpoint 5) = %v, %v, %v", changed, ok, err)
+	}
+}
+
+func TestPruneNeedsWriter(t *testing.T) {
+	dir := t.TempDir()
+	w, err := OpenRepository(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fakeCheckpoints(t, w, 3)
+	if err := w.Close(); err != nil {
+		t.Fatal(err)
+	}
+	r, err := OpenRepositoryForReading(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	if _, err := r.Prune(1); !errors.Is(err, chunk.ErrReadOnly) {
+		t.Errorf("Prune on a repository open for reading: %v, want ErrReadOnly", err)
+	}
+	if seqs, _ := r.Checkpoints(); len(seqs) != 3 {
+		t.Errorf("checkpoints left: %v", seqs)
+	}
+}
