@@ -12,6 +12,7 @@ import (
 
 	"github.com/ntc-project/ntc/chunk"
 	"github.com/ntc-project/ntc/internal/procstat"
+	"github.com/ntc-project/ntc/internal/replicate"
 	ntcsync "github.com/ntc-project/ntc/sync"
 	"github.com/ntc-project/ntc/transport"
 )
@@ -172,14 +173,14 @@ func runPush(ctx context.Context, g *globals, o pushOptions, paths []string) err
 	var read int64
 	var ckpt int
 	if o.checkpoint != "" {
-		cv, err := openCheckpointVersion(ctx, o.checkpoint, o.seq, prev)
+		cv, err := replicate.OpenVersion(ctx, o.checkpoint, o.seq, prev)
 		if err != nil {
 			return err
 		}
-		defer cv.repo.Close()
-		v.Images, ckpt = cv.images, cv.seq
-		if g.verbose && len(cv.patched) > 0 {
-			fmt.Fprintf(g.stderr, "ntc: %v: the writes since the receiver's checkpoint are known: changed chunks may travel as patches\n", cv.patched)
+		defer cv.Close()
+		v.Images, ckpt = cv.Images, cv.Seq
+		if g.verbose && len(cv.Patched) > 0 {
+			fmt.Fprintf(g.stderr, "ntc: %v: the writes since the receiver's checkpoint are known: changed chunks may travel as patches\n", cv.Patched)
 		}
 	}
 	for _, path := range paths {

@@ -1,95 +1,30 @@
 package main
 
 import (
-	"bytes"
 	"context"
-	"encoding/json"
-	"fmt"
-	"slices"
 
 	"github.com/ntc-project/ntc/capture"
 	"github.com/ntc-project/ntc/chunk"
+	"github.com/ntc-project/ntc/internal/replicate"
 	ntcsync "github.com/ntc-project/ntc/sync"
 )
 
-// checkpointVersion is a checkpoint ready to push: its images over the
-// capture repository's store, which stays open until the push is done.
+// checkpointVersion is a checkpoint ready to push (replicate.Version) in
+// the shape the VM demo (cmd_demo.go) takes it; once the demo calls
+// replicate.OpenVersion itself, this file goes.
 type checkpointVersion struct {
-	repo   *capture.Repository
-	seq    int
-	images []ntcsync.Image
-	// patched lists the disks whose changes since the receiver's copy are
-	// known, so that their new chunks can travel as patches.
+	repo    *capture.Repository
+	seq     int
+	images  []ntcsync.Image
 	patched []string
 }
 
-// manifestImage is the image that carries a checkpoint's manifest. (Not
-// Version.Meta: the receiver keeps the offer's metadata in the frame
-// buffer, which the frames after it overwrite before the commit.)
-const manifestImage = "manifest.json"
-
-// openCheckpointVersion reads checkpoint seq (0: the newest) of the
-// capture repository in dir as a version: each disk, RAM block, the device
-// state and the stream description as images read from the repository's
-// store, and the manifest as one more image. A disk whose index the receiver
-// holds (prev, by image name) as of an earlier checkpoint gets that index
-// as its Base and the extents written since then as Changed, so that its
-// new chunks travel as patches.
-func openCheckpointVersion(ctx context.Context, dir string, seq int, prev map[string]*chunk.Index) (cv *checkpointVersion, err error) {
-	repo, err := capture.OpenRepositoryForReading(dir)
+// openCheckpointVersion reads checkpoint seq (0: the newest) of the capture
+// repository in dir as a version: replicate.OpenVersion.
+func openCheckpointVersion(ctx context.Context, dir string, seq int, prev map[string]*chunk.Index) (*checkpointVersion, error) {
+	v, err := replicate.OpenVersion(ctx, dir, seq, prev)
 	if err != nil {
 		return nil, err
 	}
-	defer func() {
-		if err != nil {
-			repo.Close()
-		}
-	}()
-	var m *capture.Manifest
-	if seq == 0 {
-		if m, err = repo.Latest(); err == nil && m == nil {
-			return nil, fmt.Errorf("%s holds no complete checkpoint yet: take one with 'ntc checkpoint --out %s'", dir, dir)
-		}
-	} else {
-		m, err = repo.Manifest(seq)
-	}
-	if err != nil {
-		return nil, err
-	}
-	imgs, err := repo.Images(m)
-	if err != nil {
-		return nil, err
-	}
-	meta, err := json.MarshalIndent(m, "", "  ")
-	if err != nil {
-		return nil, err
-	}
-	mx, _, err := chunk.Build(ctx, chunk.Bytes(meta), chunk.DefaultCDC(), chunk.Options{})
-	if err != nil {
-		return nil, fmt.Errorf("index the manifest of checkpoint %d: %w", m.Seq, err)
-	}
-	cv = &checkpointVersion{repo: repo, seq: m.Seq}
-	src := ntcsync.StoreSource{Store: repo.Store()}
-	for _, im := range imgs {
-		si := ntcsync.Image{Name: im.Name, Index: im.Index, Source: src}
-		if p := prev[im.Name]; p != nil && im.Kind == capture.KindDisk {
-			base, changed, ok, err := repo.ChangedSince(m, im.Disk.Name, func(x *chunk.Index) bool { return sameIndex(x, p) })
-			if err != nil {
-				return nil, err
-			}
-			if ok {
-				si.Base, si.Changed = base, changed
-				cv.patched = append(cv.patched, im.Name)
-			}
-		}
-		cv.images = append(cv.images, si)
-	}
-	cv.images = append(cv.images, ntcsync.Image{Name: manifestImage, Index: mx, Source: ntcsync.ReaderSource{R: bytes.NewReader(meta)}})
-	return cv, nil
-}
-
-// sameIndex reports whether two indexes describe the same image the same
-// way.
-func sameIndex(a, b *chunk.Index) bool {
-	return a.Params == b.Params && a.Size == b.Size && slices.Equal(a.Entries, b.Entries)
+	return &checkpointVersion{repo: v.Repo, seq: v.Seq, images: v.Images, patched: v.Patched}, nil
 }

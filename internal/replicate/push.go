@@ -1,0 +1,79 @@
+package replicate
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	ntcsync "github.com/ntc-project/ntc/sync"
+	"github.com/ntc-project/ntc/transport"
+)
+
+// Push pushes checkpoints of the capture repository Dir as versions of Set
+// to one receiver, each over a new connection.
+type Push struct {
+	Dir string
+	Set string
+	// Self is this node's ID, Peer the receiver's; Dial connects to it.
+	Self, Peer transport.ID
+	Dial       func(ctx context.Context) (*transport.Conn, error)
+	// StateDir, Streams, Conns and BytesPerSec are sync.Sender's.
+	StateDir       string
+	Streams, Conns int
+	BytesPerSec    int64
+	// Log, if set, is told what the sender does.
+	Log func(format string, args ...any)
+}
+
+var _ Pusher = (*Push)(nil)
+
+func (p *Push) sender() *ntcsync.Sender {
+	// A new Sender per push: it caches the indexes it reads, which would
+	// otherwise grow with every version.
+	return &ntcsync.Sender{StateDir: p.StateDir, Streams: p.Streams, Conns: p.Conns, BytesPerSec: p.BytesPerSec, Dial: p.Dial, Log: p.Log}
+}
+
+// Acked returns the checkpoint the receiver last committed from this
+// sender (0 if unknown).
+func (p *Push) Acked(ctx context.Context) (int, error) {
+	_, prev := p.sender().LastAcked(p.Peer, p.Set)
+	return AckedCheckpoint(ctx, p.Dir, prev)
+}
+
+// Push sends checkpoint seq. Failures of the link or of the receiver are
+// transient; a receiver that refuses this node, is another node than Peer,
+// speaks another protocol version, or a checkpoint that cannot be read or
+// keeps arriving damaged are Permanent.
+func (p *Push) Push(ctx context.Context, seq int) (Pushed, error) {
+	s := p.sender()
+	_, prev := s.LastAcked(p.Peer, p.Set)
+	v, err := OpenVersion(ctx, p.Dir, seq, prev)
+	if err != nil {
+		return Pushed{}, Permanent(err)
+	}
+	defer v.Close()
+	conn, err := p.Dial(ctx)
+	if err != nil {
+		return Pushed{}, p.classify(fmt.Errorf("connect: %w", err))
+	}
+	defer conn.Close()
+	res, err := s.Push(ctx, conn, &ntcsync.Version{Set: p.Set, Images: v.Images})
+	if err != nil {
+		return Pushed{}, p.classify(err)
+	}
+	return Pushed{Version: res.Version, BytesSent: res.BytesUp + res.BytesDown, ChunksSent: res.ChunksSent, Patched: res.Patched}, nil
+}
+
+func (p *Push) classify(err error) error {
+	if _, ok := errors.AsType[*transport.PeerMismatchError](err); ok {
+		return Permanent(err)
+	}
+	switch {
+	case errors.Is(err, transport.ErrPeerNotAllowed):
+		return Permanent(fmt.Errorf("%w: on the receiver, allow this node: ntc serve ... --allow %s", err, p.Self))
+	case errors.Is(err, transport.ErrVersionMismatch), errors.Is(err, ntcsync.ErrVersionMismatch),
+		errors.Is(err, ntcsync.ErrBadName), errors.Is(err, ntcsync.ErrBadChunks):
+		return Permanent(err)
+	}
+	return err
+}
