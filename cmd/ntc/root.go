@@ -62,6 +62,8 @@ Move a running VM (QEMU started with -qmp unix:/run/vm.qmp,server=on,wait=off):
   ntc checkpoint --qmp /run/vm.qmp --out ~/ckpt/vm      at the office, the VM running
   ntc push --checkpoint ~/ckpt/vm --to home:7400 --peer HOME-ID
   ntc resume --store ~/vms --name vm                    at home: the VM goes on
+  ntc replicate --qmp /run/vm.qmp --out ~/ckpt/vm --to home:7400 --peer HOME-ID
+                                                        or keep home a few seconds behind
 
 Images and indexes:
   ntc index disk.img            index an image (writes disk.img.idx)
@@ -112,6 +114,7 @@ then the file given by --config (default: $NTC_HOME/ntc.yaml or
 		newIDCommand(g),
 		newServeCommand(g),
 		newPushCommand(g),
+		newReplicateCommand(g),
 		newLsCommand(g),
 		newBenchCommand(g),
 		newCheckpointCommand(g),

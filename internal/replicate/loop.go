@@ -81,9 +81,10 @@ type Round struct {
 	N     int       // rounds so far in this Run, from 1
 	Start time.Time // when the checkpoint started
 	// Seq is the checkpoint taken (0 if it failed), GuestPause the pause it
-	// caused.
-	Seq        int
-	GuestPause time.Duration
+	// caused, CheckpointTime how long taking it took.
+	Seq            int
+	GuestPause     time.Duration
+	CheckpointTime time.Duration
 	// Pushed says what the push did (zero if it failed or did not run).
 	Pushed
 	// Committed is set when the receiver committed the checkpoint; Lag is
@@ -197,7 +198,7 @@ func round(ctx context.Context, cfg Config, r *Round, acked int) error {
 	if err != nil {
 		return fmt.Errorf("checkpoint: %w", err)
 	}
-	r.Seq, r.GuestPause = cp.Seq, cp.GuestPause
+	r.Seq, r.GuestPause, r.CheckpointTime = cp.Seq, cp.GuestPause, cfg.Clock.Now().Sub(r.Start)
 	pushed, perr := cfg.Pusher.Push(ctx, cp.Seq)
 	if perr == nil {
 		r.Pushed, r.Committed = pushed, true

@@ -148,7 +148,8 @@ func TestRunInterval(t *testing.T) {
 			t.Errorf("round %d: start +%v, lag %v, duration %v, next in %v; want +%v, %v, %v, %v",
 				r.N, got, r.Lag, r.Duration, r.Next, wantStart[i], wantLag[i], wantLag[i], wantNext[i])
 		}
-		if r.Seq != i+1 || !r.Committed || r.Acked != i+1 || r.Err != nil || r.BytesSent != 1000 || r.ChunksSent != 3 || r.GuestPause != 30*time.Millisecond {
+		if r.Seq != i+1 || !r.Committed || r.Acked != i+1 || r.Err != nil || r.BytesSent != 1000 || r.ChunksSent != 3 ||
+			r.GuestPause != 30*time.Millisecond || r.CheckpointTime != time.Second {
 			t.Errorf("round %d: %+v", r.N, r)
 		}
 	}

@@ -1,0 +1,252 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+	"golang.org/x/term"
+
+	"github.com/ntc-project/ntc/capture"
+	"github.com/ntc-project/ntc/internal/replicate"
+	ntcsync "github.com/ntc-project/ntc/sync"
+	"github.com/ntc-project/ntc/transport"
+)
+
+type replicateOptions struct {
+	qmp        string
+	out        string
+	overlayDir string
+	method     string
+	to         string
+	peer       string
+	name       string
+	every      time.Duration
+	bwlimit    string
+	keep       int
+	streams    int
+	conns      int
+}
+
+func newReplicateCommand(g *globals) *cobra.Command {
+	var o replicateOptions
+	cmd := &cobra.Command{
+		Use:   "replicate --qmp SOCKET --out DIR --to HOST:PORT --peer ID",
+		Short: "Keep a receiver's copy of a running QEMU guest a few seconds behind it",
+		Long: `Replicate keeps a copy of a running QEMU guest at a receiver ('ntc serve') a
+few seconds behind the original, until Ctrl-C. It repeats rounds: take a live
+checkpoint into the checkpoint repository DIR (as 'ntc checkpoint --out DIR'),
+push it as the receiver's next version (as 'ntc push --checkpoint DIR': only
+what the receiver lacks travels, the disks' writes as patches), then wait
+until --every has passed since the checkpoint started. A round that takes
+longer starts the next at once: the copy lags by about one round's time.
+
+Each round reports the checkpoint, the guest's pause, the bytes on the wire,
+the chunks sent and the lag: how far behind the receiver's copy was when it
+committed, from the checkpoint's start (a bound: the instant follows within
+the checkpoint's preparation). On a terminal that is one line a round;
+otherwise only errors are printed; --json prints one JSON object a round
+(JSON lines).
+
+When a push fails for a reason that may pass (the link or the receiver is
+down), the next rounds come further apart (--every, doubled per failed round,
+up to a minute) and each takes a fresh checkpoint: nothing piles up, and the
+first push that gets through sends what changed since the receiver's copy.
+Replicate ends with an error that says what to do when waiting cannot help:
+the receiver refuses this node's ID, the peer has another ID, the guest is
+gone.
+
+Old checkpoints are pruned after every round: the newest --keep stay, and so
+does the one the receiver holds (the next push patches against it). Pruning
+frees their indexes; chunks no checkpoint needs stay in DIR/store (no garbage
+collection yet).
+
+Ctrl-C stops at once, between rounds or inside one, leaving nothing
+half-written: the receiver keeps its last complete version, DIR its complete
+checkpoints, and the guest runs on. Exit status 130.
+
+Examples:
+  ntc replicate --qmp /run/vm/qmp.sock --out /srv/ntc/vm --to home:7400 --peer HOME-ID
+  ntc replicate --qmp vm.sock --out ckpt --to home:7400 --peer HOME-ID --every 10s --bwlimit 20Mbit
+  ntc replicate --qmp vm.sock --out ckpt --to home:7400 --peer HOME-ID --json > rounds.jsonl
+  at home, any time:  ntc ls --store ~/vms;  ntc resume --store ~/vms --name ckpt
+
+The set is named after the checkpoint directory unless --name is given.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			o.qmp = g.v.GetString("checkpoint.qmp")
+			o.out = g.v.GetString("checkpoint.out")
+			o.overlayDir = g.v.GetString("checkpoint.overlay-dir")
+			o.method = g.v.GetString("checkpoint.method")
+			o.to = g.v.GetString("push.to")
+			o.peer = g.v.GetString("push.peer")
+			o.streams = g.v.GetInt("push.streams")
+			o.conns = g.v.GetInt("push.conns")
+			o.every = g.v.GetDuration("replicate.every")
+			o.bwlimit = g.v.GetString("replicate.bwlimit")
+			o.keep = g.v.GetInt("replicate.keep")
+			return runReplicate(cmd.Context(), g, o)
+		},
+	}
+	f := cmd.Flags()
+	f.String("qmp", "", "QMP unix socket of the running QEMU")
+	f.String("out", "", "checkpoint repository directory (created if needed)")
+	f.String("overlay-dir", "", "where new disk overlays go (default: next to each disk)")
+	f.String("method", string(capture.MethodAuto), "how RAM is captured: auto, background-snapshot or precopy")
+	f.String("to", "", "receiver address HOST:PORT")
+	f.String("peer", "", "the receiver's node ID (from 'ntc id' there)")
+	f.StringVar(&o.name, "name", "", "set name (default: the checkpoint directory's name)")
+	f.Duration("every", 5*time.Second, "interval between the starts of two rounds")
+	f.String("bwlimit", "", "cap the average send rate: 20Mbit, 2.5MB/s, 500k (bytes)")
+	f.Int("keep", 3, "newest checkpoints kept in DIR (besides the receiver's)")
+	f.Int("streams", 4, "parallel data streams")
+	f.Int("conns", 4, "connections carrying data on long paths (see 'ntc push --help')")
+	for key, flag := range map[string]string{
+		"checkpoint.qmp": "qmp", "checkpoint.out": "out", "checkpoint.overlay-dir": "overlay-dir", "checkpoint.method": "method",
+		"push.to": "to", "push.peer": "peer", "push.streams": "streams", "push.conns": "conns",
+		"replicate.every": "every", "replicate.bwlimit": "bwlimit", "replicate.keep": "keep",
+	} {
+		g.bind(cmd, key, flag)
+	}
+	return cmd
+}
+
+// replicateJSON is one round in replicate's --json output.
+type replicateJSON struct {
+	Round        int       `json:"round"`
+	Start        time.Time `json:"start"`
+	Seq          int       `json:"seq"`
+	Version      uint64    `json:"version,omitempty"`
+	Committed    bool      `json:"committed"`
+	GuestPauseMS float64   `json:"guest_pause_ms"`
+	BytesSent    uint64    `json:"bytes_sent"`
+	ChunksSent   int       `json:"chunks_sent"`
+	Patched      int       `json:"chunks_patched"`
+	LagMS        float64   `json:"lag_ms"`
+	DurationMS   float64   `json:"duration_ms"`
+	CheckpointMS float64   `json:"checkpoint_ms"`
+	Acked        int       `json:"acked"`
+	Pruned       []int     `json:"pruned,omitempty"`
+	Error        string    `json:"error,omitempty"`
+	Failures     int       `json:"failures,omitempty"`
+	NextMS       float64   `json:"next_ms"`
+}
+
+func runReplicate(ctx context.Context, g *globals, o replicateOptions) error {
+	switch {
+	case o.qmp == "":
+		return usagef("--qmp SOCKET is required: the QMP socket of the running QEMU (started with -qmp unix:SOCKET,server=on,wait=off)")
+	case o.out == "":
+		return usagef("--out DIR is required: the checkpoint repository (created if needed)")
+	case o.to == "" || o.peer == "":
+		return usagef("replicate needs --to HOST:PORT and --peer ID (the receiver's 'ntc id')")
+	case o.every <= 0:
+		return usagef("--every %v: want an interval such as 5s", o.every)
+	case o.keep < 1:
+		return usagef("--keep %d: keep at least 1 checkpoint", o.keep)
+	}
+	method := capture.Method(o.method)
+	if method != capture.MethodAuto && method != capture.MethodPrecopy && method != capture.MethodBackground {
+		return usagef("--method %q: want %s, %s or %s", o.method, capture.MethodAuto, capture.MethodBackground, capture.MethodPrecopy)
+	}
+	peer, err := transport.ParseID(o.peer)
+	if err != nil {
+		return usagef("--peer: %v", err)
+	}
+	rate, err := parseRate(o.bwlimit)
+	if err != nil {
+		return usagef("--bwlimit: %v", err)
+	}
+	set := o.name
+	if set == "" {
+		set = safeName(filepath.Base(filepath.Clean(o.out)))
+	}
+	if err := ntcsync.CheckName(set); err != nil {
+		return usagef("--name: %v", err)
+	}
+	id, err := transport.LoadIdentity(g.home())
+	if err != nil {
+		return err
+	}
+	ccfg := capture.Config{QMP: o.qmp, Dir: o.out, OverlayDir: o.overlayDir, Method: method}
+	ccfg.Log = func(msg string) {
+		if g.verbose || strings.HasPrefix(msg, "warning:") {
+			fmt.Fprintln(g.stderr, "ntc:", msg)
+		}
+	}
+	p := &replicate.Push{
+		Dir: o.out, Set: set, Self: id.ID(), Peer: peer,
+		Dial: func(ctx context.Context) (*transport.Conn, error) {
+			return transport.Dial(ctx, o.to, id, peer, transport.Config{})
+		},
+		StateDir: filepath.Join(g.home(), "push"), Streams: o.streams, Conns: o.conns, BytesPerSec: rate,
+	}
+	if g.verbose {
+		p.Log = func(f string, a ...any) { fmt.Fprintf(g.stderr, f+"\n", a...) }
+	}
+	acked := 0
+	if _, err := os.Stat(o.out); err == nil {
+		if acked, err = p.Acked(ctx); err != nil {
+			return err
+		}
+	}
+	c := &replicate.Capture{Config: ccfg}
+	status := isTerminal(g.stdout) && !g.json
+	if status {
+		held := "nothing of it yet"
+		if acked > 0 {
+			held = fmt.Sprintf("checkpoint %d", acked)
+		}
+		fmt.Fprintf(g.stdout, "replicating %s to %s as %s every %s (the receiver holds %s); Ctrl-C stops\n", o.qmp, o.to, set, o.every, held)
+	}
+	held := acked // the checkpoint the receiver holds
+	err = replicate.Run(ctx, replicate.Config{
+		Checkpointer: c, Pusher: p, Pruner: c, Every: o.every, Keep: o.keep, Acked: acked,
+		Report: func(r replicate.Round) {
+			held = r.Acked
+			reportRound(g, r, status)
+		},
+	})
+	if err != nil && ctx.Err() == nil && held > 0 {
+		return fmt.Errorf("%w\n(the receiver holds checkpoint %d of %s, as set %s: 'ntc resume --store STORE --name %s' there starts it)", err, held, o.out, set, set)
+	}
+	return err
+}
+
+// reportRound prints a round: a JSON line with --json, a line of status on
+// a terminal, and a failed round's error always.
+func reportRound(g *globals, r replicate.Round, status bool) {
+	msf := func(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
+	if g.json {
+		out := replicateJSON{
+			Round: r.N, Start: r.Start, Seq: r.Seq, Version: r.Version, Committed: r.Committed, GuestPauseMS: msf(r.GuestPause),
+			BytesSent: r.BytesSent, ChunksSent: r.ChunksSent, Patched: r.Patched, LagMS: msf(r.Lag),
+			DurationMS: msf(r.Duration), CheckpointMS: msf(r.CheckpointTime), Acked: r.Acked, Pruned: r.Pruned, Failures: r.Failures, NextMS: msf(r.Next),
+		}
+		if r.Err != nil {
+			out.Error = r.Err.Error()
+		}
+		writeJSONLine(g.stdout, out)
+	}
+	if r.Err != nil {
+		fmt.Fprintf(g.stderr, "ntc: round %d: %v; the receiver holds checkpoint %d; next round in %s\n",
+			r.N, r.Err, r.Acked, r.Next.Round(time.Second))
+		return
+	}
+	if status {
+		fmt.Fprintf(g.stdout, "%s  checkpoint %d -> v%d: paused %.0f ms, sent %s (%d chunks), lag %.1f s, round %.1f s\n",
+			r.Start.Format("15:04:05"), r.Seq, r.Version, msf(r.GuestPause), humanBytes(int64(r.BytesSent)), r.ChunksSent,
+			r.Lag.Seconds(), r.Duration.Seconds())
+	}
+}
+
+// isTerminal reports whether w is a terminal.
+func isTerminal(w io.Writer) bool {
+	f, ok := w.(*os.File)
+	return ok && term.IsTerminal(int(f.Fd()))
+}
