@@ -16,7 +16,7 @@ import (
 	"github.com/ntc-project/ntc/transport"
 )
 
-func TestPushClassify(t *testing.T) {
+func TestReplicatePushClassify(t *testing.T) {
 	self, err := transport.GenerateIdentity()
 	if err != nil {
 		t.Fatal(err)
@@ -45,7 +45,7 @@ func TestPushClassify(t *testing.T) {
 	}
 }
 
-func TestCaptureClassify(t *testing.T) {
+func TestReplicateCaptureClassify(t *testing.T) {
 	dir := t.TempDir()
 	// A socket file nothing listens on: QEMU killed.
 	stale := filepath.Join(dir, "stale.sock")

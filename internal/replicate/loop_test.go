@@ -128,10 +128,10 @@ func runRounds(t *testing.T, cfg Config, n int) ([]Round, error) {
 
 var errLinkDown = errors.New("link down")
 
-// TestRunInterval: rounds start Every apart from one checkpoint's start to
+// TestReplicateInterval: rounds start Every apart from one checkpoint's start to
 // the next; one that takes longer is followed at once; the lag is the time
 // from the checkpoint's start to the commit.
-func TestRunInterval(t *testing.T) {
+func TestReplicateInterval(t *testing.T) {
 	clk := newFakeClock()
 	cp := &fakeCheckpointer{clock: clk, steps: []step{{took: time.Second}}}
 	p := &fakePusher{clock: clk, steps: []step{{took: 2 * time.Second}, {took: 2 * time.Second}, {took: 7 * time.Second}, {took: 500 * time.Millisecond}}}
@@ -161,11 +161,11 @@ func TestRunInterval(t *testing.T) {
 	}
 }
 
-// TestRunBackoff: while pushes fail for a transient reason, checkpoints go
+// TestReplicateBackoff: while pushes fail for a transient reason, checkpoints go
 // on at a slower rate (the interval doubling up to MaxBackoff), pruning
 // keeps the receiver's checkpoint, and the first push that commits brings
 // the interval back.
-func TestRunBackoff(t *testing.T) {
+func TestReplicateBackoff(t *testing.T) {
 	clk := newFakeClock()
 	cp := &fakeCheckpointer{clock: clk, steps: []step{{took: time.Second}}}
 	p := &fakePusher{clock: clk, steps: []step{
@@ -202,10 +202,10 @@ func TestRunBackoff(t *testing.T) {
 	}
 }
 
-// TestRunStopsOnPermanent: a permanent failure, of a push or a checkpoint,
+// TestReplicateStopsOnPermanent: a permanent failure, of a push or a checkpoint,
 // ends Run at once with it; transient checkpoint failures end it after
 // MaxCheckpointFailures in a row.
-func TestRunStopsOnPermanent(t *testing.T) {
+func TestReplicateStopsOnPermanent(t *testing.T) {
 	errRefused := errors.New("peer not allowed")
 	errGone := errors.New("guest gone")
 	for _, tc := range []struct {
@@ -239,10 +239,10 @@ func TestRunStopsOnPermanent(t *testing.T) {
 	}
 }
 
-// TestRunCancel: cancelled during a push, Run returns context.Canceled
+// TestReplicateCancel: cancelled during a push, Run returns context.Canceled
 // promptly and starts no other checkpoint; cancelled while it waits for
 // the next round (real clock, a long interval), likewise.
-func TestRunCancel(t *testing.T) {
+func TestReplicateCancel(t *testing.T) {
 	t.Run("during a push", func(t *testing.T) {
 		clk := newFakeClock()
 		cp := &fakeCheckpointer{clock: clk, steps: []step{{}}}
@@ -291,7 +291,7 @@ func TestRunCancel(t *testing.T) {
 	})
 }
 
-func TestInterval(t *testing.T) {
+func TestReplicateBackoffInterval(t *testing.T) {
 	cfg := Config{Every: 5 * time.Second, MaxBackoff: time.Minute}
 	want := []time.Duration{5, 10, 20, 40, 60, 60, 60}
 	for f, w := range want {
