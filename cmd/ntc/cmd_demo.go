@@ -16,6 +16,7 @@ import (
 
 	"github.com/ntc-project/ntc/capture"
 	"github.com/ntc-project/ntc/chunk"
+	"github.com/ntc-project/ntc/internal/replicate"
 	"github.com/ntc-project/ntc/internal/testguest"
 	"github.com/ntc-project/ntc/resume"
 	ntcsync "github.com/ntc-project/ntc/sync"
@@ -552,10 +553,10 @@ func awaitTicks(ctx context.Context, cp *resume.VM, n int) ([]string, error) {
 // in dir as set's next version, and returns the bytes on the wire.
 func (d *demoReceiver) pushCheckpoint(ctx context.Context, set, dir string) (*ntcsync.Result, uint64, error) {
 	_, prev := d.sender.LastAcked(d.home.ID(), set)
-	cv, err := openCheckpointVersion(ctx, dir, 0, prev)
+	cv, err := replicate.OpenVersion(ctx, dir, 0, prev)
 	if err != nil {
 		return nil, 0, err
 	}
-	defer cv.repo.Close()
-	return d.pushVersion(ctx, &ntcsync.Version{Set: set, Images: cv.images})
+	defer cv.Close()
+	return d.pushVersion(ctx, &ntcsync.Version{Set: set, Images: cv.Images})
 }
