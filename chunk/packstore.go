@@ -8,9 +8,11 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"math"
 	"os"
 	"path/filepath"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 
@@ -27,18 +29,27 @@ import (
 // A pack is only ever appended to. The map from ID to record is rebuilt on
 // open by reading the records' headers; a record torn by a crash fails its
 // header or its BLAKE3 check and is ignored. Sync makes everything appended
-// so far durable; Get verifies every chunk against its ID.
+// so far durable; Get verifies every chunk against its ID. Compact (see
+// packgc.go) removes packs; a pack's number is never used again.
 type PackStore struct {
-	dir string
-	enc *zstd.Encoder
-	dec *zstd.Decoder
+	dir    string
+	enc    *zstd.Encoder
+	dec    *zstd.Decoder
+	target int64 // a pack is not grown past this size
+
+	gc sync.Mutex // held by Compact: one at a time
+	// files is held for reading while a pack file is used outside mu, and
+	// for writing while Compact closes one it removed.
+	files sync.RWMutex
 
 	mu     sync.Mutex
 	where  map[ID]packLoc
-	packs  []*os.File
-	cur    int   // index in packs of the pack being appended to
-	size   int64 // its size, including space reserved by writes in flight
+	packs  map[int]*os.File // by pack number: pack-NNNNNN.dat
+	last   int              // the highest pack number in use
+	cur    int              // the number of the pack being appended to
+	size   int64            // its size, including space reserved by writes in flight
 	dirty  map[int]bool
+	lost   int // appends dropped by failed writes, ever
 	closed bool
 	lock   *os.File
 
@@ -56,7 +67,7 @@ const packBufSize = 4 << 20
 var ErrStoreBusy = errors.New("chunk store busy")
 
 type packLoc struct {
-	pack   int32
+	pack   int32 // pack number
 	codec  uint8
 	length uint32
 	off    int64 // offset of the payload
@@ -85,7 +96,8 @@ func OpenPackStore(dir string) (*PackStore, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &PackStore{dir: dir, enc: enc, dec: dec, where: map[ID]packLoc{}, dirty: map[int]bool{}}
+	s := newPackStore(dir, dec)
+	s.enc = enc
 	// One writer at a time: two processes appending to the same pack would
 	// interleave records.
 	lock, err := os.OpenFile(filepath.Join(pdir, "lock"), os.O_RDWR|os.O_CREATE, 0o644)
@@ -97,23 +109,23 @@ func OpenPackStore(dir string) (*PackStore, error) {
 		return nil, fmt.Errorf("open chunk store %s: %w: another ntc process is using it; stop it first", dir, ErrStoreBusy)
 	}
 	s.lock = lock
-	names, err := packNames(pdir)
+	nums, err := listPacks(pdir)
 	if err != nil {
 		return nil, fmt.Errorf("open chunk store: %w", err)
 	}
-	for _, n := range names {
-		f, err := os.OpenFile(filepath.Join(pdir, n), os.O_RDWR, 0)
+	for _, n := range nums {
+		f, err := os.OpenFile(filepath.Join(pdir, packName(n)), os.O_RDWR, 0)
 		if err != nil {
 			s.Close()
 			return nil, fmt.Errorf("open chunk store: %w", err)
 		}
-		s.packs = append(s.packs, f)
-		end, err := s.scan(len(s.packs)-1, f)
+		s.packs[n], s.last = f, n
+		end, err := s.scan(n, f)
 		if err != nil {
 			s.Close()
-			return nil, fmt.Errorf("open chunk store: %s: %w", n, err)
+			return nil, fmt.Errorf("open chunk store: %s: %w", packName(n), err)
 		}
-		s.cur, s.size = len(s.packs)-1, end
+		s.cur, s.size = n, end
 	}
 	if len(s.packs) == 0 {
 		if err := s.newPack(); err != nil {
@@ -130,20 +142,31 @@ func OpenPackStore(dir string) (*PackStore, error) {
 	return s, nil
 }
 
-// packNames lists the pack files in pdir, oldest first.
-func packNames(pdir string) ([]string, error) {
+func newPackStore(dir string, dec *zstd.Decoder) *PackStore {
+	return &PackStore{dir: dir, dec: dec, target: packTargetSize,
+		where: map[ID]packLoc{}, packs: map[int]*os.File{}, dirty: map[int]bool{}}
+}
+
+// packName is the file name of pack number n.
+func packName(n int) string { return fmt.Sprintf("pack-%06d.dat", n) }
+
+// listPacks lists the numbers of the pack files in pdir, oldest first.
+func listPacks(pdir string) ([]int, error) {
 	ents, err := os.ReadDir(pdir)
 	if err != nil {
 		return nil, err
 	}
-	var names []string
+	var nums []int
 	for _, e := range ents {
-		if strings.HasPrefix(e.Name(), "pack-") && strings.HasSuffix(e.Name(), ".dat") {
-			names = append(names, e.Name())
+		s, ok := strings.CutPrefix(e.Name(), "pack-")
+		s, ok2 := strings.CutSuffix(s, ".dat")
+		n, err := strconv.Atoi(s)
+		if ok && ok2 && err == nil && n > 0 && n <= math.MaxInt32 && e.Name() == packName(n) {
+			nums = append(nums, n)
 		}
 	}
-	sort.Strings(names)
-	return names, nil
+	sort.Ints(nums)
+	return nums, nil
 }
 
 // scan reads a pack's record headers into the map and returns where the
@@ -178,14 +201,16 @@ func (s *PackStore) scan(pack int, f *os.File) (int64, error) {
 	}
 }
 
+// newPack starts a pack numbered after every pack there is or was, so
+// that names sort in the order packs were made.
 func (s *PackStore) newPack() error {
-	name := filepath.Join(s.dir, "packs", fmt.Sprintf("pack-%06d.dat", len(s.packs)+1))
-	f, err := os.OpenFile(name, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o644)
+	n := s.last + 1
+	f, err := os.OpenFile(filepath.Join(s.dir, "packs", packName(n)), os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o644)
 	if err != nil {
 		return fmt.Errorf("chunk store: new pack: %w", err)
 	}
-	s.packs = append(s.packs, f)
-	s.cur, s.size = len(s.packs)-1, 0
+	s.packs[n], s.last = f, n
+	s.cur, s.size = n, 0
 	s.dirty[s.cur] = true
 	return nil
 }
@@ -209,28 +234,11 @@ func (s *PackStore) Get(ctx context.Context, id ID) ([]byte, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
-	s.mu.Lock()
-	loc, ok := s.where[id]
-	var f *os.File
-	buf := make([]byte, loc.length)
-	buffered := false
-	if ok {
-		f = s.packs[loc.pack]
-		if int(loc.pack) == s.cur && loc.off >= s.bufOff && loc.off < s.bufOff+int64(len(s.buf)) {
-			copy(buf, s.buf[loc.off-s.bufOff:])
-			buffered = true
-		}
+	buf, loc, name, err := s.readRecord(id)
+	if err != nil {
+		return nil, err
 	}
-	s.mu.Unlock()
-	if !ok {
-		return nil, fmt.Errorf("get chunk %s: %w", id.Short(), ErrChunkMissing)
-	}
-	if !buffered {
-		if _, err := f.ReadAt(buf, loc.off); err != nil {
-			return nil, fmt.Errorf("get chunk %s: %w", id.Short(), err)
-		}
-	}
-	where := fmt.Sprintf("%s at %d", f.Name(), loc.off)
+	where := fmt.Sprintf("%s at %d", name, loc.off)
 	data := buf
 	if loc.codec == codecZstd {
 		var err error
@@ -244,6 +252,34 @@ func (s *PackStore) Get(ctx context.Context, id ID) ([]byte, error) {
 		return nil, err
 	}
 	return data, nil
+}
+
+// readRecord reads the payload of a chunk's record.
+func (s *PackStore) readRecord(id ID) ([]byte, packLoc, string, error) {
+	s.files.RLock()
+	defer s.files.RUnlock()
+	s.mu.Lock()
+	loc, ok := s.where[id]
+	f := s.packs[int(loc.pack)]
+	switch {
+	case !ok:
+		s.mu.Unlock()
+		return nil, loc, "", fmt.Errorf("get chunk %s: %w", id.Short(), ErrChunkMissing)
+	case f == nil:
+		s.mu.Unlock()
+		return nil, loc, "", fmt.Errorf("get chunk %s: pack %d is gone", id.Short(), loc.pack)
+	}
+	buf := make([]byte, loc.length)
+	if int(loc.pack) == s.cur && loc.off >= s.bufOff && loc.off < s.bufOff+int64(len(s.buf)) {
+		copy(buf, s.buf[loc.off-s.bufOff:])
+		s.mu.Unlock()
+		return buf, loc, f.Name(), nil
+	}
+	s.mu.Unlock()
+	if _, err := f.ReadAt(buf, loc.off); err != nil {
+		return nil, loc, "", fmt.Errorf("get chunk %s: %w", id.Short(), err)
+	}
+	return buf, loc, f.Name(), nil
 }
 
 // Put verifies a chunk and appends it, compressed when that saves space.
@@ -285,7 +321,6 @@ func (s *PackStore) PutVerified(ctx context.Context, id ID, data, zstd []byte, r
 	copy(hdr[4:], id[:])
 	hdr[36] = codec
 	binary.BigEndian.PutUint32(hdr[37:], uint32(len(body)))
-	recLen := int64(packHeaderLen + len(body))
 
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -295,21 +330,37 @@ func (s *PackStore) PutVerified(ctx context.Context, id ID, data, zstd []byte, r
 	if _, ok := s.where[id]; ok {
 		return nil
 	}
-	if s.size+recLen > packTargetSize && s.size > 0 {
+	loc, err := s.appendLocked(hdr[:], body)
+	if err != nil {
+		return err
+	}
+	s.where[id] = loc
+	return s.flushIfFullLocked()
+}
+
+// appendLocked adds a record (hdr and body) to the current pack's buffer,
+// starting a new pack first if it would grow past the target, and returns
+// where the record's payload will be.
+func (s *PackStore) appendLocked(hdr, body []byte) (packLoc, error) {
+	recLen := int64(len(hdr) + len(body))
+	if s.size+recLen > s.target && s.size > 0 {
 		if err := s.flushLocked(); err != nil {
-			return err
+			return packLoc{}, err
 		}
 		if err := s.newPack(); err != nil {
-			return err
+			return packLoc{}, err
 		}
 	}
 	if len(s.buf) == 0 {
 		s.bufOff = s.size
 	}
 	off := s.size
-	s.buf = append(append(s.buf, hdr[:]...), body...)
+	s.buf = append(append(s.buf, hdr...), body...)
 	s.size += recLen
-	s.where[id] = packLoc{pack: int32(s.cur), codec: codec, length: uint32(len(body)), off: off + packHeaderLen}
+	return packLoc{pack: int32(s.cur), codec: hdr[36], length: uint32(len(body)), off: off + packHeaderLen}, nil
+}
+
+func (s *PackStore) flushIfFullLocked() error {
 	if len(s.buf) >= packBufSize {
 		return s.flushLocked()
 	}
@@ -331,6 +382,7 @@ func (s *PackStore) flushLocked() error {
 				delete(s.where, id)
 			}
 		}
+		s.lost++
 		s.buf = s.buf[:0]
 		s.newPack()
 		return fmt.Errorf("chunk store: write %s: %w", f.Name(), err)
@@ -344,6 +396,8 @@ func (s *PackStore) Sync(ctx context.Context) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
+	s.files.RLock()
+	defer s.files.RUnlock()
 	s.mu.Lock()
 	if err := s.flushLocked(); err != nil {
 		s.mu.Unlock()
@@ -360,6 +414,11 @@ func (s *PackStore) Sync(ctx context.Context) error {
 			return fmt.Errorf("sync chunk store: %w", err)
 		}
 	}
+	return s.syncDir()
+}
+
+// syncDir makes the packs directory's entries durable.
+func (s *PackStore) syncDir() error {
 	d, err := os.Open(filepath.Join(s.dir, "packs"))
 	if err != nil {
 		return fmt.Errorf("sync chunk store: %w", err)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 
@@ -30,26 +31,56 @@ var ErrReadOnly = errors.New("chunk store opened read-only")
 
 // OpenPackStoreReadOnly opens the pack store in dir for reading.
 func OpenPackStoreReadOnly(dir string) (*ReadOnlyPackStore, error) {
+	return openPackStoreReadOnly(dir, os.Open)
+}
+
+// packVanishTries bounds how often a reader lists the packs again because
+// one it listed was removed before it could open it.
+const packVanishTries = 5
+
+// openPackStoreReadOnly opens the store with open, which tests replace to
+// remove a pack at the worst moment. A pack that vanishes between the
+// listing and its opening was removed by the writer's Compact, which made
+// the copies of its live records durable in a later pack first: the reader
+// lists the packs again and goes on with those after the vanished one.
+func openPackStoreReadOnly(dir string, open func(string) (*os.File, error)) (*ReadOnlyPackStore, error) {
 	pdir := filepath.Join(dir, "packs")
-	names, err := packNames(pdir)
-	if err != nil {
-		return nil, fmt.Errorf("open chunk store %s for reading: %w", dir, err)
-	}
 	dec, err := zstd.NewReader(nil, zstd.WithDecoderConcurrency(0), zstd.WithDecoderMaxMemory(maxRecordLen))
 	if err != nil {
 		return nil, err
 	}
-	s := &PackStore{dir: dir, dec: dec, where: map[ID]packLoc{}, dirty: map[int]bool{}}
-	for _, n := range names {
-		f, err := os.Open(filepath.Join(pdir, n))
+	s := newPackStore(dir, dec)
+	fail := func(err error) (*ReadOnlyPackStore, error) {
+		s.closeReadOnly()
+		return nil, fmt.Errorf("open chunk store %s for reading: %w", dir, err)
+	}
+	for vanished := 0; ; {
+		nums, err := listPacks(pdir)
 		if err != nil {
-			s.closeReadOnly()
-			return nil, fmt.Errorf("open chunk store %s for reading: %w", dir, err)
+			return fail(err)
 		}
-		s.packs = append(s.packs, f)
-		if _, err := s.scan(len(s.packs)-1, f); err != nil {
-			s.closeReadOnly()
-			return nil, fmt.Errorf("open chunk store %s for reading: %s: %w", dir, n, err)
+		again := false
+		for _, n := range nums {
+			if n <= s.last {
+				continue
+			}
+			f, err := open(filepath.Join(pdir, packName(n)))
+			if errors.Is(err, fs.ErrNotExist) && vanished < packVanishTries {
+				vanished++
+				s.last = n
+				again = true
+				break
+			}
+			if err != nil {
+				return fail(err)
+			}
+			s.packs[n], s.last = f, n
+			if _, err := s.scan(n, f); err != nil {
+				return fail(fmt.Errorf("%s: %w", packName(n), err))
+			}
+		}
+		if !again {
+			break
 		}
 	}
 	s.cur = -1 // nothing is appended: Get never looks at the buffer

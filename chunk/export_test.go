@@ -1,0 +1,16 @@
+package chunk
+
+import "os"
+
+// SetPackTarget makes s start a new pack before one grows past n bytes, so
+// that tests get several packs out of little data.
+func SetPackTarget(s *PackStore, n int64) {
+	s.mu.Lock()
+	s.target = n
+	s.mu.Unlock()
+}
+
+// OpenPackStoreReadOnlyWith is OpenPackStoreReadOnly opening packs with open.
+func OpenPackStoreReadOnlyWith(dir string, open func(string) (*os.File, error)) (*ReadOnlyPackStore, error) {
+	return openPackStoreReadOnly(dir, open)
+}
