@@ -26,7 +26,18 @@
 //     pieces of a parallel full index, so the result does not depend on the
 //     number of workers.
 //   - A Store holds chunks by ID. DirStore keeps them zstd-compressed in a
-//     directory, written atomically and verified on every read.
+//     directory, written atomically and verified on every read. PackStore
+//     appends them as records to pack files (pack-NNNNNN.dat, numbered in
+//     the order they were made) for one writing process; any number of
+//     ReadOnlyPackStores read beside it.
+//   - Compaction gives back the space of chunks no longer wanted: the caller
+//     says which chunks to keep, and a PackStore's Compact drops the rest.
+//     A record is live if its chunk is kept and the map points to it; a pack
+//     with nothing live is removed, and one that is mostly dead is
+//     rewritten: its live records are copied as they are into the pack being
+//     appended to, made durable, and only then is the old pack removed, so a
+//     crash leaves at worst a duplicate, which the next Compact removes.
+//     Readers keep reading the packs they opened.
 //
 // The package does not talk to QEMU, the network or the terminal: capture
 // decides what changed, sync decides what to send, cmd prints.

@@ -571,3 +571,60 @@ func TestCompactConcurrent(t *testing.T) {
 	s = openGC(t, dir)
 	checkChunks(t, s, kept, nil)
 }
+
+// BenchmarkCompact rewrites packs of 4 KiB and 64 KiB chunks of which half
+// are dropped; the bytes are those copied.
+func BenchmarkCompact(b *testing.B) {
+	const storeSize, packSize = 64 << 20, 8 << 20
+	for _, size := range []int{4 << 10, 64 << 10} {
+		b.Run(fmt.Sprintf("chunk=%dKiB", size>>10), func(b *testing.B) {
+			ctx := b.Context()
+			r := rand.New(rand.NewPCG(uint64(size), 1))
+			data := make([][]byte, storeSize/size)
+			for i := range data {
+				data[i] = make([]byte, size)
+				for k := 0; k < size; k += 8 {
+					v := r.Uint64()
+					for j := range 8 {
+						data[i][k+j] = byte(v >> (8 * j))
+					}
+				}
+			}
+			drop := map[chunk.ID]bool{}
+			for i := 0; i < len(data); i += 2 {
+				drop[chunk.Sum(data[i])] = true
+			}
+			keep := func(id chunk.ID) bool { return !drop[id] }
+			var copied int64
+			b.ReportAllocs()
+			for b.Loop() {
+				b.StopTimer()
+				dir := b.TempDir()
+				s, err := chunk.OpenPackStore(dir)
+				if err != nil {
+					b.Fatal(err)
+				}
+				chunk.SetPackTarget(s, packSize)
+				for _, d := range data {
+					if err := s.PutVerified(ctx, chunk.Sum(d), d, nil, true); err != nil {
+						b.Fatal(err)
+					}
+				}
+				if err := s.Sync(ctx); err != nil {
+					b.Fatal(err)
+				}
+				b.StartTimer()
+				st, err := s.Compact(ctx, keep, 0.5)
+				if err != nil {
+					b.Fatal(err)
+				}
+				b.StopTimer()
+				copied = st.BytesCopied
+				s.Close()
+				os.RemoveAll(dir)
+				b.StartTimer()
+			}
+			b.SetBytes(copied)
+		})
+	}
+}
