@@ -70,6 +70,9 @@ type Result struct {
 	Manifest *Manifest
 	Dir      string // the checkpoint's directory
 	Stats    Stats
+	// Instant is when the guest was paused for the checkpoint (QEMU's STOP
+	// event): the moment its disks and RAM are of.
+	Instant time.Time
 	// Removed lists incomplete checkpoints of earlier runs that were
 	// cleaned up.
 	Removed []int
@@ -202,6 +205,8 @@ type checkpointer struct {
 	seq   int
 	start time.Time
 	dir   string // the checkpoint's directory
+	// instant is when the guest paused (QEMU's STOP event).
+	instant time.Time
 
 	state *state
 	plans []*diskPlan
@@ -589,7 +594,9 @@ func (c *checkpointer) capture(ctx context.Context) (*capturedStream, error) {
 		return fail(err)
 	}
 	c.paused = false
+	c.instant = resumed.Time
 	if stop, ok := lastEventBefore(s, mark, "STOP", resumed); ok && resumed.Time.After(stop.Time) {
+		c.instant = stop.Time
 		c.stats.GuestPauseMS = ms(resumed.Time.Sub(stop.Time))
 		c.stats.PauseSteps = pauseSteps(s, mark, stop, resumed, c.steps)
 	}
@@ -1174,7 +1181,7 @@ func (c *checkpointer) finish(ctx context.Context, machine Machine, cs *captured
 		c.commitOld(ctx)
 	}
 	c.stats.DurationMS = ms(time.Since(c.start))
-	return &Result{Manifest: m, Dir: c.dir, Stats: c.stats}, nil
+	return &Result{Manifest: m, Dir: c.dir, Stats: c.stats, Instant: c.instant}, nil
 }
 
 // writeBlob indexes an in-memory blob with the CDC parameters, stores its

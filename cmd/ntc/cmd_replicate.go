@@ -48,8 +48,8 @@ longer starts the next at once: the copy lags by about one round's time.
 
 Each round reports the checkpoint, the guest's pause, the bytes on the wire,
 the chunks sent and the lag: how far behind the receiver's copy was when it
-committed, from the checkpoint's start (a bound: the instant follows within
-the checkpoint's preparation). On a terminal that is one line a round;
+committed, from the checkpoint's instant (when the guest was paused). On a
+terminal that is one line a round;
 otherwise only errors are printed; --json prints one JSON object a round
 (JSON lines).
 

@@ -35,6 +35,7 @@ func (c *Capture) Checkpoint(ctx context.Context) (Checkpoint, error) {
 	return Checkpoint{
 		Seq:        res.Manifest.Seq,
 		GuestPause: time.Duration(res.Stats.GuestPauseMS * float64(time.Millisecond)),
+		Instant:    res.Instant,
 	}, nil
 }
 

@@ -10,9 +10,8 @@
 //     longer than Every is followed at once, so the copy lags by at most
 //     about one round's time.
 //   - Lag: how far behind the receiver's copy is once a round commits: from
-//     the start of the checkpoint (its instant follows within its
-//     preparation, QMP queries and overlay creation) to the receiver's
-//     commit (the push returning). An upper bound.
+//     the checkpoint's instant (QEMU's STOP event) to the receiver's commit
+//     (the push returning).
 //   - Acked: the checkpoint the receiver last committed. Pushes describe
 //     disk writes as patches against it, so pruning never removes it.
 //   - Transient and permanent failures: a push that fails because the

@@ -16,6 +16,9 @@ type Checkpointer interface {
 type Checkpoint struct {
 	Seq        int
 	GuestPause time.Duration
+	// Instant is the moment the checkpoint is of (zero if unknown: the
+	// round's start stands for it).
+	Instant time.Time
 }
 
 // Pusher sends checkpoint seq to the receiver as its next version and
@@ -88,7 +91,8 @@ type Round struct {
 	// Pushed says what the push did (zero if it failed or did not run).
 	Pushed
 	// Committed is set when the receiver committed the checkpoint; Lag is
-	// how far behind its copy then was: from Start to the commit.
+	// how far behind its copy then was: from the checkpoint's instant to
+	// the commit.
 	Committed bool
 	Lag       time.Duration
 	// Duration is the round's time, checkpoint, push and pruning.
@@ -202,7 +206,11 @@ func round(ctx context.Context, cfg Config, r *Round, acked int) error {
 	pushed, perr := cfg.Pusher.Push(ctx, cp.Seq)
 	if perr == nil {
 		r.Pushed, r.Committed = pushed, true
-		r.Lag = cfg.Clock.Now().Sub(r.Start)
+		from := r.Start
+		if !cp.Instant.IsZero() {
+			from = cp.Instant
+		}
+		r.Lag = cfg.Clock.Now().Sub(from)
 		acked = cp.Seq
 	} else {
 		perr = fmt.Errorf("push checkpoint %d: %w", cp.Seq, perr)
