@@ -7,8 +7,10 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"strings"
 
 	"github.com/zeebo/blake3"
+	"golang.org/x/sys/unix"
 
 	"github.com/ntc-project/ntc/chunk"
 	"github.com/ntc-project/ntc/internal/atomicfile"
@@ -140,4 +142,75 @@ func (s *Sender) lastBase(peer transport.ID, set string) (base, map[string]*chun
 		}
 	}
 	return out, idx
+}
+
+// shareCache takes a shared lock on the index cache for one push, from
+// before its indexes are stored until its acknowledgement is recorded:
+// pruneCache, in this process or another, leaves the cache alone meanwhile.
+func (s *Sender) shareCache() (release func()) {
+	if s.StateDir == "" {
+		return func() {}
+	}
+	dir := filepath.Join(s.StateDir, "indexes")
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return func() {}
+	}
+	f, err := os.OpenFile(filepath.Join(dir, ".lock"), os.O_CREATE|os.O_RDWR, 0o600)
+	if err != nil {
+		return func() {}
+	}
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_SH); err != nil {
+		f.Close()
+		return func() {}
+	}
+	return func() { f.Close() }
+}
+
+// pruneCache removes the cached indexes that no recorded acknowledgement
+// names (those of versions acknowledged before the last one of their set),
+// unless a push, in any process, is under way. Without it the cache grows
+// by a version's indexes at every push. Failures only leave files behind.
+func (s *Sender) pruneCache() {
+	if s.StateDir == "" {
+		return
+	}
+	dir := filepath.Join(s.StateDir, "indexes")
+	f, err := os.OpenFile(filepath.Join(dir, ".lock"), os.O_CREATE|os.O_RDWR, 0o600)
+	if err != nil {
+		return
+	}
+	defer f.Close()
+	if unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB) != nil {
+		return // a push is under way
+	}
+	named := map[chunk.ID]bool{}
+	acks, _ := filepath.Glob(filepath.Join(s.StateDir, "peers", "*", "*.json"))
+	for _, p := range acks {
+		var st ackState
+		b, err := os.ReadFile(p)
+		if err != nil || json.Unmarshal(b, &st) != nil {
+			return // unsure what is named: keep everything
+		}
+		for _, im := range st.Images {
+			named[im.Digest] = true
+		}
+	}
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return
+	}
+	for _, e := range ents {
+		name, ok := strings.CutSuffix(e.Name(), ".idx")
+		if !ok {
+			continue
+		}
+		d, err := chunk.ParseID(name)
+		if err != nil || named[d] {
+			continue
+		}
+		os.Remove(filepath.Join(dir, e.Name()))
+		s.mu.Lock()
+		delete(s.indexes, d)
+		s.mu.Unlock()
+	}
 }

@@ -26,9 +26,17 @@ type Receiver struct {
 	Repo *Repo
 	// Log, if set, is told about each push and each problem.
 	Log func(format string, args ...any)
+	// Keep, if not 0, is how many committed versions of a set are kept:
+	// after each push the older ones are removed, and once no push is in
+	// progress the chunks no version refers to any more are dropped from
+	// the store and their space given back. 0 keeps every version.
+	Keep int
 
 	mu       gosync.Mutex
 	sessions map[token]*session
+	// collectWanted says versions were removed since the last garbage
+	// collection.
+	collectWanted atomic.Bool
 }
 
 // session is a push in progress: data streams for it may arrive on its
@@ -138,6 +146,9 @@ func (r *Receiver) Serve(ctx context.Context, conn *transport.Conn) error {
 		r.logf("push from %s: %v", conn.PeerID(), err)
 	}
 	ctrl.Close()
+	if err == nil {
+		r.collectIfIdle(ctx)
+	}
 	if errors.Is(err, ErrMalformed) {
 		conn.CloseWithError(transport.ErrProtocol)
 		return err
@@ -151,6 +162,26 @@ func (r *Receiver) Serve(ctx context.Context, conn *transport.Conn) error {
 	case <-wctx.Done():
 	}
 	return err
+}
+
+// collectIfIdle collects garbage when versions were removed and no push
+// is in progress; otherwise a later push's end does.
+func (r *Receiver) collectIfIdle(ctx context.Context) {
+	if !r.collectWanted.Load() {
+		return
+	}
+	t0 := time.Now()
+	st, ok, err := r.Repo.collect(ctx)
+	switch {
+	case !ok:
+		return
+	case err != nil:
+		r.logf("%v", err)
+	default:
+		r.logf("collected garbage in %s: %d chunks dropped, %d packs removed (%d rewritten), %d bytes freed",
+			time.Since(t0).Round(time.Millisecond), st.ChunksDropped, st.PacksRemoved, st.PacksRewritten, st.BytesFreed)
+	}
+	r.collectWanted.Store(false)
 }
 
 // incoming is the receiver's view of one offer.
@@ -187,6 +218,8 @@ func (r *Receiver) serve(ctx context.Context, cancel context.CancelFunc, conn *t
 		return err
 	}
 	defer unlock()
+	r.Repo.gate.RLock()
+	defer r.Repo.gate.RUnlock()
 	cur, err := r.Repo.Current(h.set)
 	if err != nil {
 		return err
@@ -374,7 +407,16 @@ func (r *Receiver) serve(ctx context.Context, cancel context.CancelFunc, conn *t
 	if err := w.write(msgCommitted, encodeUint(m.Version)); err != nil {
 		return err
 	}
-	return w.flush()
+	if err := w.flush(); err != nil {
+		return err
+	}
+	if removed, err := r.Repo.prune(h.set, r.Keep); err != nil {
+		r.logf("%v", err) // the push is committed all the same
+	} else if len(removed) > 0 {
+		r.logf("removed %s versions %v (keeping %d)", h.set, removed, r.Keep)
+		r.collectWanted.Store(true)
+	}
+	return nil
 }
 
 // skipOffer reads past the ops of an offer that is not taken.

@@ -42,6 +42,9 @@ type Repo struct {
 
 	mu    gosync.Mutex
 	locks map[string]*setLock
+	// gate is held for reading by every push in progress and for writing
+	// by a garbage collection (see collect).
+	gate gosync.RWMutex
 }
 
 // setLock serializes pushes of one set. The holder's owner (the peer) and
@@ -319,6 +322,11 @@ func (r *Repo) readState(set string) materializeState {
 	return st
 }
 
+func (r *Repo) writeState(set string, st materializeState) error {
+	b, _ := json.Marshal(st)
+	return atomicfile.WriteBytes(r.statePath(set), 0o644, b)
+}
+
 // materializedVersion is the version the set's image files hold, or were
 // being moved from; 0 when there is none.
 func (r *Repo) materializedVersion(set string) uint64 { return r.readState(set).Version }
@@ -331,10 +339,7 @@ func (r *Repo) materialize(ctx context.Context, set string, v uint64, stg *stagi
 		return fmt.Errorf("materialize: %w", err)
 	}
 	st := r.readState(set)
-	writeState := func(s materializeState) error {
-		b, _ := json.Marshal(s)
-		return atomicfile.WriteBytes(r.statePath(set), 0o644, b)
-	}
+	writeState := func(s materializeState) error { return r.writeState(set, s) }
 	m, err := r.Manifest(set, v)
 	if err != nil {
 		return err

@@ -91,6 +91,9 @@ func (s *Sender) Push(ctx context.Context, conn *transport.Conn, v *Version) (*R
 		return nil, err
 	}
 	res := &Result{Set: v.Set}
+	// The index cache is pruned once this push (and any other) is done.
+	release := s.shareCache()
+	defer func() { release(); s.pruneCache() }()
 	ctrl, err := conn.OpenStream(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("open control stream: %w", err)

@@ -26,7 +26,10 @@ type peers struct {
 	errs   chan error
 }
 
-func newPeers(t testing.TB) *peers {
+func newPeers(t testing.TB) *peers { return newPeersWith(t, nil) }
+
+// newPeersWith is newPeers with the receiver set up by setup.
+func newPeersWith(t testing.TB, setup func(*Receiver)) *peers {
 	t.Helper()
 	repo, err := OpenRepo(t.TempDir())
 	if err != nil {
@@ -37,6 +40,9 @@ func newPeers(t testing.TB) *peers {
 	l := transporttest.Listen(t, srv, transport.AllowIDs(cli.ID()), transport.Config{})
 	p := &peers{repo: repo, addr: l.Addr().String(), srvID: srv.ID(), client: cli, errs: make(chan error, 100)}
 	rcv := &Receiver{Repo: repo, Log: t.Logf}
+	if setup != nil {
+		setup(rcv)
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	var wg gosync.WaitGroup
 	wg.Go(func() {

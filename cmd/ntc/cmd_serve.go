@@ -17,6 +17,7 @@ type serveOptions struct {
 	listen string
 	store  string
 	allow  []string
+	keep   int
 }
 
 func newServeCommand(g *globals) *cobra.Command {
@@ -31,14 +32,22 @@ DIR/sets/SET/images/. A push commits atomically: until it is complete the
 previous version stays current and intact. Peers not allowed are refused
 before anything is written.
 
-Example:
+With --keep N only the newest N versions of each set are kept: older ones
+are removed after each push, and the chunks no kept version needs are dropped
+from the store (their space is given back once a pack is mostly such
+chunks). Continuous replication ('ntc replicate') adds a version every few
+seconds: give its receiver a --keep.
+
+Examples:
   ntc serve --listen :7400 --store ~/vms --allow TYA6ZIM-V6MAQKO-...
+  ntc serve --listen :7400 --store ~/vms --allow TYA6ZIM-V6MAQKO-... --keep 10
 
 'ntc ls --store DIR' lists what was received.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			o.listen = g.v.GetString("serve.listen")
 			o.store = g.v.GetString("serve.store")
+			o.keep = g.v.GetInt("serve.keep")
 			if len(o.allow) == 0 {
 				o.allow = g.v.GetStringSlice("serve.allow")
 			}
@@ -50,7 +59,9 @@ Example:
 	f.String("store", "", "repository directory (created if needed)")
 	f.StringArrayVar(&o.allow, "allow", nil, "node ID allowed to push (repeatable; or serve.allow in the config)")
 	g.bind(cmd, "serve.listen", "listen")
+	f.Int("keep", 0, "versions of each set to keep (0: all); older ones and the chunks only they need are removed")
 	g.bind(cmd, "serve.store", "store")
+	g.bind(cmd, "serve.keep", "keep")
 	return cmd
 }
 
@@ -64,6 +75,9 @@ type listeningJSON struct {
 func runServe(ctx context.Context, g *globals, o serveOptions) error {
 	if o.store == "" {
 		return usagef("serve needs --store DIR (where received versions are kept)")
+	}
+	if o.keep < 0 {
+		return usagef("--keep %d: want 0 (keep every version) or how many versions of each set to keep", o.keep)
 	}
 	if len(o.allow) == 0 {
 		return usagef("serve needs at least one --allow ID: the node IDs that may push (run 'ntc id' on the sender)")
@@ -96,7 +110,7 @@ func runServe(ctx context.Context, g *globals, o serveOptions) error {
 	} else {
 		fmt.Fprintf(g.stdout, "serving %s on %s as %s (%d peers allowed)\n", o.store, l.Addr(), id.ID(), len(allowed))
 	}
-	rcv := &ntcsync.Receiver{Repo: repo, Log: logger.Printf}
+	rcv := &ntcsync.Receiver{Repo: repo, Log: logger.Printf, Keep: o.keep}
 	var wg gosync.WaitGroup
 	defer wg.Wait()
 	for {

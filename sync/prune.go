@@ -1,0 +1,120 @@
+package sync
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+
+	"github.com/ntc-project/ntc/chunk"
+)
+
+// minDead is the share of a pack's bytes that must be dead before a
+// collection copies its live chunks elsewhere to give the rest back.
+const minDead = 0.5
+
+// prune removes all but the newest keep committed versions of set. It
+// never removes the current version, nor the versions the set's image
+// files hold or are being moved to (materializing needs both). The caller
+// holds the set's lock. Each version directory is first renamed into
+// DIR/tmp, so a crash never leaves a half-removed version among the
+// committed ones. It returns the versions removed, oldest first.
+func (r *Repo) prune(set string, keep int) ([]uint64, error) {
+	if keep < 1 {
+		return nil, nil
+	}
+	sets, err := r.List()
+	if err != nil {
+		return nil, err
+	}
+	i := slices.IndexFunc(sets, func(s SetInfo) bool { return s.Set == set })
+	if i < 0 || len(sets[i].Versions) <= keep {
+		return nil, nil
+	}
+	si := sets[i]
+	st := r.readState(set)
+	protected := func(v uint64) bool {
+		return (si.Current != nil && v == si.Current.Version) || v == st.Version || v == st.Applying
+	}
+	var removed []uint64
+	old := si.Versions[:len(si.Versions)-keep]
+	for _, v := range old {
+		if protected(v) {
+			continue
+		}
+		src := filepath.Join(r.dir, "sets", set, versionDir(v))
+		tmp, err := os.MkdirTemp(filepath.Join(r.dir, "tmp"), "pruned-")
+		if err != nil {
+			return removed, fmt.Errorf("prune %s: %w", set, err)
+		}
+		dst := filepath.Join(tmp, versionDir(v))
+		if err := os.Rename(src, dst); err != nil {
+			os.Remove(tmp)
+			return removed, fmt.Errorf("prune %s v%d: %w", set, v, err)
+		}
+		if err := os.RemoveAll(tmp); err != nil {
+			return removed, fmt.Errorf("prune %s v%d: %w", set, v, err)
+		}
+		removed = append(removed, v)
+	}
+	return removed, nil
+}
+
+// liveChunks returns the IDs of the chunks that some committed version of
+// some set refers to.
+func (r *Repo) liveChunks(ctx context.Context) (map[chunk.ID]struct{}, error) {
+	sets, err := r.List()
+	if err != nil {
+		return nil, err
+	}
+	live := map[chunk.ID]struct{}{}
+	for _, si := range sets {
+		for _, v := range si.Versions {
+			if err := ctx.Err(); err != nil {
+				return nil, err
+			}
+			m, err := r.Manifest(si.Set, v)
+			if err != nil {
+				return nil, err
+			}
+			for _, im := range m.Images {
+				x, err := r.Index(si.Set, v, im.Name)
+				if err != nil {
+					return nil, err
+				}
+				for _, e := range x.Entries {
+					live[e.ID] = struct{}{}
+				}
+			}
+		}
+	}
+	return live, nil
+}
+
+// collect drops from the store every chunk that no committed version
+// refers to, and gives back the space of packs that are mostly such
+// chunks. It runs only while no push is in progress (ok is false, and
+// nothing is done, when one is): a push decides which chunks it needs from
+// what the store holds, and those chunks are referenced only once it
+// commits. Chunks that a push interrupted before its commit had stored are
+// dropped too, so such a push, resumed after a collection, sends them
+// again.
+func (r *Repo) collect(ctx context.Context) (st chunk.CompactStats, ok bool, err error) {
+	if !r.gate.TryLock() {
+		return st, false, nil
+	}
+	defer r.gate.Unlock()
+	live, err := r.liveChunks(ctx)
+	if err != nil {
+		return st, true, fmt.Errorf("collect garbage: %w", err)
+	}
+	st, err = r.store.Compact(ctx, func(id chunk.ID) bool {
+		_, ok := live[id]
+		return ok
+	}, minDead)
+	if err != nil {
+		return st, true, fmt.Errorf("collect garbage: %w", err)
+	}
+	return st, true, nil
+}
