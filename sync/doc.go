@@ -50,6 +50,17 @@
 // the previous version current and intact, and the next push sends only the
 // chunks the receiver does not yet hold.
 //
+// # Keeping versions
+//
+// With Receiver.Keep set, the receiver removes a set's versions older than
+// the newest Keep after each commit (never the current one, nor those its
+// image files are being moved between), and, at a moment when no push is
+// under way, drops from its store the chunks no remaining version refers
+// to (chunk.PackStore.Compact). A push interrupted before its commit and
+// resumed after such a collection sends again the chunks it had stored.
+// The sender's cache of acknowledged indexes keeps only the versions the
+// receivers last acknowledged.
+//
 // The package does not index images (chunk does), open connections
 // (transport does) or print anything.
 package sync
