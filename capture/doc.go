@@ -107,8 +107,9 @@
 // (root, or vm.unprivileged_userfaultfd=1). It reads qcow2 and raw layers
 // only, not compressed or encrypted clusters, nor disks on network
 // protocols (ErrUnsupported, before the guest is touched). Read-only media
-// get no overlay and are not indexed. It does not garbage-collect the store:
-// page contents a precopy migration sent and then resent stay there. One
+// get no overlay and are not indexed. Chunks stay in the store until
+// Prune removes the checkpoints using them and Collect drops them (page
+// contents a precopy migration sent and then resent included). One
 // repository per VM: two repositories checkpointing one QEMU read the disks
 // in full every time. The guest's disk lives in the overlay chain: QEMU
 // restarted from its original command line would miss the writes since the

@@ -1,6 +1,7 @@
 package capture
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -23,10 +24,10 @@ import (
 // was pruned still pushes in full: Repository.ChangedSince then finds no
 // chain of recorded changes to the receiver's copy.
 //
-// Prune frees only the checkpoints' directories (their indexes), not the
-// chunks they referenced: the store keeps every chunk (no garbage
-// collection yet). The repository must be open for writing (OpenRepository),
-// so that no checkpoint is being taken.
+// Prune frees only the checkpoints' directories (their indexes); Collect
+// then drops the chunks no remaining checkpoint refers to. The repository
+// must be open for writing (OpenRepository), so that no checkpoint is
+// being taken.
 func (r *Repository) Prune(keep int, pinned ...int) ([]int, error) {
 	if r.packs == nil {
 		return nil, fmt.Errorf("prune checkpoint repository %s: %w", r.dir, chunk.ErrReadOnly)
@@ -63,4 +64,61 @@ func (r *Repository) Prune(keep int, pinned ...int) ([]int, error) {
 		removed = append(removed, s)
 	}
 	return removed, nil
+}
+
+// collectMinDead is the share of a pack's bytes that must be dead before
+// Collect copies its live chunks elsewhere to give the rest back.
+const collectMinDead = 0.5
+
+// Collect drops from the store every chunk that no complete checkpoint
+// refers to (those of pruned checkpoints, and of checkpoints that never
+// completed), and gives back the space of packs that are mostly such
+// chunks (chunk.PackStore.Compact). Readers that opened the repository
+// before (a push in progress) go on reading what they saw. The repository
+// must be open for writing.
+func (r *Repository) Collect(ctx context.Context) (chunk.CompactStats, error) {
+	if r.packs == nil {
+		return chunk.CompactStats{}, fmt.Errorf("collect checkpoint repository %s: %w", r.dir, chunk.ErrReadOnly)
+	}
+	seqs, err := r.Checkpoints()
+	if err != nil {
+		return chunk.CompactStats{}, err
+	}
+	live := map[chunk.ID]struct{}{}
+	for _, seq := range seqs {
+		if err := ctx.Err(); err != nil {
+			return chunk.CompactStats{}, err
+		}
+		m, err := r.Manifest(seq)
+		if err != nil {
+			return chunk.CompactStats{}, err
+		}
+		names := []string{m.DeviceState.Index, m.Stream.Index}
+		for _, d := range m.Disks {
+			names = append(names, d.Index)
+		}
+		for _, b := range m.RAM {
+			names = append(names, b.Index)
+		}
+		for _, name := range names {
+			if name == "" {
+				continue
+			}
+			x, err := r.Index(seq, name)
+			if err != nil {
+				return chunk.CompactStats{}, err
+			}
+			for _, e := range x.Entries {
+				live[e.ID] = struct{}{}
+			}
+		}
+	}
+	st, err := r.packs.Compact(ctx, func(id chunk.ID) bool {
+		_, ok := live[id]
+		return ok
+	}, collectMinDead)
+	if err != nil {
+		return st, fmt.Errorf("collect checkpoint repository %s: %w", r.dir, err)
+	}
+	return st, nil
 }

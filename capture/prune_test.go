@@ -2,6 +2,7 @@ package capture
 
 import (
 	"errors"
+	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -19,14 +20,22 @@ func fakeCheckpoints(t *testing.T, r *Repository, n int) map[int]*chunk.Index {
 	idx := map[int]*chunk.Index{}
 	data := make([]byte, 1<<20)
 	for seq := 1; seq <= n; seq++ {
+		rng := rand.New(rand.NewPCG(uint64(seq), 0))
 		for i := range 64 << 10 {
-			data[seq*(64<<10)+i] = byte(seq)
+			data[seq*(64<<10)+i] = byte(rng.Uint32())
 		}
 		x, _, err := chunk.Build(t.Context(), chunk.Bytes(data), chunk.DefaultCDC(), chunk.Options{})
 		if err != nil {
 			t.Fatal(err)
 		}
 		idx[seq] = x
+		for _, e := range x.Entries {
+			if !e.Zero {
+				if err := r.packs.Put(t.Context(), e.ID, data[e.Offset:e.End()]); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}
 		dir := r.CheckpointDir(seq)
 		if err := os.MkdirAll(dir, 0o755); err != nil {
 			t.Fatal(err)
@@ -156,5 +165,52 @@ func TestPruneNeedsWriter(t *testing.T) {
 	}
 	if seqs, _ := r.Checkpoints(); len(seqs) != 3 {
 		t.Errorf("checkpoints left: %v", seqs)
+	}
+}
+
+// TestCollect: once checkpoints are pruned, Collect drops the chunks only
+// they used and keeps every chunk of the others, readable.
+func TestCollect(t *testing.T) {
+	ctx := t.Context()
+	r, err := OpenRepository(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	idx := fakeCheckpoints(t, r, 5)
+	if _, err := r.Prune(2); err != nil {
+		t.Fatal(err)
+	}
+	st, err := r.Collect(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kept := map[chunk.ID]bool{}
+	for _, seq := range []int{4, 5} {
+		for _, e := range idx[seq].Entries {
+			kept[e.ID] = true
+			if _, err := r.packs.Get(ctx, e.ID); err != nil && !e.Zero {
+				t.Fatalf("a chunk of kept checkpoint %d: %v", seq, err)
+			}
+		}
+	}
+	dropped := map[chunk.ID]bool{}
+	for _, seq := range []int{1, 2, 3} {
+		for _, e := range idx[seq].Entries {
+			if kept[e.ID] || e.Zero {
+				continue
+			}
+			dropped[e.ID] = true
+			if ok, _ := r.packs.Has(ctx, e.ID); ok {
+				t.Fatalf("chunk %s of pruned checkpoint %d is still in the store", e.ID.Short(), seq)
+			}
+		}
+	}
+	if len(dropped) == 0 || st.ChunksDropped != len(dropped) {
+		t.Fatalf("Collect dropped %d chunks; the pruned checkpoints had %d of their own", st.ChunksDropped, len(dropped))
+	}
+	// Nothing more to drop.
+	if st, err := r.Collect(ctx); err != nil || st.ChunksDropped != 0 {
+		t.Fatalf("second Collect: %+v, %v", st, err)
 	}
 }

@@ -62,9 +62,10 @@ the receiver refuses this node's ID, the peer has another ID, the guest is
 gone.
 
 Old checkpoints are pruned after every round: the newest --keep stay, and so
-does the one the receiver holds (the next push patches against it). Pruning
-frees their indexes; chunks no checkpoint needs stay in DIR/store (no garbage
-collection yet).
+does the one the receiver holds (the next push patches against it). The
+chunks no remaining checkpoint needs are then dropped from DIR/store, and
+their space given back once a pack is mostly such chunks. Give the receiver
+a --keep too ('ntc serve --keep N'), or it keeps every version.
 
 Ctrl-C stops at once, between rounds or inside one, leaving nothing
 half-written: the receiver keeps its last complete version, DIR its complete

@@ -72,6 +72,9 @@ func (c *Capture) Prune(ctx context.Context, keep, acked int) ([]int, error) {
 		pinned = append(pinned, acked)
 	}
 	removed, err := repo.Prune(keep, pinned...)
+	if err == nil && len(removed) > 0 {
+		_, err = repo.Collect(ctx)
+	}
 	if cerr := repo.Close(); err == nil {
 		err = cerr
 	}

@@ -30,10 +30,8 @@
 //
 // # What it does not do
 //
-// It does not collect garbage in the capture repository's chunk store:
-// pruning removes checkpoints' directories (their indexes), while the
-// chunks only they referenced stay in the pack files. It does not prune the
-// receiver's versions nor the sender's cache of acknowledged indexes (sync
-// keeps both, one entry per version). It prints nothing: each round goes to
-// Config.Report.
+// It does not prune the receiver's versions (the receiver does, with
+// sync.Receiver.Keep). It prints nothing: each round goes to
+// Config.Report. Pruning (Capture.Prune) removes old checkpoints and then
+// drops the chunks only they used from the capture repository's store.
 package replicate
