@@ -14,3 +14,11 @@ func SetPackTarget(s *PackStore, n int64) {
 func OpenPackStoreReadOnlyWith(dir string, open func(string) (*os.File, error)) (*ReadOnlyPackStore, error) {
 	return openPackStoreReadOnly(dir, open)
 }
+
+// SetSealMin sets the size from which Compact seals the pack being
+// appended to.
+func SetSealMin(s *PackStore, n int64) {
+	s.mu.Lock()
+	s.sealMin = n
+	s.mu.Unlock()
+}

@@ -20,6 +20,10 @@ type CompactStats struct {
 	BytesFreed     int64 // pack file bytes given back (removed minus copied)
 }
 
+// sealMinSize is the size from which Compact seals a mostly dead pack
+// being appended to, to rewrite it (smaller ones wait to grow).
+const sealMinSize = 64 << 20
+
 // copyBufSize bounds the run of adjacent live records Compact reads at once
 // (a record larger than this is read alone).
 const copyBufSize = 4 << 20
@@ -27,8 +31,10 @@ const copyBufSize = 4 << 20
 // Compact drops every chunk for which keep returns false and gives their
 // space back. A record is live if keep wants its chunk and the map points
 // to it (of several copies of a chunk only the mapped one is live); the
-// rest of a pack is dead. Packs other than the one being appended to are
-// then, all-dead ones first, each group oldest first:
+// rest of a pack is dead. The pack being appended to is first sealed (a
+// new one started) if it holds 64 MiB or more and is at least minDead
+// dead. Packs other than the one being appended to are then, all-dead ones
+// first, each group oldest first:
 //
 //   - removed when nothing in them is live;
 //   - rewritten when their dead bytes are at least minDead of their size
@@ -112,6 +118,18 @@ func (s *PackStore) planCompact(keep func(ID) bool, minDead float64, st *Compact
 			continue
 		}
 		live[int(loc.pack)] += packHeaderLen + int64(loc.length)
+	}
+	// A pack being appended to that is mostly dead is sealed (appends go
+	// to a new pack) so that it can be rewritten now: a store that drops
+	// as much as it adds (continuous replication) would otherwise wait for
+	// it to reach the target size before getting any space back.
+	if d := s.size - live[s.cur]; s.size >= s.sealMin && d > 0 && float64(d) >= minDead*float64(s.size) {
+		if err := s.flushLocked(); err != nil {
+			return nil, err
+		}
+		if err := s.newPack(); err != nil {
+			return nil, err
+		}
 	}
 	var dead, rewrite []*packPlan
 	byNum := map[int]*packPlan{}

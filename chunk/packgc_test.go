@@ -628,3 +628,65 @@ func BenchmarkCompact(b *testing.B) {
 		})
 	}
 }
+
+// TestCompactSealsTheCurrentPack: a pack being appended to that is mostly
+// dead and big enough is sealed and rewritten in the same Compact, so a
+// store that drops as much as it adds gets space back before the pack
+// reaches its target size.
+func TestCompactSealsTheCurrentPack(t *testing.T) {
+	ctx := t.Context()
+	for _, tc := range []struct {
+		name    string
+		sealMin int64
+		keep    int // of 20 chunks
+		sealed  bool
+	}{
+		{"mostly dead", 10 * gcRecLen, 5, true},
+		{"mostly live", 10 * gcRecLen, 15, false},
+		{"too small to seal", 40 * gcRecLen, 5, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			s := openGC(t, dir)
+			chunk.SetPackTarget(s, 1<<30)
+			chunk.SetSealMin(s, tc.sealMin)
+			gcPut(t, s, 0, 20)
+			before := packFiles(t, dir)
+			if len(before) != 1 {
+				t.Fatalf("packs before: %v", before)
+			}
+			st, err := s.Compact(ctx, func(id chunk.ID) bool {
+				for i := range tc.keep {
+					if id == gcID(i) {
+						return true
+					}
+				}
+				return false
+			}, 0.5)
+			if err != nil {
+				t.Fatal(err)
+			}
+			after := packFiles(t, dir)
+			if tc.sealed {
+				if st.PacksRewritten != 1 || total(after) != int64(tc.keep*gcRecLen) {
+					t.Fatalf("stats %+v; packs %v: want the pack rewritten to its %d live records", st, after, tc.keep)
+				}
+			} else if st.PacksRemoved != 0 || total(after) != 20*gcRecLen {
+				t.Fatalf("stats %+v; packs %v: want nothing rewritten", st, after)
+			}
+			for i := range 20 {
+				got, err := s.Get(ctx, gcID(i))
+				if i < tc.keep && (err != nil || !bytes.Equal(got, gcChunk(i))) {
+					t.Fatalf("kept chunk %d: %v", i, err)
+				}
+				if i >= tc.keep && err == nil {
+					t.Fatalf("dropped chunk %d still readable", i)
+				}
+			}
+			gcPut(t, s, 100, 103) // appends go on
+			if _, err := s.Get(ctx, gcID(101)); err != nil {
+				t.Fatal(err)
+			}
+		})
+	}
+}

@@ -36,6 +36,9 @@ type PackStore struct {
 	enc    *zstd.Encoder
 	dec    *zstd.Decoder
 	target int64 // a pack is not grown past this size
+	// sealMin is the size from which Compact seals a mostly dead pack
+	// being appended to (sealMinSize).
+	sealMin int64
 
 	gc sync.Mutex // held by Compact: one at a time
 	// files is held for reading while a pack file is used outside mu, and
@@ -143,7 +146,7 @@ func OpenPackStore(dir string) (*PackStore, error) {
 }
 
 func newPackStore(dir string, dec *zstd.Decoder) *PackStore {
-	return &PackStore{dir: dir, dec: dec, target: packTargetSize,
+	return &PackStore{dir: dir, dec: dec, target: packTargetSize, sealMin: sealMinSize,
 		where: map[ID]packLoc{}, packs: map[int]*os.File{}, dirty: map[int]bool{}}
 }
 
