@@ -10,6 +10,7 @@ import (
 	"slices"
 
 	"github.com/ntc-project/ntc/chunk"
+	"github.com/ntc-project/ntc/internal/atomicfile"
 )
 
 // Prune removes old complete checkpoints: it keeps the newest keep (at
@@ -56,6 +57,10 @@ func (r *Repository) Prune(keep int, pinned ...int) ([]int, error) {
 		}
 		dir := r.CheckpointDir(s)
 		if err := os.Remove(filepath.Join(dir, manifestFile)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return removed, fmt.Errorf("prune checkpoint %d: %w", s, err)
+		}
+		// Incomplete for good before Collect drops any chunk of it.
+		if err := atomicfile.SyncDir(dir); err != nil {
 			return removed, fmt.Errorf("prune checkpoint %d: %w", s, err)
 		}
 		if err := os.RemoveAll(dir); err != nil {

@@ -7,6 +7,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"maps"
 	"os"
 	"slices"
 )
@@ -45,11 +46,13 @@ const copyBufSize = 4 << 20
 // Dropped chunks read as missing as soon as Compact has looked at the map,
 // before any pack is touched. A crash at any point loses no live chunk: a
 // pack is removed only once its copies are durable, and a copy left beside
-// its original is found by the next open and the original becomes dead. A
-// live record whose header no longer matches the map (damage on disk) is
-// not copied: it reads as missing, as after Forget. Dropped chunks whose
-// packs stay come back when the store is reopened, until a Compact that
-// refuses them again removes their pack.
+// its original is found by the next open (a copy replaces its original only
+// if its content verifies) and the original becomes dead. Damage never
+// turns into loss: a pack whose records stopped before its end when the
+// store was opened (a torn tail, a damaged header) is left alone, and so is
+// a pack in which a live record's header no longer matches the map.
+// Dropped chunks whose packs stay come back when the store is reopened,
+// until a Compact that refuses them again removes their pack.
 //
 // keep is called for every chunk with the store's lock held: it must be
 // quick and must not call the store. Chunks Put while Compact runs must be
@@ -70,21 +73,24 @@ func (s *PackStore) Compact(ctx context.Context, keep func(ID) bool, minDead flo
 		if err := ctx.Err(); err != nil {
 			return st, err
 		}
+		copied := st.BytesCopied
 		if p.live != nil {
 			err = s.rewritePack(p, &st)
 		} else {
 			err = s.removePack(p.num, nil)
 		}
+		if errors.Is(err, errPackStays) {
+			continue // its copies are harmless duplicates
+		}
 		if err != nil {
 			return st, fmt.Errorf("compact chunk store %s: %w", s.dir, err)
 		}
 		st.PacksRemoved++
-		st.BytesFreed += p.size
+		st.BytesFreed += p.size - (st.BytesCopied - copied)
 		if p.live != nil {
 			st.PacksRewritten++
 		}
 	}
-	st.BytesFreed -= st.BytesCopied
 	return st, nil
 }
 
@@ -134,8 +140,8 @@ func (s *PackStore) planCompact(keep func(ID) bool, minDead float64, st *Compact
 	var dead, rewrite []*packPlan
 	byNum := map[int]*packPlan{}
 	for n, f := range s.packs {
-		if n == s.cur {
-			continue
+		if n == s.cur || s.short[n] {
+			continue // a short pack may hold records nothing maps
 		}
 		fi, err := f.Stat()
 		if err != nil {
@@ -166,6 +172,10 @@ func (s *PackStore) planCompact(keep func(ID) bool, minDead float64, st *Compact
 	slices.SortFunc(rewrite, byNumber)
 	return append(dead, rewrite...), nil
 }
+
+// errPackStays stops the rewrite of a pack holding a live record whose
+// header no longer matches the map: the pack is kept as it is.
+var errPackStays = errors.New("pack kept: a record's header does not match the map")
 
 // move is a live record copied by Compact, pointed to once durable.
 type move struct {
@@ -201,9 +211,11 @@ func (s *PackStore) rewritePack(p *packPlan, st *CompactStats) error {
 		}
 		i = j
 	}
-	// The copies are durable before the pack goes; ctx was checked before
-	// this pack and is not again until it is done.
-	if err := s.Sync(context.Background()); err != nil {
+	// The copies are durable before the pack goes (their own packs synced
+	// here: another Sync may have taken them off the dirty list while its
+	// fsync still runs); ctx was checked before this pack and is not again
+	// until it is done.
+	if err := s.syncPacks(moves); err != nil {
 		return err
 	}
 	return s.removePack(p.num, func() error {
@@ -235,8 +247,9 @@ func (s *PackStore) appendCopies(run []byte, start int64, recs []liveRecord, mov
 		}
 		if string(hdr[:4]) != packMagic || !bytes.Equal(hdr[4:36], r.id[:]) || hdr[36] != r.loc.codec ||
 			binary.BigEndian.Uint32(hdr[37:]) != r.loc.length {
-			delete(s.where, r.id) // damaged: as reopening would find it
-			continue
+			// Damaged since it was scanned: the pack stays, so that nothing
+			// readable in it is lost.
+			return errPackStays
 		}
 		to, err := s.appendLocked(hdr, body)
 		if err != nil {
@@ -246,6 +259,17 @@ func (s *PackStore) appendCopies(run []byte, start int64, recs []liveRecord, mov
 		st.BytesCopied += int64(len(rec))
 	}
 	return s.flushIfFullLocked()
+}
+
+// syncPacks makes the packs the moves were copied to durable.
+func (s *PackStore) syncPacks(moves []move) error {
+	return s.syncWith(func() []*os.File {
+		files := map[int32]*os.File{}
+		for _, m := range moves {
+			files[m.to.pack] = s.packs[int(m.to.pack)]
+		}
+		return slices.Collect(maps.Values(files))
+	})
 }
 
 // removePack closes and deletes pack n, once before (if not nil), called

@@ -3,6 +3,7 @@ package chunk_test
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"maps"
@@ -688,5 +689,60 @@ func TestCompactSealsTheCurrentPack(t *testing.T) {
 				t.Fatal(err)
 			}
 		})
+	}
+}
+
+// TestCompactLeavesDamagedPacks: a pack whose records stop before its end
+// when the store is opened (here its first header is damaged, hiding the
+// intact records after it) is never removed nor rewritten: damage must not
+// turn into loss.
+func TestCompactLeavesDamagedPacks(t *testing.T) {
+	dir := t.TempDir()
+	s := gcStore(t, dir, 2*gcPerPack, 3)
+	s.Close()
+	p1 := filepath.Join(dir, "packs", "pack-000001.dat")
+	f, err := os.OpenFile(p1, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.WriteAt([]byte{'X'}, 1); err != nil { // the magic of its first record
+		t.Fatal(err)
+	}
+	f.Close()
+	before := packFiles(t, dir)
+	s = openGC(t, dir)
+	st, err := s.Compact(t.Context(), func(chunk.ID) bool { return true }, 0.5)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.PacksRemoved != 0 || packFiles(t, dir)["pack-000001.dat"] != before["pack-000001.dat"] {
+		t.Fatalf("Compact touched the damaged pack: %+v; packs %v", st, packFiles(t, dir))
+	}
+}
+
+// TestTornCopyNeverHidesItsOriginal: a copy of a chunk in a later pack
+// (what Compact writes) whose payload did not reach the disk does not
+// replace the intact original when the store is opened.
+func TestTornCopyNeverHidesItsOriginal(t *testing.T) {
+	dir := t.TempDir()
+	s := gcStore(t, dir, gcPerPack, 2)
+	s.Close()
+	rec := make([]byte, 0, gcRecLen)
+	id := gcID(0)
+	rec = append(append(rec, "NTCK"...), id[:]...)
+	rec = binary.BigEndian.AppendUint32(append(rec, 0), gcChunkSize)
+	rec = append(rec, make([]byte, gcChunkSize)...) // the payload never written: zeros
+	f, err := os.OpenFile(filepath.Join(dir, "packs", "pack-000002.dat"), os.O_WRONLY|os.O_APPEND, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.Write(rec); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	s = openGC(t, dir)
+	got, err := s.Get(t.Context(), id)
+	if err != nil || !bytes.Equal(got, gcChunk(0)) {
+		t.Fatalf("chunk 0 after a torn copy: %v", err)
 	}
 }

@@ -45,13 +45,17 @@ type PackStore struct {
 	// for writing while Compact closes one it removed.
 	files sync.RWMutex
 
-	mu     sync.Mutex
-	where  map[ID]packLoc
-	packs  map[int]*os.File // by pack number: pack-NNNNNN.dat
-	last   int              // the highest pack number in use
-	cur    int              // the number of the pack being appended to
-	size   int64            // its size, including space reserved by writes in flight
-	dirty  map[int]bool
+	mu    sync.Mutex
+	where map[ID]packLoc
+	packs map[int]*os.File // by pack number: pack-NNNNNN.dat
+	last  int              // the highest pack number in use
+	cur   int              // the number of the pack being appended to
+	size  int64            // its size, including space reserved by writes in flight
+	dirty map[int]bool
+	// short marks the packs whose records stop before the file ends (a
+	// torn tail, or a damaged header hiding the records after it): Compact
+	// leaves them alone.
+	short  map[int]bool
 	lost   int // appends dropped by failed writes, ever
 	closed bool
 	lock   *os.File
@@ -147,7 +151,7 @@ func OpenPackStore(dir string) (*PackStore, error) {
 
 func newPackStore(dir string, dec *zstd.Decoder) *PackStore {
 	return &PackStore{dir: dir, dec: dec, target: packTargetSize, sealMin: sealMinSize,
-		where: map[ID]packLoc{}, packs: map[int]*os.File{}, dirty: map[int]bool{}}
+		where: map[ID]packLoc{}, packs: map[int]*os.File{}, dirty: map[int]bool{}, short: map[int]bool{}}
 }
 
 // packName is the file name of pack number n.
@@ -173,8 +177,11 @@ func listPacks(pdir string) ([]int, error) {
 }
 
 // scan reads a pack's record headers into the map and returns where the
-// last whole record ends.
-func (s *PackStore) scan(pack int, f *os.File) (int64, error) {
+// last whole record ends; a pack whose records stop before its end is
+// marked short. A record of a chunk already mapped from an earlier pack (a
+// copy Compact made, or the original of one) replaces it only if its
+// content verifies: a copy torn by a crash never hides a good original.
+func (s *PackStore) scan(pack int, f *os.File) (end int64, err error) {
 	fi, err := f.Stat()
 	if err != nil {
 		return 0, err
@@ -183,6 +190,11 @@ func (s *PackStore) scan(pack int, f *os.File) (int64, error) {
 	r := bufio.NewReaderSize(io.NewSectionReader(f, 0, size), 1<<20)
 	var hdr [packHeaderLen]byte
 	off := int64(0)
+	defer func() {
+		if end < size {
+			s.short[pack] = true
+		}
+	}()
 	for {
 		if _, err := io.ReadFull(r, hdr[:]); err != nil {
 			return off, nil // end, or a torn header
@@ -194,14 +206,41 @@ func (s *PackStore) scan(pack int, f *os.File) (int64, error) {
 		if n > maxRecordLen || off+packHeaderLen+int64(n) > size {
 			return off, nil
 		}
-		if _, err := r.Discard(int(n)); err != nil {
-			return off, nil
-		}
 		var id ID
 		copy(id[:], hdr[4:36])
-		s.where[id] = packLoc{pack: int32(pack), codec: hdr[36], length: n, off: off + packHeaderLen}
+		loc := packLoc{pack: int32(pack), codec: hdr[36], length: n, off: off + packHeaderLen}
+		if _, dup := s.where[id]; dup {
+			body := make([]byte, n)
+			if _, err := io.ReadFull(r, body); err != nil {
+				return off, nil
+			}
+			if s.verifyRecord(id, loc.codec, body) == nil {
+				s.where[id] = loc
+			}
+		} else {
+			if _, err := r.Discard(int(n)); err != nil {
+				return off, nil
+			}
+			s.where[id] = loc
+		}
 		off += packHeaderLen + int64(n)
 	}
+}
+
+// verifyRecord checks a record's payload against its ID.
+func (s *PackStore) verifyRecord(id ID, codec uint8, body []byte) error {
+	data := body
+	switch codec {
+	case codecRaw:
+	case codecZstd:
+		var err error
+		if data, err = s.dec.DecodeAll(body, nil); err != nil {
+			return &InvalidChunkError{ID: id, Where: err.Error()}
+		}
+	default:
+		return &InvalidChunkError{ID: id, Where: fmt.Sprintf("unknown codec %d", codec)}
+	}
+	return Verify(id, data, "pack record")
 }
 
 // newPack starts a pack numbered after every pack there is or was, so
@@ -399,6 +438,19 @@ func (s *PackStore) Sync(ctx context.Context) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
+	return s.syncWith(func() []*os.File {
+		var files []*os.File
+		for p := range s.dirty {
+			files = append(files, s.packs[p])
+		}
+		clear(s.dirty)
+		return files
+	})
+}
+
+// syncWith writes what is buffered, then fsyncs the packs pick returns
+// (called with mu held) and the directory.
+func (s *PackStore) syncWith(pick func() []*os.File) error {
 	s.files.RLock()
 	defer s.files.RUnlock()
 	s.mu.Lock()
@@ -406,11 +458,7 @@ func (s *PackStore) Sync(ctx context.Context) error {
 		s.mu.Unlock()
 		return err
 	}
-	var files []*os.File
-	for p := range s.dirty {
-		files = append(files, s.packs[p])
-	}
-	clear(s.dirty)
+	files := pick()
 	s.mu.Unlock()
 	for _, f := range files {
 		if err := f.Sync(); err != nil {

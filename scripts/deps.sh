@@ -20,9 +20,13 @@ fi
 # (a pause of about 15 ms) instead of 65,536 of 4 KiB (about 300 ms on the project's machines). Enough for two
 # guests at once (the demo's copy, tests running in parallel); only ever raised. NTC_HUGEPAGES=0 skips this; the
 # demo and tests then use ordinary memory and say so.
+# Only on a machine with at least 4 times that much memory available.
 want=${NTC_HUGEPAGES:-384}
 have=$(cat /proc/sys/vm/nr_hugepages 2>/dev/null || echo 0)
-if [ "$want" -gt "$have" ] && grep -q '^Hugepagesize: *2048 kB' /proc/meminfo 2>/dev/null; then
+avail_mib=$(awk '/^MemAvailable:/ {print int($2/1024)}' /proc/meminfo 2>/dev/null || echo 0)
+if [ "$want" -gt "$have" ] && [ $(((want - have) * 2 * 4)) -gt "$avail_mib" ]; then
+  echo "deps: not reserving huge pages: $(((want - have) * 2)) MiB is too much of the ${avail_mib} MiB available; guests use 4 KiB pages and pause longer" >&2
+elif [ "$want" -gt "$have" ] && grep -q '^Hugepagesize: *2048 kB' /proc/meminfo 2>/dev/null; then
   sudo=""
   [ "$(id -u)" -eq 0 ] || sudo="sudo -n"
   if echo "$want" | $sudo tee /proc/sys/vm/nr_hugepages >/dev/null 2>&1; then

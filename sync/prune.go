@@ -8,6 +8,7 @@ import (
 	"slices"
 
 	"github.com/ntc-project/ntc/chunk"
+	"github.com/ntc-project/ntc/internal/atomicfile"
 )
 
 // minDead is the share of a pack's bytes that must be dead before a
@@ -57,6 +58,12 @@ func (r *Repo) prune(set string, keep int) ([]uint64, error) {
 			return removed, fmt.Errorf("prune %s v%d: %w", set, v, err)
 		}
 		removed = append(removed, v)
+	}
+	if len(removed) > 0 {
+		// Gone for good before any chunk of theirs is.
+		if err := atomicfile.SyncDir(filepath.Join(r.dir, "sets", set)); err != nil {
+			return removed, fmt.Errorf("prune %s: %w", set, err)
+		}
 	}
 	return removed, nil
 }

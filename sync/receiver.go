@@ -35,8 +35,8 @@ type Receiver struct {
 	mu       gosync.Mutex
 	sessions map[token]*session
 	// collectWanted says versions were removed since the last garbage
-	// collection.
-	collectWanted atomic.Bool
+	// collection; collected that one ran since the receiver started.
+	collectWanted, collected atomic.Bool
 }
 
 // session is a push in progress: data streams for it may arrive on its
@@ -146,9 +146,7 @@ func (r *Receiver) Serve(ctx context.Context, conn *transport.Conn) error {
 		r.logf("push from %s: %v", conn.PeerID(), err)
 	}
 	ctrl.Close()
-	if err == nil {
-		r.collectIfIdle(ctx)
-	}
+	r.CollectIfWanted(ctx)
 	if errors.Is(err, ErrMalformed) {
 		conn.CloseWithError(transport.ErrProtocol)
 		return err
@@ -164,24 +162,31 @@ func (r *Receiver) Serve(ctx context.Context, conn *transport.Conn) error {
 	return err
 }
 
-// collectIfIdle collects garbage when versions were removed and no push
-// is in progress; otherwise a later push's end does.
-func (r *Receiver) collectIfIdle(ctx context.Context) {
-	if !r.collectWanted.Load() {
+// CollectIfWanted collects garbage if versions were removed since the
+// last collection (or the receiver has not collected since it started,
+// with Keep set) and no push is in progress; otherwise a later call does.
+// Each push's end calls it; serve also calls it every few seconds, so that
+// pushes that always overlap do not put it off for good.
+func (r *Receiver) CollectIfWanted(ctx context.Context) {
+	if r.Keep == 0 || r.collected.Load() && !r.collectWanted.Load() {
 		return
 	}
 	t0 := time.Now()
+	r.collectWanted.Store(false) // a prune from now on asks again
 	st, ok, err := r.Repo.collect(ctx)
 	switch {
 	case !ok:
-		return
+		r.collectWanted.Store(true)
 	case err != nil:
+		r.collectWanted.Store(true)
 		r.logf("%v", err)
 	default:
-		r.logf("collected garbage in %s: %d chunks dropped, %d packs removed (%d rewritten), %d bytes freed",
-			time.Since(t0).Round(time.Millisecond), st.ChunksDropped, st.PacksRemoved, st.PacksRewritten, st.BytesFreed)
+		r.collected.Store(true)
+		if st.ChunksDropped > 0 || st.PacksRemoved > 0 {
+			r.logf("collected garbage in %s: %d chunks dropped, %d packs removed (%d rewritten), %d bytes freed",
+				time.Since(t0).Round(time.Millisecond), st.ChunksDropped, st.PacksRemoved, st.PacksRewritten, st.BytesFreed)
+		}
 	}
-	r.collectWanted.Store(false)
 }
 
 // incoming is the receiver's view of one offer.
@@ -210,6 +215,10 @@ func (r *Receiver) serve(ctx context.Context, cancel context.CancelFunc, conn *t
 	if err := CheckName(h.set); err != nil {
 		return err
 	}
+	// A garbage collection under way holds the gate (briefly): wait for it
+	// before taking the set, not while holding it.
+	r.Repo.gate.RLock()
+	defer r.Repo.gate.RUnlock()
 	unlock, err := r.Repo.lock(ctx, h.set, conn.PeerID().String(), func() {
 		cancel()
 		conn.CloseWithError(transport.ErrShuttingDown)
@@ -218,8 +227,6 @@ func (r *Receiver) serve(ctx context.Context, cancel context.CancelFunc, conn *t
 		return err
 	}
 	defer unlock()
-	r.Repo.gate.RLock()
-	defer r.Repo.gate.RUnlock()
 	cur, err := r.Repo.Current(h.set)
 	if err != nil {
 		return err

@@ -88,6 +88,13 @@ func OpenRepo(dir string) (*Repo, error) {
 	if err != nil {
 		return nil, err
 	}
+	// The store's lock is this process's: what DIR/tmp holds (versions
+	// being assembled, or removed, when a process died) is garbage.
+	if ents, err := os.ReadDir(filepath.Join(dir, "tmp")); err == nil {
+		for _, e := range ents {
+			os.RemoveAll(filepath.Join(dir, "tmp", e.Name()))
+		}
+	}
 	return &Repo{dir: dir, store: st, locks: map[string]*setLock{}}, nil
 }
 

@@ -235,8 +235,12 @@ func reportRound(g *globals, r replicate.Round, status bool) {
 		writeJSONLine(g.stdout, out)
 	}
 	if r.Err != nil {
-		fmt.Fprintf(g.stderr, "ntc: round %d: %v; the receiver holds checkpoint %d; next round in %s\n",
-			r.N, r.Err, r.Acked, r.Next.Round(time.Second))
+		holds := "nothing of this guest yet"
+		if r.Acked > 0 {
+			holds = fmt.Sprintf("checkpoint %d", r.Acked)
+		}
+		fmt.Fprintf(g.stderr, "ntc: round %d: %v; the receiver holds %s; next round in %s\n",
+			r.N, r.Err, holds, r.Next.Round(time.Second))
 		return
 	}
 	if status {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log"
 	gosync "sync"
+	"time"
 
 	"github.com/spf13/cobra"
 
@@ -113,6 +114,22 @@ func runServe(ctx context.Context, g *globals, o serveOptions) error {
 	rcv := &ntcsync.Receiver{Repo: repo, Log: logger.Printf, Keep: o.keep}
 	var wg gosync.WaitGroup
 	defer wg.Wait()
+	if o.keep > 0 {
+		// Pushes collect garbage as they end, when no other is under way;
+		// this catches the moments between pushes that always overlap.
+		wg.Go(func() {
+			t := time.NewTicker(10 * time.Second)
+			defer t.Stop()
+			for {
+				rcv.CollectIfWanted(ctx)
+				select {
+				case <-ctx.Done():
+					return
+				case <-t.C:
+				}
+			}
+		})
+	}
 	for {
 		c, err := l.Accept(ctx)
 		if err != nil {

@@ -72,11 +72,17 @@ func (c *Capture) Prune(ctx context.Context, keep, acked int) ([]int, error) {
 		pinned = append(pinned, acked)
 	}
 	removed, err := repo.Prune(keep, pinned...)
-	if err == nil && len(removed) > 0 {
+	if err != nil {
+		repo.Close()
+		return removed, Permanent(err)
+	}
+	// Dropping unused chunks may fail for a reason that passes (an I/O
+	// error); the next round's collection tries again.
+	if len(removed) > 0 {
 		_, err = repo.Collect(ctx)
 	}
 	if cerr := repo.Close(); err == nil {
 		err = cerr
 	}
-	return removed, Permanent(err)
+	return removed, err
 }

@@ -26,9 +26,9 @@ type Version struct {
 // Close closes the capture repository.
 func (v *Version) Close() error { return v.Repo.Close() }
 
-// ManifestImage is the image that carries a checkpoint's manifest. (Not
-// sync's Version.Meta: the receiver keeps the offer's metadata in the frame
-// buffer, which the frames after it overwrite before the commit.)
+// ManifestImage is the image that carries a checkpoint's manifest: an
+// image rather than sync's Version.Meta so that the receiver materializes it
+// as a file beside the others, where resume reads it (resume.ManifestImage).
 const ManifestImage = "manifest.json"
 
 // OpenVersion reads checkpoint seq (0: the newest) of the capture

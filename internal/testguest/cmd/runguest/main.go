@@ -20,6 +20,13 @@ import (
 )
 
 func main() {
+	if err := run(); err != nil {
+		fmt.Fprintln(os.Stderr, "runguest:", err)
+		os.Exit(1)
+	}
+}
+
+func run() error {
 	var o testguest.StartOptions
 	flag.StringVar(&o.Dir, "dir", "", "directory for the disk, QMP socket and serial log (default: a temporary one, removed at exit)")
 	flag.IntVar(&o.MemoryMiB, "m", testguest.DefaultMemoryMiB, "guest RAM in MiB")
@@ -34,34 +41,29 @@ func main() {
 	}
 	if o.Dir != "" {
 		if err := os.MkdirAll(o.Dir, 0o755); err != nil {
-			fail(err)
+			return err
 		}
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	vm, err := testguest.Start(ctx, o)
 	if err != nil {
-		fail(err)
+		return err
 	}
 	defer vm.Close()
 	wctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
 	defer cancel()
 	if _, err := vm.WaitTick(wctx, 1); err != nil {
-		fail(err)
+		return err
 	}
 	fmt.Printf("qmp %s (RAM %d MiB, %s)\n", vm.QMPPath(), o.MemoryMiB, o.Memory)
 	for n := vm.LastTick() + 1; ; n++ {
 		if _, err := vm.WaitTick(ctx, n); err != nil {
 			if ctx.Err() != nil {
-				return
+				return nil
 			}
-			fail(err)
+			return err
 		}
 		fmt.Printf("tick %d\n", n)
 	}
-}
-
-func fail(err error) {
-	fmt.Fprintln(os.Stderr, "runguest:", err)
-	os.Exit(1)
 }
