@@ -12,14 +12,63 @@ import (
 	"github.com/ntc-project/ntc/capture"
 )
 
-type checkpointOptions struct {
+// guestOptions name the running guest and the checkpoint repository: the
+// flags checkpoint and replicate share, bound to checkpoint.* in the
+// configuration.
+type guestOptions struct {
 	qmp        string
 	out        string
 	overlayDir string
 	method     string
-	downtime   time.Duration
-	noCommit   bool
-	workers    int
+}
+
+func (o *guestOptions) addFlags(g *globals, cmd *cobra.Command) {
+	f := cmd.Flags()
+	f.String("qmp", "", "QMP unix socket of the running QEMU")
+	f.String("out", "", "checkpoint repository directory (created if needed)")
+	f.String("overlay-dir", "", "where new disk overlays go (default: next to each disk)")
+	f.String("method", string(capture.MethodAuto), "how RAM is captured: auto, background-snapshot or precopy")
+	for _, name := range []string{"qmp", "out", "overlay-dir", "method"} {
+		g.bind(cmd, "checkpoint."+name, name)
+	}
+}
+
+// load reads the flags (or the configuration) once the command runs.
+func (o *guestOptions) load(g *globals) {
+	o.qmp = g.v.GetString("checkpoint.qmp")
+	o.out = g.v.GetString("checkpoint.out")
+	o.overlayDir = g.v.GetString("checkpoint.overlay-dir")
+	o.method = g.v.GetString("checkpoint.method")
+}
+
+// config checks the options and returns capture's configuration, whose log
+// shows warnings (an explicit precopy this QEMU can get wrong) always and
+// the rest with -v.
+func (o *guestOptions) config(g *globals) (capture.Config, error) {
+	if o.qmp == "" {
+		return capture.Config{}, usagef("--qmp SOCKET is required: the QMP socket of the running QEMU (started with -qmp unix:SOCKET,server=on,wait=off)")
+	}
+	if o.out == "" {
+		return capture.Config{}, usagef("--out DIR is required: the checkpoint repository (created if needed)")
+	}
+	method := capture.Method(o.method)
+	if method != capture.MethodAuto && method != capture.MethodPrecopy && method != capture.MethodBackground {
+		return capture.Config{}, usagef("--method %q: want %s, %s or %s", o.method, capture.MethodAuto, capture.MethodBackground, capture.MethodPrecopy)
+	}
+	cfg := capture.Config{QMP: o.qmp, Dir: o.out, OverlayDir: o.overlayDir, Method: method}
+	cfg.Log = func(msg string) {
+		if g.verbose || strings.HasPrefix(msg, "warning:") {
+			fmt.Fprintln(g.stderr, "ntc:", msg)
+		}
+	}
+	return cfg, nil
+}
+
+type checkpointOptions struct {
+	guestOptions
+	downtime time.Duration
+	noCommit bool
+	workers  int
 }
 
 func newCheckpointCommand(g *globals) *cobra.Command {
@@ -69,25 +118,15 @@ Examples:
   NTC_CHECKPOINT_OUT=/srv/ntc/vm ntc checkpoint --qmp vm.sock`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			o.qmp = g.v.GetString("checkpoint.qmp")
-			o.out = g.v.GetString("checkpoint.out")
-			o.overlayDir = g.v.GetString("checkpoint.overlay-dir")
-			o.method = g.v.GetString("checkpoint.method")
+			o.load(g)
 			return runCheckpoint(cmd.Context(), g, o)
 		},
 	}
+	o.addFlags(g, cmd)
 	f := cmd.Flags()
-	f.String("qmp", "", "QMP unix socket of the running QEMU")
-	f.String("out", "", "checkpoint repository directory")
-	f.String("overlay-dir", "", "where new disk overlays go (default: next to each disk)")
-	f.String("method", string(capture.MethodAuto), "how RAM is captured: auto, background-snapshot or precopy")
 	f.DurationVar(&o.downtime, "downtime", 20*time.Millisecond, "final pause the precopy method aims at")
 	f.BoolVar(&o.noCommit, "no-commit", false, "keep earlier overlays instead of merging them into the disk")
 	f.IntVar(&o.workers, "workers", 0, "goroutines hashing and storing (default: all cores)")
-	g.bind(cmd, "checkpoint.qmp", "qmp")
-	g.bind(cmd, "checkpoint.out", "out")
-	g.bind(cmd, "checkpoint.overlay-dir", "overlay-dir")
-	g.bind(cmd, "checkpoint.method", "method")
 	return cmd
 }
 
@@ -102,27 +141,11 @@ type checkpointJSON struct {
 }
 
 func runCheckpoint(ctx context.Context, g *globals, o checkpointOptions) error {
-	if o.qmp == "" {
-		return usagef("--qmp SOCKET is required: the QMP socket of the running QEMU (started with -qmp unix:SOCKET,server=on,wait=off)")
+	cfg, err := o.config(g)
+	if err != nil {
+		return err
 	}
-	if o.out == "" {
-		return usagef("--out DIR is required: the checkpoint repository (created if needed)")
-	}
-	method := capture.Method(o.method)
-	if method != capture.MethodAuto && method != capture.MethodPrecopy && method != capture.MethodBackground {
-		return usagef("--method %q: want %s, %s or %s", o.method, capture.MethodAuto, capture.MethodBackground, capture.MethodPrecopy)
-	}
-	cfg := capture.Config{
-		QMP: o.qmp, Dir: o.out, OverlayDir: o.overlayDir, Method: method, Downtime: o.downtime,
-		NoCommit: o.noCommit, Workers: o.workers,
-	}
-	// Warnings (an explicit precopy that this QEMU can get wrong) are
-	// always shown; the rest of the log with -v.
-	cfg.Log = func(msg string) {
-		if g.verbose || strings.HasPrefix(msg, "warning:") {
-			fmt.Fprintln(g.stderr, "ntc:", msg)
-		}
-	}
+	cfg.Downtime, cfg.NoCommit, cfg.Workers = o.downtime, o.noCommit, o.workers
 	res, err := capture.Checkpoint(ctx, cfg)
 	if err != nil {
 		return err

@@ -6,31 +6,26 @@ import (
 	"io"
 	"os"
 	"path/filepath"
-	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
 	"golang.org/x/term"
 
-	"github.com/ntc-project/ntc/capture"
 	"github.com/ntc-project/ntc/internal/replicate"
 	ntcsync "github.com/ntc-project/ntc/sync"
 	"github.com/ntc-project/ntc/transport"
 )
 
 type replicateOptions struct {
-	qmp        string
-	out        string
-	overlayDir string
-	method     string
-	to         string
-	peer       string
-	name       string
-	every      time.Duration
-	bwlimit    string
-	keep       int
-	streams    int
-	conns      int
+	guestOptions
+	to      string
+	peer    string
+	name    string
+	every   time.Duration
+	bwlimit string
+	keep    int
+	streams int
+	conns   int
 }
 
 func newReplicateCommand(g *globals) *cobra.Command {
@@ -80,10 +75,7 @@ Examples:
 The set is named after the checkpoint directory unless --name is given.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			o.qmp = g.v.GetString("checkpoint.qmp")
-			o.out = g.v.GetString("checkpoint.out")
-			o.overlayDir = g.v.GetString("checkpoint.overlay-dir")
-			o.method = g.v.GetString("checkpoint.method")
+			o.load(g)
 			o.to = g.v.GetString("push.to")
 			o.peer = g.v.GetString("push.peer")
 			o.streams = g.v.GetInt("push.streams")
@@ -94,11 +86,8 @@ The set is named after the checkpoint directory unless --name is given.`,
 			return runReplicate(cmd.Context(), g, o)
 		},
 	}
+	o.addFlags(g, cmd)
 	f := cmd.Flags()
-	f.String("qmp", "", "QMP unix socket of the running QEMU")
-	f.String("out", "", "checkpoint repository directory (created if needed)")
-	f.String("overlay-dir", "", "where new disk overlays go (default: next to each disk)")
-	f.String("method", string(capture.MethodAuto), "how RAM is captured: auto, background-snapshot or precopy")
 	f.String("to", "", "receiver address HOST:PORT")
 	f.String("peer", "", "the receiver's node ID (from 'ntc id' there)")
 	f.StringVar(&o.name, "name", "", "set name (default: the checkpoint directory's name)")
@@ -108,7 +97,6 @@ The set is named after the checkpoint directory unless --name is given.`,
 	f.Int("streams", 4, "parallel data streams")
 	f.Int("conns", 4, "connections carrying data on long paths (see 'ntc push --help')")
 	for key, flag := range map[string]string{
-		"checkpoint.qmp": "qmp", "checkpoint.out": "out", "checkpoint.overlay-dir": "overlay-dir", "checkpoint.method": "method",
 		"push.to": "to", "push.peer": "peer", "push.streams": "streams", "push.conns": "conns",
 		"replicate.every": "every", "replicate.bwlimit": "bwlimit", "replicate.keep": "keep",
 	} {
@@ -139,21 +127,17 @@ type replicateJSON struct {
 }
 
 func runReplicate(ctx context.Context, g *globals, o replicateOptions) error {
+	ccfg, err := o.config(g)
+	if err != nil {
+		return err
+	}
 	switch {
-	case o.qmp == "":
-		return usagef("--qmp SOCKET is required: the QMP socket of the running QEMU (started with -qmp unix:SOCKET,server=on,wait=off)")
-	case o.out == "":
-		return usagef("--out DIR is required: the checkpoint repository (created if needed)")
 	case o.to == "" || o.peer == "":
 		return usagef("replicate needs --to HOST:PORT and --peer ID (the receiver's 'ntc id')")
 	case o.every <= 0:
 		return usagef("--every %v: want an interval such as 5s", o.every)
 	case o.keep < 1:
 		return usagef("--keep %d: keep at least 1 checkpoint", o.keep)
-	}
-	method := capture.Method(o.method)
-	if method != capture.MethodAuto && method != capture.MethodPrecopy && method != capture.MethodBackground {
-		return usagef("--method %q: want %s, %s or %s", o.method, capture.MethodAuto, capture.MethodBackground, capture.MethodPrecopy)
 	}
 	peer, err := transport.ParseID(o.peer)
 	if err != nil {
@@ -173,12 +157,6 @@ func runReplicate(ctx context.Context, g *globals, o replicateOptions) error {
 	id, err := transport.LoadIdentity(g.home())
 	if err != nil {
 		return err
-	}
-	ccfg := capture.Config{QMP: o.qmp, Dir: o.out, OverlayDir: o.overlayDir, Method: method}
-	ccfg.Log = func(msg string) {
-		if g.verbose || strings.HasPrefix(msg, "warning:") {
-			fmt.Fprintln(g.stderr, "ntc:", msg)
-		}
 	}
 	p := &replicate.Push{
 		Dir: o.out, Set: set, Self: id.ID(), Peer: peer,
