@@ -51,8 +51,9 @@ const copyBufSize = 4 << 20
 // turns into loss: a pack whose records stopped before its end when the
 // store was opened (a torn tail, a damaged header) is left alone, and so is
 // a pack in which a live record's header no longer matches the map.
-// Dropped chunks whose packs stay come back when the store is reopened,
-// until a Compact that refuses them again removes their pack.
+// Dropped chunks whose packs stay are left out of those packs' sidecars
+// when the store is closed; after a crash they come back until a Compact
+// that refuses them again removes their pack.
 //
 // keep is called for every chunk with the store's lock held: it must be
 // quick and must not call the store. Chunks Put while Compact runs must be
@@ -120,6 +121,7 @@ func (s *PackStore) planCompact(keep func(ID) bool, minDead float64, st *Compact
 	for id, loc := range s.where {
 		if !keep(id) {
 			delete(s.where, id)
+			delete(s.sidecars, int(loc.pack)) // it lists id: rewritten at Close
 			st.ChunksDropped++
 			continue
 		}
@@ -290,7 +292,11 @@ func (s *PackStore) removePack(n int, before func() error) error {
 	f := s.packs[n]
 	delete(s.packs, n)
 	delete(s.dirty, n)
+	delete(s.sidecars, n)
 	s.mu.Unlock()
+	// First the sidecar: a pack left without one is scanned. One left
+	// behind (a failed remove) names a pack number never used again.
+	_ = s.removeSidecar(n)
 	// What was written to the pack no longer matters: a failed Close loses
 	// nothing.
 	s.files.Lock()

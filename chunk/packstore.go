@@ -55,10 +55,12 @@ type PackStore struct {
 	// short marks the packs whose records stop before the file ends (a
 	// torn tail, or a damaged header hiding the records after it): Compact
 	// leaves them alone.
-	short  map[int]bool
-	lost   int // appends dropped by failed writes, ever
-	closed bool
-	lock   *os.File
+	short map[int]bool
+	// sidecars is, per pack with a valid sidecar, the length it covers.
+	sidecars map[int]int64
+	lost     int // appends dropped by failed writes, ever
+	closed   bool
+	lock     *os.File
 
 	// Appends collect in buf, written to the current pack at bufOff in
 	// large writes: one write system call per chunk costs more than
@@ -127,7 +129,7 @@ func OpenPackStore(dir string) (*PackStore, error) {
 			return nil, fmt.Errorf("open chunk store: %w", err)
 		}
 		s.packs[n], s.last = f, n
-		end, err := s.scan(n, f)
+		end, err := s.load(n, f)
 		if err != nil {
 			s.Close()
 			return nil, fmt.Errorf("open chunk store: %s: %w", packName(n), err)
@@ -151,7 +153,7 @@ func OpenPackStore(dir string) (*PackStore, error) {
 
 func newPackStore(dir string, dec *zstd.Decoder) *PackStore {
 	return &PackStore{dir: dir, dec: dec, target: packTargetSize, sealMin: sealMinSize,
-		where: map[ID]packLoc{}, packs: map[int]*os.File{}, dirty: map[int]bool{}, short: map[int]bool{}}
+		where: map[ID]packLoc{}, packs: map[int]*os.File{}, dirty: map[int]bool{}, short: map[int]bool{}, sidecars: map[int]int64{}}
 }
 
 // packName is the file name of pack number n.
@@ -176,25 +178,23 @@ func listPacks(pdir string) ([]int, error) {
 	return nums, nil
 }
 
-// scan reads a pack's record headers into the map and returns where the
-// last whole record ends; a pack whose records stop before its end is
-// marked short. A record of a chunk already mapped from an earlier pack (a
-// copy Compact made, or the original of one) replaces it only if its
-// content verifies: a copy torn by a crash never hides a good original.
-func (s *PackStore) scan(pack int, f *os.File) (end int64, err error) {
+// scan reads a pack's record headers from offset from on into the map
+// (mapRecord) and returns where the last whole record ends; a pack whose
+// records stop before its end is marked short.
+func (s *PackStore) scan(pack int, f *os.File, from int64) (end int64, err error) {
 	fi, err := f.Stat()
 	if err != nil {
 		return 0, err
 	}
 	size := fi.Size()
-	r := bufio.NewReaderSize(io.NewSectionReader(f, 0, size), 1<<20)
-	var hdr [packHeaderLen]byte
-	off := int64(0)
 	defer func() {
 		if end < size {
 			s.short[pack] = true
 		}
 	}()
+	r := bufio.NewReaderSize(io.NewSectionReader(f, from, size-from), 1<<20)
+	var hdr [packHeaderLen]byte
+	off := from
 	for {
 		if _, err := io.ReadFull(r, hdr[:]); err != nil {
 			return off, nil // end, or a torn header
@@ -209,19 +209,17 @@ func (s *PackStore) scan(pack int, f *os.File) (end int64, err error) {
 		var id ID
 		copy(id[:], hdr[4:36])
 		loc := packLoc{pack: int32(pack), codec: hdr[36], length: n, off: off + packHeaderLen}
+		var body []byte
 		if _, dup := s.where[id]; dup {
-			body := make([]byte, n)
+			body = make([]byte, n)
 			if _, err := io.ReadFull(r, body); err != nil {
 				return off, nil
 			}
-			if s.verifyRecord(id, loc.codec, body) == nil {
-				s.where[id] = loc
-			}
-		} else {
-			if _, err := r.Discard(int(n)); err != nil {
-				return off, nil
-			}
-			s.where[id] = loc
+		} else if _, err := r.Discard(int(n)); err != nil {
+			return off, nil
+		}
+		if err := s.mapRecord(f, id, loc, body); err != nil {
+			return off, err
 		}
 		off += packHeaderLen + int64(n)
 	}
@@ -485,6 +483,9 @@ func (s *PackStore) syncDir() error {
 // be stored again); its bytes stay in the pack until the pack is rewritten.
 func (s *PackStore) Forget(id ID) {
 	s.mu.Lock()
+	if loc, ok := s.where[id]; ok {
+		delete(s.sidecars, int(loc.pack))
+	}
 	delete(s.where, id)
 	s.mu.Unlock()
 }
@@ -504,15 +505,22 @@ func (s *PackStore) Close() error {
 		return nil
 	}
 	first := s.flushLocked()
+	for _, f := range s.packs {
+		if err := f.Sync(); err != nil && first == nil {
+			first = err
+		}
+	}
+	if first == nil {
+		// Only the next open's speed depends on them: a sidecar not
+		// written means that pack is scanned.
+		_ = s.writeSidecars()
+	}
 	s.closed = true
 	if s.lock != nil {
 		s.lock.Close()
 		s.lock = nil
 	}
 	for _, f := range s.packs {
-		if err := f.Sync(); err != nil && first == nil {
-			first = err
-		}
 		if err := f.Close(); err != nil && first == nil {
 			first = err
 		}

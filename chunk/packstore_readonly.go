@@ -75,7 +75,7 @@ func openPackStoreReadOnly(dir string, open func(string) (*os.File, error)) (*Re
 				return fail(err)
 			}
 			s.packs[n], s.last = f, n
-			if _, err := s.scan(n, f); err != nil {
+			if _, err := s.load(n, f); err != nil {
 				return fail(fmt.Errorf("%s: %w", packName(n), err))
 			}
 		}
