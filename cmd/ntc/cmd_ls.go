@@ -2,10 +2,13 @@ package main
 
 import (
 	"fmt"
+	"os"
+	"path/filepath"
 	"time"
 
 	"github.com/spf13/cobra"
 
+	"github.com/ntc-project/ntc/chunk"
 	ntcsync "github.com/ntc-project/ntc/sync"
 )
 
@@ -34,6 +37,9 @@ func newLsCommand(g *globals) *cobra.Command {
 			if len(sets) == 0 {
 				fmt.Fprintf(g.stdout, "%s holds nothing yet\n", store)
 			}
+			if chunks, bytes, err := storeUsage(store); err == nil && chunks > 0 {
+				fmt.Fprintf(g.stdout, "chunk store: %d chunks, %s in pack files\n", chunks, humanBytes(bytes))
+			}
 			for _, s := range sets {
 				fmt.Fprintf(g.stdout, "%s: %d versions\n", s.Set, len(s.Versions))
 				if m := s.Current; m != nil {
@@ -49,4 +55,24 @@ func newLsCommand(g *globals) *cobra.Command {
 	cmd.Flags().StringVar(&store, "store", "", "repository directory")
 	g.bind(cmd, "serve.store", "store")
 	return cmd
+}
+
+// storeUsage counts the chunks of the repository's store and the bytes of
+// its pack files (a reader beside a running serve).
+func storeUsage(dir string) (chunks int, bytes int64, err error) {
+	st, err := chunk.OpenPackStoreReadOnly(dir)
+	if err != nil {
+		return 0, 0, err
+	}
+	defer st.Close()
+	packs, err := filepath.Glob(filepath.Join(dir, "packs", "pack-*.dat"))
+	if err != nil {
+		return 0, 0, err
+	}
+	for _, p := range packs {
+		if fi, err := os.Stat(p); err == nil {
+			bytes += fi.Size()
+		}
+	}
+	return st.Len(), bytes, nil
 }

@@ -164,7 +164,7 @@ func TestPushBetweenTwoProcesses(t *testing.T) {
 		t.Fatal("the receiver's image differs after the second push")
 	}
 	out, err := home.cmd(t.Context(), "ls", "--store", store).Output()
-	if err != nil || !strings.Contains(string(out), "current v2") {
+	if err != nil || !strings.Contains(string(out), "current v2") || !strings.Contains(string(out), "chunk store: ") {
 		t.Fatalf("ls: %s %v", out, err)
 	}
 }
