@@ -17,18 +17,43 @@ import (
 	"github.com/ntc-project/ntc/transport"
 )
 
+// receiverOptions say where pushes go and how: the flags push and
+// replicate share, bound to push.* in the configuration.
+type receiverOptions struct {
+	to      string
+	peer    string
+	streams int
+	conns   int
+}
+
+func (o *receiverOptions) addFlags(g *globals, cmd *cobra.Command) {
+	f := cmd.Flags()
+	f.String("to", "", "receiver address HOST:PORT")
+	f.String("peer", "", "the receiver's node ID (from 'ntc id' there)")
+	f.Int("streams", 4, "parallel data streams")
+	f.Int("conns", 4, "connections carrying data on long paths (round trip 10 ms or more) when 8 MiB or more travel: each has its own congestion window, which lossy long links need")
+	for _, name := range []string{"to", "peer", "streams", "conns"} {
+		g.bind(cmd, "push."+name, name)
+	}
+}
+
+// load reads the flags (or the configuration) once the command runs.
+func (o *receiverOptions) load(g *globals) {
+	o.to = g.v.GetString("push.to")
+	o.peer = g.v.GetString("push.peer")
+	o.streams = g.v.GetInt("push.streams")
+	o.conns = g.v.GetInt("push.conns")
+}
+
 type pushOptions struct {
+	receiverOptions
 	// checkpoint is a capture repository to push a checkpoint of, seq
 	// which one (0: the newest).
 	checkpoint string
 	seq        int
-	to         string
-	peer       string
 	name       string
 	bwlimit    string
 	changed    string
-	streams    int
-	conns      int
 }
 
 func newPushCommand(g *globals) *cobra.Command {
@@ -69,29 +94,19 @@ The set is named after the first image, or the checkpoint directory, unless
 			return nil
 		},
 		RunE: func(cmd *cobra.Command, args []string) error {
-			o.to = g.v.GetString("push.to")
-			o.peer = g.v.GetString("push.peer")
+			o.load(g)
 			o.bwlimit = g.v.GetString("push.bwlimit")
-			o.streams = g.v.GetInt("push.streams")
-			o.conns = g.v.GetInt("push.conns")
 			return runPush(cmd.Context(), g, o, args)
 		},
 	}
+	o.addFlags(g, cmd)
 	f := cmd.Flags()
-	f.String("to", "", "receiver address HOST:PORT")
-	f.String("peer", "", "the receiver's node ID (from 'ntc id' there)")
 	f.StringVar(&o.name, "name", "", "set name (default: the first image's file name, or the checkpoint directory's)")
 	f.StringVar(&o.checkpoint, "checkpoint", "", "push a checkpoint from this repository ('ntc checkpoint --out DIR') instead of images")
 	f.IntVar(&o.seq, "seq", 0, "with --checkpoint: the checkpoint to push (default: the newest)")
 	f.String("bwlimit", "", "cap the average send rate: 20Mbit, 2.5MB/s, 500k (bytes)")
 	f.StringVar(&o.changed, "changed", "", "ranges of the (single) image changed since the last push: re-read only those")
-	f.Int("streams", 4, "parallel data streams")
-	f.Int("conns", 4, "connections carrying data on long paths (round trip 10 ms or more) when 8 MiB or more travel: each has its own congestion window, which lossy long links need")
-	g.bind(cmd, "push.to", "to")
-	g.bind(cmd, "push.peer", "peer")
 	g.bind(cmd, "push.bwlimit", "bwlimit")
-	g.bind(cmd, "push.streams", "streams")
-	g.bind(cmd, "push.conns", "conns")
 	return cmd
 }
 

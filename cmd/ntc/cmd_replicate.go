@@ -18,14 +18,11 @@ import (
 
 type replicateOptions struct {
 	guestOptions
-	to      string
-	peer    string
+	receiverOptions
 	name    string
 	every   time.Duration
 	bwlimit string
 	keep    int
-	streams int
-	conns   int
 }
 
 func newReplicateCommand(g *globals) *cobra.Command {
@@ -75,29 +72,22 @@ Examples:
 The set is named after the checkpoint directory unless --name is given.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			o.load(g)
-			o.to = g.v.GetString("push.to")
-			o.peer = g.v.GetString("push.peer")
-			o.streams = g.v.GetInt("push.streams")
-			o.conns = g.v.GetInt("push.conns")
+			o.guestOptions.load(g)
+			o.receiverOptions.load(g)
 			o.every = g.v.GetDuration("replicate.every")
 			o.bwlimit = g.v.GetString("replicate.bwlimit")
 			o.keep = g.v.GetInt("replicate.keep")
 			return runReplicate(cmd.Context(), g, o)
 		},
 	}
-	o.addFlags(g, cmd)
+	o.guestOptions.addFlags(g, cmd)
+	o.receiverOptions.addFlags(g, cmd)
 	f := cmd.Flags()
-	f.String("to", "", "receiver address HOST:PORT")
-	f.String("peer", "", "the receiver's node ID (from 'ntc id' there)")
 	f.StringVar(&o.name, "name", "", "set name (default: the checkpoint directory's name)")
 	f.Duration("every", 5*time.Second, "interval between the starts of two rounds")
 	f.String("bwlimit", "", "cap the average send rate: 20Mbit, 2.5MB/s, 500k (bytes)")
 	f.Int("keep", 3, "newest checkpoints kept in DIR (besides the receiver's)")
-	f.Int("streams", 4, "parallel data streams")
-	f.Int("conns", 4, "connections carrying data on long paths (see 'ntc push --help')")
 	for key, flag := range map[string]string{
-		"push.to": "to", "push.peer": "peer", "push.streams": "streams", "push.conns": "conns",
 		"replicate.every": "every", "replicate.bwlimit": "bwlimit", "replicate.keep": "keep",
 	} {
 		g.bind(cmd, key, flag)
