@@ -3,6 +3,7 @@ package sync
 import (
 	"context"
 	"fmt"
+	gosync "sync"
 	"os"
 	"path/filepath"
 	"slices"
@@ -108,10 +109,11 @@ func (r *Repo) liveChunks(ctx context.Context) (map[chunk.ID]struct{}, error) {
 // dropped too, so such a push, resumed after a collection, sends them
 // again.
 func (r *Repo) collect(ctx context.Context) (st chunk.CompactStats, ok bool, err error) {
-	if !r.gate.TryLock() {
+	end, ok := r.gate.tryCollect()
+	if !ok {
 		return st, false, nil
 	}
-	defer r.gate.Unlock()
+	defer end()
 	live, err := r.liveChunks(ctx)
 	if err != nil {
 		return st, true, fmt.Errorf("collect garbage: %w", err)
@@ -124,4 +126,53 @@ func (r *Repo) collect(ctx context.Context) (st chunk.CompactStats, ok bool, err
 		return st, true, fmt.Errorf("collect garbage: %w", err)
 	}
 	return st, true, nil
+}
+
+// gate lets pushes in together, and a garbage collection in alone: a
+// collection starts only when no push is in progress, and a push waits
+// (for as long as its context allows) while one runs.
+type gate struct {
+	mu      gosync.Mutex
+	pushes  int
+	collect bool
+	done    chan struct{} // closed when the running collection ends
+}
+
+// enter lets a push in, once no collection runs; leave lets it out.
+func (g *gate) enter(ctx context.Context) (leave func(), err error) {
+	for {
+		g.mu.Lock()
+		if !g.collect {
+			g.pushes++
+			g.mu.Unlock()
+			return func() {
+				g.mu.Lock()
+				g.pushes--
+				g.mu.Unlock()
+			}, nil
+		}
+		done := g.done
+		g.mu.Unlock()
+		select {
+		case <-done:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+}
+
+// tryCollect lets a collection in if no push is in progress.
+func (g *gate) tryCollect() (end func(), ok bool) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.pushes > 0 || g.collect {
+		return nil, false
+	}
+	g.collect, g.done = true, make(chan struct{})
+	return func() {
+		g.mu.Lock()
+		g.collect = false
+		close(g.done)
+		g.mu.Unlock()
+	}, true
 }

@@ -1,6 +1,8 @@
 package sync
 
 import (
+	"context"
+	"errors"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
@@ -174,5 +176,47 @@ func TestSenderKeepsOnlyAcknowledgedIndexes(t *testing.T) {
 	s.pruneCache()
 	if got := cached(); len(got) != len(last.Images) {
 		t.Fatalf("after the push: %v", got)
+	}
+}
+
+// TestGate: a collection starts only with no push in, and a push waits for
+// a running collection only as long as its context allows.
+func TestGate(t *testing.T) {
+	var g gate
+	leave, err := g.enter(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := g.tryCollect(); ok {
+		t.Fatal("a collection started beside a push")
+	}
+	leave()
+	end, ok := g.tryCollect()
+	if !ok {
+		t.Fatal("no collection with nothing in")
+	}
+	ctx, cancel := context.WithCancel(t.Context())
+	entered := make(chan error, 1)
+	go func() {
+		leave, err := g.enter(ctx)
+		if err == nil {
+			leave()
+		}
+		entered <- err
+	}()
+	cancel()
+	if err := <-entered; !errors.Is(err, context.Canceled) {
+		t.Fatalf("a push waiting for a collection, cancelled: %v", err)
+	}
+	go func() {
+		leave, err := g.enter(t.Context())
+		if err == nil {
+			leave()
+		}
+		entered <- err
+	}()
+	end()
+	if err := <-entered; err != nil {
+		t.Fatalf("a push after the collection: %v", err)
 	}
 }

@@ -217,8 +217,11 @@ func (r *Receiver) serve(ctx context.Context, cancel context.CancelFunc, conn *t
 	}
 	// A garbage collection under way holds the gate (briefly): wait for it
 	// before taking the set, not while holding it.
-	r.Repo.gate.RLock()
-	defer r.Repo.gate.RUnlock()
+	leave, err := r.Repo.gate.enter(ctx)
+	if err != nil {
+		return err
+	}
+	defer leave()
 	unlock, err := r.Repo.lock(ctx, h.set, conn.PeerID().String(), func() {
 		cancel()
 		conn.CloseWithError(transport.ErrShuttingDown)

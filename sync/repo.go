@@ -42,9 +42,8 @@ type Repo struct {
 
 	mu    gosync.Mutex
 	locks map[string]*setLock
-	// gate is held for reading by every push in progress and for writing
-	// by a garbage collection (see collect).
-	gate gosync.RWMutex
+	// gate keeps garbage collections (see collect) and pushes apart.
+	gate gate
 }
 
 // setLock serializes pushes of one set. The holder's owner (the peer) and
