@@ -128,10 +128,10 @@ func (r *Repo) collect(ctx context.Context) (st chunk.CompactStats, ok bool, err
 	return st, true, nil
 }
 
-// gate lets pushes in together, and a garbage collection in alone: a
+// pushGate lets pushes in together, and a garbage collection in alone: a
 // collection starts only when no push is in progress, and a push waits
 // (for as long as its context allows) while one runs.
-type gate struct {
+type pushGate struct {
 	mu      gosync.Mutex
 	pushes  int
 	collect bool
@@ -139,7 +139,7 @@ type gate struct {
 }
 
 // enter lets a push in, once no collection runs; leave lets it out.
-func (g *gate) enter(ctx context.Context) (leave func(), err error) {
+func (g *pushGate) enter(ctx context.Context) (leave func(), err error) {
 	for {
 		g.mu.Lock()
 		if !g.collect {
@@ -162,7 +162,7 @@ func (g *gate) enter(ctx context.Context) (leave func(), err error) {
 }
 
 // tryCollect lets a collection in if no push is in progress.
-func (g *gate) tryCollect() (end func(), ok bool) {
+func (g *pushGate) tryCollect() (end func(), ok bool) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	if g.pushes > 0 || g.collect {

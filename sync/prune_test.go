@@ -182,7 +182,7 @@ func TestSenderKeepsOnlyAcknowledgedIndexes(t *testing.T) {
 // TestGate: a collection starts only with no push in, and a push waits for
 // a running collection only as long as its context allows.
 func TestGate(t *testing.T) {
-	var g gate
+	var g pushGate
 	leave, err := g.enter(t.Context())
 	if err != nil {
 		t.Fatal(err)

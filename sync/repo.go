@@ -43,7 +43,7 @@ type Repo struct {
 	mu    gosync.Mutex
 	locks map[string]*setLock
 	// gate keeps garbage collections (see collect) and pushes apart.
-	gate gate
+	gate pushGate
 }
 
 // setLock serializes pushes of one set. The holder's owner (the peer) and
