@@ -60,7 +60,13 @@ func (n node) cmd(ctx context.Context, args ...string) *exec.Cmd {
 // serve starts 'ntc serve' and returns its address once it listens.
 func serve(t *testing.T, n node, store string, allow ...string) (string, *exec.Cmd) {
 	t.Helper()
-	args := []string{"--json", "serve", "--listen", "127.0.0.1:0", "--store", store}
+	return serveWith(t, n, store, nil, allow...)
+}
+
+// serveWith is serve with more flags (e.g. --keep).
+func serveWith(t *testing.T, n node, store string, flags []string, allow ...string) (string, *exec.Cmd) {
+	t.Helper()
+	args := append([]string{"--json", "serve", "--listen", "127.0.0.1:0", "--store", store}, flags...)
 	for _, a := range allow {
 		args = append(args, "--allow", a)
 	}

@@ -34,7 +34,7 @@ func TestReplicate(t *testing.T) {
 	defer cancel()
 	office, home, stranger := newNode(t), newNode(t), newNode(t)
 	store := t.TempDir()
-	addr, _ := serve(t, home, store, office.id)
+	addr, _ := serveWith(t, home, store, []string{"--keep", "2"}, office.id)
 	repo := filepath.Join(t.TempDir(), "office-vm")
 	args := func() []string {
 		return []string{"--json", "replicate", "--qmp", vm.QMPPath(), "--out", repo, "--to", addr, "--peer", home.id, "--every", "2s", "--keep", "2"}
@@ -148,6 +148,21 @@ func TestReplicate(t *testing.T) {
 		t.Fatalf("the receiver's current version: %v, %v; the last round committed v%d", cur, err, last.Version)
 	}
 	checkReceived(t, repo, last.Seq, filepath.Join(store, "sets", "office-vm"))
+
+	// The receiver keeps 2 versions (serve --keep 2): it prunes right
+	// after it answers the commit, so await it.
+	for deadline := time.Now().Add(10 * time.Second); ; {
+		all, err := sets.List()
+		if err != nil || len(all) != 1 {
+			t.Fatalf("the receiver's sets: %+v, %v", all, err)
+		}
+		if vs := all[0].Versions; len(vs) <= 2 && slices.Contains(vs, last.Version) {
+			break
+		} else if time.Now().After(deadline) {
+			t.Fatalf("the receiver holds versions %v after %d rounds; serve --keep 2", vs, len(got))
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 
 	// Pruned: the newest 2 checkpoints are left, the receiver's among them.
 	cr, err := capture.OpenRepositoryForReading(repo)
