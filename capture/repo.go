@@ -296,8 +296,13 @@ func (r *Repository) Checkpoints() ([]int, error) {
 	}
 	var out []int
 	for _, s := range all {
-		if _, err := os.Stat(filepath.Join(r.CheckpointDir(s), manifestFile)); err == nil {
+		_, err := os.Stat(filepath.Join(r.CheckpointDir(s), manifestFile))
+		switch {
+		case err == nil:
 			out = append(out, s)
+		case !errors.Is(err, fs.ErrNotExist):
+			// Not known to be incomplete: Collect would drop its chunks.
+			return nil, fmt.Errorf("checkpoint %d: %w", s, err)
 		}
 	}
 	return out, nil

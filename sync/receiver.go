@@ -395,6 +395,14 @@ func (r *Receiver) serve(ctx context.Context, cancel context.CancelFunc, conn *t
 	if err := g.Wait(); err != nil {
 		return err
 	}
+	// A write that failed for another push (a full disk) drops the
+	// records it carried, some of which may be this push's: commit only
+	// if every chunk is still there.
+	for _, nc := range in.news {
+		if ok, err := r.Repo.store.Has(ctx, nc.entry.ID); err != nil || !ok {
+			return fmt.Errorf("chunk %s was lost to a failed write of the store (see the errors before): push again", nc.entry.ID.Short())
+		}
+	}
 	tSync := time.Since(t0)
 	m := &Manifest{Set: h.set, Version: in.offer.version, Base: in.offer.base, Created: time.Now().UTC(), Sender: conn.PeerID().String()}
 	for i, oi := range in.offer.images {

@@ -232,7 +232,12 @@ func (r *Repo) List() ([]SetInfo, error) {
 			continue
 		}
 		si := SetInfo{Set: e.Name()}
-		vs, _ := os.ReadDir(filepath.Join(r.dir, "sets", e.Name()))
+		// An unreadable set must not look empty: the garbage collector
+		// would drop its chunks.
+		vs, err := os.ReadDir(filepath.Join(r.dir, "sets", e.Name()))
+		if err != nil {
+			return nil, fmt.Errorf("list versions of %s: %w", e.Name(), err)
+		}
 		for _, v := range vs {
 			if n, err := strconv.ParseUint(strings.TrimPrefix(v.Name(), "v"), 10, 64); err == nil && strings.HasPrefix(v.Name(), "v") {
 				si.Versions = append(si.Versions, n)
