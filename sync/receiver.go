@@ -215,8 +215,8 @@ func (r *Receiver) serve(ctx context.Context, cancel context.CancelFunc, conn *t
 	if err := CheckName(h.set); err != nil {
 		return err
 	}
-	// A garbage collection under way holds the gate (briefly): wait for it
-	// before taking the set, not while holding it.
+	// A garbage collection under way holds the gate until its Compact ends: wait
+	// for it before taking the set, not while holding it.
 	leave, err := r.Repo.gate.enter(ctx)
 	if err != nil {
 		return err
