@@ -3,10 +3,10 @@ package sync
 import (
 	"context"
 	"fmt"
-	gosync "sync"
 	"os"
 	"path/filepath"
 	"slices"
+	gosync "sync"
 
 	"github.com/ntc-project/ntc/chunk"
 	"github.com/ntc-project/ntc/internal/atomicfile"
