@@ -213,15 +213,7 @@ func TestCompact(t *testing.T) {
 				t.Errorf("rewriting freed %d bytes", st.BytesFreed)
 			}
 			checkChunks(t, s, kept, dropped)
-
-			if err := s.Close(); err != nil {
-				t.Fatal(err)
-			}
-			s = openGC(t, dir)
-			checkChunks(t, s, kept, dropped)
-			if s.Len() != len(kept) {
-				t.Errorf("reopened store holds %d chunks, want %d", s.Len(), len(kept))
-			}
+			s = reopenAndCheck(t, s, dir, kept, dropped)
 			// Compacting again with the same keep finds nothing more to do
 			// where everything dropped is gone.
 			st, err = s.Compact(ctx, keepSet(dropped), tc.minDead)
@@ -328,14 +320,7 @@ func TestCompactCrashWindow(t *testing.T) {
 				t.Fatal(err)
 			}
 			checkChunks(t, s, kept, dropped)
-			if err := s.Close(); err != nil {
-				t.Fatal(err)
-			}
-			s = openGC(t, dir)
-			checkChunks(t, s, kept, dropped)
-			if s.Len() != len(kept) {
-				t.Errorf("store holds %d chunks, want %d", s.Len(), len(kept))
-			}
+			s = reopenAndCheck(t, s, dir, kept, dropped)
 			after := packFiles(t, dir)
 			if !torn {
 				// The restored packs are all dead: their live records are
@@ -741,4 +726,19 @@ func TestTornCopyNeverHidesItsOriginal(t *testing.T) {
 	if err != nil || !bytes.Equal(got, gcChunk(0)) {
 		t.Fatalf("chunk 0 after a torn copy: %v", err)
 	}
+}
+
+// reopenAndCheck closes s, opens the store in dir again and checks that it
+// holds exactly the kept chunks.
+func reopenAndCheck(t *testing.T, s *chunk.PackStore, dir string, kept, dropped []int) *chunk.PackStore {
+	t.Helper()
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	s = openGC(t, dir)
+	checkChunks(t, s, kept, dropped)
+	if s.Len() != len(kept) {
+		t.Errorf("reopened store holds %d chunks, want %d", s.Len(), len(kept))
+	}
+	return s
 }
