@@ -37,3 +37,13 @@ elif [ "$want" -gt "$have" ] && grep -q '^Hugepagesize: *2048 kB' /proc/meminfo 
 fi
 command -v go >/dev/null || { echo "deps: Go 1.26 or newer is needed: install it from go.dev or Debian's golang package" >&2; exit 1; }
 go mod download
+# versitygw: the S3 server the object-store tests start on loopback (internal/s3test looks in PATH, $GOBIN,
+# $GOPATH/bin). Installed again only if missing or of another version; about a minute to build.
+vgw=github.com/versity/versitygw/cmd/versitygw
+vgw_version=v1.8.0
+gobin=$(go env GOBIN)
+[ -n "$gobin" ] || gobin="$(go env GOPATH | cut -d: -f1)/bin"
+if ! go version -m "$gobin/versitygw" 2>/dev/null | grep -q "mod[[:space:]]*github.com/versity/versitygw[[:space:]]*$vgw_version[[:space:]]"; then
+  echo "deps: installing versitygw $vgw_version into $gobin (about a minute)" >&2
+  GOBIN="$gobin" go install "$vgw@$vgw_version"
+fi
