@@ -42,6 +42,9 @@ type Config struct {
 	// PackSize is how large a pack grows before it is uploaded (default
 	// DefaultPackSize). Each pack costs two PUTs.
 	PackSize int64
+	// Uploads is how many packs may be uploaded at once in the background
+	// (default DefaultUploads); a writer that fills more waits.
+	Uploads int
 
 	// Transport, if set, carries the store's HTTP requests (tests count
 	// them with it).
@@ -51,6 +54,10 @@ type Config struct {
 // DefaultPackSize is the pack size unless Config says otherwise: 16 MiB
 // is 128 PUTs per GiB stored, and a pack small enough to buffer.
 const DefaultPackSize = 16 << 20
+
+// DefaultUploads is how many packs a Store uploads at once unless Config
+// says otherwise.
+const DefaultUploads = 2
 
 // ParseURL splits s3://BUCKET/PREFIX into the bucket and the prefix, which
 // is returned without a leading slash and, unless empty, ending in "/".

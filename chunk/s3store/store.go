@@ -39,6 +39,7 @@ type Store struct {
 	open   *packBuf              // being filled; nil if none
 	flying map[*packBuf]struct{} // being uploaded, served from memory meanwhile
 	failed error                 // an upload failed since the last Sync
+	slots  chan struct{}         // one per upload under way in the background
 	closed bool
 }
 
@@ -87,6 +88,11 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 	if s.packSize <= 0 {
 		s.packSize = DefaultPackSize
 	}
+	uploads := cfg.Uploads
+	if uploads <= 0 {
+		uploads = DefaultUploads
+	}
+	s.slots = make(chan struct{}, uploads)
 	s.packSize = min(s.packSize, maxPackLen/2)
 	if cfg.CacheDir != "" {
 		if err := s.openCache(cfg.CacheDir); err != nil {
@@ -358,11 +364,27 @@ func (s *Store) PutVerified(ctx context.Context, id chunk.ID, data, zstd []byte,
 	}
 	s.mu.Unlock()
 	if full {
-		if err := s.upload(ctx, p); err != nil {
-			return fmt.Errorf("put chunk %s: %w", id.Short(), err)
-		}
+		s.startUpload(ctx, p)
 	}
 	return nil
+}
+
+// startUpload uploads a sealed pack in the background once fewer than
+// Config.Uploads are under way, and waits until then: so a writer
+// compresses the next pack while the last travels, and never holds more
+// than Uploads+1 packs in memory. The upload runs under ctx; its failure
+// is reported by the next Sync.
+func (s *Store) startUpload(ctx context.Context, p *packBuf) {
+	select {
+	case s.slots <- struct{}{}:
+	case <-ctx.Done():
+		s.upload(ctx, p) // fails at once, and says so at Sync
+		return
+	}
+	go func() {
+		defer func() { <-s.slots }()
+		s.upload(ctx, p)
+	}()
 }
 
 // sealLocked ends the pack being filled: it is uploaded next.
@@ -477,8 +499,8 @@ func (s *Store) Packs() int {
 	return len(s.names)
 }
 
-// Close closes the cache. It uploads nothing: chunks not synced are
-// dropped, and Close says how many.
+// Close waits for the uploads under way, then closes the cache. It starts
+// no upload: chunks not synced are dropped, and Close says how many.
 func (s *Store) Close() error {
 	s.mu.Lock()
 	if s.closed {
@@ -491,7 +513,15 @@ func (s *Store) Close() error {
 		dropped = len(s.open.recs)
 		s.open = nil
 	}
+	var wait []chan struct{}
+	for p := range s.flying {
+		wait = append(wait, p.done)
+	}
 	s.mu.Unlock()
+	// Uploads under way end with their own context.
+	for _, d := range wait {
+		<-d
+	}
 	var err error
 	if s.cache != nil {
 		err = s.cache.Close()

@@ -1,0 +1,176 @@
+package s3store
+
+import (
+	"bufio"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"strings"
+	"sync/atomic"
+	"testing"
+
+	"github.com/aws/aws-sdk-go-v2/credentials"
+
+	"github.com/ntc-project/ntc/internal/s3test"
+)
+
+// The killed writer: a child process (this test binary, running
+// TestKilledWriterChild) stores a first batch and syncs it, then starts
+// storing a second and hangs at a chosen point of the upload, where the
+// test kills it with SIGKILL.
+const (
+	childEnv         = "NTC_S3STORE_CHILD"
+	childPackSize    = 64 << 10
+	stageInPack      = "pack"    // half of the pack's body sent
+	stageAfterPack   = "listing" // the pack stored, its listing not sent
+	markerCommitted  = "committed"
+	markerHanging    = "hanging"
+	firstSeed        = 20
+	secondSeed       = 21
+	batchLen, chSize = 6, 16 << 10
+)
+
+func TestKilledWriter(t *testing.T) {
+	for _, stage := range []string{stageInPack, stageAfterPack} {
+		t.Run(stage, func(t *testing.T) {
+			tb := newTestBed(t)
+			cfg := tb.config()
+			cfg.PackSize = childPackSize
+			runKilledChild(t, tb, cfg, stage)
+
+			r := tb.open(t, cfg)
+			checkAll(t, r, randomChunks(firstSeed, batchLen, chSize), true)
+			second := randomChunks(secondSeed, batchLen, chSize)
+			checkAll(t, r, second, false)
+			objects := countObjects(t, r, "packs/")
+			orphans := 0
+			if stage == stageAfterPack {
+				orphans = 1
+			}
+			if objects != r.Packs()+orphans {
+				t.Fatalf("%d pack objects for %d listed packs: want %d not listed", objects, r.Packs(), orphans)
+			}
+
+			// Storing the second batch again makes the same packs: an
+			// orphan left by the killed writer is adopted, not copied.
+			w := tb.open(t, cfg)
+			putAll(t, w, second)
+			if err := w.Sync(t.Context()); err != nil {
+				t.Fatal(err)
+			}
+			checkAll(t, tb.open(t, cfg), second, true)
+			if got, want := countObjects(t, w, "packs/"), w.Packs(); got != want {
+				t.Fatalf("%d pack objects for %d listed packs after the second batch was stored again", got, want)
+			}
+		})
+	}
+}
+
+// runKilledChild starts the child, waits for it to hang at stage, and
+// kills it.
+func runKilledChild(t *testing.T, tb *testBed, cfg Config, stage string) {
+	cmd := exec.CommandContext(t.Context(), os.Args[0], "-test.run=^TestKilledWriterChild$", "-test.count=1")
+	cmd.Env = append(os.Environ(), childEnv+"=1", "NTC_S3STORE_URL="+cfg.URL,
+		"NTC_S3STORE_ENDPOINT="+tb.srv.Endpoint, "NTC_S3STORE_STAGE="+stage)
+	cmd.Stderr = os.Stderr
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	var seen []string
+	sc := bufio.NewScanner(out)
+	for sc.Scan() && !strings.Contains(sc.Text(), markerHanging) {
+		seen = append(seen, sc.Text())
+	}
+	if !strings.Contains(sc.Text(), markerHanging) {
+		cmd.Process.Kill()
+		cmd.Wait()
+		t.Fatalf("the writer ended without hanging at %s: %q", stage, seen)
+	}
+	if err := cmd.Process.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	go io.Copy(io.Discard, out)
+	cmd.Wait()
+	if !strings.Contains(strings.Join(seen, "\n"), markerCommitted) {
+		t.Fatalf("the writer hung before committing its first batch: %q", seen)
+	}
+}
+
+// countObjects counts the objects under dir in s's prefix.
+func countObjects(t testing.TB, s *Store, dir string) int {
+	t.Helper()
+	n := 0
+	if err := s.b.list(t.Context(), dir, func(string, int64) error { n++; return nil }); err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+func TestKilledWriterChild(t *testing.T) {
+	if os.Getenv(childEnv) == "" {
+		t.Skip("the child of TestKilledWriter")
+	}
+	stage := os.Getenv("NTC_S3STORE_STAGE")
+	hang := &hangingTransport{stage: stage}
+	s, err := Open(t.Context(), Config{
+		URL: os.Getenv("NTC_S3STORE_URL"), Endpoint: os.Getenv("NTC_S3STORE_ENDPOINT"), PathStyle: true,
+		Region: s3test.Region, Credentials: credentials.NewStaticCredentialsProvider(s3test.AccessKey, s3test.SecretKey, ""),
+		PackSize: childPackSize, Transport: hang,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	putAll(t, s, randomChunks(firstSeed, batchLen, chSize))
+	if err := s.Sync(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	fmt.Println(markerCommitted)
+	hang.armed.Store(true)
+	putAll(t, s, randomChunks(secondSeed, batchLen, chSize))
+	s.Sync(t.Context())
+	t.Fatal("the upload did not hang")
+}
+
+// hangingTransport, once armed, hangs the first request of its stage
+// forever, after saying so on stdout.
+type hangingTransport struct {
+	stage string
+	armed atomic.Bool
+}
+
+func (h *hangingTransport) RoundTrip(req *http.Request) (*http.Response, error) {
+	if h.armed.Load() && req.Method == http.MethodPut {
+		switch {
+		case h.stage == stageInPack && strings.Contains(req.URL.Path, "/packs/"):
+			req.Body = &halfBody{r: req.Body, left: req.ContentLength / 2}
+		case h.stage == stageAfterPack && strings.Contains(req.URL.Path, "/index/"):
+			fmt.Println(markerHanging)
+			select {}
+		}
+	}
+	return http.DefaultTransport.RoundTrip(req)
+}
+
+// halfBody sends the first left bytes of a body, then hangs.
+type halfBody struct {
+	r    io.ReadCloser
+	left int64
+}
+
+func (b *halfBody) Read(p []byte) (int, error) {
+	if b.left <= 0 {
+		fmt.Println(markerHanging)
+		select {}
+	}
+	n, err := b.r.Read(p[:min(int64(len(p)), b.left)])
+	b.left -= int64(n)
+	return n, err
+}
+
+func (b *halfBody) Close() error { return b.r.Close() }
