@@ -88,6 +88,32 @@ func BenchmarkStore(b *testing.B) {
 			reportRatio(b, localRead)
 		})
 	}
+	b.Run("read/s3-prefetch", func(b *testing.B) {
+		b.SetBytes(size)
+		ids := make([]chunk.ID, len(chunks))
+		for i, c := range chunks {
+			ids[i] = chunk.Sum(c)
+		}
+		var cnt s3test.Counter
+		gets := 0
+		for b.Loop() {
+			cfg := cfg
+			cfg.Transport = &cnt
+			cfg.CacheDir = filepath.Join(b.TempDir(), "cache")
+			r := tb.open(b, cfg)
+			base := cnt.Count(http.MethodGet)
+			if err := r.Prefetch(b.Context(), ids); err != nil {
+				b.Fatal(err)
+			}
+			benchGet(b, r, chunks, 1)
+			gets += cnt.Count(http.MethodGet) - base
+			if err := r.Close(); err != nil {
+				b.Fatal(err)
+			}
+		}
+		b.ReportMetric(float64(gets)/gib/float64(b.N), "GET/GiB")
+		reportRatio(b, localRead)
+	})
 	b.Run("read/s3-cached", func(b *testing.B) {
 		b.SetBytes(size)
 		var cnt s3test.Counter

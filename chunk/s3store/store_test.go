@@ -609,3 +609,49 @@ func TestParseURL(t *testing.T) {
 		}
 	}
 }
+
+// TestPrefetch: chunks prefetched come in one GET per run of a pack, and
+// are then read without a request; a damaged one is left to Get to report.
+func TestPrefetch(t *testing.T) {
+	tb := newTestBed(t)
+	cfg := tb.config()
+	cfg.PackSize = 128 << 10
+	w, chunks := tb.stored(t, cfg, 40, 24, 16<<10)
+	packs := w.Packs()
+	if packs < 2 {
+		t.Fatalf("%d packs, want several", packs)
+	}
+	bad := chunk.Sum(chunks[3])
+	name, l := locate(t, w, bad)
+	flipByte(t, tb.objectFile(w, packKey(name)), l.off)
+
+	var cnt s3test.Counter
+	cfg.Transport = &cnt
+	cfg.CacheDir = t.TempDir()
+	r := tb.open(t, cfg)
+	ids := make([]chunk.ID, len(chunks))
+	for i, c := range chunks {
+		ids[i] = chunk.Sum(c)
+	}
+	before := cnt.Count(http.MethodGet)
+	if err := r.Prefetch(t.Context(), ids); err != nil {
+		t.Fatal(err)
+	}
+	if got := cnt.Count(http.MethodGet) - before; got != packs {
+		t.Fatalf("prefetch of %d chunks in %d packs: %d GETs, want one a pack", len(ids), packs, got)
+	}
+	before = cnt.Total()
+	for i, c := range chunks {
+		got, err := r.Get(t.Context(), ids[i])
+		var inv *chunk.InvalidChunkError
+		switch {
+		case i == 3 && !errors.As(err, &inv):
+			t.Fatalf("damaged chunk: %v, want InvalidChunkError", err)
+		case i != 3 && (err != nil || !bytes.Equal(got, c)):
+			t.Fatalf("chunk %d: %v", i, err)
+		}
+	}
+	if got := cnt.Total() - before; got != 1 {
+		t.Fatalf("reads after prefetch: %d requests, want 1 (the damaged chunk, again)", got)
+	}
+}
