@@ -12,8 +12,6 @@ import (
 	"testing"
 
 	"github.com/aws/aws-sdk-go-v2/credentials"
-
-	"github.com/ntc-project/ntc/internal/s3test"
 )
 
 // The killed writer: a child process (this test binary, running
@@ -72,8 +70,9 @@ func TestKilledWriter(t *testing.T) {
 // kills it.
 func runKilledChild(t *testing.T, tb *testBed, cfg Config, stage string) {
 	cmd := exec.CommandContext(t.Context(), os.Args[0], "-test.run=^TestKilledWriterChild$", "-test.count=1")
-	cmd.Env = append(os.Environ(), childEnv+"=1", "NTC_S3STORE_URL="+cfg.URL,
-		"NTC_S3STORE_ENDPOINT="+tb.srv.Endpoint, "NTC_S3STORE_STAGE="+stage)
+	cmd.Env = append(os.Environ(), childEnv+"=1", "NTC_S3STORE_URL="+cfg.URL, "NTC_S3STORE_STAGE="+stage,
+		"NTC_S3STORE_ENDPOINT="+tb.srv.Endpoint, "NTC_S3STORE_REGION="+tb.srv.Region,
+		"NTC_S3STORE_ACCESS_KEY="+tb.srv.AccessKey, "NTC_S3STORE_SECRET_KEY="+tb.srv.SecretKey)
 	cmd.Stderr = os.Stderr
 	out, err := cmd.StdoutPipe()
 	if err != nil {
@@ -120,8 +119,9 @@ func TestKilledWriterChild(t *testing.T) {
 	hang := &hangingTransport{stage: stage}
 	s, err := Open(t.Context(), Config{
 		URL: os.Getenv("NTC_S3STORE_URL"), Endpoint: os.Getenv("NTC_S3STORE_ENDPOINT"), PathStyle: true,
-		Region: s3test.Region, Credentials: credentials.NewStaticCredentialsProvider(s3test.AccessKey, s3test.SecretKey, ""),
-		PackSize: childPackSize, Transport: hang,
+		Region:      os.Getenv("NTC_S3STORE_REGION"),
+		Credentials: credentials.NewStaticCredentialsProvider(os.Getenv("NTC_S3STORE_ACCESS_KEY"), os.Getenv("NTC_S3STORE_SECRET_KEY"), ""),
+		PackSize:    childPackSize, Transport: hang,
 	})
 	if err != nil {
 		t.Fatal(err)

@@ -12,8 +12,6 @@ import (
 	"sync/atomic"
 	"testing"
 
-	"github.com/aws/aws-sdk-go-v2/credentials"
-
 	"github.com/ntc-project/ntc/chunk"
 	"github.com/ntc-project/ntc/chunk/storetest"
 	"github.com/ntc-project/ntc/internal/s3test"
@@ -38,8 +36,8 @@ func (tb *testBed) config() Config {
 		URL:         fmt.Sprintf("s3://%s/store-%d", tb.bucket, tb.n.Add(1)),
 		Endpoint:    tb.srv.Endpoint,
 		PathStyle:   true,
-		Region:      s3test.Region,
-		Credentials: credentials.NewStaticCredentialsProvider(s3test.AccessKey, s3test.SecretKey, ""),
+		Region:      tb.srv.Region,
+		Credentials: tb.srv.Credentials(),
 	}
 }
 
@@ -53,9 +51,9 @@ func (tb *testBed) open(t testing.TB, cfg Config) *Store {
 	return s
 }
 
-// objectFile is the server's file of key in a store.
-func (tb *testBed) objectFile(s *Store, key string) string {
-	return tb.srv.ObjectPath(tb.bucket, s.b.key(key))
+// corrupt damages the byte at off of key in a store.
+func (tb *testBed) corrupt(t testing.TB, s *Store, key string, off int64) {
+	tb.srv.Corrupt(t, tb.bucket, s.b.key(key), off)
 }
 
 // locate returns the pack object and offset of a stored chunk.
@@ -70,18 +68,6 @@ func locate(t testing.TB, s *Store, id chunk.ID) (packName, loc) {
 	return s.names[l.pack], l
 }
 
-func flipByte(t testing.TB, path string, off int64) {
-	t.Helper()
-	b, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	b[off] ^= 0x40
-	if err := os.WriteFile(path, b, 0o600); err != nil {
-		t.Fatal(err)
-	}
-}
-
 func TestStore(t *testing.T) {
 	tb := newTestBed(t)
 	storetest.Run(t, storetest.Harness{
@@ -92,7 +78,7 @@ func TestStore(t *testing.T) {
 				t.Fatal(err)
 			}
 			name, l := locate(t, s, id)
-			flipByte(t, tb.objectFile(s, packKey(name)), l.off+int64(l.length)-1)
+			tb.corrupt(t, s, packKey(name), l.off+int64(l.length)-1)
 		},
 	})
 }
@@ -401,8 +387,14 @@ func TestDamagedListing(t *testing.T) {
 	cfg := tb.config()
 	w, chunks := tb.stored(t, cfg, 4, 5, 4<<10)
 	name, _ := locate(t, w, chunk.Sum(chunks[0]))
-	flipByte(t, tb.objectFile(w, listingKey(name)), 60)
+	tb.corrupt(t, w, listingKey(name), 60)
+	var cnt s3test.Counter
+	cfg.Transport = &cnt
 	checkAll(t, tb.open(t, cfg), chunks, true)
+	// The LIST, the listing, the pack (for the listing), the chunks.
+	if got, want := cnt.Count(http.MethodGet), 3+len(chunks); got != want {
+		t.Fatalf("%d GETs, want %d: the listing was not rebuilt from its pack", got, want)
+	}
 }
 
 // TestDamagedPackAndListing: when the pack cannot stand in for a damaged
@@ -412,8 +404,8 @@ func TestDamagedPackAndListing(t *testing.T) {
 	cfg := tb.config()
 	w, chunks := tb.stored(t, cfg, 5, 5, 4<<10)
 	name, l := locate(t, w, chunk.Sum(chunks[0]))
-	flipByte(t, tb.objectFile(w, listingKey(name)), 60)
-	flipByte(t, tb.objectFile(w, packKey(name)), l.off)
+	tb.corrupt(t, w, listingKey(name), 60)
+	tb.corrupt(t, w, packKey(name), l.off)
 	_, err := Open(t.Context(), cfg)
 	if err == nil || !errors.Is(err, errBadListing) {
 		t.Fatalf("Open with a damaged listing and pack = %v, want a damaged-listing error", err)
@@ -554,8 +546,8 @@ func TestEnvironment(t *testing.T) {
 	tb := newTestBed(t)
 	dir := t.TempDir()
 	for k, v := range map[string]string{
-		"AWS_ACCESS_KEY_ID": s3test.AccessKey, "AWS_SECRET_ACCESS_KEY": s3test.SecretKey,
-		"AWS_ENDPOINT_URL": tb.srv.Endpoint, "AWS_REGION": s3test.Region,
+		"AWS_ACCESS_KEY_ID": tb.srv.AccessKey, "AWS_SECRET_ACCESS_KEY": tb.srv.SecretKey,
+		"AWS_ENDPOINT_URL": tb.srv.Endpoint, "AWS_REGION": tb.srv.Region,
 		"AWS_CONFIG_FILE": filepath.Join(dir, "config"), "AWS_SHARED_CREDENTIALS_FILE": filepath.Join(dir, "credentials"),
 		"AWS_PROFILE": "", "AWS_SESSION_TOKEN": "", "AWS_EC2_METADATA_DISABLED": "true",
 	} {
@@ -623,7 +615,7 @@ func TestPrefetch(t *testing.T) {
 	}
 	bad := chunk.Sum(chunks[3])
 	name, l := locate(t, w, bad)
-	flipByte(t, tb.objectFile(w, packKey(name)), l.off)
+	tb.corrupt(t, w, packKey(name), l.off)
 
 	var cnt s3test.Counter
 	cfg.Transport = &cnt

@@ -6,6 +6,12 @@
 // installed by scripts/deps.sh. It is looked up as $NTC_VERSITYGW, then on
 // PATH, then in $GOBIN and $GOPATH/bin (where go install puts it). Tests
 // skip, saying how to install it, only when it is in none of these places.
+//
+// To run the same tests and benchmarks against another S3 server (MinIO,
+// SeaweedFS, Ceph RGW, AWS...), name it in the environment:
+// NTC_S3TEST_ENDPOINT (its URL), NTC_S3TEST_ACCESS_KEY,
+// NTC_S3TEST_SECRET_KEY and optionally NTC_S3TEST_REGION. Every test then
+// creates its own buckets there (ntc-test-…) and removes them at its end.
 package s3test
 
 import (
@@ -13,6 +19,8 @@ import (
 	"context"
 	"fmt"
 	"go/build"
+	"io"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"os"
@@ -32,21 +40,27 @@ import (
 // Version is the versitygw release the tests are written against.
 const Version = "v1.8.0"
 
-// Test credentials of the server's root account.
+// Test credentials of versitygw's root account.
 const (
-	AccessKey = "ntc-test-access"
-	SecretKey = "ntc-test-secret-key-0123456789"
-	Region    = "us-east-1"
+	accessKey = "ntc-test-access"
+	secretKey = "ntc-test-secret-key-0123456789"
+	region    = "us-east-1"
 )
 
-// Server is a running versitygw.
+// Server is a running S3 server.
 type Server struct {
-	// Endpoint is its URL, http://127.0.0.1:PORT.
+	// Endpoint is its URL: http://127.0.0.1:PORT for versitygw.
 	Endpoint string
-	// Dir is the directory it serves: DIR/BUCKET/KEY is an object's file.
-	Dir string
+	// AccessKey, SecretKey and Region are what to sign requests with.
+	AccessKey, SecretKey, Region string
 
+	run     string // names this test's buckets apart from others'
 	buckets atomic.Int64
+}
+
+// Credentials returns the server's credentials as the SDK takes them.
+func (s *Server) Credentials() aws.CredentialsProvider {
+	return credentials.NewStaticCredentialsProvider(s.AccessKey, s.SecretKey, "")
 }
 
 // Binary returns the path of the versitygw binary, or "" if there is none.
@@ -74,10 +88,20 @@ func Binary() string {
 }
 
 // Start starts a versitygw serving a fresh temporary directory on
-// 127.0.0.1 and stops it when the test ends. It skips the test if the
-// binary is absent.
+// 127.0.0.1 and stops it when the test ends, or returns the server the
+// environment names (NTC_S3TEST_ENDPOINT). It skips the test if there is
+// neither.
 func Start(t testing.TB) *Server {
 	t.Helper()
+	run := fmt.Sprintf("%08x", rand.Uint32())
+	if ep := os.Getenv("NTC_S3TEST_ENDPOINT"); ep != "" {
+		s := &Server{Endpoint: ep, AccessKey: os.Getenv("NTC_S3TEST_ACCESS_KEY"),
+			SecretKey: os.Getenv("NTC_S3TEST_SECRET_KEY"), Region: os.Getenv("NTC_S3TEST_REGION"), run: run}
+		if s.Region == "" {
+			s.Region = region
+		}
+		return s
+	}
 	bin := Binary()
 	if bin == "" {
 		t.Skipf("versitygw not found (PATH, $GOBIN, $GOPATH/bin, $NTC_VERSITYGW): run scripts/deps.sh, or go install github.com/versity/versitygw/cmd/versitygw@%s", Version)
@@ -89,6 +113,7 @@ func Start(t testing.TB) *Server {
 	for range 3 {
 		s, err := start(t, bin, dir)
 		if err == nil {
+			s.run = run
 			return s
 		}
 		lastErr = err
@@ -104,8 +129,8 @@ func start(t testing.TB, bin, dir string) (*Server, error) {
 	}
 	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
 	var out syncBuffer
-	cmd := exec.Command(bin, "--port", addr, "--access", AccessKey, "--secret", SecretKey,
-		"--region", Region, "--quiet", "posix", dir)
+	cmd := exec.Command(bin, "--port", addr, "--access", accessKey, "--secret", secretKey,
+		"--region", region, "--quiet", "posix", dir)
 	cmd.Stdout, cmd.Stderr = &out, &out
 	// Only the variables it needs: nothing of the test's AWS settings.
 	cmd.Env = []string{"PATH=" + os.Getenv("PATH"), "HOME=" + dir}
@@ -118,7 +143,7 @@ func start(t testing.TB, bin, dir string) (*Server, error) {
 		cmd.Process.Kill()
 		<-exited
 	}
-	s := &Server{Endpoint: "http://" + addr, Dir: dir}
+	s := &Server{Endpoint: "http://" + addr, AccessKey: accessKey, SecretKey: secretKey, Region: region}
 	if err := s.awaitReady(exited); err != nil {
 		stop()
 		return nil, fmt.Errorf("%w; its output: %s", err, out.String())
@@ -169,8 +194,8 @@ func freePort() (int, error) {
 func (s *Server) Client(transport ...http.RoundTripper) *s3.Client {
 	return s3.New(s3.Options{
 		BaseEndpoint: aws.String(s.Endpoint),
-		Region:       Region,
-		Credentials:  credentials.NewStaticCredentialsProvider(AccessKey, SecretKey, ""),
+		Region:       s.Region,
+		Credentials:  s.Credentials(),
 		UsePathStyle: true,
 		HTTPClient:   httpClient(transport),
 		// Retries hide nothing here: a loopback server either answers or
@@ -186,19 +211,61 @@ func httpClient(transport []http.RoundTripper) *http.Client {
 	return &http.Client{}
 }
 
-// NewBucket creates an empty bucket and returns its name.
+// NewBucket creates an empty bucket, removed with what it holds when the
+// test ends, and returns its name.
 func (s *Server) NewBucket(t testing.TB) string {
 	t.Helper()
-	name := fmt.Sprintf("ntc-test-%d", s.buckets.Add(1))
-	if _, err := s.Client().CreateBucket(t.Context(), &s3.CreateBucketInput{Bucket: aws.String(name)}); err != nil {
+	name := fmt.Sprintf("ntc-test-%s-%d", s.run, s.buckets.Add(1))
+	cli := s.Client()
+	if _, err := cli.CreateBucket(t.Context(), &s3.CreateBucketInput{Bucket: aws.String(name)}); err != nil {
 		t.Fatalf("create bucket %s: %v", name, err)
 	}
+	t.Cleanup(func() {
+		if err := removeBucket(context.Background(), cli, name); err != nil {
+			t.Errorf("remove test bucket: %v", err)
+		}
+	})
 	return name
 }
 
-// ObjectPath returns the file that holds an object (posix backend).
-func (s *Server) ObjectPath(bucket, key string) string {
-	return filepath.Join(s.Dir, bucket, filepath.FromSlash(key))
+// removeBucket removes a bucket and every object in it.
+func removeBucket(ctx context.Context, cli *s3.Client, name string) error {
+	p := s3.NewListObjectsV2Paginator(cli, &s3.ListObjectsV2Input{Bucket: aws.String(name)})
+	for p.HasMorePages() {
+		page, err := p.NextPage(ctx)
+		if err != nil {
+			return fmt.Errorf("list %s: %w", name, err)
+		}
+		for _, o := range page.Contents {
+			if _, err := cli.DeleteObject(ctx, &s3.DeleteObjectInput{Bucket: aws.String(name), Key: o.Key}); err != nil {
+				return fmt.Errorf("delete %s/%s: %w", name, aws.ToString(o.Key), err)
+			}
+		}
+	}
+	if _, err := cli.DeleteBucket(ctx, &s3.DeleteBucketInput{Bucket: aws.String(name)}); err != nil {
+		return fmt.Errorf("delete bucket %s: %w", name, err)
+	}
+	return nil
+}
+
+// Corrupt flips bits of the byte at off of an object, behind the back of
+// whoever wrote it.
+func (s *Server) Corrupt(t testing.TB, bucket, key string, off int64) {
+	t.Helper()
+	cli := s.Client()
+	out, err := cli.GetObject(t.Context(), &s3.GetObjectInput{Bucket: aws.String(bucket), Key: aws.String(key)})
+	if err != nil {
+		t.Fatalf("corrupt %s: %v", key, err)
+	}
+	b, err := io.ReadAll(out.Body)
+	out.Body.Close()
+	if err != nil || off >= int64(len(b)) {
+		t.Fatalf("corrupt %s at %d: %d bytes, %v", key, off, len(b), err)
+	}
+	b[off] ^= 0x40
+	if _, err := cli.PutObject(t.Context(), &s3.PutObjectInput{Bucket: aws.String(bucket), Key: aws.String(key), Body: bytes.NewReader(b)}); err != nil {
+		t.Fatalf("corrupt %s: %v", key, err)
+	}
 }
 
 // Counter is an http.RoundTripper that counts the requests it carries by
