@@ -16,8 +16,8 @@ import (
 
 	"github.com/ntc-project/ntc/capture"
 	"github.com/ntc-project/ntc/chunk"
-	"github.com/ntc-project/ntc/internal/replicate"
 	"github.com/ntc-project/ntc/internal/testguest"
+	"github.com/ntc-project/ntc/replicate"
 	"github.com/ntc-project/ntc/resume"
 	ntcsync "github.com/ntc-project/ntc/sync"
 	"github.com/ntc-project/ntc/transport"

@@ -12,7 +12,7 @@ import (
 
 	"github.com/ntc-project/ntc/chunk"
 	"github.com/ntc-project/ntc/internal/procstat"
-	"github.com/ntc-project/ntc/internal/replicate"
+	"github.com/ntc-project/ntc/replicate"
 	ntcsync "github.com/ntc-project/ntc/sync"
 	"github.com/ntc-project/ntc/transport"
 )

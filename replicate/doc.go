@@ -18,15 +18,18 @@
 //     link or the receiver is down, or a checkpoint that fails for a reason
 //     QEMU may get over, is retried in a later round; rounds then start
 //     further apart (Every, doubled per failed round, up to MaxBackoff), each
-//     with a fresh checkpoint, and pruning keeps the repository bounded. An
-//     error marked Permanent (the receiver refuses this node, the guest is
-//     gone) ends Run: waiting will not heal it.
+//     with a fresh checkpoint, and pruning keeps the repository bounded.
+//     After MaxCheckpointFailures checkpoints in a row have failed, Run
+//     gives up. An error marked Permanent (the receiver refuses this node,
+//     the guest is gone) ends Run at once: waiting will not heal it.
 //
 // The loop (Run) depends only on three small interfaces, Checkpointer,
-// Pusher and Pruner, and on a Clock; Capture and Push implement the first
-// three over packages capture and sync. OpenVersion turns a checkpoint of a
-// capture repository into a sync.Version, for Push and for
-// 'ntc push --checkpoint'.
+// Pusher and Pruner, and on a Clock; Capture implements Checkpointer and
+// Pruner over package capture, Push implements Pusher over package sync.
+// OpenVersion turns a checkpoint of a capture repository into the images of
+// a sync.Version, for Push and for 'ntc push --checkpoint'; AckedCheckpoint
+// finds the checkpoint a receiver last committed, so that a restarted
+// replication goes on from it.
 //
 // # What it does not do
 //
