@@ -6,14 +6,14 @@ import (
 	"time"
 
 	"github.com/ntc-project/ntc/bench/link"
-	"github.com/ntc-project/ntc/internal/testguest"
+	"github.com/ntc-project/ntc/internal/testguest/guesttest"
 )
 
 // TestVMScenarioAndQEMUMigration checkpoints the idle test guest twice,
 // checks the files the baselines send, then migrates the guest restored
 // from the second checkpoint across a lan link with QEMU itself.
 func TestVMScenarioAndQEMUMigration(t *testing.T) {
-	testguest.SkipIfNoQEMU(t)
+	guesttest.SkipIfNoQEMU(t)
 	if err := link.Available(); err != nil {
 		t.Skip(err)
 	}

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/ntc-project/ntc/internal/testguest"
+	"github.com/ntc-project/ntc/internal/testguest/guesttest"
 )
 
 var errInjected = errors.New("injected failure")
@@ -231,7 +232,7 @@ func TestCheckpointErrors(t *testing.T) {
 // TestCheckpointRefusesUnreadableDisk: a disk format ntc cannot read is
 // refused before the guest is touched.
 func TestCheckpointRefusesUnreadableDisk(t *testing.T) {
-	testguest.SkipIfNoQEMU(t)
+	guesttest.SkipIfNoQEMU(t)
 	dir, err := os.MkdirTemp("", "ntcv-")
 	if err != nil {
 		t.Fatal(err)
@@ -259,7 +260,7 @@ func TestCheckpointRefusesUnreadableDisk(t *testing.T) {
 // startGuestVMDK boots the test guest with a second disk, in vmdk format.
 func startGuestVMDK(t *testing.T, dir, disk string) *testguest.VM {
 	t.Helper()
-	vm := testguest.StartTB(t, testguest.StartOptions{Dir: dir, ExtraArgs: []string{
+	vm := guesttest.Start(t, testguest.StartOptions{Dir: dir, ExtraArgs: []string{
 		"-blockdev", "driver=file,filename=" + disk + ",node-name=vfile",
 		"-blockdev", "driver=vmdk,file=vfile,node-name=vdisk",
 		"-device", "virtio-blk-pci,drive=vdisk,id=vdb",

@@ -15,6 +15,7 @@ import (
 	"github.com/ntc-project/ntc/capture/migstream"
 	"github.com/ntc-project/ntc/chunk"
 	"github.com/ntc-project/ntc/internal/testguest"
+	"github.com/ntc-project/ntc/internal/testguest/guesttest"
 )
 
 // These tests checkpoint the test guest (internal/testguest) under QEMU TCG.
@@ -40,7 +41,7 @@ func skipUnlessUserfaultfd(tb testing.TB) {
 // startGuest boots the test guest and waits for its first ticks.
 func startGuest(tb testing.TB, opts testguest.StartOptions) *testguest.VM {
 	tb.Helper()
-	testguest.SkipIfNoQEMU(tb)
+	guesttest.SkipIfNoQEMU(tb)
 	if opts.Dir == "" {
 		// Short: the QMP socket path must fit in 107 bytes.
 		dir, err := os.MkdirTemp("", "ntcc-")
@@ -50,7 +51,7 @@ func startGuest(tb testing.TB, opts testguest.StartOptions) *testguest.VM {
 		tb.Cleanup(func() { os.RemoveAll(dir) })
 		opts.Dir = dir
 	}
-	vm := testguest.StartTB(tb, opts)
+	vm := guesttest.Start(tb, opts)
 	ctx, cancel := context.WithTimeout(tb.Context(), 2*time.Minute)
 	defer cancel()
 	if _, err := vm.WaitTick(ctx, 2); err != nil {

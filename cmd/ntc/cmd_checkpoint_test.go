@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/ntc-project/ntc/internal/testguest"
+	"github.com/ntc-project/ntc/internal/testguest/guesttest"
 )
 
 func TestCheckpointUsage(t *testing.T) {
@@ -99,14 +100,14 @@ func TestCheckpointCommand(t *testing.T) {
 // second) and waits for its second tick. It skips t without QEMU.
 func startTickingGuest(t *testing.T) *testguest.VM {
 	t.Helper()
-	testguest.SkipIfNoQEMU(t)
+	guesttest.SkipIfNoQEMU(t)
 	// Short: the QMP socket path must fit in 107 bytes.
 	vmDir, err := os.MkdirTemp("", "ntcm-")
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { os.RemoveAll(vmDir) })
-	vm := testguest.StartTB(t, testguest.StartOptions{Dir: vmDir, DiskBusyMiB: 1})
+	vm := guesttest.Start(t, testguest.StartOptions{Dir: vmDir, DiskBusyMiB: 1})
 	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
 	defer cancel()
 	if _, err := vm.WaitTick(ctx, 2); err != nil {

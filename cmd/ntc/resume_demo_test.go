@@ -4,13 +4,13 @@ import (
 	"encoding/json"
 	"testing"
 
-	"github.com/ntc-project/ntc/internal/testguest"
+	"github.com/ntc-project/ntc/internal/testguest/guesttest"
 )
 
 // TestDemoVM runs 'ntc demo --vm': the live test guest checkpointed twice,
 // pushed, resumed, and counting on from the checkpoint.
 func TestDemoVM(t *testing.T) {
-	testguest.SkipIfNoQEMU(t)
+	guesttest.SkipIfNoQEMU(t)
 	code, out, errs := ntc(t, t.Context(), "--json", "demo", "--vm")
 	if code != 0 {
 		t.Fatalf("demo --vm: exit %d: %s", code, errs)

@@ -20,6 +20,7 @@ import (
 
 	"github.com/ntc-project/ntc/capture"
 	"github.com/ntc-project/ntc/internal/testguest"
+	"github.com/ntc-project/ntc/internal/testguest/guesttest"
 )
 
 // TestResumeCheckpoint checkpoints the running test guest, pushes it
@@ -29,13 +30,13 @@ import (
 // the receiver's images are not touched, and Ctrl-C stops it. Then two
 // manifests that do not fit their machine: a clear error, no QEMU left.
 func TestResumeCheckpoint(t *testing.T) {
-	testguest.SkipIfNoQEMU(t)
+	guesttest.SkipIfNoQEMU(t)
 	vmDir, err := os.MkdirTemp("", "ntcr-")
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { os.RemoveAll(vmDir) })
-	vm := testguest.StartTB(t, testguest.StartOptions{Dir: vmDir, NIC: true})
+	vm := guesttest.Start(t, testguest.StartOptions{Dir: vmDir, NIC: true})
 	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Minute)
 	defer cancel()
 	if _, err := vm.WaitTick(ctx, 2); err != nil {

@@ -1,20 +1,23 @@
-package testguest
+package testguest_test
 
 import (
 	"context"
 	"strconv"
 	"testing"
 	"time"
+
+	"github.com/ntc-project/ntc/internal/testguest"
+	"github.com/ntc-project/ntc/internal/testguest/guesttest"
 )
 
 // BenchmarkBuildCached measures Build when the guest is in the cache: what
 // every test pays.
 func BenchmarkBuildCached(b *testing.B) {
-	SkipIfNoQEMU(b)
-	BuildTB(b)
+	guesttest.SkipIfNoQEMU(b)
+	guesttest.Build(b)
 	b.ReportAllocs()
 	for b.Loop() {
-		if _, err := Build(b.Context(), Options{}); err != nil {
+		if _, err := testguest.Build(b.Context(), testguest.Options{}); err != nil {
 			b.Fatal(err)
 		}
 	}
@@ -24,14 +27,14 @@ func BenchmarkBuildCached(b *testing.B) {
 // under TCG, and QEMU's resident memory then, for an idle guest and one
 // rewriting 64 MiB of RAM. Run with -benchtime=3x: each iteration is a boot.
 func BenchmarkBoot(b *testing.B) {
-	SkipIfNoQEMU(b)
-	g := BuildTB(b)
+	guesttest.SkipIfNoQEMU(b)
+	g := guesttest.Build(b)
 	for _, busy := range []int{0, 64} {
 		b.Run("busy="+strconv.Itoa(busy), func(b *testing.B) {
 			var rss int64
 			for b.Loop() {
 				ctx, cancel := context.WithTimeout(b.Context(), 2*time.Minute)
-				vm, err := Start(ctx, StartOptions{Guest: g, BusyMiB: busy, NIC: true})
+				vm, err := testguest.Start(ctx, testguest.StartOptions{Guest: g, BusyMiB: busy, NIC: true})
 				if err != nil {
 					cancel()
 					b.Fatal(err)

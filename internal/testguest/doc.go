@@ -26,5 +26,7 @@
 // It does not talk QMP beyond handing out the socket path (capture owns the
 // QMP session), it never starts a guest under KVM unless asked (guests hang
 // under KVM on the project's machines), and the guest never configures its
-// network interface, so it sends no traffic.
+// network interface, so it sends no traffic. It does not import testing: the
+// ntc binary links it (ntc demo --vm), so the helpers that take a testing.TB
+// live in package guesttest.
 package testguest

@@ -1,4 +1,4 @@
-package testguest
+package testguest_test
 
 import (
 	"bufio"
@@ -16,6 +16,9 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/ntc-project/ntc/internal/testguest"
+	"github.com/ntc-project/ntc/internal/testguest/guesttest"
 )
 
 // waitCtx bounds one wait on a guest: TCG on a loaded CI machine is slow, so
@@ -28,8 +31,8 @@ func waitCtx(t *testing.T) context.Context {
 }
 
 func TestBuildCached(t *testing.T) {
-	SkipIfNoQEMU(t)
-	g := BuildTB(t)
+	guesttest.SkipIfNoQEMU(t)
+	g := guesttest.Build(t)
 	for _, p := range []string{g.Kernel, g.Initrd} {
 		if fi, err := os.Stat(p); err != nil || fi.Size() == 0 {
 			t.Fatalf("guest file %s: %v", p, err)
@@ -43,7 +46,7 @@ func TestBuildCached(t *testing.T) {
 	if blk < 0 || pci < 0 || slices.Index(g.Modules, "virtio") > min(blk, pci) {
 		t.Errorf("modules %v: want virtio before virtio_pci and virtio_blk", g.Modules)
 	}
-	again := BuildTB(t)
+	again := guesttest.Build(t)
 	if again.Kernel != g.Kernel || again.Initrd != g.Initrd || !again.Built.Equal(g.Built) {
 		t.Fatalf("second Build = %+v; want the cached %+v", again, g)
 	}
@@ -56,13 +59,13 @@ func TestBuildConcurrent(t *testing.T) {
 	if testing.Short() {
 		t.Skip("downloads the kernel package again: skipped in -short mode")
 	}
-	SkipIfNoQEMU(t)
+	guesttest.SkipIfNoQEMU(t)
 	cache := t.TempDir()
 	var wg sync.WaitGroup
-	guests := make([]*Guest, 3)
+	guests := make([]*testguest.Guest, 3)
 	errs := make([]error, len(guests))
 	for i := range guests {
-		wg.Go(func() { guests[i], errs[i] = Build(t.Context(), Options{CacheDir: cache}) })
+		wg.Go(func() { guests[i], errs[i] = testguest.Build(t.Context(), testguest.Options{CacheDir: cache}) })
 	}
 	wg.Wait()
 	for i, err := range errs {
@@ -90,9 +93,9 @@ func TestBuildFailsClearly(t *testing.T) {
 	if testing.Short() {
 		t.Skip("asks apt: skipped in -short mode")
 	}
-	SkipIfNoQEMU(t)
-	_, err := Build(t.Context(), Options{CacheDir: t.TempDir(), KernelPackage: "linux-image-0.0.0-no-such-cloud-amd64"})
-	var ce *CommandError
+	guesttest.SkipIfNoQEMU(t)
+	_, err := testguest.Build(t.Context(), testguest.Options{CacheDir: t.TempDir(), KernelPackage: "linux-image-0.0.0-no-such-cloud-amd64"})
+	var ce *testguest.CommandError
 	if !errors.As(err, &ce) {
 		t.Fatalf("Build with a missing package = %v; want a *CommandError", err)
 	}
@@ -110,7 +113,7 @@ var readyLine = regexp.MustCompile(`^ntc: ready busy=(\d+) diskbusy=(\d+) disk=(
 // console, talks to QMP, stops the guest and finds at least the last tick it
 // saw on the disk image.
 func TestBoot(t *testing.T) {
-	vm := StartTB(t, StartOptions{NIC: true})
+	vm := guesttest.Start(t, testguest.StartOptions{NIC: true})
 	ctx := waitCtx(t)
 	start := time.Now()
 	ready, err := vm.WaitSerial(ctx, readyLine)
@@ -133,7 +136,7 @@ func TestBoot(t *testing.T) {
 	// The ticks count up by one, whatever else the console prints.
 	prev := 0
 	for _, line := range vm.Serial() {
-		if m := tickLine.FindStringSubmatch(line); m != nil {
+		if m := testguest.TickLine.FindStringSubmatch(line); m != nil {
 			n, _ := strconv.Atoi(m[1])
 			if n != prev+1 {
 				t.Fatalf("tick %d follows tick %d", n, prev)
@@ -144,7 +147,7 @@ func TestBoot(t *testing.T) {
 			t.Fatalf("guest reported %q", line)
 		}
 	}
-	if _, n, err := vm.WaitSerialFrom(ctx, mark, tickLine); err != nil || n < mark {
+	if _, n, err := vm.WaitSerialFrom(ctx, mark, testguest.TickLine); err != nil || n < mark {
 		t.Fatalf("WaitSerialFrom(%d) = line %d, %v", mark, n, err)
 	}
 
@@ -166,11 +169,11 @@ func TestBoot(t *testing.T) {
 	if err := vm.Stop(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := vm.WaitTick(ctx, 1<<30); !errors.Is(err, ErrExited) {
+	if _, err := vm.WaitTick(ctx, 1<<30); !errors.Is(err, testguest.ErrExited) {
 		t.Fatalf("WaitTick after Stop = %v; want ErrExited", err)
 	}
 	seen = max(seen, vm.LastTick())
-	onDisk, err := ReadDiskTick(ctx, vm.DiskPath())
+	onDisk, err := testguest.ReadDiskTick(ctx, vm.DiskPath())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -184,7 +187,7 @@ func TestBoot(t *testing.T) {
 // the guest keeps ticking; it is then killed (no clean shutdown) and the disk
 // still holds the ticks it showed.
 func TestBusy(t *testing.T) {
-	vm := StartTB(t, StartOptions{BusyMiB: 64, DiskBusyMiB: 8})
+	vm := guesttest.Start(t, testguest.StartOptions{BusyMiB: 64, DiskBusyMiB: 8})
 	ctx := waitCtx(t)
 	if m, err := vm.WaitSerial(ctx, readyLine); err != nil {
 		t.Fatal(err)
@@ -212,7 +215,7 @@ func TestBusy(t *testing.T) {
 	if err := vm.Kill(); err != nil {
 		t.Fatal(err)
 	}
-	onDisk, err := ReadDiskTick(ctx, vm.DiskPath())
+	onDisk, err := testguest.ReadDiskTick(ctx, vm.DiskPath())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -225,19 +228,19 @@ func TestBusy(t *testing.T) {
 // resumed machine may get its disk back: the record written before is
 // readable, and the new guest overwrites it.
 func TestRawDisk(t *testing.T) {
-	SkipIfNoQEMU(t)
+	guesttest.SkipIfNoQEMU(t)
 	raw := filepath.Join(t.TempDir(), "disk.raw")
-	if err := os.WriteFile(raw, FormatDiskTick(1000), 0o644); err != nil {
+	if err := os.WriteFile(raw, testguest.FormatDiskTick(1000), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	if err := os.Truncate(raw, 16<<20); err != nil {
 		t.Fatal(err)
 	}
 	ctx := waitCtx(t)
-	if n, err := ReadDiskTick(ctx, raw); err != nil || n != 1000 {
+	if n, err := testguest.ReadDiskTick(ctx, raw); err != nil || n != 1000 {
 		t.Fatalf("ReadDiskTick(raw) = %d, %v; want 1000", n, err)
 	}
-	vm := StartTB(t, StartOptions{DiskPath: raw, MemoryMiB: 192})
+	vm := guesttest.Start(t, testguest.StartOptions{DiskPath: raw, MemoryMiB: 192})
 	if !slices.Contains(vm.Argv(), "driver=raw,file=file0,node-name=disk0") {
 		t.Fatalf("argv %q does not attach the disk as raw", vm.Argv())
 	}
@@ -248,21 +251,21 @@ func TestRawDisk(t *testing.T) {
 	if err := vm.Stop(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if n, err := ReadDiskTick(ctx, raw); err != nil || n < seen || n >= 1000 {
+	if n, err := testguest.ReadDiskTick(ctx, raw); err != nil || n < seen || n >= 1000 {
 		t.Fatalf("ReadDiskTick(raw) after boot = %d, %v; want %d or more, below 1000", n, err, seen)
 	}
 }
 
 func TestStartRejects(t *testing.T) {
-	for _, opts := range []StartOptions{
+	for _, opts := range []testguest.StartOptions{
 		{BusyMiB: 200},
 		{MemoryMiB: 128, BusyMiB: 64},
 		{DiskBusyMiB: 64},
 		{BusyMiB: -1},
 		{Memory: "swap"},
-		{Memory: MemoryHugePages, MemoryMiB: 1 << 20}, // more huge pages than any host has free
+		{Memory: testguest.MemoryHugePages, MemoryMiB: 1 << 20}, // more huge pages than any host has free
 	} {
-		if vm, err := Start(t.Context(), opts); err == nil {
+		if vm, err := testguest.Start(t.Context(), opts); err == nil {
 			vm.Close()
 			t.Errorf("Start(%+v) succeeded; want an error", opts)
 		}
@@ -270,9 +273,9 @@ func TestStartRejects(t *testing.T) {
 }
 
 func TestStartFailsWithQEMUsWords(t *testing.T) {
-	SkipIfNoQEMU(t)
-	_, err := Start(waitCtx(t), StartOptions{Guest: BuildTB(t), ExtraArgs: []string{"-device", "no-such-device"}})
-	if !errors.Is(err, ErrExited) || !strings.Contains(err.Error(), "no-such-device") {
+	guesttest.SkipIfNoQEMU(t)
+	_, err := testguest.Start(waitCtx(t), testguest.StartOptions{Guest: guesttest.Build(t), ExtraArgs: []string{"-device", "no-such-device"}})
+	if !errors.Is(err, testguest.ErrExited) || !strings.Contains(err.Error(), "no-such-device") {
 		t.Fatalf("Start with a bad device = %v; want ErrExited with QEMU's message", err)
 	}
 	t.Log(err)

@@ -1,4 +1,4 @@
-package testguest
+package guesttest
 
 import (
 	"context"
@@ -7,40 +7,42 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/ntc-project/ntc/internal/testguest"
 )
 
 // SkipIfNoQEMU skips tb when QEMU (or qemu-img) is not installed. CI installs
 // both, so there the tests run.
 func SkipIfNoQEMU(tb testing.TB) {
 	tb.Helper()
-	for _, bin := range []string{DefaultQEMU, "qemu-img"} {
+	for _, bin := range []string{testguest.DefaultQEMU, "qemu-img"} {
 		if _, err := exec.LookPath(bin); err != nil {
 			tb.Skipf("%s not found (%v): install Debian's qemu-system-x86 and qemu-utils to run guest tests", bin, err)
 		}
 	}
 }
 
-// BuildTB builds (or finds in the cache) the default guest, failing tb on
+// Build builds (or finds in the cache) the default guest, failing tb on
 // error.
-func BuildTB(tb testing.TB) *Guest {
+func Build(tb testing.TB) *testguest.Guest {
 	tb.Helper()
-	g, err := Build(tb.Context(), Options{})
+	g, err := testguest.Build(tb.Context(), testguest.Options{})
 	if err != nil {
 		tb.Fatal(err)
 	}
 	return g
 }
 
-// StartTB starts a VM for a test: it skips tb if QEMU is absent, fails it if
+// Start starts a VM for a test: it skips tb if QEMU is absent, fails it if
 // the VM does not start, and kills the VM and removes its directory in
 // cleanup. If the test failed, cleanup logs the end of the serial console and
 // QEMU's stderr.
-func StartTB(tb testing.TB, opts StartOptions) *VM {
+func Start(tb testing.TB, opts testguest.StartOptions) *testguest.VM {
 	tb.Helper()
 	SkipIfNoQEMU(tb)
 	ctx, cancel := context.WithTimeout(tb.Context(), 5*time.Minute)
 	defer cancel()
-	vm, err := Start(ctx, opts)
+	vm, err := testguest.Start(ctx, opts)
 	if err != nil {
 		tb.Fatal(err)
 	}
@@ -52,7 +54,7 @@ func StartTB(tb testing.TB, opts StartOptions) *VM {
 				tb.Logf("qemu stderr:\n%s", s)
 			}
 		}
-		if err := vm.Close(); err != nil && !errors.Is(err, ErrExited) {
+		if err := vm.Close(); err != nil && !errors.Is(err, testguest.ErrExited) {
 			tb.Error(err)
 		}
 	})
