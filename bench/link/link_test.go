@@ -40,73 +40,28 @@ func namespaces(t testing.TB) []string {
 	return names
 }
 
-func median(ds []time.Duration) time.Duration {
-	s := slices.Clone(ds)
-	slices.Sort(s)
-	return s[len(s)/2]
-}
-
-func TestDSLImposesItsRoundTripOnATCPHandshake(t *testing.T) {
-	p, err := ProfileByName("dsl")
-	if err != nil {
-		t.Fatal(err)
-	}
-	l := up(t, p)
-	_, addr := startServer(t, l.B(), "tcp-serve")
-	var connects []time.Duration
-	run(t, l.A(), &connects, "tcp-connect", addr, "7")
-	// A connect takes one round trip (SYN, SYN-ACK). The median ignores a
-	// SYN the 0.1% loss may have taken (it costs a 1 s retransmission).
-	got := median(connects)
-	t.Logf("connect times across %v: %v, median %v", p, connects, got)
-	if got < 38*time.Millisecond || got > 60*time.Millisecond {
-		t.Errorf("median TCP connect across the dsl link took %v, want 38–60 ms (40 ms RTT)", got)
-	}
-}
-
 // slow20 is a 20 Mbit/s link with a short RTT, so that TCP reaches the rate
 // within a few round trips, and no loss, so that it keeps it.
 var slow20 = Profile{Name: "slow20", Rate: 20 * Mbit, RTT: 10 * time.Millisecond}
 
-func TestTCPAcrossA20MbitLinkMoves20Mbit(t *testing.T) {
+// TestTCPCrossesALinkWhole sends 4 MiB over TCP across a shaped link: every
+// byte arrives, and the relay counted the data one way and the ACKs the
+// other. How fast is BenchmarkRate's question (the relay's timing is
+// TestRelay*'s, on a simulated clock).
+func TestTCPCrossesALinkWhole(t *testing.T) {
 	l := up(t, slow20)
-	// The rate is measured after the first MiB: how fast TCP gets going
-	// (and how much its start-up overshoots the queue) depends on the
-	// sender's congestion control, not on the link.
-	const size, warm = 4 << 20, 1 << 20 // 1.3 s at 20 Mbit/s after the warm-up
-	srv, addr := startServer(t, l.B(), "tcp-serve", strconv.Itoa(warm))
+	const size = 4 << 20
+	srv, addr := startServer(t, l.B(), "tcp-serve")
 	run(t, l.A(), nil, "tcp-send", addr, strconv.Itoa(size))
 	var tr transfer
 	srv.next(t, &tr)
-	if tr.Bytes < size-warm {
-		t.Fatalf("server read %d bytes after the warm-up, want %d", tr.Bytes, size-warm)
+	st := l.Stats()
+	t.Logf("%d bytes in %v; relay %+v", tr.Bytes, tr.Span, st)
+	if tr.Bytes != size {
+		t.Errorf("server read %d bytes, want %d", tr.Bytes, size)
 	}
-	// Goodput: TCP and IP headers take 52 of every 1500 bytes on the link.
-	mbit := float64(tr.Bytes) * 8 / tr.Span.Seconds() / 1e6
-	t.Logf("%d bytes in %v: %.2f Mbit/s of payload; relay %+v", tr.Bytes, tr.Span, mbit, l.Stats().AB)
-	if mbit < 18 || mbit > 22 {
-		t.Errorf("TCP moved %.2f Mbit/s across a 20 Mbit/s link, want 18–22", mbit)
-	}
-}
-
-func TestUDPAcrossA20MbitLinkArrivesAt20Mbit(t *testing.T) {
-	l := up(t, slow20)
-	srv, addr := startServer(t, l.B(), "udp-serve", strconv.Itoa(int(300*time.Millisecond)))
-	// Offer 30 Mbit/s for about a second: the queue fills and the link
-	// delivers its own rate, dropping the rest.
-	const size = 1372 // 1400 bytes on the wire
-	run(t, l.A(), nil, "udp-send", addr, "2700", strconv.Itoa(size), strconv.Itoa(int(30*Mbit)))
-	var tr transfer
-	srv.next(t, &tr)
-	st := l.Stats().AB
-	wire := float64((tr.Packets - 1) * (size + 28) * 8)
-	mbit := wire / tr.Span.Seconds() / 1e6
-	t.Logf("%d datagrams in %v: %.2f Mbit/s on the wire; relay %+v", tr.Packets, tr.Span, mbit, st)
-	if mbit < 18 || mbit > 22 {
-		t.Errorf("UDP arrived at %.2f Mbit/s across a 20 Mbit/s link, want 18–22", mbit)
-	}
-	if st.Overflow == 0 {
-		t.Errorf("30 Mbit/s offered to a 20 Mbit/s link overflowed no packet: %+v", st)
+	if st.AB.Bytes < size || st.BA.Delivered == 0 || st.AB.Lost+st.BA.Lost != 0 {
+		t.Errorf("relay counters %+v: want at least %d bytes A to B, ACKs back, no loss", st, size)
 	}
 }
 
@@ -118,10 +73,11 @@ func TestLossDropsTheConfiguredShare(t *testing.T) {
 	var tr transfer
 	srv.next(t, &tr)
 	st := l.Stats().AB
-	if st.Received < n/2 {
-		t.Fatalf("the relay saw %d of %d packets: %+v", st.Received, n, st)
+	if st.Received == 0 {
+		t.Fatalf("the relay saw none of %d packets: %+v", n, st)
 	}
-	// Binomial: allow five standard deviations.
+	// Binomial, over what the relay received (a relay short of CPU misses
+	// some: Unread): allow five standard deviations.
 	mean := float64(st.Received) * loss
 	bound := 5 * math.Sqrt(mean*(1-loss))
 	t.Logf("lost %d of %d (%.3f%%), expected %.0f ± %.0f; receiver got %d; %d unread",

@@ -30,7 +30,7 @@ const early = 50 * time.Microsecond
 // the two through a free list, so a steady flow allocates nothing.
 type direction struct {
 	in, out syscall.RawConn
-	timer   *wakeTimer
+	timer   waker
 	sh      *shaper // reader only
 	seq     uint64  // reader only
 	mtu     int
@@ -46,6 +46,14 @@ type direction struct {
 	err   error         // why a goroutine stopped early
 
 	received, delivered, bytes, lost, overflow, failed atomic.Int64
+}
+
+// waker wakes the writer: set arms it to fire after d (at once if d is not
+// positive), wait blocks until it fires. A wakeTimer in the relay; tests
+// drive a direction with a fake one and a fake clock.
+type waker interface {
+	set(d time.Duration) error
+	wait() error
 }
 
 func (d *direction) now() time.Duration { return time.Since(d.start) }
@@ -79,22 +87,12 @@ func (d *direction) readLoop() {
 				if n == 0 {
 					continue
 				}
-				d.received.Add(1)
-				due, f := d.sh.admit(d.now(), n)
-				if t := d.trace.Load(); t != nil {
-					t.add(d.ab, buf[:n], f == lost || f == overflow)
-				}
-				switch f {
-				case lost:
-					d.lost.Add(1)
-					continue
-				case overflow:
-					d.overflow.Add(1)
-					continue
+				p, ok := d.arrive(d.now(), buf[:n])
+				if !ok {
+					continue // buf is reused for the next packet
 				}
 				stash = stash[:len(stash)-1]
-				d.seq++
-				batch = append(batch, packet{due: due, seq: d.seq, buf: buf[:n]})
+				batch = append(batch, p)
 				if len(batch) == cap(batch) {
 					d.enqueue(batch)
 					batch = batch[:0]
@@ -129,9 +127,34 @@ func (d *direction) refill(stash [][]byte) [][]byte {
 	return stash
 }
 
+// arrive takes the packet b the reader read at now: it counts it, asks the
+// shaper for its fate and traces it. It returns the packet to put in
+// flight, or false if the link dropped it.
+func (d *direction) arrive(now time.Duration, b []byte) (packet, bool) {
+	d.received.Add(1)
+	due, f := d.sh.admit(now, len(b))
+	if t := d.trace.Load(); t != nil {
+		t.add(d.ab, b, f == lost || f == overflow)
+	}
+	switch f {
+	case lost:
+		d.lost.Add(1)
+		return packet{}, false
+	case overflow:
+		d.overflow.Add(1)
+		return packet{}, false
+	}
+	d.seq++
+	return packet{due: due, seq: d.seq, buf: b}, true
+}
+
 // enqueue puts packets in flight and brings the writer's timer forward if
 // one of them is due before it.
 func (d *direction) enqueue(batch []packet) {
+	d.enqueueAt(d.now(), batch)
+}
+
+func (d *direction) enqueueAt(now time.Duration, batch []packet) {
 	if len(batch) == 0 {
 		return
 	}
@@ -142,51 +165,60 @@ func (d *direction) enqueue(batch []packet) {
 	}
 	if head := d.fl[0].due; head < d.armed {
 		d.armed = head
-		if err := d.timer.set(head - early - d.now()); err != nil {
+		if err := d.timer.set(head - early - now); err != nil {
 			d.err = errors.Join(d.err, err)
 		}
 	}
+}
+
+// takeDue moves the packets due by now (early included) from flight to
+// batch, as many as fit. When none is due it arms the timer for the next
+// packet in flight.
+func (d *direction) takeDue(now time.Duration, batch [][]byte) ([][]byte, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for len(d.fl) > 0 && d.fl[0].due <= now+early && len(batch) < cap(batch) {
+		batch = append(batch, d.fl.pop().buf)
+	}
+	if len(batch) > 0 {
+		return batch, nil
+	}
+	// Whatever the timer was armed for has been written: arm it for the
+	// next packet. With nothing in flight there is no need to disarm it;
+	// the reader arms it for the next arrival.
+	d.armed = disarmed
+	if len(d.fl) == 0 {
+		return batch, nil
+	}
+	d.armed = d.fl[0].due
+	return batch, d.timer.set(d.armed - early - now)
+}
+
+// release hands the written packets' buffers back to the reader.
+func (d *direction) release(batch [][]byte) {
+	d.mu.Lock()
+	d.free = append(d.free, batch...)
+	d.mu.Unlock()
 }
 
 // writeLoop runs until the link closes, writing each packet when it is due.
 func (d *direction) writeLoop() {
 	batch := make([][]byte, 0, batchSize)
 	for !d.closing.Load() {
-		now := d.now()
-		d.mu.Lock()
-		for len(d.fl) > 0 && d.fl[0].due <= now+early && len(batch) < cap(batch) {
-			batch = append(batch, d.fl.pop().buf)
+		var err error
+		batch, err = d.takeDue(d.now(), batch)
+		switch {
+		case err != nil:
+		case len(batch) == 0:
+			err = d.timer.wait() // until the next packet is due
+		default:
+			err = d.write(batch)
 		}
-		var armErr error
-		if len(batch) == 0 {
-			// Whatever the timer was armed for has been written: arm it for
-			// the next packet. With nothing in flight there is no need to
-			// disarm it; the reader arms it for the next arrival.
-			d.armed = disarmed
-			if len(d.fl) > 0 {
-				d.armed = d.fl[0].due
-				armErr = d.timer.set(d.armed - early - now)
-			}
-		}
-		d.mu.Unlock()
-		if armErr != nil {
-			d.stop(armErr)
-			return
-		}
-		if len(batch) == 0 {
-			if err := d.timer.wait(); err != nil {
-				d.stop(err)
-				return
-			}
-			continue
-		}
-		if err := d.write(batch); err != nil {
+		if err != nil {
 			d.stop(err)
 			return
 		}
-		d.mu.Lock()
-		d.free = append(d.free, batch...)
-		d.mu.Unlock()
+		d.release(batch)
 		clear(batch)
 		batch = batch[:0]
 	}

@@ -117,12 +117,14 @@ func TestReplicate(t *testing.T) {
 		if r.BytesSent*5 > got[0].BytesSent {
 			t.Errorf("round %d sent %d bytes, more than a fifth of the first round's %d", r.Round, r.BytesSent, got[0].BytesSent)
 		}
-		// Rounds start 2 s apart, or at once after a longer round.
+		// Rounds start 2 s apart, or at once after a longer round: never
+		// sooner. (How much later depends on the machine's load; the
+		// schedule itself is tested on a fake clock in package replicate.)
 		prev := got[i-1]
 		gap := r.Start.Sub(prev.Start)
 		want := max(2*time.Second, time.Duration(prev.DurationMS*float64(time.Millisecond)))
-		if gap < want || gap > want+time.Second {
-			t.Errorf("round %d started %v after round %d, which took %.0f ms; want %v", r.Round, gap, prev.Round, prev.DurationMS, want)
+		if gap < want {
+			t.Errorf("round %d started %v after round %d, which took %.0f ms; want %v or later", r.Round, gap, prev.Round, prev.DurationMS, want)
 		}
 	}
 
