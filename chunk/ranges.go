@@ -64,7 +64,9 @@ func Complement(rs []Range, size int64) []Range {
 
 // ParseRanges parses a comma-separated list of ranges, each START-END
 // (END exclusive) or START+LENGTH, with optional K, M, G, T suffixes (powers
-// of 1024): "0-4096,1M+64K".
+// of 1024). START and END may be sums of sizes, so that a range can be
+// written from where it starts: "0-4096,1M+64K,3G-3G+4K" (the last is
+// [3G, 3G+4K)).
 func ParseRanges(s string) ([]Range, error) {
 	var out []Range
 	for _, part := range strings.Split(s, ",") {
@@ -73,26 +75,45 @@ func ParseRanges(s string) ([]Range, error) {
 			continue
 		}
 		var r Range
-		if a, b, ok := strings.Cut(part, "+"); ok {
+		if a, b, ok := strings.Cut(part, "-"); ok {
+			off, err1 := parseSum(a)
+			end, err2 := parseSum(b)
+			if err1 != nil || err2 != nil || end < off {
+				return nil, fmt.Errorf("range %q: want START-END with END >= START, like 0-4096 or 3G-3G+4K", part)
+			}
+			r = Range{off, end - off}
+		} else if a, b, ok := strings.Cut(part, "+"); ok {
 			off, err1 := ParseSize(a)
 			n, err2 := ParseSize(b)
-			if err1 != nil || err2 != nil {
+			if err1 != nil || err2 != nil || off > maxSize-n {
 				return nil, fmt.Errorf("range %q: want START+LENGTH like 1M+64K", part)
 			}
 			r = Range{off, n}
-		} else if a, b, ok := strings.Cut(part, "-"); ok {
-			off, err1 := ParseSize(a)
-			end, err2 := ParseSize(b)
-			if err1 != nil || err2 != nil || end < off {
-				return nil, fmt.Errorf("range %q: want START-END with END >= START, like 0-4096", part)
-			}
-			r = Range{off, end - off}
 		} else {
 			return nil, fmt.Errorf("range %q: want START-END or START+LENGTH", part)
 		}
 		out = append(out, r)
 	}
 	return out, nil
+}
+
+// maxSize bounds sizes and offsets: 4 EiB, far beyond any image.
+const maxSize = 1 << 62
+
+// parseSum parses one size or several joined by "+": "3G+4K".
+func parseSum(s string) (int64, error) {
+	var sum int64
+	for term := range strings.SplitSeq(s, "+") {
+		n, err := ParseSize(term)
+		if err != nil {
+			return 0, err
+		}
+		if sum > maxSize-n {
+			return 0, fmt.Errorf("size %q: larger than %d", s, int64(maxSize))
+		}
+		sum += n
+	}
+	return sum, nil
 }
 
 // ParseSize parses a byte count with an optional K, M, G or T suffix
@@ -117,8 +138,11 @@ func ParseSize(s string) (int64, error) {
 			u = u[:n-1]
 		}
 	}
+	// A sign is not part of a size: "+5" and "-5" would make ranges
+	// ambiguous.
+	signed := u != "" && (u[0] == '+' || u[0] == '-')
 	v, err := strconv.ParseInt(u, 0, 64)
-	if err != nil || v < 0 || v > (1<<62)/mult {
+	if err != nil || signed || v < 0 || v > maxSize/mult {
 		return 0, fmt.Errorf("size %q: want a non-negative number with an optional K, M, G or T suffix", s)
 	}
 	return v * mult, nil

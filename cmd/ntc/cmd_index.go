@@ -32,7 +32,8 @@ Holes in sparse files and all-zero 4 KiB blocks are never chunked or stored.
 With --prev and --changed (or --readonly), only the regions around the changes
 are read again: every other entry of the previous index is reused without
 reading, and the result is identical to a full index of the new image. Ranges
-are START-END or START+LENGTH with K/M/G suffixes, comma separated.
+are START-END or START+LENGTH with K/M/G suffixes, comma separated; START and
+END may be sums, so 2G-2G+4K is the 4 KiB at 2 GiB.
 Without --changed, --prev only reports what changed against it.
 
 Examples:
