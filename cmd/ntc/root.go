@@ -22,6 +22,7 @@ type globals struct {
 	configFile     string
 	json           bool
 	verbose        bool
+	showVersion    bool
 	cpuProfile     string
 	// bindings wait for the command that runs: several commands bind the
 	// same key (serve and ls both read serve.store).
@@ -76,6 +77,15 @@ then the file given by --config (default: $NTC_HOME/ntc.yaml or
 ~/.config/ntc/ntc.yaml if present). See configs/ntc.example.yaml.`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
+		// Arguments to ntc itself are mistyped commands.
+		Args:                       unknownCommand,
+		SuggestionsMinimumDistance: suggestDistance,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if g.showVersion {
+				return runVersion(g)
+			}
+			return cmd.Help()
+		},
 		PersistentPreRunE: func(cmd *cobra.Command, args []string) error {
 			for _, b := range g.bindings {
 				if b.cmd == cmd {
@@ -105,7 +115,8 @@ then the file given by --config (default: $NTC_HOME/ntc.yaml or
 	pf.BoolVarP(&g.verbose, "verbose", "v", false, "say more about what is happening")
 	pf.StringVar(&g.cpuProfile, "cpuprofile", "", "write a CPU profile of this command to FILE")
 	pf.MarkHidden("cpuprofile")
-	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error { return usageError{err} })
+	root.Flags().BoolVar(&g.showVersion, "version", false, "print ntc's version (as 'ntc version')")
+	root.SetFlagErrorFunc(flagError)
 	root.AddCommand(
 		newIndexCommand(g),
 		newDiffCommand(g),
