@@ -103,7 +103,10 @@ then the file given by --config (default: $NTC_HOME/ntc.yaml or
 					return err
 				}
 			}
-			return g.loadConfig()
+			if err := g.loadConfig(); err != nil {
+				return err
+			}
+			return g.checkConfig()
 		},
 		PersistentPostRun: func(cmd *cobra.Command, args []string) {
 			pprof.StopCPUProfile()
