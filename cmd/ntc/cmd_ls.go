@@ -32,7 +32,7 @@ func newLsCommand(g *globals) *cobra.Command {
 				return err
 			}
 			if g.json {
-				return writeJSON(g.stdout, sets)
+				return writeJSON(g.stdout, lsJSONOf(repo, sets))
 			}
 			if len(sets) == 0 {
 				fmt.Fprintf(g.stdout, "%s holds nothing yet\n", store)
@@ -41,9 +41,9 @@ func newLsCommand(g *globals) *cobra.Command {
 				fmt.Fprintf(g.stdout, "chunk store: %d chunks, %s in pack files\n", chunks, humanBytes(bytes))
 			}
 			for _, s := range sets {
-				fmt.Fprintf(g.stdout, "%s: %d versions\n", s.Set, len(s.Versions))
+				fmt.Fprintf(g.stdout, "%s: %s\n", s.Set, plural(len(s.Versions), "version"))
 				if m := s.Current; m != nil {
-					fmt.Fprintf(g.stdout, "  current v%d, received %s from %.20s…\n", m.Version, m.Created.Local().Format(time.DateTime), m.Sender)
+					fmt.Fprintf(g.stdout, "  current v%d, received %s from %s\n", m.Version, m.Created.Local().Format(time.DateTime), m.Sender)
 					for _, im := range m.Images {
 						fmt.Fprintf(g.stdout, "    %-24s %10s  %s\n", im.Name, humanBytes(im.Size), repo.ImagePath(s.Set, im.Name))
 					}
@@ -55,6 +55,42 @@ func newLsCommand(g *globals) *cobra.Command {
 	cmd.Flags().StringVar(&store, "store", "", "repository directory")
 	g.bind(cmd, "serve.store", "store")
 	return cmd
+}
+
+// lsJSON is what 'ntc ls --json' prints for a set: the repository's own
+// description, with digests in hex and each current image's path.
+type lsJSON struct {
+	ntcsync.SetInfo
+	Current *lsVersionJSON `json:"current,omitempty"`
+}
+
+type lsVersionJSON struct {
+	ntcsync.Manifest
+	Images []lsImageJSON `json:"images"`
+}
+
+type lsImageJSON struct {
+	ntcsync.ImageManifest
+	Digest string `json:"digest"` // hex, not chunk.ID's array of bytes
+	Path   string `json:"path"`
+}
+
+func lsJSONOf(repo *ntcsync.Repo, sets []ntcsync.SetInfo) []lsJSON {
+	out := make([]lsJSON, 0, len(sets))
+	for _, s := range sets {
+		j := lsJSON{SetInfo: s}
+		if j.Versions == nil {
+			j.Versions = []uint64{}
+		}
+		if m := s.Current; m != nil {
+			j.Current = &lsVersionJSON{Manifest: *m, Images: []lsImageJSON{}}
+			for _, im := range m.Images {
+				j.Current.Images = append(j.Current.Images, lsImageJSON{ImageManifest: im, Digest: im.Digest.String(), Path: repo.ImagePath(s.Set, im.Name)})
+			}
+		}
+		out = append(out, j)
+	}
+	return out
 }
 
 // storeUsage counts the chunks of the repository's store and the bytes of

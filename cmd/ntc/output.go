@@ -38,6 +38,14 @@ func humanBytes(n int64) string {
 	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTP"[exp])
 }
 
+// plural formats a count of things: "1 version", "3 versions".
+func plural(n int, thing string) string {
+	if n == 1 {
+		return "1 " + thing
+	}
+	return fmt.Sprintf("%d %ss", n, thing)
+}
+
 // rate formats bytes per second in decimal megabytes, as links are sold.
 func rate(n int64, d time.Duration) string {
 	if d <= 0 {
