@@ -135,7 +135,20 @@ then the file given by --config (default: $NTC_HOME/ntc.yaml or
 		newResumeCommand(g),
 		newVersionCommand(g),
 	)
+	for _, c := range root.Commands() {
+		if check := c.Args; check != nil {
+			c.Args = func(cmd *cobra.Command, args []string) error { return asUsage(check(cmd, args)) }
+		}
+	}
 	return root
+}
+
+// asUsage makes err, a mistake in how ntc was called, a usageError.
+func asUsage(err error) error {
+	if _, ok := errors.AsType[usageError](err); err == nil || ok {
+		return err
+	}
+	return usageError{err}
 }
 
 func (g *globals) loadConfig() error {

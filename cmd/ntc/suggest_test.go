@@ -57,3 +57,13 @@ func TestTyposGetSuggestions(t *testing.T) {
 		t.Errorf("a hidden flag was suggested: %q", errs)
 	}
 }
+
+// TestWrongArgumentsAreUsageErrors: positional arguments a command does not
+// take are a usage error (exit 2), whichever command checks them.
+func TestWrongArgumentsAreUsageErrors(t *testing.T) {
+	for _, args := range [][]string{{"ls", "--store", t.TempDir(), "extra"}, {"version", "now"}, {"init", "x"}, {"index"}, {"diff", "one.idx"}} {
+		if code, _, errs := ntc(t, t.Context(), args...); code != exitUsage {
+			t.Errorf("%q: exit %d (%s), want %d", args, code, errs, exitUsage)
+		}
+	}
+}
