@@ -11,6 +11,7 @@ import (
 	"github.com/spf13/cobra"
 	"golang.org/x/term"
 
+	"github.com/ntc-project/ntc/internal/sdnotify"
 	"github.com/ntc-project/ntc/replicate"
 	ntcsync "github.com/ntc-project/ntc/sync"
 	"github.com/ntc-project/ntc/transport"
@@ -174,13 +175,22 @@ func runReplicate(ctx context.Context, g *globals, o replicateOptions) error {
 		fmt.Fprintf(g.stdout, "replicating %s to %s as %s every %s (the receiver holds %s); Ctrl-C stops\n", o.qmp, o.to, set, o.every, held)
 	}
 	held := acked // the checkpoint the receiver holds
+	// Under systemd (Type=notify): ready once the loop runs, a status line
+	// per round, signs of life for the watchdog, and stopping at the end.
+	sd := sdnotify.FromEnv()
+	sd.Ready(fmt.Sprintf("replicating %s to %s as %s every %s", o.qmp, o.to, set, o.every))
+	wctx, stopWatchdog := context.WithCancel(ctx)
+	defer stopWatchdog()
+	go sd.Watchdog(wctx, nil)
 	err = replicate.Run(ctx, replicate.Config{
 		Checkpointer: c, Pusher: p, Pruner: c, Every: o.every, Keep: o.keep, Acked: acked,
 		Report: func(r replicate.Round) {
 			held = r.Acked
 			reportRound(g, r, status)
+			sd.Status(roundStatus(r))
 		},
 	})
+	sd.Stopping("")
 	if err != nil && ctx.Err() == nil && held > 0 {
 		return fmt.Errorf("%w\n(the receiver holds checkpoint %d of %s, as set %s: 'ntc resume --store STORE --name %s' there starts it)", err, held, o.out, set, set)
 	}
@@ -216,6 +226,14 @@ func reportRound(g *globals, r replicate.Round, status bool) {
 			r.Start.Format("15:04:05"), r.Seq, r.Version, msf(r.GuestPause), humanBytes(int64(r.BytesSent)), r.ChunksSent,
 			r.Lag.Seconds(), r.Duration.Seconds())
 	}
+}
+
+// roundStatus is the one line 'systemctl status' shows after a round.
+func roundStatus(r replicate.Round) string {
+	if r.Err != nil {
+		return fmt.Sprintf("round %d failed: %v; next in %s", r.N, r.Err, r.Next.Round(time.Second))
+	}
+	return fmt.Sprintf("round %d: checkpoint %d -> v%d, lag %.1f s, sent %s", r.N, r.Seq, r.Version, r.Lag.Seconds(), humanBytes(int64(r.BytesSent)))
 }
 
 // isTerminal reports whether w is a terminal.

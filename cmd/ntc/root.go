@@ -23,6 +23,7 @@ type globals struct {
 	json           bool
 	verbose        bool
 	showVersion    bool
+	logFormat      string
 	cpuProfile     string
 	// bindings wait for the command that runs: several commands bind the
 	// same key (serve and ls both read serve.store).
@@ -116,6 +117,7 @@ then the file given by --config (default: $NTC_HOME/ntc.yaml or
 	pf.StringVar(&g.configFile, "config", "", "configuration file (YAML)")
 	pf.BoolVar(&g.json, "json", false, "print one JSON object instead of text")
 	pf.BoolVarP(&g.verbose, "verbose", "v", false, "say more about what is happening")
+	pf.StringVar(&g.logFormat, "log-format", logText, "services' log lines (serve, replicate): text or json (for journald and collectors)")
 	pf.StringVar(&g.cpuProfile, "cpuprofile", "", "write a CPU profile of this command to FILE")
 	pf.MarkHidden("cpuprofile")
 	root.Flags().BoolVar(&g.showVersion, "version", false, "print ntc's version (as 'ntc version')")
