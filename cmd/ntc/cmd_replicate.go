@@ -24,6 +24,7 @@ type replicateOptions struct {
 	every   time.Duration
 	bwlimit string
 	keep    int
+	metrics string
 }
 
 func newReplicateCommand(g *globals) *cobra.Command {
@@ -78,6 +79,7 @@ The set is named after the checkpoint directory unless --name is given.`,
 			o.every = g.v.GetDuration("replicate.every")
 			o.bwlimit = g.v.GetString("replicate.bwlimit")
 			o.keep = g.v.GetInt("replicate.keep")
+			o.metrics = g.v.GetString("replicate.metrics-listen")
 			return runReplicate(cmd.Context(), g, o)
 		},
 	}
@@ -88,8 +90,10 @@ The set is named after the checkpoint directory unless --name is given.`,
 	f.Duration("every", 5*time.Second, "interval between the starts of two rounds")
 	f.String("bwlimit", "", "cap the average send rate: 20Mbit, 2.5MB/s, 500k (bytes)")
 	f.Int("keep", 3, "newest checkpoints kept in DIR (besides the receiver's)")
+	f.String("metrics-listen", "", "serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9475)")
 	for key, flag := range map[string]string{
 		"replicate.every": "every", "replicate.bwlimit": "bwlimit", "replicate.keep": "keep",
+		"replicate.metrics-listen": "metrics-listen",
 	} {
 		g.bind(cmd, key, flag)
 	}
@@ -175,6 +179,18 @@ func runReplicate(ctx context.Context, g *globals, o replicateOptions) error {
 		fmt.Fprintf(g.stdout, "replicating %s to %s as %s every %s (the receiver holds %s); Ctrl-C stops\n", o.qmp, o.to, set, o.every, held)
 	}
 	held := acked // the checkpoint the receiver holds
+	var metrics *replicateMetrics
+	if o.metrics != "" {
+		reg := newRegistry()
+		metrics = newReplicateMetrics(reg, set)
+		addr, err := serveMetrics(ctx, o.metrics, reg)
+		if err != nil {
+			return err
+		}
+		if g.verbose {
+			fmt.Fprintf(g.stderr, "metrics at http://%s/metrics\n", addr)
+		}
+	}
 	// Under systemd (Type=notify): ready once the loop runs, a status line
 	// per round, signs of life for the watchdog, and stopping at the end.
 	sd := sdnotify.FromEnv()
@@ -188,6 +204,9 @@ func runReplicate(ctx context.Context, g *globals, o replicateOptions) error {
 			held = r.Acked
 			reportRound(g, r, status)
 			sd.Status(roundStatus(r))
+			if metrics != nil {
+				metrics.observe(r)
+			}
 		},
 	})
 	sd.Stopping("")

@@ -39,6 +39,8 @@ var configKeys = map[string]any{
 	"replicate.bwlimit": "",
 	"replicate.keep":    0,
 
+	"replicate.metrics-listen": "",
+
 	"resume.store":   "",
 	"resume.name":    "",
 	"resume.workdir": "",
