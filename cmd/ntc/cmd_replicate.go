@@ -198,18 +198,34 @@ func runReplicate(ctx context.Context, g *globals, o replicateOptions) error {
 	wctx, stopWatchdog := context.WithCancel(ctx)
 	defer stopWatchdog()
 	go sd.Watchdog(wctx, nil)
+	st := &replicateStatus{Set: set, Guest: o.qmp, To: o.to, Peer: peer.String(), PID: os.Getpid(),
+		Started: time.Now(), EveryMS: float64(o.every.Milliseconds()), HeldSeq: acked}
+	st.Updated = st.Started
+	if err := writeStatus(g.home(), st); err != nil {
+		return err
+	}
 	err = replicate.Run(ctx, replicate.Config{
 		Checkpointer: c, Pusher: p, Pruner: c, Every: o.every, Keep: o.keep, Acked: acked,
 		Report: func(r replicate.Round) {
 			held = r.Acked
 			reportRound(g, r, status)
 			sd.Status(roundStatus(r))
+			st.record(r, roundJSON(r), time.Now())
+			if err := writeStatus(g.home(), st); err != nil && g.verbose {
+				fmt.Fprintf(g.stderr, "ntc: %v\n", err)
+			}
 			if metrics != nil {
 				metrics.observe(r)
 			}
 		},
 	})
 	sd.Stopping("")
+	stopped := time.Now()
+	st.Stopped = &stopped
+	if err != nil && ctx.Err() == nil {
+		st.StopErr = err.Error()
+	}
+	writeStatus(g.home(), st)
 	if err != nil && ctx.Err() == nil && held > 0 {
 		return fmt.Errorf("%w\n(the receiver holds checkpoint %d of %s, as set %s: 'ntc resume --store STORE --name %s' there starts it)", err, held, o.out, set, set)
 	}
@@ -221,15 +237,7 @@ func runReplicate(ctx context.Context, g *globals, o replicateOptions) error {
 func reportRound(g *globals, r replicate.Round, status bool) {
 	msf := func(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
 	if g.json {
-		out := replicateJSON{
-			Round: r.N, Start: r.Start, Seq: r.Seq, Version: r.Version, Committed: r.Committed, GuestPauseMS: msf(r.GuestPause),
-			BytesSent: r.BytesSent, ChunksSent: r.ChunksSent, Patched: r.Patched, LagMS: msf(r.Lag),
-			DurationMS: msf(r.Duration), CheckpointMS: msf(r.CheckpointTime), Acked: r.Acked, Pruned: r.Pruned, Failures: r.Failures, NextMS: msf(r.Next),
-		}
-		if r.Err != nil {
-			out.Error = r.Err.Error()
-		}
-		writeJSONLine(g.stdout, out)
+		writeJSONLine(g.stdout, roundJSON(r))
 	}
 	if r.Err != nil {
 		holds := "nothing of this guest yet"
@@ -245,6 +253,20 @@ func reportRound(g *globals, r replicate.Round, status bool) {
 			r.Start.Format("15:04:05"), r.Seq, r.Version, msf(r.GuestPause), humanBytes(int64(r.BytesSent)), r.ChunksSent,
 			r.Lag.Seconds(), r.Duration.Seconds())
 	}
+}
+
+// roundJSON is a round as --json prints it.
+func roundJSON(r replicate.Round) replicateJSON {
+	msf := func(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
+	out := replicateJSON{
+		Round: r.N, Start: r.Start, Seq: r.Seq, Version: r.Version, Committed: r.Committed, GuestPauseMS: msf(r.GuestPause),
+		BytesSent: r.BytesSent, ChunksSent: r.ChunksSent, Patched: r.Patched, LagMS: msf(r.Lag),
+		DurationMS: msf(r.Duration), CheckpointMS: msf(r.CheckpointTime), Acked: r.Acked, Pruned: r.Pruned, Failures: r.Failures, NextMS: msf(r.Next),
+	}
+	if r.Err != nil {
+		out.Error = r.Err.Error()
+	}
+	return out
 }
 
 // roundStatus is the one line 'systemctl status' shows after a round.

@@ -128,6 +128,27 @@ func TestReplicate(t *testing.T) {
 		}
 	}
 
+	// 'ntc status' while it runs: the round it reports is one the JSON
+	// lines reported, with the same lag; what a failure would lose runs
+	// from that checkpoint's instant.
+	st := statusOf(t, ctx, office)
+	if len(st.Replicating) != 1 || !st.Replicating[0].Running || st.Replicating[0].Last == nil {
+		t.Fatalf("status while replicating: %+v", st)
+	}
+	sr := st.Replicating[0]
+	for len(got) < sr.Last.Round {
+		r, ok := <-rounds
+		if !ok {
+			t.Fatalf("status reports round %d, replicate ended after %d", sr.Last.Round, len(got))
+		}
+		got = append(got, r)
+	}
+	jr := got[sr.Last.Round-1]
+	if d := sr.Last.LagMS - jr.LagMS; d > 1000 || d < -1000 || sr.HeldSeq != jr.Seq || sr.LosesMS < jr.LagMS {
+		t.Errorf("status: round %d, lag %.0f ms, holds %d, loses %.0f ms; the JSON line: lag %.0f ms, checkpoint %d",
+			sr.Last.Round, sr.Last.LagMS, sr.HeldSeq, sr.LosesMS, jr.LagMS, jr.Seq)
+	}
+
 	// Ctrl-C, inside or between rounds.
 	if err := c.Process.Signal(os.Interrupt); err != nil {
 		t.Fatal(err)
@@ -144,6 +165,9 @@ func TestReplicate(t *testing.T) {
 		t.Fatalf("replicate after Ctrl-C: exit %d (%v): %s", code, err, stderr.String())
 	}
 	t.Logf("replicate stopped %v after Ctrl-C", time.Since(sigint).Round(time.Millisecond))
+	if st := statusOf(t, ctx, office); len(st.Replicating) != 1 || st.Replicating[0].Running || st.Replicating[0].Stopped == nil {
+		t.Errorf("status after Ctrl-C: %+v", st.Replicating)
+	}
 	last := got[len(got)-1]
 	cur, err := sets.Current("office-vm")
 	if err != nil || cur.Version != last.Version {
@@ -193,6 +217,20 @@ func TestReplicate(t *testing.T) {
 		!strings.Contains(errb.String(), "ntc resume") || out.Len() != 0 {
 		t.Errorf("replicate of a guest that is gone: exit %d (%v), stdout %q, stderr %q", code, err, out.String(), errb.String())
 	}
+}
+
+// statusOf runs 'ntc status --json' as node n.
+func statusOf(t *testing.T, ctx context.Context, n node) statusJSON {
+	t.Helper()
+	out, err := n.cmd(ctx, "--json", "status").Output()
+	if err != nil {
+		t.Fatalf("ntc status: %v", err)
+	}
+	var st statusJSON
+	if err := json.Unmarshal(out, &st); err != nil {
+		t.Fatalf("ntc status --json: %v: %s", err, out)
+	}
+	return st
 }
 
 // exitCode is a finished command's exit status (-1 if it did not run or

@@ -136,6 +136,8 @@ then the file given by --config (default: $NTC_HOME/ntc.yaml or
 		newCheckpointCommand(g),
 		newResumeCommand(g),
 		newVersionCommand(g),
+		newStatusCommand(g),
+		newCheckCommand(g),
 	)
 	for _, c := range root.Commands() {
 		if check := c.Args; check != nil {

@@ -1,0 +1,203 @@
+package main
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+
+	"github.com/spf13/cobra"
+
+	"github.com/ntc-project/ntc/capture"
+	"github.com/ntc-project/ntc/chunk"
+	ntcsync "github.com/ntc-project/ntc/sync"
+)
+
+type checkOptions struct {
+	readData bool
+	subset   string
+}
+
+func newCheckCommand(g *globals) *cobra.Command {
+	var o checkOptions
+	cmd := &cobra.Command{
+		Use:   "check DIR",
+		Short: "Verify a repository: every version readable, every chunk it needs present (and intact)",
+		Long: `Check verifies a repository: a receiver's ('ntc serve --store DIR') or a
+checkpoint repository ('ntc checkpoint --out DIR'). Every version's (or
+checkpoint's) indexes must read back whole, and every chunk they name must be
+in the chunk store. With --read-data every such chunk is also read and its
+content hashed against its ID, which finds damage inside the pack files (a
+flipped bit on disk); --read-data-subset 10% reads about a tenth of them, the
+same tenth each time for the same percentage.
+
+It reads only, and can run while 'ntc serve' or 'ntc replicate' writes the
+repository. It names each damaged version and why, and exits with status 1
+when it found any: a damaged receiver's copy is healed by pushing again
+(the sender resends what is missing).
+
+Examples:
+  ntc check ~/vms
+  ntc check ~/vms --read-data
+  ntc check /srv/ckpt/vm --read-data-subset 5% --json`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return runCheck(cmd, g, args[0], o)
+		},
+	}
+	f := cmd.Flags()
+	f.BoolVar(&o.readData, "read-data", false, "read every chunk and verify its content")
+	f.StringVar(&o.subset, "read-data-subset", "", "read only this share of the chunks: 10%, 0.1")
+	return cmd
+}
+
+// parseShare reads "10%" or "0.1" as a fraction in (0, 1].
+func parseShare(s string) (float64, error) {
+	v, pct := strings.CutSuffix(strings.TrimSpace(s), "%")
+	f, err := strconv.ParseFloat(v, 64)
+	if err != nil {
+		return 0, fmt.Errorf("%q is not a share such as 10%% or 0.1", s)
+	}
+	if pct {
+		f /= 100
+	}
+	if f <= 0 || f > 1 {
+		return 0, fmt.Errorf("%q: want more than 0 and at most 100%%", s)
+	}
+	return f, nil
+}
+
+func runCheck(cmd *cobra.Command, g *globals, dir string, o checkOptions) error {
+	opt := chunk.CheckOptions{ReadData: o.readData || o.subset != ""}
+	if o.subset != "" {
+		f, err := parseShare(o.subset)
+		if err != nil {
+			return usagef("--read-data-subset: %v", err)
+		}
+		opt.Fraction = f
+	}
+	var (
+		owners []chunk.Owner
+		st     interface {
+			chunk.Store
+			Close() error
+		}
+		err error
+	)
+	switch {
+	case isDir(filepath.Join(dir, "sets")):
+		owners, err = receiverOwners(dir)
+		if err == nil {
+			st, err = chunk.OpenPackStoreReadOnly(dir)
+		}
+	case isDir(filepath.Join(dir, "checkpoints")):
+		var repo *capture.Repository
+		if repo, err = capture.OpenRepositoryForReading(dir); err != nil {
+			return err
+		}
+		defer repo.Close()
+		owners, err = checkpointOwners(repo)
+		st = nopCloser{repo.Store()}
+	default:
+		return usagef("%s is not a repository: give the directory of 'ntc serve --store' or 'ntc checkpoint --out'", dir)
+	}
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+	rep, err := chunk.Check(cmd.Context(), st, owners, opt)
+	if err != nil {
+		return err
+	}
+	if g.json {
+		if err := writeJSON(g.stdout, rep); err != nil {
+			return err
+		}
+	} else {
+		how := "present"
+		if opt.ReadData {
+			how = fmt.Sprintf("present, %d read and verified", rep.Read)
+		}
+		fmt.Fprintf(g.stdout, "%s: %d versions, %d chunks referenced, %s\n", dir, rep.Owners, rep.Chunks, how)
+		for _, n := range rep.BrokenNames() {
+			fmt.Fprintf(g.stdout, "  %s: damaged: %s\n", n, rep.Broken[n])
+		}
+		if len(rep.Missing)+len(rep.Damaged) > 0 {
+			fmt.Fprintf(g.stdout, "%d chunks missing, %d damaged\n", len(rep.Missing), len(rep.Damaged))
+		}
+	}
+	if !rep.OK() {
+		return fmt.Errorf("%d of %d versions in %s are damaged; push them again from the sender to heal the receiver's copy", len(rep.Broken), rep.Owners, dir)
+	}
+	if !g.json {
+		fmt.Fprintln(g.stdout, "no errors")
+	}
+	return nil
+}
+
+func isDir(p string) bool {
+	fi, err := os.Stat(p)
+	return err == nil && fi.IsDir()
+}
+
+type nopCloser struct{ chunk.Store }
+
+func (nopCloser) Close() error { return nil }
+
+// receiverOwners lists every version of every set of a receiver's
+// repository with its indexes.
+func receiverOwners(dir string) ([]chunk.Owner, error) {
+	repo, err := ntcsync.OpenRepoForReading(dir)
+	if err != nil {
+		return nil, err
+	}
+	sets, err := repo.List()
+	if err != nil {
+		return nil, err
+	}
+	var out []chunk.Owner
+	for _, s := range sets {
+		for _, v := range s.Versions {
+			o := chunk.Owner{Name: fmt.Sprintf("%s v%d", s.Set, v)}
+			m, err := repo.Manifest(s.Set, v)
+			if err == nil {
+				for _, im := range m.Images {
+					x, ierr := repo.Index(s.Set, v, im.Name)
+					if ierr != nil {
+						err = ierr
+						break
+					}
+					o.Indexes = append(o.Indexes, x)
+				}
+			}
+			o.Err = err
+			out = append(out, o)
+		}
+	}
+	return out, nil
+}
+
+// checkpointOwners lists every complete checkpoint with its indexes.
+func checkpointOwners(repo *capture.Repository) ([]chunk.Owner, error) {
+	seqs, err := repo.Checkpoints()
+	if err != nil {
+		return nil, err
+	}
+	var out []chunk.Owner
+	for _, seq := range seqs {
+		o := chunk.Owner{Name: fmt.Sprintf("checkpoint %d", seq)}
+		m, err := repo.Manifest(seq)
+		if err == nil {
+			var imgs []capture.Image
+			if imgs, err = repo.Images(m); err == nil {
+				for _, im := range imgs {
+					o.Indexes = append(o.Indexes, im.Index)
+				}
+			}
+		}
+		o.Err = err
+		out = append(out, o)
+	}
+	return out, nil
+}
