@@ -138,6 +138,7 @@ then the file given by --config (default: $NTC_HOME/ntc.yaml or
 		newVersionCommand(g),
 		newStatusCommand(g),
 		newCheckCommand(g),
+		newRestoreCommand(g),
 	)
 	for _, c := range root.Commands() {
 		if check := c.Args; check != nil {
