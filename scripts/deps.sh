@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Installs what ntc's demo, tests and benchmarks need on Debian, if missing:
-# QEMU and its tools, rsync (the benchmark baseline), and what the test guest
+# QEMU and its tools, rsync (the benchmark baseline), promtool (prometheus) and
+# systemd-analyze (systemd) that check the metrics and the units, and what the test guest
 # is built from. Go modules are fetched by the go command itself.
 set -euo pipefail
-pkgs=(qemu-system-x86 qemu-utils rsync zstd iproute2 mmdebstrap e2fsprogs time ca-certificates)
+pkgs=(qemu-system-x86 qemu-utils rsync zstd iproute2 mmdebstrap e2fsprogs time ca-certificates prometheus systemd)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
