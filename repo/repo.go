@@ -1,0 +1,493 @@
+package repo
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/ntc-project/ntc/chunk"
+	"github.com/ntc-project/ntc/internal/atomicfile"
+)
+
+// Repo is a node's repository in a directory (see the package doc). Any
+// number of processes may read it; writing operations (Commit, SetHead,
+// SetRunner) take DIR/lock for their duration, so several processes (a
+// receiver and a checkpointing one) can commit to one repository.
+type Repo struct {
+	dir string
+}
+
+// File and directory names.
+const (
+	setsDir     = "sets"
+	versionsDir = "versions"
+	tmpDir      = "tmp"
+	lockFile    = "lock"
+	headFile    = "HEAD"
+	lineageFile = "lineage"
+	runnerFile  = "runner.json"
+	versionFile = "version.json"
+	metaFile    = "meta"
+	indexSuffix = ".idx"
+)
+
+// Modes of what a repository holds: guest data is private.
+const (
+	dirMode  = 0o700
+	fileMode = 0o600
+)
+
+// Sentinel errors.
+var (
+	// ErrDiverged: the set's head is not an ancestor of the version
+	// committed; the version is kept beside it, not made current.
+	ErrDiverged = errors.New("the copies have diverged")
+	// ErrNotFound: no such version.
+	ErrNotFound = errors.New("version not found")
+	// ErrNotRepo: the directory is not a repository.
+	ErrNotRepo = errors.New("not an ntc repository")
+)
+
+// Open opens, creating if needed, the repository in dir.
+func Open(dir string) (*Repo, error) {
+	abs, err := filepath.Abs(dir)
+	if err != nil || dir == "" {
+		return nil, fmt.Errorf("open repository %q: %v: %w", dir, err, ErrNotRepo)
+	}
+	for _, d := range []string{setsDir, tmpDir} {
+		if err := os.MkdirAll(filepath.Join(abs, d), dirMode); err != nil {
+			return nil, fmt.Errorf("open repository: %w", err)
+		}
+	}
+	return &Repo{dir: abs}, nil
+}
+
+// OpenExisting opens the repository in dir, which must exist.
+func OpenExisting(dir string) (*Repo, error) {
+	abs, err := filepath.Abs(dir)
+	if err != nil || dir == "" {
+		return nil, fmt.Errorf("open repository %q: %v: %w", dir, err, ErrNotRepo)
+	}
+	if fi, err := os.Stat(filepath.Join(abs, setsDir)); err != nil || !fi.IsDir() {
+		return nil, fmt.Errorf("open repository %s: %w", dir, ErrNotRepo)
+	}
+	return &Repo{dir: abs}, nil
+}
+
+// Dir returns the repository's directory (absolute).
+func (r *Repo) Dir() string { return r.dir }
+
+// OpenStore opens the repository's chunk store for writing, waiting while
+// another process has it open (chunk.ErrStoreBusy) until ctx ends.
+func (r *Repo) OpenStore(ctx context.Context) (*chunk.PackStore, error) {
+	return retryBusy(ctx, func() (*chunk.PackStore, error) { return chunk.OpenPackStore(r.dir) },
+		func(err error) bool { return errors.Is(err, chunk.ErrStoreBusy) })
+}
+
+// lockWaitStep is how often a waiting writer tries a lock again.
+const lockWaitStep = 20 * time.Millisecond
+
+// retryBusy calls open until it succeeds, fails otherwise than busy, or ctx
+// ends. A lock another process holds announces its release no other way.
+func retryBusy[T any](ctx context.Context, open func() (T, error), busy func(error) bool) (T, error) {
+	t := time.NewTicker(lockWaitStep)
+	defer t.Stop()
+	for {
+		v, err := open()
+		if err == nil || !busy(err) {
+			return v, err
+		}
+		select {
+		case <-ctx.Done():
+			return v, fmt.Errorf("%w (waited: %w)", err, ctx.Err())
+		case <-t.C:
+		}
+	}
+}
+
+var errLocked = errors.New("repository locked")
+
+// lock takes DIR/lock for one writing operation.
+func (r *Repo) lock(ctx context.Context) (unlock func(), err error) {
+	f, err := os.OpenFile(filepath.Join(r.dir, lockFile), os.O_RDWR|os.O_CREATE, fileMode)
+	if err != nil {
+		return nil, fmt.Errorf("lock repository: %w", err)
+	}
+	_, err = retryBusy(ctx, func() (struct{}, error) {
+		if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+			if errors.Is(err, unix.EWOULDBLOCK) {
+				return struct{}{}, errLocked
+			}
+			return struct{}{}, err
+		}
+		return struct{}{}, nil
+	}, func(err error) bool { return errors.Is(err, errLocked) })
+	if err != nil {
+		f.Close()
+		return nil, fmt.Errorf("lock repository %s: %w", r.dir, err)
+	}
+	return func() { f.Close() }, nil
+}
+
+func (r *Repo) setDir(set string) string { return filepath.Join(r.dir, setsDir, set) }
+func seqName(seq uint64) string          { return fmt.Sprintf("%06d", seq) }
+func (r *Repo) versionDir(set string, seq uint64) string {
+	return filepath.Join(r.setDir(set), versionsDir, seqName(seq))
+}
+
+// Sets returns the names of the sets the repository holds, sorted.
+func (r *Repo) Sets() ([]string, error) {
+	ents, err := os.ReadDir(filepath.Join(r.dir, setsDir))
+	if err != nil {
+		return nil, fmt.Errorf("list sets: %w", err)
+	}
+	var out []string
+	for _, e := range ents {
+		if e.IsDir() && CheckName(e.Name()) == nil {
+			out = append(out, e.Name())
+		}
+	}
+	return out, nil
+}
+
+// Seqs returns the numbers of the set's committed versions, in order. A
+// directory it cannot read is an error, never an empty set: a collector
+// would drop the chunks of what it did not see.
+func (r *Repo) Seqs(set string) ([]uint64, error) {
+	if err := CheckName(set); err != nil {
+		return nil, err
+	}
+	ents, err := os.ReadDir(filepath.Join(r.setDir(set), versionsDir))
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("list versions of %s: %w", set, err)
+	}
+	var out []uint64
+	for _, e := range ents {
+		n, err := strconv.ParseUint(e.Name(), 10, 64)
+		if err != nil || n == 0 || !e.IsDir() || e.Name() != seqName(n) {
+			continue
+		}
+		out = append(out, n)
+	}
+	slices.Sort(out)
+	return out, nil
+}
+
+// maxVersionFile bounds version.json: a version lists at most maxImages
+// images of a few hundred bytes each.
+const maxVersionFile = 4 << 20
+
+// Version reads version seq of set.
+func (r *Repo) Version(set string, seq uint64) (*Version, error) {
+	if err := CheckName(set); err != nil {
+		return nil, err
+	}
+	p := filepath.Join(r.versionDir(set, seq), versionFile)
+	b, err := readBounded(p, maxVersionFile)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("version %d of %s: %w", seq, set, ErrNotFound)
+	}
+	if err != nil {
+		return nil, err
+	}
+	var v Version
+	if err := json.Unmarshal(b, &v); err != nil {
+		return nil, fmt.Errorf("read %s: %w", p, err)
+	}
+	if v.Set != set || v.Seq != seq {
+		return nil, fmt.Errorf("%s: says version %d of %s: %w", p, v.Seq, v.Set, ErrBadVersion)
+	}
+	if err := v.Verify(); err != nil {
+		return nil, fmt.Errorf("%s: %w", p, err)
+	}
+	return &v, nil
+}
+
+// readBounded reads a whole file of at most limit bytes.
+func readBounded(path string, limit int64) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return nil, err
+	}
+	if !fi.Mode().IsRegular() || fi.Size() > limit {
+		return nil, fmt.Errorf("%s: not a regular file of at most %d bytes", path, limit)
+	}
+	b := make([]byte, fi.Size())
+	if _, err := f.ReadAt(b, 0); err != nil {
+		return nil, fmt.Errorf("read %s: %w", path, err)
+	}
+	return b, nil
+}
+
+// Versions returns the set's versions, oldest first.
+func (r *Repo) Versions(set string) ([]*Version, error) {
+	seqs, err := r.Seqs(set)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]*Version, 0, len(seqs))
+	for _, s := range seqs {
+		v, err := r.Version(set, s)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, v)
+	}
+	return out, nil
+}
+
+// ByDigest returns the set's version with digest d.
+func (r *Repo) ByDigest(set string, d Digest) (*Version, error) {
+	vs, err := r.Versions(set)
+	if err != nil {
+		return nil, err
+	}
+	for _, v := range slices.Backward(vs) {
+		if v.Digest == d {
+			return v, nil
+		}
+	}
+	return nil, fmt.Errorf("version %s of %s: %w", d.Short(), set, ErrNotFound)
+}
+
+// Head returns the set's current version, or nil when it has none.
+func (r *Repo) Head(set string) (*Version, error) {
+	if err := CheckName(set); err != nil {
+		return nil, err
+	}
+	b, err := readBounded(filepath.Join(r.setDir(set), headFile), 64)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read the head of %s: %w", set, err)
+	}
+	seq, err := strconv.ParseUint(strings.TrimSpace(string(b)), 10, 64)
+	if err != nil {
+		return nil, fmt.Errorf("set %s: HEAD holds %q, want a version number", set, b)
+	}
+	return r.Version(set, seq)
+}
+
+// Index reads the index of image name of version seq of set.
+func (r *Repo) Index(set string, seq uint64, name string) (*chunk.Index, error) {
+	if err := CheckName(set); err != nil {
+		return nil, err
+	}
+	if err := CheckName(name); err != nil {
+		return nil, err
+	}
+	return chunk.ReadIndexFile(filepath.Join(r.versionDir(set, seq), name+indexSuffix))
+}
+
+// maxMeta bounds a version's metadata.
+const maxMeta = 16 << 20
+
+// Meta returns version seq's metadata (nil when it has none).
+func (r *Repo) Meta(set string, seq uint64) ([]byte, error) {
+	if err := CheckName(set); err != nil {
+		return nil, err
+	}
+	b, err := readBounded(filepath.Join(r.versionDir(set, seq), metaFile), maxMeta)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	return b, err
+}
+
+// CommitOptions change how Commit treats the head.
+type CommitOptions struct {
+	// Force makes the version the head even when the head is not its
+	// ancestor (the user chose it over the other copy's).
+	Force bool
+	// Lineage adds parent links the version's maker knows (its ancestry
+	// back to the version both nodes hold) before ancestry is decided.
+	Lineage []Link
+}
+
+// Link is one parent link of a set's lineage.
+type Link struct {
+	Digest, Parent Digest
+}
+
+// Committed says what Commit did.
+type Committed struct {
+	Version *Version
+	// Head is the set's head after the commit.
+	Head *Version
+	// Existed is set when the repository already held the version.
+	Existed bool
+}
+
+// Commit stores version v of its set, with one index per image (in the
+// order of v.Images) and its metadata. v must be sealed (Seal) and its
+// chunks durable in the store. v gets the next local number. The head moves
+// to v when the set has none, when the head is an ancestor of v, or with
+// Force; otherwise v is kept and the error is ErrDiverged (with Committed
+// filled in). Committing a version the set already holds changes nothing
+// but may move the head to it (a fast-forward, or Force).
+func (r *Repo) Commit(ctx context.Context, v *Version, idx []*chunk.Index, meta []byte, opt CommitOptions) (*Committed, error) {
+	if err := v.Verify(); err != nil {
+		return nil, err
+	}
+	if len(idx) != len(v.Images) {
+		return nil, fmt.Errorf("commit %s: %d indexes for %d images: %w", v.Set, len(idx), len(v.Images), ErrBadVersion)
+	}
+	for i, x := range idx {
+		d, _, err := IndexDigest(x)
+		if err != nil {
+			return nil, err
+		}
+		if d != v.Images[i].Index {
+			return nil, fmt.Errorf("commit %s: image %s's index does not match the version: %w", v.Set, v.Images[i].Name, ErrBadVersion)
+		}
+	}
+	if metaDigest(meta) != v.Meta {
+		return nil, fmt.Errorf("commit %s: metadata does not match the version: %w", v.Set, ErrBadVersion)
+	}
+	unlock, err := r.lock(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
+
+	if err := r.addLinks(v.Set, append(slices.Clone(opt.Lineage), Link{Digest: v.Digest, Parent: v.Parent})); err != nil {
+		return nil, err
+	}
+	c := &Committed{}
+	if old, err := r.ByDigest(v.Set, v.Digest); err == nil {
+		c.Version, c.Existed = old, true
+	} else if !errors.Is(err, ErrNotFound) {
+		return nil, err
+	} else if c.Version, err = r.writeVersion(v, idx, meta); err != nil {
+		return nil, err
+	}
+	head, err := r.Head(v.Set)
+	if err != nil {
+		return nil, err
+	}
+	if head != nil && head.Digest == c.Version.Digest {
+		c.Head = head
+		return c, nil
+	}
+	ff := head == nil
+	if !ff {
+		if ff, err = r.isAncestor(v.Set, head.Digest, v.Digest); err != nil {
+			return nil, err
+		}
+	}
+	if !ff && !opt.Force {
+		c.Head = head
+		return c, fmt.Errorf("set %s: version %s (from %s) does not follow the current version %s (from %s): %w",
+			v.Set, v.Digest.Short(), nodeName(v.Node), head.Digest.Short(), nodeName(head.Node), ErrDiverged)
+	}
+	if err := r.writeHead(v.Set, c.Version.Seq); err != nil {
+		return nil, err
+	}
+	c.Head = c.Version
+	return c, nil
+}
+
+func nodeName(n string) string {
+	if n == "" {
+		return "an unknown node"
+	}
+	if len(n) > 16 {
+		return n[:16]
+	}
+	return n
+}
+
+// writeVersion writes v as the set's next version and returns it numbered.
+func (r *Repo) writeVersion(v *Version, idx []*chunk.Index, meta []byte) (*Version, error) {
+	seqs, err := r.Seqs(v.Set)
+	if err != nil {
+		return nil, err
+	}
+	nv := *v
+	nv.Images = slices.Clone(v.Images)
+	nv.Seq = 1
+	if len(seqs) > 0 {
+		nv.Seq = seqs[len(seqs)-1] + 1
+	}
+	vdir := filepath.Join(r.setDir(v.Set), versionsDir)
+	if err := os.MkdirAll(vdir, dirMode); err != nil {
+		return nil, fmt.Errorf("commit: %w", err)
+	}
+	tmp, err := os.MkdirTemp(filepath.Join(r.dir, tmpDir), v.Set+"-")
+	if err != nil {
+		return nil, fmt.Errorf("commit: %w", err)
+	}
+	defer os.RemoveAll(tmp)
+	for i, x := range idx {
+		if err := chunk.WriteIndexFile(filepath.Join(tmp, v.Images[i].Name+indexSuffix), x); err != nil {
+			return nil, fmt.Errorf("commit: %w", err)
+		}
+		if err := os.Chmod(filepath.Join(tmp, v.Images[i].Name+indexSuffix), fileMode); err != nil {
+			return nil, fmt.Errorf("commit: %w", err)
+		}
+	}
+	if len(meta) > 0 {
+		if err := atomicfile.WriteBytes(filepath.Join(tmp, metaFile), fileMode, meta); err != nil {
+			return nil, fmt.Errorf("commit: %w", err)
+		}
+	}
+	b, err := json.MarshalIndent(&nv, "", "  ")
+	if err != nil {
+		return nil, err
+	}
+	if err := atomicfile.WriteBytes(filepath.Join(tmp, versionFile), fileMode, append(b, '\n')); err != nil {
+		return nil, fmt.Errorf("commit: %w", err)
+	}
+	dst := r.versionDir(v.Set, nv.Seq)
+	if err := os.Rename(tmp, dst); err != nil {
+		return nil, fmt.Errorf("commit: %w", err)
+	}
+	if err := atomicfile.SyncDir(vdir); err != nil {
+		return nil, err
+	}
+	return &nv, nil
+}
+
+func (r *Repo) writeHead(set string, seq uint64) error {
+	return atomicfile.WriteBytes(filepath.Join(r.setDir(set), headFile), fileMode, []byte(strconv.FormatUint(seq, 10)+"\n"))
+}
+
+// SetHead makes version seq the set's head, whatever the lineage says: the
+// user's choice after a divergence.
+func (r *Repo) SetHead(ctx context.Context, set string, seq uint64) error {
+	unlock, err := r.lock(ctx)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	if _, err := r.Version(set, seq); err != nil {
+		return err
+	}
+	return r.writeHead(set, seq)
+}
+
+func mkdirPrivate(dir string) error {
+	if err := os.MkdirAll(dir, dirMode); err != nil {
+		return fmt.Errorf("create %s: %w", dir, err)
+	}
+	return nil
+}
