@@ -54,6 +54,8 @@ type Config struct {
 	// HandshakeTimeout bounds the handshake (DefaultHandshakeTimeout), in
 	// addition to the context passed to Dial.
 	HandshakeTimeout time.Duration
+	// Limits protect a listener from its clients (none when zero).
+	Limits Limits
 }
 
 // quic returns the quic-go configuration for c.

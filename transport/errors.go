@@ -22,6 +22,7 @@ const (
 	CodePeerNotAllowed    Code = 0x3 // the receiver's ID is not allowed: ErrPeerNotAllowed
 	CodeProtocolViolation Code = 0x4 // malformed or unexpected message: ErrProtocol
 	CodeVersionMismatch   Code = 0x5 // no protocol version in common: ErrVersionMismatch
+	CodeConnLimit         Code = 0x6 // the peer holds too many connections: ErrConnLimit
 )
 
 // The conditions the codes stand for. Errors from a [Conn] or [Stream] match
@@ -34,6 +35,7 @@ var (
 	ErrPeerNotAllowed  = errors.New("peer not allowed")
 	ErrProtocol        = errors.New("protocol violation")
 	ErrVersionMismatch = errors.New("protocol version mismatch")
+	ErrConnLimit       = errors.New("too many connections from this peer")
 )
 
 // wireCodes is the one table between codes and conditions. [CodeOf] takes
@@ -44,6 +46,7 @@ var wireCodes = [...]struct {
 }{
 	{CodePeerNotAllowed, ErrPeerNotAllowed},
 	{CodeVersionMismatch, ErrVersionMismatch},
+	{CodeConnLimit, ErrConnLimit},
 	{CodeProtocolViolation, ErrProtocol},
 	{CodeShuttingDown, ErrShuttingDown},
 	{CodeInternal, ErrInternal},

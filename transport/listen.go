@@ -17,6 +17,7 @@ type Listener struct {
 	tr   *quic.Transport
 	udp  *net.UDPConn
 	bufs UDPBuffers
+	g    *guard
 
 	mu     sync.Mutex
 	closed bool
@@ -57,35 +58,49 @@ func Listen(addr string, id *Identity, allow func(ID) bool, cfg Config) (*Listen
 		return nil, fmt.Errorf("listen on %s: %w", addr, err)
 	}
 	bufs := growUDPBuffers(udp)
-	tr := &quic.Transport{Conn: udp, StatelessResetKey: id.statelessResetKey()}
-	ql, err := tr.Listen(serverTLS(id, allow), cfg.quic())
+	g := newGuard(cfg.Limits)
+	tr := &quic.Transport{Conn: udp, StatelessResetKey: id.statelessResetKey(), ConnContext: g.connContext}
+	if cfg.Limits.RetryAbove > 0 {
+		tr.VerifySourceAddress = g.verifySource
+	}
+	ql, err := tr.Listen(serverTLS(id, allow, g), cfg.quic())
 	if err != nil {
 		return nil, fmt.Errorf("listen on %s: %w", addr, errors.Join(err, tr.Close(), udp.Close()))
 	}
-	return &Listener{ql: ql, tr: tr, udp: udp, bufs: bufs, conns: make(map[*Conn]struct{})}, nil
+	return &Listener{ql: ql, tr: tr, udp: udp, bufs: bufs, g: g, conns: make(map[*Conn]struct{})}, nil
 }
 
-// Accept waits for the next connection from an allowed peer. After
-// [Listener.Close] it returns an error matching [net.ErrClosed].
+// Accept waits for the next connection from an allowed peer within the
+// listener's [Limits]. After [Listener.Close] it returns an error matching
+// [net.ErrClosed].
 func (l *Listener) Accept(ctx context.Context) (*Conn, error) {
 	for {
 		qc, err := l.ql.Accept(ctx)
 		if err != nil {
 			return nil, fmt.Errorf("accept: %w", err)
 		}
+		handshakeDone(qc)
 		c, err := newConn(qc, l.bufs)
 		if err != nil {
 			continue // newConn closed it; wait for the next
+		}
+		if !l.g.admit(c.peer) {
+			l.g.refused(Refusal{Addr: qc.RemoteAddr(), Peer: c.peer, Err: ErrConnLimit})
+			_ = c.CloseWithError(ErrConnLimit) // nothing to release: the socket is the Listener's
+			continue
 		}
 		l.mu.Lock()
 		closed := l.closed
 		if !closed {
 			l.conns[c] = struct{}{}
 			c.onClose = func() {
+				l.g.release(c.peer)
 				l.mu.Lock()
 				delete(l.conns, c)
 				l.mu.Unlock()
 			}
+		} else {
+			l.g.release(c.peer)
 		}
 		l.mu.Unlock()
 		if closed {

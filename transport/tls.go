@@ -3,6 +3,7 @@ package transport
 import (
 	"crypto/tls"
 	"errors"
+	"net"
 )
 
 // errNoPeerCertificate is a handshake failure that never leaves this node.
@@ -13,8 +14,8 @@ var errNoPeerCertificate = errors.New("peer sent no certificate")
 // client gets a bad_certificate alert, which [MapError] turns into
 // [ErrPeerNotAllowed] on its side; quic-go never hands its connection to
 // [Listener.Accept].
-func serverTLS(id *Identity, allow func(ID) bool) *tls.Config {
-	return &tls.Config{
+func serverTLS(id *Identity, allow func(ID) bool, g *guard) *tls.Config {
+	conf := &tls.Config{
 		MinVersion:   tls.VersionTLS13,
 		Certificates: []tls.Certificate{id.TLSCertificate()},
 		NextProtos:   []string{ALPN},
@@ -24,17 +25,34 @@ func serverTLS(id *Identity, allow func(ID) bool) *tls.Config {
 		ClientAuth: tls.RequireAnyClientCert,
 		// Without resumption every connection presents its certificate.
 		SessionTicketsDisabled: true,
-		VerifyConnection: func(cs tls.ConnectionState) error {
+	}
+	verify := func(addr net.Addr) func(tls.ConnectionState) error {
+		return func(cs tls.ConnectionState) error {
 			peer, err := peerIDOf(cs)
 			if err != nil {
 				return err
 			}
 			if !allow(peer) {
+				g.refused(Refusal{Addr: addr, Peer: peer, Err: ErrPeerNotAllowed})
 				return ErrPeerNotAllowed
 			}
 			return nil
-		},
+		}
 	}
+	conf.VerifyConnection = verify(nil)
+	if g.lim.Refused != nil {
+		// A refusal names the client's address, which only the
+		// ClientHello knows.
+		base := conf.Clone()
+		conf.GetConfigForClient = func(chi *tls.ClientHelloInfo) (*tls.Config, error) {
+			c := base.Clone()
+			if chi.Conn != nil {
+				c.VerifyConnection = verify(chi.Conn.RemoteAddr())
+			}
+			return c, nil
+		}
+	}
+	return conf
 }
 
 // clientTLS returns the TLS configuration for dialling the node peer: TLS
