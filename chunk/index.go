@@ -146,3 +146,25 @@ func Compare(prev, next *Index) (Diff, error) {
 	}
 	return d, nil
 }
+
+// MergeZeroRuns returns x with every run of adjacent zero entries merged
+// into one, or x itself when it has no such run. A receiver stores indexes
+// in this form, so senders offer them in it.
+func (x *Index) MergeZeroRuns() *Index {
+	run := false
+	for i := 1; i < len(x.Entries) && !run; i++ {
+		run = x.Entries[i].Zero && x.Entries[i-1].Zero
+	}
+	if !run {
+		return x
+	}
+	y := &Index{Params: x.Params, Size: x.Size, Entries: make([]Entry, 0, len(x.Entries))}
+	for _, e := range x.Entries {
+		if k := len(y.Entries); k > 0 && e.Zero && y.Entries[k-1].Zero {
+			y.Entries[k-1].Length += e.Length
+			continue
+		}
+		y.Entries = append(y.Entries, e)
+	}
+	return y
+}

@@ -64,6 +64,10 @@ func decodeBase(p []byte) (base, error) {
 	d := dec{b: p}
 	m := base{version: d.uvarint()}
 	n := d.count(33)
+	if n > maxOfferImages {
+		d.fail("too many images")
+		n = 0
+	}
 	for range n {
 		m.images = append(m.images, imageRef{name: d.str(maxName), digest: d.id()})
 	}
@@ -153,7 +157,11 @@ type offer struct {
 	images  []offerImage
 }
 
-const maxMeta = 16 << 20
+// maxMeta bounds a version's metadata.
+const maxMeta = 1 << 20
+
+// maxOfferImages bounds the images a decoded offer or base may list.
+const maxOfferImages = 4096
 
 func (m offer) encode() []byte {
 	var e enc
@@ -186,6 +194,10 @@ func decodeOffer(p []byte) (offer, error) {
 		d.fail("metadata too large")
 	}
 	n := d.count(10)
+	if n > maxOfferImages {
+		d.fail("too many images")
+		n = 0
+	}
 	for range n {
 		im := offerImage{name: d.str(maxName), size: int64(d.uvarint())}
 		im.params.Kind = chunk.Kind(d.uvarint())

@@ -75,17 +75,24 @@ func encodePatch(dst []byte, segs []segment, data []byte, z *zstd.Encoder) []byt
 	return e.b
 }
 
+// maxSegments bounds a patch's segments: a sender's come from the
+// changed ranges of one chunk, merged.
+const maxSegments = 4096
+
 // applyPatch rebuilds a chunk of length n at offset off from a patch and
-// the base image.
-func applyPatch(p []byte, off, n int64, base io.ReaderAt, z *zstd.Decoder) ([]byte, error) {
+// the base image, into dst when it has the room.
+func applyPatch(p []byte, off, n int64, base io.ReaderAt, z *zstd.Decoder, dst []byte) ([]byte, error) {
 	d := dec{b: p}
 	count := d.count(1)
+	if count > maxSegments {
+		return nil, fmt.Errorf("%w: a patch of %d segments", ErrMalformed, count)
+	}
 	segs := make([]segment, 0, count)
 	var total, litLen int64
 	for range count {
 		v := d.uvarint()
 		s := segment{n: int64(v >> 1), literal: v&1 == 1}
-		if s.n <= 0 || s.n > n {
+		if s.n <= 0 || s.n > n-total {
 			d.fail("bad patch segment")
 			break
 		}
@@ -114,7 +121,11 @@ func applyPatch(p []byte, off, n int64, base io.ReaderAt, z *zstd.Decoder) ([]by
 	if int64(len(lit)) != litLen {
 		return nil, fmt.Errorf("%w: patch literals are %d bytes, want %d", ErrMalformed, len(lit), litLen)
 	}
-	out := make([]byte, n)
+	out := dst[:0]
+	if int64(cap(out)) < n {
+		out = make([]byte, n)
+	}
+	out = out[:n]
 	pos := int64(0)
 	for _, s := range segs {
 		if s.literal {

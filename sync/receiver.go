@@ -6,12 +6,14 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	gosync "sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/klauspost/compress/zstd"
 	"golang.org/x/sync/errgroup"
+	"golang.org/x/sync/semaphore"
 
 	"github.com/ntc-project/ntc/chunk"
 	"github.com/ntc-project/ntc/transport"
@@ -26,14 +28,25 @@ type Receiver struct {
 	Repo *Repo
 	// Log, if set, is told about each push and each problem.
 	Log func(format string, args ...any)
+	// Refused, if set, is told instead of Log about each push or
+	// connection that ended in an error, with the peer and its address
+	// (a peer may cause many: rate limit what it prints).
+	Refused func(peer transport.ID, addr net.Addr, err error)
 	// Keep, if not 0, is how many committed versions of a set are kept:
 	// after each push the older ones are removed, and once no push is in
 	// progress the chunks no version refers to any more are dropped from
 	// the store and their space given back. 0 keeps every version.
 	Keep int
+	// Limits bound what each push and each peer may cost the receiver.
+	Limits Limits
+
+	initOnce gosync.Once
+	lim      Limits
+	mem      *budget
 
 	mu       gosync.Mutex
 	sessions map[token]*session
+	peers    map[transport.ID]*peerState
 	// collectWanted says versions were removed since the last garbage
 	// collection; collected that one ran since the receiver started.
 	collectWanted, collected atomic.Bool
@@ -44,7 +57,64 @@ type Receiver struct {
 type session struct {
 	peer    transport.ID
 	streams chan dataStream
+	done    <-chan struct{} // the push ended
 }
+
+// peerState is what a peer's pushes in progress hold.
+type peerState struct {
+	pushes int
+	mem    *semaphore.Weighted // nil: no memory bound
+}
+
+func (r *Receiver) init() {
+	r.initOnce.Do(func() {
+		r.lim = r.Limits.withDefaults()
+		r.mem = newBudget(r.lim)
+	})
+}
+
+// enter admits a push from peer and opens its memory account; leave ends
+// both.
+func (r *Receiver) enter(peer transport.ID, done <-chan struct{}) (acct *account, leave func(), err error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.peers == nil {
+		r.peers = map[transport.ID]*peerState{}
+	}
+	ps := r.peers[peer]
+	if ps == nil {
+		ps = &peerState{}
+		if r.lim.PeerMemory > 0 {
+			ps.mem = semaphore.NewWeighted(r.lim.PeerMemory)
+		}
+		r.peers[peer] = ps
+	}
+	if ps.pushes >= r.lim.PushesPerPeer {
+		return nil, nil, fmt.Errorf("%w: %d pushes from this peer are in progress already", ErrLimit, ps.pushes)
+	}
+	ps.pushes++
+	acct = r.mem.open(ps.mem, done)
+	return acct, func() {
+		acct.close()
+		r.mu.Lock()
+		defer r.mu.Unlock()
+		if ps.pushes--; ps.pushes == 0 {
+			delete(r.peers, peer)
+		}
+	}, nil
+}
+
+// Per-stream buffers: the control stream's read and write buffers, and a
+// data stream's read buffer (its payloads are read past it), each charged
+// with the first frameKeep bytes of its frame buffer.
+const (
+	ctrlBufSize = 64 << 10
+	dataBufSize = 4 << 10
+)
+
+// ctrlFrameLimit bounds a frame on the control stream: an offer's header
+// with its metadata, or one ops frame (senders cut them at opsFrameSize).
+const ctrlFrameLimit = 16 << 20
 
 // dataStream is a data stream whose header has been read.
 type dataStream struct {
@@ -53,12 +123,12 @@ type dataStream struct {
 	round uint64
 }
 
-func (r *Receiver) register(peer transport.ID) (token, *session, func(), error) {
+func (r *Receiver) register(peer transport.ID, done <-chan struct{}) (token, *session, func(), error) {
 	var t token
 	if _, err := rand.Read(t[:]); err != nil {
 		return t, nil, nil, err
 	}
-	s := &session{peer: peer, streams: make(chan dataStream, maxStreams)}
+	s := &session{peer: peer, streams: make(chan dataStream, maxStreams), done: done}
 	r.mu.Lock()
 	if r.sessions == nil {
 		r.sessions = map[token]*session{}
@@ -76,8 +146,9 @@ func (r *Receiver) register(peer transport.ID) (token, *session, func(), error) 
 // and finds its session.
 func (r *Receiver) openData(st *transport.Stream, rd *frameReader, peer transport.ID) (*session, dataStream, error) {
 	if rd == nil {
-		rd = newFrameReader(st)
+		rd = newFrameReaderSize(stallStream{st, r.lim.Stall}, dataBufSize)
 	}
+	rd.limit = 64
 	p, err := rd.expect(msgData)
 	if err != nil {
 		return nil, dataStream{}, err
@@ -107,13 +178,41 @@ func (r *Receiver) forward(ctx context.Context, conn *transport.Conn, first *tra
 		}
 		select {
 		case s.streams <- ds:
+		case <-s.done:
+			ds.st.Cancel(transport.ErrShuttingDown)
+			return nil
 		case <-ctx.Done():
 			return ctx.Err()
 		}
-		if st, err = conn.AcceptStream(ctx); err != nil {
-			return nil // the sender closed its data connection
+		// The data connection lives as long as the push it serves.
+		actx, stop := withDone(ctx, s.done)
+		st, err = conn.AcceptStream(actx)
+		stop()
+		if err != nil {
+			return nil // the sender closed its data connection, or the push ended
 		}
 	}
+}
+
+// withDone is ctx, also ended when done is closed.
+func withDone(ctx context.Context, done <-chan struct{}) (context.Context, func()) {
+	ctx, cancel := context.WithCancel(ctx)
+	go func() {
+		select {
+		case <-done:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	return ctx, cancel
+}
+
+func (r *Receiver) refused(conn *transport.Conn, err error) {
+	if r.Refused != nil {
+		r.Refused(conn.PeerID(), conn.RemoteAddr(), err)
+		return
+	}
+	r.logf("push from %s (%s): %v", conn.PeerID(), conn.RemoteAddr(), err)
 }
 
 func (r *Receiver) logf(format string, args ...any) {
@@ -125,25 +224,43 @@ func (r *Receiver) logf(format string, args ...any) {
 // Serve handles one connection: one push. Errors are reported to the peer
 // as codes and returned; the caller goes on serving other connections.
 func (r *Receiver) Serve(ctx context.Context, conn *transport.Conn) error {
+	r.init()
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	ctrl, err := conn.AcceptStream(ctx)
+	actx, acancel := context.WithTimeout(ctx, r.lim.Stall)
+	ctrl, err := conn.AcceptStream(actx)
+	acancel()
 	if err != nil {
-		return fmt.Errorf("accept control stream: %w", err)
+		if ctx.Err() == nil && actx.Err() != nil {
+			err = fmt.Errorf("%w: no stream within %s", ErrStalled, r.lim.Stall)
+		}
+		err = fmt.Errorf("accept control stream: %w", err)
+		r.refused(conn, err)
+		return err
 	}
-	rd := newFrameReader(ctrl)
+	ss := stallStream{ctrl, r.lim.Stall}
+	rd := newFrameReaderSize(ss, ctrlBufSize)
+	rd.limit = ctrlFrameLimit
+	defer rd.release()
 	typ, err := rd.r.Peek(1)
 	if err == nil && typ[0] == msgData {
 		// A data connection of a push whose control stream is elsewhere.
-		return r.forward(ctx, conn, ctrl, rd)
+		err := r.forward(ctx, conn, ctrl, rd)
+		if err != nil {
+			r.refused(conn, fmt.Errorf("data connection: %w", err))
+			if errors.Is(err, ErrMalformed) {
+				conn.CloseWithError(transport.ErrProtocol)
+			}
+		}
+		return err
 	}
-	w := newFrameWriter(ctrl)
+	w := newFrameWriterSize(ss, ctrlBufSize)
 	err = r.serve(ctx, cancel, conn, rd, w)
 	if err != nil {
 		// Tell the peer what went wrong, by code.
 		w.write(msgError, encodeUint(codeOf(err)))
 		w.flush()
-		r.logf("push from %s: %v", conn.PeerID(), err)
+		r.refused(conn, err)
 	}
 	ctrl.Close()
 	r.CollectIfWanted(ctx)
@@ -191,13 +308,13 @@ func (r *Receiver) CollectIfWanted(ctx context.Context) {
 
 // incoming is the receiver's view of one offer.
 type incoming struct {
-	offer   offer
-	ops     [][]op
-	results [][]chunk.Entry
-	index   []*chunk.Index
-	bases   []io.ReaderAt // the base image, for based images (patches)
-	news    []newChunk
-	stage   *staging // images written as their chunks arrive
+	offer    offer
+	index    []*chunk.Index
+	bases    []io.ReaderAt // the base image, for based images (patches)
+	news     []newChunk
+	stage    *staging // images written as their chunks arrive
+	acct     *account
+	maxChunk int64 // the largest chunk the offer's parameters allow
 }
 
 func (r *Receiver) serve(ctx context.Context, cancel context.CancelFunc, conn *transport.Conn, rd *frameReader, w *frameWriter) error {
@@ -215,6 +332,16 @@ func (r *Receiver) serve(ctx context.Context, cancel context.CancelFunc, conn *t
 	if err := CheckName(h.set); err != nil {
 		return err
 	}
+	acct, leavePeer, err := r.enter(conn.PeerID(), ctx.Done())
+	if err != nil {
+		return err
+	}
+	defer leavePeer()
+	defer rd.release() // before the account closes
+	if err := acct.reserve(2*(ctrlBufSize+frameKeep), "the control stream"); err != nil {
+		return err
+	}
+	rd.acct = acct
 	// A garbage collection under way holds the gate until its Compact ends: wait
 	// for it before taking the set, not while holding it.
 	leave, err := r.Repo.gate.enter(ctx)
@@ -235,7 +362,7 @@ func (r *Receiver) serve(ctx context.Context, cancel context.CancelFunc, conn *t
 		return err
 	}
 	var b base
-	tok, sess, unregister, err := r.register(conn.PeerID())
+	tok, sess, unregister, err := r.register(conn.PeerID(), ctx.Done())
 	if err != nil {
 		return err
 	}
@@ -282,6 +409,9 @@ func (r *Receiver) serve(ctx context.Context, cancel context.CancelFunc, conn *t
 		}
 		for _, im := range cur.Images {
 			if im.Name == name {
+				if err := acct.reserve(int64(im.Chunks)*entrySize, "the base index of "+name); err != nil {
+					return nil, err
+				}
 				x, err := r.Repo.Index(h.set, cur.Version, name)
 				if err != nil {
 					return nil, err
@@ -295,9 +425,11 @@ func (r *Receiver) serve(ctx context.Context, cancel context.CancelFunc, conn *t
 
 	// Index requests and offers, until an offer against what this
 	// receiver holds arrives; others were made against an older belief of
-	// the sender's and are skipped.
-	var in incoming
-	for {
+	// the sender's and are skipped. A sender asks for each index once and
+	// offers at most twice (before and after it learns the base).
+	in := incoming{acct: acct}
+	sentIndex := map[string]bool{}
+	for offers := 0; ; {
 		typ, p, err := rd.read()
 		if err != nil {
 			return unexpected(err)
@@ -307,8 +439,15 @@ func (r *Receiver) serve(ctx context.Context, cancel context.CancelFunc, conn *t
 			if err != nil {
 				return err
 			}
+			if sentIndex[name] {
+				return fmt.Errorf("%w: index of %s asked for twice", ErrMalformed, name)
+			}
+			sentIndex[name] = true
 			x, err := loadBase(name)
 			if err != nil {
+				return err
+			}
+			if err := acct.reserve(int64(len(x.Entries))*(int64(len(chunk.ID{}))+4), "the base index of "+name); err != nil {
 				return err
 			}
 			enc, err := x.MarshalBinary()
@@ -321,6 +460,7 @@ func (r *Receiver) serve(ctx context.Context, cancel context.CancelFunc, conn *t
 			if err := w.flush(); err != nil {
 				return err
 			}
+			acct.free(int64(len(x.Entries)) * (int64(len(chunk.ID{})) + 4))
 			continue
 		}
 		if typ == msgError {
@@ -329,13 +469,19 @@ func (r *Receiver) serve(ctx context.Context, cancel context.CancelFunc, conn *t
 		if typ != msgOffer {
 			return fmt.Errorf("%w: frame type %d before the offer", ErrMalformed, typ)
 		}
+		if offers++; offers > 2 {
+			return fmt.Errorf("%w: a third offer", ErrMalformed)
+		}
 		if in.offer, err = decodeOffer(p); err != nil {
+			return err
+		}
+		if err := r.checkOffer(in.offer); err != nil {
 			return err
 		}
 		if offerMatches(in.offer, b) {
 			break
 		}
-		if err := skipOffer(rd); err != nil {
+		if err := skipOffer(rd, r.lim.MaxOpsBytes); err != nil {
 			return err
 		}
 	}
@@ -437,12 +583,38 @@ func (r *Receiver) serve(ctx context.Context, cancel context.CancelFunc, conn *t
 	return nil
 }
 
+// checkOffer refuses an offer the receiver will not take whatever its
+// base: too many images, a name twice, chunks larger than it accepts.
+func (r *Receiver) checkOffer(o offer) error {
+	if len(o.images) > r.lim.MaxImages {
+		return fmt.Errorf("%w: %d images in one version, limit %d", ErrLimit, len(o.images), r.lim.MaxImages)
+	}
+	seen := make(map[string]bool, len(o.images))
+	for _, oi := range o.images {
+		if err := CheckName(oi.name); err != nil {
+			return err
+		}
+		if seen[oi.name] {
+			return fmt.Errorf("%w: image %s offered twice", ErrMalformed, oi.name)
+		}
+		seen[oi.name] = true
+		if int64(oi.params.MaxSize) > int64(r.lim.MaxChunk) {
+			return fmt.Errorf("%w: image %s has chunks of up to %d bytes, limit %d", ErrLimit, oi.name, oi.params.MaxSize, r.lim.MaxChunk)
+		}
+	}
+	return nil
+}
+
 // skipOffer reads past the ops of an offer that is not taken.
-func skipOffer(rd *frameReader) error {
+func skipOffer(rd *frameReader, maxBytes int64) error {
+	var n int64
 	for {
-		typ, _, err := rd.read()
+		typ, p, err := rd.read()
 		if err != nil {
 			return unexpected(err)
+		}
+		if n += int64(len(p)); n > maxBytes {
+			return fmt.Errorf("%w: an offer's ops are over %d bytes", ErrLimit, maxBytes)
 		}
 		switch typ {
 		case msgOfferEnd:
@@ -455,10 +627,48 @@ func skipOffer(rd *frameReader) error {
 }
 
 // readOps reads the ops frames up to the offer's end and rebuilds each
-// image's index.
+// image's index as they arrive, in image order.
 func (r *Receiver) readOps(ctx context.Context, rd *frameReader, in *incoming, loadBase func(string) (*chunk.Index, error)) error {
 	n := len(in.offer.images)
-	in.ops = make([][]op, n)
+	builders := make([]*imageBuilder, 0, n)
+	in.bases = make([]io.ReaderAt, n)
+	seen := map[chunk.ID]struct{}{}
+	var charged int
+	// next starts the builder of the next image.
+	next := func() error {
+		i := len(builders)
+		oi := in.offer.images[i]
+		in.maxChunk = max(in.maxChunk, int64(oi.params.MaxSize))
+		b := &imageBuilder{name: oi.name, size: oi.size, maxChunk: int64(oi.params.MaxSize), max: r.lim.MaxEntries, acct: in.acct}
+		if oi.based {
+			x, err := loadBase(oi.name)
+			if err != nil {
+				return err
+			}
+			if x.Params != oi.params {
+				return fmt.Errorf("%w: image %s offered as based on an image cut otherwise", ErrMalformed, oi.name)
+			}
+			b.base = x.Entries
+			in.bases[i] = chunk.NewStoreImage(ctx, x, r.Repo.store)
+		}
+		b.onInsert = func(e chunk.Entry, _ int) error {
+			if _, ok := seen[e.ID]; ok {
+				return nil
+			}
+			if len(in.news) >= charged {
+				if err := in.acct.reserve(1024*newChunkCost, "the new chunks' list"); err != nil {
+					return err
+				}
+				charged += 1024
+			}
+			seen[e.ID] = struct{}{}
+			in.news = append(in.news, newChunk{image: i, entry: e})
+			return nil
+		}
+		builders = append(builders, b)
+		return nil
+	}
+	var opsBytes int64
 	for {
 		typ, p, err := rd.read()
 		if err != nil {
@@ -470,42 +680,46 @@ func (r *Receiver) readOps(ctx context.Context, rd *frameReader, in *incoming, l
 		if typ != msgOps {
 			return fmt.Errorf("%w: frame type %d inside the offer", ErrMalformed, typ)
 		}
-		m, err := decodeOpsMsg(p)
-		if err != nil {
-			return err
+		if opsBytes += int64(len(p)); opsBytes > r.lim.MaxOpsBytes {
+			return fmt.Errorf("%w: an offer's ops are over %d bytes", ErrLimit, r.lim.MaxOpsBytes)
 		}
-		if m.image >= n {
-			return fmt.Errorf("%w: ops for image %d of %d", ErrMalformed, m.image, n)
+		d := dec{b: p}
+		img := d.uvarint()
+		if d.err != nil {
+			return d.err
 		}
-		in.ops[m.image] = append(in.ops[m.image], m.ops...)
-	}
-	in.results = make([][]chunk.Entry, n)
-	in.index = make([]*chunk.Index, n)
-	in.bases = make([]io.ReaderAt, n)
-	for i, oi := range in.offer.images {
-		if err := CheckName(oi.name); err != nil {
-			return err
+		if img >= uint64(n) || img+1 < uint64(len(builders)) {
+			return fmt.Errorf("%w: ops for image %d of %d after image %d", ErrMalformed, img, n, len(builders)-1)
 		}
-		var baseEntries []chunk.Entry
-		if oi.based {
-			x, err := loadBase(oi.name)
-			if err != nil {
+		for uint64(len(builders)) <= img {
+			if err := next(); err != nil {
 				return err
 			}
-			baseEntries = x.Entries
-			in.bases[i] = chunk.NewStoreImage(ctx, x, r.Repo.store)
 		}
-		es, err := applyDelta(baseEntries, in.ops[i])
-		if err != nil {
-			return fmt.Errorf("image %s: %w", oi.name, err)
+		if err := decodeOpsTo(&d, builders[img]); err != nil {
+			return err
 		}
-		x := &chunk.Index{Params: oi.params, Size: oi.size, Entries: es}
+		if err := d.done(); err != nil {
+			return err
+		}
+	}
+	for len(builders) < n {
+		if err := next(); err != nil {
+			return err
+		}
+	}
+	in.index = make([]*chunk.Index, n)
+	for i, b := range builders {
+		if err := b.finish(); err != nil {
+			return err
+		}
+		oi := in.offer.images[i]
+		x := &chunk.Index{Params: oi.params, Size: oi.size, Entries: b.out}
 		if err := x.Check(); err != nil {
 			return fmt.Errorf("%w: image %s: %w", ErrMalformed, oi.name, err)
 		}
-		in.results[i], in.index[i] = es, x
+		in.index[i] = x
 	}
-	in.news = listNew(in.ops, in.results)
 	return nil
 }
 
@@ -525,10 +739,18 @@ func (r *Receiver) receiveRound(ctx context.Context, sess *session, rd *frameRea
 	}
 	g, gctx := errgroup.WithContext(ctx)
 	var damaged atomic.Int64
+	// Each wanted chunk is taken once a round: a chunk sent again is a
+	// sender wasting the receiver's time.
+	taken := make([]atomic.Bool, len(in.news))
+	stall := time.NewTimer(r.lim.Stall)
+	defer stall.Stop()
 	for range s.streams {
 		var ds dataStream
 		select {
 		case ds = <-sess.streams:
+		case <-stall.C:
+			g.Wait()
+			return fmt.Errorf("%w: %d data streams announced, not opened within %s", ErrStalled, s.streams, r.lim.Stall)
 		case <-gctx.Done():
 			g.Wait()
 			return fmt.Errorf("waiting for data streams: %w", context.Cause(gctx))
@@ -538,7 +760,7 @@ func (r *Receiver) receiveRound(ctx context.Context, sess *session, rd *frameRea
 			g.Wait()
 			return fmt.Errorf("%w: data stream of round %d during round %d", ErrMalformed, ds.round, round)
 		}
-		g.Go(func() error { return r.readData(gctx, ds, in, bitmap, have, &damaged) })
+		g.Go(func() error { return r.readData(gctx, ds, in, bitmap, have, taken, &damaged) })
 	}
 	if err := g.Wait(); err != nil {
 		return err
@@ -550,7 +772,7 @@ func (r *Receiver) receiveRound(ctx context.Context, sess *session, rd *frameRea
 }
 
 // readData reads one data stream: chunks of the current round.
-func (r *Receiver) readData(ctx context.Context, ds dataStream, in *incoming, bitmap []byte, have []atomic.Bool, damaged *atomic.Int64) (err error) {
+func (r *Receiver) readData(ctx context.Context, ds dataStream, in *incoming, bitmap []byte, have, taken []atomic.Bool, damaged *atomic.Int64) (err error) {
 	s, rd := ds.st, ds.rd
 	// A stream on a data connection lives apart from the control one:
 	// end it when the push ends.
@@ -565,7 +787,17 @@ func (r *Receiver) readData(ctx context.Context, ds dataStream, in *incoming, bi
 			s.Close()
 		}
 	}()
-	dec, err := zstd.NewReader(nil, zstd.WithDecoderConcurrency(1), zstd.WithDecoderMaxMemory(128<<20))
+	// A chunk frame holds at most a chunk, or a patch of one (its
+	// segments and literal bytes).
+	rd.limit = int(2*in.maxChunk + 1024)
+	rd.acct = in.acct
+	defer rd.release()
+	if err := in.acct.reserve(dataBufSize+frameKeep, "a data stream"); err != nil {
+		return err
+	}
+	defer in.acct.free(dataBufSize + frameKeep)
+	dec, err := zstd.NewReader(nil, zstd.WithDecoderConcurrency(1), zstd.WithDecoderLowmem(true),
+		zstd.WithDecoderMaxMemory(uint64(max(in.maxChunk, 1<<10))), zstd.WithDecoderMaxWindow(uint64(max(in.maxChunk, zstd.MinWindowSize))))
 	if err != nil {
 		return err
 	}
@@ -577,6 +809,8 @@ func (r *Receiver) readData(ctx context.Context, ds dataStream, in *incoming, bi
 		}
 	}()
 	var buf []byte
+	var bufHeld int64
+	defer func() { in.acct.free(bufHeld) }()
 	for {
 		typ, p, err := rd.read()
 		if err == io.EOF {
@@ -595,26 +829,43 @@ func (r *Receiver) readData(ctx context.Context, ds dataStream, in *incoming, bi
 		if m.ordinal >= uint64(len(in.news)) || bitmap[m.ordinal/8]&(1<<(m.ordinal%8)) == 0 {
 			return fmt.Errorf("%w: chunk %d was not asked for", ErrMalformed, m.ordinal)
 		}
+		if taken[m.ordinal].Swap(true) {
+			return fmt.Errorf("%w: chunk %d sent twice in a round", ErrMalformed, m.ordinal)
+		}
 		nc := in.news[m.ordinal]
+		// Decompressed data goes to a buffer of the chunk's length,
+		// charged before it grows; the decoder refuses more.
+		if need := nc.entry.Length - int64(cap(buf)); need > 0 && m.codec != codecRaw {
+			if err := in.acct.reserve(need, "a decompressed chunk"); err != nil {
+				return err
+			}
+			bufHeld += need
+			buf = make([]byte, 0, nc.entry.Length)
+		}
 		data := m.data
 		if m.codec == codecPatch {
 			base := in.bases[nc.image]
 			if base == nil {
 				return fmt.Errorf("%w: a patch for an image without a base", ErrMalformed)
 			}
-			if data, err = applyPatch(m.data, nc.entry.Offset, nc.entry.Length, base, dec); err != nil {
+			if data, err = applyPatch(m.data, nc.entry.Offset, nc.entry.Length, base, dec, buf[:0]); err != nil {
 				r.logf("chunk %s: %v", nc.entry.ID.Short(), err)
 				damaged.Add(1)
 				continue
 			}
 		} else if m.codec == codecZstd {
-			buf, err = dec.DecodeAll(m.data, buf[:0])
-			if err != nil || int64(len(buf)) != nc.entry.Length {
+			if !zstdFits(m.data, nc.entry.Length) {
+				r.logf("chunk %s: does not declare its %d bytes", nc.entry.ID.Short(), nc.entry.Length)
+				damaged.Add(1)
+				continue
+			}
+			out, err := dec.DecodeAll(m.data, buf[:0])
+			if err != nil || int64(len(out)) != nc.entry.Length {
 				r.logf("chunk %s: does not decompress to its %d bytes", nc.entry.ID.Short(), nc.entry.Length)
 				damaged.Add(1)
 				continue
 			}
-			data = buf
+			data = out
 		}
 		if err := chunk.Verify(nc.entry.ID, data, "received from the sender"); err != nil {
 			r.logf("refused %v", err)
@@ -633,4 +884,18 @@ func (r *Receiver) readData(ctx context.Context, ds dataStream, in *incoming, bi
 		}
 		have[m.ordinal].Store(true)
 	}
+}
+
+// zstdFits reports whether a zstd frame declares exactly n bytes of
+// content: what senders write (EncodeAll), and what lets the receiver
+// refuse a bomb before decoding it.
+func zstdFits(p []byte, n int64) bool {
+	var h zstd.Header
+	if err := h.Decode(p); err != nil {
+		return false
+	}
+	if !h.HasFCS {
+		return n < 256 // zstd leaves small sizes out of a frame header
+	}
+	return h.FrameContentSize == uint64(n)
 }

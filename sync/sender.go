@@ -90,6 +90,7 @@ func (s *Sender) Push(ctx context.Context, conn *transport.Conn, v *Version) (*R
 	if err := v.check(); err != nil {
 		return nil, err
 	}
+	v = v.mergeZeroRuns()
 	res := &Result{Set: v.Set}
 	// The index cache is pruned once this push (and any other) is done.
 	release := s.shareCache()
@@ -171,7 +172,7 @@ func (s *Sender) Push(ctx context.Context, conn *transport.Conn, v *Version) (*R
 		if im.Base == nil || im.Changed == nil || !o.images[i].based {
 			continue
 		}
-		if d, _, err := indexDigest(im.Base); err == nil && d == o.images[i].baseDigest && im.Base.Params == im.Index.Params {
+		if d, _, err := indexDigest(im.Base.MergeZeroRuns()); err == nil && d == o.images[i].baseDigest && im.Base.Params == im.Index.Params {
 			patchable[i] = chunk.NormalizeRanges(im.Changed, max(im.Index.Size, im.Base.Size))
 		}
 	}
@@ -333,12 +334,10 @@ func (p *prepared) send(w *frameWriter) error {
 		return err
 	}
 	for i, ops := range p.ops {
-		for len(ops) > 0 {
-			n := opsThatFit(ops, maxFrame/2)
-			if err := w.write(msgOps, opsMsg{image: i, ops: ops[:n]}.encode()); err != nil {
+		for _, frame := range opsFrames(ops, opsFrameSize) {
+			if err := w.write(msgOps, opsMsg{image: i, ops: frame}.encode()); err != nil {
 				return err
 			}
-			ops = ops[n:]
 		}
 	}
 	if err := w.write(msgOfferEnd, nil); err != nil {
@@ -396,16 +395,37 @@ func hasImage(v *Version, name string) bool {
 	return false
 }
 
-// opsThatFit returns how many ops from the start fit in about limit bytes.
-func opsThatFit(ops []op, limit int) int {
+// opsFrameSize is about the most ops bytes a sender puts in one frame.
+const opsFrameSize = 1 << 20
+
+// opsFrames cuts ops into runs of about limit encoded bytes, splitting
+// long inserts (an insert followed by an insert is the same edit).
+func opsFrames(ops []op, limit int) [][]op {
+	const opBytes, entryBytes = 4, 42 // at most, encoded
+	var frames [][]op
+	var cur []op
 	size := 0
-	for i, o := range ops {
-		size += 4 + len(o.entries)*42
-		if size > limit && i > 0 {
-			return i
+	for _, o := range ops {
+		for {
+			room := (limit - size - opBytes) / entryBytes
+			if o.kind != opInsert || len(o.entries) <= room {
+				break
+			}
+			if room > 0 {
+				cur = append(cur, op{kind: opInsert, entries: o.entries[:room]})
+				o.entries = o.entries[room:]
+			}
+			frames, cur, size = append(frames, cur), nil, 0
 		}
+		if size += opBytes + len(o.entries)*entryBytes; size > limit && len(cur) > 0 {
+			frames, cur, size = append(frames, cur), nil, opBytes+len(o.entries)*entryBytes
+		}
+		cur = append(cur, o)
 	}
-	return len(ops)
+	if len(cur) > 0 {
+		frames = append(frames, cur)
+	}
+	return frames
 }
 
 // ctxErr prefers the context's error when it ended the operation.

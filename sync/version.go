@@ -72,7 +72,7 @@ type Version struct {
 	// Set names the series of versions on the receiver.
 	Set string
 	// Meta is opaque to sync and stored beside the version (a checkpoint's
-	// manifest, for example); at most 16 MiB.
+	// manifest, for example); at most 1 MiB.
 	Meta   []byte
 	Images []Image
 }
@@ -98,6 +98,28 @@ func (v *Version) check() error {
 		}
 	}
 	return nil
+}
+
+// mergeZeroRuns returns v with its indexes in the form receivers store
+// them, runs of zero entries merged (v itself when they are already).
+func (v *Version) mergeZeroRuns() *Version {
+	var out *Version
+	for i, im := range v.Images {
+		x := im.Index.MergeZeroRuns()
+		if x == im.Index {
+			continue
+		}
+		if out == nil {
+			c := *v
+			c.Images = append([]Image(nil), v.Images...)
+			out = &c
+		}
+		out.Images[i].Index = x
+	}
+	if out == nil {
+		return v
+	}
+	return out
 }
 
 // newChunk is one entry of the list a want bitmap indexes: the distinct

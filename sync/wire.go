@@ -49,7 +49,11 @@ type frameWriter struct {
 }
 
 func newFrameWriter(w io.Writer) *frameWriter {
-	return &frameWriter{w: bufio.NewWriterSize(w, 256<<10)}
+	return newFrameWriterSize(w, 256<<10)
+}
+
+func newFrameWriterSize(w io.Writer, size int) *frameWriter {
+	return &frameWriter{w: bufio.NewWriterSize(w, size)}
 }
 
 // write sends one frame: type, uvarint length, payload.
@@ -81,19 +85,45 @@ func (f *frameWriter) write2(typ byte, head, body []byte) error {
 
 func (f *frameWriter) flush() error { return f.w.Flush() }
 
-// frameReader reads frames from a stream.
+// frameReader reads frames from a stream. Its buffer grows as a frame's
+// bytes arrive, never to the length a frame announces, so a peer pays in
+// bytes sent for the memory it makes the reader hold.
 type frameReader struct {
 	r   *bufio.Reader
 	buf []byte
+	// limit bounds a frame's payload (maxFrame when 0).
+	limit int
+	// acct, if set, is charged for buf's capacity beyond the first
+	// frameKeep bytes, and held records what was charged.
+	acct *account
+	held int64
 }
+
+// Growth of a frame reader's buffer: it starts at frameStep bytes, at most
+// doubles while a frame's bytes arrive, and a buffer larger than frameKeep
+// is dropped before the next frame.
+const (
+	frameStep = 64 << 10
+	frameKeep = 256 << 10
+)
 
 func newFrameReader(r io.Reader) *frameReader {
 	return &frameReader{r: bufio.NewReaderSize(r, 256<<10)}
 }
 
+// newFrameReaderSize reads frames with a read buffer of size bytes.
+func newFrameReaderSize(r io.Reader, size int) *frameReader {
+	return &frameReader{r: bufio.NewReaderSize(r, size)}
+}
+
 // read returns the next frame; the payload is valid until the next read.
 // A clean end of stream before a frame is io.EOF.
 func (f *frameReader) read() (byte, []byte, error) {
+	if cap(f.buf) > frameKeep {
+		f.buf = nil
+		f.acct.free(f.held)
+		f.held = 0
+	}
 	typ, err := f.r.ReadByte()
 	if err != nil {
 		return 0, nil, err
@@ -102,17 +132,51 @@ func (f *frameReader) read() (byte, []byte, error) {
 	if err != nil {
 		return 0, nil, fmt.Errorf("%w: frame length: %w", ErrMalformed, unexpected(err))
 	}
-	if n > maxFrame {
-		return 0, nil, fmt.Errorf("%w: frame of %d bytes, limit %d", ErrMalformed, n, maxFrame)
+	limit := uint64(f.limit)
+	if limit == 0 {
+		limit = maxFrame
 	}
-	if uint64(cap(f.buf)) < n {
-		f.buf = make([]byte, n)
+	if n > limit {
+		return 0, nil, fmt.Errorf("%w: frame type %d of %d bytes, limit %d", ErrMalformed, typ, n, limit)
 	}
-	f.buf = f.buf[:n]
-	if _, err := io.ReadFull(f.r, f.buf); err != nil {
-		return 0, nil, fmt.Errorf("%w: frame type %d: %w", ErrMalformed, typ, unexpected(err))
+	f.buf = f.buf[:0]
+	for uint64(len(f.buf)) < n {
+		if len(f.buf) == cap(f.buf) {
+			if err := f.grow(int(min(n, uint64(max(2*cap(f.buf), frameStep))))); err != nil {
+				return 0, nil, err
+			}
+		}
+		k, err := f.r.Read(f.buf[len(f.buf):min(uint64(cap(f.buf)), n)])
+		f.buf = f.buf[:len(f.buf)+k]
+		if err != nil && uint64(len(f.buf)) < n {
+			return 0, nil, fmt.Errorf("%w: frame type %d: %w", ErrMalformed, typ, unexpected(err))
+		}
 	}
 	return typ, f.buf, nil
+}
+
+// grow gives buf a capacity of size, keeping its bytes, after charging
+// the account for what the capacity adds past frameKeep.
+func (f *frameReader) grow(size int) error {
+	if over := int64(size-frameKeep) - f.held; over > 0 {
+		if err := f.acct.reserve(over, "a frame"); err != nil {
+			return err
+		}
+		if f.acct != nil {
+			f.held += over
+		}
+	}
+	b := make([]byte, len(f.buf), size)
+	copy(b, f.buf)
+	f.buf = b
+	return nil
+}
+
+// release gives back what the reader's buffer holds of its account.
+func (f *frameReader) release() {
+	f.buf = nil
+	f.acct.free(f.held)
+	f.held = 0
 }
 
 // expect reads a frame of type want; an error frame becomes its error.

@@ -127,6 +127,7 @@ func FuzzDecodeOps(f *testing.F) {
 	encodeOps(&e, makeDelta(base, entriesOf(f, b)))
 	f.Add(opsMsg{image: 0, ops: nil}.encode())
 	f.Add(append([]byte{0}, e.b...))
+	f.Add(append([]byte{0, 1, byte(opInsert), 4}, 3, 3, 3, 3)) // one-byte zero entries
 	f.Fuzz(func(t *testing.T, p []byte) {
 		m, err := decodeOpsMsg(p)
 		if err != nil {
@@ -134,8 +135,31 @@ func FuzzDecodeOps(f *testing.F) {
 		}
 		// Applying arbitrary ops never panics; a result is a valid list.
 		es, err := applyDelta(base, m.ops)
+		// The receiver's builder, fed the same bytes as they are decoded,
+		// agrees with applyDelta, with runs of zero entries merged.
+		var size int64
+		for _, e := range es {
+			size += e.Length
+		}
+		b := &imageBuilder{name: "x", base: base, size: size, maxChunk: 1 << 62, max: 1 << 30}
+		d := dec{b: p}
+		d.uvarint()
+		berr := decodeOpsTo(&d, b)
+		if berr == nil {
+			berr = b.finish()
+		}
 		if err != nil {
+			if berr == nil && len(es) == 0 && size == 0 {
+				t.Fatalf("builder took ops applyDelta refused: %v", err)
+			}
 			return
+		}
+		if berr != nil {
+			t.Fatalf("builder refused ops applyDelta took: %v", berr)
+		}
+		want := (&chunk.Index{Entries: es}).MergeZeroRuns().Entries
+		if !slices.Equal(b.out, want) {
+			t.Fatalf("builder made %d entries, applyDelta %d (merged)", len(b.out), len(want))
 		}
 		pos := int64(0)
 		for _, e := range es {

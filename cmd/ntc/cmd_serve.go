@@ -2,14 +2,17 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log"
+	"net"
+	"runtime/debug"
 	gosync "sync"
 	"time"
 
 	"github.com/spf13/cobra"
 
+	"github.com/ntc-project/ntc/chunk"
+	"github.com/ntc-project/ntc/internal/ratelimit"
 	ntcsync "github.com/ntc-project/ntc/sync"
 	"github.com/ntc-project/ntc/transport"
 )
@@ -19,6 +22,16 @@ type serveOptions struct {
 	store  string
 	allow  []string
 	keep   int
+	// maxMemory is the ceiling for serve's memory whatever peers send;
+	// stall how long a push may make no progress; conns and peerConns
+	// bound connections (all peers, one peer); handshakes the connection
+	// attempts a second from one address.
+	maxMemory  string
+	stall      time.Duration
+	conns      int
+	peerConns  int
+	pushes     int
+	handshakes float64
 }
 
 func newServeCommand(g *globals) *cobra.Command {
@@ -49,6 +62,12 @@ Examples:
 			o.listen = g.v.GetString("serve.listen")
 			o.store = g.v.GetString("serve.store")
 			o.keep = g.v.GetInt("serve.keep")
+			o.maxMemory = g.v.GetString("serve.max-memory")
+			o.stall = g.v.GetDuration("serve.stall-timeout")
+			o.conns = g.v.GetInt("serve.max-conns")
+			o.peerConns = g.v.GetInt("serve.max-conns-per-peer")
+			o.pushes = g.v.GetInt("serve.max-pushes-per-peer")
+			o.handshakes = g.v.GetFloat64("serve.handshakes-per-second")
 			if len(o.allow) == 0 {
 				o.allow = g.v.GetStringSlice("serve.allow")
 			}
@@ -63,6 +82,15 @@ Examples:
 	f.Int("keep", 0, "versions of each set to keep (0: all); older ones and the chunks only they need are removed")
 	g.bind(cmd, "serve.store", "store")
 	g.bind(cmd, "serve.keep", "keep")
+	f.String("max-memory", "256M", "memory ceiling whatever peers send: pushes that would need more wait, then fail")
+	f.Duration("stall-timeout", ntcsync.DefaultLimits.Stall, "end a push whose peer sends (or reads) nothing for this long, releasing its set")
+	f.Int("max-conns", 16, "connections from all peers together")
+	f.Int("max-conns-per-peer", 8, "connections from one peer")
+	f.Int("max-pushes-per-peer", ntcsync.DefaultLimits.PushesPerPeer, "pushes in progress from one peer")
+	f.Float64("handshakes-per-second", 20, "connection attempts a second from one address (bursts of twice as many)")
+	for _, name := range []string{"max-memory", "stall-timeout", "max-conns", "max-conns-per-peer", "max-pushes-per-peer", "handshakes-per-second"} {
+		g.bind(cmd, "serve."+name, name)
+	}
 	return cmd
 }
 
@@ -72,6 +100,15 @@ type listeningJSON struct {
 	ID    string `json:"id"`
 	Store string `json:"store"`
 }
+
+// Memory serve sets aside from its ceiling: the runtime, quic-go and
+// what is not counted per push (the store's index, sockets).
+const serveBaseMemory = 48 << 20
+
+// serveWindow is each connection's receive window: what quic-go may
+// buffer for it when serve does not read. 4 MiB keeps a 400 Mbit/s path
+// of 80 ms full per connection; pushes on long paths use several.
+const serveWindow = 4 << 20
 
 func runServe(ctx context.Context, g *globals, o serveOptions) error {
 	if o.store == "" {
@@ -91,6 +128,10 @@ func runServe(ctx context.Context, g *globals, o serveOptions) error {
 		}
 		allowed = append(allowed, id)
 	}
+	lim, tcfg, err := o.limits(len(allowed))
+	if err != nil {
+		return err
+	}
 	id, err := transport.LoadIdentity(g.home())
 	if err != nil {
 		return err
@@ -100,18 +141,20 @@ func runServe(ctx context.Context, g *globals, o serveOptions) error {
 		return err
 	}
 	defer repo.Close()
-	l, err := transport.Listen(o.listen, id, transport.AllowIDs(allowed...), transport.Config{})
+	logger := log.New(g.stderr, "ntc serve: ", log.LstdFlags)
+	refusals := &refusalLog{log: logger, rate: ratelimit.Keyed{Rate: 1, Burst: 5}}
+	tcfg.Limits.Refused = refusals.transport
+	l, err := transport.Listen(o.listen, id, transport.AllowIDs(allowed...), tcfg)
 	if err != nil {
 		return err
 	}
 	defer l.Close()
-	logger := log.New(g.stderr, "ntc serve: ", log.LstdFlags)
 	if g.json {
 		writeJSONLine(g.stdout, listeningJSON{Event: "listening", Addr: l.Addr().String(), ID: id.ID().String(), Store: o.store})
 	} else {
 		fmt.Fprintf(g.stdout, "serving %s on %s as %s (%d peers allowed)\n", o.store, l.Addr(), id.ID(), len(allowed))
 	}
-	rcv := &ntcsync.Receiver{Repo: repo, Log: logger.Printf, Keep: o.keep}
+	rcv := &ntcsync.Receiver{Repo: repo, Log: logger.Printf, Keep: o.keep, Limits: lim, Refused: refusals.push}
 	var wg gosync.WaitGroup
 	defer wg.Wait()
 	if o.keep > 0 {
@@ -137,10 +180,6 @@ func runServe(ctx context.Context, g *globals, o serveOptions) error {
 				logger.Printf("stopping: pushes in progress are abandoned; their sets keep their previous version")
 				return nil
 			}
-			if errors.Is(err, transport.ErrPeerNotAllowed) {
-				logger.Printf("refused a peer: %v", err)
-				continue
-			}
 			return err
 		}
 		wg.Go(func() {
@@ -148,4 +187,77 @@ func runServe(ctx context.Context, g *globals, o serveOptions) error {
 			rcv.Serve(ctx, c)
 		})
 	}
+}
+
+// limits turns the options into the receiver's and the listener's
+// limits, and sets the process's memory limit as a backstop.
+func (o serveOptions) limits(peers int) (ntcsync.Limits, transport.Config, error) {
+	ceiling, err := chunk.ParseSize(o.maxMemory)
+	if err != nil {
+		return ntcsync.Limits{}, transport.Config{}, usagef("--max-memory %q: %v", o.maxMemory, err)
+	}
+	if o.conns <= 0 || o.peerConns <= 0 || o.pushes <= 0 || o.handshakes <= 0 || o.stall <= 0 {
+		return ntcsync.Limits{}, transport.Config{}, usagef("--max-conns, --max-conns-per-peer, --max-pushes-per-peer, --handshakes-per-second and --stall-timeout must be positive")
+	}
+	// What quic-go may buffer, and what serve needs anyway, come off the
+	// ceiling; pushes share the rest.
+	pushes := ceiling - serveBaseMemory - int64(o.conns)*serveWindow
+	if pushes < 16<<20 {
+		return ntcsync.Limits{}, transport.Config{}, usagef("--max-memory %s leaves %d MiB for pushes with %d connections of %d MiB windows: raise it to at least %d MiB, or lower --max-conns",
+			o.maxMemory, max(pushes, 0)>>20, o.conns, serveWindow>>20, (serveBaseMemory+int64(o.conns)*serveWindow+16<<20)>>20)
+	}
+	lim := ntcsync.Limits{Memory: pushes, PeerMemory: pushes, PushesPerPeer: o.pushes, Stall: o.stall}
+	if peers > 1 {
+		lim.PeerMemory = pushes / 2 // no one peer can starve the others
+	}
+	// The garbage collector works harder near the ceiling rather than
+	// let garbage take serve past it.
+	debug.SetMemoryLimit(ceiling * 7 / 8)
+	tcfg := transport.Config{
+		MaxStreamReceiveWindow:     serveWindow,
+		MaxConnectionReceiveWindow: serveWindow,
+		Limits: transport.Limits{
+			HandshakesPerSecond: o.handshakes,
+			HandshakeBurst:      int(2 * o.handshakes),
+			RetryAbove:          o.conns,
+			ConnsPerPeer:        o.peerConns,
+			MaxConns:            o.conns,
+		},
+	}
+	return lim, tcfg, nil
+}
+
+// refusalLog logs refused peers and failed pushes, at most a few lines a
+// second for each peer (or address, before the peer is known), with how
+// many were left out.
+type refusalLog struct {
+	log  *log.Logger
+	rate ratelimit.Keyed
+}
+
+func (r *refusalLog) printf(key, format string, args ...any) {
+	ok, dropped := r.rate.Allow(key)
+	if !ok {
+		return
+	}
+	if dropped > 0 {
+		format += fmt.Sprintf(" (and %d more not logged)", dropped)
+	}
+	r.log.Printf(format, args...)
+}
+
+func (r *refusalLog) transport(f transport.Refusal) {
+	host := f.Addr.String()
+	if ua, ok := f.Addr.(*net.UDPAddr); ok {
+		host = ua.IP.String()
+	}
+	if f.Peer.IsZero() {
+		r.printf(host, "refused a connection from %s: %v", f.Addr, f.Err)
+		return
+	}
+	r.printf(f.Peer.String(), "refused peer %s at %s: %v", f.Peer, f.Addr, f.Err)
+}
+
+func (r *refusalLog) push(peer transport.ID, addr net.Addr, err error) {
+	r.printf(peer.String(), "push from %s at %s: %v", peer, addr, err)
 }
