@@ -20,6 +20,8 @@ const (
 	codeBadChunks  = 8
 	codeCancelled  = 9
 	codeUnknownImg = 10
+	codeLimit      = 11
+	codeStalled    = 12
 )
 
 // Conditions a push can end with; match them with errors.Is.
@@ -45,6 +47,8 @@ var codes = [...]struct {
 	{codeBadChunks, ErrBadChunks},
 	{codeCancelled, ErrRemoteCancelled},
 	{codeUnknownImg, ErrUnknownImage},
+	{codeLimit, ErrLimit},
+	{codeStalled, ErrStalled},
 }
 
 // codeOf maps a local error to the code sent to the peer.

@@ -66,11 +66,7 @@ func serve(t *testing.T, n node, store string, allow ...string) (string, *exec.C
 // serveWith is serve with more flags (e.g. --keep).
 func serveWith(t *testing.T, n node, store string, flags []string, allow ...string) (string, *exec.Cmd) {
 	t.Helper()
-	args := append([]string{"--json", "serve", "--listen", "127.0.0.1:0", "--store", store}, flags...)
-	for _, a := range allow {
-		args = append(args, "--allow", a)
-	}
-	c := n.cmd(context.Background(), args...)
+	c := n.cmd(context.Background(), serveArgs(store, flags, allow)...)
 	stdout, _ := c.StdoutPipe()
 	var stderr bytes.Buffer
 	c.Stderr = &stderr
@@ -93,6 +89,15 @@ func serveWith(t *testing.T, n node, store string, flags []string, allow ...stri
 		t.Fatalf("serve printed %q: %v", line, err)
 	}
 	return ev.Addr, c
+}
+
+// serveArgs is the command line of a loopback 'ntc serve --json'.
+func serveArgs(store string, flags, allow []string) []string {
+	args := append([]string{"--json", "serve", "--listen", "127.0.0.1:0", "--store", store}, flags...)
+	for _, a := range allow {
+		args = append(args, "--allow", a)
+	}
+	return args
 }
 
 func randomFile(t *testing.T, path string, size int, seed uint64) []byte {
