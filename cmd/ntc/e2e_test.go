@@ -40,7 +40,7 @@ type node struct {
 	id   string
 }
 
-func newNode(t *testing.T) node {
+func newNode(t testing.TB) node {
 	t.Helper()
 	n := node{home: t.TempDir()}
 	out, err := n.cmd(t.Context(), "init").Output()

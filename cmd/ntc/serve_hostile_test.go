@@ -90,7 +90,7 @@ type rawPeer struct {
 	to  *net.UDPAddr
 }
 
-func newRawPeer(t *testing.T, home, srcIP, to string) *rawPeer {
+func newRawPeer(t testing.TB, home, srcIP, to string) *rawPeer {
 	t.Helper()
 	id, err := transport.LoadIdentity(home)
 	if err != nil {
@@ -164,7 +164,7 @@ type servedProcess struct {
 	more chan struct{}
 }
 
-func startServe(t *testing.T, n node, store string, flags []string, allow ...string) *servedProcess {
+func startServe(t testing.TB, n node, store string, flags []string, allow ...string) *servedProcess {
 	t.Helper()
 	c := n.cmd(context.Background(), serveArgs(store, flags, allow)...)
 	stdout, _ := c.StdoutPipe()
@@ -438,5 +438,78 @@ func TestServeWithstandsHostilePeers(t *testing.T) {
 	}
 	if lines := strings.Count(srv.logText(), "\n"); lines > 400 {
 		t.Errorf("serve logged %d lines: refusals are not rate limited", lines)
+	}
+}
+
+// cpuNanos is the CPU time a process's threads have used, from each
+// thread's schedstat (nanoseconds; Go's threads live as long as it).
+func cpuNanos(tb testing.TB, pid int) int64 {
+	tb.Helper()
+	tasks, err := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/schedstat", pid))
+	if err != nil || len(tasks) == 0 {
+		tb.Fatalf("no threads of %d: %v", pid, err)
+	}
+	var sum int64
+	for _, p := range tasks {
+		b, err := os.ReadFile(p)
+		if err != nil {
+			continue // a thread that just ended
+		}
+		ns, err := strconv.ParseInt(strings.Fields(string(b))[0], 10, 64)
+		if err != nil {
+			tb.Fatal(err)
+		}
+		sum += ns
+	}
+	return sum
+}
+
+// BenchmarkServeHandshakes measures the CPU a real 'ntc serve' spends per
+// handshake it refuses (a peer not allowed: the whole TLS handshake; an
+// address over its rate: refused at its first packet) beside one it
+// accepts, from serve's own CPU time.
+//
+//	go test -run '^$' -bench ServeHandshakes -benchtime 300x ./cmd/ntc/
+func BenchmarkServeHandshakes(b *testing.B) {
+	for _, tc := range []struct {
+		name  string
+		rate  string
+		who   string // which identity dials
+		check func(err error) bool
+	}{
+		{"accepted", "1000000", "office", func(err error) bool { return err == nil }},
+		{"refused-unknown-peer", "1000000", "stranger", func(err error) bool { return err != nil }},
+		{"refused-over-rate", "0.001", "office", func(err error) bool { return err != nil }},
+	} {
+		b.Run(tc.name, func(b *testing.B) {
+			office, home, stranger := newNode(b), newNode(b), newNode(b)
+			srv := startServe(b, home, b.TempDir(), []string{"--handshakes-per-second", tc.rate, "--max-conns", "16"}, office.id)
+			who := office
+			if tc.who == "stranger" {
+				who = stranger
+			}
+			p := newRawPeer(b, who.home, "127.0.0.1", srv.addr)
+			if tc.name == "refused-over-rate" {
+				p.dial(b.Context()) // spends the burst
+				p.dial(b.Context())
+			}
+			before := cpuNanos(b, srv.pid)
+			for b.Loop() {
+				c, err := p.dial(b.Context())
+				if err == nil && tc.who == "stranger" {
+					// The refusal reaches a TLS 1.3 client after its
+					// handshake: wait for it.
+					_, err = c.AcceptStream(b.Context())
+				}
+				if !tc.check(err) {
+					b.Fatalf("dial: %v", err)
+				}
+				if c != nil {
+					c.CloseWithError(0, "")
+				}
+			}
+			used := cpuNanos(b, srv.pid) - before
+			b.ReportMetric(float64(used)/float64(b.N)/1e3, "serve-µs-CPU/handshake")
+		})
 	}
 }
