@@ -34,7 +34,7 @@ const (
 
 // OpenDirStore opens, creating if needed, the store in dir.
 func OpenDirStore(dir string) (*DirStore, error) {
-	if err := os.MkdirAll(filepath.Join(dir, "chunks"), 0o755); err != nil {
+	if err := os.MkdirAll(filepath.Join(dir, "chunks"), 0o700); err != nil {
 		return nil, fmt.Errorf("open chunk store: %w", err)
 	}
 	enc, err := zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedFastest), zstd.WithEncoderConcurrency(1))
@@ -126,7 +126,7 @@ func (s *DirStore) Put(ctx context.Context, id ID, data []byte) error {
 		buf = append(buf[:0], codecRaw)
 		buf = append(buf, data...)
 	}
-	if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+	if err := os.MkdirAll(filepath.Dir(p), 0o700); err != nil {
 		return fmt.Errorf("put chunk %s: %w", id.Short(), err)
 	}
 	f, err := os.CreateTemp(filepath.Dir(p), ".tmp-*")

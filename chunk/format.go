@@ -204,7 +204,7 @@ func (w *countWriter) Write(p []byte) (int, error) {
 // WriteIndexFile writes x to path atomically: a reader (or a crash) sees the
 // previous file or the complete new one.
 func WriteIndexFile(path string, x *Index) error {
-	return atomicfile.Write(path, 0o644, func(w io.Writer) error {
+	return atomicfile.Write(path, 0o600, func(w io.Writer) error {
 		_, err := x.WriteTo(w)
 		return err
 	})

@@ -158,7 +158,7 @@ func (s *PackStore) writeSidecars() error {
 			continue
 		}
 		p := filepath.Join(s.dir, "packs", sidecarName(n))
-		if err := atomicfile.WriteBytes(p, 0o644, encodeSidecar(fi.Size(), recs[n])); err != nil {
+		if err := atomicfile.WriteBytes(p, 0o600, encodeSidecar(fi.Size(), recs[n])); err != nil {
 			first = cmpErr(first, err)
 			continue
 		}

@@ -94,7 +94,11 @@ const (
 // OpenPackStore opens, creating if needed, the pack store in dir.
 func OpenPackStore(dir string) (*PackStore, error) {
 	pdir := filepath.Join(dir, "packs")
-	if err := os.MkdirAll(pdir, 0o755); err != nil {
+	// Chunks are guest data: private, also in a store an older ntc made.
+	if err := os.MkdirAll(pdir, 0o700); err != nil {
+		return nil, fmt.Errorf("open chunk store: %w", err)
+	}
+	if err := os.Chmod(pdir, 0o700); err != nil {
 		return nil, fmt.Errorf("open chunk store: %w", err)
 	}
 	enc, err := zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedFastest), zstd.WithEncoderConcurrency(1))
@@ -109,7 +113,7 @@ func OpenPackStore(dir string) (*PackStore, error) {
 	s.enc = enc
 	// One writer at a time: two processes appending to the same pack would
 	// interleave records.
-	lock, err := os.OpenFile(filepath.Join(pdir, "lock"), os.O_RDWR|os.O_CREATE, 0o644)
+	lock, err := os.OpenFile(filepath.Join(pdir, "lock"), os.O_RDWR|os.O_CREATE, 0o600)
 	if err != nil {
 		return nil, fmt.Errorf("open chunk store: %w", err)
 	}
@@ -245,7 +249,7 @@ func (s *PackStore) verifyRecord(id ID, codec uint8, body []byte) error {
 // that names sort in the order packs were made.
 func (s *PackStore) newPack() error {
 	n := s.last + 1
-	f, err := os.OpenFile(filepath.Join(s.dir, "packs", packName(n)), os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o644)
+	f, err := os.OpenFile(filepath.Join(s.dir, "packs", packName(n)), os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
 	if err != nil {
 		return fmt.Errorf("chunk store: new pack: %w", err)
 	}

@@ -8,6 +8,7 @@ import (
 	"io"
 	"io/fs"
 	"os"
+	"path"
 	"path/filepath"
 	"sort"
 	"strconv"
@@ -78,8 +79,13 @@ type ImageManifest struct {
 // OpenRepo opens, creating if needed, the repository in dir, for one
 // process at a time.
 func OpenRepo(dir string) (*Repo, error) {
+	// Versions are guest data: private, also in a repository an older
+	// ntc made.
 	for _, d := range []string{"sets", "tmp"} {
-		if err := os.MkdirAll(filepath.Join(dir, d), 0o755); err != nil {
+		if err := os.MkdirAll(filepath.Join(dir, d), 0o700); err != nil {
+			return nil, fmt.Errorf("open repository: %w", err)
+		}
+		if err := os.Chmod(filepath.Join(dir, d), 0o700); err != nil {
 			return nil, fmt.Errorf("open repository: %w", err)
 		}
 	}
@@ -166,7 +172,7 @@ func (r *Repo) Current(set string) (*Manifest, error) {
 	if err := CheckName(set); err != nil {
 		return nil, err
 	}
-	b, err := os.ReadFile(filepath.Join(r.dir, "sets", set, "CURRENT"))
+	b, err := r.readFile(path.Join("sets", set, "CURRENT"), maxCurrentFile)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, nil
 	}
@@ -183,8 +189,11 @@ func (r *Repo) Current(set string) (*Manifest, error) {
 
 // Manifest reads a committed version's manifest.
 func (r *Repo) Manifest(set string, v uint64) (*Manifest, error) {
-	p := filepath.Join(r.dir, "sets", set, versionDir(v), "manifest.json")
-	b, err := os.ReadFile(p)
+	if err := CheckName(set); err != nil {
+		return nil, err
+	}
+	p := path.Join("sets", set, versionDir(v), "manifest.json")
+	b, err := r.readFile(p, maxManifestFile)
 	if err != nil {
 		return nil, fmt.Errorf("read version %d of %s: %w", v, set, err)
 	}
@@ -200,12 +209,18 @@ func (r *Repo) Index(set string, v uint64, image string) (*chunk.Index, error) {
 	if err := CheckName(image); err != nil {
 		return nil, err
 	}
-	return chunk.ReadIndexFile(filepath.Join(r.dir, "sets", set, versionDir(v), image+".idx"))
+	if err := CheckName(set); err != nil {
+		return nil, err
+	}
+	return r.readIndex(path.Join("sets", set, versionDir(v), image+".idx"))
 }
 
 // Meta returns the metadata the sender attached to a version.
 func (r *Repo) Meta(set string, v uint64) ([]byte, error) {
-	return os.ReadFile(filepath.Join(r.dir, "sets", set, versionDir(v), "meta"))
+	if err := CheckName(set); err != nil {
+		return nil, err
+	}
+	return r.readFile(path.Join("sets", set, versionDir(v), "meta"), maxMeta)
 }
 
 // ImagePath is where the current version's image is materialized.
@@ -266,7 +281,7 @@ func indexDigest(x *chunk.Index) (chunk.ID, []byte, error) {
 // replaced. The chunks must already be durable.
 func (r *Repo) commit(set string, m *Manifest, idx []*chunk.Index, meta []byte) error {
 	setDir := filepath.Join(r.dir, "sets", set)
-	if err := os.MkdirAll(setDir, 0o755); err != nil {
+	if err := os.MkdirAll(setDir, 0o700); err != nil {
 		return fmt.Errorf("commit: %w", err)
 	}
 	tmp, err := os.MkdirTemp(filepath.Join(r.dir, "tmp"), set+"-")
@@ -279,14 +294,14 @@ func (r *Repo) commit(set string, m *Manifest, idx []*chunk.Index, meta []byte) 
 			return fmt.Errorf("commit: %w", err)
 		}
 	}
-	if err := atomicfile.WriteBytes(filepath.Join(tmp, "meta"), 0o644, meta); err != nil {
+	if err := atomicfile.WriteBytes(filepath.Join(tmp, "meta"), 0o600, meta); err != nil {
 		return fmt.Errorf("commit: %w", err)
 	}
 	mb, err := json.MarshalIndent(m, "", "  ")
 	if err != nil {
 		return err
 	}
-	if err := atomicfile.WriteBytes(filepath.Join(tmp, "manifest.json"), 0o644, mb); err != nil {
+	if err := atomicfile.WriteBytes(filepath.Join(tmp, "manifest.json"), 0o600, mb); err != nil {
 		return fmt.Errorf("commit: %w", err)
 	}
 	dst := filepath.Join(setDir, versionDir(m.Version))
@@ -300,7 +315,7 @@ func (r *Repo) commit(set string, m *Manifest, idx []*chunk.Index, meta []byte) 
 	if err := atomicfile.SyncDir(setDir); err != nil {
 		return err
 	}
-	return atomicfile.WriteBytes(filepath.Join(setDir, "CURRENT"), 0o644, []byte(versionDir(m.Version)+"\n"))
+	return atomicfile.WriteBytes(filepath.Join(setDir, "CURRENT"), 0o600, []byte(versionDir(m.Version)+"\n"))
 }
 
 // materializeState records which version the image files hold. While
@@ -325,7 +340,7 @@ func (r *Repo) statePath(set string) string {
 
 func (r *Repo) readState(set string) materializeState {
 	var st materializeState
-	if b, err := os.ReadFile(r.statePath(set)); err == nil {
+	if b, err := r.readFile(path.Join("sets", set, "images", ".state.json"), maxStateFile); err == nil {
 		if json.Unmarshal(b, &st) != nil {
 			st = materializeState{}
 		}
@@ -335,7 +350,7 @@ func (r *Repo) readState(set string) materializeState {
 
 func (r *Repo) writeState(set string, st materializeState) error {
 	b, _ := json.Marshal(st)
-	return atomicfile.WriteBytes(r.statePath(set), 0o644, b)
+	return atomicfile.WriteBytes(r.statePath(set), 0o600, b)
 }
 
 // materializedVersion is the version the set's image files hold, or were
@@ -346,7 +361,7 @@ func (r *Repo) materializedVersion(set string) uint64 { return r.readState(set).
 // arrived put in place instead of written again.
 func (r *Repo) materialize(ctx context.Context, set string, v uint64, stg *staging) error {
 	dir := filepath.Join(r.dir, "sets", set, "images")
-	if err := os.MkdirAll(dir, 0o755); err != nil {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return fmt.Errorf("materialize: %w", err)
 	}
 	st := r.readState(set)
@@ -386,7 +401,7 @@ func (r *Repo) materialize(ctx context.Context, set string, v uint64, stg *stagi
 }
 
 func (r *Repo) materializeImage(ctx context.Context, path string, prev, next *chunk.Index) error {
-	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	f, err := os.OpenFile(path, os.O_RDWR|unix.O_NOFOLLOW, 0)
 	if err != nil || prev == nil {
 		if f != nil {
 			f.Close()
@@ -435,7 +450,7 @@ func inUse(f *os.File) bool {
 
 // writeWhole writes the image to a temporary file and renames it over path.
 func (r *Repo) writeWhole(ctx context.Context, path string, x *chunk.Index) error {
-	return atomicfile.Write(path, 0o644, func(w io.Writer) error {
+	return atomicfile.Write(path, 0o600, func(w io.Writer) error {
 		f := w.(*os.File)
 		if err := f.Truncate(x.Size); err != nil {
 			return err

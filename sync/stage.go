@@ -38,7 +38,7 @@ type stagedFile struct {
 // of set that would otherwise be written whole.
 func (r *Repo) stage(set string, names []string, idx []*chunk.Index) (*staging, error) {
 	dir := filepath.Join(r.dir, "sets", set, "images")
-	if err := os.MkdirAll(dir, 0o755); err != nil {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("stage images: %w", err)
 	}
 	from := r.materializedVersion(set)
@@ -191,7 +191,7 @@ func (sf *stagedFile) finish(ctx context.Context, store chunk.Store) error {
 	if err := w.flush(); err != nil {
 		return err
 	}
-	if err := sf.f.Chmod(0o644); err != nil {
+	if err := sf.f.Chmod(0o600); err != nil {
 		return err
 	}
 	if err := sf.f.Sync(); err != nil {

@@ -25,6 +25,7 @@ func TestCodeRoundTrip(t *testing.T) {
 		{transport.CodePeerNotAllowed, transport.ErrPeerNotAllowed},
 		{transport.CodeProtocolViolation, transport.ErrProtocol},
 		{transport.CodeVersionMismatch, transport.ErrVersionMismatch},
+		{transport.CodeConnLimit, transport.ErrConnLimit},
 	}
 	for _, tt := range tests {
 		t.Run(tt.code.String(), func(t *testing.T) {

@@ -117,11 +117,28 @@ func LoadIdentity(dir string) (*Identity, error) {
 	if keyPEM == nil || certPEM == nil {
 		return nil, fmt.Errorf("%w in %s: run `ntc init`", ErrNoIdentity, dir)
 	}
+	if err := checkKeyPrivate(dir); err != nil {
+		return nil, err
+	}
 	return parseIdentity(dir, keyPEM, certPEM)
 }
 
+// checkKeyPrivate refuses a key file others may read, as ssh does: anyone
+// who reads it can act as this node.
+func checkKeyPrivate(dir string) error {
+	p := filepath.Join(dir, KeyFile)
+	fi, err := os.Stat(p)
+	if err != nil {
+		return fmt.Errorf("read identity: %w", err)
+	}
+	if mode := fi.Mode().Perm(); mode&0o077 != 0 {
+		return fmt.Errorf("%s has mode %#o: others may read this node's key; run `chmod 600 %s`", p, mode, p)
+	}
+	return nil
+}
+
 // LoadOrCreateIdentity reads the identity in dir, or creates one there (and
-// dir itself, mode 0700) when there is none; created says which. Files are
+// makes dir, mode 0700) when there is none; created says which. Files are
 // written atomically, the key with mode 0600. If an earlier creation was
 // interrupted after the key was written, the key is kept and given a
 // certificate. Two processes must not create an identity in the same dir at
@@ -133,6 +150,9 @@ func LoadOrCreateIdentity(dir string) (id *Identity, created bool, err error) {
 	}
 	switch {
 	case keyPEM != nil && certPEM != nil:
+		if err := checkKeyPrivate(dir); err != nil {
+			return nil, false, err
+		}
 		loaded, err := parseIdentity(dir, keyPEM, certPEM)
 		return loaded, false, err
 	case keyPEM == nil && certPEM != nil:
@@ -140,6 +160,9 @@ func LoadOrCreateIdentity(dir string) (id *Identity, created bool, err error) {
 			dir, CertFile, KeyFile, CertFile)
 	case keyPEM == nil:
 		if err := os.MkdirAll(dir, 0o700); err != nil {
+			return nil, false, fmt.Errorf("create state directory: %w", err)
+		}
+		if err := os.Chmod(dir, 0o700); err != nil {
 			return nil, false, fmt.Errorf("create state directory: %w", err)
 		}
 		if id, err = GenerateIdentity(); err != nil {
