@@ -10,8 +10,10 @@
 //
 // # Protocol (version 1)
 //
-// One push is one QUIC connection (package transport: mutually pinned
-// identities). Frames are a type byte, a uvarint length and a payload;
+// A push runs over QUIC connections (package transport: mutually pinned
+// identities): a control connection, and on long paths a few data
+// connections that carry only data streams and join the push by its
+// session token. Frames are a type byte, a uvarint length and a payload;
 // integers in payloads are uvarints unless noted.
 //
 // The sender opens the control stream and says hello (magic, protocol
@@ -43,6 +45,40 @@
 // malformed frame also closes the connection with transport's protocol
 // violation code; the receiver goes on serving other connections.
 //
+// # What a peer may cost the receiver
+//
+// Everything a peer sends is treated as hostile, allowed or not (Limits):
+//
+//   - Frames: each stream's frames are bounded by type (a control frame
+//     16 MiB, a chunk frame twice the largest chunk the offer's parameters
+//     allow), and a frame's buffer grows as its bytes arrive, never to the
+//     length it announces.
+//   - Offers: names pass CheckName and appear once, chunks are no larger
+//     than MaxChunk, images per version are bounded; a push offers at
+//     most twice and asks for each base index once. Ops are applied as
+//     they arrive, without materializing them: a run of zero entries
+//     becomes one entry (senders merge them too, so both sides hold the
+//     same index), entries may not pass the image's end, and an image's
+//     entries (MaxEntries) and an offer's ops bytes (MaxOpsBytes) are
+//     bounded.
+//   - Chunks: a zstd frame must declare the chunk's length, decoding is
+//     bounded by the largest chunk, a patch has at most 4096 segments,
+//     and each wanted chunk is taken once a round: a round decompresses
+//     at most the bytes it asked for.
+//   - Memory: what a push buffers (frames, decompressed chunks, the
+//     entries of its images and of their bases, its list of new chunks)
+//     is reserved first from a budget shared by all pushes (Memory) and
+//     from its peer's share (PeerMemory); a push that cannot reserve what
+//     it needs within Stall fails with ErrLimit.
+//   - Time: every wait for the peer (its next frame, its reading what the
+//     receiver writes, the data streams it announced) ends after Stall
+//     without progress (ErrStalled), releasing the set's lock and the
+//     garbage collector; a peer has at most PushesPerPeer pushes in
+//     progress.
+//
+// Connections per peer, handshakes per address and the refusal of peers
+// not allowed are transport's (transport.Limits).
+//
 // # Interruptions
 //
 // Chunks are stored one by one, each atomically; the version is committed
@@ -60,6 +96,14 @@
 // resumed after such a collection sends again the chunks it had stored.
 // The sender's cache of acknowledged indexes keeps only the versions the
 // receivers last acknowledged.
+//
+// # Files
+//
+// A repository's directories are 0700 and its files 0600: they hold guest
+// data. Its files are read only inside it (os.Root), never through a
+// symbolic link, and refused over a size before they are read (an index
+// file over what 1<<24 entries take, a manifest over 4 MiB, metadata over
+// 1 MiB).
 //
 // The package does not index images (chunk does), open connections
 // (transport does) or print anything.

@@ -79,13 +79,11 @@ var ErrLimit = errors.New("the push exceeds a limit of the receiver (see its log
 // ErrStalled reports a peer that stopped sending (or reading) mid-push.
 var ErrStalled = errors.New("the peer stopped making progress")
 
-// Memory the receiver charges for what it holds per entry: the rebuilt
-// entry, and for a new chunk its place in the want list, the set of IDs
-// seen and the staged image's map (measured: BenchmarkReceiverEntryMemory).
-const (
-	entryCost    = 64
-	newChunkCost = 192
-)
+// newChunkCost is what the receiver charges per new chunk of an offer:
+// its place in the want list (64 bytes), the set of IDs seen and the
+// staged image's map (estimated from Go's map layout: about 128 bytes).
+// Entries themselves are charged by their size (entrySize).
+const newChunkCost = 192
 
 // budget is the receiver's memory shared by every push: a global pool and
 // one per peer. Each push reserves what it buffers from an account before

@@ -7,8 +7,8 @@
 //   - Node: one ntc process with a state directory. The sender of
 //     checkpoints dials; the receiver listens.
 //   - Identity: a node's Ed25519 private key and the self-signed certificate
-//     for it, kept in the state directory as [KeyFile] (mode 0600) and
-//     [CertFile]. `ntc init` creates them ([LoadOrCreateIdentity]); every
+//     for it, kept in the state directory (mode 0700) as [KeyFile] (mode
+//     0600: a key others may read is refused) and [CertFile]. `ntc init` creates them ([LoadOrCreateIdentity]); every
 //     other command loads them ([LoadIdentity]).
 //   - ID: the SHA-256 of a node's certificate. It names the node and is what
 //     peers pin. Its text form ([ID.String], [ParseID]) is base32 in groups
@@ -24,7 +24,7 @@
 //   - Stream: a bidirectional QUIC stream; Close ends only the sending side.
 //   - Code: an application error code sent when closing a connection or
 //     cancelling a stream. errors.go maps codes to the conditions ErrClosed,
-//     ErrInternal, ErrShuttingDown, ErrPeerNotAllowed, ErrProtocol and
+//     ErrInternal, ErrShuttingDown, ErrPeerNotAllowed, ErrProtocol, ErrConnLimit and
 //     ErrVersionMismatch in one table: [CodeOf] picks the code to send for an
 //     error, [MapError] turns what arrives into a [*WireError] that
 //     errors.Is matches against them. Only codes cross the wire, never the
@@ -37,6 +37,17 @@
 // succeeds and its first stream operation fails; either way the error
 // matches [ErrPeerNotAllowed]. The refused client never gets a stream to the
 // server's application.
+//
+// # Limits
+//
+// A listener's [Limits] bound what its clients cost it: connection
+// attempts per IP address (one over the rate is refused at its first
+// packet, before any cryptography), a QUIC Retry (address validation)
+// while many handshakes are in progress, and connections per peer and in
+// all (one over is closed with [CodeConnLimit] after its handshake). Every
+// refusal, and every peer the allow function refused, is reported with the
+// client's address (and ID, once known) to Limits.Refused. A peer not
+// allowed costs a full TLS handshake: its certificate arrives last.
 //
 // # UDP buffers
 //
