@@ -24,6 +24,13 @@ var configKeys = map[string]any{
 	"serve.allow":  []string(nil),
 	"serve.keep":   0,
 
+	"serve.max-memory":            "",
+	"serve.stall-timeout":         time.Duration(0),
+	"serve.max-conns":             0,
+	"serve.max-conns-per-peer":    0,
+	"serve.max-pushes-per-peer":   0,
+	"serve.handshakes-per-second": float64(0),
+
 	"push.to":      "",
 	"push.peer":    "",
 	"push.bwlimit": "",
@@ -116,6 +123,8 @@ func describeType(zero any) string {
 	switch zero.(type) {
 	case int:
 		return "a whole number"
+	case float64:
+		return "a number"
 	case time.Duration:
 		return "a duration with its unit, like 5s or 1m30s"
 	case []string:
