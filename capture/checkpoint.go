@@ -310,7 +310,7 @@ func (c *checkpointer) run(ctx context.Context) (res *Result, err error) {
 	}
 
 	c.dir = c.repo.CheckpointDir(c.seq)
-	if err := os.MkdirAll(c.dir, 0o755); err != nil {
+	if err := os.MkdirAll(c.dir, 0o700); err != nil {
 		return nil, fmt.Errorf("create checkpoint directory: %w", err)
 	}
 
@@ -1091,7 +1091,7 @@ func (c *checkpointer) finish(ctx context.Context, machine Machine, cs *captured
 		} else {
 			full++
 		}
-		node := argvNode(machine.Argv, p.live.Device)
+		node := machine.driveOf(p.live.Device)
 		if node == "" {
 			node = p.ds.Base.Node
 		}
@@ -1099,7 +1099,7 @@ func (c *checkpointer) finish(ctx context.Context, machine Machine, cs *captured
 			Name: p.live.Name, Node: node, Device: p.live.Device, File: p.ds.Base.File, Format: p.ds.Base.Format,
 			Size: p.index.Size, Index: p.live.Name + ".idx", Mode: mode, BytesChanged: p.delta, BytesRead: p.read,
 		}
-		if err := chunk.WriteIndexFile(filepath.Join(c.dir, d.Index), p.index); err != nil {
+		if err := writeIndex(filepath.Join(c.dir, d.Index), p.index); err != nil {
 			return nil, err
 		}
 		if p.prevIndex != nil {
@@ -1126,7 +1126,7 @@ func (c *checkpointer) finish(ctx context.Context, machine Machine, cs *captured
 		x := b.idx.Index()
 		name := uniqueName(used, "ram-"+fileName(b.name))
 		r := RAM{Name: b.name, Index: name + ".idx", Size: b.length}
-		if err := chunk.WriteIndexFile(filepath.Join(c.dir, r.Index), x); err != nil {
+		if err := writeIndex(filepath.Join(c.dir, r.Index), x); err != nil {
 			return nil, err
 		}
 		st := x.Stats()
@@ -1191,7 +1191,7 @@ func (c *checkpointer) writeBlob(ctx context.Context, name string, b []byte) (Im
 	if err != nil {
 		return ImageRef{}, err
 	}
-	if err := chunk.WriteIndexFile(filepath.Join(c.dir, name), x); err != nil {
+	if err := writeIndex(filepath.Join(c.dir, name), x); err != nil {
 		return ImageRef{}, err
 	}
 	return ImageRef{Index: name, Size: int64(len(b))}, nil

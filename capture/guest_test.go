@@ -3,12 +3,14 @@ package capture
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"os"
 	"path/filepath"
 	"reflect"
+	"strings"
 	"testing"
 	"time"
 
@@ -248,11 +250,17 @@ func testCheckpointGuest(t *testing.T, method Method) {
 
 func checkManifest(t *testing.T, vm *testguest.VM, m *Manifest) {
 	t.Helper()
-	if m.Machine.Type != "pc-i440fx-7.2" || m.Machine.RAMBytes != 256<<20 || m.Machine.CPUs != 1 {
-		t.Errorf("machine %q, %d bytes, %d CPUs", m.Machine.Type, m.Machine.RAMBytes, m.Machine.CPUs)
+	mc := m.Machine
+	if mc.Type != "pc-i440fx-7.2" || mc.Arch != "x86_64" || mc.RAM.Size != 256<<20 || mc.CPU.Count != 1 || mc.CPU.Model != "qemu64" {
+		t.Errorf("machine %q (%s), %d bytes, %d %s CPUs", mc.Type, mc.Arch, mc.RAM.Size, mc.CPU.Count, mc.CPU.Model)
 	}
-	if !reflect.DeepEqual(m.Machine.Argv, vm.Argv()) {
-		t.Errorf("argv %q, want %q", m.Machine.Argv, vm.Argv())
+	if len(mc.Devices) != 1 || mc.Devices[0].Driver != "virtio-blk-pci" || mc.Devices[0].Props["drive"] != testguest.DiskNode ||
+		mc.Kernel == nil || mc.Kernel.Kernel.SHA256 == "" || len(mc.Serials) != 1 || len(mc.Unsupported) != 0 {
+		t.Errorf("description %+v", mc)
+	}
+	// A description, not a command line: no path of the source in it.
+	if b, _ := json.Marshal(mc); strings.Contains(string(b), vm.Dir()) || strings.Contains(string(b), "/") {
+		t.Errorf("the machine description names a path: %s", b)
 	}
 	if m.QEMUVersion == "" || m.Stream.Machine != m.Machine.Type {
 		t.Errorf("qemu %q, stream machine %q", m.QEMUVersion, m.Stream.Machine)

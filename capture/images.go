@@ -83,7 +83,7 @@ func writeChanges(path string, rs []chunk.Range) error {
 	if err != nil {
 		return err
 	}
-	return atomicfile.WriteBytes(path, 0o644, append(b, '\n'))
+	return atomicfile.WriteBytes(path, 0o600, append(b, '\n'))
 }
 
 // Changes returns the extents written to disk d of checkpoint seq since
@@ -93,8 +93,8 @@ func (r *Repository) Changes(seq int, d *Disk) (rs []chunk.Range, ok bool, err e
 	if d.Changes == "" {
 		return nil, false, nil
 	}
-	if d.Changes != filepath.Base(d.Changes) || strings.HasPrefix(d.Changes, ".") {
-		return nil, false, fmt.Errorf("checkpoint %d: bad changes file name %q", seq, d.Changes)
+	if err := CheckName(d.Changes); err != nil {
+		return nil, false, fmt.Errorf("checkpoint %d: changes file: %w", seq, err)
 	}
 	p := filepath.Join(r.CheckpointDir(seq), d.Changes)
 	b, err := os.ReadFile(p)

@@ -44,7 +44,17 @@ func fakeCheckpoints(t *testing.T, r *Repository, n int) map[int]*chunk.Index {
 		if err := chunk.WriteIndexFile(filepath.Join(dir, d.Index), x); err != nil {
 			t.Fatal(err)
 		}
-		m := &Manifest{Version: ManifestVersion, Seq: seq, Parent: seq - 1}
+		m := &Manifest{Version: ManifestVersion, Seq: seq, Parent: seq - 1,
+			DeviceState: ImageRef{Index: deviceIndex}, Stream: StreamInfo{Index: streamIndex}}
+		empty, _, err := chunk.Build(t.Context(), chunk.Bytes(nil), chunk.DefaultCDC(), chunk.Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, name := range []string{deviceIndex, streamIndex} {
+			if err := chunk.WriteIndexFile(filepath.Join(dir, name), empty); err != nil {
+				t.Fatal(err)
+			}
+		}
 		if seq > 1 {
 			d.Mode, d.Changes = "incremental", d.Name+changesSuffix
 			if err := writeChanges(filepath.Join(dir, d.Changes), []chunk.Range{{Off: int64(seq) * 64 << 10, Len: 64 << 10}}); err != nil {

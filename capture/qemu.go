@@ -63,12 +63,24 @@ func queryMigrate(ctx context.Context, s *Session) (migrateInfo, error) {
 	return mi, err
 }
 
-// describeMachine collects the machine description from QEMU and /proc.
+// describeMachine collects the machine description from the source's
+// command line (/proc/PID/cmdline: the local user's own VM) and QEMU's
+// answers, which win where both say something: the versioned machine
+// type, the RAM size, the CPU count, the target.
 func describeMachine(ctx context.Context, s *Session) (Machine, error) {
-	var m Machine
-	var err error
-	if m.Argv, err = processArgv(s.Peer().PID); err != nil {
+	argv, err := processArgv(s.Peer().PID)
+	if err != nil {
+		return Machine{}, err
+	}
+	m, err := describeArgv(argv)
+	if err != nil {
 		return m, err
+	}
+	var target struct {
+		Arch string `json:"arch"`
+	}
+	if err := s.Run(ctx, "query-target", nil, &target); err == nil && target.Arch != "" {
+		m.Arch = target.Arch
 	}
 	var typ string
 	if err := s.Run(ctx, "qom-get", map[string]any{"path": "/machine", "property": "type"}, &typ); err != nil {
@@ -82,12 +94,12 @@ func describeMachine(ctx context.Context, s *Session) (Machine, error) {
 	if err := s.Run(ctx, "query-memory-size-summary", nil, &mem); err != nil {
 		return m, fmt.Errorf("read the RAM size: %w", err)
 	}
-	m.RAMBytes = mem.Base + mem.Plugged
+	m.RAM.Size = mem.Base + mem.Plugged
 	var cpus []json.RawMessage
 	if err := s.Run(ctx, "query-cpus-fast", nil, &cpus); err != nil {
 		return m, fmt.Errorf("count the CPUs: %w", err)
 	}
-	m.CPUs = len(cpus)
+	m.CPU.Count = len(cpus)
 	return m, nil
 }
 
@@ -170,45 +182,6 @@ func deviceName(qdev, drive, node string) string {
 		return qdev
 	}
 	return node
-}
-
-// argvNode returns the node (or drive) the command line attaches to the
-// device with id dev: the drive= of its -device option, "" if not found.
-func argvNode(argv []string, dev string) string {
-	for i := 0; i+1 < len(argv); i++ {
-		if argv[i] != "-device" && argv[i] != "--device" {
-			continue
-		}
-		opts := splitOpts(argv[i+1])
-		if slices.Contains(opts, "id="+dev) {
-			for _, o := range opts {
-				if v, ok := strings.CutPrefix(o, "drive="); ok {
-					return v
-				}
-			}
-		}
-	}
-	return ""
-}
-
-// splitOpts splits a QEMU option string at commas (",," is a literal comma).
-func splitOpts(s string) []string {
-	var out []string
-	var cur strings.Builder
-	for i := 0; i < len(s); i++ {
-		if s[i] == ',' {
-			if i+1 < len(s) && s[i+1] == ',' {
-				cur.WriteByte(',')
-				i++
-				continue
-			}
-			out = append(out, cur.String())
-			cur.Reset()
-			continue
-		}
-		cur.WriteByte(s[i])
-	}
-	return append(out, cur.String())
 }
 
 // migrationSetup is what a checkpoint changes in QEMU's migration setup,
@@ -351,6 +324,16 @@ func (m *migrationSetup) restore(ctx context.Context, s *Session) error {
 func prepareOverlay(ctx context.Context, s *Session, ov layer, backing chainLayer, size int64) error {
 	if _, err := qemuImg(ctx, "create", "-q", "-f", "qcow2", "-u", "-b", backing.File, "-F", backing.Format,
 		ov.File, strconv.FormatInt(size, 10)); err != nil {
+		return fmt.Errorf("create overlay: %w", err)
+	}
+	// The guest's writes land here: private, or as private as the disk
+	// (qemu-img creates files 0644; the overlay is still empty).
+	mode := os.FileMode(0o600)
+	if fi, err := os.Stat(backing.File); err == nil {
+		mode = fi.Mode().Perm() & mode
+	}
+	if err := os.Chmod(ov.File, mode); err != nil {
+		os.Remove(ov.File)
 		return fmt.Errorf("create overlay: %w", err)
 	}
 	err := s.Run(ctx, "blockdev-add", map[string]any{

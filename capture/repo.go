@@ -2,7 +2,6 @@ package capture
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -57,7 +56,9 @@ const (
 )
 
 // ManifestVersion is the version of manifest.json this package writes.
-const ManifestVersion = 1
+// Version 2 describes the machine as data (Machine); version 1 recorded
+// the source's command line and is refused (ErrOldManifest).
+const ManifestVersion = 2
 
 // Manifest describes one complete checkpoint.
 type Manifest struct {
@@ -81,26 +82,15 @@ type Manifest struct {
 	Stats        Stats   `json:"stats"`
 }
 
-// Machine is what it takes to start an identical QEMU elsewhere.
-type Machine struct {
-	// Argv is the source QEMU's full command line (argv[0] included), from
-	// /proc/PID/cmdline. A resume rewrites paths and adds -incoming.
-	Argv []string `json:"argv"`
-	// Type is the versioned machine type ("pc-i440fx-7.2", never the alias
-	// "pc"): the destination must use it.
-	Type     string `json:"type"`
-	RAMBytes int64  `json:"ram_bytes"`
-	CPUs     int    `json:"cpus"`
-}
-
 // Disk is one disk image of a checkpoint: the guest-visible content at the
 // checkpoint instant.
 type Disk struct {
 	Name   string `json:"name"`   // "disk-vda": the index file is Name+".idx"
-	Node   string `json:"node"`   // the format node the source's command line names
+	Node   string `json:"node"`   // the node (or -drive id) the disk's device names: Machine's drive references
 	Device string `json:"device"` // qdev id ("vda") or drive name
 	// File and Format are the image the source's command line names for
-	// Node (ntc's overlays sit on top of it while it runs).
+	// Node (ntc's overlays sit on top of it while it runs): a record of the
+	// source, never opened by a receiver.
 	File   string `json:"file"`
 	Format string `json:"format"`
 	Size   int64  `json:"size"`
@@ -191,7 +181,7 @@ func OpenRepository(dir string) (*Repository, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := os.MkdirAll(filepath.Join(abs, checkpointsDir), 0o755); err != nil {
+	if err := os.MkdirAll(filepath.Join(abs, checkpointsDir), 0o700); err != nil {
 		return nil, fmt.Errorf("open checkpoint repository: %w", err)
 	}
 	r := &Repository{dir: abs}
@@ -338,28 +328,26 @@ func (r *Repository) Latest() (*Manifest, error) {
 
 // Manifest reads checkpoint seq's manifest.
 func (r *Repository) Manifest(seq int) (*Manifest, error) {
-	p := filepath.Join(r.CheckpointDir(seq), manifestFile)
-	b, err := os.ReadFile(p)
+	root, err := os.OpenRoot(r.CheckpointDir(seq))
 	if err != nil {
 		return nil, fmt.Errorf("read checkpoint %d: %w", seq, err)
 	}
-	var m Manifest
-	if err := json.Unmarshal(b, &m); err != nil {
-		return nil, fmt.Errorf("read %s: %w", p, err)
-	}
-	if m.Version != ManifestVersion {
-		return nil, fmt.Errorf("%s: manifest version %d, this ntc reads %d", p, m.Version, ManifestVersion)
+	defer root.Close()
+	p := filepath.Join(r.CheckpointDir(seq), manifestFile)
+	m, err := ReadManifestFile(root, manifestFile)
+	if err != nil {
+		return nil, fmt.Errorf("read checkpoint %d: %w", seq, err)
 	}
 	if m.Seq != seq {
 		return nil, fmt.Errorf("%s: manifest says checkpoint %d", p, m.Seq)
 	}
-	return &m, nil
+	return m, nil
 }
 
 // Index reads an index file (a name from a manifest) of checkpoint seq.
 func (r *Repository) Index(seq int, name string) (*chunk.Index, error) {
-	if name == "" || name != filepath.Base(name) || strings.HasPrefix(name, ".") {
-		return nil, fmt.Errorf("checkpoint %d: bad index name %q", seq, name)
+	if err := checkIndexName("checkpoint "+strconv.Itoa(seq), name); err != nil {
+		return nil, err
 	}
 	return chunk.ReadIndexFile(filepath.Join(r.CheckpointDir(seq), name))
 }
@@ -437,7 +425,7 @@ func (s storeSource) Block(name string, length int64) (io.ReaderAt, error) {
 // lock takes the repository's lock file, so that two processes never
 // write one repository at once.
 func (r *Repository) lock() (unlock func(), err error) {
-	f, err := os.OpenFile(filepath.Join(r.dir, lockFile), os.O_RDWR|os.O_CREATE, 0o644)
+	f, err := os.OpenFile(filepath.Join(r.dir, lockFile), os.O_RDWR|os.O_CREATE, 0o600)
 	if err != nil {
 		return nil, fmt.Errorf("lock checkpoint repository: %w", err)
 	}
@@ -474,11 +462,11 @@ func (r *Repository) removeIncomplete() ([]int, error) {
 
 // writeManifest writes m as the last file of its checkpoint, atomically.
 func (r *Repository) writeManifest(m *Manifest) error {
-	b, err := json.MarshalIndent(m, "", "  ")
+	b, err := EncodeManifest(m)
 	if err != nil {
 		return err
 	}
-	return atomicfile.WriteBytes(filepath.Join(r.CheckpointDir(m.Seq), manifestFile), 0o644, append(b, '\n'))
+	return atomicfile.WriteBytes(filepath.Join(r.CheckpointDir(m.Seq), manifestFile), 0o600, b)
 }
 
 // fileName turns a QEMU name into a file name part: letters, digits, '.',
@@ -508,4 +496,13 @@ func uniqueName(used map[string]bool, base string) string {
 	}
 	used[name] = true
 	return name
+}
+
+// writeIndex writes an index file of a checkpoint, private (0600) like
+// everything in a repository.
+func writeIndex(path string, x *chunk.Index) error {
+	if err := chunk.WriteIndexFile(path, x); err != nil {
+		return err
+	}
+	return os.Chmod(path, 0o600)
 }

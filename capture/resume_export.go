@@ -13,7 +13,3 @@ import "github.com/ntc-project/ntc/capture/migstream"
 func DecodeStreamDescription(b []byte) (*migstream.Stream, error) {
 	return decodeStreamMeta(b)
 }
-
-// SplitOptions splits a QEMU option string ("driver=file,filename=a,,b")
-// at its commas; ",," is a literal comma.
-func SplitOptions(s string) []string { return splitOpts(s) }

@@ -83,7 +83,7 @@ func (r *Repository) saveState(st *state) error {
 	if err != nil {
 		return err
 	}
-	return atomicfile.WriteBytes(r.statePath(), 0o644, append(b, '\n'))
+	return atomicfile.WriteBytes(r.statePath(), 0o600, append(b, '\n'))
 }
 
 func (st *state) disk(name string) *diskState {

@@ -1,8 +1,8 @@
 package resume
 
 import (
+	"cmp"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -17,6 +18,7 @@ import (
 
 	"github.com/ntc-project/ntc/capture"
 	"github.com/ntc-project/ntc/capture/migstream"
+	"github.com/ntc-project/ntc/internal/procstat"
 )
 
 // Network says what happens to the copy's network links.
@@ -24,9 +26,10 @@ type Network string
 
 const (
 	// NetworkOff sets every NIC's link down after the incoming migration,
-	// before the guest runs: the copy cannot clash with the original.
+	// before the guest runs, and gives the NICs user-mode backends that
+	// reach nothing (restrict=on): the copy cannot clash with the original.
 	NetworkOff Network = "off"
-	// NetworkOn leaves the links as the source had them.
+	// NetworkOn leaves the links up, on user-mode (NAT) backends.
 	NetworkOn Network = "on"
 )
 
@@ -38,22 +41,43 @@ const ManifestImage = "manifest.json"
 type Config struct {
 	// Images is the directory holding the checkpoint's images as files
 	// (a receiver's STORE/sets/SET/images): manifest.json, the disks
-	// (raw), the RAM blocks, "device" and "stream". They are only read.
+	// (raw), the RAM blocks, "device" and "stream". They are only read,
+	// and only inside the directory.
 	Images string
 	// WorkDir gets the disk overlays, sockets, serial console and QEMU's
-	// log. Created if needed; it must not hold an earlier resume's disks.
+	// log (0700). Created if needed; it must not hold an earlier resume's
+	// disks.
 	WorkDir string
 	// Network: NetworkOff (the default, "") or NetworkOn.
 	Network Network
-	// QEMU is the binary to run; empty: the source's, or its base name on
-	// PATH.
+	// QEMU is the binary to run; empty: qemu-system-ARCH (the source's
+	// target) on PATH. Never a program the checkpoint names.
 	QEMU string
-	// Detach lets QEMU outlive this process; otherwise it is killed when
-	// the process dies.
+	// Kernel, Initrd and Firmware are this machine's files for a guest
+	// that booted a kernel directly or ran its own -bios: the checkpoint
+	// only says which files the source loaded.
+	Kernel, Initrd, Firmware string
+	// User, when set, runs QEMU as that user (the work directory and its
+	// files are handed to it; the received images reach QEMU as open
+	// descriptors; the kernel must be readable by it).
+	User string
+	// LoadTimeout bounds the incoming migration; 0: DefaultLoadTimeout.
+	LoadTimeout time.Duration
+	// Detach lets QEMU outlive this process once Release is called; until
+	// then it is killed when the process dies, like a copy without Detach.
+	// It needs Keeper.
 	Detach bool
+	// Keeper is the command line that runs RunKeeper (ntc re-executed with
+	// KeeperArg): the process between ntc and a detachable QEMU.
+	Keeper []string
 	// Manifest overrides Images/manifest.json.
 	Manifest *capture.Manifest
 }
+
+// DefaultLoadTimeout bounds the incoming migration when Config says
+// nothing: QEMU loads several hundred MB/s here, so it leaves room for
+// guests of tens of GiB on a busy machine.
+const DefaultLoadTimeout = 10 * time.Minute
 
 // Sentinel errors.
 var (
@@ -61,6 +85,8 @@ var (
 	ErrWorkDirInUse = errors.New("work directory in use")
 	// ErrIncompatible: the checkpoint cannot be resumed by this QEMU here.
 	ErrIncompatible = errors.New("checkpoint does not fit the QEMU started for it")
+	// ErrLoadTimeout: the migration stream did not load in time.
+	ErrLoadTimeout = errors.New("the migration stream did not load in time")
 )
 
 // ExitError says that QEMU exited while the copy was being started (the
@@ -103,19 +129,20 @@ type VM struct {
 	Manifest *capture.Manifest
 	Timings  Timings
 
-	cmd  *exec.Cmd
+	proc *process
 	ctl  *capture.Session
 	done chan struct{} // closed once QEMU is reaped
-	werr error         // valid once done is closed
-	log  *os.File
 }
 
-// Start resumes the checkpoint in cfg.Images: it starts QEMU with the
-// source's machine (-incoming defer, paused), each disk on a new overlay
-// in cfg.WorkDir, feeds it the migration stream rebuilt from the images,
-// waits for the migration to complete, sets the NIC links down (unless
-// NetworkOn) and lets the guest run. On error nothing it started is left
-// running. The returned VM outlives ctx, which bounds only the start.
+// Start resumes the checkpoint in cfg.Images: it checks the checkpoint's
+// machine description against the allowlist and builds QEMU's command line
+// from it (plan), starts QEMU paused (-incoming defer) with each disk on a
+// new overlay in cfg.WorkDir, feeds it the migration stream rebuilt from
+// the images, waits for the migration to complete (at most
+// cfg.LoadTimeout), sets the NIC links down (unless NetworkOn) and lets the
+// guest run. A description outside the allowlist is refused (ErrRefused)
+// before anything runs. On error nothing it started is left running. The
+// returned VM outlives ctx, which bounds only the start.
 func Start(ctx context.Context, cfg Config) (vm *VM, err error) {
 	t0 := time.Now()
 	if cfg.Network == "" {
@@ -124,11 +151,8 @@ func Start(ctx context.Context, cfg Config) (vm *VM, err error) {
 	if cfg.Network != NetworkOff && cfg.Network != NetworkOn {
 		return nil, fmt.Errorf("resume: network %q: want %s or %s", cfg.Network, NetworkOff, NetworkOn)
 	}
-	m := cfg.Manifest
-	if m == nil {
-		if m, err = ReadManifest(cfg.Images); err != nil {
-			return nil, err
-		}
+	if cfg.Detach && len(cfg.Keeper) == 0 {
+		return nil, errors.New("resume: a detached copy needs a keeper process (Config.Keeper)")
 	}
 	work, err := filepath.Abs(cfg.WorkDir)
 	if err != nil || cfg.WorkDir == "" {
@@ -138,20 +162,60 @@ func Start(ctx context.Context, cfg Config) (vm *VM, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("resume: %w", err)
 	}
-	stream, src, err := openStream(images, m)
+	root, err := os.OpenRoot(images)
+	if err != nil {
+		return nil, fmt.Errorf("resume: %w", err)
+	}
+	defer root.Close()
+	m := cfg.Manifest
+	if m == nil {
+		if m, err = readManifest(root); err != nil {
+			return nil, err
+		}
+	} else if err := m.Check(); err != nil {
+		return nil, fmt.Errorf("resume: %w", err)
+	}
+	// Refuse what the description asks for before anything runs.
+	if _, err := validate(m); err != nil {
+		return nil, fmt.Errorf("resume checkpoint %d: %w", m.Seq, err)
+	}
+	stream, src, disks, err := openImages(root, m)
 	if err != nil {
 		return nil, err
 	}
 	defer src.Close()
-	qemu, err := qemuBinary(cfg.QEMU, m.Machine.Argv[0])
-	if err != nil {
+	defer closeAll(disks)
+	h := host{images: images, work: work, network: cfg.Network, digest: fileDigest}
+	if h.qemu, err = qemuBinary(cfg.QEMU, m.Machine.Arch); err != nil {
 		return nil, fmt.Errorf("resume: %w", err)
 	}
-	p, err := plan(m, images, work, cfg.Network, qemu)
+	for _, f := range []struct {
+		flag, path string
+		dst        *string
+	}{{"--kernel", cfg.Kernel, &h.kernel}, {"--initrd", cfg.Initrd, &h.initrd}, {"--bios", cfg.Firmware, &h.firmware}} {
+		if f.path == "" {
+			continue
+		}
+		if *f.dst, err = filepath.Abs(f.path); err == nil {
+			_, err = os.Stat(*f.dst)
+		}
+		if err != nil {
+			return nil, fmt.Errorf("resume: %s: %w", f.flag, err)
+		}
+	}
+	h.hugePages = procstat.HugePagesFree() >= m.Machine.RAM.Size && m.Machine.RAM.Size%(2<<20) == 0
+	h.sandbox = sandboxSupported(ctx, h.qemu)
+	var cred *syscall.Credential
+	if cfg.User != "" {
+		if cred, err = lookupUser(cfg.User); err != nil {
+			return nil, fmt.Errorf("resume: --user: %w", err)
+		}
+	}
+	p, err := plan(m, h)
 	if err != nil {
 		return nil, fmt.Errorf("resume checkpoint %d: %w", m.Seq, err)
 	}
-	if err := prepareWorkDir(ctx, p); err != nil {
+	if err := prepareWorkDir(ctx, p, cred); err != nil {
 		return nil, err
 	}
 	defer func() {
@@ -161,13 +225,18 @@ func Start(ctx context.Context, cfg Config) (vm *VM, err error) {
 			}
 		}
 	}()
-	v := &VM{Plan: p, Manifest: m, done: make(chan struct{})}
+	v := &VM{Plan: p, Manifest: m}
 	v.Timings.Prepare = time.Since(t0)
 
 	t1 := time.Now()
-	if err := v.launch(cfg.Detach); err != nil {
-		return nil, err
+	keeper := cfg.Keeper
+	if !cfg.Detach {
+		keeper = nil
 	}
+	if v.proc, err = start(p, disks, cred, keeper); err != nil {
+		return nil, fmt.Errorf("resume: %w", err)
+	}
+	v.done = v.proc.done
 	defer func() {
 		if err != nil {
 			v.Kill()
@@ -180,7 +249,16 @@ func Start(ctx context.Context, cfg Config) (vm *VM, err error) {
 	vm.Timings.Launch = time.Since(t1)
 
 	t2 := time.Now()
-	if vm.Timings.StreamBytes, err = vm.migrate(ctx, stream, src); err != nil {
+	limit := cmp.Or(cfg.LoadTimeout, DefaultLoadTimeout)
+	lctx, cancel := context.WithTimeoutCause(ctx, limit, ErrLoadTimeout)
+	vm.Timings.StreamBytes, err = vm.migrate(lctx, stream, src)
+	cancel()
+	if err != nil {
+		if errors.Is(context.Cause(lctx), ErrLoadTimeout) && ctx.Err() == nil {
+			return nil, fmt.Errorf("resume: QEMU had not loaded the migration stream after %s (%d bytes of it fed), so it was stopped: "+
+				"if the guest is that large or this machine that busy, allow more time with --load-timeout (resume.load-timeout): %w",
+				limit, vm.Timings.StreamBytes, ErrLoadTimeout)
+		}
 		return nil, err
 	}
 	vm.Timings.Migrate = time.Since(t2)
@@ -208,21 +286,27 @@ func Start(ctx context.Context, cfg Config) (vm *VM, err error) {
 	return vm, nil
 }
 
-// ReadManifest reads the checkpoint manifest among the images in dir.
+// ReadManifest reads the checkpoint manifest among the images in dir: a
+// file of at most capture.MaxManifestBytes inside dir, whose names and
+// sizes capture.DecodeManifest checks.
 func ReadManifest(dir string) (*capture.Manifest, error) {
-	p := filepath.Join(dir, ManifestImage)
-	b, err := os.ReadFile(p)
+	root, err := os.OpenRoot(dir)
 	if err != nil {
-		return nil, fmt.Errorf("resume: read the checkpoint's manifest: %w (is %s a checkpoint pushed with 'ntc push --checkpoint'?)", err, dir)
+		return nil, fmt.Errorf("resume: %w", err)
 	}
-	var m capture.Manifest
-	if err := json.Unmarshal(b, &m); err != nil {
-		return nil, fmt.Errorf("resume: read %s: %w", p, err)
+	defer root.Close()
+	return readManifest(root)
+}
+
+func readManifest(root *os.Root) (*capture.Manifest, error) {
+	m, err := capture.ReadManifestFile(root, ManifestImage)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("resume: read the checkpoint's manifest: %w (is %s a checkpoint pushed with 'ntc push --checkpoint'?)", err, root.Name())
 	}
-	if m.Version != capture.ManifestVersion {
-		return nil, fmt.Errorf("resume: %s: manifest version %d, this ntc reads %d", p, m.Version, capture.ManifestVersion)
+	if err != nil {
+		return nil, fmt.Errorf("resume: %s: %w", root.Name(), err)
 	}
-	return &m, nil
+	return m, nil
 }
 
 // fileSource serves the RAM page images from the image files.
@@ -254,112 +338,149 @@ func (s *fileSource) Close() error {
 
 var _ migstream.Source = (*fileSource)(nil)
 
-// openStream reads the stream description and the device state and opens
-// the RAM images; it checks that every image the manifest names is there
-// with its size.
-func openStream(dir string, m *capture.Manifest) (*migstream.Stream, *fileSource, error) {
-	read := func(index string, size int64) ([]byte, error) {
-		p := filepath.Join(dir, imageName(index))
-		b, err := os.ReadFile(p)
-		if err != nil {
-			return nil, fmt.Errorf("resume: %w", err)
-		}
-		if int64(len(b)) != size {
-			return nil, fmt.Errorf("resume: %s holds %d bytes, the manifest says %d", p, len(b), size)
-		}
-		return b, nil
-	}
+// openImages reads the stream description and the device state (each
+// bounded by what the manifest declares and by capture's limits), and opens
+// the disk and RAM images, every one a regular file inside root of the
+// size the manifest says.
+func openImages(root *os.Root, m *capture.Manifest) (*migstream.Stream, *fileSource, []*os.File, error) {
 	if m.Stream.Format != capture.StreamFormat {
-		return nil, nil, fmt.Errorf("resume checkpoint %d: stream format %q, this ntc reads %q", m.Seq, m.Stream.Format, capture.StreamFormat)
+		return nil, nil, nil, fmt.Errorf("resume checkpoint %d: stream format %q, this ntc reads %q", m.Seq, m.Stream.Format, capture.StreamFormat)
 	}
-	meta, err := read(m.Stream.Index, m.Stream.Size)
+	meta, err := capture.ReadFileBounded(root, imageName(m.Stream.Index), m.Stream.Size, capture.MaxStreamDescriptionBytes)
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, nil, fmt.Errorf("resume: stream description: %w", err)
 	}
 	s, err := capture.DecodeStreamDescription(meta)
 	if err != nil {
-		return nil, nil, fmt.Errorf("resume checkpoint %d: %w", m.Seq, err)
+		return nil, nil, nil, fmt.Errorf("resume checkpoint %d: %w", m.Seq, err)
 	}
-	if s.Devices, err = read(m.DeviceState.Index, m.DeviceState.Size); err != nil {
-		return nil, nil, err
+	if s.Devices, err = capture.ReadFileBounded(root, imageName(m.DeviceState.Index), m.DeviceState.Size, capture.MaxDeviceStateBytes); err != nil {
+		return nil, nil, nil, fmt.Errorf("resume: device state: %w", err)
 	}
+	var disks []*os.File
 	for _, d := range m.Disks {
-		p := filepath.Join(dir, imageName(d.Index))
-		fi, err := os.Stat(p)
+		f, err := capture.OpenRegular(root, imageName(d.Index))
+		if err == nil {
+			var fi os.FileInfo
+			if fi, err = f.Stat(); err == nil && fi.Size() != d.Size {
+				err = fmt.Errorf("%s holds %d bytes, the manifest says %d", imageName(d.Index), fi.Size(), d.Size)
+			}
+			if err != nil {
+				f.Close()
+			}
+		}
 		if err != nil {
-			return nil, nil, fmt.Errorf("resume: disk %s: %w", d.Device, err)
+			closeAll(disks)
+			return nil, nil, nil, fmt.Errorf("resume: disk %s: %w", d.Device, err)
 		}
-		if fi.Size() != d.Size {
-			return nil, nil, fmt.Errorf("resume: disk image %s holds %d bytes, the manifest says %d", p, fi.Size(), d.Size)
-		}
+		disks = append(disks, f)
 	}
 	src := &fileSource{files: map[string]*os.File{}}
 	for _, b := range m.RAM {
-		f, err := os.Open(filepath.Join(dir, imageName(b.Index)))
+		f, err := capture.OpenRegular(root, imageName(b.Index))
 		if err != nil {
 			src.Close()
-			return nil, nil, fmt.Errorf("resume: RAM block %s: %w", b.Name, err)
+			closeAll(disks)
+			return nil, nil, nil, fmt.Errorf("resume: RAM block %s: %w", b.Name, err)
 		}
 		src.files[b.Name] = f
 	}
-	return s, src, nil
+	return s, src, disks, nil
 }
 
-// prepareWorkDir creates the work directory and the disk overlays. A
+func closeAll(fs []*os.File) {
+	for _, f := range fs {
+		f.Close()
+	}
+}
+
+// imageName is the receiver's name of the image an index file describes.
+func imageName(index string) string { return strings.TrimSuffix(index, ".idx") }
+
+// prepareWorkDir creates the work directory (0700), the disk overlays
+// and the files QEMU writes (0600; handed to cred's user when set). A
 // directory that holds an overlay already belongs to an earlier copy,
-// whose disk writes are there: it is refused.
-func prepareWorkDir(ctx context.Context, p *Plan) error {
+// whose disk writes are there: it is refused. qemu-img only ever gets
+// paths ntc built: the overlay in the work directory and, recorded in it
+// without being opened (-u), the received image it covers.
+func prepareWorkDir(ctx context.Context, p *Plan, cred *syscall.Credential) error {
 	work := filepath.Dir(p.Control)
-	if err := os.MkdirAll(work, 0o755); err != nil {
+	if err := os.MkdirAll(work, 0o700); err != nil {
 		return fmt.Errorf("resume: %w", err)
 	}
+	if err := os.Chmod(work, 0o700); err != nil {
+		return fmt.Errorf("resume: %w", err)
+	}
+	own := func(path string) error {
+		if cred == nil {
+			return nil
+		}
+		return os.Lchown(path, int(cred.Uid), int(cred.Gid))
+	}
+	if err := own(work); err != nil {
+		return fmt.Errorf("resume: hand the work directory to the QEMU user: %w", err)
+	}
 	for _, d := range p.Disks {
-		if _, err := os.Stat(d.Overlay); !errors.Is(err, fs.ErrNotExist) {
+		if _, err := os.Lstat(d.Overlay); !errors.Is(err, fs.ErrNotExist) {
 			return fmt.Errorf("resume: %s holds the disk of an earlier copy (%s, with that copy's writes): remove it or give another work directory: %w",
 				work, filepath.Base(d.Overlay), ErrWorkDirInUse)
 		}
 	}
-	for _, f := range []string{p.QMP, p.Control, p.Log, p.PIDFile} {
+	for _, f := range []string{p.QMP, p.Control, p.PIDFile} {
 		os.Remove(f) // stale files of a copy that has stopped
 	}
+	// QEMU creates what it writes 0644 (its pid file 0600); files that
+	// exist keep their mode.
+	files := append([]string{p.Log}, p.Consoles...)
+	if p.SerialLog != "" {
+		files = append(files, p.SerialLog)
+	}
+	for _, f := range files {
+		if strings.HasSuffix(f, ".sock") {
+			os.Remove(f)
+			continue
+		}
+		if err := privateFile(f, os.O_TRUNC); err != nil {
+			return fmt.Errorf("resume: %w", err)
+		}
+		if err := own(f); err != nil {
+			return fmt.Errorf("resume: %w", err)
+		}
+	}
 	for i, d := range p.Disks {
-		out, err := exec.CommandContext(ctx, "qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw", "-b", d.Image, d.Overlay).CombinedOutput()
+		err := privateFile(d.Overlay, os.O_EXCL)
+		if err == nil {
+			var out []byte
+			out, err = exec.CommandContext(ctx, "qemu-img", "create", "-q", "-f", "qcow2", "-u", "-F", "raw", "-b", d.Image,
+				d.Overlay, strconv.FormatInt(d.Size, 10)).CombinedOutput()
+			if err != nil {
+				err = fmt.Errorf("%w: %s", err, strings.TrimSpace(string(out)))
+			}
+		}
+		if err == nil {
+			err = own(d.Overlay)
+		}
 		if err != nil {
 			for _, e := range p.Disks[:i+1] {
 				os.Remove(e.Overlay)
 			}
-			return fmt.Errorf("resume: create overlay %s on %s: %w: %s", d.Overlay, d.Image, err, strings.TrimSpace(string(out)))
+			return fmt.Errorf("resume: create overlay %s: %w", d.Overlay, err)
 		}
 	}
 	return nil
 }
 
-// launch starts QEMU with its output in the log file.
-func (vm *VM) launch(detach bool) error {
-	p := vm.Plan
-	log, err := os.OpenFile(p.Log, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
+// privateFile creates path 0600 (flag: O_EXCL or O_TRUNC) and closes it.
+func privateFile(path string, flag int) error {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|flag, 0o600)
 	if err != nil {
-		return fmt.Errorf("resume: %w", err)
+		return err
 	}
-	cmd := exec.Command(p.Argv[0], p.Argv[1:]...)
-	cmd.Dir = filepath.Dir(p.Control)
-	cmd.Stdout, cmd.Stderr = log, log
-	// Own process group: a terminal's ^C reaches ntc, which stops the copy.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	if !detach {
-		cmd.SysProcAttr.Pdeathsig = syscall.SIGKILL
+	if err := f.Chmod(0o600); err != nil {
+		f.Close()
+		return err
 	}
-	if err := cmd.Start(); err != nil {
-		log.Close()
-		return fmt.Errorf("resume: start %s: %w", p.Argv[0], err)
-	}
-	vm.cmd, vm.log = cmd, log
-	go func() {
-		vm.werr = cmd.Wait()
-		log.Close()
-		close(vm.done)
-	}()
-	return nil
+	return f.Close()
 }
 
 // dial waits for QEMU's control socket and connects to it. QEMU announces
@@ -442,6 +563,7 @@ func (vm *VM) migrate(ctx context.Context, s *migstream.Stream, src migstream.So
 		case <-vm.done:
 			return cw.n, vm.exitError("incoming migration")
 		case <-time.After(5 * time.Second):
+		case <-ctx.Done():
 		}
 		var mi struct {
 			Error string `json:"error-desc"`
@@ -488,8 +610,8 @@ func (vm *VM) failed(stage string, err error) error {
 // exitError describes how QEMU ended; call only after done is closed.
 func (vm *VM) exitError(stage string) error {
 	status := "status 0"
-	if vm.werr != nil {
-		status = vm.werr.Error()
+	if err := vm.proc.err; err != nil {
+		status = err.Error()
 	}
 	return &ExitError{Stage: stage, Status: status, Stderr: tail(vm.Plan.Log, 2048)}
 }
@@ -512,13 +634,13 @@ func tail(path string, n int64) string {
 }
 
 // PID is QEMU's process ID.
-func (vm *VM) PID() int { return vm.cmd.Process.Pid }
+func (vm *VM) PID() int { return vm.proc.pid }
 
 // Exited is closed once QEMU has exited.
 func (vm *VM) Exited() <-chan struct{} { return vm.done }
 
 // ExitErr is how QEMU ended (nil: status 0); valid once Exited is closed.
-func (vm *VM) ExitErr() error { return vm.werr }
+func (vm *VM) ExitErr() error { return vm.proc.err }
 
 // Session is ntc's QMP session with the copy (on Plan.Control).
 func (vm *VM) Session() *capture.Session { return vm.ctl }
@@ -535,10 +657,10 @@ func (vm *VM) Stop(ctx context.Context) error {
 	}
 	if vm.ctl != nil {
 		if err := vm.ctl.Run(ctx, "quit", nil, nil); err != nil && !errors.Is(err, capture.ErrDisconnected) {
-			vm.cmd.Process.Signal(syscall.SIGTERM)
+			vm.proc.signal(syscall.SIGTERM)
 		}
 	} else {
-		vm.cmd.Process.Signal(syscall.SIGTERM)
+		vm.proc.signal(syscall.SIGTERM)
 	}
 	select {
 	case <-vm.done:
@@ -555,7 +677,7 @@ func (vm *VM) Kill() error {
 	select {
 	case <-vm.done:
 	default:
-		if err := vm.cmd.Process.Kill(); err != nil && !errors.Is(err, os.ErrProcessDone) {
+		if err := vm.proc.signal(syscall.SIGKILL); err != nil && !errors.Is(err, os.ErrProcessDone) {
 			return fmt.Errorf("kill the copy: %w", err)
 		}
 		<-vm.done
@@ -565,10 +687,17 @@ func (vm *VM) Kill() error {
 }
 
 // Release lets the copy run on its own: ntc's QMP session ends (the
-// control socket is free for another client). Start it with Detach, or it
-// dies with this process.
+// control socket is free for another client) and, for a copy started with
+// Detach, its keeper stops tying QEMU's life to this process. A copy
+// started without Detach still dies with this process.
 func (vm *VM) Release() error {
 	vm.closeSession()
+	if vm.proc.release == nil {
+		return nil
+	}
+	if err := vm.proc.release(); err != nil {
+		return fmt.Errorf("release the copy: %w", err)
+	}
 	return nil
 }
 

@@ -406,7 +406,7 @@ func runDemoVM(ctx context.Context, g *globals, o demoOptions) error {
 	say("1. booting the test guest under QEMU (TCG): it prints \"tick N\" every second and writes \"disk tick N\" to its disk")
 	bctx, cancel := context.WithTimeout(ctx, 10*time.Minute)
 	defer cancel()
-	if err := os.MkdirAll(filepath.Join(dir, "office"), 0o755); err != nil {
+	if err := os.MkdirAll(filepath.Join(dir, "office"), 0o700); err != nil {
 		return err
 	}
 	mem := testguest.PreferHugePages(testguest.DefaultMemoryMiB)
@@ -417,7 +417,11 @@ func runDemoVM(ctx context.Context, g *globals, o demoOptions) error {
 		say("   guest RAM on 4 KiB pages (no %d MiB of huge pages free): QEMU 7.2 pauses it for ~0.3 s per checkpoint; as root, 'echo 384 > /proc/sys/vm/nr_hugepages' (make deps does) makes that milliseconds",
 			testguest.DefaultMemoryMiB)
 	}
-	vm, err := testguest.Start(bctx, testguest.StartOptions{Dir: filepath.Join(dir, "office"), NIC: true, Memory: mem})
+	guest, err := testguest.Build(bctx, testguest.Options{})
+	if err != nil {
+		return fmt.Errorf("demo: %w", err)
+	}
+	vm, err := testguest.Start(bctx, testguest.StartOptions{Guest: guest, Dir: filepath.Join(dir, "office"), NIC: true, Memory: mem})
 	if err != nil {
 		return fmt.Errorf("demo: %w", err)
 	}
@@ -470,7 +474,9 @@ func runDemoVM(ctx context.Context, g *globals, o demoOptions) error {
 		return fmt.Errorf("demo: %w", err)
 	}
 	t1 := time.Now()
-	cp, err := resume.Start(ctx, resume.Config{Images: images, WorkDir: filepath.Join(dir, "home-copy")})
+	// The guest booted its kernel directly: the receiver names its own
+	// copy of it (the checkpoint only says which one the source loaded).
+	cp, err := resume.Start(ctx, resume.Config{Images: images, WorkDir: filepath.Join(dir, "home-copy"), Kernel: guest.Kernel, Initrd: guest.Initrd})
 	if err != nil {
 		return err
 	}

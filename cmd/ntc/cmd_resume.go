@@ -8,6 +8,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"time"
 
@@ -18,12 +19,17 @@ import (
 )
 
 type resumeOptions struct {
-	store   string
-	name    string
-	workdir string
-	network string
-	qemu    string
-	detach  bool
+	store       string
+	name        string
+	workdir     string
+	network     string
+	qemu        string
+	kernel      string
+	initrd      string
+	bios        string
+	user        string
+	loadTimeout time.Duration
+	detach      bool
 }
 
 func newResumeCommand(g *globals) *cobra.Command {
@@ -36,17 +42,25 @@ DIR holds now ('ntc push --checkpoint' sent it; 'ntc ls --store DIR' lists the
 sets) and lets it continue from the checkpoint's instant: no reboot, its
 programs carry on.
 
-It starts QEMU from the source's recorded command line with the versioned
-machine type, the same RAM, CPUs and devices (the migration needs them), and
-paths moved into the work directory (--workdir, default
-$NTC_HOME/resume/SET): every disk gets a new qcow2 overlay there whose backing
-file is the received image (the received images are only read; a push to SET
-while the copy runs replaces the files it uses instead of rewriting them), the
-serial console goes to serial.log, and QMP to qmp.sock. Files the source loaded
-besides its disks (-kernel, -initrd, firmware) must be at the same paths here.
+The checkpoint describes the source's machine as data (machine type, CPUs,
+RAM, devices and their addresses, disks, NICs, serial ports); ntc checks that
+description against an allowlist of drivers, properties and values, refusing
+anything else before it starts anything, and builds QEMU's command line
+itself. Nothing a checkpoint says is run or opened as a path: the QEMU binary
+is --qemu (resume.qemu) or qemu-system-ARCH on PATH; disks, consoles and
+sockets are made in the work directory (--workdir, default
+$NTC_HOME/resume/SET, private: 0700): every disk gets a new qcow2 overlay
+there on the received image, which QEMU only reads (a push to SET while the
+copy runs replaces the files it uses instead of rewriting them), the serial
+console goes to serial.log, and QMP to qmp.sock. A guest that booted a kernel
+directly needs this machine's copy of it: --kernel PATH and --initrd PATH (or
+resume.kernel and resume.initrd); one running its own firmware, --bios PATH.
+QEMU runs under its seccomp sandbox where the build has one, and as --user
+NAME when given.
 QEMU starts paused with -incoming defer; ntc feeds it the migration stream
 rebuilt from the received RAM pages, device state and stream description,
-waits until QEMU has loaded it, and lets the guest run.
+waits until QEMU has loaded it (at most --load-timeout), and lets the guest
+run.
 
 The copy's network links are down (set_link) before it runs, so that it
 cannot clash with the original on the network; --network on keeps them as
@@ -55,16 +69,17 @@ ID: the guest can tell it is a copy.
 
 If the checkpoint does not fit the QEMU started for it (another machine type,
 RAM size or devices), QEMU refuses the stream and exits: ntc says what QEMU
-said, and nothing is left running.
+said, and nothing is left running. Neither is anything left if ntc fails or
+is killed before the copy runs.
 
 ntc stays in the foreground while the copy runs: Ctrl-C (or SIGTERM) stops
-the copy cleanly (QMP quit). With --detach it leaves the copy running and
-prints how to stop it. With --json it prints one JSON line when the copy runs
+the copy cleanly (QMP quit). With --detach it leaves the copy running, once
+it runs, and prints how to stop it. With --json it prints one JSON line when the copy runs
 (its pid, QMP socket, serial log, pid file, timings) and, in the foreground,
 one more when it has stopped.
 
 Examples:
-  ntc resume --store ~/vms --name office-vm
+  ntc resume --store ~/vms --name office-vm --kernel /boot/vmlinuz --initrd /boot/initrd.img
   ntc resume --store ~/vms --name office-vm --detach --workdir /var/lib/ntc/office-vm
   ntc resume --store ~/vms --name office-vm --network on --json`,
 		Args: cobra.NoArgs,
@@ -74,6 +89,11 @@ Examples:
 			o.workdir = g.v.GetString("resume.workdir")
 			o.network = g.v.GetString("resume.network")
 			o.qemu = g.v.GetString("resume.qemu")
+			o.kernel = g.v.GetString("resume.kernel")
+			o.initrd = g.v.GetString("resume.initrd")
+			o.bios = g.v.GetString("resume.bios")
+			o.user = g.v.GetString("resume.user")
+			o.loadTimeout = g.v.GetDuration("resume.load-timeout")
 			return runResume(cmd.Context(), g, o)
 		},
 	}
@@ -82,14 +102,44 @@ Examples:
 	f.String("name", "", "the set to resume (the checkpoint repository's name when pushed)")
 	f.String("workdir", "", "where the copy's disk overlays, sockets and logs go (default: $NTC_HOME/resume/SET; NTC_HOME defaults to ~/.local/state/ntc)")
 	f.String("network", string(resume.NetworkOff), "the copy's network links: off (set down before it runs) or on")
-	f.String("qemu", "", "QEMU binary (default: the source's, or its name on PATH)")
+	f.String("qemu", "", "QEMU binary (default: qemu-system-ARCH of the source's target, on PATH)")
+	f.String("kernel", "", "this machine's kernel, for a guest that booted one directly (-kernel)")
+	f.String("initrd", "", "this machine's initrd, for a guest that booted with one")
+	f.String("bios", "", "this machine's firmware, for a guest that ran its own -bios")
+	f.String("user", "", "run QEMU as this user (ntc runs as root); the work directory becomes theirs")
+	f.Duration("load-timeout", resume.DefaultLoadTimeout, "how long QEMU may take to load the migration stream before ntc gives up and stops it")
 	f.BoolVar(&o.detach, "detach", false, "leave the copy running and exit (default: stay until Ctrl-C, then stop it)")
 	g.bind(cmd, "resume.store", "store")
 	g.bind(cmd, "resume.name", "name")
 	g.bind(cmd, "resume.workdir", "workdir")
 	g.bind(cmd, "resume.network", "network")
 	g.bind(cmd, "resume.qemu", "qemu")
+	g.bind(cmd, "resume.kernel", "kernel")
+	g.bind(cmd, "resume.initrd", "initrd")
+	g.bind(cmd, "resume.bios", "bios")
+	g.bind(cmd, "resume.user", "user")
+	g.bind(cmd, "resume.load-timeout", "load-timeout")
 	return cmd
+}
+
+// The keeper of a detached copy (resume.RunKeeper) is ntc re-executed with
+// resume.KeeperArg. Its parent-death signal lives on its main thread,
+// where it must be cleared: keep main on it.
+func init() {
+	if len(os.Args) > 1 && os.Args[1] == resume.KeeperArg {
+		runtime.LockOSThread()
+	}
+}
+
+func newKeeperCommand() *cobra.Command {
+	return &cobra.Command{
+		Use:                resume.KeeperArg,
+		Hidden:             true,
+		DisableFlagParsing: true,
+		Run: func(cmd *cobra.Command, args []string) {
+			os.Exit(resume.RunKeeper(args))
+		},
+	}
 }
 
 // resumeJSON is what resume --json prints when the copy runs ("running"),
@@ -115,6 +165,8 @@ type resumeJSON struct {
 	MigrateMS   float64           `json:"migrate_ms"`
 	StreamBytes int64             `json:"stream_bytes"`
 	Detached    bool              `json:"detached"`
+	Sandboxed   bool              `json:"sandboxed"`
+	Notes       []string          `json:"notes,omitempty"`
 }
 
 func runResume(ctx context.Context, g *globals, o resumeOptions) error {
@@ -152,7 +204,16 @@ func runResume(ctx context.Context, g *globals, o resumeOptions) error {
 	if work == "" {
 		work = filepath.Join(g.home(), "resume", o.name)
 	}
-	vm, err := resume.Start(ctx, resume.Config{Images: images, WorkDir: work, Network: network, QEMU: o.qemu, Detach: o.detach})
+	cfg := resume.Config{Images: images, WorkDir: work, Network: network, QEMU: o.qemu, Detach: o.detach,
+		Kernel: o.kernel, Initrd: o.initrd, Firmware: o.bios, User: o.user, LoadTimeout: o.loadTimeout}
+	if o.detach {
+		exe, err := os.Executable()
+		if err != nil {
+			return fmt.Errorf("resume --detach: find ntc's own binary for the copy's keeper: %w", err)
+		}
+		cfg.Keeper = []string{exe, resume.KeeperArg}
+	}
+	vm, err := resume.Start(ctx, cfg)
 	if err != nil {
 		return err
 	}
@@ -168,6 +229,7 @@ func runResume(ctx context.Context, g *globals, o resumeOptions) error {
 		PID: vm.PID(), WorkDir: filepath.Dir(p.Control), QMP: p.QMP, SerialLog: p.SerialLog, Log: p.Log, PIDFile: p.PIDFile,
 		Network: string(network), GenID: p.GenID, Disks: p.Disks, ResumeMS: ms(total),
 		LaunchMS: ms(vm.Timings.Launch), MigrateMS: ms(vm.Timings.Migrate), StreamBytes: vm.Timings.StreamBytes, Detached: o.detach,
+		Sandboxed: p.Sandbox, Notes: p.Notes,
 	}
 	if network == resume.NetworkOff {
 		out.LinksDown = p.NICs
@@ -178,7 +240,7 @@ func runResume(ctx context.Context, g *globals, o resumeOptions) error {
 			return err
 		}
 	} else {
-		printResumed(g, out, vm.Manifest.Machine.RAMBytes)
+		printResumed(g, out, vm.Manifest.Machine.RAM.Size)
 	}
 	if o.detach {
 		return vm.Release()
@@ -223,6 +285,12 @@ func printResumed(g *globals, o resumeJSON, ram int64) {
 	}
 	if o.GenID {
 		fmt.Fprintln(w, "  vmgenid: a new generation ID tells the guest it is a copy")
+	}
+	if !o.Sandboxed {
+		fmt.Fprintln(w, "  note: this QEMU has no seccomp sandbox (-sandbox): it runs unconfined")
+	}
+	for _, n := range o.Notes {
+		fmt.Fprintf(w, "  note: %s\n", n)
 	}
 	if o.SerialLog != "" {
 		fmt.Fprintf(w, "  serial console: %s (tail -f it)\n", o.SerialLog)

@@ -53,6 +53,12 @@ var configKeys = map[string]any{
 	"resume.workdir": "",
 	"resume.network": "",
 	"resume.qemu":    "",
+
+	"resume.kernel":       "",
+	"resume.initrd":       "",
+	"resume.bios":         "",
+	"resume.user":         "",
+	"resume.load-timeout": time.Duration(0),
 }
 
 // envName is the environment variable that sets key.

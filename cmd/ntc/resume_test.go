@@ -36,7 +36,10 @@ func TestResumeCheckpoint(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { os.RemoveAll(vmDir) })
-	vm := guesttest.Start(t, testguest.StartOptions{Dir: vmDir, NIC: true})
+	guest := guesttest.Build(t)
+	vm := guesttest.Start(t, testguest.StartOptions{Guest: guest, Dir: vmDir, NIC: true})
+	// The guest boots its kernel directly: a receiver names its own copy.
+	kernel := []string{"--kernel", guest.Kernel, "--initrd", guest.Initrd}
 	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Minute)
 	defer cancel()
 	if _, err := vm.WaitTick(ctx, 2); err != nil {
@@ -69,7 +72,7 @@ func TestResumeCheckpoint(t *testing.T) {
 	sums := treeSums(t, images)
 
 	work := filepath.Join(vmDir, "copy")
-	c := home.cmd(context.Background(), "--json", "resume", "--store", store, "--name", "office-vm", "--workdir", work)
+	c := home.cmd(context.Background(), append([]string{"--json", "resume", "--store", store, "--name", "office-vm", "--workdir", work}, kernel...)...)
 	stdout, err := c.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -174,17 +177,22 @@ func TestResumeCheckpoint(t *testing.T) {
 	}
 
 	// The stopped copy's work directory holds its writes: refused.
-	if code, _, errs := ntc(t, ctx, "resume", "--store", store, "--name", "office-vm", "--workdir", work); code != exitError || !strings.Contains(errs, "earlier copy") {
+	if code, _, errs := ntc(t, ctx, append([]string{"resume", "--store", store, "--name", "office-vm", "--workdir", work}, kernel...)...); code != exitError || !strings.Contains(errs, "earlier copy") {
 		t.Errorf("resume into the used work directory: exit %d, %q", code, errs)
 	}
 
 	// --detach leaves the copy running; --network on keeps its link up.
 	detached := filepath.Join(vmDir, "detached")
 	t.Cleanup(func() { killQEMUsIn(t, detached) })
-	code, dout, errs := ntc(t, ctx, "--json", "resume", "--store", store, "--name", "office-vm", "--workdir", detached, "--detach", "--network", "on")
-	if code != 0 {
-		t.Fatalf("resume --detach: exit %d: %s", code, errs)
+	// (The real binary: a detached copy has a keeper, ntc re-executed.)
+	dc := home.cmd(ctx, append([]string{"--json", "resume", "--store", store, "--name", "office-vm", "--workdir", detached, "--detach", "--network", "on"}, kernel...)...)
+	var derr strings.Builder
+	dc.Stderr = &derr
+	doutb, err := dc.Output()
+	if err != nil {
+		t.Fatalf("resume --detach: %v: %s", err, derr.String())
 	}
+	dout := string(doutb)
 	var dres resumeJSON
 	if err := json.Unmarshal([]byte(dout), &dres); err != nil || !dres.Detached || len(dres.LinksDown) != 0 {
 		t.Fatalf("resume --detach printed %q: %v", dout, err)
@@ -209,7 +217,7 @@ func TestResumeCheckpoint(t *testing.T) {
 		name, says string
 		tamper     func(m *capture.Manifest)
 	}{
-		{"RAM size", "mismatch", func(m *capture.Manifest) { m.Machine.RAMBytes += 64 << 20 }},
+		{"RAM size", "mismatch", func(m *capture.Manifest) { m.Machine.RAM.Size += 64 << 20 }},
 		{"machine type", "Machine type received", func(m *capture.Manifest) { m.Machine.Type = "pc-i440fx-7.1" }},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -235,7 +243,7 @@ func TestResumeCheckpoint(t *testing.T) {
 			}
 			w := filepath.Join(vmDir, "bad")
 			t.Cleanup(func() { killQEMUsIn(t, w) })
-			code, _, errs := ntc(t, ctx, "resume", "--store", bad, "--name", "office-vm", "--workdir", w)
+			code, _, errs := ntc(t, ctx, append([]string{"resume", "--store", bad, "--name", "office-vm", "--workdir", w}, kernel...)...)
 			t.Logf("ntc resume said: %s", errs)
 			if code != exitError || !strings.Contains(errs, "does not match") || !strings.Contains(errs, tc.says) {
 				t.Errorf("exit %d, stderr %q; want exit %d saying the machine does not match, with QEMU's %q", code, errs, exitError, tc.says)

@@ -135,6 +135,7 @@ then the file given by --config (default: $NTC_HOME/ntc.yaml or
 		newBenchCommand(g),
 		newCheckpointCommand(g),
 		newResumeCommand(g),
+		newKeeperCommand(),
 		newVersionCommand(g),
 		newStatusCommand(g),
 		newCheckCommand(g),

@@ -29,3 +29,30 @@ func PeakRSS(pid int) int64 {
 	}
 	return 0
 }
+
+// HugePagesFree returns the bytes of 2 MiB huge pages this host has free
+// (HugePages_Free in /proc/meminfo); 0 when its huge pages are of another
+// size or it cannot be read.
+func HugePagesFree() int64 {
+	b, err := os.ReadFile("/proc/meminfo")
+	if err != nil {
+		return 0
+	}
+	var free, size int64
+	for _, l := range strings.Split(string(b), "\n") {
+		f := strings.Fields(l)
+		if len(f) < 2 {
+			continue
+		}
+		switch f[0] {
+		case "HugePages_Free:":
+			free, _ = strconv.ParseInt(f[1], 10, 64)
+		case "Hugepagesize:":
+			size, _ = strconv.ParseInt(f[1], 10, 64) // kB
+		}
+	}
+	if size != 2048 {
+		return 0
+	}
+	return free << 21
+}

@@ -17,6 +17,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/ntc-project/ntc/internal/procstat"
 )
 
 // Names the launched machine gives its parts, for QMP commands
@@ -120,29 +122,7 @@ func PreferHugePages(mib int) Memory {
 // HugePagesFree returns how many MiB of 2 MiB huge pages the host has free
 // (HugePages_Free in /proc/meminfo); root reserves them with
 // `echo N > /proc/sys/vm/nr_hugepages`.
-func HugePagesFree() int {
-	b, err := os.ReadFile("/proc/meminfo")
-	if err != nil {
-		return 0
-	}
-	free, size := 0, 0
-	for _, l := range strings.Split(string(b), "\n") {
-		f := strings.Fields(l)
-		if len(f) < 2 {
-			continue
-		}
-		switch f[0] {
-		case "HugePages_Free:":
-			free, _ = strconv.Atoi(f[1])
-		case "Hugepagesize:":
-			size, _ = strconv.Atoi(f[1]) // kB
-		}
-	}
-	if size != 2048 {
-		return 0
-	}
-	return free * 2
-}
+func HugePagesFree() int { return int(procstat.HugePagesFree() >> 20) }
 
 // ErrExited is returned (wrapped, with QEMU's exit status and last words) by
 // waits on a VM whose QEMU process has ended.
