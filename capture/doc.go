@@ -82,10 +82,27 @@
 //     contents the store lacks are written. The device state and the stream
 //     description (header, configuration, block list, record layout,
 //     VMDESCRIPTION) are CDC-indexed blobs.
-//   - Machine: what starting an identical QEMU takes: the source's argv
-//     (/proc/PID/cmdline of the process behind the socket), the versioned
-//     machine type (qom-get /machine type, never the alias), RAM size and
-//     CPU count.
+//   - Machine: what starting an identical QEMU takes, as data: the target,
+//     the versioned machine type (qom-get /machine type, never the alias),
+//     RAM size (QEMU's) and backend kind and id, CPU model, features and
+//     count, each -device with its driver, id, bus, addr and properties,
+//     -drive disks attached by interface, NICs by id, netdev and MAC,
+//     serial ports and the ids of the character devices devices use, a
+//     directly booted kernel's command line and the base names and
+//     SHA-256 of its files, flags (-nodefaults, -no-reboot, …). It is read
+//     from the source's command line (/proc/PID/cmdline of the QEMU behind
+//     the socket: the local user's own VM, parsed with capture/qemuopt)
+//     and QEMU's answers. No host path, socket, listener, program or
+//     descriptor goes in; what the source used and cannot be described
+//     (-fw_cfg, -object secret, legacy -net, …) is listed in
+//     Machine.Unsupported, which a receiver refuses.
+//   - Manifest: manifest.json, version 2 (version 1 recorded the command
+//     line and is refused: ErrOldManifest). DecodeManifest checks every
+//     file name it declares (CheckName: no separator, no "..", index files
+//     end in .idx) and bounds its sizes; ReadManifestFile refuses a file
+//     over 1 MiB before reading it. Repositories are private: directories
+//     0700, files 0600; overlays are created 0600 (or the disk's own mode,
+//     if stricter).
 //
 // # Guarantees
 //

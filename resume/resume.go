@@ -243,16 +243,17 @@ func Start(ctx context.Context, cfg Config) (vm *VM, err error) {
 		}
 	}()
 	vm = v
-	if vm.ctl, err = vm.dial(ctx); err != nil {
-		return nil, err
-	}
-	vm.Timings.Launch = time.Since(t1)
-
-	t2 := time.Now()
+	// The deadline covers QEMU's start too: a QEMU that never answers is
+	// as stuck as a stream that never loads.
 	limit := cmp.Or(cfg.LoadTimeout, DefaultLoadTimeout)
 	lctx, cancel := context.WithTimeoutCause(ctx, limit, ErrLoadTimeout)
-	vm.Timings.StreamBytes, err = vm.migrate(lctx, stream, src)
-	cancel()
+	defer cancel()
+	if vm.ctl, err = vm.dial(lctx); err == nil {
+		vm.Timings.Launch = time.Since(t1)
+		t2 := time.Now()
+		vm.Timings.StreamBytes, err = vm.migrate(lctx, stream, src)
+		vm.Timings.Migrate = time.Since(t2)
+	}
 	if err != nil {
 		if errors.Is(context.Cause(lctx), ErrLoadTimeout) && ctx.Err() == nil {
 			return nil, fmt.Errorf("resume: QEMU had not loaded the migration stream after %s (%d bytes of it fed), so it was stopped: "+
@@ -261,7 +262,6 @@ func Start(ctx context.Context, cfg Config) (vm *VM, err error) {
 		}
 		return nil, err
 	}
-	vm.Timings.Migrate = time.Since(t2)
 	if cfg.Network == NetworkOff {
 		for _, nic := range p.NICs {
 			if err := vm.ctl.Run(ctx, "set_link", map[string]any{"name": nic, "up": false}, nil); err != nil {
@@ -447,6 +447,10 @@ func prepareWorkDir(ctx context.Context, p *Plan, cred *syscall.Credential) erro
 			return fmt.Errorf("resume: %w", err)
 		}
 	}
+	// qemu-img writes a header and returns: a minute is plenty, and
+	// resume must not hang on a wedged one.
+	ctx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
 	for i, d := range p.Disks {
 		err := privateFile(d.Overlay, os.O_EXCL)
 		if err == nil {

@@ -212,6 +212,46 @@ func TestResumeCheckpoint(t *testing.T) {
 		t.Fatalf("the detached copy is not running: %v", err)
 	}
 
+	// A stream that never loads (QEMU stopped as soon as it appears):
+	// resume gives up after --load-timeout, says what to do, and leaves no
+	// QEMU behind.
+	t.Run("load timeout", func(t *testing.T) {
+		w := filepath.Join(vmDir, "stuck")
+		t.Cleanup(func() { killQEMUsIn(t, w) })
+		c := home.cmd(ctx, append([]string{"resume", "--store", store, "--name", "office-vm", "--workdir", w, "--load-timeout", "3s"}, kernel...)...)
+		var msg strings.Builder
+		c.Stdout, c.Stderr = &msg, &msg
+		if err := c.Start(); err != nil {
+			t.Fatal(err)
+		}
+		pid := stopQEMUIn(t, w)
+		err := c.Wait()
+		t.Logf("ntc resume said: %s", msg.String())
+		if exitCode(err) != exitError || !strings.Contains(msg.String(), "--load-timeout") {
+			t.Errorf("exit %v, %q; want an error pointing at --load-timeout", err, msg.String())
+		}
+		if processAlive(pid) {
+			t.Errorf("QEMU (pid %d) is still there", pid)
+		}
+	})
+
+	// ntc killed during a --detach resume, before the copy runs: its
+	// keeper dies with it, and QEMU with the keeper.
+	t.Run("killed during detach", func(t *testing.T) {
+		w := filepath.Join(vmDir, "killed")
+		t.Cleanup(func() { killQEMUsIn(t, w) })
+		c := home.cmd(ctx, append([]string{"resume", "--store", store, "--name", "office-vm", "--workdir", w, "--detach"}, kernel...)...)
+		if err := c.Start(); err != nil {
+			t.Fatal(err)
+		}
+		pid := stopQEMUIn(t, w)
+		if err := c.Process.Kill(); err != nil {
+			t.Fatal(err)
+		}
+		c.Wait()
+		waitFor(t, 30*time.Second, func() bool { return !processAlive(pid) })
+	})
+
 	// Manifests whose machine does not match: QEMU refuses the stream.
 	for _, tc := range []struct {
 		name, says string
@@ -362,8 +402,38 @@ func treeSums(t *testing.T, dir string) string {
 	return b.String()
 }
 
-// qemusIn returns the PIDs of QEMU processes whose command line mentions
-// dir.
+// stopQEMUIn waits for the QEMU a resume starts in dir to appear, stops
+// it (SIGSTOP: it will never load the stream) and returns its pid. Nothing
+// announces the process: /proc is read again every 20 ms (waitFor).
+func stopQEMUIn(t *testing.T, dir string) int {
+	t.Helper()
+	var pid int
+	waitFor(t, time.Minute, func() bool {
+		if pids := qemusIn(t, dir); len(pids) > 0 {
+			pid = pids[0]
+			return true
+		}
+		return false
+	})
+	if err := syscall.Kill(pid, syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	return pid
+}
+
+// processAlive reports whether pid is a process that has not exited (a
+// zombie has).
+func processAlive(pid int) bool {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return false
+	}
+	i := strings.LastIndexByte(string(b), ')')
+	return i < 0 || i+2 >= len(b) || b[i+2] != 'Z'
+}
+
+// qemusIn returns the PIDs of QEMU processes (not their keepers) whose
+// command line mentions dir.
 func qemusIn(t *testing.T, dir string) []int {
 	t.Helper()
 	ents, err := os.ReadDir("/proc")
@@ -377,7 +447,8 @@ func qemusIn(t *testing.T, dir string) []int {
 			continue
 		}
 		b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
-		if err == nil && strings.Contains(string(b), "qemu") && strings.Contains(string(b), dir) {
+		comm, _ := os.ReadFile(filepath.Join("/proc", e.Name(), "comm"))
+		if err == nil && strings.HasPrefix(string(comm), "qemu-system") && strings.Contains(string(b), dir) && processAlive(pid) {
 			pids = append(pids, pid)
 		}
 	}
