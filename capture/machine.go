@@ -585,19 +585,24 @@ func parseObjectLike(arg, implied string) (qemuopt.Opts, bool) {
 	return o, true
 }
 
-// fileRef describes a file the source loads: base name, size, SHA-256.
+// fileRef describes a file the source loaded: base name, size, SHA-256.
+// A file that is gone or unreadable since (a kernel upgrade replaced it)
+// is described by its name alone: the guest runs from memory, and the
+// receiver names its own copy anyway.
 func fileRef(path string) (FileRef, error) {
+	ref := FileRef{Name: filepath.Base(path)}
 	f, err := os.Open(path)
 	if err != nil {
-		return FileRef{}, fmt.Errorf("describe the machine: %w", err)
+		return ref, nil
 	}
 	defer f.Close()
 	h := sha256.New()
 	n, err := io.Copy(h, f)
 	if err != nil {
-		return FileRef{}, fmt.Errorf("describe the machine: read %s: %w", path, err)
+		return ref, nil
 	}
-	return FileRef{Name: filepath.Base(path), Size: n, SHA256: hex.EncodeToString(h.Sum(nil))}, nil
+	ref.Size, ref.SHA256 = n, hex.EncodeToString(h.Sum(nil))
+	return ref, nil
 }
 
 // driveOf returns the drive (a node name or -drive id) that the device

@@ -59,7 +59,8 @@ type Config struct {
 	Kernel, Initrd, Firmware string
 	// User, when set, runs QEMU as that user (the work directory and its
 	// files are handed to it; the received images reach QEMU as open
-	// descriptors; the kernel must be readable by it).
+	// descriptors; the work directory's parents must let the user through
+	// and the kernel must be readable by it).
 	User string
 	// LoadTimeout bounds the incoming migration; 0: DefaultLoadTimeout.
 	LoadTimeout time.Duration

@@ -106,7 +106,7 @@ Examples:
 	f.String("kernel", "", "this machine's kernel, for a guest that booted one directly (-kernel)")
 	f.String("initrd", "", "this machine's initrd, for a guest that booted with one")
 	f.String("bios", "", "this machine's firmware, for a guest that ran its own -bios")
-	f.String("user", "", "run QEMU as this user (ntc runs as root); the work directory becomes theirs")
+	f.String("user", "", "run QEMU as this user (ntc runs as root); the work directory becomes theirs, and its parents and --kernel/--initrd must be open to them")
 	f.Duration("load-timeout", resume.DefaultLoadTimeout, "how long QEMU may take to load the migration stream before ntc gives up and stops it")
 	f.BoolVar(&o.detach, "detach", false, "leave the copy running and exit (default: stay until Ctrl-C, then stop it)")
 	g.bind(cmd, "resume.store", "store")

@@ -119,6 +119,16 @@ func TestResumeCheckpoint(t *testing.T) {
 	if res.SerialLog == "" || res.QMP == "" || len(res.Disks) != 1 || len(res.LinksDown) != 1 || res.LinksDown[0] != testguest.NICDevice {
 		t.Fatalf("resume --json: %+v", res)
 	}
+	if !res.Sandboxed {
+		t.Errorf("QEMU ran without its seccomp sandbox (Debian's QEMU has one): %+v", res)
+	}
+	// Private: the work directory 0700, the overlay and logs 0600.
+	for _, f := range []string{work, res.Disks[0].Overlay, res.SerialLog, res.Log} {
+		fi, err := os.Stat(f)
+		if err != nil || fi.Mode().Perm()&0o077 != 0 {
+			t.Errorf("%s: %v, %v: want it private", f, fi.Mode(), err)
+		}
+	}
 
 	// The console goes on from the checkpoint: the first tick follows the
 	// one on the received disk, and nothing boots.
@@ -211,6 +221,49 @@ func TestResumeCheckpoint(t *testing.T) {
 	if err := syscall.Kill(dres.PID, syscall.SIGTERM); err != nil {
 		t.Fatalf("the detached copy is not running: %v", err)
 	}
+
+	// --user runs QEMU unprivileged; the received images reach it as
+	// descriptors, the kernel (readable by all here) by path.
+	t.Run("user", func(t *testing.T) {
+		pub, err := os.MkdirTemp("", "ntck-")
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { os.RemoveAll(pub) })
+		os.Chmod(pub, 0o755)
+		var files []string
+		for _, src := range []string{guest.Kernel, guest.Initrd} {
+			b, err := os.ReadFile(src)
+			if err != nil {
+				t.Fatal(err)
+			}
+			dst := filepath.Join(pub, filepath.Base(src))
+			if err := os.WriteFile(dst, b, 0o644); err != nil {
+				t.Fatal(err)
+			}
+			files = append(files, dst)
+		}
+		w := filepath.Join(pub, "w") // its parents must let the user through
+		t.Cleanup(func() { killQEMUsIn(t, w) })
+		c := home.cmd(ctx, "--json", "resume", "--store", store, "--name", "office-vm", "--workdir", w, "--detach",
+			"--user", "nobody", "--kernel", files[0], "--initrd", files[1])
+		var errb strings.Builder
+		c.Stderr = &errb
+		out, err := c.Output()
+		if err != nil {
+			t.Fatalf("resume --user nobody: %v: %s", err, errb.String())
+		}
+		var ures resumeJSON
+		if err := json.Unmarshal(out, &ures); err != nil {
+			t.Fatal(err)
+		}
+		status, _ := os.ReadFile(fmt.Sprintf("/proc/%d/status", ures.PID))
+		if !regexp.MustCompile(`(?m)^Uid:\s+65534\s`).Match(status) {
+			t.Errorf("QEMU does not run as nobody: %s", status)
+		}
+		waitSerialFile(t, ctx, ures.SerialLog, 1)
+		syscall.Kill(ures.PID, syscall.SIGTERM)
+	})
 
 	// A stream that never loads (QEMU stopped as soon as it appears):
 	// resume gives up after --load-timeout, says what to do, and leaves no
