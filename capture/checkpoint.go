@@ -29,6 +29,9 @@ import (
 type Config struct {
 	// QMP is the path of the QEMU's QMP unix socket.
 	QMP string
+	// Domain names a libvirt domain to checkpoint instead (not both), at
+	// libvirt connection URI Connect (default qemu:///system): see DialDomain.
+	Domain, Connect string
 	// Dir is the checkpoint repository (created if needed).
 	Dir string
 	// OverlayDir is where new disk overlays are created; empty: next to
@@ -127,8 +130,8 @@ const fdName = "ntc-checkpoint"
 // written for the failed checkpoint.
 func Checkpoint(ctx context.Context, cfg Config) (*Result, error) {
 	start := time.Now()
-	if cfg.QMP == "" {
-		return nil, errors.New("checkpoint: no QMP socket given")
+	if err := cfg.checkTarget(); err != nil {
+		return nil, err
 	}
 	if cfg.Params == (chunk.Params{}) {
 		cfg.Params = chunk.DefaultCDC()
@@ -179,7 +182,7 @@ func Checkpoint(ctx context.Context, cfg Config) (*Result, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w (move the damaged checkpoint out of %s to start over from the one before)", err, repo.Dir())
 	}
-	sess, err := Dial(ctx, cfg.QMP, cfg.Dial)
+	sess, err := cfg.dial(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -190,7 +193,7 @@ func Checkpoint(ctx context.Context, cfg Config) (*Result, error) {
 	}
 	res, err := c.run(ctx)
 	if err != nil {
-		return nil, fmt.Errorf("checkpoint %d of %s: %w", c.seq, cfg.QMP, err)
+		return nil, fmt.Errorf("checkpoint %d of %s: %w", c.seq, cfg.target(), err)
 	}
 	res.Removed = removed
 	return res, nil
@@ -929,7 +932,7 @@ func (c *checkpointer) recover(ctx context.Context) error {
 	defer cancel()
 	s := c.sess
 	if s.Err() != nil {
-		ns, err := Dial(ctx, c.cfg.QMP, c.cfg.Dial)
+		ns, err := c.cfg.dial(ctx)
 		if err != nil {
 			return fmt.Errorf("reconnect to QEMU to resume the guest: %w", err)
 		}

@@ -78,7 +78,7 @@ func checkpointTB(tb testing.TB, cfg Config) *Result {
 }
 
 // waitTicking fails tb unless the guest prints n more ticks.
-func waitTicking(tb testing.TB, vm *testguest.VM, n int) int {
+func waitTicking(tb testing.TB, vm ticker, n int) int {
 	tb.Helper()
 	ctx, cancel := context.WithTimeout(tb.Context(), time.Minute)
 	defer cancel()

@@ -1,0 +1,352 @@
+package libvirttest
+
+import (
+	"bufio"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/xml"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"text/template"
+	"time"
+
+	"github.com/ntc-project/ntc/internal/testguest"
+	"github.com/ntc-project/ntc/internal/testguest/guesttest"
+)
+
+// DomainOptions describe the domain [StartDomain] creates. The zero value
+// is a 256 MiB, one-CPU guest on private memory with a new 64 MiB disk.
+type DomainOptions struct {
+	Guest     *testguest.Guest // nil: testguest.Build's default
+	MemoryMiB int              // default 256
+	// Memory is testguest.MemoryPrivate (the default) or
+	// testguest.MemoryHugePages (memfd on 2 MiB pages, shared, as the
+	// direct QEMU of testguest.Start has it).
+	Memory      testguest.Memory
+	BusyMiB     int // ntc.busy: MiB of RAM the guest rewrites
+	DiskBusyMiB int // ntc.diskbusy: MiB of disk the guest rewrites
+}
+
+// Domain is a running transient domain.
+type Domain struct {
+	Name string
+	Dir  string // kernel, initramfs, disk and console socket; 0711 so that libvirt's QEMU user reaches them
+	Disk string // the qcow2 image libvirt was given
+
+	console *console
+}
+
+// consoleSocket is where libvirt listens for the serial console, in Dir.
+const consoleSocket = "console.sock"
+
+// DiskTarget is the domain's disk as libvirt names it.
+const DiskTarget = "vda"
+
+var domainTemplate = template.Must(template.New("domain").Funcs(template.FuncMap{"x": xmlEscape}).Parse(`<domain type='qemu'>
+  <name>{{x .Name}}</name>
+  <memory unit='MiB'>{{.MemoryMiB}}</memory>
+{{- if .HugePages}}
+  <memoryBacking><hugepages><page size='2048' unit='KiB'/></hugepages><source type='memfd'/><access mode='shared'/></memoryBacking>
+{{- end}}
+  <vcpu>1</vcpu>
+  <os>
+    <type arch='x86_64' machine='pc'>hvm</type>
+    <kernel>{{x .Kernel}}</kernel>
+    <initrd>{{x .Initrd}}</initrd>
+    <cmdline>{{x .Cmdline}}</cmdline>
+  </os>
+  <cpu mode='custom'><model>qemu64</model></cpu>
+  <on_reboot>destroy</on_reboot>
+  <devices>
+    <disk type='file' device='disk'>
+      <driver name='qemu' type='qcow2'/>
+      <source file='{{x .Disk}}'/>
+      <target dev='vda' bus='virtio'/>
+    </disk>
+    <serial type='unix'>
+      <source mode='bind' path='{{x .Console}}'/>
+    </serial>
+    <controller type='usb' model='none'/>
+    <memballoon model='none'/>
+  </devices>
+</domain>
+`))
+
+func xmlEscape(s string) (string, error) {
+	var b strings.Builder
+	err := xml.EscapeText(&b, []byte(s))
+	return b.String(), err
+}
+
+// StartDomain creates a transient domain from the test guest, connects to
+// its console and waits for its second tick. The domain is destroyed and
+// its directory removed when tb ends (the end of the console is logged if
+// tb failed). Call Daemon first.
+func StartDomain(tb testing.TB, opts DomainOptions) *Domain {
+	tb.Helper()
+	guesttest.SkipIfNoQEMU(tb)
+	ctx, cancel := context.WithTimeout(tb.Context(), 3*time.Minute)
+	defer cancel()
+	d, err := startDomain(ctx, opts)
+	if d != nil {
+		tb.Cleanup(func() { d.cleanup(tb) })
+	}
+	if err != nil {
+		tb.Fatal(err)
+	}
+	if _, err := d.WaitTick(ctx, 2); err != nil {
+		tb.Fatalf("domain %s: %v", d.Name, err)
+	}
+	return d
+}
+
+func startDomain(ctx context.Context, opts DomainOptions) (*Domain, error) {
+	if opts.MemoryMiB == 0 {
+		opts.MemoryMiB = testguest.DefaultMemoryMiB
+	}
+	switch opts.Memory {
+	case "", testguest.MemoryPrivate, testguest.MemoryHugePages:
+	default:
+		return nil, fmt.Errorf("domain memory %q: want %q or %q", opts.Memory, testguest.MemoryPrivate, testguest.MemoryHugePages)
+	}
+	g := opts.Guest
+	if g == nil {
+		var err error
+		if g, err = testguest.Build(ctx, testguest.Options{}); err != nil {
+			return nil, err
+		}
+	}
+	var rnd [4]byte
+	rand.Read(rnd[:])
+	d := &Domain{Name: "ntc-test-" + hex.EncodeToString(rnd[:])}
+	dir, err := os.MkdirTemp("", "ntclv-")
+	if err != nil {
+		return nil, err
+	}
+	d.Dir = dir
+	// libvirt's QEMU runs as another user: it must get through the
+	// directory (libvirt gives it the files themselves).
+	if err := os.Chmod(dir, 0o711); err != nil {
+		return d, err
+	}
+	kernel, initrd := filepath.Join(dir, "vmlinuz"), filepath.Join(dir, "initrd.img")
+	for _, c := range [][2]string{{g.Kernel, kernel}, {g.Initrd, initrd}} {
+		if err := copyFile(c[0], c[1]); err != nil {
+			return d, err
+		}
+	}
+	d.Disk = filepath.Join(dir, "disk.qcow2")
+	if out, err := exec.CommandContext(ctx, "qemu-img", "create", "-q", "-f", "qcow2", d.Disk,
+		strconv.Itoa(testguest.DefaultDiskSizeMiB)+"M").CombinedOutput(); err != nil {
+		return d, fmt.Errorf("create disk: %w: %s", err, out)
+	}
+	if err := os.Chmod(d.Disk, 0o600); err != nil {
+		return d, err
+	}
+	sock := filepath.Join(dir, consoleSocket)
+	var def strings.Builder
+	if err := domainTemplate.Execute(&def, map[string]any{
+		"Name": d.Name, "MemoryMiB": opts.MemoryMiB, "HugePages": opts.Memory == testguest.MemoryHugePages,
+		"Kernel": kernel, "Initrd": initrd, "Disk": d.Disk, "Console": sock,
+		"Cmdline": fmt.Sprintf("console=ttyS0 panic=1 ntc.busy=%d ntc.diskbusy=%d", opts.BusyMiB, opts.DiskBusyMiB),
+	}); err != nil {
+		return d, err
+	}
+	xmlPath := filepath.Join(dir, "domain.xml")
+	if err := os.WriteFile(xmlPath, []byte(def.String()), 0o600); err != nil {
+		return d, err
+	}
+	if _, err := Virsh(ctx, "create", xmlPath); err != nil {
+		return d, err
+	}
+	c, err := dialConsole(ctx, sock)
+	if err != nil {
+		return d, fmt.Errorf("domain %s: %w", d.Name, err)
+	}
+	d.console = c
+	return d, nil
+}
+
+func copyFile(src, dst string) error {
+	in, err := os.Open(src)
+	if err != nil {
+		return err
+	}
+	defer in.Close()
+	out, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return err
+	}
+	if _, err := io.Copy(out, in); err != nil {
+		out.Close()
+		return err
+	}
+	return out.Close()
+}
+
+// cleanup destroys the domain if it still runs, closes the console and
+// removes the directory.
+func (d *Domain) cleanup(tb testing.TB) {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(tb.Context()), time.Minute)
+	defer cancel()
+	if d.console != nil {
+		if tb.Failed() {
+			lines := d.console.lines()
+			tb.Logf("domain %s console, last lines:\n%s", d.Name, strings.Join(lines[max(0, len(lines)-30):], "\n"))
+		}
+	}
+	if st, err := Virsh(ctx, "domstate", d.Name); err == nil && !strings.Contains(st, "shut off") {
+		if _, err := Virsh(ctx, "destroy", d.Name); err != nil {
+			tb.Error(err)
+		}
+	}
+	if d.console != nil {
+		d.console.close()
+	}
+	if d.Dir != "" {
+		os.RemoveAll(d.Dir)
+	}
+}
+
+// ReconnectConsole connects to the console again, after libvirt started a
+// new QEMU for the domain (virsh restore): tick counting goes on.
+func (d *Domain) ReconnectConsole(ctx context.Context) error {
+	c, err := dialConsole(ctx, filepath.Join(d.Dir, consoleSocket))
+	if err != nil {
+		return fmt.Errorf("domain %s: %w", d.Name, err)
+	}
+	old := d.console
+	old.close()
+	c.mu.Lock()
+	c.all = append(old.lines(), c.all...)
+	c.tick = max(c.tick, old.lastTick())
+	c.mu.Unlock()
+	d.console = c
+	return nil
+}
+
+// Virsh runs virsh against the domain's connection.
+func (d *Domain) Virsh(ctx context.Context, args ...string) (string, error) {
+	return Virsh(ctx, args...)
+}
+
+// WaitTick waits until the guest has printed tick n or later and returns
+// the last tick seen.
+func (d *Domain) WaitTick(ctx context.Context, n int) (int, error) { return d.console.waitTick(ctx, n) }
+
+// LastTick returns the last tick the guest printed (0: none yet).
+func (d *Domain) LastTick() int { return d.console.lastTick() }
+
+// Ended is closed when the console connection ends (QEMU exited).
+func (d *Domain) Ended() <-chan struct{} { return d.console.ended }
+
+// XML returns the live domain XML (virsh dumpxml).
+func (d *Domain) XML(ctx context.Context) (string, error) { return Virsh(ctx, "dumpxml", d.Name) }
+
+// BlockList returns `virsh domblklist` as target → source.
+func (d *Domain) BlockList(ctx context.Context) (map[string]string, error) {
+	out, err := Virsh(ctx, "domblklist", d.Name)
+	if err != nil {
+		return nil, err
+	}
+	return parseBlockList(out), nil
+}
+
+// parseBlockList reads virsh domblklist's table.
+func parseBlockList(out string) map[string]string {
+	m := map[string]string{}
+	for _, l := range strings.Split(out, "\n") {
+		f := strings.Fields(l)
+		if len(f) != 2 || f[0] == "Target" || strings.HasPrefix(f[0], "--") {
+			continue
+		}
+		m[f[0]] = f[1]
+	}
+	return m
+}
+
+// console reads the guest's serial console from the socket libvirt
+// listens on and keeps its lines.
+type console struct {
+	conn  net.Conn
+	ended chan struct{}
+
+	mu      sync.Mutex
+	all     []string
+	tick    int
+	changed chan struct{}
+}
+
+var tickLine = regexp.MustCompile(`^tick (\d+)$`)
+
+func dialConsole(ctx context.Context, path string) (*console, error) {
+	var dl net.Dialer
+	conn, err := dl.DialContext(ctx, "unix", path)
+	if err != nil {
+		return nil, fmt.Errorf("connect to the serial console: %w", err)
+	}
+	c := &console{conn: conn, ended: make(chan struct{}), changed: make(chan struct{})}
+	go c.read()
+	return c, nil
+}
+
+func (c *console) read() {
+	defer close(c.ended)
+	sc := bufio.NewScanner(c.conn)
+	for sc.Scan() {
+		line := strings.TrimRight(sc.Text(), "\r")
+		c.mu.Lock()
+		if len(c.all) == 1<<14 {
+			c.all = append(c.all[:0], c.all[1<<13:]...)
+		}
+		c.all = append(c.all, line)
+		if m := tickLine.FindStringSubmatch(line); m != nil {
+			c.tick, _ = strconv.Atoi(m[1])
+		}
+		close(c.changed)
+		c.changed = make(chan struct{})
+		c.mu.Unlock()
+	}
+}
+
+func (c *console) lines() []string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return append([]string(nil), c.all...)
+}
+
+func (c *console) lastTick() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.tick
+}
+
+func (c *console) waitTick(ctx context.Context, n int) (int, error) {
+	for {
+		c.mu.Lock()
+		t, changed := c.tick, c.changed
+		c.mu.Unlock()
+		if t >= n {
+			return t, nil
+		}
+		select {
+		case <-changed:
+		case <-c.ended:
+			return t, fmt.Errorf("console closed after tick %d, waiting for tick %d (QEMU exited?)", t, n)
+		case <-ctx.Done():
+			return t, fmt.Errorf("no tick %d, last %d: %w", n, t, ctx.Err())
+		}
+	}
+}
+
+func (c *console) close() { c.conn.Close(); <-c.ended }
