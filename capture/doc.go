@@ -16,6 +16,10 @@
 //     (qmp/socket.go, listen): the race detector catches the next line
 //     overwriting a reply being decoded; it also drops the connection on
 //     a reply over 64 KiB.
+//   - Libvirt domain: a guest whose QMP monitor libvirt owns (Config.Domain,
+//     DialDomain). Commands and events go through libvirtd, and the disk
+//     overlays and their merge through libvirt's snapshot and block-commit
+//     APIs, so that libvirt's view of the disks stays true (libvirt.go).
 //   - Instant: the moment a checkpoint captures. The guest is paused, one
 //     QMP `transaction` of `blockdev-snapshot` makes a prepared qcow2 overlay
 //     the active layer of every writable disk (the old top is frozen), and
