@@ -36,6 +36,8 @@ elif [ "$want" -gt "$have" ] && grep -q '^Hugepagesize: *2048 kB' /proc/meminfo 
     echo "deps: could not reserve huge pages (as root: echo $want > /proc/sys/vm/nr_hugepages): guests use 4 KiB pages and pause longer" >&2
   fi
 fi
+# libvirtd for the tests that checkpoint a libvirt-managed guest.
+"$(dirname "$0")/deps-libvirt.sh"
 command -v go >/dev/null || { echo "deps: Go 1.26 or newer is needed: install it from go.dev or Debian's golang package" >&2; exit 1; }
 go mod download
 # versitygw: the S3 server the object-store tests start on loopback (internal/s3test looks in PATH, $GOBIN,

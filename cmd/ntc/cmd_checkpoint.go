@@ -17,6 +17,8 @@ import (
 // configuration.
 type guestOptions struct {
 	qmp        string
+	domain     string
+	connect    string
 	out        string
 	overlayDir string
 	method     string
@@ -25,10 +27,12 @@ type guestOptions struct {
 func (o *guestOptions) addFlags(g *globals, cmd *cobra.Command) {
 	f := cmd.Flags()
 	f.String("qmp", "", "QMP unix socket of the running QEMU")
+	f.String("domain", "", "a libvirt domain instead of --qmp (its QMP through libvirt, its disks through libvirt's snapshots)")
+	f.String("connect", "", "libvirt connection URI for --domain (default qemu:///system)")
 	f.String("out", "", "checkpoint repository directory (created if needed)")
 	f.String("overlay-dir", "", "where new disk overlays go (default: next to each disk)")
 	f.String("method", string(capture.MethodAuto), "how RAM is captured: auto, background-snapshot or precopy")
-	for _, name := range []string{"qmp", "out", "overlay-dir", "method"} {
+	for _, name := range []string{"qmp", "domain", "connect", "out", "overlay-dir", "method"} {
 		g.bind(cmd, "checkpoint."+name, name)
 	}
 }
@@ -36,17 +40,32 @@ func (o *guestOptions) addFlags(g *globals, cmd *cobra.Command) {
 // load reads the flags (or the configuration) once the command runs.
 func (o *guestOptions) load(g *globals) {
 	o.qmp = g.v.GetString("checkpoint.qmp")
+	o.domain = g.v.GetString("checkpoint.domain")
+	o.connect = g.v.GetString("checkpoint.connect")
 	o.out = g.v.GetString("checkpoint.out")
 	o.overlayDir = g.v.GetString("checkpoint.overlay-dir")
 	o.method = g.v.GetString("checkpoint.method")
+}
+
+// guest names the guest for people: its QMP socket or its libvirt domain.
+func (o *guestOptions) guest() string {
+	if o.domain != "" {
+		return "libvirt domain " + o.domain
+	}
+	return o.qmp
 }
 
 // config checks the options and returns capture's configuration, whose log
 // shows warnings (an explicit precopy this QEMU can get wrong) always and
 // the rest with -v.
 func (o *guestOptions) config(g *globals) (capture.Config, error) {
-	if o.qmp == "" {
-		return capture.Config{}, usagef("--qmp SOCKET is required: the QMP socket of the running QEMU (started with -qmp unix:SOCKET,server=on,wait=off)")
+	switch {
+	case o.qmp == "" && o.domain == "":
+		return capture.Config{}, usagef("--qmp SOCKET is required: the QMP socket of the running QEMU (started with -qmp unix:SOCKET,server=on,wait=off); or --domain NAME for a libvirt guest")
+	case o.qmp != "" && o.domain != "":
+		return capture.Config{}, usagef("--qmp and --domain name the guest twice: give one")
+	case o.connect != "" && o.domain == "":
+		return capture.Config{}, usagef("--connect goes with --domain NAME")
 	}
 	if o.out == "" {
 		return capture.Config{}, usagef("--out DIR is required: the checkpoint repository (created if needed)")
@@ -55,7 +74,7 @@ func (o *guestOptions) config(g *globals) (capture.Config, error) {
 	if method != capture.MethodAuto && method != capture.MethodPrecopy && method != capture.MethodBackground {
 		return capture.Config{}, usagef("--method %q: want %s, %s or %s", o.method, capture.MethodAuto, capture.MethodBackground, capture.MethodPrecopy)
 	}
-	cfg := capture.Config{QMP: o.qmp, Dir: o.out, OverlayDir: o.overlayDir, Method: method}
+	cfg := capture.Config{QMP: o.qmp, Domain: o.domain, Connect: o.connect, Dir: o.out, OverlayDir: o.overlayDir, Method: method}
 	cfg.Log = func(msg string) {
 		if g.verbose || strings.HasPrefix(msg, "warning:") {
 			fmt.Fprintln(g.stderr, "ntc:", msg)
@@ -160,7 +179,7 @@ func runCheckpoint(ctx context.Context, g *globals, o checkpointOptions) error {
 	}
 	st := res.Stats
 	w := g.stdout
-	fmt.Fprintf(w, "checkpoint %d of %s (%s, QEMU %s, %s): guest paused %.1f ms, %s in all\n", m.Seq, o.qmp,
+	fmt.Fprintf(w, "checkpoint %d of %s (%s, QEMU %s, %s): guest paused %.1f ms, %s in all\n", m.Seq, o.guest(),
 		m.Machine.Type, m.QEMUVersion, m.Method, st.GuestPauseMS, (time.Duration(st.DurationMS * 1e6)).Round(time.Millisecond))
 	if st.GuestPauseMS > 100 && m.Method == capture.MethodBackground {
 		fmt.Fprintf(w, "  (a long pause: QEMU write-protects every page of guest RAM while the guest is paused; on huge pages that takes milliseconds: see 'ntc checkpoint --help')\n")

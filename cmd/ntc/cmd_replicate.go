@@ -176,7 +176,7 @@ func runReplicate(ctx context.Context, g *globals, o replicateOptions) error {
 		if acked > 0 {
 			held = fmt.Sprintf("checkpoint %d", acked)
 		}
-		fmt.Fprintf(g.stdout, "replicating %s to %s as %s every %s (the receiver holds %s); Ctrl-C stops\n", o.qmp, o.to, set, o.every, held)
+		fmt.Fprintf(g.stdout, "replicating %s to %s as %s every %s (the receiver holds %s); Ctrl-C stops\n", o.guest(), o.to, set, o.every, held)
 	}
 	held := acked // the checkpoint the receiver holds
 	var metrics *replicateMetrics
@@ -194,11 +194,11 @@ func runReplicate(ctx context.Context, g *globals, o replicateOptions) error {
 	// Under systemd (Type=notify): ready once the loop runs, a status line
 	// per round, signs of life for the watchdog, and stopping at the end.
 	sd := sdnotify.FromEnv()
-	sd.Ready(fmt.Sprintf("replicating %s to %s as %s every %s", o.qmp, o.to, set, o.every))
+	sd.Ready(fmt.Sprintf("replicating %s to %s as %s every %s", o.guest(), o.to, set, o.every))
 	wctx, stopWatchdog := context.WithCancel(ctx)
 	defer stopWatchdog()
 	go sd.Watchdog(wctx, nil)
-	st := &replicateStatus{Set: set, Guest: o.qmp, To: o.to, Peer: peer.String(), PID: os.Getpid(),
+	st := &replicateStatus{Set: set, Guest: o.guest(), To: o.to, Peer: peer.String(), PID: os.Getpid(),
 		Started: time.Now(), EveryMS: float64(o.every.Milliseconds()), HeldSeq: acked}
 	st.Updated = st.Started
 	if err := writeStatus(g.home(), st); err != nil {

@@ -38,6 +38,8 @@ var configKeys = map[string]any{
 	"push.conns":   0,
 
 	"checkpoint.qmp":         "",
+	"checkpoint.domain":      "",
+	"checkpoint.connect":     "",
 	"checkpoint.out":         "",
 	"checkpoint.overlay-dir": "",
 	"checkpoint.method":      "",
