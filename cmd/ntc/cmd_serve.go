@@ -4,15 +4,18 @@ import (
 	"context"
 	"fmt"
 	"log"
+	"log/slog"
 	"net"
 	"runtime/debug"
 	gosync "sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/spf13/cobra"
 
 	"github.com/ntc-project/ntc/chunk"
 	"github.com/ntc-project/ntc/internal/ratelimit"
+	"github.com/ntc-project/ntc/internal/sdnotify"
 	ntcsync "github.com/ntc-project/ntc/sync"
 	"github.com/ntc-project/ntc/transport"
 )
@@ -32,6 +35,7 @@ type serveOptions struct {
 	peerConns  int
 	pushes     int
 	handshakes float64
+	metrics    string
 }
 
 func newServeCommand(g *globals) *cobra.Command {
@@ -68,6 +72,7 @@ Examples:
 			o.peerConns = g.v.GetInt("serve.max-conns-per-peer")
 			o.pushes = g.v.GetInt("serve.max-pushes-per-peer")
 			o.handshakes = g.v.GetFloat64("serve.handshakes-per-second")
+			o.metrics = g.v.GetString("serve.metrics-listen")
 			if len(o.allow) == 0 {
 				o.allow = g.v.GetStringSlice("serve.allow")
 			}
@@ -88,7 +93,8 @@ Examples:
 	f.Int("max-conns-per-peer", 8, "connections from one peer")
 	f.Int("max-pushes-per-peer", ntcsync.DefaultLimits.PushesPerPeer, "pushes in progress from one peer")
 	f.Float64("handshakes-per-second", 20, "connection attempts a second from one address (bursts of twice as many)")
-	for _, name := range []string{"max-memory", "stall-timeout", "max-conns", "max-conns-per-peer", "max-pushes-per-peer", "handshakes-per-second"} {
+	f.String("metrics-listen", "", "serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9474)")
+	for _, name := range []string{"max-memory", "stall-timeout", "max-conns", "max-conns-per-peer", "max-pushes-per-peer", "handshakes-per-second", "metrics-listen"} {
 		g.bind(cmd, "serve."+name, name)
 	}
 	return cmd
@@ -141,7 +147,11 @@ func runServe(ctx context.Context, g *globals, o serveOptions) error {
 		return err
 	}
 	defer repo.Close()
-	logger := log.New(g.stderr, "ntc serve: ", log.LstdFlags)
+	lg, err := g.logger("serve")
+	if err != nil {
+		return err
+	}
+	logger := slog.NewLogLogger(lg.Handler(), slog.LevelInfo)
 	refusals := &refusalLog{log: logger, rate: ratelimit.Keyed{Rate: 1, Burst: 5}}
 	tcfg.Limits.Refused = refusals.transport
 	l, err := transport.Listen(o.listen, id, transport.AllowIDs(allowed...), tcfg)
@@ -157,6 +167,21 @@ func runServe(ctx context.Context, g *globals, o serveOptions) error {
 	rcv := &ntcsync.Receiver{Repo: repo, Log: logger.Printf, Keep: o.keep, Limits: lim, Refused: refusals.push}
 	var wg gosync.WaitGroup
 	defer wg.Wait()
+	if o.metrics != "" {
+		reg := newRegistry()
+		reg.MustRegister(newServeCollector(repo, refusals))
+		addr, err := serveMetrics(ctx, o.metrics, reg)
+		if err != nil {
+			return err
+		}
+		lg.Info("metrics at http://" + addr.String() + "/metrics")
+	}
+	// Under systemd (Type=notify): ready once listening, signs of life for
+	// the watchdog while the accept loop runs, stopping at the end.
+	sd := sdnotify.FromEnv()
+	sd.Ready(fmt.Sprintf("serving %s on %s (%d peers allowed)", o.store, l.Addr(), len(allowed)))
+	defer sd.Stopping("")
+	wg.Go(func() { sd.Watchdog(ctx, nil) })
 	if o.keep > 0 {
 		// Pushes collect garbage as they end, when no other is under way;
 		// this catches the moments between pushes that always overlap.
@@ -233,9 +258,12 @@ func (o serveOptions) limits(peers int) (ntcsync.Limits, transport.Config, error
 type refusalLog struct {
 	log  *log.Logger
 	rate ratelimit.Keyed
+	// n counts refusals, logged or not (ntc_serve_refusals_total).
+	n atomic.Int64
 }
 
 func (r *refusalLog) printf(key, format string, args ...any) {
+	r.n.Add(1)
 	ok, dropped := r.rate.Allow(key)
 	if !ok {
 		return

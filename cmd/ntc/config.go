@@ -30,6 +30,7 @@ var configKeys = map[string]any{
 	"serve.max-conns-per-peer":    0,
 	"serve.max-pushes-per-peer":   0,
 	"serve.handshakes-per-second": float64(0),
+	"serve.metrics-listen":        "",
 
 	"push.to":      "",
 	"push.peer":    "",

@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"os"
+	"path/filepath"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -13,6 +15,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/ntc-project/ntc/replicate"
+	ntcsync "github.com/ntc-project/ntc/sync"
 )
 
 // serveMetrics serves reg's metrics at http://addr/metrics until ctx ends,
@@ -111,5 +114,58 @@ func (m *replicateMetrics) observe(r replicate.Round) {
 	if r.Committed {
 		m.lag.Set(r.Lag.Seconds())
 		m.lastSuccess.Set(float64(r.Start.Add(r.Duration).UnixNano()) / 1e9)
+	}
+}
+
+// serveCollector reads a receiver's figures when Prometheus scrapes: what
+// its store holds, each set's versions and the age of its current one, and
+// the refusals so far.
+type serveCollector struct {
+	repo     *ntcsync.Repo
+	refusals *refusalLog
+
+	storeBytes, storeChunks, versions, age, refused *prometheus.Desc
+}
+
+func newServeCollector(repo *ntcsync.Repo, refusals *refusalLog) *serveCollector {
+	return &serveCollector{
+		repo: repo, refusals: refusals,
+		storeBytes:  prometheus.NewDesc("ntc_serve_store_bytes", "Bytes of the chunk store's pack files.", nil, nil),
+		storeChunks: prometheus.NewDesc("ntc_serve_store_chunks", "Chunks the store holds.", nil, nil),
+		versions:    prometheus.NewDesc("ntc_serve_versions", "Versions of the set the receiver keeps.", []string{"set"}, nil),
+		age:         prometheus.NewDesc("ntc_serve_current_version_age_seconds", "Time since the set's current version was committed.", []string{"set"}, nil),
+		refused:     prometheus.NewDesc("ntc_serve_refusals_total", "Connections and pushes refused or failed (unknown peers, limits, stalls, malformed frames).", nil, nil),
+	}
+}
+
+func (c *serveCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{c.storeBytes, c.storeChunks, c.versions, c.age, c.refused} {
+		ch <- d
+	}
+}
+
+func (c *serveCollector) Collect(ch chan<- prometheus.Metric) {
+	ch <- prometheus.MustNewConstMetric(c.refused, prometheus.CounterValue, float64(c.refusals.n.Load()))
+	if st := c.repo.Store(); st != nil {
+		ch <- prometheus.MustNewConstMetric(c.storeChunks, prometheus.GaugeValue, float64(st.Len()))
+	}
+	if packs, err := filepath.Glob(filepath.Join(c.repo.Dir(), "packs", "pack-*.dat")); err == nil {
+		var bytes int64
+		for _, p := range packs {
+			if fi, err := os.Stat(p); err == nil {
+				bytes += fi.Size()
+			}
+		}
+		ch <- prometheus.MustNewConstMetric(c.storeBytes, prometheus.GaugeValue, float64(bytes))
+	}
+	sets, err := c.repo.List()
+	if err != nil {
+		return
+	}
+	for _, s := range sets {
+		ch <- prometheus.MustNewConstMetric(c.versions, prometheus.GaugeValue, float64(len(s.Versions)), s.Set)
+		if s.Current != nil {
+			ch <- prometheus.MustNewConstMetric(c.age, prometheus.GaugeValue, time.Since(s.Current.Created).Seconds(), s.Set)
+		}
 	}
 }
