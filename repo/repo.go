@@ -218,7 +218,8 @@ func (r *Repo) Version(set string, seq uint64) (*Version, error) {
 
 // readBounded reads a whole file of at most limit bytes.
 func readBounded(path string, limit int64) ([]byte, error) {
-	f, err := os.Open(path)
+	// Never through a link: a repository's files are its own.
+	f, err := os.OpenFile(path, os.O_RDONLY|unix.O_NOFOLLOW, 0)
 	if err != nil {
 		return nil, err
 	}
@@ -321,6 +322,10 @@ type CommitOptions struct {
 	// Lineage adds parent links the version's maker knows (its ancestry
 	// back to the version both nodes hold) before ancestry is decided.
 	Lineage []Link
+	// Seq, if not 0, is the number the version gets instead of the next
+	// one; it must be above every number the set has (a conversion from
+	// an older layout keeps its numbers).
+	Seq uint64
 }
 
 // Link is one parent link of a set's lineage.
@@ -377,7 +382,7 @@ func (r *Repo) Commit(ctx context.Context, v *Version, idx []*chunk.Index, meta 
 		c.Version, c.Existed = old, true
 	} else if !errors.Is(err, ErrNotFound) {
 		return nil, err
-	} else if c.Version, err = r.writeVersion(v, idx, meta); err != nil {
+	} else if c.Version, err = r.writeVersion(v, idx, meta, opt.Seq); err != nil {
 		return nil, err
 	}
 	head, err := r.Head(v.Set)
@@ -417,7 +422,7 @@ func nodeName(n string) string {
 }
 
 // writeVersion writes v as the set's next version and returns it numbered.
-func (r *Repo) writeVersion(v *Version, idx []*chunk.Index, meta []byte) (*Version, error) {
+func (r *Repo) writeVersion(v *Version, idx []*chunk.Index, meta []byte, seq uint64) (*Version, error) {
 	seqs, err := r.Seqs(v.Set)
 	if err != nil {
 		return nil, err
@@ -427,6 +432,12 @@ func (r *Repo) writeVersion(v *Version, idx []*chunk.Index, meta []byte) (*Versi
 	nv.Seq = 1
 	if len(seqs) > 0 {
 		nv.Seq = seqs[len(seqs)-1] + 1
+	}
+	if seq != 0 {
+		if seq < nv.Seq {
+			return nil, fmt.Errorf("commit %s as version %d: the set has version %d already: %w", v.Set, seq, nv.Seq-1, ErrBadVersion)
+		}
+		nv.Seq = seq
 	}
 	vdir := filepath.Join(r.setDir(v.Set), versionsDir)
 	if err := os.MkdirAll(vdir, dirMode); err != nil {
@@ -483,6 +494,38 @@ func (r *Repo) SetHead(ctx context.Context, set string, seq uint64) error {
 		return err
 	}
 	return r.writeHead(set, seq)
+}
+
+// Remove removes version seq of set. The head cannot be removed. The
+// version's directory is first renamed into DIR/tmp, so a crash never
+// leaves a half-removed version among the committed ones; its lineage
+// links stay.
+func (r *Repo) Remove(ctx context.Context, set string, seq uint64) error {
+	unlock, err := r.lock(ctx)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	head, err := r.Head(set)
+	if err != nil {
+		return err
+	}
+	if head != nil && head.Seq == seq {
+		return fmt.Errorf("remove version %d of %s: it is the current version", seq, set)
+	}
+	src := r.versionDir(set, seq)
+	if _, err := os.Lstat(src); err != nil {
+		return fmt.Errorf("remove version %d of %s: %w", seq, set, ErrNotFound)
+	}
+	tmp, err := os.MkdirTemp(filepath.Join(r.dir, tmpDir), "removed-")
+	if err != nil {
+		return fmt.Errorf("remove version %d of %s: %w", seq, set, err)
+	}
+	defer os.RemoveAll(tmp)
+	if err := os.Rename(src, filepath.Join(tmp, seqName(seq))); err != nil {
+		return fmt.Errorf("remove version %d of %s: %w", seq, set, err)
+	}
+	return atomicfile.SyncDir(filepath.Join(r.setDir(set), versionsDir))
 }
 
 func mkdirPrivate(dir string) error {

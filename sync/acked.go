@@ -1,66 +1,35 @@
 package sync
 
 import (
-	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
-	"io/fs"
+	"fmt"
 	"os"
 	"path/filepath"
-	"strings"
-
-	"github.com/zeebo/blake3"
-	"golang.org/x/sys/unix"
+	"slices"
+	"time"
 
 	"github.com/ntc-project/ntc/chunk"
 	"github.com/ntc-project/ntc/internal/atomicfile"
+	"github.com/ntc-project/ntc/repo"
 	"github.com/ntc-project/ntc/transport"
 )
 
+// The sender keeps a node repository (package repo) in StateDir: the
+// versions it pushed, index-only (their chunks stay where the Sources read
+// them), with their lineage, and per peer and set what the peer last
+// acknowledged.
+
 // ackState is what the sender remembers of a peer's copy of a set.
 type ackState struct {
-	Version uint64     `json:"version"`
-	Images  []ackImage `json:"images"`
-}
-
-type ackImage struct {
-	Name   string   `json:"name"`
-	Digest chunk.ID `json:"digest"`
+	// Version is the version's number on the peer.
+	Version uint64      `json:"version"`
+	Digest  repo.Digest `json:"digest"`
 }
 
 func (s *Sender) ackPath(peer transport.ID, set string) string {
 	return filepath.Join(s.StateDir, "peers", peer.String(), set+".json")
-}
-
-func (s *Sender) cachedIndexPath(d chunk.ID) string {
-	return filepath.Join(s.StateDir, "indexes", d.String()+".idx")
-}
-
-// cachedIndex returns the index with digest d if the sender keeps it.
-func (s *Sender) cachedIndex(d chunk.ID) *chunk.Index {
-	if s.StateDir == "" {
-		return nil
-	}
-	s.mu.Lock()
-	x, ok := s.indexes[d]
-	s.mu.Unlock()
-	if ok {
-		return x
-	}
-	b, err := os.ReadFile(s.cachedIndexPath(d))
-	if err != nil || chunk.ID(blake3.Sum256(b)) != d {
-		return nil
-	}
-	if x, err = chunk.DecodeIndex(bytes.NewReader(b)); err != nil {
-		return nil
-	}
-	s.mu.Lock()
-	if s.indexes == nil {
-		s.indexes = map[chunk.ID]*chunk.Index{}
-	}
-	s.indexes[d] = x
-	s.mu.Unlock()
-	return x
 }
 
 // readAck returns what the sender recorded of peer's copy of set (the zero
@@ -74,143 +43,167 @@ func (s *Sender) readAck(peer transport.ID, set string) ackState {
 	return st
 }
 
-// LastAcked returns the version of set that peer last acknowledged to this
-// sender, and its indexes by image name (nil if unknown).
-func (s *Sender) LastAcked(peer transport.ID, set string) (uint64, map[string]*chunk.Index) {
-	b, idx := s.lastBase(peer, set)
-	return b.version, idx
+// nodes opens the sender's repository (nil without StateDir).
+func (s *Sender) nodes() (*repo.Repo, error) {
+	if s.StateDir == "" {
+		return nil, nil
+	}
+	return repo.Open(s.StateDir)
 }
 
-// keepIndexes stores the version's indexes in the sender's cache by
-// digest (those not there yet), so that the next push can offer a delta
-// against them once the receiver acknowledged this one. It runs while the
-// chunks travel.
-func (s *Sender) keepIndexes(v *Version) ([]chunk.ID, error) {
-	digests := make([]chunk.ID, len(v.Images))
-	if s.StateDir != "" {
-		if err := os.MkdirAll(filepath.Join(s.StateDir, "indexes"), 0o700); err != nil {
-			return nil, err
-		}
-	}
-	for i, im := range v.Images {
-		d, enc, err := indexDigest(im.Index)
+// indexesOf reads version v's indexes from the sender's repository, by
+// image name; nil when it lacks one.
+func indexesOf(nr *repo.Repo, v *repo.Version) map[string]*chunk.Index {
+	out := map[string]*chunk.Index{}
+	for _, im := range v.Images {
+		x, err := nr.Index(v.Set, v.Seq, im.Name)
 		if err != nil {
-			return nil, err
+			return nil
 		}
-		digests[i] = d
-		if s.StateDir == "" {
-			continue
-		}
-		p := s.cachedIndexPath(d)
-		if _, err := os.Stat(p); errors.Is(err, fs.ErrNotExist) {
-			if err := atomicfile.WriteBytes(p, 0o600, enc); err != nil {
+		out[im.Name] = x
+	}
+	return out
+}
+
+// LastAcked returns the version of set that peer last acknowledged to this
+// sender (its number on the peer), and its indexes by image name (nil if
+// unknown).
+func (s *Sender) LastAcked(peer transport.ID, set string) (uint64, map[string]*chunk.Index) {
+	st := s.readAck(peer, set)
+	nr, err := s.nodes()
+	if err != nil || nr == nil || st.Digest.IsZero() {
+		return st.Version, nil
+	}
+	v, err := nr.ByDigest(set, st.Digest)
+	if err != nil {
+		return st.Version, nil
+	}
+	return st.Version, indexesOf(nr, v)
+}
+
+// local returns the version to push for v, committed to the sender's
+// repository: its head when v's images and metadata are the head's (an
+// unchanged image makes no new version), else a new version whose parent
+// is the head. Without a repository it is a first version, not kept.
+func (s *Sender) local(ctx context.Context, nr *repo.Repo, v *Version) (*repo.Version, error) {
+	idx := idxOf(v)
+	for attempt := 0; ; attempt++ {
+		var head *repo.Version
+		if nr != nil {
+			var err error
+			if head, err = nr.Head(v.Set); err != nil {
 				return nil, err
 			}
 		}
+		if head != nil {
+			same := &repo.Version{Set: v.Set, Parent: head.Parent, Node: head.Node, Created: head.Created, Images: namesOf(v)}
+			if err := same.Seal(idx, v.Meta); err != nil {
+				return nil, err
+			}
+			if same.Digest == head.Digest {
+				return head, nil
+			}
+		}
+		nv := &repo.Version{Set: v.Set, Node: s.Node, Created: time.Now().UTC(), Images: namesOf(v)}
+		if head != nil {
+			nv.Parent = head.Digest
+		}
+		if err := nv.Seal(idx, v.Meta); err != nil {
+			return nil, err
+		}
+		if nr == nil {
+			return nv, nil
+		}
+		c, err := nr.Commit(ctx, nv, idx, v.Meta, repo.CommitOptions{})
+		if errors.Is(err, repo.ErrDiverged) && attempt == 0 {
+			continue // another push of the set committed meanwhile: build on it
+		}
+		if err != nil {
+			return nil, fmt.Errorf("record the version locally: %w", err)
+		}
+		return c.Version, nil
 	}
-	return digests, nil
 }
 
-// remember records that peer acknowledged version of set, whose images'
-// indexes keepIndexes stored under digests.
-func (s *Sender) remember(peer transport.ID, set string, version uint64, v *Version, digests []chunk.ID) error {
+func idxOf(v *Version) []*chunk.Index {
+	idx := make([]*chunk.Index, len(v.Images))
+	for i, im := range v.Images {
+		idx[i] = im.Index
+	}
+	return idx
+}
+
+func namesOf(v *Version) []repo.Image {
+	out := make([]repo.Image, len(v.Images))
+	for i, im := range v.Images {
+		out[i] = repo.Image{Name: im.Name}
+	}
+	return out
+}
+
+// candidateDigests lists the sender's versions of set, newest first, at
+// most maxCandidates.
+func candidateDigests(nr *repo.Repo, set string, v *repo.Version) []repo.Digest {
+	if nr == nil {
+		return nil
+	}
+	out := []repo.Digest{v.Digest}
+	vs, err := nr.Versions(set)
+	if err != nil {
+		return out
+	}
+	for _, x := range slices.Backward(vs) {
+		if len(out) >= maxCandidates {
+			break
+		}
+		if x.Digest != v.Digest {
+			out = append(out, x.Digest)
+		}
+	}
+	return out
+}
+
+// remember records that peer holds version d of set as its number n.
+func (s *Sender) remember(peer transport.ID, set string, n uint64, d repo.Digest) error {
 	if s.StateDir == "" {
 		return nil
 	}
 	if err := os.MkdirAll(filepath.Dir(s.ackPath(peer, set)), 0o700); err != nil {
 		return err
 	}
-	st := ackState{Version: version}
-	for i, im := range v.Images {
-		st.Images = append(st.Images, ackImage{Name: im.Name, Digest: digests[i]})
-	}
-	b, _ := json.MarshalIndent(st, "", "  ")
+	b, _ := json.MarshalIndent(ackState{Version: n, Digest: d}, "", "  ")
 	return atomicfile.WriteBytes(s.ackPath(peer, set), 0o600, b)
 }
 
-// lastBase is what the sender believes the receiver holds: the version it
-// last acknowledged, with the indexes the sender keeps of it; nothing when
-// it knows of none.
-func (s *Sender) lastBase(peer transport.ID, set string) (base, map[string]*chunk.Index) {
-	st := s.readAck(peer, set)
-	out := base{version: st.Version}
-	idx := map[string]*chunk.Index{}
-	for _, im := range st.Images {
-		out.images = append(out.images, imageRef{name: im.Name, digest: im.Digest})
-		if x := s.cachedIndex(im.Digest); x != nil {
-			idx[im.Name] = x
-		}
-	}
-	return out, idx
-}
-
-// shareCache takes a shared lock on the index cache for one push, from
-// before its indexes are stored until its acknowledgement is recorded:
-// pruneCache, in this process or another, leaves the cache alone meanwhile.
-func (s *Sender) shareCache() (release func()) {
-	if s.StateDir == "" {
-		return func() {}
-	}
-	dir := filepath.Join(s.StateDir, "indexes")
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return func() {}
-	}
-	f, err := os.OpenFile(filepath.Join(dir, ".lock"), os.O_CREATE|os.O_RDWR, 0o600)
-	if err != nil {
-		return func() {}
-	}
-	if err := unix.Flock(int(f.Fd()), unix.LOCK_SH); err != nil {
-		f.Close()
-		return func() {}
-	}
-	return func() { f.Close() }
-}
-
-// pruneCache removes the cached indexes that no recorded acknowledgement
-// names (those of versions acknowledged before the last one of their set),
-// unless a push, in any process, is under way. Without it the cache grows
-// by a version's indexes at every push. Failures only leave files behind.
-func (s *Sender) pruneCache() {
-	if s.StateDir == "" {
+// prune removes from the sender's repository the versions of set that are
+// neither its head nor what a peer last acknowledged: without it the
+// repository grows by a version's indexes at every push. Failures only
+// leave versions behind.
+func (s *Sender) prune(ctx context.Context, nr *repo.Repo, set string) {
+	if nr == nil {
 		return
 	}
-	dir := filepath.Join(s.StateDir, "indexes")
-	f, err := os.OpenFile(filepath.Join(dir, ".lock"), os.O_CREATE|os.O_RDWR, 0o600)
-	if err != nil {
-		return
-	}
-	defer f.Close()
-	if unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB) != nil {
-		return // a push is under way
-	}
-	named := map[chunk.ID]bool{}
-	acks, _ := filepath.Glob(filepath.Join(s.StateDir, "peers", "*", "*.json"))
+	named := map[repo.Digest]bool{}
+	acks, _ := filepath.Glob(filepath.Join(s.StateDir, "peers", "*", set+".json"))
 	for _, p := range acks {
 		var st ackState
 		b, err := os.ReadFile(p)
 		if err != nil || json.Unmarshal(b, &st) != nil {
 			return // unsure what is named: keep everything
 		}
-		for _, im := range st.Images {
-			named[im.Digest] = true
-		}
+		named[st.Digest] = true
 	}
-	ents, err := os.ReadDir(dir)
+	head, err := nr.Head(set)
+	if err != nil || head == nil {
+		return
+	}
+	vs, err := nr.Versions(set)
 	if err != nil {
 		return
 	}
-	for _, e := range ents {
-		name, ok := strings.CutSuffix(e.Name(), ".idx")
-		if !ok {
-			continue
+	for _, v := range vs {
+		if v.Seq != head.Seq && !named[v.Digest] {
+			nr.Remove(ctx, set, v.Seq)
 		}
-		d, err := chunk.ParseID(name)
-		if err != nil || named[d] {
-			continue
-		}
-		os.Remove(filepath.Join(dir, e.Name()))
-		s.mu.Lock()
-		delete(s.indexes, d)
-		s.mu.Unlock()
 	}
 }

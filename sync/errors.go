@@ -22,12 +22,14 @@ const (
 	codeUnknownImg = 10
 	codeLimit      = 11
 	codeStalled    = 12
+	codeDigest     = 13
 )
 
 // Conditions a push can end with; match them with errors.Is.
 var (
 	ErrRemoteInternal  = errors.New("the receiver failed (see its log)")
-	ErrVersionMismatch = errors.New("the receiver speaks another sync protocol version: upgrade the older ntc")
+	ErrVersionMismatch = errors.New("the other side speaks another sync protocol version: upgrade ntc on both sides")
+	ErrDigestMismatch  = errors.New("the version's content does not match the digest it was offered under")
 	ErrBusy            = errors.New("another push of this set is in progress on the receiver: try again when it ends")
 	ErrNoSpace         = errors.New("the receiver's disk is full: free space there and push again (its previous version is intact)")
 	ErrBadChunks       = errors.New("chunks kept arriving damaged: check the sender's disk and memory")
@@ -49,6 +51,7 @@ var codes = [...]struct {
 	{codeUnknownImg, ErrUnknownImage},
 	{codeLimit, ErrLimit},
 	{codeStalled, ErrStalled},
+	{codeDigest, ErrDigestMismatch},
 }
 
 // codeOf maps a local error to the code sent to the peer.

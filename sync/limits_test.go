@@ -14,6 +14,7 @@ import (
 	"github.com/klauspost/compress/zstd"
 
 	"github.com/ntc-project/ntc/chunk"
+	"github.com/ntc-project/ntc/repo"
 	"github.com/ntc-project/ntc/transport"
 )
 
@@ -42,6 +43,7 @@ func (p *peers) rawPush(t *testing.T, set string) *rawPush {
 	}
 	rp := &rawPush{c: c, st: st, w: newFrameWriter(st), rd: newFrameReader(st)}
 	rp.send(t, msgHello, hello{version: protocolVersion, set: set}.encode())
+	rp.send(t, msgCandidate, candidates{}.encode())
 	b, err := rp.rd.expect(msgBase)
 	if err != nil {
 		t.Fatal(err)
@@ -71,7 +73,9 @@ func (rp *rawPush) send(t *testing.T, typ byte, payload []byte) {
 // stops reading it.
 func (rp *rawPush) offerOps(t *testing.T, size int64, params chunk.Params, ops ...[]op) {
 	t.Helper()
-	frames := [][]byte{offer{version: 1, images: []offerImage{{name: "img", size: size, params: params}}}.encode()}
+	o := offer{images: []offerImage{{name: "img", size: size, params: params}}}
+	o.digest = rawDigest(o, ops)
+	frames := [][]byte{o.encode()}
 	for _, o := range ops {
 		frames = append(frames, opsMsg{ops: o}.encode())
 	}
@@ -93,6 +97,28 @@ func (rp *rawPush) offerOps(t *testing.T, size int64, params chunk.Params, ops .
 		}
 	}()
 	t.Cleanup(func() { rp.c.Close(); <-done })
+}
+
+// rawDigest is the digest of the version o and ops (no base) build, as the
+// receiver computes it; a made-up one when they build none.
+func rawDigest(o offer, ops [][]op) repo.Digest {
+	oi := o.images[0]
+	b := &imageBuilder{name: oi.name, size: oi.size, maxChunk: 1 << 30, max: 1 << 30}
+	for _, frame := range ops {
+		d := dec{b: opsMsg{ops: frame}.encode()}
+		d.uvarint()
+		if decodeOpsTo(&d, b) != nil {
+			return repo.Digest{1}
+		}
+	}
+	if b.finish() != nil {
+		return repo.Digest{1}
+	}
+	v := repo.Version{Set: "vm", Parent: o.parent, Node: o.node, Created: o.created, Images: []repo.Image{{Name: oi.name}}}
+	if v.Seal([]*chunk.Index{{Params: oi.params, Size: oi.size, Entries: b.out}}, o.meta) != nil {
+		return repo.Digest{1}
+	}
+	return v.Digest
 }
 
 // outcome waits for the receiver's answer: the version committed, a want,
@@ -152,11 +178,11 @@ func TestReceiverLimits(t *testing.T) {
 			func(t *testing.T, rp *rawPush) { rp.offerOps(t, 10, cdc, zeros(11, 1)) }, ErrMalformed},
 		{"images per version", Limits{MaxImages: 1},
 			func(t *testing.T, rp *rawPush) {
-				rp.send(t, msgOffer, offer{version: 1, images: []offerImage{{name: "a", params: cdc}, {name: "b", params: cdc}}}.encode())
+				rp.send(t, msgOffer, offer{digest: repo.Digest{1}, images: []offerImage{{name: "a", params: cdc}, {name: "b", params: cdc}}}.encode())
 			}, ErrLimit},
 		{"an image offered twice", Limits{},
 			func(t *testing.T, rp *rawPush) {
-				rp.send(t, msgOffer, offer{version: 1, images: []offerImage{{name: "a", params: cdc}, {name: "a", params: cdc}}}.encode())
+				rp.send(t, msgOffer, offer{digest: repo.Digest{1}, images: []offerImage{{name: "a", params: cdc}, {name: "a", params: cdc}}}.encode())
 			}, ErrMalformed},
 		{"frame over the control stream's limit", Limits{},
 			func(t *testing.T, rp *rawPush) {
@@ -169,7 +195,7 @@ func TestReceiverLimits(t *testing.T) {
 		{"a third offer", Limits{},
 			func(t *testing.T, rp *rawPush) {
 				for range 3 {
-					rp.send(t, msgOffer, offer{version: 2, base: 1, images: nil}.encode())
+					rp.send(t, msgOffer, offer{digest: repo.Digest{2}, base: repo.Digest{1}, images: nil}.encode())
 					rp.send(t, msgOfferEnd, nil)
 				}
 			}, ErrMalformed},
@@ -385,16 +411,16 @@ func TestRepoRefusesLinksAndOversizedFiles(t *testing.T) {
 		t.Fatal(err)
 	}
 	outside := filepath.Join(t.TempDir(), "disk.idx")
-	os.Rename(filepath.Join(set, "v000001", "disk.idx"), outside)
-	os.Symlink(outside, filepath.Join(set, "v000001", "disk.idx"))
+	os.Rename(filepath.Join(set, "versions", "000001", "disk.idx"), outside)
+	os.Symlink(outside, filepath.Join(set, "versions", "000001", "disk.idx"))
 	if _, err := p.repo.Index("vm", 1, "disk"); err == nil {
 		t.Error("an index read through a symbolic link")
 	}
-	os.WriteFile(filepath.Join(set, "CURRENT"), bytes.Repeat([]byte("v"), 1<<20), 0o600)
+	os.WriteFile(filepath.Join(set, "HEAD"), bytes.Repeat([]byte("1"), 1<<20), 0o600)
 	if _, err := p.repo.Current("vm"); err == nil {
-		t.Error("a 1 MiB CURRENT was read")
+		t.Error("a 1 MiB HEAD was read")
 	}
-	os.WriteFile(filepath.Join(set, "v000001", "manifest.json"), make([]byte, maxManifestFile+1), 0o600)
+	os.WriteFile(filepath.Join(set, "versions", "000001", "version.json"), make([]byte, maxManifestFile+1), 0o600)
 	if _, err := p.repo.Manifest("vm", 1); err == nil {
 		t.Error("an oversized manifest was read")
 	}

@@ -2,10 +2,12 @@ package sync
 
 import (
 	"fmt"
+	"time"
 
 	"github.com/restic/chunker"
 
 	"github.com/ntc-project/ntc/chunk"
+	"github.com/ntc-project/ntc/repo"
 )
 
 type hello struct {
@@ -30,18 +32,56 @@ func decodeHello(p []byte) (hello, error) {
 	return m, d.done()
 }
 
+// maxCandidates bounds the versions a sender offers as possible bases.
+const maxCandidates = 64
+
+// candidates follows hello: whether the sender asks for its version to be
+// made current whatever the receiver's head, and the digests of the
+// sender's versions of the set, newest first.
+type candidates struct {
+	force   bool
+	digests []repo.Digest
+}
+
+func (m candidates) encode() []byte {
+	var e enc
+	e.flag(m.force)
+	e.uvarint(uint64(len(m.digests)))
+	for _, d := range m.digests {
+		e.id(chunk.ID(d))
+	}
+	return e.b
+}
+
+func decodeCandidates(p []byte) (candidates, error) {
+	d := dec{b: p}
+	m := candidates{force: d.flag("force")}
+	n := d.count(32)
+	if n > maxCandidates {
+		d.fail("too many candidate versions")
+		n = 0
+	}
+	for range n {
+		m.digests = append(m.digests, repo.Digest(d.id()))
+	}
+	return m, d.done()
+}
+
 // imageRef names an image of a version and the digest of its index.
 type imageRef struct {
 	name   string
 	digest chunk.ID // BLAKE3 of the encoded index
 }
 
-// base is what the receiver holds of the set: its current version. It
-// also names the push session, so that data may come over more
-// connections than the control one.
+// base is the newest version of the set both sides hold (the common base;
+// zero when there is none) and the receiver's current version. It also
+// names the push session, so that data may come over more connections
+// than the control one.
 type base struct {
-	version uint64
+	version uint64 // the base's number on the receiver, for its log
+	digest  repo.Digest
 	images  []imageRef
+	head    repo.Digest
 	session token
 }
 
@@ -51,18 +91,20 @@ type token [16]byte
 func (m base) encode() []byte {
 	var e enc
 	e.uvarint(m.version)
+	e.id(chunk.ID(m.digest))
 	e.uvarint(uint64(len(m.images)))
 	for _, im := range m.images {
 		e.str(im.name)
 		e.id(im.digest)
 	}
+	e.id(chunk.ID(m.head))
 	e.b = append(e.b, m.session[:]...)
 	return e.b
 }
 
 func decodeBase(p []byte) (base, error) {
 	d := dec{b: p}
-	m := base{version: d.uvarint()}
+	m := base{version: d.uvarint(), digest: repo.Digest(d.id())}
 	n := d.count(33)
 	if n > maxOfferImages {
 		d.fail("too many images")
@@ -71,8 +113,30 @@ func decodeBase(p []byte) (base, error) {
 	for range n {
 		m.images = append(m.images, imageRef{name: d.str(maxName), digest: d.id()})
 	}
+	m.head = repo.Digest(d.id())
 	m.session = d.token()
 	return m, d.done()
+}
+
+// flag writes a boolean as 0 or 1.
+func (e *enc) flag(b bool) {
+	if b {
+		e.uvarint(1)
+	} else {
+		e.uvarint(0)
+	}
+}
+
+// flag reads a boolean written by enc.flag.
+func (d *dec) flag(what string) bool {
+	switch d.uvarint() {
+	case 0:
+		return false
+	case 1:
+		return true
+	}
+	d.fail("bad " + what + " flag")
+	return false
 }
 
 // token reads a session token.
@@ -149,13 +213,26 @@ type offerImage struct {
 	baseDigest chunk.ID
 }
 
-// offer opens a new version; ops frames and an end frame follow.
+// offer opens a new version; ops frames and an end frame follow. It
+// carries the version's header (the receiver computes the digest again
+// from it and the indexes the ops build) and the lineage links from the
+// version back to the base.
 type offer struct {
-	version uint64
-	base    uint64
+	digest  repo.Digest
+	parent  repo.Digest
+	node    string
+	created time.Time
+	base    repo.Digest // the version the ops edit; zero for none
+	links   []repo.Link
 	meta    []byte
 	images  []offerImage
 }
+
+// maxLinks bounds the lineage links of an offer.
+const maxLinks = 10000
+
+// maxNode bounds the name of the node that made a version.
+const maxNode = 128
 
 // maxMeta bounds a version's metadata.
 const maxMeta = 1 << 20
@@ -165,8 +242,16 @@ const maxOfferImages = 4096
 
 func (m offer) encode() []byte {
 	var e enc
-	e.uvarint(m.version)
-	e.uvarint(m.base)
+	e.id(chunk.ID(m.digest))
+	e.id(chunk.ID(m.parent))
+	e.str(m.node)
+	e.u64(uint64(m.created.UnixNano()))
+	e.id(chunk.ID(m.base))
+	e.uvarint(uint64(len(m.links)))
+	for _, l := range m.links {
+		e.id(chunk.ID(l.Digest))
+		e.id(chunk.ID(l.Parent))
+	}
 	e.bytes(m.meta)
 	e.uvarint(uint64(len(m.images)))
 	for _, im := range m.images {
@@ -189,7 +274,18 @@ func (m offer) encode() []byte {
 
 func decodeOffer(p []byte) (offer, error) {
 	d := dec{b: p}
-	m := offer{version: d.uvarint(), base: d.uvarint(), meta: d.bytes()}
+	m := offer{digest: repo.Digest(d.id()), parent: repo.Digest(d.id()), node: d.str(maxNode)}
+	m.created = time.Unix(0, int64(d.u64())).UTC()
+	m.base = repo.Digest(d.id())
+	nl := d.count(64)
+	if nl > maxLinks {
+		d.fail("too many lineage links")
+		nl = 0
+	}
+	for range nl {
+		m.links = append(m.links, repo.Link{Digest: repo.Digest(d.id()), Parent: repo.Digest(d.id())})
+	}
+	m.meta = d.bytes()
 	if len(m.meta) > maxMeta {
 		d.fail("metadata too large")
 	}
@@ -221,8 +317,8 @@ func decodeOffer(p []byte) (offer, error) {
 		}
 		m.images = append(m.images, im)
 	}
-	if m.version == 0 || m.version != m.base+1 {
-		d.fail(fmt.Sprintf("version %d does not follow base %d", m.version, m.base))
+	if d.err == nil && m.digest.IsZero() {
+		d.fail("an offer without a digest")
 	}
 	return m, d.done()
 }
@@ -310,6 +406,30 @@ func decodeChunk(p []byte) (chunkMsg, error) {
 		return m, fmt.Errorf("%w: unknown chunk codec %d", ErrMalformed, m.codec)
 	}
 	return m, nil
+}
+
+// committed answers an offer: the version's number on the receiver, the
+// receiver's current version after the commit, and whether the version
+// was kept without becoming current (the copies diverged).
+type committed struct {
+	version  uint64
+	head     repo.Digest
+	diverged bool
+}
+
+func (m committed) encode() []byte {
+	var e enc
+	e.uvarint(m.version)
+	e.id(chunk.ID(m.head))
+	e.flag(m.diverged)
+	return e.b
+}
+
+func decodeCommitted(p []byte) (committed, error) {
+	d := dec{b: p}
+	m := committed{version: d.uvarint(), head: repo.Digest(d.id())}
+	m.diverged = d.flag("diverged")
+	return m, d.done()
 }
 
 func encodeUint(v uint64) []byte {

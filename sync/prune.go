@@ -3,68 +3,48 @@ package sync
 import (
 	"context"
 	"fmt"
-	"os"
-	"path/filepath"
-	"slices"
 	gosync "sync"
+	"time"
 
 	"github.com/ntc-project/ntc/chunk"
-	"github.com/ntc-project/ntc/internal/atomicfile"
+	"github.com/ntc-project/ntc/repo"
 )
 
 // minDead is the share of a pack's bytes that must be dead before a
 // collection copies its live chunks elsewhere to give the rest back.
 const minDead = 0.5
 
-// prune removes all but the newest keep committed versions of set. It
-// never removes the current version, nor the versions the set's image
-// files hold or are being moved to (materializing needs both). The caller
-// holds the set's lock. Each version directory is first renamed into
-// DIR/tmp, so a crash never leaves a half-removed version among the
-// committed ones. It returns the versions removed, oldest first.
-func (r *Repo) prune(set string, keep int) ([]uint64, error) {
-	if keep < 1 {
+// prune thins the set's versions by policy p. It never removes the
+// current version, nor the versions the set's image files hold or are
+// being moved to (materializing needs both). The caller holds the set's
+// lock. It returns the versions removed, oldest first.
+func (r *Repo) prune(ctx context.Context, set string, p repo.Policy) ([]uint64, error) {
+	if p.IsZero() {
 		return nil, nil
 	}
-	sets, err := r.List()
+	vs, err := r.nodes.Versions(set)
 	if err != nil {
 		return nil, err
 	}
-	i := slices.IndexFunc(sets, func(s SetInfo) bool { return s.Set == set })
-	if i < 0 || len(sets[i].Versions) <= keep {
-		return nil, nil
+	head, err := r.nodes.Head(set)
+	if err != nil {
+		return nil, err
 	}
-	si := sets[i]
 	st := r.readState(set)
-	protected := func(v uint64) bool {
-		return (si.Current != nil && v == si.Current.Version) || v == st.Version || v == st.Applying
+	created := make([]time.Time, len(vs))
+	for i, v := range vs {
+		created[i] = v.Created
 	}
+	keep := p.Keep(created)
 	var removed []uint64
-	old := si.Versions[:len(si.Versions)-keep]
-	for _, v := range old {
-		if protected(v) {
+	for i, v := range vs {
+		if keep[i] || (head != nil && v.Seq == head.Seq) || v.Seq == st.Version || v.Seq == st.Applying {
 			continue
 		}
-		src := filepath.Join(r.dir, "sets", set, versionDir(v))
-		tmp, err := os.MkdirTemp(filepath.Join(r.dir, "tmp"), "pruned-")
-		if err != nil {
+		if err := r.nodes.Remove(ctx, set, v.Seq); err != nil {
 			return removed, fmt.Errorf("prune %s: %w", set, err)
 		}
-		dst := filepath.Join(tmp, versionDir(v))
-		if err := os.Rename(src, dst); err != nil {
-			os.Remove(tmp)
-			return removed, fmt.Errorf("prune %s v%d: %w", set, v, err)
-		}
-		if err := os.RemoveAll(tmp); err != nil {
-			return removed, fmt.Errorf("prune %s v%d: %w", set, v, err)
-		}
-		removed = append(removed, v)
-	}
-	if len(removed) > 0 {
-		// Gone for good before any chunk of theirs is.
-		if err := atomicfile.SyncDir(filepath.Join(r.dir, "sets", set)); err != nil {
-			return removed, fmt.Errorf("prune %s: %w", set, err)
-		}
+		removed = append(removed, v.Seq)
 	}
 	return removed, nil
 }
@@ -72,22 +52,22 @@ func (r *Repo) prune(set string, keep int) ([]uint64, error) {
 // liveChunks returns the IDs of the chunks that some committed version of
 // some set refers to.
 func (r *Repo) liveChunks(ctx context.Context) (map[chunk.ID]struct{}, error) {
-	sets, err := r.List()
+	sets, err := r.nodes.Sets()
 	if err != nil {
 		return nil, err
 	}
 	live := map[chunk.ID]struct{}{}
-	for _, si := range sets {
-		for _, v := range si.Versions {
-			if err := ctx.Err(); err != nil {
-				return nil, err
-			}
-			m, err := r.Manifest(si.Set, v)
-			if err != nil {
-				return nil, err
-			}
-			for _, im := range m.Images {
-				x, err := r.Index(si.Set, v, im.Name)
+	for _, set := range sets {
+		vs, err := r.nodes.Versions(set)
+		if err != nil {
+			return nil, err
+		}
+		for _, v := range vs {
+			for _, im := range v.Images {
+				if err := ctx.Err(); err != nil {
+					return nil, err
+				}
+				x, err := r.Index(set, v.Seq, im.Name)
 				if err != nil {
 					return nil, err
 				}

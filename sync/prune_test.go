@@ -4,13 +4,11 @@ import (
 	"context"
 	"errors"
 	"math/rand/v2"
-	"os"
-	"path/filepath"
 	"slices"
-	"strings"
 	"testing"
 
 	"github.com/ntc-project/ntc/chunk"
+	"github.com/ntc-project/ntc/repo"
 )
 
 // TestKeepRemovesOldVersionsAndTheirChunks pushes five versions of an
@@ -19,7 +17,7 @@ import (
 // use stays readable, and a later push of old content sends it again.
 func TestKeepRemovesOldVersionsAndTheirChunks(t *testing.T) {
 	const keep = 2
-	p := newPeersWith(t, func(r *Receiver) { r.Keep = keep })
+	p := newPeersWith(t, func(r *Receiver) { r.Keep = repo.Policy{Last: keep} })
 	ctx := t.Context()
 	r := rand.New(rand.NewPCG(3, 3))
 	s := &Sender{StateDir: t.TempDir()}
@@ -108,7 +106,7 @@ func TestPruneSparesCurrentAndMaterialized(t *testing.T) {
 	if err := p.repo.writeState("vm", materializeState{Version: 1, Applying: 4}); err != nil {
 		t.Fatal(err)
 	}
-	removed, err := p.repo.prune("vm", 1)
+	removed, err := p.repo.prune(ctx, "vm", repo.Policy{Last: 1})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -119,63 +117,49 @@ func TestPruneSparesCurrentAndMaterialized(t *testing.T) {
 	if !slices.Equal(sets[0].Versions, []uint64{1, 4}) || sets[0].Current.Version != 4 {
 		t.Fatalf("after prune: %+v", sets[0])
 	}
-	// keep 0 removes nothing.
-	if removed, err := p.repo.prune("vm", 0); err != nil || len(removed) != 0 {
+	// The zero policy removes nothing.
+	if removed, err := p.repo.prune(ctx, "vm", repo.Policy{}); err != nil || len(removed) != 0 {
 		t.Fatalf("prune with keep 0: %v, %v", removed, err)
 	}
 }
 
-// TestSenderKeepsOnlyAcknowledgedIndexes: the sender's index cache holds
-// the last acknowledged version's indexes, not one set per push, and is
-// left alone while a push is under way.
-func TestSenderKeepsOnlyAcknowledgedIndexes(t *testing.T) {
+// TestSenderKeepsOnlyAcknowledgedVersions: the sender's repository holds
+// its head and what the receiver last acknowledged, not a version per
+// push, and the next push still needs no index from the receiver.
+func TestSenderKeepsOnlyAcknowledgedVersions(t *testing.T) {
 	p := newPeers(t)
 	ctx := t.Context()
 	r := rand.New(rand.NewPCG(5, 5))
 	s := &Sender{StateDir: t.TempDir()}
-	cached := func() []string {
+	held := func() []uint64 {
 		t.Helper()
-		m, err := filepath.Glob(filepath.Join(s.StateDir, "indexes", "*.idx"))
+		nr, err := repo.Open(s.StateDir)
 		if err != nil {
 			t.Fatal(err)
 		}
-		return m
+		seqs, err := nr.Seqs("vm")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return seqs
 	}
 	images := map[string][]byte{"disk": randomData(r, 256<<10), "ram": randomData(r, 64<<10)}
-	var last *Version
 	for range 3 {
 		copy(images["disk"][:4096], randomData(r, 4096))
-		last = imageVersion(t, "vm", images)
-		if _, err := p.push(t, ctx, s, last); err != nil {
+		if _, err := p.push(t, ctx, s, imageVersion(t, "vm", images)); err != nil {
 			t.Fatal(err)
 		}
 	}
-	if got := cached(); len(got) != len(last.Images) {
-		t.Fatalf("after 3 pushes the cache holds %d indexes, want the last version's %d: %v", len(got), len(last.Images), got)
+	if got := held(); !slices.Equal(got, []uint64{3}) {
+		t.Fatalf("after 3 pushes the sender holds versions %v, want only the last (3)", got)
 	}
-	// The next push offers a delta against the cached indexes.
 	copy(images["disk"][:4096], randomData(r, 4096))
 	res, err := p.push(t, ctx, s, imageVersion(t, "vm", images))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if res.IndexFetched {
-		t.Fatal("the acknowledged version's indexes were pruned: the push had to fetch them")
-	}
-
-	// A push under way (here: its shared lock) keeps everything.
-	release := s.shareCache()
-	if err := os.WriteFile(filepath.Join(s.StateDir, "indexes", strings.Repeat("ab", 32)+".idx"), nil, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	s.pruneCache()
-	if got := cached(); len(got) != len(last.Images)+1 {
-		t.Fatalf("pruned while a push was under way: %v", got)
-	}
-	release()
-	s.pruneCache()
-	if got := cached(); len(got) != len(last.Images) {
-		t.Fatalf("after the push: %v", got)
+	if res.IndexFetched || res.ChunksSent != 1 {
+		t.Fatalf("push after pruning: index fetched %v, %d chunks sent, want none fetched and 1 chunk", res.IndexFetched, res.ChunksSent)
 	}
 }
 

@@ -16,6 +16,7 @@ import (
 	"golang.org/x/sync/semaphore"
 
 	"github.com/ntc-project/ntc/chunk"
+	"github.com/ntc-project/ntc/repo"
 	"github.com/ntc-project/ntc/transport"
 )
 
@@ -32,11 +33,13 @@ type Receiver struct {
 	// connection that ended in an error, with the peer and its address
 	// (a peer may cause many: rate limit what it prints).
 	Refused func(peer transport.ID, addr net.Addr, err error)
-	// Keep, if not 0, is how many committed versions of a set are kept:
-	// after each push the older ones are removed, and once no push is in
-	// progress the chunks no version refers to any more are dropped from
-	// the store and their space given back. 0 keeps every version.
-	Keep int
+	// Keep says which committed versions of a set are kept: after each
+	// push the others are removed (never the current version, what its
+	// image files need, nor the tip of a diverged copy), and once no push
+	// is in progress the chunks no version refers to any more are dropped
+	// from the store and their space given back. The zero Policy keeps
+	// every version.
+	Keep repo.Policy
 	// Limits bound what each push and each peer may cost the receiver.
 	Limits Limits
 
@@ -285,7 +288,7 @@ func (r *Receiver) Serve(ctx context.Context, conn *transport.Conn) error {
 // Each push's end calls it; serve also calls it every few seconds, so that
 // pushes that always overlap do not put it off for good.
 func (r *Receiver) CollectIfWanted(ctx context.Context) {
-	if r.Keep == 0 || r.collected.Load() && !r.collectWanted.Load() {
+	if r.Keep.IsZero() || r.collected.Load() && !r.collectWanted.Load() {
 		return
 	}
 	t0 := time.Now()
@@ -332,6 +335,14 @@ func (r *Receiver) serve(ctx context.Context, cancel context.CancelFunc, conn *t
 	if err := CheckName(h.set); err != nil {
 		return err
 	}
+	p, err = rd.expect(msgCandidate)
+	if err != nil {
+		return err
+	}
+	cands, err := decodeCandidates(p)
+	if err != nil {
+		return err
+	}
 	acct, leavePeer, err := r.enter(conn.PeerID(), ctx.Done())
 	if err != nil {
 		return err
@@ -357,11 +368,20 @@ func (r *Receiver) serve(ctx context.Context, cancel context.CancelFunc, conn *t
 		return err
 	}
 	defer unlock()
-	cur, err := r.Repo.Current(h.set)
+	// The common base: the newest of the sender's versions this
+	// repository holds.
+	cur, err := r.Repo.nodes.Newest(h.set, cands.digests)
+	if err != nil {
+		return err
+	}
+	head, err := r.Repo.nodes.Head(h.set)
 	if err != nil {
 		return err
 	}
 	var b base
+	if head != nil {
+		b.head = head.Digest
+	}
 	tok, sess, unregister, err := r.register(conn.PeerID(), ctx.Done())
 	if err != nil {
 		return err
@@ -389,9 +409,9 @@ func (r *Receiver) serve(ctx context.Context, cancel context.CancelFunc, conn *t
 	}()
 	baseIdx := map[string]*chunk.Index{}
 	if cur != nil {
-		b.version = cur.Version
+		b.version, b.digest = cur.Seq, cur.Digest
 		for _, im := range cur.Images {
-			b.images = append(b.images, imageRef{name: im.Name, digest: im.Digest})
+			b.images = append(b.images, imageRef{name: im.Name, digest: chunk.ID(im.Index)})
 		}
 	}
 	if err := w.write(msgBase, b.encode()); err != nil {
@@ -412,7 +432,7 @@ func (r *Receiver) serve(ctx context.Context, cancel context.CancelFunc, conn *t
 				if err := acct.reserve(int64(im.Chunks)*entrySize, "the base index of "+name); err != nil {
 					return nil, err
 				}
-				x, err := r.Repo.Index(h.set, cur.Version, name)
+				x, err := r.Repo.Index(h.set, cur.Seq, name)
 				if err != nil {
 					return nil, err
 				}
@@ -488,7 +508,18 @@ func (r *Receiver) serve(ctx context.Context, cancel context.CancelFunc, conn *t
 	if err := r.readOps(ctx, rd, &in, loadBase); err != nil {
 		return err
 	}
-	r.logf("push of %s v%d from %s: %d images, %d new chunks offered", h.set, in.offer.version, conn.PeerID(), len(in.index), len(in.news))
+	// The version's identity is computed here, from what arrived.
+	v := &repo.Version{Set: h.set, Parent: in.offer.parent, Node: in.offer.node, Created: in.offer.created, From: conn.PeerID().String()}
+	for _, oi := range in.offer.images {
+		v.Images = append(v.Images, repo.Image{Name: oi.name})
+	}
+	if err := v.Seal(in.index, in.offer.meta); err != nil {
+		return fmt.Errorf("%w: %w", ErrMalformed, err)
+	}
+	if v.Digest != in.offer.digest {
+		return fmt.Errorf("%w: offered as %s, its content is %s", ErrDigestMismatch, in.offer.digest.Short(), v.Digest.Short())
+	}
+	r.logf("push of %s %s from %s (base %s): %d images, %d new chunks offered", h.set, v.Digest.Short(), conn.PeerID(), baseName(cur), len(in.index), len(in.news))
 	names := make([]string, len(in.offer.images))
 	for i, oi := range in.offer.images {
 		names[i] = oi.name
@@ -550,34 +581,33 @@ func (r *Receiver) serve(ctx context.Context, cancel context.CancelFunc, conn *t
 		}
 	}
 	tSync := time.Since(t0)
-	m := &Manifest{Set: h.set, Version: in.offer.version, Base: in.offer.base, Created: time.Now().UTC(), Sender: conn.PeerID().String()}
-	for i, oi := range in.offer.images {
-		d, _, err := indexDigest(in.index[i])
-		if err != nil {
-			return err
-		}
-		m.Images = append(m.Images, ImageManifest{Name: oi.name, Size: oi.size, Index: oi.name + ".idx", Digest: d,
-			Params: oi.params.String(), Chunks: len(in.index[i].Entries)})
-	}
-	if err := r.Repo.commit(h.set, m, in.index, in.offer.meta); err != nil {
+	c, err := r.Repo.nodes.Commit(ctx, v, in.index, in.offer.meta, repo.CommitOptions{Force: cands.force, Lineage: in.offer.links})
+	diverged := errors.Is(err, repo.ErrDiverged)
+	if err != nil && !diverged {
 		return err
 	}
 	tCommit := time.Since(t0)
-	if err := r.Repo.materialize(ctx, h.set, m.Version, in.stage); err != nil {
-		return err
+	if diverged {
+		// Kept beside the current version, which stays as it is.
+		r.logf("%s %d (%s) from %s is stored but not current: %v; 'ntc push --force' from the sender makes it current",
+			h.set, c.Version.Seq, v.Digest.Short(), conn.PeerID(), err)
+	} else {
+		if err := r.Repo.materialize(ctx, h.set, c.Head.Seq, in.stage); err != nil {
+			return err
+		}
+		r.logf("committed %s v%d %s (store synced in %s, committed in %s, images written in %s)", h.set, c.Version.Seq, v.Digest.Short(),
+			tSync.Round(time.Millisecond), (tCommit - tSync).Round(time.Millisecond), (time.Since(t0) - tCommit).Round(time.Millisecond))
 	}
-	r.logf("committed %s v%d (store synced in %s, committed in %s, images written in %s)", h.set, m.Version,
-		tSync.Round(time.Millisecond), (tCommit - tSync).Round(time.Millisecond), (time.Since(t0) - tCommit).Round(time.Millisecond))
-	if err := w.write(msgCommitted, encodeUint(m.Version)); err != nil {
+	if err := w.write(msgCommitted, committed{version: c.Version.Seq, head: c.Head.Digest, diverged: diverged}.encode()); err != nil {
 		return err
 	}
 	if err := w.flush(); err != nil {
 		return err
 	}
-	if removed, err := r.Repo.prune(h.set, r.Keep); err != nil {
+	if removed, err := r.Repo.prune(ctx, h.set, r.Keep); err != nil {
 		r.logf("%v", err) // the push is committed all the same
 	} else if len(removed) > 0 {
-		r.logf("removed %s versions %v (keeping %d)", h.set, removed, r.Keep)
+		r.logf("removed %s versions %v (keeping %s)", h.set, removed, r.Keep)
 		r.collectWanted.Store(true)
 	}
 	return nil
@@ -898,4 +928,12 @@ func zstdFits(p []byte, n int64) bool {
 		return n < 256 // zstd leaves small sizes out of a frame header
 	}
 	return h.FrameContentSize == uint64(n)
+}
+
+// baseName names a push's base for the log.
+func baseName(v *repo.Version) string {
+	if v == nil {
+		return "none"
+	}
+	return fmt.Sprintf("v%d %s", v.Seq, v.Digest.Short())
 }

@@ -6,40 +6,38 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"io/fs"
 	"os"
 	"path"
 	"path/filepath"
-	"sort"
-	"strconv"
-	"strings"
 	gosync "sync"
 	"time"
 
-	"github.com/zeebo/blake3"
 	"golang.org/x/sys/unix"
 
 	"github.com/ntc-project/ntc/chunk"
 	"github.com/ntc-project/ntc/internal/atomicfile"
+	"github.com/ntc-project/ntc/repo"
 )
 
-// Repo is a receiver's repository: a chunk store and, per set, its
-// committed versions and the materialized images of the current one.
+// Repo is a receiver's repository: a node repository (package repo) whose
+// committed versions it receives, with the materialized images of each
+// set's current version.
 //
-//	DIR/packs/…                      the chunk store (chunk.PackStore)
-//	DIR/sets/SET/v000042/            a committed version: manifest.json,
-//	                                 meta, one IMAGE.idx per image
-//	DIR/sets/SET/CURRENT             the current version's directory name
-//	DIR/sets/SET/images/IMAGE        the current version's images as files
-//	DIR/sets/SET/images/.state.json  which version the files hold
-//	DIR/tmp/                         versions being assembled
+//	DIR/packs/…                         the chunk store (chunk.PackStore)
+//	DIR/sets/SET/versions/NNNNNN/       a committed version (package repo)
+//	DIR/sets/SET/HEAD, lineage          the current version, the lineage
+//	DIR/sets/SET/images/IMAGE           the current version's images as files
+//	DIR/sets/SET/images/.state.json     which version the files hold
+//	DIR/tmp/                            versions being assembled
 //
-// A version is committed when its directory is renamed into place and
-// CURRENT names it, both atomically, after its chunks are durable. The
-// previous version (its indexes and chunks) stays intact throughout.
+// A version is committed (repo.Repo.Commit) after its chunks are durable;
+// the previous version (its indexes and chunks) stays intact throughout.
+// A repository an older ntc wrote (DIR/sets/SET/v000042/manifest.json and
+// CURRENT) is converted when it is opened, keeping its version numbers.
 type Repo struct {
 	dir   string
 	store *chunk.PackStore
+	nodes *repo.Repo
 
 	mu    gosync.Mutex
 	locks map[string]*setLock
@@ -56,13 +54,18 @@ type setLock struct {
 	cancel func()
 }
 
-// Manifest describes a committed version.
+// Manifest describes a committed version, as commands show it.
 type Manifest struct {
-	Set     string          `json:"set"`
-	Version uint64          `json:"version"`
+	Set string `json:"set"`
+	// Version is the version's number in this repository.
+	Version uint64 `json:"version"`
+	// Base is the number of its parent here, 0 when the parent is not held.
 	Base    uint64          `json:"base"`
 	Created time.Time       `json:"created"`
 	Sender  string          `json:"sender,omitempty"`
+	Digest  repo.Digest     `json:"digest"`
+	Parent  repo.Digest     `json:"parent"`
+	Node    string          `json:"node,omitempty"`
 	Images  []ImageManifest `json:"images"`
 }
 
@@ -100,16 +103,35 @@ func OpenRepo(dir string) (*Repo, error) {
 			os.RemoveAll(filepath.Join(dir, "tmp", e.Name()))
 		}
 	}
-	return &Repo{dir: dir, store: st, locks: map[string]*setLock{}}, nil
+	nodes, err := repo.Open(dir)
+	if err != nil {
+		st.Close()
+		return nil, err
+	}
+	r := &Repo{dir: dir, store: st, nodes: nodes, locks: map[string]*setLock{}}
+	if err := r.convert(context.Background()); err != nil {
+		st.Close()
+		return nil, err
+	}
+	return r, nil
 }
 
 // OpenRepoForReading opens the repository in dir to list and read its
-// manifests and indexes, while another process may be serving it.
+// versions and indexes, while another process may be serving it. A
+// repository in the older layout is converted first.
 func OpenRepoForReading(dir string) (*Repo, error) {
 	if _, err := os.Stat(filepath.Join(dir, "sets")); err != nil {
 		return nil, fmt.Errorf("open repository %s: %w (is it a directory that 'ntc serve --store' created?)", dir, err)
 	}
-	return &Repo{dir: dir, locks: map[string]*setLock{}}, nil
+	nodes, err := repo.OpenExisting(dir)
+	if err != nil {
+		return nil, err
+	}
+	r := &Repo{dir: dir, nodes: nodes, locks: map[string]*setLock{}}
+	if err := r.convert(context.Background()); err != nil {
+		return nil, err
+	}
+	return r, nil
 }
 
 // Close releases the repository's chunk store.
@@ -125,6 +147,9 @@ func (r *Repo) Store() *chunk.PackStore { return r.store }
 
 // Dir returns the repository's directory.
 func (r *Repo) Dir() string { return r.dir }
+
+// Nodes returns the node repository that holds the versions.
+func (r *Repo) Nodes() *repo.Repo { return r.nodes }
 
 // lockWait is how long a push waits for another push of the same set
 // before giving up as busy.
@@ -164,7 +189,10 @@ func (r *Repo) lock(ctx context.Context, set, owner string, cancel func()) (func
 	}, nil
 }
 
-func versionDir(v uint64) string { return fmt.Sprintf("v%06d", v) }
+// versionPath is the slash-separated path of version v's directory.
+func versionPath(set string, v uint64) string {
+	return path.Join("sets", set, "versions", fmt.Sprintf("%06d", v))
+}
 
 // Current returns the manifest of the set's current version, or nil when
 // the set has none.
@@ -172,19 +200,20 @@ func (r *Repo) Current(set string) (*Manifest, error) {
 	if err := CheckName(set); err != nil {
 		return nil, err
 	}
-	b, err := r.readFile(path.Join("sets", set, "CURRENT"), maxCurrentFile)
-	if errors.Is(err, fs.ErrNotExist) {
+	// HEAD is checked here (a regular file inside the repository, small);
+	// package repo reads it.
+	_, err := r.openStat(path.Join("sets", set, "HEAD"), maxCurrentFile)
+	if errors.Is(err, os.ErrNotExist) {
 		return nil, nil
 	}
 	if err != nil {
 		return nil, fmt.Errorf("read current version of %s: %w", set, err)
 	}
-	name := strings.TrimSpace(string(b))
-	v, err := strconv.ParseUint(strings.TrimPrefix(name, "v"), 10, 64)
-	if err != nil || !strings.HasPrefix(name, "v") {
-		return nil, fmt.Errorf("set %s: CURRENT holds %q, want a version like v000001", set, name)
+	h, err := r.nodes.Head(set)
+	if err != nil || h == nil {
+		return nil, err
 	}
-	return r.Manifest(set, v)
+	return r.manifestOf(h, nil)
 }
 
 // Manifest reads a committed version's manifest.
@@ -192,16 +221,50 @@ func (r *Repo) Manifest(set string, v uint64) (*Manifest, error) {
 	if err := CheckName(set); err != nil {
 		return nil, err
 	}
-	p := path.Join("sets", set, versionDir(v), "manifest.json")
-	b, err := r.readFile(p, maxManifestFile)
-	if err != nil {
+	if _, err := r.openStat(path.Join(versionPath(set, v), "version.json"), maxManifestFile); err != nil {
 		return nil, fmt.Errorf("read version %d of %s: %w", v, set, err)
 	}
-	var m Manifest
-	if err := json.Unmarshal(b, &m); err != nil {
-		return nil, fmt.Errorf("read %s: %w", p, err)
+	rv, err := r.nodes.Version(set, v)
+	if err != nil {
+		return nil, err
 	}
-	return &m, nil
+	return r.manifestOf(rv, nil)
+}
+
+// openStat checks that the repository's file at rel is one openFile
+// accepts.
+func (r *Repo) openStat(rel string, limit int64) (os.FileInfo, error) {
+	f, err := r.openFile(rel, os.O_RDONLY, limit)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	return f.Stat()
+}
+
+// manifestOf describes v; seqOf, if given, maps digests to numbers here
+// (else the parent is looked up).
+func (r *Repo) manifestOf(v *repo.Version, seqOf map[repo.Digest]uint64) (*Manifest, error) {
+	m := &Manifest{Set: v.Set, Version: v.Seq, Created: v.Created, Sender: v.From, Digest: v.Digest, Parent: v.Parent, Node: v.Node}
+	if m.Sender == "" {
+		m.Sender = v.Node
+	}
+	if !v.Parent.IsZero() {
+		if seqOf != nil {
+			m.Base = seqOf[v.Parent]
+		} else if p, err := r.nodes.ByDigest(v.Set, v.Parent); err == nil {
+			m.Base = p.Seq
+		}
+	}
+	for _, im := range v.Images {
+		params := ""
+		if x, err := r.Index(v.Set, v.Seq, im.Name); err == nil {
+			params = x.Params.String()
+		}
+		m.Images = append(m.Images, ImageManifest{Name: im.Name, Size: im.Size, Index: im.Name + ".idx",
+			Digest: chunk.ID(im.Index), Params: params, Chunks: im.Chunks})
+	}
+	return m, nil
 }
 
 // Index reads the index of one image of a committed version.
@@ -212,7 +275,7 @@ func (r *Repo) Index(set string, v uint64, image string) (*chunk.Index, error) {
 	if err := CheckName(set); err != nil {
 		return nil, err
 	}
-	return r.readIndex(path.Join("sets", set, versionDir(v), image+".idx"))
+	return r.readIndex(path.Join(versionPath(set, v), image+".idx"))
 }
 
 // Meta returns the metadata the sender attached to a version.
@@ -220,7 +283,11 @@ func (r *Repo) Meta(set string, v uint64) ([]byte, error) {
 	if err := CheckName(set); err != nil {
 		return nil, err
 	}
-	return r.readFile(path.Join("sets", set, versionDir(v), "meta"), maxMeta)
+	b, err := r.readFile(path.Join(versionPath(set, v), "meta"), maxMeta)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	return b, err
 }
 
 // ImagePath is where the current version's image is materialized.
@@ -233,34 +300,46 @@ type SetInfo struct {
 	Set      string    `json:"set"`
 	Versions []uint64  `json:"versions"`
 	Current  *Manifest `json:"current,omitempty"`
+	// Diverged lists the numbers of versions that ran apart from the
+	// current one (see repo.Repo.Diverged).
+	Diverged []uint64 `json:"diverged,omitempty"`
 }
 
 // List returns every set with its committed versions.
 func (r *Repo) List() ([]SetInfo, error) {
-	ents, err := os.ReadDir(filepath.Join(r.dir, "sets"))
+	sets, err := r.nodes.Sets()
 	if err != nil {
-		return nil, fmt.Errorf("list sets: %w", err)
+		return nil, err
 	}
 	var out []SetInfo
-	for _, e := range ents {
-		if !e.IsDir() || CheckName(e.Name()) != nil {
-			continue
-		}
-		si := SetInfo{Set: e.Name()}
+	for _, set := range sets {
 		// An unreadable set must not look empty: the garbage collector
 		// would drop its chunks.
-		vs, err := os.ReadDir(filepath.Join(r.dir, "sets", e.Name()))
+		vs, err := r.nodes.Versions(set)
 		if err != nil {
-			return nil, fmt.Errorf("list versions of %s: %w", e.Name(), err)
+			return nil, fmt.Errorf("list versions of %s: %w", set, err)
 		}
+		si := SetInfo{Set: set}
+		seqOf := map[repo.Digest]uint64{}
 		for _, v := range vs {
-			if n, err := strconv.ParseUint(strings.TrimPrefix(v.Name(), "v"), 10, 64); err == nil && strings.HasPrefix(v.Name(), "v") {
-				si.Versions = append(si.Versions, n)
+			si.Versions = append(si.Versions, v.Seq)
+			seqOf[v.Digest] = v.Seq
+		}
+		h, err := r.nodes.Head(set)
+		if err != nil {
+			return nil, err
+		}
+		if h != nil {
+			if si.Current, err = r.manifestOf(h, seqOf); err != nil {
+				return nil, err
 			}
 		}
-		sort.Slice(si.Versions, func(i, j int) bool { return si.Versions[i] < si.Versions[j] })
-		if si.Current, err = r.Current(e.Name()); err != nil {
+		div, err := r.nodes.Diverged(set)
+		if err != nil {
 			return nil, err
+		}
+		for _, v := range div {
+			si.Diverged = append(si.Diverged, v.Seq)
 		}
 		out = append(out, si)
 	}
@@ -269,53 +348,8 @@ func (r *Repo) List() ([]SetInfo, error) {
 
 // indexDigest is the BLAKE3 of an index's encoding.
 func indexDigest(x *chunk.Index) (chunk.ID, []byte, error) {
-	b, err := x.MarshalBinary()
-	if err != nil {
-		return chunk.ID{}, nil, err
-	}
-	return chunk.ID(blake3.Sum256(b)), b, nil
-}
-
-// commit makes version m of set current: its indexes and meta are written
-// to a temporary directory, synced, renamed into place, and CURRENT is
-// replaced. The chunks must already be durable.
-func (r *Repo) commit(set string, m *Manifest, idx []*chunk.Index, meta []byte) error {
-	setDir := filepath.Join(r.dir, "sets", set)
-	if err := os.MkdirAll(setDir, 0o700); err != nil {
-		return fmt.Errorf("commit: %w", err)
-	}
-	tmp, err := os.MkdirTemp(filepath.Join(r.dir, "tmp"), set+"-")
-	if err != nil {
-		return fmt.Errorf("commit: %w", err)
-	}
-	defer os.RemoveAll(tmp)
-	for i, x := range idx {
-		if err := chunk.WriteIndexFile(filepath.Join(tmp, m.Images[i].Index), x); err != nil {
-			return fmt.Errorf("commit: %w", err)
-		}
-	}
-	if err := atomicfile.WriteBytes(filepath.Join(tmp, "meta"), 0o600, meta); err != nil {
-		return fmt.Errorf("commit: %w", err)
-	}
-	mb, err := json.MarshalIndent(m, "", "  ")
-	if err != nil {
-		return err
-	}
-	if err := atomicfile.WriteBytes(filepath.Join(tmp, "manifest.json"), 0o600, mb); err != nil {
-		return fmt.Errorf("commit: %w", err)
-	}
-	dst := filepath.Join(setDir, versionDir(m.Version))
-	// A directory left by a push that died before CURRENT moved is stale.
-	if err := os.RemoveAll(dst); err != nil {
-		return fmt.Errorf("commit: %w", err)
-	}
-	if err := os.Rename(tmp, dst); err != nil {
-		return fmt.Errorf("commit: %w", err)
-	}
-	if err := atomicfile.SyncDir(setDir); err != nil {
-		return err
-	}
-	return atomicfile.WriteBytes(filepath.Join(setDir, "CURRENT"), 0o600, []byte(versionDir(m.Version)+"\n"))
+	d, b, err := repo.IndexDigest(x)
+	return chunk.ID(d), b, err
 }
 
 // materializeState records which version the image files hold. While

@@ -4,19 +4,27 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	gosync "sync"
 	"time"
 
 	"github.com/ntc-project/ntc/chunk"
+	"github.com/ntc-project/ntc/repo"
 	"github.com/ntc-project/ntc/transport"
 )
 
-// Sender pushes versions and remembers, per peer and set, what the peer
-// acknowledged, so that the next push is a delta against it.
+// Sender pushes versions. It keeps the versions it pushes in a node
+// repository (index-only) with their lineage, and remembers per peer and
+// set what the peer acknowledged, so that the next push is a delta against
+// the newest version both hold.
 type Sender struct {
-	// StateDir holds what the sender remembers: the indexes of acknowledged
-	// versions, by digest, and per peer and set the acknowledged version.
+	// StateDir is the sender's node repository (package repo) and what it
+	// remembers of its peers. Empty: nothing is kept, and each version is
+	// made a child of the receiver's current one.
 	StateDir string
+	// Node names this node in the versions it makes (its transport ID).
+	Node string
+	// Force asks the receiver to make the version current even when its
+	// current version is not an ancestor (the copies diverged).
+	Force bool
 	// Streams is the number of parallel data streams (default 4).
 	Streams int
 	// BytesPerSec caps the chunk data rate; 0 means no cap.
@@ -34,9 +42,6 @@ type Sender struct {
 	// Log, if set, is told what happens.
 	Log func(format string, args ...any)
 
-	mu      gosync.Mutex
-	indexes map[chunk.ID]*chunk.Index // read from the cache, by digest
-
 	// connsFrom replaces extraConnsFrom when set; connsAnyRTT uses extra
 	// connections whatever the round trip (tests run on loopback).
 	connsFrom   int64
@@ -49,8 +54,19 @@ type Sender struct {
 
 // Result says what a push did.
 type Result struct {
-	Set     string `json:"name"`
-	Version uint64 `json:"version"`
+	Set string `json:"name"`
+	// Version is the version's number on the receiver, Digest its
+	// identity on every node.
+	Version uint64      `json:"version"`
+	Digest  repo.Digest `json:"digest"`
+	Parent  repo.Digest `json:"parent"`
+	// Base is the version both sides held that the push was a delta
+	// against (zero: none); Head the receiver's current version after it.
+	Base repo.Digest `json:"base"`
+	Head repo.Digest `json:"head"`
+	// Diverged is set when the receiver kept the version without making
+	// it current (Push then returns an error matching repo.ErrDiverged).
+	Diverged bool `json:"diverged,omitempty"`
 	// ImageBytes is the total size of the version's images.
 	ImageBytes int64 `json:"image_bytes"`
 	// ChangedBytes is the size of the entries that differ from the
@@ -84,7 +100,10 @@ func (s *Sender) logf(format string, args ...any) {
 	}
 }
 
-// Push sends version v over conn and returns when the receiver committed it.
+// Push sends version v over conn and returns when the receiver committed
+// it. v is first recorded in the sender's repository (see local). When the
+// receiver keeps it without making it current, the Result says so and the
+// error matches repo.ErrDiverged.
 func (s *Sender) Push(ctx context.Context, conn *transport.Conn, v *Version) (*Result, error) {
 	start := time.Now()
 	if err := v.check(); err != nil {
@@ -92,9 +111,16 @@ func (s *Sender) Push(ctx context.Context, conn *transport.Conn, v *Version) (*R
 	}
 	v = v.mergeZeroRuns()
 	res := &Result{Set: v.Set}
-	// The index cache is pruned once this push (and any other) is done.
-	release := s.shareCache()
-	defer func() { release(); s.pruneCache() }()
+	nr, err := s.nodes()
+	if err != nil {
+		return nil, err
+	}
+	lv, err := s.local(ctx, nr, v)
+	if err != nil {
+		return nil, err
+	}
+	res.Digest, res.Parent = lv.Digest, lv.Parent
+	defer s.prune(context.WithoutCancel(ctx), nr, v.Set)
 	ctrl, err := conn.OpenStream(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("open control stream: %w", err)
@@ -108,28 +134,30 @@ func (s *Sender) Push(ctx context.Context, conn *transport.Conn, v *Version) (*R
 	if err := w.write(msgHello, hello{version: protocolVersion, set: v.Set}.encode()); err != nil {
 		return nil, ctxErr(ctx, err)
 	}
-	// Offer at once against the version the receiver last acknowledged to
-	// this sender (or against nothing): when the receiver still holds it,
-	// as it usually does, the offer costs no round trip of its own.
-	assumed, assumedIdx := s.lastBase(conn.PeerID(), v.Set)
-	pre := prepareOffer(v, assumed, assumedIdx)
-	if err := pre.send(w); err != nil {
+	if err := w.write(msgCandidate, candidates{force: s.Force, digests: candidateDigests(nr, v.Set, lv)}.encode()); err != nil {
 		return nil, ctxErr(ctx, err)
 	}
-	// The indexes go to the sender's cache while the offer travels.
-	kept := make(chan struct{})
-	var digests []chunk.ID
-	var keepErr error
-	go func() {
-		defer close(kept)
-		digests, keepErr = s.keepIndexes(v)
-	}()
-	defer func() { <-kept }()
+	// Offer at once against the version the receiver last acknowledged to
+	// this sender (or against nothing): when it is still the newest both
+	// hold, as it usually is, the offer costs no round trip of its own. A
+	// sender without a repository learns the receiver's head first.
+	var pre *prepared
+	if nr != nil {
+		assumed, assumedIdx := s.assumedBase(nr, conn.PeerID(), v.Set)
+		if pre, err = s.prepareOffer(nr, v, lv, assumed, assumedIdx); err != nil {
+			return nil, err
+		}
+		if err := pre.send(w); err != nil {
+			return nil, ctxErr(ctx, err)
+		}
+	} else if err := w.flush(); err != nil {
+		return nil, ctxErr(ctx, err)
+	}
 	// Data connections' handshakes overlap the offer's round trip when
 	// enough chunks will probably travel.
 	var extra *dialing
 	defer func() { extra.close() }()
-	if s.wantsExtra(conn, newBytes(listNew(pre.ops, pre.results))) {
+	if pre != nil && s.wantsExtra(conn, newBytes(listNew(pre.ops, pre.results))) {
 		extra = s.startDial(ctx)
 	}
 	p, err := rd.expect(msgBase)
@@ -140,15 +168,35 @@ func (s *Sender) Push(ctx context.Context, conn *transport.Conn, v *Version) (*R
 	if err != nil {
 		return nil, err
 	}
-	if !pre.matches(b) {
-		// The receiver ignores that offer: offer again against what it
-		// holds, with base indexes from the cache or fetched once.
+	res.Base, res.Head = b.digest, b.head
+	if nr == nil {
+		lv.Parent = b.head
+		if err := lv.Seal(idxOf(v), v.Meta); err != nil {
+			return nil, err
+		}
+		res.Digest, res.Parent = lv.Digest, lv.Parent
+	}
+	if pre == nil || !pre.matches(b) {
+		// The receiver ignores that offer: offer again against the base
+		// it named, with its indexes from the sender's repository (or
+		// fetched once, if the sender lost them).
+		var held map[string]*chunk.Index
+		if nr != nil && !b.digest.IsZero() {
+			if bv, err := nr.ByDigest(v.Set, b.digest); err == nil {
+				held = indexesOf(nr, bv)
+			}
+		}
 		baseOf := map[string]*chunk.Index{}
 		for _, ref := range b.images {
 			if !hasImage(v, ref.name) {
 				continue
 			}
-			x := s.cachedIndex(ref.digest)
+			x := held[ref.name]
+			if x != nil {
+				if d, _, err := indexDigest(x); err != nil || d != ref.digest {
+					x = nil
+				}
+			}
 			if x == nil {
 				if x, err = fetchIndex(ctx, w, rd, ref); err != nil {
 					return nil, err
@@ -157,7 +205,9 @@ func (s *Sender) Push(ctx context.Context, conn *transport.Conn, v *Version) (*R
 			}
 			baseOf[ref.name] = x
 		}
-		pre = prepareOffer(v, b, baseOf)
+		if pre, err = s.prepareOffer(nr, v, lv, b, baseOf); err != nil {
+			return nil, err
+		}
 		if err := pre.send(w); err != nil {
 			return nil, ctxErr(ctx, err)
 		}
@@ -178,7 +228,7 @@ func (s *Sender) Push(ctx context.Context, conn *transport.Conn, v *Version) (*R
 	}
 	news := listNew(allOps, results)
 	res.NewChunks = len(news)
-	s.logf("offered %s v%d: %d images, %d new chunks", v.Set, o.version, len(v.Images), len(news))
+	s.logf("offered %s %s (base %s): %d images, %d new chunks", v.Set, lv.Digest.Short(), digestName(o.base), len(v.Images), len(news))
 
 	conns := []*transport.Conn{conn}
 	if s.wantsExtra(conn, newBytes(news)) {
@@ -207,19 +257,12 @@ func (s *Sender) Push(ctx context.Context, conn *transport.Conn, v *Version) (*R
 		case msgError:
 			return nil, decodeError(p)
 		case msgCommitted:
-			ver, err := decodeUint(p)
+			c, err := decodeCommitted(p)
 			if err != nil {
 				return nil, err
 			}
-			if ver != o.version {
-				return nil, fmt.Errorf("%w: committed version %d, offered %d", ErrMalformed, ver, o.version)
-			}
-			res.Version = ver
-			<-kept
-			if keepErr != nil {
-				return nil, fmt.Errorf("pushed, but could not record it locally: %w", keepErr)
-			}
-			if err := s.remember(conn.PeerID(), v.Set, ver, v, digests); err != nil {
+			res.Version, res.Head, res.Diverged = c.version, c.head, c.diverged
+			if err := s.remember(conn.PeerID(), v.Set, c.version, lv.Digest); err != nil {
 				return nil, fmt.Errorf("pushed, but could not record it locally: %w", err)
 			}
 			res.DurationMS = time.Since(start).Milliseconds()
@@ -229,6 +272,10 @@ func (s *Sender) Push(ctx context.Context, conn *transport.Conn, v *Version) (*R
 				res.BytesUp += st.BytesSent
 				res.BytesDown += st.BytesReceived
 				res.BytesLost += st.BytesLost
+			}
+			if c.diverged {
+				return res, fmt.Errorf("%s: the receiver kept version %d (%s) but did not make it current: its current version %s is not an ancestor (both copies ran since their common base): %w; to make this one current, push again with --force",
+					v.Set, c.version, lv.Digest.Short(), c.head.Short(), repo.ErrDiverged)
 			}
 			return res, nil
 		case msgWant:
@@ -272,10 +319,46 @@ type prepared struct {
 	changedBytes int64
 }
 
-// prepareOffer expresses v as edits of the base images in baseOf (by name)
-// of version b.
-func prepareOffer(v *Version, b base, baseOf map[string]*chunk.Index) *prepared {
-	p := &prepared{offer: offer{version: b.version + 1, base: b.version, meta: v.Meta}}
+// assumedBase is the version peer last acknowledged, as a base, with its
+// indexes from the sender's repository; nothing when it knows of none.
+func (s *Sender) assumedBase(nr *repo.Repo, peer transport.ID, set string) (base, map[string]*chunk.Index) {
+	st := s.readAck(peer, set)
+	if nr == nil || st.Digest.IsZero() {
+		return base{}, nil
+	}
+	bv, err := nr.ByDigest(set, st.Digest)
+	if err != nil {
+		return base{}, nil
+	}
+	idx := indexesOf(nr, bv)
+	if idx == nil {
+		return base{}, nil
+	}
+	b := base{version: st.Version, digest: bv.Digest}
+	for _, im := range bv.Images {
+		b.images = append(b.images, imageRef{name: im.Name, digest: chunk.ID(im.Index)})
+	}
+	return b, idx
+}
+
+// prepareOffer expresses v (recorded as lv) as edits of the base images in
+// baseOf (by name) of version b, with the lineage from lv back to b.
+func (s *Sender) prepareOffer(nr *repo.Repo, v *Version, lv *repo.Version, b base, baseOf map[string]*chunk.Index) (*prepared, error) {
+	o := offer{digest: lv.Digest, parent: lv.Parent, node: lv.Node, created: lv.Created, base: b.digest, meta: v.Meta}
+	if nr != nil {
+		links, err := nr.Ancestry(v.Set, lv.Digest, maxLinks)
+		if err != nil {
+			return nil, err
+		}
+		for i, l := range links {
+			if l.Digest == b.digest {
+				links = links[:i]
+				break
+			}
+		}
+		o.links = links
+	}
+	p := &prepared{offer: o}
 	p.ops = make([][]op, len(v.Images))
 	p.results = make([][]chunk.Entry, len(v.Images))
 	for i, im := range v.Images {
@@ -298,7 +381,15 @@ func prepareOffer(v *Version, b base, baseOf map[string]*chunk.Index) *prepared 
 			}
 		}
 	}
-	return p
+	return p, nil
+}
+
+// digestName names a digest for the log.
+func digestName(d repo.Digest) string {
+	if d.IsZero() {
+		return "none"
+	}
+	return d.Short()
 }
 
 // matches reports whether the receiver, holding b, takes the offer: the
@@ -308,7 +399,7 @@ func (p *prepared) matches(b base) bool {
 }
 
 func offerMatches(o offer, b base) bool {
-	if o.base != b.version {
+	if o.base != b.digest {
 		return false
 	}
 	for _, oi := range o.images {

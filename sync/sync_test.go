@@ -7,11 +7,13 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	gosync "sync"
 	"testing"
 
 	"github.com/ntc-project/ntc/chunk"
+	"github.com/ntc-project/ntc/repo"
 	"github.com/ntc-project/ntc/transport"
 	"github.com/ntc-project/ntc/transport/transporttest"
 )
@@ -187,27 +189,34 @@ func TestPushSendsOnlyWhatChanged(t *testing.T) {
 	}
 	assertMaterialized(t, p.repo, "vm", images)
 
-	// Unchanged: nothing to send.
+	// Unchanged: nothing to send, and no new version.
 	res, err = p.push(t, ctx, s, imageVersion(t, "vm", images))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if res.ChunksSent != 0 || res.ChangedBytes != 0 || res.Version != 5 {
+	if res.ChunksSent != 0 || res.ChangedBytes != 0 || res.Version != 4 {
 		t.Fatalf("unchanged push: %+v", res)
 	}
 
-	// A sender that forgot everything fetches the base indexes and still
-	// sends only the changes.
+	// A sender that forgot everything makes a version with no parent: it
+	// is stored, not made current, until forced; its chunks the receiver
+	// holds do not travel.
+	before := slices.Clone(disk)
 	copy(disk[2<<20:], randomData(r, 4096))
-	res, err = p.push(t, ctx, &Sender{StateDir: t.TempDir()}, imageVersion(t, "vm", images))
-	if err != nil {
-		t.Fatal(err)
+	forgetful := &Sender{StateDir: t.TempDir()}
+	res, err = p.push(t, ctx, forgetful, imageVersion(t, "vm", images))
+	if !errors.Is(err, repo.ErrDiverged) || res == nil || !res.Diverged || res.ChunkBytes > 128<<10 {
+		t.Fatalf("push without state: %v, %+v", err, res)
 	}
-	if !res.IndexFetched || res.ChunkBytes > 128<<10 {
-		t.Fatalf("push without state: fetched %v, sent %d bytes", res.IndexFetched, res.ChunkBytes)
+	assertMaterialized(t, p.repo, "vm", map[string][]byte{"disk": before, "ram": images["ram"]})
+	forgetful.Force = true
+	if res, err = p.push(t, ctx, forgetful, imageVersion(t, "vm", images)); err != nil || res.ChunksSent != 0 {
+		t.Fatalf("forced push: %v, %+v", err, res)
 	}
 	assertMaterialized(t, p.repo, "vm", images)
-	if vs, _ := p.repo.List(); len(vs) != 1 || len(vs[0].Versions) != 6 {
+	// The forced version is the one stored before; the line it replaced
+	// is listed as diverged.
+	if vs, _ := p.repo.List(); len(vs) != 1 || len(vs[0].Versions) != 5 || vs[0].Current.Version != 5 || !slices.Equal(vs[0].Diverged, []uint64{4}) {
 		t.Fatalf("repository lists %+v", vs)
 	}
 }

@@ -26,14 +26,17 @@ const (
 	msgOps       = 11 // S→R: edits of one image's entries (several per image)
 	msgOfferEnd  = 12 // S→R: the offer is complete
 	msgData      = 13 // S→R: first frame of a data stream: its round
+	msgCandidate = 14 // S→R after hello: force flag, the sender's versions of the set
 )
 
 // maxStreams bounds the data streams of one round.
 const maxStreams = 64
 
 const (
-	helloMagic      = "NTC-SYNC"
-	protocolVersion = 1
+	helloMagic = "NTC-SYNC"
+	// protocolVersion 2: versions have digests and parents; the base is
+	// the newest version both sides hold.
+	protocolVersion = 2
 	// maxFrame bounds any frame; an offer for a 16 TiB image at 16 KiB
 	// chunks would exceed it, and is sent as several frames.
 	maxFrame = 64 << 20

@@ -7,8 +7,10 @@ import (
 	"slices"
 	"testing"
 	"testing/iotest"
+	"time"
 
 	"github.com/ntc-project/ntc/chunk"
+	"github.com/ntc-project/ntc/repo"
 )
 
 func entriesOf(tb testing.TB, data []byte) []chunk.Entry {
@@ -98,7 +100,7 @@ func TestTruncatedFrame(t *testing.T) {
 }
 
 func offerSeed() []byte {
-	return offer{version: 3, base: 2, meta: []byte("{}"), images: []offerImage{
+	return offer{digest: repo.Digest{3}, parent: repo.Digest{2}, node: "n", created: time.Unix(1, 2).UTC(), base: repo.Digest{2}, links: []repo.Link{{Digest: repo.Digest{3}, Parent: repo.Digest{2}}}, meta: []byte("{}"), images: []offerImage{
 		{name: "disk", size: 1 << 20, params: chunk.DefaultCDC(), based: true},
 		{name: "ram", size: 4096, params: chunk.Pages()}}}.encode()
 }
@@ -111,7 +113,8 @@ func FuzzDecodeOffer(f *testing.F) {
 			return
 		}
 		m2, err := decodeOffer(m.encode())
-		if err != nil || m2.version != m.version || len(m2.images) != len(m.images) {
+		if err != nil || m2.digest != m.digest || m2.parent != m.parent || m2.node != m.node || !m2.created.Equal(m.created) ||
+			m2.base != m.base || !slices.Equal(m2.links, m.links) || len(m2.images) != len(m.images) {
 			t.Fatalf("re-decode: %v", err)
 		}
 	})
@@ -210,6 +213,43 @@ func FuzzDecodeFrames(f *testing.F) {
 				if _, b, err := decodeIndexMsg(p); err == nil {
 					(&chunk.Index{}).UnmarshalBinary(b)
 				}
+			}
+		}
+	})
+}
+
+// FuzzDecodeHandshake: the candidates, base and committed messages of
+// protocol 2 decode without panicking and encode back to what they were.
+func FuzzDecodeHandshake(f *testing.F) {
+	f.Add(byte(0), candidates{force: true, digests: []repo.Digest{{1}, {2}}}.encode())
+	f.Add(byte(1), base{version: 4, digest: repo.Digest{4}, images: []imageRef{{name: "disk", digest: chunk.ID{5}}}, head: repo.Digest{6}, session: token{7}}.encode())
+	f.Add(byte(2), committed{version: 9, head: repo.Digest{9}, diverged: true}.encode())
+	f.Fuzz(func(t *testing.T, kind byte, b []byte) {
+		switch kind % 3 {
+		case 0:
+			m, err := decodeCandidates(b)
+			if err != nil {
+				return
+			}
+			if m2, err := decodeCandidates(m.encode()); err != nil || m2.force != m.force || !slices.Equal(m2.digests, m.digests) {
+				t.Fatalf("candidates re-decode: %v", err)
+			}
+		case 1:
+			m, err := decodeBase(b)
+			if err != nil {
+				return
+			}
+			if m2, err := decodeBase(m.encode()); err != nil || m2.digest != m.digest || m2.head != m.head || m2.version != m.version ||
+				!slices.Equal(m2.images, m.images) || m2.session != m.session {
+				t.Fatalf("base re-decode: %v", err)
+			}
+		case 2:
+			m, err := decodeCommitted(b)
+			if err != nil {
+				return
+			}
+			if m2, err := decodeCommitted(m.encode()); err != nil || m2 != m {
+				t.Fatalf("committed re-decode: %v", err)
 			}
 		}
 	})

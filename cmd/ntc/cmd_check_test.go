@@ -93,7 +93,7 @@ func TestCheckFindsDamage(t *testing.T) {
 	}
 
 	// A truncated index of v1.
-	idx := filepath.Join(store, "sets", "vm", "v000001", "disk.img.idx")
+	idx := filepath.Join(store, "sets", "vm", "versions", "000001", "disk.img.idx")
 	fi, _ := os.Stat(idx)
 	os.Truncate(idx, fi.Size()/2)
 	if code, rep, _ := check(); code != exitError || !slices.Equal(rep.BrokenNames(), []string{"vm v1"}) {

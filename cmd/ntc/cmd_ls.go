@@ -43,10 +43,13 @@ func newLsCommand(g *globals) *cobra.Command {
 			for _, s := range sets {
 				fmt.Fprintf(g.stdout, "%s: %s\n", s.Set, plural(len(s.Versions), "version"))
 				if m := s.Current; m != nil {
-					fmt.Fprintf(g.stdout, "  current v%d, received %s from %s\n", m.Version, m.Created.Local().Format(time.DateTime), m.Sender)
+					fmt.Fprintf(g.stdout, "  current v%d %s, made %s, received from %s\n", m.Version, m.Digest.Short(), m.Created.Local().Format(time.DateTime), m.Sender)
 					for _, im := range m.Images {
 						fmt.Fprintf(g.stdout, "    %-24s %10s  %s\n", im.Name, humanBytes(im.Size), repo.ImagePath(s.Set, im.Name))
 					}
+				}
+				for _, d := range s.Diverged {
+					fmt.Fprintf(g.stdout, "  v%d diverged from the current version (stored, not current: 'ntc push --force' from its sender makes it current)\n", d)
 				}
 			}
 			return nil

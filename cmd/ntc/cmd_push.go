@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"path/filepath"
 	"strconv"
@@ -13,6 +14,7 @@ import (
 	"github.com/ntc-project/ntc/chunk"
 	"github.com/ntc-project/ntc/internal/procstat"
 	"github.com/ntc-project/ntc/replicate"
+	"github.com/ntc-project/ntc/repo"
 	ntcsync "github.com/ntc-project/ntc/sync"
 	"github.com/ntc-project/ntc/transport"
 )
@@ -54,6 +56,7 @@ type pushOptions struct {
 	name       string
 	bwlimit    string
 	changed    string
+	force      bool
 }
 
 func newPushCommand(g *globals) *cobra.Command {
@@ -62,9 +65,16 @@ func newPushCommand(g *globals) *cobra.Command {
 		Use:   "push {IMAGE... | --checkpoint DIR [--seq N]} --to HOST:PORT --peer ID",
 		Short: "Send images or a VM checkpoint to a receiver, only what it lacks",
 		Long: `Push indexes the images and sends them as the next version of a set to a
-receiver ('ntc serve'). Only the chunks the receiver does not hold travel, and
-the new version is described as a delta against the version the receiver last
-acknowledged, so an unchanged image costs a few bytes whatever its size.
+receiver ('ntc serve'). The version is first recorded in this node's repository
+(~/.local/state/ntc/push) as a child of the set's previous version there (an
+unchanged image makes no new version). Only the chunks the receiver does not
+hold travel, and the version is described as a delta against the newest
+version both sides hold, found by digest, so an unchanged image costs a few
+bytes whatever its size.
+
+If the receiver's current version is not an ancestor of the one pushed (the
+copies ran apart since their common version), the receiver stores it without
+making it current and push fails saying so; --force makes it current.
 
 With --checkpoint DIR, push sends a checkpoint that 'ntc checkpoint --out DIR'
 took (the newest, or --seq N) as one version: every disk, every RAM block,
@@ -106,6 +116,7 @@ The set is named after the first image, or the checkpoint directory, unless
 	f.IntVar(&o.seq, "seq", 0, "with --checkpoint: the checkpoint to push (default: the newest)")
 	f.String("bwlimit", "", "cap the average send rate: 20Mbit, 2.5MB/s, 500k (bytes)")
 	f.StringVar(&o.changed, "changed", "", "ranges of the (single) image changed since the last push: re-read only those")
+	f.BoolVar(&o.force, "force", false, "make the version current on the receiver even if its current version is not an ancestor")
 	g.bind(cmd, "push.bwlimit", "bwlimit")
 	return cmd
 }
@@ -157,7 +168,8 @@ func runPush(ctx context.Context, g *globals, o pushOptions, paths []string) err
 	if err := ntcsync.CheckName(set); err != nil {
 		return usagef("--name: %v", err)
 	}
-	s := &ntcsync.Sender{StateDir: filepath.Join(g.home(), "push"), Streams: o.streams, BytesPerSec: rate, Conns: o.conns,
+	s := &ntcsync.Sender{StateDir: filepath.Join(g.home(), "push"), Node: id.ID().String(), Force: o.force,
+		Streams: o.streams, BytesPerSec: rate, Conns: o.conns,
 		Dial: func(ctx context.Context) (*transport.Conn, error) {
 			return transport.Dial(ctx, o.to, id, peer, transport.Config{})
 		}}
@@ -241,7 +253,7 @@ func runPush(ctx context.Context, g *globals, o pushOptions, paths []string) err
 	s.Progress = bar.Add
 	res, err := s.Push(ctx, conn, v)
 	bar.Done()
-	if err != nil {
+	if err != nil && !(errors.Is(err, repo.ErrDiverged) && g.json && res != nil) {
 		return fmt.Errorf("push %s to %s: %w", set, o.to, err)
 	}
 	total := time.Since(start)
@@ -252,14 +264,24 @@ func runPush(ctx context.Context, g *globals, o pushOptions, paths []string) err
 		out.RateMbit = float64(res.BytesUp) * 8 / d.Seconds() / 1e6
 	}
 	if g.json {
-		return writeJSON(g.stdout, out)
+		if werr := writeJSON(g.stdout, out); werr != nil {
+			return werr
+		}
+		if err != nil {
+			return fmt.Errorf("push %s to %s: %w", set, o.to, err)
+		}
+		return nil
 	}
-	fmt.Fprintf(g.stdout, "pushed %s v%d to %s in %s\n", set, res.Version, o.to, total.Round(time.Millisecond))
+	fmt.Fprintf(g.stdout, "pushed %s v%d (%s) to %s in %s\n", set, res.Version, res.Digest.Short(), o.to, total.Round(time.Millisecond))
 	if ckpt != 0 {
 		fmt.Fprintf(g.stdout, "  checkpoint %d of %s\n", ckpt, o.checkpoint)
 	}
-	fmt.Fprintf(g.stdout, "  %s in %d images; %s changed since the receiver's last version\n",
-		humanBytes(res.ImageBytes), len(v.Images), humanBytes(res.ChangedBytes))
+	base := "no version in common"
+	if !res.Base.IsZero() {
+		base = "common version " + res.Base.Short()
+	}
+	fmt.Fprintf(g.stdout, "  %s in %d images; %s changed since the %s\n",
+		humanBytes(res.ImageBytes), len(v.Images), humanBytes(res.ChangedBytes), base)
 	fmt.Fprintf(g.stdout, "  sent %d chunks (%s, %s compressed); %s on the wire in all\n",
 		res.ChunksSent, humanBytes(res.ChunkBytes), humanBytes(res.DataBytes), humanBytes(int64(out.BytesSent)))
 	return nil

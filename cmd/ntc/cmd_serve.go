@@ -16,6 +16,7 @@ import (
 	"github.com/ntc-project/ntc/chunk"
 	"github.com/ntc-project/ntc/internal/ratelimit"
 	"github.com/ntc-project/ntc/internal/sdnotify"
+	"github.com/ntc-project/ntc/repo"
 	ntcsync "github.com/ntc-project/ntc/sync"
 	"github.com/ntc-project/ntc/transport"
 )
@@ -24,7 +25,7 @@ type serveOptions struct {
 	listen string
 	store  string
 	allow  []string
-	keep   int
+	keep   string
 	// maxMemory is the ceiling for serve's memory whatever peers send;
 	// stall how long a push may make no progress; conns and peerConns
 	// bound connections (all peers, one peer); handshakes the connection
@@ -50,11 +51,18 @@ DIR/sets/SET/images/. A push commits atomically: until it is complete the
 previous version stays current and intact. Peers not allowed are refused
 before anything is written.
 
-With --keep N only the newest N versions of each set are kept: older ones
-are removed after each push, and the chunks no kept version needs are dropped
-from the store (their space is given back once a pack is mostly such
-chunks). Continuous replication ('ntc replicate') adds a version every few
-seconds: give its receiver a --keep.
+With --keep only some versions of each set are kept: --keep N keeps the newest
+N, --keep last=10,hourly=24,daily=7,weekly=4 (any of them) also the newest of
+each of the last hours, days and ISO weeks. The others are removed after each
+push (never the current version, nor the tip of a copy that diverged), and the
+chunks no kept version needs are dropped from the store (their space is given
+back once a pack is mostly such chunks). Continuous replication ('ntc
+replicate') adds a version every few seconds: give its receiver a --keep.
+
+A push whose sender's lineage does not continue the current version (both
+copies ran since their common version) is stored but not made current; the
+log says so, 'ntc ls' lists it as diverged, and 'ntc push --force' makes it
+current.
 
 Examples:
   ntc serve --listen :7400 --store ~/vms --allow TYA6ZIM-V6MAQKO-...
@@ -65,7 +73,7 @@ Examples:
 		RunE: func(cmd *cobra.Command, args []string) error {
 			o.listen = g.v.GetString("serve.listen")
 			o.store = g.v.GetString("serve.store")
-			o.keep = g.v.GetInt("serve.keep")
+			o.keep = g.v.GetString("serve.keep")
 			o.maxMemory = g.v.GetString("serve.max-memory")
 			o.stall = g.v.GetDuration("serve.stall-timeout")
 			o.conns = g.v.GetInt("serve.max-conns")
@@ -84,7 +92,7 @@ Examples:
 	f.String("store", "", "repository directory (created if needed)")
 	f.StringArrayVar(&o.allow, "allow", nil, "node ID allowed to push (repeatable; or serve.allow in the config)")
 	g.bind(cmd, "serve.listen", "listen")
-	f.Int("keep", 0, "versions of each set to keep (0: all); older ones and the chunks only they need are removed")
+	f.String("keep", "0", "versions of each set to keep: N (the newest N), or last=N,hourly=N,daily=N,weekly=N; 0: all")
 	g.bind(cmd, "serve.store", "store")
 	g.bind(cmd, "serve.keep", "keep")
 	f.String("max-memory", "256M", "memory ceiling whatever peers send: pushes that would need more wait, then fail")
@@ -120,8 +128,9 @@ func runServe(ctx context.Context, g *globals, o serveOptions) error {
 	if o.store == "" {
 		return usagef("serve needs --store DIR (where received versions are kept)")
 	}
-	if o.keep < 0 {
-		return usagef("--keep %d: want 0 (keep every version) or how many versions of each set to keep", o.keep)
+	keep, err := repo.ParsePolicy(o.keep)
+	if err != nil {
+		return usagef("--%v", err)
 	}
 	if len(o.allow) == 0 {
 		return usagef("serve needs at least one --allow ID: the node IDs that may push (run 'ntc id' on the sender)")
@@ -164,7 +173,7 @@ func runServe(ctx context.Context, g *globals, o serveOptions) error {
 	} else {
 		fmt.Fprintf(g.stdout, "serving %s on %s as %s (%d peers allowed)\n", o.store, l.Addr(), id.ID(), len(allowed))
 	}
-	rcv := &ntcsync.Receiver{Repo: repo, Log: logger.Printf, Keep: o.keep, Limits: lim, Refused: refusals.push}
+	rcv := &ntcsync.Receiver{Repo: repo, Log: logger.Printf, Keep: keep, Limits: lim, Refused: refusals.push}
 	var wg gosync.WaitGroup
 	defer wg.Wait()
 	if o.metrics != "" {
@@ -182,7 +191,7 @@ func runServe(ctx context.Context, g *globals, o serveOptions) error {
 	sd.Ready(fmt.Sprintf("serving %s on %s (%d peers allowed)", o.store, l.Addr(), len(allowed)))
 	defer sd.Stopping("")
 	wg.Go(func() { sd.Watchdog(ctx, nil) })
-	if o.keep > 0 {
+	if !keep.IsZero() {
 		// Pushes collect garbage as they end, when no other is under way;
 		// this catches the moments between pushes that always overlap.
 		wg.Go(func() {

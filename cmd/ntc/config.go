@@ -22,7 +22,7 @@ var configKeys = map[string]any{
 	"serve.listen": "",
 	"serve.store":  "",
 	"serve.allow":  []string(nil),
-	"serve.keep":   0,
+	"serve.keep":   "0",
 
 	"serve.max-memory":            "",
 	"serve.stall-timeout":         time.Duration(0),

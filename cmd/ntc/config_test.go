@@ -21,12 +21,12 @@ func TestConfigIsDecodedStrictly(t *testing.T) {
 		{name: "typo in a key", file: "serve:\n  stoer: /srv\n", says: []string{`unknown key "serve.stoer"`, "\tserve.store", "ntc.example.yaml"}},
 		{name: "unknown section", file: "sever:\n  store: /srv\n", says: []string{`unknown key "sever.store"`, "\tserve.store"}},
 		{name: "top-level typo", file: "hoem: /x\n", says: []string{`unknown key "hoem"`, "\thome"}},
-		{name: "word for a number", file: "serve:\n  keep: lots\n", says: []string{"serve.keep", `"lots"`, "whole number"}},
+		{name: "word for a number", file: "serve:\n  max-conns: lots\n", says: []string{"serve.max-conns", `"lots"`, "whole number"}},
 		{name: "duration without unit", file: "replicate:\n  every: 5\n", says: []string{"replicate.every", "duration"}},
 		{name: "list for a string", file: "push:\n  to: [a, b]\n", says: []string{"push.to", "single value"}},
 		{name: "env number", env: map[string]string{"NTC_PUSH_STREAMS": "four"}, says: []string{`NTC_PUSH_STREAMS = "four"`, "whole number"}},
 		{name: "env duration", env: map[string]string{"NTC_REPLICATE_EVERY": "5"}, says: []string{"NTC_REPLICATE_EVERY", "duration"}},
-		{name: "env over a good file", file: "serve:\n  keep: 3\n", env: map[string]string{"NTC_SERVE_KEEP": "-x"}, says: []string{"NTC_SERVE_KEEP"}},
+		{name: "env over a good file", file: "serve:\n  max-conns: 3\n", env: map[string]string{"NTC_SERVE_MAX_CONNS": "-x"}, says: []string{"NTC_SERVE_MAX_CONNS"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			args := []string{"version"}

@@ -228,7 +228,7 @@ func TestKilledPushResumes(t *testing.T) {
 	c.Process.Kill()
 	c.Wait()
 	held := storeBytes(store)
-	if _, err := os.Stat(filepath.Join(store, "sets", "disk.img", "CURRENT")); err == nil {
+	if _, err := os.Stat(filepath.Join(store, "sets", "disk.img", "HEAD")); err == nil {
 		t.Fatal("a version was committed by a killed push")
 	}
 

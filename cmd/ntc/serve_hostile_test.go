@@ -24,6 +24,7 @@ import (
 	"github.com/quic-go/quic-go"
 
 	"github.com/ntc-project/ntc/chunk"
+	"github.com/ntc-project/ntc/repo"
 	"github.com/ntc-project/ntc/transport"
 )
 
@@ -40,6 +41,7 @@ const (
 	wOps      = 11
 	wOfferEnd = 12
 	wData     = 13
+	wCands    = 14
 )
 
 func uv(b []byte, v uint64) []byte  { return binary.AppendUvarint(b, v) }
@@ -49,17 +51,33 @@ func frame(typ byte, payload []byte) []byte {
 	return append(uv([]byte{typ}, uint64(len(payload))), payload...)
 }
 
+// helloFrame says hello in protocol 2, followed by no candidate bases.
 func helloFrame(set string) []byte {
 	p := str(nil, "NTC-SYNC")
-	p = uv(p, 1)
-	return frame(wHello, str(p, set))
+	p = uv(p, 2)
+	return append(frame(wHello, str(p, set)), frame(wCands, uv(uv(nil, 0), 0))...)
 }
 
-// offerFrame offers version 1 of one image, based on nothing.
-func offerFrame(name string, size int64, p chunk.Params) []byte {
-	b := uv(nil, 1)
-	b = uv(b, 0)
-	b = uv(b, 0) // no metadata
+// offerFrame offers a first version of set with one image, based on
+// nothing, under the digest of the version whose image's entries are
+// entries (made at Unix time 0 by no node); with entries nil, under a
+// made-up digest.
+func offerFrame(set, name string, size int64, p chunk.Params, entries []chunk.Entry) []byte {
+	d := repo.Digest{1}
+	if entries != nil {
+		v := repo.Version{Set: set, Created: time.Unix(0, 0).UTC(), Images: []repo.Image{{Name: name}}}
+		if err := v.Seal([]*chunk.Index{{Params: p, Size: size, Entries: entries}}, nil); err != nil {
+			panic(err)
+		}
+		d = v.Digest
+	}
+	b := append([]byte(nil), d[:]...)
+	b = append(b, make([]byte, 32)...) // no parent
+	b = str(b, "")                     // no node
+	b = binary.BigEndian.AppendUint64(b, 0)
+	b = append(b, make([]byte, 32)...) // no base
+	b = uv(b, 0)                       // no links
+	b = uv(b, 0)                       // no metadata
 	b = uv(b, 1)
 	b = str(b, name)
 	b = uv(b, uint64(size))
@@ -303,14 +321,14 @@ func TestServeWithstandsHostilePeers(t *testing.T) {
 	mark = srv.mark()
 	c, st, rd, _ := p.push(t, ctx, "amplify")
 	n := 8<<20 - 16
-	st.Write(offerFrame("zeros", int64(n), chunk.DefaultCDC()))
+	st.Write(offerFrame("amplify", "zeros", int64(n), chunk.DefaultCDC(), []chunk.Entry{{Length: int64(n), Zero: true}}))
 	st.Write(insertFrame(n, []byte{3})) // length 1, zero
 	st.Write(frame(wOfferEnd, nil))
 	if typ, _, err := readFrame(rd); err != nil || typ != 9 { // committed
 		t.Fatalf("amplified offer: frame %d, %v", typ, err)
 	}
 	c.CloseWithError(0, "")
-	if x, err := chunk.ReadIndexFile(filepath.Join(store, "sets", "amplify", "v000001", "zeros.idx")); err != nil || len(x.Entries) != 1 {
+	if x, err := chunk.ReadIndexFile(filepath.Join(store, "sets", "amplify", "versions", "000001", "zeros.idx")); err != nil || len(x.Entries) != 1 {
 		t.Fatalf("the zero entries were not merged: %v", err)
 	}
 
@@ -318,7 +336,7 @@ func TestServeWithstandsHostilePeers(t *testing.T) {
 	// One-byte data entries, 64 MiB of them: more than the memory a
 	// peer may hold. Refused, the connection's other costs released.
 	c, st, rd, _ = p.push(t, ctx, "entries")
-	st.Write(offerFrame("tiny", 8<<30, chunk.DefaultCDC()))
+	st.Write(offerFrame("entries", "tiny", 8<<30, chunk.DefaultCDC(), nil))
 	entry := append([]byte{2}, make([]byte, 32)...) // length 1, an ID
 	big := insertFrame((8<<20)/len(entry), entry)
 	go func() {
@@ -355,9 +373,10 @@ func TestServeWithstandsHostilePeers(t *testing.T) {
 		size int64
 		bomb []byte
 	}{{200, bomb}, {4096, bomb2}} {
-		c, st, rd, tok := p.push(t, ctx, fmt.Sprintf("bomb%d", tc.size))
-		st.Write(offerFrame("ram", tc.size, chunk.Pages()))
+		set := fmt.Sprintf("bomb%d", tc.size)
+		c, st, rd, tok := p.push(t, ctx, set)
 		id := chunk.Sum(bytes.Repeat([]byte{1}, int(tc.size)))
+		st.Write(offerFrame(set, "ram", tc.size, chunk.Pages(), []chunk.Entry{{Length: tc.size, ID: id}}))
 		st.Write(insertFrame(1, append(uv(nil, uint64(tc.size)<<1), id[:]...)))
 		st.Write(frame(wOfferEnd, nil))
 		for round := 1; ; round++ {
