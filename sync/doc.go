@@ -5,10 +5,15 @@
 // Vocabulary: a Version is a named Set's next state: several images (disks,
 // RAM, device state, or plain files) plus opaque metadata, which travel and
 // commit as one. An image is its chunk.Index and a Source of chunk content.
-// The receiver keeps versions in a Repo: a chunk store, the committed
-// versions' indexes, and the current version materialized as files.
+// Versions live in node repositories (package repo): each has a digest
+// that is the same on every node and records its parent's digest and the
+// node that made it. The receiver keeps them in a Repo: a repo.Repo in its
+// directory, the chunk store, and each set's current version materialized
+// as files. The sender keeps the versions it pushes in its own repo.Repo
+// (Sender.StateDir), index-only: their chunks stay where its Sources read
+// them.
 //
-// # Protocol (version 1)
+// # Protocol (version 2)
 //
 // A push runs over QUIC connections (package transport: mutually pinned
 // identities): a control connection, and on long paths a few data
@@ -16,17 +21,33 @@
 // session token. Frames are a type byte, a uvarint length and a payload;
 // integers in payloads are uvarints unless noted.
 //
-// The sender opens the control stream and says hello (magic, protocol
-// version, set name). The receiver answers with its base: the set's current
-// version number and, per image, the BLAKE3 digest of its index. The sender
-// keeps the indexes of versions the receiver acknowledged, by digest; if it
-// lacks one it asks for it (need-index / index). It then offers version
-// base+1: a header (version, base, metadata, and per image its name, size,
-// chunk parameters and whether it is based on the base image of the same
-// name), ops frames, and an end frame. Ops edit the base image's entry list
-// into the new one: keep n, skip n, insert entries (length, zero flag, ID).
-// An unchanged image is one keep op, so a version costs bytes in proportion
-// to what changed, not to the image size.
+// A push first records the version in the sender's repository: a child of
+// the sender's head of the set, or the head itself when the images and
+// metadata are the head's. The sender opens the control stream and says
+// hello (magic, protocol version, set name; a receiver of another protocol
+// version answers with the version error, "upgrade ntc on both sides"),
+// then its candidates: a force flag and the digests of its versions of the
+// set, newest first (at most 64). The receiver answers with its base: the
+// newest candidate it holds (repo.Repo.Newest: its number there, digest
+// and, per image, the BLAKE3 digest of its index; all zero when there is
+// none) and its current version's digest. The sender reads the base's
+// indexes from its own repository (if it lost them it asks for each,
+// need-index / index). It then offers the version: a header (digest,
+// parent digest, node, creation instant, the base's digest, the lineage
+// links from the version back to the base, metadata, and per image its
+// name, size, chunk parameters and whether it is based on the base image
+// of the same name), ops frames, and an end frame. Ops edit the base
+// image's entry list into the new one: keep n, skip n, insert entries
+// (length, zero flag, ID). An unchanged image is one keep op, so a version
+// costs bytes in proportion to what changed, not to the image size. A
+// sender that knows what this receiver acknowledged last offers against
+// it at once, before the base arrives; the receiver skips an offer against
+// another base than its own, and the sender offers again.
+//
+// The receiver rebuilds the indexes and computes the version's digest from
+// them and the header (repo.Version.Seal): an offer whose digest is not
+// its content's is refused (ErrDigestMismatch) before any chunk is asked
+// for.
 //
 // Both sides then list the distinct IDs of inserted data entries in order of
 // first appearance. The receiver answers with a want bitmap over that list
@@ -36,10 +57,18 @@
 // bandwidth cap. The receiver decompresses, verifies each chunk's BLAKE3
 // against its ID, and stores the good ones; a damaged chunk is refused and
 // asked for again in the next round (at most 3). When nothing is missing the
-// receiver syncs its store, writes the version's indexes and metadata to a
-// temporary directory, renames it into place and points CURRENT at it (the
-// commit), brings the materialized image files to the new version, and
-// answers committed. The sender then records the acknowledged version.
+// receiver syncs its store and commits the version (repo.Repo.Commit, with
+// the offer's lineage). When the set's current version is an ancestor of
+// it (a fast-forward), or the set has none, or the sender forced it, it
+// becomes current and the materialized image files are brought to it.
+// Otherwise both copies ran since their common base: the version is
+// stored but not made current (a divergence is never silently
+// overwritten), the receiver logs it, and the sender's Push returns an
+// error matching repo.ErrDiverged that says to push with force. A version
+// the receiver holds already changes nothing but may become current. The
+// receiver answers committed (the version's number there, its current
+// version's digest, whether it diverged); the sender records what the
+// peer acknowledged.
 //
 // Errors travel as codes in an error frame (errors.go), never as text. A
 // malformed frame also closes the connection with transport's protocol
@@ -88,21 +117,33 @@
 //
 // # Keeping versions
 //
-// With Receiver.Keep set, the receiver removes a set's versions older than
-// the newest Keep after each commit (never the current one, nor those its
-// image files are being moved between), and, at a moment when no push is
+// With Receiver.Keep (a repo.Policy: the newest N, the newest of each of the
+// last hours, days, weeks) set, the receiver removes the versions the
+// policy does not keep after each commit (never the current one, those its
+// image files are being moved between, nor the tip of a diverged copy),
+// and, at a moment when no push is
 // under way, drops from its store the chunks no remaining version refers
 // to (chunk.PackStore.Compact). A push interrupted before its commit and
 // resumed after such a collection sends again the chunks it had stored.
-// The sender's cache of acknowledged indexes keeps only the versions the
-// receivers last acknowledged.
+// The sender's repository keeps only its head of each set and the versions
+// the receivers last acknowledged.
+//
+// # Repositories of older ntc
+//
+// A receiver's directory in the layout ntc used before node repositories
+// (sets/SET/v000042/manifest.json and CURRENT) is converted when it is
+// opened: its versions, oldest first, each the parent of the next (node:
+// its sender; created: when it was received), keeping their numbers, and
+// the head is the old CURRENT. Each step can be done again, so a
+// conversion a crash cut short is finished at the next open. The sender's
+// older index cache (StateDir/indexes) is no longer read.
 //
 // # Files
 //
 // A repository's directories are 0700 and its files 0600: they hold guest
 // data. Its files are read only inside it (os.Root), never through a
 // symbolic link, and refused over a size before they are read (an index
-// file over what 1<<24 entries take, a manifest over 4 MiB, metadata over
+// file over what 1<<24 entries take, a version over 4 MiB, metadata over
 // 1 MiB).
 //
 // The package does not index images (chunk does), open connections

@@ -75,6 +75,12 @@ func (rp *rawPush) offerOps(t *testing.T, size int64, params chunk.Params, ops .
 	t.Helper()
 	o := offer{images: []offerImage{{name: "img", size: size, params: params}}}
 	o.digest = rawDigest(o, ops)
+	rp.offerRaw(t, o, ops...)
+}
+
+// offerRaw offers o with ops, as offerOps does.
+func (rp *rawPush) offerRaw(t *testing.T, o offer, ops ...[]op) {
+	t.Helper()
 	frames := [][]byte{o.encode()}
 	for _, o := range ops {
 		frames = append(frames, opsMsg{ops: o}.encode())

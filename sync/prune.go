@@ -16,7 +16,8 @@ const minDead = 0.5
 
 // prune thins the set's versions by policy p. It never removes the
 // current version, nor the versions the set's image files hold or are
-// being moved to (materializing needs both). The caller holds the set's
+// being moved to (materializing needs both), nor the tip of a copy that
+// diverged from the current version. The caller holds the set's
 // lock. It returns the versions removed, oldest first.
 func (r *Repo) prune(ctx context.Context, set string, p repo.Policy) ([]uint64, error) {
 	if p.IsZero() {
@@ -31,6 +32,15 @@ func (r *Repo) prune(ctx context.Context, set string, p repo.Policy) ([]uint64, 
 		return nil, err
 	}
 	st := r.readState(set)
+	// The tips of copies that ran apart stay until someone chooses.
+	tips := map[uint64]bool{}
+	div, err := r.nodes.Diverged(set)
+	if err != nil {
+		return nil, err
+	}
+	for _, v := range div {
+		tips[v.Seq] = true
+	}
 	created := make([]time.Time, len(vs))
 	for i, v := range vs {
 		created[i] = v.Created
@@ -38,7 +48,7 @@ func (r *Repo) prune(ctx context.Context, set string, p repo.Policy) ([]uint64, 
 	keep := p.Keep(created)
 	var removed []uint64
 	for i, v := range vs {
-		if keep[i] || (head != nil && v.Seq == head.Seq) || v.Seq == st.Version || v.Seq == st.Applying {
+		if keep[i] || tips[v.Seq] || (head != nil && v.Seq == head.Seq) || v.Seq == st.Version || v.Seq == st.Applying {
 			continue
 		}
 		if err := r.nodes.Remove(ctx, set, v.Seq); err != nil {

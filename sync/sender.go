@@ -134,16 +134,20 @@ func (s *Sender) Push(ctx context.Context, conn *transport.Conn, v *Version) (*R
 	if err := w.write(msgHello, hello{version: protocolVersion, set: v.Set}.encode()); err != nil {
 		return nil, ctxErr(ctx, err)
 	}
-	if err := w.write(msgCandidate, candidates{force: s.Force, digests: candidateDigests(nr, v.Set, lv)}.encode()); err != nil {
+	cands := candidateDigests(nr, v.Set, lv)
+	if err := w.write(msgCandidate, candidates{force: s.Force, digests: cands}.encode()); err != nil {
 		return nil, ctxErr(ctx, err)
 	}
 	// Offer at once against the version the receiver last acknowledged to
-	// this sender (or against nothing): when it is still the newest both
-	// hold, as it usually is, the offer costs no round trip of its own. A
-	// sender without a repository learns the receiver's head first.
+	// this sender (or against nothing, when the sender holds no other
+	// version of the set): when it is still the newest both hold, as it
+	// usually is, the offer costs no round trip of its own. Otherwise the
+	// receiver's answer names the base first: an offer of every entry
+	// would cost more than the round trip. A sender without a repository
+	// learns the receiver's head first.
 	var pre *prepared
-	if nr != nil {
-		assumed, assumedIdx := s.assumedBase(nr, conn.PeerID(), v.Set)
+	assumed, assumedIdx := s.assumedBase(nr, conn.PeerID(), v.Set)
+	if nr != nil && (assumedIdx != nil || len(cands) == 1) {
 		if pre, err = s.prepareOffer(nr, v, lv, assumed, assumedIdx); err != nil {
 			return nil, err
 		}

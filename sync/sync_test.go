@@ -45,6 +45,13 @@ func newPeersWith(t testing.TB, setup func(*Receiver)) *peers {
 	if setup != nil {
 		setup(rcv)
 	}
+	serveAll(t, l, rcv, func(err error) { p.errs <- err })
+	return p
+}
+
+// serveAll serves every connection l accepts with rcv until the test
+// ends, telling done how each ended.
+func serveAll(t testing.TB, l *transport.Listener, rcv *Receiver, done func(error)) {
 	ctx, cancel := context.WithCancel(context.Background())
 	var wg gosync.WaitGroup
 	wg.Go(func() {
@@ -54,13 +61,12 @@ func newPeersWith(t testing.TB, setup func(*Receiver)) *peers {
 				return
 			}
 			wg.Go(func() {
-				p.errs <- rcv.Serve(ctx, c)
+				done(rcv.Serve(ctx, c))
 				c.Close()
 			})
 		}
 	})
 	t.Cleanup(func() { cancel(); wg.Wait() })
-	return p
 }
 
 func (p *peers) push(t testing.TB, ctx context.Context, s *Sender, v *Version) (*Result, error) {
