@@ -500,3 +500,33 @@ func TestPolicyThinsVersions(t *testing.T) {
 		t.Fatalf("kept %v (removed %v), want %v", seqs, removed, want)
 	}
 }
+
+// TestOlderPeerIsToldToUpgrade: a sender of protocol 1 is refused with the
+// version error, which says to upgrade ntc on both sides.
+func TestOlderPeerIsToldToUpgrade(t *testing.T) {
+	p := newPeers(t)
+	c, err := transport.Dial(t.Context(), p.addr, p.client, p.srvID, transport.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	st, err := c.OpenStream(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	w, rd := newFrameWriter(st), newFrameReader(st)
+	if err := w.write(msgHello, hello{version: 1, set: "vm"}.encode()); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.flush(); err != nil {
+		t.Fatal(err)
+	}
+	typ, payload, err := rd.read()
+	if err != nil || typ != msgError {
+		t.Fatalf("answer to a protocol 1 hello: frame %d, %v", typ, err)
+	}
+	err = decodeError(payload)
+	if !errors.Is(err, ErrVersionMismatch) || !strings.Contains(err.Error(), "upgrade ntc on both sides") {
+		t.Fatalf("got %v, want %v", err, ErrVersionMismatch)
+	}
+}

@@ -27,7 +27,7 @@ func BenchmarkPush(b *testing.B) {
 		b.StopTimer()
 		p := newPeers(b)
 		b.StartTimer()
-		if _, err := p.push(b, b.Context(), &Sender{}, v); err != nil {
+		if _, err := p.push(b, b.Context(), &Sender{StateDir: b.TempDir()}, v); err != nil {
 			b.Fatal(err)
 		}
 	}
