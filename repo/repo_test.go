@@ -315,3 +315,63 @@ func FuzzVersionJSON(f *testing.F) {
 		}
 	})
 }
+
+// TestRemoveAndChosenNumbers: a version can be committed under a number
+// above the set's (never at or below it), removed unless it is the head,
+// and its lineage outlives it.
+func TestRemoveAndChosenNumbers(t *testing.T) {
+	r, err := Open(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	v1, idx1 := version(t, "vm", Digest{}, "office", 1)
+	if c, err := commit(t, r, v1, idx1, CommitOptions{Seq: 7}); err != nil || c.Version.Seq != 7 {
+		t.Fatalf("commit as 7: %v, %+v", err, c)
+	}
+	v2, idx2 := version(t, "vm", v1.Digest, "office", 2)
+	if _, err := commit(t, r, v2, idx2, CommitOptions{Seq: 7}); !errors.Is(err, ErrBadVersion) {
+		t.Fatalf("commit as 7 again: %v, want %v", err, ErrBadVersion)
+	}
+	if c, err := commit(t, r, v2, idx2, CommitOptions{}); err != nil || c.Version.Seq != 8 {
+		t.Fatalf("next commit: %v, %+v", err, c)
+	}
+	if err := r.Remove(t.Context(), "vm", 8); err == nil {
+		t.Fatal("the head was removed")
+	}
+	if err := r.Remove(t.Context(), "vm", 7); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.Remove(t.Context(), "vm", 7); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("removing it again: %v, want %v", err, ErrNotFound)
+	}
+	if seqs, _ := r.Seqs("vm"); !slices.Equal(seqs, []uint64{8}) {
+		t.Fatalf("versions after removal: %v", seqs)
+	}
+	if ok, err := r.isAncestor("vm", v1.Digest, v2.Digest); err != nil || !ok {
+		t.Fatalf("the removed version's lineage is gone: %v", err)
+	}
+}
+
+// TestVersionFileThroughALinkIsRefused: a repository's files are read
+// only as themselves, never through a symbolic link.
+func TestVersionFileThroughALinkIsRefused(t *testing.T) {
+	r, err := Open(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	v, idx := version(t, "vm", Digest{}, "office", 1)
+	if _, err := commit(t, r, v, idx, CommitOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	p := filepath.Join(r.versionDir("vm", 1), versionFile)
+	outside := filepath.Join(t.TempDir(), versionFile)
+	if err := os.Rename(p, outside); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(outside, p); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.Version("vm", 1); err == nil {
+		t.Fatal("a version read through a symbolic link")
+	}
+}

@@ -318,3 +318,41 @@ func TestParseRate(t *testing.T) {
 		}
 	}
 }
+
+// TestPushDivergedNeedsForce: a push whose lineage does not continue the
+// receiver's current version (another node's copy of the set) is stored
+// but not made current; push says so and how to choose, ls lists it, and
+// push --force makes it current.
+func TestPushDivergedNeedsForce(t *testing.T) {
+	office, laptop, home := newNode(t), newNode(t), newNode(t)
+	store := t.TempDir()
+	addr, _ := serve(t, home, store, office.id, laptop.id)
+	dir1, dir2 := t.TempDir(), t.TempDir()
+	img1, img2 := filepath.Join(dir1, "disk.img"), filepath.Join(dir2, "disk.img")
+	data1 := randomFile(t, img1, 2<<20, 21)
+	data2 := randomFile(t, img2, 2<<20, 22)
+	if _, err := push(t, t.Context(), office, addr, home.id, img1); err != nil {
+		t.Fatal(err)
+	}
+	_, err := push(t, t.Context(), laptop, addr, home.id, img2)
+	if err == nil || !strings.Contains(err.Error(), "diverged") || !strings.Contains(err.Error(), "--force") {
+		t.Fatalf("push of another copy: %v; want it refused as diverged, with what to do", err)
+	}
+	if got, _ := os.ReadFile(filepath.Join(store, "sets", "disk.img", "images", "disk.img")); !bytes.Equal(got, data1) {
+		t.Fatal("the diverged push replaced the current version's image")
+	}
+	code, out, _ := ntc(t, t.Context(), "ls", "--store", store)
+	if code != 0 || !strings.Contains(out, "2 versions") || !strings.Contains(out, "v2 diverged") {
+		t.Fatalf("ls after the divergence: exit %d\n%s", code, out)
+	}
+	res, err := push(t, t.Context(), laptop, addr, home.id, "--force", img2)
+	if err != nil || res.Version != 2 || res.ChunksSent != 0 {
+		t.Fatalf("forced push: %v, %+v", err, res)
+	}
+	if got, _ := os.ReadFile(filepath.Join(store, "sets", "disk.img", "images", "disk.img")); !bytes.Equal(got, data2) {
+		t.Fatal("the forced version's image is not materialized")
+	}
+	if code, out, _ := ntc(t, t.Context(), "ls", "--store", store); code != 0 || !strings.Contains(out, "current v2") || !strings.Contains(out, "v1 diverged") {
+		t.Fatalf("ls after force: exit %d\n%s", code, out)
+	}
+}
