@@ -12,6 +12,7 @@ import (
 	"testing"
 
 	"github.com/ntc-project/ntc/capture"
+	"github.com/ntc-project/ntc/repo"
 	ntcsync "github.com/ntc-project/ntc/sync"
 	"github.com/ntc-project/ntc/transport"
 )
@@ -35,6 +36,7 @@ func TestReplicatePushClassify(t *testing.T) {
 		{"receiver gone", fmt.Errorf("x: %w", &transport.WireError{Code: transport.CodeShuttingDown, Remote: true}), false, ""},
 		{"timeout", context.DeadlineExceeded, false, ""},
 		{"disk full there", &ntcsync.RemoteError{Code: 6}, false, ""},
+		{"diverged", fmt.Errorf("x: %w", repo.ErrDiverged), true, "--force"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			got := p.classify(tc.err)

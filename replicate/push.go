@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 
+	"github.com/ntc-project/ntc/repo"
 	ntcsync "github.com/ntc-project/ntc/sync"
 	"github.com/ntc-project/ntc/transport"
 )
@@ -74,6 +75,9 @@ func (p *Push) classify(err error) error {
 	case errors.Is(err, transport.ErrVersionMismatch), errors.Is(err, ntcsync.ErrVersionMismatch),
 		errors.Is(err, ntcsync.ErrBadName), errors.Is(err, ntcsync.ErrBadChunks):
 		return Permanent(err)
+	case errors.Is(err, repo.ErrDiverged):
+		// Pushing again changes nothing until someone chooses.
+		return Permanent(fmt.Errorf("%w (the receiver's copy of %s ran on apart from this one: stop it there, or push this one with 'ntc push --force')", err, p.Set))
 	}
 	return err
 }
