@@ -530,3 +530,32 @@ func TestOlderPeerIsToldToUpgrade(t *testing.T) {
 		t.Fatalf("got %v, want %v", err, ErrVersionMismatch)
 	}
 }
+
+// TestSenderWithoutHistoryContinuesItsOwn: a sender that lost its
+// repository (or an ntc upgraded from before lineage) pushes the set again:
+// its version names no parent, yet it follows the current version the same
+// node made, so it becomes current; another node's is still a divergence.
+func TestSenderWithoutHistoryContinuesItsOwn(t *testing.T) {
+	a, b, home := newNode(t), newNode(t), newNode(t)
+	home.serve(t, a)
+	other := &node{id: home.id, repo: home.repo}
+	other.serve(t, b)
+	r := rand.New(rand.NewPCG(31, 31))
+	const set = "vm"
+	d1 := randomData(r, 1<<20)
+	if _, _, err := a.push(t, home, imageVersion(t, set, map[string][]byte{"disk": d1})); err != nil {
+		t.Fatal(err)
+	}
+	a.sender = &Sender{StateDir: t.TempDir(), Node: a.id.ID().String()} // A's state is gone
+	d2 := changeOnePercent(t, r, d1)
+	res, _, err := a.push(t, home, imageVersion(t, set, map[string][]byte{"disk": d2}))
+	if err != nil || res.Diverged || res.Head != res.Digest {
+		t.Fatalf("A again, without its history: %v, %+v; want it current", err, res)
+	}
+	assertMaterialized(t, home.repo, set, map[string][]byte{"disk": d2})
+	_, _, err = b.push(t, other, imageVersion(t, set, map[string][]byte{"disk": changeOnePercent(t, r, d1)}))
+	if !errors.Is(err, repo.ErrDiverged) {
+		t.Fatalf("B, another node without history: %v; want a divergence", err)
+	}
+	assertMaterialized(t, home.repo, set, map[string][]byte{"disk": d2})
+}

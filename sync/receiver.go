@@ -581,7 +581,8 @@ func (r *Receiver) serve(ctx context.Context, cancel context.CancelFunc, conn *t
 		}
 	}
 	tSync := time.Since(t0)
-	c, err := r.Repo.nodes.Commit(ctx, v, in.index, in.offer.meta, repo.CommitOptions{Force: cands.force, Lineage: in.offer.links})
+	force := cands.force || r.continuesOwn(h.set, v, conn.PeerID())
+	c, err := r.Repo.nodes.Commit(ctx, v, in.index, in.offer.meta, repo.CommitOptions{Force: force, Lineage: in.offer.links})
 	diverged := errors.Is(err, repo.ErrDiverged)
 	if err != nil && !diverged {
 		return err
@@ -936,4 +937,18 @@ func baseName(v *repo.Version) string {
 		return "none"
 	}
 	return fmt.Sprintf("v%d %s", v.Seq, v.Digest.Short())
+}
+
+// continuesOwn reports whether v, from peer, continues versions that peer
+// made itself although v names no parent: a sender that knows no history
+// of the set (its repository is new: an upgraded ntc, a lost state
+// directory) pushing again what it pushed before. Such a version follows
+// the current one when that one is the same node's: nothing else ran on
+// the set since. Another node's current version is never replaced so.
+func (r *Receiver) continuesOwn(set string, v *repo.Version, peer transport.ID) bool {
+	if !v.Parent.IsZero() || v.Node != peer.String() {
+		return false
+	}
+	head, err := r.Repo.nodes.Head(set)
+	return err == nil && head != nil && head.Node == v.Node
 }
