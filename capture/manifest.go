@@ -9,6 +9,8 @@ import (
 	"os"
 	"strings"
 	"syscall"
+
+	"github.com/ntc-project/ntc/repo"
 )
 
 // Bounds on what a checkpoint's files may declare: a manifest or stream
@@ -17,7 +19,6 @@ const (
 	MaxManifestBytes          = 1 << 20
 	MaxStreamDescriptionBytes = 16 << 20
 	MaxDeviceStateBytes       = 64 << 20
-	maxNameLen                = 128
 	maxImageBytes             = 1 << 46 // 64 TiB: a disk or RAM block
 )
 
@@ -35,17 +36,8 @@ var (
 // changes files): 1 to 128 letters, digits, '.', '_', '-' and '+', not
 // starting with '.'. No separator, no "..": a name stays in its directory.
 func CheckName(s string) error {
-	if s == "" || len(s) > maxNameLen {
-		return fmt.Errorf("%w: name %q: want 1 to %d characters", ErrBadManifest, s, maxNameLen)
-	}
-	if s[0] == '.' {
-		return fmt.Errorf("%w: name %q must not start with '.'", ErrBadManifest, s)
-	}
-	for _, c := range s {
-		ok := c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '.' || c == '_' || c == '-' || c == '+'
-		if !ok {
-			return fmt.Errorf("%w: name %q: only letters, digits, '.', '_', '-' and '+' are allowed", ErrBadManifest, s)
-		}
+	if err := repo.CheckName(s); err != nil {
+		return fmt.Errorf("%w: %w", ErrBadManifest, err)
 	}
 	return nil
 }

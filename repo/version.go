@@ -192,7 +192,8 @@ func (v *Version) Image(name string) (Image, bool) {
 	return Image{}, false
 }
 
-const maxName = 128
+// MaxName is the longest set or image name.
+const MaxName = 128
 
 // ErrBadName reports a set or image name that could escape its directory or
 // is otherwise unusable as a file name.
@@ -201,8 +202,8 @@ var ErrBadName = errors.New("bad name")
 // CheckName accepts names of 1 to 128 letters, digits, '.', '_', '-' and
 // '+', not starting with '.': no path separators, no "..".
 func CheckName(s string) error {
-	if s == "" || len(s) > maxName {
-		return fmt.Errorf("%w %.140q: want 1 to %d characters", ErrBadName, s, maxName)
+	if s == "" || len(s) > MaxName {
+		return fmt.Errorf("%w %.140q: want 1 to %d characters", ErrBadName, s, MaxName)
 	}
 	if s[0] == '.' {
 		return fmt.Errorf("%w %q: must not start with '.'", ErrBadName, s)
