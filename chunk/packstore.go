@@ -282,20 +282,7 @@ func (s *PackStore) Get(ctx context.Context, id ID) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	where := fmt.Sprintf("%s at %d", name, loc.off)
-	data := buf
-	if loc.codec == codecZstd {
-		var err error
-		if data, err = s.dec.DecodeAll(buf, nil); err != nil {
-			return nil, &InvalidChunkError{ID: id, Where: where + ": " + err.Error()}
-		}
-	} else if loc.codec != codecRaw {
-		return nil, &InvalidChunkError{ID: id, Where: fmt.Sprintf("%s: unknown codec %d", where, loc.codec)}
-	}
-	if err := Verify(id, data, where); err != nil {
-		return nil, err
-	}
-	return data, nil
+	return Decompress(s.dec, id, loc.codec, buf, fmt.Sprintf("%s at %d", name, loc.off))
 }
 
 // readRecord reads the payload of a chunk's record.
