@@ -44,6 +44,9 @@ func dial(ctx context.Context, addr string, tlsConf *tls.Config, resetKey *quic.
 		if mismatch, ok := errors.AsType[*PeerMismatchError](err); ok {
 			err = mismatch // the TLS alert it caused adds nothing for a reader
 		}
+		if errors.As(err, new(*quic.IdleTimeoutError)) || errors.As(err, new(*quic.HandshakeTimeoutError)) {
+			err = fmt.Errorf("%w (%w)", ErrNoAnswer, err)
+		}
 		return nil, fmt.Errorf("dial %s: %w", addr, errors.Join(MapError(err), tr.Close(), udp.Close()))
 	}
 	c, err := newConn(qc, bufs)

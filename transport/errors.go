@@ -36,6 +36,9 @@ var (
 	ErrProtocol        = errors.New("protocol violation")
 	ErrVersionMismatch = errors.New("protocol version mismatch")
 	ErrConnLimit       = errors.New("too many connections from this peer")
+	// ErrNoAnswer: nothing answered the handshake (nothing listens at the
+	// address, or UDP does not get through).
+	ErrNoAnswer = errors.New("no answer from the peer")
 )
 
 // wireCodes is the one table between codes and conditions. [CodeOf] takes

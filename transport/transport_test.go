@@ -11,6 +11,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/quic-go/quic-go"
 	"golang.org/x/sync/errgroup"
@@ -431,4 +432,20 @@ func TestUDPBuffersReported(t *testing.T) {
 		t.Fatalf("UDPBuffers() = %+v, want the sizes", b)
 	}
 	t.Logf("UDP buffers: %+v, sufficient: %v", b, b.Sufficient())
+}
+
+// TestDialNothingListening: a handshake nobody answers ends with
+// ErrNoAnswer (nothing listens there, or UDP does not get through), which
+// callers turn into advice, not quic-go's "no recent network activity".
+func TestDialNothingListening(t *testing.T) {
+	udp, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer udp.Close() // a port that takes datagrams and never answers
+	id, peer := transporttest.Identity(t), transporttest.Identity(t)
+	_, err = transport.Dial(t.Context(), udp.LocalAddr().String(), id, peer.ID(), transport.Config{HandshakeTimeout: 300 * time.Millisecond})
+	if !errors.Is(err, transport.ErrNoAnswer) {
+		t.Fatalf("dial of a port that never answers: %v, want ErrNoAnswer", err)
+	}
 }

@@ -246,6 +246,9 @@ func runPush(ctx context.Context, g *globals, o pushOptions, paths []string) err
 	d := <-dch
 	dch <- d // for the deferred close
 	if d.err != nil {
+		if errors.Is(d.err, transport.ErrNoAnswer) {
+			return fmt.Errorf("connect to %s: %w: check that 'ntc serve' runs there and listens on that port, and that UDP gets through (a firewall)", o.to, d.err)
+		}
 		return fmt.Errorf("connect to %s: %w", o.to, d.err)
 	}
 	conn := d.conn
