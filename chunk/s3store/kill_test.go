@@ -105,7 +105,7 @@ func runKilledChild(t *testing.T, tb *testBed, cfg Config, stage string) {
 func countObjects(t testing.TB, s *Store, dir string) int {
 	t.Helper()
 	n := 0
-	if err := s.b.list(t.Context(), dir, func(string, int64) error { n++; return nil }); err != nil {
+	if err := s.b.list(t.Context(), dir, func(object) error { n++; return nil }); err != nil {
 		t.Fatal(err)
 	}
 	return n

@@ -391,8 +391,9 @@ func TestDamagedListing(t *testing.T) {
 	var cnt s3test.Counter
 	cfg.Transport = &cnt
 	checkAll(t, tb.open(t, cfg), chunks, true)
-	// The LIST, the listing, the pack (for the listing), the chunks.
-	if got, want := cnt.Count(http.MethodGet), 3+len(chunks); got != want {
+	// The collection state, the LIST, the listing, the pack (for the
+	// listing), the chunks.
+	if got, want := cnt.Count(http.MethodGet), 4+len(chunks); got != want {
 		t.Fatalf("%d GETs, want %d: the listing was not rebuilt from its pack", got, want)
 	}
 }
@@ -426,7 +427,7 @@ func TestCache(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	opened := cnt.Count(http.MethodGet) // the LIST and one listing
+	opened := cnt.Count(http.MethodGet) // the collection state, the LIST and one listing
 	checkAll(t, r, chunks, true)
 	if got := cnt.Count(http.MethodGet) - opened; got != len(chunks) {
 		t.Fatalf("first reads: %d GETs for %d chunks", got, len(chunks))
@@ -443,8 +444,8 @@ func TestCache(t *testing.T) {
 	before = cnt.Total()
 	r2 := tb.open(t, cfg)
 	checkAll(t, r2, chunks, true)
-	if got := cnt.Total() - before; got != 1 {
-		t.Fatalf("reopened on the cache: %d requests, want 1 (the LIST)", got)
+	if got := cnt.Total() - before; got != 2 {
+		t.Fatalf("reopened on the cache: %d requests, want 2 (the collection state, the LIST)", got)
 	}
 	if err := r2.Close(); err != nil {
 		t.Fatal(err)

@@ -1,0 +1,493 @@
+package s3store
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"slices"
+	"time"
+
+	"github.com/ntc-project/ntc/chunk"
+)
+
+// Garbage collection while other writers write.
+//
+// What is live is the repository's business (the chunks its kept versions
+// use); which packs may go, and when, is the store's. The rule:
+//
+//  1. Condemn: a collection reads the server's clock, the repository marks
+//     what is live, and every pack whose listing is older than the clock
+//     minus a minimum age and none of whose chunks is live is condemned:
+//     written into the collection state (PREFIX/gc/state, replaced only by
+//     compare-and-swap). The minimum age spares the packs of pushes under
+//     way, whose versions are not committed yet.
+//  2. Barrier: the repository makes every commit that has not yet landed
+//     re-read the collection state before it lands (it moves every set's
+//     head with a compare-and-swap: a commit that read a head before that
+//     fails its own swap and starts again).
+//  3. Re-mark and sweep: the repository marks again, and the packs still
+//     condemned with no live chunk are moved, with one compare-and-swap, to
+//     "deleting" (the epoch goes up: every store that sees it rebuilds its
+//     map), then deleted (listing first), then dropped from the state.
+//
+// A commit calls Ensure after reading the head it will swap and before
+// swapping it: Ensure reads the collection state; a chunk the commit uses
+// that lies in a condemned pack revives the pack (a compare-and-swap that
+// takes it out of the condemned list, which wins or loses against step 3's
+// as a whole); a chunk in a pack being deleted or gone is missing, and the
+// commit fails with a *MissingError instead of landing (its caller stores
+// those chunks again and retries). Why nothing is lost: take a commit C
+// that uses a chunk of pack P, condemned in step 1. If C's swap lands
+// before step 2 swaps C's set, step 3 marks C's chunks and spares P. If
+// after, C read its head after step 2 (or its swap would fail), so after
+// step 1, and its Ensure saw P condemned: it revived P, or found it
+// doomed and did not land. A set created after step 2 listed the sets is
+// read, by the same argument, after step 1. A pack not condemned in
+// step 1 is not deleted in this collection.
+//
+// One collection runs at a time on a bucket (the caller sees to it); any
+// number of writers and readers may run meanwhile.
+
+const (
+	gcStateName = "state"    // gc/state
+	clockKey    = "gc/clock" // written to read the server's clock
+	// maxGCStateLen bounds the state: about 900 k pack names.
+	maxGCStateLen = 64 << 20
+)
+
+// gcView is the collection state as a store knows it.
+type gcView struct {
+	epoch     uint64 // goes up whenever packs start being deleted
+	condemned map[packName]bool
+	deleting  map[packName]bool
+}
+
+// gcJSON is the state's encoding.
+type gcJSON struct {
+	Epoch     uint64   `json:"epoch"`
+	Condemned []string `json:"condemned"`
+	Deleting  []string `json:"deleting"`
+	// Write is unique to each write, as Refs.Update needs.
+	Write string `json:"write"`
+}
+
+func emptyGC() gcView {
+	return gcView{condemned: map[packName]bool{}, deleting: map[packName]bool{}}
+}
+
+var errBadGCState = errors.New("damaged collection state")
+
+// decodeGC reads the collection state; every name in it is a pack name.
+func decodeGC(b []byte) (gcView, error) {
+	var j gcJSON
+	if err := json.Unmarshal(b, &j); err != nil {
+		return gcView{}, fmt.Errorf("%w: %w", errBadGCState, err)
+	}
+	v := emptyGC()
+	v.epoch = j.Epoch
+	for _, l := range []struct {
+		names []string
+		set   map[packName]bool
+	}{{j.Condemned, v.condemned}, {j.Deleting, v.deleting}} {
+		for _, s := range l.names {
+			n, ok := parsePackName(s)
+			if !ok {
+				return gcView{}, fmt.Errorf("%w: pack name %.80q", errBadGCState, s)
+			}
+			l.set[n] = true
+		}
+	}
+	return v, nil
+}
+
+func (v gcView) encode() []byte {
+	var nonce [8]byte
+	rand.Read(nonce[:])
+	j := gcJSON{Epoch: v.epoch, Condemned: sortedNames(v.condemned), Deleting: sortedNames(v.deleting), Write: hex.EncodeToString(nonce[:])}
+	b, err := json.Marshal(j)
+	if err != nil {
+		panic(err) // strings and a number
+	}
+	return b
+}
+
+func sortedNames(set map[packName]bool) []string {
+	out := make([]string, 0, len(set))
+	for n := range set {
+		out = append(out, n.String())
+	}
+	slices.Sort(out)
+	return out
+}
+
+func (s *Store) gcRefs() *Refs { return &Refs{b: s.b, dir: "gc/", limit: maxGCStateLen} }
+
+// readGC reads the collection state; none is an empty one.
+func (s *Store) readGC(ctx context.Context) (gcView, error) {
+	r, err := s.gcRefs().Read(ctx, gcStateName)
+	if errors.Is(err, ErrNotFound) {
+		return emptyGC(), nil
+	}
+	if err != nil {
+		return gcView{}, fmt.Errorf("collection state: %w", err)
+	}
+	return decodeGC(r.Data)
+}
+
+// errUnchanged ends an updateGC that has nothing to write.
+var errUnchanged = errors.New("unchanged")
+
+// updateGC replaces the collection state with what change makes of it, by
+// compare-and-swap (Refs.Update); change may run several times, and
+// errUnchanged from it writes nothing.
+func (s *Store) updateGC(ctx context.Context, change func(v *gcView) error) error {
+	_, err := s.gcRefs().Update(ctx, gcStateName, func(cur []byte, exists bool) ([]byte, error) {
+		v := emptyGC()
+		if exists {
+			var err error
+			if v, err = decodeGC(cur); err != nil {
+				return nil, err
+			}
+		}
+		if err := change(&v); err != nil {
+			return nil, err
+		}
+		return v.encode(), nil
+	})
+	if errors.Is(err, errUnchanged) {
+		return nil
+	}
+	return err
+}
+
+// applyGC takes v as the store's view of the collection and reports
+// whether the map must be built again (packs were deleted since it was).
+func (s *Store) applyGC(v gcView) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.condemned, s.deleting = v.condemned, v.deleting
+	return v.epoch != s.gcEpoch
+}
+
+// rebuild builds the map again from the listings there are now, without
+// the packs v says are being deleted.
+func (s *Store) rebuild(ctx context.Context, v gcView) error {
+	s.rebuildMu.Lock()
+	defer s.rebuildMu.Unlock()
+	var recent []addedPack
+	s.mu.Lock()
+	s.recent = &recent
+	s.mu.Unlock()
+	defer func() {
+		s.mu.Lock()
+		s.recent = nil
+		s.mu.Unlock()
+	}()
+	names, err := s.listPacks(ctx, v, func(packName) bool { return true })
+	if err != nil {
+		return err
+	}
+	m := newPackMap()
+	for _, n := range names {
+		recs, err := s.readListing(ctx, n)
+		if errors.Is(err, ErrNotFound) {
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		m.add(n, recs)
+	}
+	s.mu.Lock()
+	for _, p := range recent {
+		if !v.deleting[p.name] {
+			m.add(p.name, p.recs)
+		}
+	}
+	s.packMap, s.gcEpoch = m, v.epoch
+	s.mu.Unlock()
+	return nil
+}
+
+// MissingError reports chunks a commit uses that the store does not hold
+// (or holds only in packs a collection is deleting): store them again,
+// then commit again.
+type MissingError struct {
+	IDs []chunk.ID
+}
+
+func (e *MissingError) Error() string {
+	return fmt.Sprintf("%d chunks are not in the store (first %s): store them again", len(e.IDs), e.IDs[0].Short())
+}
+
+// Unwrap makes a MissingError a chunk.ErrChunkMissing.
+func (e *MissingError) Unwrap() error { return chunk.ErrChunkMissing }
+
+// Ensure uploads what is pending (Sync), then makes sure that every chunk
+// of ids is stored and will not be collected by a collection under way:
+// packs a collection condemned that hold them are revived. A chunk that is
+// not stored, or only in a pack being deleted, makes a *MissingError.
+//
+// A commit calls it after reading the ref it will swap and before the
+// swap; that order is what makes collections safe (see gc.go).
+func (s *Store) Ensure(ctx context.Context, ids []chunk.ID) error {
+	if err := s.Sync(ctx); err != nil {
+		return err
+	}
+	v, err := s.readGC(ctx)
+	if err != nil {
+		return fmt.Errorf("ensure chunks: %w", err)
+	}
+	if s.applyGC(v) {
+		if err := s.rebuild(ctx, v); err != nil {
+			return fmt.Errorf("ensure chunks: %w", err)
+		}
+	}
+	missing, used := s.classify(ids)
+	if len(missing) > 0 {
+		// Other writers' packs, stored since the map was read.
+		if err := s.Refresh(ctx); err != nil {
+			return fmt.Errorf("ensure chunks: %w", err)
+		}
+		missing, used = s.classify(ids)
+	}
+	if len(used) > 0 {
+		if err := s.revive(ctx, used); err != nil {
+			return fmt.Errorf("ensure chunks: %w", err)
+		}
+		missing, _ = s.classify(ids)
+	}
+	if len(missing) > 0 {
+		return fmt.Errorf("ensure chunks in %s: %w", s.URL(), &MissingError{IDs: missing})
+	}
+	return nil
+}
+
+// classify returns the chunks of ids not stored, and the condemned packs
+// holding the others.
+func (s *Store) classify(ids []chunk.ID) (missing []chunk.ID, condemned map[packName]bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	condemned = map[packName]bool{}
+	for _, id := range ids {
+		l, ok := s.lookupLocked(id)
+		if !ok {
+			if !slices.Contains(missing, id) {
+				missing = append(missing, id)
+			}
+			continue
+		}
+		if n := s.names[l.pack]; s.condemned[n] {
+			condemned[n] = true
+		}
+	}
+	return missing, condemned
+}
+
+// revive takes packs out of the condemned list, unless a collection has
+// begun deleting them; then reads the state again.
+func (s *Store) revive(ctx context.Context, packs map[packName]bool) error {
+	err := s.updateGC(ctx, func(v *gcView) error {
+		changed := false
+		for p := range packs {
+			if v.condemned[p] {
+				delete(v.condemned, p)
+				changed = true
+			}
+		}
+		if !changed {
+			return errUnchanged
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("revive condemned packs: %w", err)
+	}
+	v, err := s.readGC(ctx)
+	if err != nil {
+		return err
+	}
+	if s.applyGC(v) {
+		return s.rebuild(ctx, v)
+	}
+	return nil
+}
+
+// serverNow returns the server's clock: the time it stamps on an object
+// written now. Ages of objects are compared with it, never with this
+// machine's clock.
+func (s *Store) serverNow(ctx context.Context) (time.Time, error) {
+	if err := s.b.put(ctx, clockKey, nil); err != nil {
+		return time.Time{}, err
+	}
+	var now time.Time
+	err := s.b.list(ctx, clockKey, func(o object) error {
+		if o.name == "" {
+			now = o.modified
+		}
+		return nil
+	})
+	if err == nil && now.IsZero() {
+		err = fmt.Errorf("read the server's clock: %s not listed after it was written", s.b.url(clockKey))
+	}
+	return now, err
+}
+
+// Collection is a collection begun by Condemn and ended by Sweep.
+type Collection struct {
+	// Clock is the server's time when it began.
+	Clock time.Time
+	recs  map[packName][]record // of the packs condemned
+}
+
+// CollectStats says what a collection did.
+type CollectStats struct {
+	Packs       int   // packs listed when it began
+	Condemned   int   // packs condemned (step 1)
+	Spared      int   // of those, packs a commit used since (revived, or live at the re-mark)
+	Deleted     int   // packs deleted (with their listings), counting leftovers of a collection cut short
+	BytesFreed  int64 // pack bytes deleted
+	DeadChunks  int   // chunks deleted
+	Uncollected int   // packs with no live chunk kept for being younger than the minimum age
+}
+
+// Condemn begins a collection (step 1 of the rule in gc.go): it condemns
+// every pack whose listing is older than the server's clock minus minAge
+// and none of whose chunks live reports live. The caller then runs its
+// barrier, marks again and calls Sweep. live is called with the store's
+// lock not held.
+func (s *Store) Condemn(ctx context.Context, live func(chunk.ID) bool, minAge time.Duration) (*Collection, CollectStats, error) {
+	var st CollectStats
+	clock, err := s.serverNow(ctx)
+	if err != nil {
+		return nil, st, fmt.Errorf("collect %s: %w", s.URL(), err)
+	}
+	v, err := s.readGC(ctx)
+	if err != nil {
+		return nil, st, fmt.Errorf("collect %s: %w", s.URL(), err)
+	}
+	c := &Collection{Clock: clock, recs: map[packName][]record{}}
+	young := map[packName]bool{}
+	var names []packName
+	err = s.b.list(ctx, "index/", func(o object) error {
+		n, ok := parsePackName(o.name)
+		if !ok || v.deleting[n] {
+			return nil
+		}
+		names = append(names, n)
+		young[n] = !o.modified.Before(clock.Add(-minAge))
+		return nil
+	})
+	if err != nil {
+		return nil, st, fmt.Errorf("collect %s: %w", s.URL(), err)
+	}
+	st.Packs = len(names)
+	for _, n := range names {
+		recs, err := s.readListing(ctx, n)
+		if err != nil {
+			return nil, st, fmt.Errorf("collect %s: %w", s.URL(), err)
+		}
+		switch {
+		case anyLive(recs, live):
+		case young[n]:
+			st.Uncollected++
+		default:
+			c.recs[n] = recs
+		}
+	}
+	st.Condemned = len(c.recs)
+	err = s.updateGC(ctx, func(v *gcView) error {
+		v.condemned = map[packName]bool{}
+		for n := range c.recs {
+			if !v.deleting[n] {
+				v.condemned[n] = true
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, st, fmt.Errorf("collect %s: condemn %d packs: %w", s.URL(), len(c.recs), err)
+	}
+	return c, st, nil
+}
+
+func anyLive(recs []record, live func(chunk.ID) bool) bool {
+	for _, r := range recs {
+		if live(r.id) {
+			return true
+		}
+	}
+	return false
+}
+
+// Sweep ends a collection (step 3 of the rule in gc.go), after the
+// caller's barrier: live must now report what the repository holds after
+// the barrier. The packs still condemned that hold no live chunk are
+// deleted; the others are condemned no more.
+func (s *Store) Sweep(ctx context.Context, c *Collection, live func(chunk.ID) bool, st CollectStats) (CollectStats, error) {
+	var deleting []packName
+	err := s.updateGC(ctx, func(v *gcView) error {
+		doomed := 0
+		for n := range v.condemned {
+			recs, ok := c.recs[n]
+			if ok && !anyLive(recs, live) {
+				v.deleting[n] = true
+				doomed++
+			}
+		}
+		st.Spared = st.Condemned - doomed
+		v.condemned = map[packName]bool{}
+		if len(v.deleting) > 0 {
+			v.epoch++
+		}
+		deleting = slices.Collect(func(yield func(packName) bool) {
+			for n := range v.deleting {
+				if !yield(n) {
+					return
+				}
+			}
+		})
+		return nil
+	})
+	if err != nil {
+		return st, fmt.Errorf("collect %s: %w", s.URL(), err)
+	}
+	sizes := map[packName]int64{}
+	if err := s.b.list(ctx, "packs/", func(o object) error {
+		if n, ok := parsePackName(o.name); ok {
+			sizes[n] = o.size
+		}
+		return nil
+	}); err != nil {
+		return st, fmt.Errorf("collect %s: %w", s.URL(), err)
+	}
+	deleted := map[packName]bool{}
+	for _, n := range deleting {
+		if err := s.b.remove(ctx, listingKey(n)); err != nil {
+			return st, fmt.Errorf("collect %s: %w", s.URL(), err)
+		}
+		if err := s.b.remove(ctx, packKey(n)); err != nil {
+			return st, fmt.Errorf("collect %s: %w", s.URL(), err)
+		}
+		deleted[n] = true
+		st.Deleted++
+		st.BytesFreed += sizes[n]
+		st.DeadChunks += len(c.recs[n])
+	}
+	err = s.updateGC(ctx, func(v *gcView) error {
+		for n := range deleted {
+			delete(v.deleting, n)
+		}
+		return nil
+	})
+	if err != nil {
+		return st, fmt.Errorf("collect %s: %w", s.URL(), err)
+	}
+	if err := s.Refresh(ctx); err != nil {
+		return st, err
+	}
+	return st, nil
+}
