@@ -316,10 +316,10 @@ func (s *Store) revive(ctx context.Context, packs map[packName]bool) error {
 	return nil
 }
 
-// serverNow returns the server's clock: the time it stamps on an object
-// written now. Ages of objects are compared with it, never with this
-// machine's clock.
-func (s *Store) serverNow(ctx context.Context) (time.Time, error) {
+// Clock returns the server's clock: the time it stamps on an object
+// written now (S3 stamps whole seconds). Ages of objects are compared
+// with it, never with this machine's clock.
+func (s *Store) Clock(ctx context.Context) (time.Time, error) {
 	if err := s.b.put(ctx, clockKey, nil); err != nil {
 		return time.Time{}, err
 	}
@@ -361,7 +361,7 @@ type CollectStats struct {
 // lock not held.
 func (s *Store) Condemn(ctx context.Context, live func(chunk.ID) bool, minAge time.Duration) (*Collection, CollectStats, error) {
 	var st CollectStats
-	clock, err := s.serverNow(ctx)
+	clock, err := s.Clock(ctx)
 	if err != nil {
 		return nil, st, fmt.Errorf("collect %s: %w", s.URL(), err)
 	}

@@ -55,20 +55,20 @@ func (r *Refs) List(ctx context.Context, dir string, fn func(name string) error)
 	})
 }
 
-// checkRefName allows names of segments [A-Za-z0-9][A-Za-z0-9._-]*
-// separated by "/", at most 256 bytes: nothing that could climb out of
-// refs/.
+// checkRefName allows names of segments of letters, digits and . _ - +,
+// not starting with '.', separated by "/", at most 256 bytes: nothing
+// that could climb out of refs/.
 func checkRefName(name string) error {
 	if name == "" || len(name) > 256 {
 		return fmt.Errorf("ref name %q: want 1 to 256 characters", name)
 	}
 	for _, seg := range strings.Split(name, "/") {
-		if seg == "" || !isAlnum(seg[0]) {
-			return fmt.Errorf("ref name %q: each part must start with a letter or digit", name)
+		if seg == "" || seg[0] == '.' {
+			return fmt.Errorf("ref name %q: empty part, or one starting with '.'", name)
 		}
 		for i := 0; i < len(seg); i++ {
-			if c := seg[i]; !isAlnum(c) && c != '.' && c != '_' && c != '-' {
-				return fmt.Errorf("ref name %q: only letters, digits, . _ - and /", name)
+			if c := seg[i]; !isAlnum(c) && c != '.' && c != '_' && c != '-' && c != '+' {
+				return fmt.Errorf("ref name %q: only letters, digits, . _ - + and /", name)
 			}
 		}
 	}

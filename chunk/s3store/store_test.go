@@ -316,7 +316,7 @@ func TestRefNames(t *testing.T) {
 		name string
 		ok   bool
 	}{
-		{"head", true}, {"sets/vm-1/head.v2", true}, {"A_b", true},
+		{"head", true}, {"sets/vm-1/head.v2", true}, {"A_b", true}, {"_x+y", true}, {"-a", true},
 		{"", false}, {"../x", false}, {"a/../b", false}, {"/a", false}, {"a/", false},
 		{"a//b", false}, {".hidden", false}, {"a b", false}, {"a\\b", false}, {string(make([]byte, 257)), false},
 	} {
