@@ -49,10 +49,12 @@ func (s *Sets) Collect(ctx context.Context, opt CollectOptions) (CollectStats, e
 	if err != nil {
 		return st, err
 	}
+	s.at("condemned")
 	heads, err = s.barrier(ctx)
 	if err != nil {
 		return st, err
 	}
+	s.at("barrier")
 	live, err = m.mark(ctx, heads)
 	if err != nil {
 		return st, err

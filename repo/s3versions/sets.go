@@ -18,6 +18,16 @@ type Sets struct {
 	store *s3store.Store
 	refs  *s3store.Refs
 	blobs *s3store.Blobs
+	// hook, if set, is called at the points where tests interleave a
+	// commit and a collection: "ensured" (a commit's chunks checked, its
+	// head not swapped yet), "condemned" and "barrier" (a collection's).
+	hook func(point string)
+}
+
+func (s *Sets) at(point string) {
+	if s.hook != nil {
+		s.hook(point)
+	}
 }
 
 // New returns the sets kept in store's bucket and prefix.
@@ -142,6 +152,7 @@ func (s *Sets) Commit(ctx context.Context, base *Head, v Version, opt CommitOpti
 	if err := s.store.Ensure(ctx, ids); err != nil {
 		return nil, fmt.Errorf("commit %s to %s: %w", v.Digest.Short(), set, err)
 	}
+	s.at("ensured")
 	e := Entry{Seq: base.Next, Digest: v.Digest, Parent: v.Parent, Meta: v.Meta != nil, key: newKey(v.Digest)}
 	dir := blobDir(set, e.key)
 	put := func(name string, data []byte) error {
