@@ -125,6 +125,11 @@ type CommitOptions struct {
 // the head again, decide again (is it still a fast-forward?), commit
 // again. A version the head already lists is ErrExists. It returns the new
 // head.
+//
+// The first commit of a set creates the set's head empty, then swaps it:
+// a collection's rule needs the head to exist before the chunks are
+// checked. Of receivers racing to make a set, the one that created the
+// head may lose its swap to one that read it after.
 func (s *Sets) Commit(ctx context.Context, base *Head, v Version, opt CommitOptions) (*Head, error) {
 	set := base.Set
 	ids, err := check(v)

@@ -242,8 +242,11 @@ func TestCommitRace(t *testing.T) {
 					t.Fatalf("receiver %d's first attempt: %v", i, err)
 				}
 			}
-			if wins != 1 {
-				t.Fatalf("%d first attempts won, want exactly 1", wins)
+			// From an existing head exactly one swap wins. A set that does
+			// not exist is first created empty by every racer, and one
+			// that lost that may swap first after it.
+			if wins > 1 || existing && wins != 1 {
+				t.Fatalf("%d first attempts won, want 1 (at most 1 for a new set)", wins)
 			}
 			r := b.receiver(t)
 			h := head(t, r, "vm")
