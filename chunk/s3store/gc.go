@@ -455,13 +455,8 @@ func (s *Store) Sweep(ctx context.Context, c *Collection, live func(chunk.ID) bo
 	if err != nil {
 		return st, fmt.Errorf("collect %s: %w", s.URL(), err)
 	}
-	sizes := map[packName]int64{}
-	if err := s.b.list(ctx, "packs/", func(o object) error {
-		if n, ok := parsePackName(o.name); ok {
-			sizes[n] = o.size
-		}
-		return nil
-	}); err != nil {
+	sizes, err := s.packSizes(ctx)
+	if err != nil {
 		return st, fmt.Errorf("collect %s: %w", s.URL(), err)
 	}
 	deleted := map[packName]bool{}
@@ -490,4 +485,62 @@ func (s *Store) Sweep(ctx context.Context, c *Collection, live func(chunk.ID) bo
 		return st, err
 	}
 	return st, nil
+}
+
+// Census counts what a store holds in the bucket.
+type Census struct {
+	Packs     int   // packs with a listing (save those being deleted)
+	PackBytes int64 // their bytes
+	Records   int   // chunk records in them
+	Chunks    int   // distinct chunks among the records
+	Copies    int   // records of a chunk another record already holds
+}
+
+// Census lists the bucket's packs and reads their listings (from the
+// cache when it has them) to count the chunks stored, and how many are
+// stored more than once.
+func (s *Store) Census(ctx context.Context) (Census, error) {
+	var c Census
+	v, err := s.readGC(ctx)
+	if err != nil {
+		return c, fmt.Errorf("census of %s: %w", s.URL(), err)
+	}
+	sizes, err := s.packSizes(ctx)
+	if err != nil {
+		return c, fmt.Errorf("census of %s: %w", s.URL(), err)
+	}
+	names, err := s.listPacks(ctx, v, func(packName) bool { return true })
+	if err != nil {
+		return c, fmt.Errorf("census of %s: %w", s.URL(), err)
+	}
+	seen := map[chunk.ID]bool{}
+	for _, n := range names {
+		recs, err := s.readListing(ctx, n)
+		if err != nil {
+			return c, fmt.Errorf("census of %s: %w", s.URL(), err)
+		}
+		c.Packs++
+		c.PackBytes += sizes[n]
+		for _, r := range recs {
+			c.Records++
+			if seen[r.id] {
+				c.Copies++
+			}
+			seen[r.id] = true
+		}
+	}
+	c.Chunks = len(seen)
+	return c, nil
+}
+
+// packSizes lists the pack objects' sizes.
+func (s *Store) packSizes(ctx context.Context) (map[packName]int64, error) {
+	sizes := map[packName]int64{}
+	err := s.b.list(ctx, "packs/", func(o object) error {
+		if n, ok := parsePackName(o.name); ok {
+			sizes[n] = o.size
+		}
+		return nil
+	})
+	return sizes, err
 }
