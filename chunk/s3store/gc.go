@@ -48,6 +48,16 @@ import (
 // read, by the same argument, after step 1. A pack not condemned in
 // step 1 is not deleted in this collection.
 //
+// What a store believes in is what it can trust: packs it created itself
+// (a create that finds the name taken salts the pack and creates it under
+// a new name instead of adopting the object there, which may be one being
+// deleted) and packs whose listing it read (a pack's listing is written
+// only by the writer that created the pack, after it, and deleted before
+// it). When a collection starts deleting packs the epoch goes up, and a
+// store that sees it builds its map again without them; a store that has
+// not seen it yet may answer Has wrongly, which Ensure, reading the state
+// first, corrects before any commit lands.
+//
 // One collection runs at a time on a bucket (the caller sees to it); any
 // number of writers and readers may run meanwhile.
 

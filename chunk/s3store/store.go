@@ -463,10 +463,23 @@ func (s *Store) sealLocked() {
 // next Sync reports it.
 func (s *Store) upload(ctx context.Context, p *packBuf) error {
 	defer close(p.done)
-	name := packName(blake3.Sum256(p.data))
-	err := s.createOnce(ctx, packKey(name), p.data)
+	data := p.data
+	name := packName(blake3.Sum256(data))
+	_, err := s.b.create(ctx, packKey(name), data)
+	for try := 0; errors.Is(err, ErrConflict) && try < 3; try++ {
+		// A pack of these very bytes exists already: another writer's,
+		// a killed writer's orphan, or one a collection is deleting. It
+		// is not adopted (a store believes only in packs it created or
+		// read a listing of: gc.go): these chunks go into a pack of
+		// their own, named apart by a salt record.
+		data = appendSalt(p.data)
+		name = packName(blake3.Sum256(data))
+		_, err = s.b.create(ctx, packKey(name), data)
+	}
 	if err == nil {
-		err = s.createOnce(ctx, listingKey(name), encodeListing(name, int64(len(p.data)), p.recs))
+		// A listing already there was written for the same pack, by
+		// the writer that created it: the same bytes.
+		err = s.createOnce(ctx, listingKey(name), encodeListing(name, int64(len(data)), p.recs))
 	}
 	s.mu.Lock()
 	delete(s.flying, p)

@@ -326,9 +326,12 @@ func TestRefNames(t *testing.T) {
 	}
 }
 
-// TestTwoWritersSamePack: two writers storing the same chunks in the same
-// order at once make the same pack: both succeed, and it is stored once.
-func TestTwoWritersSamePack(t *testing.T) {
+// TestTwoWritersSameBytes: two writers storing the same chunks in the
+// same order at once make packs of the same bytes: both succeed; the one
+// that comes second does not adopt the other's pack but salts its own. A
+// salt record holds no chunk, also when a damaged listing makes a reader
+// scan the pack.
+func TestTwoWritersSameBytes(t *testing.T) {
 	tb := newTestBed(t)
 	cfg := tb.config()
 	chunks := randomChunks(2, 10, 8<<10)
@@ -349,10 +352,18 @@ func TestTwoWritersSamePack(t *testing.T) {
 	}
 	wg.Wait()
 	r := tb.open(t, cfg)
-	if r.Packs() != 1 {
-		t.Fatalf("%d packs, want the one both wrote", r.Packs())
+	if r.Packs() != 2 || r.Len() != len(chunks) {
+		t.Fatalf("%d packs holding %d chunks, want 2 (one salted) holding %d", r.Packs(), r.Len(), len(chunks))
 	}
 	checkAll(t, r, chunks, true)
+	for _, n := range r.names {
+		tb.corrupt(t, r, listingKey(n), 60)
+	}
+	r2 := tb.open(t, cfg)
+	if r2.Packs() != 2 || r2.Len() != len(chunks) {
+		t.Fatalf("from the packs themselves: %d packs holding %d chunks, want 2 holding %d", r2.Packs(), r2.Len(), len(chunks))
+	}
+	checkAll(t, r2, chunks, true)
 }
 
 // TestSharedBucket: what one writer stores, another sees after Refresh;
