@@ -326,31 +326,25 @@ func TestRefNames(t *testing.T) {
 	}
 }
 
-// TestTwoWritersSameBytes: two writers storing the same chunks in the
-// same order at once make packs of the same bytes: both succeed; the one
-// that comes second does not adopt the other's pack but salts its own. A
-// salt record holds no chunk, also when a damaged listing makes a reader
-// scan the pack.
+// TestTwoWritersSameBytes: two writers, both open before either stores,
+// store the same chunks in the same order, so their packs have the same
+// bytes: both succeed; the one that comes second does not adopt the
+// other's pack but salts its own. A salt record holds no chunk, also when
+// a damaged listing makes a reader scan the pack.
 func TestTwoWritersSameBytes(t *testing.T) {
 	tb := newTestBed(t)
 	cfg := tb.config()
 	chunks := randomChunks(2, 10, 8<<10)
-	var wg sync.WaitGroup
-	for range 2 {
-		s := tb.open(t, cfg)
-		wg.Go(func() {
-			for _, c := range chunks {
-				if err := s.Put(t.Context(), chunk.Sum(c), c); err != nil {
-					t.Error(err)
-					return
-				}
-			}
-			if err := s.Sync(t.Context()); err != nil {
-				t.Error(err)
-			}
-		})
+	a, b := tb.open(t, cfg), tb.open(t, cfg)
+	for _, s := range []*Store{a, b} {
+		putAll(t, s, chunks)
+		if err := s.Sync(t.Context()); err != nil {
+			t.Fatal(err)
+		}
 	}
-	wg.Wait()
+	if a.names[0] == b.names[0] {
+		t.Fatalf("the second writer adopted the first one's pack %s", a.names[0])
+	}
 	r := tb.open(t, cfg)
 	if r.Packs() != 2 || r.Len() != len(chunks) {
 		t.Fatalf("%d packs holding %d chunks, want 2 (one salted) holding %d", r.Packs(), r.Len(), len(chunks))
