@@ -1,6 +1,7 @@
 package s3versions
 
 import (
+	"bytes"
 	"errors"
 	"testing"
 	"time"
@@ -43,28 +44,30 @@ func newRemoved(t *testing.T) *removed {
 	return r
 }
 
-// checkAllListed: every version the head lists reads back whole through a
-// receiver opened now; it returns how many there are.
-func checkAllListed(t *testing.T, b *bed, want map[chunk.ID][][]byte) int {
-	t.Helper()
-	r := b.receiver(t)
-	h := head(t, r, "vm")
+// checkAllListed: every version set's head lists is one of want and
+// reads back whole through r; it returns the head.
+func checkAllListed(tb testing.TB, r *Sets, set string, want map[chunk.ID][][]byte) *Head {
+	tb.Helper()
+	h := head(tb, r, set)
 	for _, e := range h.Versions {
 		chunks, ok := want[e.Digest]
 		if !ok {
-			t.Fatalf("version %s listed, not committed by the test", e.Digest.Short())
+			tb.Fatalf("%s: version %d listed, not committed by the test", set, e.Seq)
 		}
-		x, err := r.Index(t.Context(), "vm", e, "disk")
+		x, err := r.Index(tb.Context(), set, e, "disk")
 		if err != nil {
-			t.Fatal(err)
+			tb.Fatal(err)
+		}
+		if len(x.Entries) != len(chunks) {
+			tb.Fatalf("%s version %d: %d entries, want %d", set, e.Seq, len(x.Entries), len(chunks))
 		}
 		for i, en := range x.Entries {
-			if got, err := r.Store().Get(t.Context(), en.ID); err != nil || len(got) != len(chunks[i]) {
-				t.Fatalf("version %d, chunk %d: %v", e.Seq, i, err)
+			if got, err := r.Store().Get(tb.Context(), en.ID); err != nil || !bytes.Equal(got, chunks[i]) {
+				tb.Fatalf("%s version %d, chunk %d: %v", set, e.Seq, i, err)
 			}
 		}
 	}
-	return len(h.Versions)
+	return h
 }
 
 func TestCollect(t *testing.T) {
@@ -76,8 +79,8 @@ func TestCollect(t *testing.T) {
 	if st.Condemned != 1 || st.Spared != 0 || st.Deleted != 1 || st.BytesFreed <= 0 || st.BlobsDeleted != 3 || st.Versions != 1 {
 		t.Fatalf("stats %+v: want the old version's pack (condemned and deleted) and its 3 objects", st)
 	}
-	if n := checkAllListed(t, r.b, map[chunk.ID][][]byte{r.vKeep.Digest: r.keep}); n != 1 {
-		t.Fatalf("%d versions listed", n)
+	if h := checkAllListed(t, r.b.receiver(t), "vm", map[chunk.ID][][]byte{r.vKeep.Digest: r.keep}); len(h.Versions) != 1 {
+		t.Fatalf("%d versions listed", len(h.Versions))
 	}
 	fresh := r.b.receiver(t)
 	if fresh.Store().Packs() != 1 {
@@ -234,9 +237,9 @@ func TestCollectRace(t *testing.T) {
 			if !landed {
 				t.Fatalf("B's commit did not land: %v", errs)
 			}
-			n := checkAllListed(t, r.b, map[chunk.ID][][]byte{r.vKeep.Digest: r.keep, v.Digest: chunks})
-			if n != 2 {
-				t.Fatalf("%d versions listed, want 2", n)
+			h := checkAllListed(t, r.b.receiver(t), "vm", map[chunk.ID][][]byte{r.vKeep.Digest: r.keep, v.Digest: chunks})
+			if len(h.Versions) != 2 {
+				t.Fatalf("%d versions listed, want 2", len(h.Versions))
 			}
 			if st.Spared != tc.want.spared || st.Deleted != tc.want.deleted {
 				t.Fatalf("stats %+v: want %d spared, %d deleted", st, tc.want.spared, tc.want.deleted)

@@ -163,27 +163,9 @@ func runFleet(tb testing.TB, b *bed, f fleet) fleetResult {
 	r := b.receiver(tb)
 	for i, m := range vms {
 		set := fmt.Sprintf("vm%02d", i)
-		h := head(tb, r, set)
+		h := checkAllListed(tb, r, set, m.all)
 		if len(h.Versions) != f.versions || h.Current != uint64(f.versions) {
 			tb.Fatalf("%s: %d versions, current %d; want %d, the last", set, len(h.Versions), h.Current, f.versions)
-		}
-		for _, e := range h.Versions {
-			chunks, ok := m.all[e.Digest]
-			if !ok {
-				tb.Fatalf("%s: version %d is not one its sender pushed", set, e.Seq)
-			}
-			x, err := r.Index(tb.Context(), set, e, "disk")
-			if err != nil {
-				tb.Fatal(err)
-			}
-			for j, en := range x.Entries {
-				if en.ID != chunk.Sum(chunks[j]) {
-					tb.Fatalf("%s version %d: entry %d is not its chunk", set, e.Seq, j)
-				}
-				if ok, err := r.Store().Has(tb.Context(), en.ID); !ok || err != nil {
-					tb.Fatalf("%s version %d: chunk %d not stored (%v)", set, e.Seq, j, err)
-				}
-			}
 		}
 	}
 	return res

@@ -102,24 +102,7 @@ func TestCollectWhileCommitting(t *testing.T) {
 	r := b.receiver(t)
 	listed := 0
 	for _, set := range []string{"vm0", "vm1"} {
-		h := head(t, r, set)
-		for _, e := range h.Versions {
-			chunks, ok := made[e.Digest]
-			if !ok {
-				t.Fatalf("%s: version %d was not committed by a receiver", set, e.Seq)
-			}
-			x, err := r.Index(t.Context(), set, e, "disk")
-			if err != nil {
-				t.Fatal(err)
-			}
-			for j, en := range x.Entries {
-				got, err := r.Store().Get(t.Context(), en.ID)
-				if err != nil || len(got) != len(chunks[j]) {
-					t.Fatalf("%s version %d chunk %d: %v", set, e.Seq, j, err)
-				}
-			}
-			listed++
-		}
+		listed += len(checkAllListed(t, r, set, made).Versions)
 	}
 	if collections == 0 || listed == 0 {
 		t.Fatalf("%d collections, %d versions listed", collections, listed)
