@@ -19,9 +19,12 @@ import (
 //
 //	magic "NTCK" | ID (32 bytes) | codec (1 byte) | length (u32) | payload
 //
-// Its name is the BLAKE3-256 of its bytes in hex: packs/<name>. Writing it
-// twice writes the same bytes, so a create that finds it already there has
-// nothing left to do.
+// Its name is the BLAKE3-256 of its bytes in hex: packs/<name>. A create
+// that finds the name taken does not adopt the object there (it may be
+// one a collection is deleting, gc.go): the writer appends a salt record
+// (a random ID, codec 0xff, no payload) and creates the pack under its new
+// name. A salt record holds no chunk and no listing lists it; a local
+// PackStore given such a pack maps its random ID, which nobody asks for.
 //
 // Its listing, index/<name>, says which chunks it holds and where, like a
 // local pack's sidecar, so that opening the store reads listings instead

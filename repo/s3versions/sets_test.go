@@ -44,12 +44,16 @@ func (b *bed) receiver(t testing.TB) *Sets {
 }
 
 // content returns n chunks made from seed, 16 KiB each.
-func content(seed uint64, n int) [][]byte {
+func content(seed uint64, n int) [][]byte { return chunksOf(seed, n, 16<<10) }
+
+// chunksOf returns n chunks of size bytes made from seed, half random: they
+// compress about 2:1.
+func chunksOf(seed uint64, n, size int) [][]byte {
 	r := rand.NewChaCha8([32]byte{byte(seed), byte(seed >> 8), byte(seed >> 16)})
 	out := make([][]byte, n)
 	for i := range out {
-		out[i] = make([]byte, 16<<10)
-		r.Read(out[i][:8<<10]) // half random: compresses about 2:1
+		out[i] = make([]byte, size)
+		r.Read(out[i][:size/2])
 	}
 	return out
 }
