@@ -58,8 +58,10 @@ import (
 // not seen it yet may answer Has wrongly, which Ensure, reading the state
 // first, corrects before any commit lands.
 //
-// One collection runs at a time on a bucket (the caller sees to it); any
-// number of writers and readers may run meanwhile.
+// One collection runs at a time on a bucket: Condemn claims the state for
+// its collection, and refuses (ErrCollecting) while another's claim is
+// younger than StaleCollection; a collection whose claim was taken over
+// deletes nothing. Any number of writers and readers may run meanwhile.
 
 const (
 	gcStateName = "state"    // gc/state
@@ -73,6 +75,8 @@ type gcView struct {
 	epoch     uint64 // goes up whenever packs start being deleted
 	condemned map[packName]bool
 	deleting  map[packName]bool
+	collector string    // the collection under way, "" for none
+	since     time.Time // when it began, by the server's clock
 }
 
 // gcJSON is the state's encoding.
@@ -80,6 +84,8 @@ type gcJSON struct {
 	Epoch     uint64   `json:"epoch"`
 	Condemned []string `json:"condemned"`
 	Deleting  []string `json:"deleting"`
+	Collector string   `json:"collector,omitempty"`
+	Since     int64    `json:"since,omitempty"` // Unix seconds
 	// Write is unique to each write, as Refs.Update needs.
 	Write string `json:"write"`
 }
@@ -98,6 +104,10 @@ func decodeGC(b []byte) (gcView, error) {
 	}
 	v := emptyGC()
 	v.epoch = j.Epoch
+	v.collector = j.Collector
+	if j.Since != 0 {
+		v.since = time.Unix(j.Since, 0).UTC()
+	}
 	for _, l := range []struct {
 		names []string
 		set   map[packName]bool
@@ -116,7 +126,11 @@ func decodeGC(b []byte) (gcView, error) {
 func (v gcView) encode() []byte {
 	var nonce [8]byte
 	rand.Read(nonce[:])
-	j := gcJSON{Epoch: v.epoch, Condemned: sortedNames(v.condemned), Deleting: sortedNames(v.deleting), Write: hex.EncodeToString(nonce[:])}
+	j := gcJSON{Epoch: v.epoch, Condemned: sortedNames(v.condemned), Deleting: sortedNames(v.deleting),
+		Collector: v.collector, Write: hex.EncodeToString(nonce[:])}
+	if !v.since.IsZero() {
+		j.Since = v.since.Unix()
+	}
 	b, err := json.Marshal(j)
 	if err != nil {
 		panic(err) // strings and a number
@@ -346,12 +360,23 @@ func (s *Store) Clock(ctx context.Context) (time.Time, error) {
 	return now, err
 }
 
-// Collection is a collection begun by Condemn and ended by Sweep.
+// Collection is a collection begun by Condemn and ended by Sweep (or
+// Abandon).
 type Collection struct {
 	// Clock is the server's time when it began.
 	Clock time.Time
+	id    string                // in the state's collector while it runs
 	recs  map[packName][]record // of the packs condemned
 }
+
+// ErrCollecting reports a collection refused because another one is under
+// way on the bucket (or, for Sweep, took over from this one).
+var ErrCollecting = errors.New("another collection is under way")
+
+// StaleCollection is how long a collection may run before another may
+// take over from it (its Sweep then deletes nothing): one that died holds
+// the bucket no longer than this.
+const StaleCollection = time.Hour
 
 // CollectStats says what a collection did.
 type CollectStats struct {
@@ -379,7 +404,12 @@ func (s *Store) Condemn(ctx context.Context, live func(chunk.ID) bool, minAge ti
 	if err != nil {
 		return nil, st, fmt.Errorf("collect %s: %w", s.URL(), err)
 	}
-	c := &Collection{Clock: clock, recs: map[packName][]record{}}
+	if v.collector != "" && clock.Sub(v.since) < StaleCollection {
+		return nil, st, fmt.Errorf("collect %s: %w since %s", s.URL(), ErrCollecting, v.since.Format(time.RFC3339))
+	}
+	var nonce [8]byte
+	rand.Read(nonce[:])
+	c := &Collection{Clock: clock, id: hex.EncodeToString(nonce[:]), recs: map[packName][]record{}}
 	young := map[packName]bool{}
 	var names []packName
 	err = s.b.list(ctx, "index/", func(o object) error {
@@ -410,6 +440,10 @@ func (s *Store) Condemn(ctx context.Context, live func(chunk.ID) bool, minAge ti
 	}
 	st.Condemned = len(c.recs)
 	err = s.updateGC(ctx, func(v *gcView) error {
+		if v.collector != "" && clock.Sub(v.since) < StaleCollection {
+			return fmt.Errorf("%w since %s", ErrCollecting, v.since.Format(time.RFC3339))
+		}
+		v.collector, v.since = c.id, clock
 		v.condemned = map[packName]bool{}
 		for n := range c.recs {
 			if !v.deleting[n] {
@@ -440,6 +474,9 @@ func anyLive(recs []record, live func(chunk.ID) bool) bool {
 func (s *Store) Sweep(ctx context.Context, c *Collection, live func(chunk.ID) bool, st CollectStats) (CollectStats, error) {
 	var deleting []packName
 	err := s.updateGC(ctx, func(v *gcView) error {
+		if v.collector != c.id {
+			return fmt.Errorf("%w: it took over from this one, which deletes nothing", ErrCollecting)
+		}
 		doomed := 0
 		for n := range v.condemned {
 			recs, ok := c.recs[n]
@@ -486,6 +523,9 @@ func (s *Store) Sweep(ctx context.Context, c *Collection, live func(chunk.ID) bo
 		for n := range deleted {
 			delete(v.deleting, n)
 		}
+		if v.collector == c.id {
+			v.collector, v.since = "", time.Time{}
+		}
 		return nil
 	})
 	if err != nil {
@@ -495,6 +535,23 @@ func (s *Store) Sweep(ctx context.Context, c *Collection, live func(chunk.ID) bo
 		return st, err
 	}
 	return st, nil
+}
+
+// Abandon ends a collection that will not sweep (its barrier failed, say):
+// what it condemned is condemned no more, and another may begin.
+func (s *Store) Abandon(ctx context.Context, c *Collection) error {
+	err := s.updateGC(ctx, func(v *gcView) error {
+		if v.collector != c.id {
+			return errUnchanged
+		}
+		v.collector, v.since = "", time.Time{}
+		v.condemned = map[packName]bool{}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("abandon collection of %s: %w", s.URL(), err)
+	}
+	return nil
 }
 
 // Census counts what a store holds in the bucket.

@@ -33,7 +33,8 @@ type CollectStats struct {
 // Collect removes the packs whose chunks no version listed by a head uses,
 // and the objects of versions no head lists, while receivers go on
 // committing: it follows the rule in chunk/s3store/gc.go, the heads' swap
-// being the barrier. Run one at a time on a bucket.
+// being the barrier. One collection runs at a time on a bucket: another
+// one is refused with s3store.ErrCollecting.
 func (s *Sets) Collect(ctx context.Context, opt CollectOptions) (CollectStats, error) {
 	var st CollectStats
 	m := marker{s: s, ids: map[string][]chunk.ID{}}
@@ -51,13 +52,12 @@ func (s *Sets) Collect(ctx context.Context, opt CollectOptions) (CollectStats, e
 	}
 	s.at("condemned")
 	heads, err = s.barrier(ctx)
-	if err != nil {
-		return st, err
+	if err == nil {
+		s.at("barrier")
+		live, err = m.mark(ctx, heads)
 	}
-	s.at("barrier")
-	live, err = m.mark(ctx, heads)
 	if err != nil {
-		return st, err
+		return st, errors.Join(err, s.store.Abandon(context.WithoutCancel(ctx), c))
 	}
 	st.CollectStats, err = s.store.Sweep(ctx, c, func(id chunk.ID) bool { return live[id] }, cst)
 	if err != nil {

@@ -264,3 +264,26 @@ func collect(t *testing.T, s *Sets) s3store.CollectStats {
 	}
 	return st.CollectStats
 }
+
+// TestCollectOneAtATime: a collection begun while another runs is
+// refused; once that one ended, the next runs.
+func TestCollectOneAtATime(t *testing.T) {
+	r := newRemoved(t)
+	other := r.b.receiver(t)
+	var second error
+	r.w.hook = func(p string) {
+		if p == "condemned" {
+			_, second = other.Collect(t.Context(), CollectOptions{})
+		}
+	}
+	st := collect(t, r.w)
+	if !errors.Is(second, s3store.ErrCollecting) {
+		t.Fatalf("a collection during another: %v, want ErrCollecting", second)
+	}
+	if st.Deleted != 1 {
+		t.Fatalf("the first collection: %+v, want its pack deleted", st)
+	}
+	if _, err := other.Collect(t.Context(), CollectOptions{}); err != nil {
+		t.Fatalf("a collection after the first ended: %v", err)
+	}
+}

@@ -28,5 +28,5 @@
 // The package does not decide which versions to keep or which is current
 // (the repository does, with Commit, SetCurrent and Remove), does not
 // compute version digests (it stores the bytes it is given), and does not
-// prevent two collections from running at once on one bucket (run one).
+// rewrite packs that are only partly dead.
 package s3versions
