@@ -98,7 +98,7 @@ const headFormat = 1
 
 // Limits on a head: its object is at most 1 MiB (s3store's refs).
 const (
-	maxVersions = 4096
+	maxVersions = 2048
 	maxImages   = 256
 )
 
