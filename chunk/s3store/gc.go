@@ -296,10 +296,12 @@ func (s *Store) classify(ids []chunk.ID) (missing []chunk.ID, condemned map[pack
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	condemned = map[packName]bool{}
+	seen := map[chunk.ID]bool{}
 	for _, id := range ids {
 		l, ok := s.lookupLocked(id)
 		if !ok {
-			if !slices.Contains(missing, id) {
+			if !seen[id] {
+				seen[id] = true
 				missing = append(missing, id)
 			}
 			continue
