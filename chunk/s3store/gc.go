@@ -1,6 +1,7 @@
 package s3store
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -9,6 +10,8 @@ import (
 	"fmt"
 	"slices"
 	"time"
+
+	"github.com/zeebo/blake3"
 
 	"github.com/ntc-project/ntc/chunk"
 )
@@ -366,9 +369,11 @@ func (s *Store) Clock(ctx context.Context) (time.Time, error) {
 // Abandon).
 type Collection struct {
 	// Clock is the server's time when it began.
-	Clock time.Time
-	id    string                // in the state's collector while it runs
-	recs  map[packName][]record // of the packs condemned
+	Clock  time.Time
+	id     string                // in the state's collector while it runs
+	recs   map[packName][]record // of the packs condemned
+	all    map[packName][]record // of every pack listed when it began
+	copied map[chunk.ID]bool     // chunks copied out of the packs it rewrites
 }
 
 // ErrCollecting reports a collection refused because another one is under
@@ -387,16 +392,32 @@ type CollectStats struct {
 	Spared      int   // of those, packs a commit used since (revived, or live at the re-mark)
 	Deleted     int   // packs deleted (with their listings), counting leftovers of a collection cut short
 	BytesFreed  int64 // pack bytes deleted
-	DeadChunks  int   // chunks deleted
+	DeadChunks  int   // records deleted (chunks nothing used, or copies)
 	Uncollected int   // packs with no live chunk kept for being younger than the minimum age
+	Rewritten   int   // of the packs condemned, packs mostly waste whose other live chunks were copied
+	BytesCopied int64 // record bytes copied out of them
+}
+
+// CondemnOptions tune what a collection condemns.
+type CondemnOptions struct {
+	// MinAge spares packs whose listing is younger (by the server's
+	// clock): a push under way has stored chunks it has not committed
+	// yet. Zero spares only packs written after the collection began.
+	MinAge time.Duration
+	// Rewrite, above 0, also condemns packs of which at least this
+	// fraction of the bytes is waste (chunks nothing uses, or copies of
+	// chunks a pack that stays holds: two writers stored the same chunk),
+	// after copying their other live chunks into new packs. 0 condemns
+	// only packs in which nothing is live.
+	Rewrite float64
 }
 
 // Condemn begins a collection (step 1 of the rule in gc.go): it condemns
-// every pack whose listing is older than the server's clock minus minAge
-// and none of whose chunks live reports live. The caller then runs its
-// barrier, marks again and calls Sweep. live is called with the store's
-// lock not held.
-func (s *Store) Condemn(ctx context.Context, live func(chunk.ID) bool, minAge time.Duration) (*Collection, CollectStats, error) {
+// every pack older than opt.MinAge none of whose chunks live reports
+// live, and with opt.Rewrite the packs mostly wasted, once what they alone
+// hold is copied. The caller then runs its barrier, marks again and calls
+// Sweep (or Abandon). live is called with the store's lock not held.
+func (s *Store) Condemn(ctx context.Context, live func(chunk.ID) bool, opt CondemnOptions) (*Collection, CollectStats, error) {
 	var st CollectStats
 	clock, err := s.Clock(ctx)
 	if err != nil {
@@ -411,7 +432,8 @@ func (s *Store) Condemn(ctx context.Context, live func(chunk.ID) bool, minAge ti
 	}
 	var nonce [8]byte
 	rand.Read(nonce[:])
-	c := &Collection{Clock: clock, id: hex.EncodeToString(nonce[:]), recs: map[packName][]record{}}
+	c := &Collection{Clock: clock, id: hex.EncodeToString(nonce[:]), recs: map[packName][]record{},
+		all: map[packName][]record{}, copied: map[chunk.ID]bool{}}
 	young := map[packName]bool{}
 	var names []packName
 	err = s.b.list(ctx, "index/", func(o object) error {
@@ -420,24 +442,31 @@ func (s *Store) Condemn(ctx context.Context, live func(chunk.ID) bool, minAge ti
 			return nil
 		}
 		names = append(names, n)
-		young[n] = !o.modified.Before(clock.Add(-minAge))
+		young[n] = !o.modified.Before(clock.Add(-opt.MinAge))
 		return nil
 	})
 	if err != nil {
 		return nil, st, fmt.Errorf("collect %s: %w", s.URL(), err)
 	}
+	slices.SortFunc(names, func(a, b packName) int { return bytes.Compare(a[:], b[:]) })
 	st.Packs = len(names)
 	for _, n := range names {
 		recs, err := s.readListing(ctx, n)
 		if err != nil {
 			return nil, st, fmt.Errorf("collect %s: %w", s.URL(), err)
 		}
+		c.all[n] = recs
 		switch {
 		case anyLive(recs, live):
 		case young[n]:
 			st.Uncollected++
 		default:
 			c.recs[n] = recs
+		}
+	}
+	if opt.Rewrite > 0 {
+		if err := s.condemnWaste(ctx, c, names, young, live, opt.Rewrite, &st); err != nil {
+			return nil, st, fmt.Errorf("collect %s: %w", s.URL(), err)
 		}
 	}
 	st.Condemned = len(c.recs)
@@ -460,6 +489,77 @@ func (s *Store) Condemn(ctx context.Context, live func(chunk.ID) bool, minAge ti
 	return c, st, nil
 }
 
+// condemnWaste condemns the old packs (in name order) of which at least
+// rewrite of the bytes is waste: chunks not live, or held by another pack
+// that stays. The live chunks only such a pack holds are first copied
+// into packs of this store, uploaded before it returns.
+func (s *Store) condemnWaste(ctx context.Context, c *Collection, names []packName, young map[packName]bool,
+	live func(chunk.ID) bool, rewrite float64, st *CollectStats) error {
+	holders := map[chunk.ID]int{} // packs that stay holding each chunk
+	for n, recs := range c.all {
+		if _, gone := c.recs[n]; !gone {
+			for _, r := range recs {
+				holders[r.id]++
+			}
+		}
+	}
+	for _, n := range names {
+		if _, gone := c.recs[n]; gone || young[n] {
+			continue
+		}
+		recs := c.all[n]
+		var waste, total int64
+		var keep []record
+		for _, r := range recs {
+			total += int64(r.length)
+			switch {
+			case !live(r.id) || holders[r.id] > 1:
+				waste += int64(r.length)
+			default:
+				keep = append(keep, r)
+			}
+		}
+		if total == 0 || float64(waste) < rewrite*float64(total) {
+			continue
+		}
+		if len(keep) > 0 {
+			pack, _, err := s.b.get(ctx, packKey(n), maxPackLen)
+			if err != nil {
+				return fmt.Errorf("rewrite pack %s: %w", n, err)
+			}
+			if packName(blake3.Sum256(pack)) != n {
+				continue // damaged: left alone, reads report it
+			}
+			for _, r := range keep {
+				body := pack[r.off : r.off+int64(r.length)]
+				if _, err := s.decode(r.id, r.codec, body, s.b.url(packKey(n))); err != nil {
+					return fmt.Errorf("rewrite pack %s: %w", n, err)
+				}
+				if err := s.putRecord(ctx, r.id, r.codec, body, s.pendingHasLocked); err != nil {
+					return fmt.Errorf("rewrite pack %s: %w", n, err)
+				}
+				c.copied[r.id] = true
+				st.BytesCopied += int64(r.length)
+			}
+		}
+		for _, r := range recs {
+			holders[r.id]--
+		}
+		for _, r := range keep {
+			holders[r.id]++
+		}
+		c.recs[n] = recs
+		st.Rewritten++
+	}
+	if err := s.Sync(ctx); err != nil {
+		return fmt.Errorf("rewrite packs: %w", err)
+	}
+	return nil
+}
+
+// pendingHasLocked reports whether a pack not uploaded yet holds id.
+func (s *Store) pendingHasLocked(id chunk.ID) bool { return s.pendingLocked(id) != nil }
+
 func anyLive(recs []record, live func(chunk.ID) bool) bool {
 	for _, r := range recs {
 		if live(r.id) {
@@ -479,10 +579,20 @@ func (s *Store) Sweep(ctx context.Context, c *Collection, live func(chunk.ID) bo
 		if v.collector != c.id {
 			return fmt.Errorf("%w: it took over from this one, which deletes nothing", ErrCollecting)
 		}
+		// What stays: the packs listed when the collection began, save
+		// those condemned now (revived ones stay), and the copies it made.
+		kept := map[chunk.ID]bool{}
+		for n, recs := range c.all {
+			if !v.condemned[n] && !v.deleting[n] {
+				for _, r := range recs {
+					kept[r.id] = true
+				}
+			}
+		}
 		doomed := 0
 		for n := range v.condemned {
 			recs, ok := c.recs[n]
-			if ok && !anyLive(recs, live) {
+			if ok && !slices.ContainsFunc(recs, func(r record) bool { return live(r.id) && !kept[r.id] && !c.copied[r.id] }) {
 				v.deleting[n] = true
 				doomed++
 			}

@@ -404,12 +404,18 @@ func (s *Store) PutVerified(ctx context.Context, id chunk.ID, data, zstd []byte,
 	if len(body) > maxRecordLen {
 		return fmt.Errorf("put chunk %s: %d bytes is over the %d limit", id.Short(), len(data), maxRecordLen)
 	}
+	return s.putRecord(ctx, id, codec, body, s.hasLocked)
+}
+
+// putRecord adds a stored chunk's record to the pack being filled, unless
+// skip says the store has it, and uploads the pack if that fills it.
+func (s *Store) putRecord(ctx context.Context, id chunk.ID, codec uint8, body []byte, skip func(chunk.ID) bool) error {
 	s.mu.Lock()
 	if s.closed {
 		s.mu.Unlock()
 		return fmt.Errorf("put chunk %s: store closed", id.Short())
 	}
-	if s.hasLocked(id) {
+	if skip(id) {
 		s.mu.Unlock()
 		return nil
 	}

@@ -21,6 +21,11 @@ type CollectOptions struct {
 	// is not lost, its commit fails with an s3store.MissingError. Zero is
 	// for tests and repositories nobody writes to.
 	MinAge time.Duration
+	// Rewrite, above 0, also rewrites the packs of which at least this
+	// fraction of the bytes is waste (chunks no kept version uses, or
+	// copies of chunks another pack holds, as two receivers storing the
+	// same new chunks at once make): s3store.CondemnOptions.
+	Rewrite float64
 }
 
 // CollectStats say what a collection did.
@@ -46,7 +51,7 @@ func (s *Sets) Collect(ctx context.Context, opt CollectOptions) (CollectStats, e
 	if err != nil {
 		return st, err
 	}
-	c, cst, err := s.store.Condemn(ctx, func(id chunk.ID) bool { return live[id] }, opt.MinAge)
+	c, cst, err := s.store.Condemn(ctx, func(id chunk.ID) bool { return live[id] }, s3store.CondemnOptions{MinAge: opt.MinAge, Rewrite: opt.Rewrite})
 	if err != nil {
 		return st, err
 	}

@@ -3,6 +3,7 @@ package s3versions
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"testing"
 	"time"
 
@@ -285,5 +286,52 @@ func TestCollectOneAtATime(t *testing.T) {
 	}
 	if _, err := other.Collect(t.Context(), CollectOptions{}); err != nil {
 		t.Fatalf("a collection after the first ended: %v", err)
+	}
+}
+
+// TestCollectRewrite: a pack half of whose bytes only a removed version
+// used is rewritten (its live half copied, the pack deleted) when the
+// collection rewrites half-wasted packs, and kept whole when it does not.
+func TestCollectRewrite(t *testing.T) {
+	for _, tc := range []struct {
+		rewrite          float64
+		rewritten, freed bool
+	}{{0, false, false}, {0.5, true, true}} {
+		t.Run(fmt.Sprint(tc.rewrite), func(t *testing.T) {
+			b := newBed(t)
+			w := b.receiver(t)
+			keep, gone := content(400, 3), content(401, 3)
+			store(t, w, append(append([][]byte{}, keep...), gone...)) // one pack
+			vGone := version(t, "vm", chunk.ID{}, "gone", gone)
+			vKeep := version(t, "vm", vGone.Digest, "keep", keep)
+			for _, v := range []Version{vGone, vKeep} {
+				if _, err := w.Commit(t.Context(), head(t, w, "vm"), v, CommitOptions{MakeCurrent: true}); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if w.Store().Packs() != 1 {
+				t.Fatalf("%d packs, want both versions' chunks in one", w.Store().Packs())
+			}
+			if _, err := w.Remove(t.Context(), head(t, w, "vm"), 1); err != nil {
+				t.Fatal(err)
+			}
+			tick(t, w)
+			st, err := w.Collect(t.Context(), CollectOptions{Rewrite: tc.rewrite})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if (st.Rewritten == 1) != tc.rewritten || (st.Deleted == 1) != tc.freed || (st.BytesCopied > 0) != tc.rewritten {
+				t.Fatalf("stats %+v", st)
+			}
+			r := b.receiver(t)
+			checkAllListed(t, r, "vm", map[chunk.ID][][]byte{vKeep.Digest: keep})
+			_, err = r.Store().Get(t.Context(), chunk.Sum(gone[0]))
+			if tc.freed != errors.Is(err, chunk.ErrChunkMissing) {
+				t.Fatalf("a chunk only the removed version used: %v", err)
+			}
+			if c, err := r.Store().Census(t.Context()); err != nil || c.Copies != 0 {
+				t.Fatalf("census %+v, %v", c, err)
+			}
+		})
 	}
 }

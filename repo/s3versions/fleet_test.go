@@ -24,11 +24,14 @@ type fleet struct {
 	senders, receivers, versions int
 	golden, own, update          int // chunks
 	size                         int // bytes a chunk
+	collect                      bool
 }
 
 // fleetResult is what a fleet run measured.
 type fleetResult struct {
 	afterFirst, end s3store.Census
+	collected       CollectStats
+	afterCollect    s3store.Census
 	sent            int64 // chunk bytes the receivers stored (what crossed from senders)
 	referenced      int64 // chunk bytes the versions' indexes name, all versions
 	commits         int
@@ -145,6 +148,16 @@ func runFleet(tb testing.TB, b *bed, f fleet) fleetResult {
 	}
 	res.elapsed = time.Since(start)
 	res.end = census()
+	if f.collect {
+		// A collection that rewrites every pack holding a copy leaves
+		// each chunk stored once.
+		tick(tb, rs[0])
+		st, err := rs[0].Collect(tb.Context(), CollectOptions{Rewrite: 1e-9})
+		if err != nil {
+			tb.Fatal(err)
+		}
+		res.collected, res.afterCollect = st, census()
+	}
 	res.sent, res.conflicts = sent.Load(), conflicts.Load()
 
 	// Every version of every VM is committed, in order, and whole.
@@ -164,7 +177,7 @@ func runFleet(tb testing.TB, b *bed, f fleet) fleetResult {
 // the shared update, pushed by all at once through both receivers, is
 // stored at most once by each receiver.
 func TestFleet(t *testing.T) {
-	f := fleet{senders: 10, receivers: 2, versions: 3, golden: 32, own: 4, update: 8, size: 16 << 10}
+	f := fleet{senders: 10, receivers: 2, versions: 3, golden: 32, own: 4, update: 8, size: 16 << 10, collect: true}
 	res := runFleet(t, newBed(t), f)
 	unique := f.golden + f.senders*f.versions*f.own + f.update
 	if res.commits != 1+f.senders*f.versions {
@@ -176,9 +189,12 @@ func TestFleet(t *testing.T) {
 	if c := res.end; c.Chunks != unique || c.Copies > f.update*(f.receivers-1) {
 		t.Fatalf("at the end: %+v; want %d chunks, at most %d stored twice (the update, once a receiver)", c, unique, f.update*(f.receivers-1))
 	}
-	t.Logf("%d versions through %d receivers in %v: %d chunks stored, %d copies; %d of %d referenced bytes crossed; %d conflicts; PUT %d, GET %d",
-		res.commits, f.receivers, res.elapsed, res.end.Chunks, res.end.Copies, res.sent, res.referenced, res.conflicts,
-		res.requests.Count(http.MethodPut), res.requests.Count(http.MethodGet))
+	if c := res.afterCollect; c.Chunks != unique || c.Copies != 0 || res.collected.Deleted == 0 {
+		t.Fatalf("after a collection rewriting copies: %+v (%+v); want %d chunks, each once", c, res.collected, unique)
+	}
+	t.Logf("%d versions through %d receivers in %v: %d chunks stored, %d copies (0 after a collection rewriting %d packs, copying %d bytes); %d of %d referenced bytes crossed; %d conflicts; PUT %d, GET %d",
+		res.commits, f.receivers, res.elapsed, res.end.Chunks, res.end.Copies, res.collected.Rewritten, res.collected.BytesCopied,
+		res.sent, res.referenced, res.conflicts, res.requests.Count(http.MethodPut), res.requests.Count(http.MethodGet))
 }
 
 // BenchmarkFleet runs a larger fleet (10 senders × 2 receivers, 3

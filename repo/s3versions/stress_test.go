@@ -73,7 +73,7 @@ func TestCollectWhileCommitting(t *testing.T) {
 			}
 		})
 	}
-	collections, deleted := 0, 0
+	collections, deleted, rewritten := 0, 0, 0
 	var collErr error
 	finished := stop(&wg)
 	go func() {
@@ -85,13 +85,15 @@ func TestCollectWhileCommitting(t *testing.T) {
 				return
 			default:
 			}
-			st, err := c.Collect(t.Context(), CollectOptions{})
+			// Every other one also rewrites packs a third wasted.
+			st, err := c.Collect(t.Context(), CollectOptions{Rewrite: float64(collections%2) / 3})
 			if err != nil {
 				collErr = err
 				return
 			}
 			collections++
 			deleted += st.Deleted
+			rewritten += st.Rewritten
 		}
 	}()
 	wg.Wait()
@@ -107,8 +109,8 @@ func TestCollectWhileCommitting(t *testing.T) {
 	if collections == 0 || listed == 0 {
 		t.Fatalf("%d collections, %d versions listed", collections, listed)
 	}
-	t.Logf("%d commits, %d collections deleting %d packs, %d versions listed at the end; %d commits told of missing chunks, %d conflicts",
-		len(made), collections, deleted, listed, missing.Load(), retries.Load())
+	t.Logf("%d commits, %d collections deleting %d packs (%d rewritten), %d versions listed at the end; %d commits told of missing chunks, %d conflicts",
+		len(made), collections, deleted, rewritten, listed, missing.Load(), retries.Load())
 }
 
 // stop returns a channel closed once wg's goroutines are done.
