@@ -54,6 +54,5 @@
 //
 // The package does not decide what to keep (the repository marks what is
 // live), keeps no version records of its own (repo/s3versions does, in
-// refs and blobs), does not rewrite packs that are only partly dead, and
-// does not evict from the cache. README.md sizes a fleet on it.
+// refs and blobs), and does not evict from the cache. README.md sizes a fleet on it.
 package s3store

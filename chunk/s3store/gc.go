@@ -26,13 +26,17 @@ import (
 //     minus a minimum age and none of whose chunks is live is condemned:
 //     written into the collection state (PREFIX/gc/state, replaced only by
 //     compare-and-swap). The minimum age spares the packs of pushes under
-//     way, whose versions are not committed yet.
+//     way, whose versions are not committed yet. Optionally, packs mostly
+//     wasted (chunks not live, or copies of chunks a pack that stays
+//     holds) are condemned too, once the live chunks only they hold are
+//     copied into new packs.
 //  2. Barrier: the repository makes every commit that has not yet landed
 //     re-read the collection state before it lands (it moves every set's
 //     head with a compare-and-swap: a commit that read a head before that
 //     fails its own swap and starts again).
 //  3. Re-mark and sweep: the repository marks again, and the packs still
-//     condemned with no live chunk are moved, with one compare-and-swap, to
+//     condemned whose every live chunk is held by a pack that stays (or
+//     was copied) are moved, with one compare-and-swap, to
 //     "deleting" (the epoch goes up: every store that sees it rebuilds its
 //     map), then deleted (listing first), then dropped from the state.
 //

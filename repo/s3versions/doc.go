@@ -27,6 +27,5 @@
 //
 // The package does not decide which versions to keep or which is current
 // (the repository does, with Commit, SetCurrent and Remove), does not
-// compute version digests (it stores the bytes it is given), and does not
-// rewrite packs that are only partly dead.
+// compute version digests (it stores the bytes it is given).
 package s3versions
