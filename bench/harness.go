@@ -55,7 +55,12 @@ type Server struct {
 
 // Serve starts 'ntc serve' on addr into store, allowing peer.
 func (n *Node) Serve(ctx context.Context, addr, store string, allow string, wrap ...string) (*Server, error) {
-	args := []string{"--json", "serve", "--listen", addr, "--store", store, "--allow", allow}
+	return n.ServeFlags(ctx, addr, store, allow, nil, wrap...)
+}
+
+// ServeFlags is Serve with more flags (--resume-allow, say).
+func (n *Node) ServeFlags(ctx context.Context, addr, store string, allow string, flags []string, wrap ...string) (*Server, error) {
+	args := append([]string{"--json", "serve", "--listen", addr, "--store", store, "--allow", allow}, flags...)
 	var c *exec.Cmd
 	if len(wrap) > 0 {
 		c = exec.CommandContext(ctx, wrap[0], append(append(wrap[1:], n.Bin), args...)...)

@@ -55,20 +55,8 @@ func runMigrate(ctx context.Context, l *link.Link, sc *Scenario, dir string, c *
 		return err
 	}
 	defer s.Close()
-	if err := s.Run(ctx, "migrate-incoming", map[string]any{"uri": "exec:cat " + st.Stream2}, nil); err != nil {
-		return fmt.Errorf("restore the checkpoint: %w", err)
-	}
-	// A background snapshot's stream records a stopped guest: QEMU loads
-	// it and stays paused. Wait for the load to end, then let it run.
-	if err := runAfterLoad(ctx, s); err != nil {
-		return fmt.Errorf("restore the checkpoint: %w", err)
-	}
-	// The restored guest runs (and its busy loops with it) once it ticks.
-	tctx, cancel := context.WithTimeout(ctx, time.Minute)
-	_, err = src.WaitTick(tctx, 1)
-	cancel()
-	if err != nil {
-		return fmt.Errorf("guest restored from checkpoint %d: %w%s", st.Seq2, err, oops(src.Serial()))
+	if err := restoreRunning(ctx, s, src, st); err != nil {
+		return err
 	}
 
 	// Both ends report the migration's progress as events.
@@ -155,7 +143,7 @@ func runMigrate(ctx context.Context, l *link.Link, sc *Scenario, dir string, c *
 		info.Downtime = time.Since(tStop).Milliseconds()
 	}
 	// The destination runs the guest on: it ticks.
-	tctx, cancel = context.WithTimeout(ctx, time.Minute)
+	tctx, cancel := context.WithTimeout(ctx, time.Minute)
 	_, err = dst.WaitTick(tctx, src.LastTick()+1)
 	cancel()
 	if err != nil {

@@ -23,17 +23,18 @@ const (
 	ToolRsync      = "rsync"        // rsync --no-whole-file
 	ToolFullZstd   = "full zstd"    // rsync --whole-file with zstd compression
 	ToolMigrate    = "qemu migrate" // QEMU's own live migration of the running guest (VM scenarios)
+	ToolHandoff    = "ntc handoff"  // ntc sync --handoff with ntc replicate running (VM scenarios)
 )
 
 // AllTools is every tool, in report order.
-var AllTools = []string{ToolNTC, ToolNTCChanged, ToolRsyncZ, ToolRsync, ToolFullZstd, ToolMigrate}
+var AllTools = []string{ToolNTC, ToolNTCChanged, ToolRsyncZ, ToolRsync, ToolFullZstd, ToolMigrate, ToolHandoff}
 
 // applies reports whether tool has a meaning in scenario sc: QEMU's
 // migration needs a guest; ntc+changed is for images whose writes are
 // listed (a checkpoint push always knows them).
 func applies(tool string, sc *Scenario) bool {
 	switch tool {
-	case ToolMigrate:
+	case ToolMigrate, ToolHandoff:
 		return sc.VM != nil
 	case ToolNTCChanged:
 		return sc.VM == nil
@@ -162,6 +163,8 @@ func runCase(ctx context.Context, cfg Config, l *link.Link, sc *Scenario, tool s
 		err = runRsync(ctx, l, sc, dir, tool, &c)
 	case ToolMigrate:
 		err = runMigrate(ctx, l, sc, dir, &c)
+	case ToolHandoff:
+		err = runHandoff(ctx, cfg.Bin, l, sc, dir, &c)
 	default:
 		err = fmt.Errorf("unknown tool %q", tool)
 	}

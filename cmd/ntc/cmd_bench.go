@@ -69,7 +69,7 @@ Examples:
 	f := cmd.Flags()
 	f.StringVar(&o.scenarios, "scenario", strings.Join(bench.DefaultScenarios, ","), "scenarios, comma separated: "+strings.Join(bench.ScenarioNames, ", "))
 	f.StringVar(&o.links, "link", "dsl", "link profiles, comma separated: dsl, wan, lan")
-	f.StringVar(&o.tools, "tools", "all", "tools: ntc, ntc+changed, rsync-z, rsync, full-zstd, migrate, or all")
+	f.StringVar(&o.tools, "tools", "all", "tools: ntc, ntc+changed, rsync-z, rsync, full-zstd, migrate, handoff, or all")
 	f.StringVar(&o.pushArgs, "push-args", "", "extra arguments for the measured 'ntc push', e.g. \"--conns 1\" (an experiment: the report then is not of the defaults)")
 	f.BoolVar(&o.trace, "trace", false, "write each case's packet timeline to --out (trace-*.tsv)")
 	f.DurationVar(&o.vmWork, "vm-work", time.Minute, "how long the guest works between the VM scenarios' two checkpoints")
@@ -157,7 +157,7 @@ func parseTools(s string) ([]string, error) {
 		return bench.AllTools, nil
 	}
 	names := map[string]string{"ntc": bench.ToolNTC, "ntc+changed": bench.ToolNTCChanged, "rsync-z": bench.ToolRsyncZ,
-		"rsync": bench.ToolRsync, "full-zstd": bench.ToolFullZstd, "migrate": bench.ToolMigrate}
+		"rsync": bench.ToolRsync, "full-zstd": bench.ToolFullZstd, "migrate": bench.ToolMigrate, "handoff": bench.ToolHandoff}
 	var out []string
 	for _, t := range strings.Split(s, ",") {
 		tool, ok := names[strings.TrimSpace(t)]
