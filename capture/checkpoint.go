@@ -1366,6 +1366,15 @@ func (c *checkpointer) commitOld(ctx context.Context) {
 		if err := c.saveState(true); err != nil {
 			errs = append(errs, err)
 		}
+		if c.cfg.Domain == "" {
+			// The merged overlays' nodes are out of the chain but still
+			// open (their files too, removed below): close them.
+			for _, ov := range frozen {
+				if err := closeNode(ctx, c.sess, ov.Node); err != nil {
+					c.logf("%s: close merged overlay node %s: %v", p.live.Name, ov.Node, err)
+				}
+			}
+		}
 		for _, ov := range frozen {
 			if err := os.Remove(ov.File); err != nil {
 				errs = append(errs, fmt.Errorf("remove merged overlay: %w", err))

@@ -97,6 +97,7 @@ type checkpointOptions struct {
 	downtime time.Duration
 	noCommit bool
 	workers  int
+	release  bool
 }
 
 func newCheckpointCommand(g *globals) *cobra.Command {
@@ -123,7 +124,8 @@ qcow2 overlay at the checkpoint instant (created next to the disk, or in
 --overlay-dir), and the overlay of the previous checkpoint, which holds
 exactly those writes, is merged back into the disk image afterwards. The
 guest keeps running on the newest overlay: restart it from its command line
-only after 'ntc checkpoint' has merged, or point it at the overlay.
+only after 'ntc checkpoint --release' has merged the last overlay back (ntc
+replicate does it when stopped), or point it at the overlay.
 
 RAM is captured by a migration into ntc, kept as 4 KiB pages keyed by
 content: only pages the repository lacks are stored. --method
@@ -161,6 +163,7 @@ Examples:
 	f.DurationVar(&o.downtime, "downtime", 20*time.Millisecond, "final pause the precopy method aims at")
 	f.BoolVar(&o.noCommit, "no-commit", false, "keep earlier overlays instead of merging them into the disk")
 	f.IntVar(&o.workers, "workers", 0, "goroutines hashing and storing (default: all cores)")
+	f.BoolVar(&o.release, "release", false, "take no checkpoint: merge ntc's overlays back into the guest's own disk images, live (the VM as it was found)")
 	return cmd
 }
 
@@ -181,6 +184,21 @@ func runCheckpoint(ctx context.Context, g *globals, o checkpointOptions) error {
 		return err
 	}
 	cfg.Downtime, cfg.NoCommit, cfg.Workers = o.downtime, o.noCommit, o.workers
+	if o.release {
+		rel, err := capture.Release(ctx, cfg)
+		if err != nil {
+			return err
+		}
+		if g.json {
+			return writeJSON(g.stdout, rel)
+		}
+		if len(rel.Disks) == 0 {
+			fmt.Fprintf(g.stdout, "%s: no overlay of ntc to merge (the guest writes to its own disks)\n", o.guest())
+			return nil
+		}
+		fmt.Fprintf(g.stdout, "%s: merged %d overlay(s) back into %v: the guest writes to its own disk images again\n", o.guest(), rel.Overlays, rel.Disks)
+		return nil
+	}
 	res, err := capture.Checkpoint(ctx, cfg)
 	if err != nil {
 		return err

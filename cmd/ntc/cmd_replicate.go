@@ -10,6 +10,7 @@ import (
 	"github.com/spf13/cobra"
 	"golang.org/x/term"
 
+	"github.com/ntc-project/ntc/capture"
 	"github.com/ntc-project/ntc/internal/sdnotify"
 	"github.com/ntc-project/ntc/replicate"
 	"github.com/ntc-project/ntc/transport"
@@ -22,6 +23,9 @@ type replicateOptions struct {
 	bwlimit string
 	keep    int
 	metrics string
+	// keepOverlays leaves the guest on ntc's overlay when replication
+	// stops (a restart then checkpoints incrementally).
+	keepOverlays bool
 }
 
 func newReplicateCommand(g *globals) *cobra.Command {
@@ -60,7 +64,12 @@ a --keep too ('ntc serve --keep N'), or it keeps every version.
 
 Ctrl-C stops at once, between rounds or inside one, leaving nothing
 half-written: the receiver keeps its last complete version, DIR its complete
-checkpoints, and the guest runs on. Exit status 130.
+checkpoints, and the guest runs on. Exit status 130. Before it exits, the
+overlay the guest writes to since the last checkpoint is merged back into the
+guest's own disk image, live, so that the VM is as it was found and can be
+restarted from its own configuration (the next replicate then reads the disks
+in full once); --keep-overlays leaves the guest on the overlay instead, for a
+quick restart.
 
 Examples:
   ntc replicate --qmp /run/vm/qmp.sock --out /srv/ntc/vm --to home:7400 --peer HOME-ID
@@ -87,6 +96,7 @@ The set is named after the libvirt domain, or vm, unless --name is given.`,
 	f.String("bwlimit", "", "cap the average send rate: 20Mbit, 2.5MB/s, 500k (bytes)")
 	f.Int("keep", 3, "newest checkpoints kept in DIR (besides the receiver's)")
 	f.String("metrics-listen", "", "serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9475)")
+	f.BoolVar(&o.keepOverlays, "keep-overlays", false, "when stopped, leave the guest writing to ntc's overlay (default: merge it back into the guest's own disk)")
 	for key, flag := range map[string]string{
 		"replicate.every": "every", "replicate.bwlimit": "bwlimit", "replicate.keep": "keep",
 		"replicate.metrics-listen": "metrics-listen",
@@ -210,6 +220,18 @@ func runReplicate(ctx context.Context, g *globals, o replicateOptions) error {
 		},
 	})
 	sd.Stopping("")
+	if ctx.Err() != nil && !o.keepOverlays {
+		// Stopped by the user: leave the VM as it was found.
+		rctx, rcancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Minute)
+		rel, rerr := capture.Release(rctx, ccfg)
+		rcancel()
+		switch {
+		case rerr != nil:
+			fmt.Fprintf(g.stderr, "ntc: merging the overlays back into the disks: %v (the guest runs on ntc's overlay; 'ntc checkpoint --release' retries)\n", rerr)
+		case len(rel.Disks) > 0:
+			fmt.Fprintf(g.stderr, "ntc: merged %d overlay(s) back into %v: the guest writes to its own disk image again\n", rel.Overlays, rel.Disks)
+		}
+	}
 	stopped := time.Now()
 	st.Stopped = &stopped
 	if err != nil && ctx.Err() == nil {

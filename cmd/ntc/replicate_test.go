@@ -165,6 +165,13 @@ func TestReplicate(t *testing.T) {
 		t.Fatalf("replicate after Ctrl-C: exit %d (%v): %s", code, err, stderr.String())
 	}
 	t.Logf("replicate stopped %v after Ctrl-C", time.Since(sigint).Round(time.Millisecond))
+	// It left the guest as it found it: writing to its own disk image.
+	if !strings.Contains(stderr.String(), "writes to its own disk image again") {
+		t.Errorf("replicate did not merge its overlay back on Ctrl-C: %s", stderr.String())
+	}
+	if ovs, _ := filepath.Glob(filepath.Join(vm.Dir(), "*.ntc-*.qcow2")); len(ovs) > 0 {
+		t.Errorf("overlays left after replicate stopped: %v", ovs)
+	}
 	if st := statusOf(t, ctx, office); len(st.Replicating) != 1 || st.Replicating[0].Running || st.Replicating[0].Stopped == nil {
 		t.Errorf("status after Ctrl-C: %+v", st.Replicating)
 	}
