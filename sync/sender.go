@@ -47,6 +47,10 @@ type Sender struct {
 	connsFrom   int64
 	connsAnyRTT bool
 
+	// level, if set, fixes the compression level (an index into levels)
+	// instead of choosing it from what the data streams measure.
+	level *int
+
 	// unverified skips checking chunks asked for again, so that a test can
 	// keep damaged ones on the wire.
 	unverified bool
@@ -82,6 +86,9 @@ type Result struct {
 	Rounds    int   `json:"rounds"`
 	// Patched counts chunks sent as patches against the receiver's copy.
 	Patched int `json:"chunks_patched"`
+	// Compressed is how many chunk bytes were compressed at each zstd
+	// level (its name), as the data streams chose them.
+	Compressed map[string]int64 `json:"compressed,omitempty"`
 	// IndexFetched is set when the sender had to fetch the base indexes.
 	IndexFetched bool  `json:"index_fetched"`
 	DurationMS   int64 `json:"duration_ms"`

@@ -4,8 +4,8 @@ import (
 	"context"
 	"fmt"
 	"sync/atomic"
+	"time"
 
-	"github.com/klauspost/compress/zstd"
 	"golang.org/x/sync/errgroup"
 
 	"github.com/ntc-project/ntc/chunk"
@@ -32,6 +32,13 @@ func (s *Sender) sendRound(ctx context.Context, conns []*transport.Conn, session
 		return err
 	}
 	var next, sentChunks, sentBytes, dataBytes, patched atomic.Int64
+	var encs encoders
+	defer encs.close()
+	first := startLevel(conns[0].QUIC().ConnectionStats().MinRTT, s.BytesPerSec)
+	if s.level != nil {
+		first = *s.level
+	}
+	var levelBytes [len(levels)]atomic.Int64
 	g, gctx := errgroup.WithContext(ctx)
 	for i := range streams {
 		conn := conns[i%len(conns)]
@@ -42,11 +49,11 @@ func (s *Sender) sendRound(ctx context.Context, conns []*transport.Conn, session
 			}
 			stop := context.AfterFunc(gctx, func() { st.Cancel(transport.ErrShuttingDown) })
 			defer stop()
-			enc, err := zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedFastest), zstd.WithEncoderConcurrency(1))
+			ctl := levelCtl{level: first}
+			enc, err := encs.get(ctl.level)
 			if err != nil {
 				return err
 			}
-			defer enc.Close()
 			fw := newFrameWriter(st)
 			if err := fw.write(msgData, dataHeader{round: wt.round, session: session}.encode()); err != nil {
 				return err
@@ -77,6 +84,7 @@ func (s *Sender) sendRound(ctx context.Context, conns []*transport.Conn, session
 				if err != nil {
 					return sourceError{err}
 				}
+				var compTime, waitTime time.Duration
 				for j, nc := range batch {
 					data := datas[j]
 					// The receiver verifies every chunk; a chunk it refused
@@ -87,16 +95,19 @@ func (s *Sender) sendRound(ctx context.Context, conns []*transport.Conn, session
 						}
 					}
 					m := chunkMsg{ordinal: uint64(todo[k+j]), codec: codecRaw, data: data}
+					t0 := time.Now()
 					segs, lit := patchSegments(nc.entry, patchable[nc.image])
 					if patchable[nc.image] != nil && lit < nc.entry.Length-64 {
 						m.codec, m.data = codecPatch, encodePatch(comp[:0], segs, data, enc)
 						patched.Add(1)
 					} else if zs.try() {
 						comp = enc.EncodeAll(data, comp[:0])
+						levelBytes[ctl.level].Add(int64(len(data)))
 						if zs.result(len(comp), len(data)) {
 							m.codec, m.data = codecZstd, comp
 						}
 					}
+					t1 := time.Now()
 					head = m.appendHead(head[:0])
 					if err := lim.wait(gctx, len(head)+len(m.data)); err != nil {
 						return err
@@ -104,11 +115,18 @@ func (s *Sender) sendRound(ctx context.Context, conns []*transport.Conn, session
 					if err := fw.write2(msgChunk, head, m.data); err != nil {
 						return err
 					}
+					compTime += t1.Sub(t0)
+					waitTime += time.Since(t1)
 					sentChunks.Add(1)
 					sentBytes.Add(int64(len(data)))
 					dataBytes.Add(int64(len(m.data)))
 					if s.Progress != nil {
 						s.Progress(int64(len(data)))
+					}
+				}
+				if s.level == nil {
+					if enc, err = encs.get(ctl.observe(compTime, waitTime)); err != nil {
+						return err
 					}
 				}
 			}
@@ -123,6 +141,14 @@ func (s *Sender) sendRound(ctx context.Context, conns []*transport.Conn, session
 	res.ChunkBytes += sentBytes.Load()
 	res.DataBytes += dataBytes.Load()
 	res.Patched += int(patched.Load())
+	for l := range levelBytes {
+		if n := levelBytes[l].Load(); n > 0 {
+			if res.Compressed == nil {
+				res.Compressed = map[string]int64{}
+			}
+			res.Compressed[levels[l].String()] += n
+		}
+	}
 	return err
 }
 
