@@ -13,7 +13,7 @@
 // (Sender.StateDir), index-only: their chunks stay where its Sources read
 // them.
 //
-// # Protocol (version 2)
+// # Protocol (version 3)
 //
 // A push runs over QUIC connections (package transport: mutually pinned
 // identities): a control connection, and on long paths a few data
@@ -53,8 +53,13 @@
 // first appearance. The receiver answers with a want bitmap over that list
 // (the chunks its store lacks). The sender announces on the control stream
 // how many data streams it opens for the round, and sends each wanted chunk
-// once over them (ordinal, codec raw or zstd, data), at most at the
-// bandwidth cap. The receiver decompresses, verifies each chunk's BLAKE3
+// once over them (ordinal, codec raw, zstd or patch, data), at most at the
+// bandwidth cap. Each data stream chooses its zstd level from what it
+// waits for (fastest while the CPU is the limit, up to the best level
+// while the link is: level.go), and from the better level on compresses
+// the chunks of a batch together (a group: their ordinals and one zstd
+// frame of at most 1 MiB of content; protocol 3). The receiver
+// decompresses, verifies each chunk's BLAKE3
 // against its ID, and stores the good ones; a damaged chunk is refused and
 // asked for again in the next round (at most 3). When nothing is missing the
 // receiver syncs its store and commits the version (repo.Repo.Commit, with
@@ -90,8 +95,9 @@
 //     same index), entries may not pass the image's end, and an image's
 //     entries (MaxEntries) and an offer's ops bytes (MaxOpsBytes) are
 //     bounded.
-//   - Chunks: a zstd frame must declare the chunk's length, decoding is
-//     bounded by the largest chunk, a patch has at most 4096 segments,
+//   - Chunks: a zstd frame must declare the chunk's length (a group's,
+//     its chunks' lengths together), decoding is bounded by the largest
+//     chunk (a group: 64 chunks, 1 MiB), a patch has at most 4096 segments,
 //     and each wanted chunk is taken once a round: a round decompresses
 //     at most the bytes it asked for.
 //   - Memory: what a push buffers (frames, decompressed chunks, the

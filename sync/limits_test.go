@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"errors"
-	"io"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
@@ -318,27 +317,13 @@ func TestZstdBombsAreRefused(t *testing.T) {
 				if typ, err = rp.outcome(t); err != nil || typ != msgWant {
 					break
 				}
-				rp.send(t, msgSent, sent{round: round, streams: 1}.encode())
-				ds, oerr := rp.c.OpenStream(t.Context())
-				if oerr != nil {
-					t.Fatal(oerr)
-				}
-				w := newFrameWriter(ds)
-				w.write(msgData, dataHeader{round: round, session: rp.tok}.encode())
-				for _, f := range tt.frames {
-					w.write(msgChunk, chunkMsg{ordinal: 0, codec: codecZstd, data: f}.appendTo(nil))
-				}
-				w.flush()
-				ds.Close()
-				io.Copy(io.Discard, ds)
+				rp.dataRound(t, round, func(w *frameWriter) {
+					for _, f := range tt.frames {
+						w.write(msgChunk, chunkMsg{ordinal: 0, codec: codecZstd, data: f}.appendTo(nil))
+					}
+				})
 			}
-			if !errors.Is(err, tt.want) && !(errors.Is(tt.want, ErrMalformed) && errors.Is(err, transport.ErrProtocol)) {
-				t.Fatalf("got %v, want %v", err, tt.want)
-			}
-			rp.c.Close()
-			if rerr := <-p.errs; !errors.Is(rerr, tt.want) {
-				t.Fatalf("the receiver ended with %v, want %v", rerr, tt.want)
-			}
+			rp.assertRefused(t, p, err, tt.want)
 		})
 	}
 }

@@ -408,6 +408,58 @@ func decodeChunk(p []byte) (chunkMsg, error) {
 	return m, nil
 }
 
+// chunksMsg is a group of chunks on a data stream, compressed together
+// so that each shares the others' context (protocol 3): a count (2 to
+// maxGroupChunks), the chunks' ordinals, a codec (zstd only) and one zstd
+// frame of their contents, concatenated in that order. Each chunk is
+// still verified alone.
+type chunksMsg struct {
+	ordinals []uint64
+	codec    byte
+	data     []byte
+}
+
+// A group holds at most maxGroupChunks chunks and maxGroupBytes of
+// content: a receiver decompresses at most that much at once.
+const (
+	maxGroupChunks = 64
+	maxGroupBytes  = 1 << 20
+)
+
+// appendHead appends the encoding of m up to its data, which follows.
+func (m chunksMsg) appendHead(b []byte) []byte {
+	e := enc{b: b}
+	e.uvarint(uint64(len(m.ordinals)))
+	for _, o := range m.ordinals {
+		e.uvarint(o)
+	}
+	e.b = append(e.b, m.codec)
+	return e.b
+}
+
+func decodeChunks(p []byte) (chunksMsg, error) {
+	d := dec{b: p}
+	n := d.count(1)
+	if d.err == nil && (n < 2 || n > maxGroupChunks) {
+		d.fail(fmt.Sprintf("a group of %d chunks", n))
+	}
+	var m chunksMsg
+	for range n {
+		m.ordinals = append(m.ordinals, d.uvarint())
+	}
+	if d.err == nil && len(d.b) < 1 {
+		d.fail("chunk group without codec")
+	}
+	if d.err != nil {
+		return chunksMsg{}, d.err
+	}
+	m.codec, m.data = d.b[0], d.b[1:]
+	if m.codec != codecZstd {
+		return chunksMsg{}, fmt.Errorf("%w: chunk group codec %d", ErrMalformed, m.codec)
+	}
+	return m, nil
+}
+
 // committed answers an offer: the version's number on the receiver, the
 // receiver's current version after the commit, and whether the version
 // was kept without becoming current (the copies diverged).

@@ -3,6 +3,7 @@ package sync
 import (
 	"context"
 	"crypto/rand"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -838,16 +839,19 @@ func (r *Receiver) readData(ctx context.Context, ds dataStream, in *incoming, bi
 		}
 	}()
 	// A chunk frame holds at most a chunk, or a patch of one (its
-	// segments and literal bytes).
-	rd.limit = int(2*in.maxChunk + 1024)
+	// segments and literal bytes), a group frame a group's compressed
+	// content (smaller than the content, or the sender sends the chunks
+	// alone) and its ordinals.
+	rd.limit = int(max(2*in.maxChunk, maxGroupBytes+maxGroupChunks*binary.MaxVarintLen64) + 1024)
 	rd.acct = in.acct
 	defer rd.release()
 	if err := in.acct.reserve(dataBufSize+frameKeep, "a data stream"); err != nil {
 		return err
 	}
 	defer in.acct.free(dataBufSize + frameKeep)
+	maxDecoded := max(in.maxChunk, maxGroupBytes)
 	dec, err := zstd.NewReader(nil, zstd.WithDecoderConcurrency(1), zstd.WithDecoderLowmem(true),
-		zstd.WithDecoderMaxMemory(uint64(max(in.maxChunk, 1<<10))), zstd.WithDecoderMaxWindow(uint64(max(in.maxChunk, zstd.MinWindowSize))))
+		zstd.WithDecoderMaxMemory(uint64(maxDecoded)), zstd.WithDecoderMaxWindow(uint64(maxDecoded)))
 	if err != nil {
 		return err
 	}
@@ -861,6 +865,42 @@ func (r *Receiver) readData(ctx context.Context, ds dataStream, in *incoming, bi
 	var buf []byte
 	var bufHeld int64
 	defer func() { in.acct.free(bufHeld) }()
+	take := func(ordinal uint64) (newChunk, error) {
+		if ordinal >= uint64(len(in.news)) || bitmap[ordinal/8]&(1<<(ordinal%8)) == 0 {
+			return newChunk{}, fmt.Errorf("%w: chunk %d was not asked for", ErrMalformed, ordinal)
+		}
+		if taken[ordinal].Swap(true) {
+			return newChunk{}, fmt.Errorf("%w: chunk %d sent twice in a round", ErrMalformed, ordinal)
+		}
+		return in.news[ordinal], nil
+	}
+	// Decompressed data goes to a buffer of the content's length,
+	// charged before it grows; the decoder refuses more.
+	grow := func(n int64) ([]byte, error) {
+		if need := n - int64(cap(buf)); need > 0 {
+			if err := in.acct.reserve(need, "a decompressed chunk"); err != nil {
+				return nil, err
+			}
+			bufHeld += need
+			buf = make([]byte, 0, n)
+		}
+		return buf[:0], nil
+	}
+	store := func(ordinal uint64, id chunk.ID, data, comp []byte, raw bool) error {
+		if err := chunk.Verify(id, data, "received from the sender"); err != nil {
+			r.logf("refused %v", err)
+			damaged.Add(1)
+			return nil
+		}
+		if err := r.Repo.store.PutVerified(ctx, id, data, comp, raw); err != nil {
+			return err
+		}
+		if err := sw.put(id, data); err != nil {
+			return err
+		}
+		have[ordinal].Store(true)
+		return nil
+	}
 	for {
 		typ, p, err := rd.read()
 		if err == io.EOF {
@@ -869,6 +909,12 @@ func (r *Receiver) readData(ctx context.Context, ds dataStream, in *incoming, bi
 		if err != nil {
 			return err
 		}
+		if typ == msgChunks {
+			if err := r.readGroup(p, take, grow, dec, store, damaged); err != nil {
+				return err
+			}
+			continue
+		}
 		if typ != msgChunk {
 			return fmt.Errorf("%w: frame type %d on a data stream", ErrMalformed, typ)
 		}
@@ -876,21 +922,14 @@ func (r *Receiver) readData(ctx context.Context, ds dataStream, in *incoming, bi
 		if err != nil {
 			return err
 		}
-		if m.ordinal >= uint64(len(in.news)) || bitmap[m.ordinal/8]&(1<<(m.ordinal%8)) == 0 {
-			return fmt.Errorf("%w: chunk %d was not asked for", ErrMalformed, m.ordinal)
+		nc, err := take(m.ordinal)
+		if err != nil {
+			return err
 		}
-		if taken[m.ordinal].Swap(true) {
-			return fmt.Errorf("%w: chunk %d sent twice in a round", ErrMalformed, m.ordinal)
-		}
-		nc := in.news[m.ordinal]
-		// Decompressed data goes to a buffer of the chunk's length,
-		// charged before it grows; the decoder refuses more.
-		if need := nc.entry.Length - int64(cap(buf)); need > 0 && m.codec != codecRaw {
-			if err := in.acct.reserve(need, "a decompressed chunk"); err != nil {
+		if m.codec != codecRaw {
+			if _, err := grow(nc.entry.Length); err != nil {
 				return err
 			}
-			bufHeld += need
-			buf = make([]byte, 0, nc.entry.Length)
 		}
 		data := m.data
 		if m.codec == codecPatch {
@@ -917,23 +956,58 @@ func (r *Receiver) readData(ctx context.Context, ds dataStream, in *incoming, bi
 			}
 			data = out
 		}
-		if err := chunk.Verify(nc.entry.ID, data, "received from the sender"); err != nil {
-			r.logf("refused %v", err)
-			damaged.Add(1)
-			continue
-		}
 		var comp []byte
 		if m.codec == codecZstd {
 			comp = m.data
 		}
-		if err := r.Repo.store.PutVerified(ctx, nc.entry.ID, data, comp, m.codec == codecRaw); err != nil {
+		if err := store(m.ordinal, nc.entry.ID, data, comp, m.codec == codecRaw); err != nil {
 			return err
 		}
-		if err := sw.put(nc.entry.ID, data); err != nil {
-			return err
-		}
-		have[m.ordinal].Store(true)
 	}
+}
+
+// readGroup takes a group of chunks compressed together: each chunk is
+// verified and stored alone (compressed again by the store), a group
+// that does not decompress to its chunks' lengths is damaged as a whole.
+func (r *Receiver) readGroup(p []byte, take func(uint64) (newChunk, error), grow func(int64) ([]byte, error), dec *zstd.Decoder,
+	store func(ordinal uint64, id chunk.ID, data, comp []byte, raw bool) error, damaged *atomic.Int64) error {
+	m, err := decodeChunks(p)
+	if err != nil {
+		return err
+	}
+	ncs := make([]newChunk, len(m.ordinals))
+	var total int64
+	for i, o := range m.ordinals {
+		if ncs[i], err = take(o); err != nil {
+			return err
+		}
+		total += ncs[i].entry.Length
+	}
+	if total > maxGroupBytes {
+		return fmt.Errorf("%w: a group of %d bytes of chunks", ErrMalformed, total)
+	}
+	if !zstdFits(m.data, total) {
+		r.logf("group of %d chunks: does not declare its %d bytes", len(ncs), total)
+		damaged.Add(int64(len(ncs)))
+		return nil
+	}
+	buf, err := grow(total)
+	if err != nil {
+		return err
+	}
+	out, err := dec.DecodeAll(m.data, buf)
+	if err != nil || int64(len(out)) != total {
+		r.logf("group of %d chunks: does not decompress to its %d bytes", len(ncs), total)
+		damaged.Add(int64(len(ncs)))
+		return nil
+	}
+	for i, nc := range ncs {
+		if err := store(m.ordinals[i], nc.entry.ID, out[:nc.entry.Length:nc.entry.Length], nil, false); err != nil {
+			return err
+		}
+		out = out[nc.entry.Length:]
+	}
+	return nil
 }
 
 // zstdFits reports whether a zstd frame declares exactly n bytes of

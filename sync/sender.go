@@ -86,6 +86,8 @@ type Result struct {
 	Rounds    int   `json:"rounds"`
 	// Patched counts chunks sent as patches against the receiver's copy.
 	Patched int `json:"chunks_patched"`
+	// Grouped counts chunks sent compressed together with others.
+	Grouped int `json:"chunks_grouped,omitempty"`
 	// Compressed is how many chunk bytes were compressed at each zstd
 	// level (its name), as the data streams chose them.
 	Compressed map[string]int64 `json:"compressed,omitempty"`

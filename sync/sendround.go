@@ -6,6 +6,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/klauspost/compress/zstd"
 	"golang.org/x/sync/errgroup"
 
 	"github.com/ntc-project/ntc/chunk"
@@ -31,14 +32,14 @@ func (s *Sender) sendRound(ctx context.Context, conns []*transport.Conn, session
 	if err := w.flush(); err != nil {
 		return err
 	}
-	var next, sentChunks, sentBytes, dataBytes, patched atomic.Int64
+	var next atomic.Int64
 	var encs encoders
 	defer encs.close()
 	first := startLevel(conns[0].QUIC().ConnectionStats().MinRTT, s.BytesPerSec)
 	if s.level != nil {
 		first = *s.level
 	}
-	var levelBytes [len(levels)]atomic.Int64
+	var stats roundStats
 	g, gctx := errgroup.WithContext(ctx)
 	for i := range streams {
 		conn := conns[i%len(conns)]
@@ -49,20 +50,18 @@ func (s *Sender) sendRound(ctx context.Context, conns []*transport.Conn, session
 			}
 			stop := context.AfterFunc(gctx, func() { st.Cancel(transport.ErrShuttingDown) })
 			defer stop()
-			ctl := levelCtl{level: first}
-			enc, err := encs.get(ctl.level)
-			if err != nil {
+			ds := &dataSender{s: s, ctx: gctx, lim: lim, encs: &encs, ctl: levelCtl{level: first}, stats: &stats}
+			if ds.enc, err = encs.get(first); err != nil {
 				return err
 			}
-			fw := newFrameWriter(st)
-			if err := fw.write(msgData, dataHeader{round: wt.round, session: session}.encode()); err != nil {
+			ds.fw = newFrameWriter(st)
+			if err := ds.fw.write(msgData, dataHeader{round: wt.round, session: session}.encode()); err != nil {
 				return err
 			}
-			if err := fw.flush(); err != nil {
+			if err := ds.fw.flush(); err != nil {
 				return err
 			}
-			var head, comp, rbuf []byte
-			var zs zstdSkipper
+			var rbuf []byte
 			for {
 				k := int(next.Add(sendBatch) - sendBatch)
 				if k >= len(todo) {
@@ -84,7 +83,6 @@ func (s *Sender) sendRound(ctx context.Context, conns []*transport.Conn, session
 				if err != nil {
 					return sourceError{err}
 				}
-				var compTime, waitTime time.Duration
 				for j, nc := range batch {
 					data := datas[j]
 					// The receiver verifies every chunk; a chunk it refused
@@ -94,61 +92,205 @@ func (s *Sender) sendRound(ctx context.Context, conns []*transport.Conn, session
 							return sourceError{fmt.Errorf("the image changed since it was indexed (index it again): %w", err)}
 						}
 					}
-					m := chunkMsg{ordinal: uint64(todo[k+j]), codec: codecRaw, data: data}
-					t0 := time.Now()
-					segs, lit := patchSegments(nc.entry, patchable[nc.image])
-					if patchable[nc.image] != nil && lit < nc.entry.Length-64 {
-						m.codec, m.data = codecPatch, encodePatch(comp[:0], segs, data, enc)
-						patched.Add(1)
-					} else if zs.try() {
-						comp = enc.EncodeAll(data, comp[:0])
-						levelBytes[ctl.level].Add(int64(len(data)))
-						if zs.result(len(comp), len(data)) {
-							m.codec, m.data = codecZstd, comp
-						}
-					}
-					t1 := time.Now()
-					head = m.appendHead(head[:0])
-					if err := lim.wait(gctx, len(head)+len(m.data)); err != nil {
+					if err := ds.chunk(uint64(todo[k+j]), nc.entry, data, patchable[nc.image]); err != nil {
 						return err
-					}
-					if err := fw.write2(msgChunk, head, m.data); err != nil {
-						return err
-					}
-					compTime += t1.Sub(t0)
-					waitTime += time.Since(t1)
-					sentChunks.Add(1)
-					sentBytes.Add(int64(len(data)))
-					dataBytes.Add(int64(len(m.data)))
-					if s.Progress != nil {
-						s.Progress(int64(len(data)))
 					}
 				}
-				if s.level == nil {
-					if enc, err = encs.get(ctl.observe(compTime, waitTime)); err != nil {
-						return err
-					}
+				if err := ds.endBatch(); err != nil {
+					return err
 				}
 			}
-			if err := fw.flush(); err != nil {
+			if err := ds.fw.flush(); err != nil {
 				return err
 			}
 			return st.Close()
 		})
 	}
 	err := g.Wait()
-	res.ChunksSent += int(sentChunks.Load())
-	res.ChunkBytes += sentBytes.Load()
-	res.DataBytes += dataBytes.Load()
-	res.Patched += int(patched.Load())
-	for l := range levelBytes {
-		if n := levelBytes[l].Load(); n > 0 {
+	res.ChunksSent += int(stats.chunks.Load())
+	res.ChunkBytes += stats.bytes.Load()
+	res.DataBytes += stats.data.Load()
+	res.Patched += int(stats.patched.Load())
+	res.Grouped += int(stats.grouped.Load())
+	for l := range stats.levelBytes {
+		if n := stats.levelBytes[l].Load(); n > 0 {
 			if res.Compressed == nil {
 				res.Compressed = map[string]int64{}
 			}
 			res.Compressed[levels[l].String()] += n
 		}
 	}
+	return err
+}
+
+// roundStats counts what a round's data streams sent.
+type roundStats struct {
+	chunks, bytes, data, patched, grouped atomic.Int64
+	levelBytes                            [len(levels)]atomic.Int64
+}
+
+// groupFrom is the level from which a stream compresses the chunks of a
+// batch together (one zstd frame, msgChunks): measured on bench's Debian
+// pair at the best level, 0.338 of the raw bytes for groups of 32 chunks
+// against 0.358 for chunks alone. The receiver then compresses each
+// chunk again for its store, CPU a slow link leaves it.
+const groupFrom = 2
+
+// dataSender writes one data stream's chunks: patches, chunks compressed
+// alone, or groups compressed together, at the level its levelCtl
+// chooses.
+type dataSender struct {
+	s     *Sender
+	ctx   context.Context
+	fw    *frameWriter
+	lim   *limiter
+	encs  *encoders
+	enc   *zstd.Encoder
+	ctl   levelCtl
+	zs    zstdSkipper
+	stats *roundStats
+
+	head, comp []byte
+	// group holds the ordinals and lengths of the chunks waiting in gbuf
+	// to be compressed together.
+	group []groupItem
+	gbuf  []byte
+	// comp and wait time of the batch so far.
+	compTime, waitTime time.Duration
+}
+
+type groupItem struct {
+	ordinal uint64
+	length  int
+}
+
+// chunk sends (or groups) the chunk of entry e with content data.
+func (d *dataSender) chunk(ordinal uint64, e chunk.Entry, data []byte, changed []chunk.Range) error {
+	t0 := time.Now()
+	segs, lit := patchSegments(e, changed)
+	switch {
+	case changed != nil && lit < e.Length-64:
+		d.comp = encodePatch(d.comp[:0], segs, data, d.enc)
+		d.stats.patched.Add(1)
+		return d.send(t0, chunkMsg{ordinal: ordinal, codec: codecPatch, data: d.comp}, len(data))
+	case d.ctl.level >= groupFrom:
+		if len(d.gbuf)+len(data) > maxGroupBytes || len(d.group) == maxGroupChunks {
+			if err := d.flushGroup(); err != nil {
+				return err
+			}
+		}
+		d.group = append(d.group, groupItem{ordinal, len(data)})
+		d.gbuf = append(d.gbuf, data...)
+		return nil
+	}
+	m := chunkMsg{ordinal: ordinal, codec: codecRaw, data: data}
+	if d.zs.try() {
+		d.comp = d.enc.EncodeAll(data, d.comp[:0])
+		d.stats.levelBytes[d.ctl.level].Add(int64(len(data)))
+		if d.zs.result(len(d.comp), len(data)) {
+			m.codec, m.data = codecZstd, d.comp
+		}
+	}
+	return d.send(t0, m, len(data))
+}
+
+// flushGroup sends the grouped chunks: compressed together if they
+// compress, else each as it is.
+func (d *dataSender) flushGroup() error {
+	group, gbuf := d.group, d.gbuf
+	d.group, d.gbuf = d.group[:0], d.gbuf[:0]
+	if len(group) == 0 {
+		return nil
+	}
+	t0 := time.Now()
+	if len(group) > 1 && d.zs.try() {
+		d.comp = d.enc.EncodeAll(gbuf, d.comp[:0])
+		d.stats.levelBytes[d.ctl.level].Add(int64(len(gbuf)))
+		if d.zs.result(len(d.comp), len(gbuf)) {
+			m := chunksMsg{codec: codecZstd, data: d.comp}
+			for _, it := range group {
+				m.ordinals = append(m.ordinals, it.ordinal)
+			}
+			t1 := time.Now()
+			d.head = m.appendHead(d.head[:0])
+			if err := d.write(msgChunks, d.head, m.data); err != nil {
+				return err
+			}
+			d.account(t0, t1, len(group), len(gbuf), len(m.data))
+			d.stats.grouped.Add(int64(len(group)))
+			return nil
+		}
+	}
+	for _, it := range group {
+		data := gbuf[:it.length]
+		gbuf = gbuf[it.length:]
+		if len(group) == 1 && d.zs.try() {
+			return d.sendAlone(t0, it.ordinal, data)
+		}
+		if err := d.send(t0, chunkMsg{ordinal: it.ordinal, codec: codecRaw, data: data}, len(data)); err != nil {
+			return err
+		}
+		t0 = time.Now()
+	}
+	return nil
+}
+
+// sendAlone compresses one chunk alone and sends it.
+func (d *dataSender) sendAlone(t0 time.Time, ordinal uint64, data []byte) error {
+	m := chunkMsg{ordinal: ordinal, codec: codecRaw, data: data}
+	d.comp = d.enc.EncodeAll(data, d.comp[:0])
+	d.stats.levelBytes[d.ctl.level].Add(int64(len(data)))
+	if d.zs.result(len(d.comp), len(data)) {
+		m.codec, m.data = codecZstd, d.comp
+	}
+	return d.send(t0, m, len(data))
+}
+
+// send writes one chunk frame; the time since t0 was compression.
+func (d *dataSender) send(t0 time.Time, m chunkMsg, raw int) error {
+	t1 := time.Now()
+	d.head = m.appendHead(d.head[:0])
+	if err := d.write(msgChunk, d.head, m.data); err != nil {
+		return err
+	}
+	d.account(t0, t1, 1, raw, len(m.data))
+	return nil
+}
+
+// write sends a frame at the rate the limiter allows.
+func (d *dataSender) write(typ byte, head, body []byte) error {
+	if err := d.lim.wait(d.ctx, len(head)+len(body)); err != nil {
+		return err
+	}
+	return d.fw.write2(typ, head, body)
+}
+
+// account records chunks sent: compressed from t0 to t1, then waited
+// for until now.
+func (d *dataSender) account(t0, t1 time.Time, chunks, raw, data int) {
+	d.compTime += t1.Sub(t0)
+	d.waitTime += time.Since(t1)
+	d.stats.chunks.Add(int64(chunks))
+	d.stats.bytes.Add(int64(raw))
+	d.stats.data.Add(int64(data))
+	if d.s.Progress != nil {
+		d.s.Progress(int64(raw))
+	}
+}
+
+// endBatch sends what is grouped and lets the level controller see the
+// batch.
+func (d *dataSender) endBatch() error {
+	if err := d.flushGroup(); err != nil {
+		return err
+	}
+	comp, wait := d.compTime, d.waitTime
+	d.compTime, d.waitTime = 0, 0
+	if d.s.level != nil {
+		return nil
+	}
+	var err error
+	d.enc, err = d.encs.get(d.ctl.observe(comp, wait))
 	return err
 }
 

@@ -27,6 +27,7 @@ const (
 	msgOfferEnd  = 12 // S→R: the offer is complete
 	msgData      = 13 // S→R: first frame of a data stream: its round
 	msgCandidate = 14 // S→R after hello: force flag, the sender's versions of the set
+	msgChunks    = 15 // S→R on a data stream: chunks compressed together
 )
 
 // maxStreams bounds the data streams of one round.
@@ -35,8 +36,9 @@ const maxStreams = 64
 const (
 	helloMagic = "NTC-SYNC"
 	// protocolVersion 2: versions have digests and parents; the base is
-	// the newest version both sides hold.
-	protocolVersion = 2
+	// the newest version both sides hold. 3: data streams may carry
+	// groups of chunks compressed together (msgChunks).
+	protocolVersion = 3
 	// maxFrame bounds any frame; an offer for a 16 TiB image at 16 KiB
 	// chunks would exceed it, and is sent as several frames.
 	maxFrame = 64 << 20
