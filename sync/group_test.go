@@ -160,7 +160,7 @@ func TestGroupedPush(t *testing.T) {
 	var data [2]int64
 	for i, l := range []int{groupFrom - 1, groupFrom} {
 		p := newPeers(t)
-		res, err := p.push(t, t.Context(), &Sender{StateDir: t.TempDir(), level: &l}, imageVersion(t, "vm", images))
+		res, err := p.push(t, t.Context(), &Sender{StateDir: t.TempDir(), level: &l, groupsAnyRTT: true}, imageVersion(t, "vm", images))
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -48,8 +48,10 @@ type Sender struct {
 	connsAnyRTT bool
 
 	// level, if set, fixes the compression level (an index into levels)
-	// instead of choosing it from what the data streams measure.
-	level *int
+	// instead of choosing it from what the data streams measure;
+	// groupsAnyRTT groups chunks whatever the round trip.
+	level        *int
+	groupsAnyRTT bool
 
 	// unverified skips checking chunks asked for again, so that a test can
 	// keep damaged ones on the wire.

@@ -35,10 +35,15 @@ func (s *Sender) sendRound(ctx context.Context, conns []*transport.Conn, session
 	var next atomic.Int64
 	var encs encoders
 	defer encs.close()
-	first := startLevel(conns[0].QUIC().ConnectionStats().MinRTT, s.BytesPerSec)
+	rtt := conns[0].QUIC().ConnectionStats().MinRTT
+	first := startLevel(rtt, s.BytesPerSec)
 	if s.level != nil {
 		first = *s.level
 	}
+	// On a short path a sender that waits is waiting for the receiver's
+	// CPU more likely than for the link: it would only pay to compress
+	// each chunk of a group again.
+	groups := rtt >= extraConnsRTT || s.groupsAnyRTT
 	var stats roundStats
 	g, gctx := errgroup.WithContext(ctx)
 	for i := range streams {
@@ -50,7 +55,7 @@ func (s *Sender) sendRound(ctx context.Context, conns []*transport.Conn, session
 			}
 			stop := context.AfterFunc(gctx, func() { st.Cancel(transport.ErrShuttingDown) })
 			defer stop()
-			ds := &dataSender{s: s, ctx: gctx, lim: lim, encs: &encs, ctl: levelCtl{level: first}, stats: &stats}
+			ds := &dataSender{s: s, ctx: gctx, lim: lim, encs: &encs, ctl: levelCtl{level: first}, groups: groups, stats: &stats}
 			if ds.enc, err = encs.get(first); err != nil {
 				return err
 			}
@@ -140,15 +145,17 @@ const groupFrom = 2
 // alone, or groups compressed together, at the level its levelCtl
 // chooses.
 type dataSender struct {
-	s     *Sender
-	ctx   context.Context
-	fw    *frameWriter
-	lim   *limiter
-	encs  *encoders
-	enc   *zstd.Encoder
-	ctl   levelCtl
-	zs    zstdSkipper
-	stats *roundStats
+	s    *Sender
+	ctx  context.Context
+	fw   *frameWriter
+	lim  *limiter
+	encs *encoders
+	enc  *zstd.Encoder
+	ctl  levelCtl
+	zs   zstdSkipper
+	// groups allows groups from the level groupFrom on.
+	groups bool
+	stats  *roundStats
 
 	head, comp []byte
 	// group holds the ordinals and lengths of the chunks waiting in gbuf
@@ -173,7 +180,7 @@ func (d *dataSender) chunk(ordinal uint64, e chunk.Entry, data []byte, changed [
 		d.comp = encodePatch(d.comp[:0], segs, data, d.enc)
 		d.stats.patched.Add(1)
 		return d.send(t0, chunkMsg{ordinal: ordinal, codec: codecPatch, data: d.comp}, len(data))
-	case d.ctl.level >= groupFrom:
+	case d.groups && d.ctl.level >= groupFrom:
 		if len(d.gbuf)+len(data) > maxGroupBytes || len(d.group) == maxGroupChunks {
 			if err := d.flushGroup(); err != nil {
 				return err

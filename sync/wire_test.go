@@ -181,6 +181,7 @@ func FuzzDecodeFrames(f *testing.F) {
 	w.write(msgBase, base{version: 2, images: []imageRef{{name: "disk"}}}.encode())
 	w.write(msgWant, want{round: 1, bitmap: []byte{0xff}}.encode())
 	w.write(msgChunk, chunkMsg{ordinal: 3, codec: codecRaw, data: []byte("abc")}.appendTo(nil))
+	w.write2(msgChunks, chunksMsg{ordinals: []uint64{3, 4}, codec: codecZstd}.appendHead(nil), []byte("zstd"))
 	w.write(msgSent, sent{round: 1, streams: 4}.encode())
 	w.write(msgError, encodeUint(codeNoSpace))
 	w.flush()
@@ -205,6 +206,8 @@ func FuzzDecodeFrames(f *testing.F) {
 				decodeWant(p)
 			case msgChunk:
 				decodeChunk(p)
+			case msgChunks:
+				decodeChunks(p)
 			case msgSent:
 				decodeSent(p)
 			case msgError:
