@@ -138,14 +138,17 @@ type PushResult struct {
 	BytesUp      int64  `json:"bytes_up"`
 	BytesDown    int64  `json:"bytes_down"`
 	Patched      int    `json:"chunks_patched"`
-	BytesLost    int64  `json:"bytes_lost"`
-	Packets      int64  `json:"packets_sent"`
-	BytesRead    int64  `json:"bytes_read"`
-	DurationMS   int64  `json:"duration_ms"`
-	IndexMS      int64  `json:"index_ms"`
-	MaxRSS       int64  `json:"peak_rss"`
-	Wall         time.Duration
-	CPU          time.Duration
+	Grouped      int    `json:"chunks_grouped"`
+	// Compressed is the chunk bytes compressed at each zstd level.
+	Compressed map[string]int64 `json:"compressed"`
+	BytesLost  int64            `json:"bytes_lost"`
+	Packets    int64            `json:"packets_sent"`
+	BytesRead  int64            `json:"bytes_read"`
+	DurationMS int64            `json:"duration_ms"`
+	IndexMS    int64            `json:"index_ms"`
+	MaxRSS     int64            `json:"peak_rss"`
+	Wall       time.Duration
+	CPU        time.Duration
 }
 
 // Push runs 'ntc push' and returns its summary.

@@ -83,6 +83,14 @@ type Case struct {
 	// starting and ending the process).
 	IndexMS int64 `json:"ntc_index_ms,omitempty"`
 	RunMS   int64 `json:"ntc_run_ms,omitempty"`
+	// DataBytes is the chunk data ntc sent (compressed, QUIC and
+	// retransmissions not included), LostBytes what QUIC declared lost,
+	// Compressed the chunk bytes compressed at each zstd level and
+	// Grouped the chunks compressed together with others.
+	DataBytes  int64            `json:"ntc_data_bytes,omitempty"`
+	LostBytes  int64            `json:"ntc_lost_bytes,omitempty"`
+	Compressed map[string]int64 `json:"ntc_compressed,omitempty"`
+	Grouped    int              `json:"ntc_grouped,omitempty"`
 	// ReceiverLog holds the lines of the receiver's log that time its part:
 	// the rounds of chunks, and the commit (store synced, committed, images
 	// written).
@@ -241,6 +249,7 @@ func runNTC(ctx context.Context, cfg Config, l *link.Link, sc *Scenario, dir str
 	c.Wall, c.CPUSender, c.MemSender = res.Wall, res.CPU, res.MaxRSS
 	c.CPUReceiver, c.MemReceiver = cpu, rss
 	c.IndexMS, c.RunMS = res.IndexMS, res.DurationMS
+	c.DataBytes, c.LostBytes, c.Compressed, c.Grouped = res.DataBytes, res.BytesLost, res.Compressed, res.Grouped
 	return nil
 }
 
