@@ -29,8 +29,9 @@ type Sender struct {
 	Streams int
 	// BytesPerSec caps the chunk data rate; 0 means no cap.
 	BytesPerSec int64
-	// Conns is the number of connections that carry data (default 1, the
-	// control connection). Each QUIC connection has its own congestion
+	// Conns is the most connections that carry data (default 1, the
+	// control connection): a push uses one per 10 ms of round trip, up to
+	// Conns (dial.go). Each QUIC connection has its own congestion
 	// window, and quic-go's NewReno backs off at every random loss: on a
 	// lossy long link several connections together fill it where one
 	// cannot. Dial makes the extra ones.
@@ -177,7 +178,7 @@ func (s *Sender) Push(ctx context.Context, conn *transport.Conn, v *Version) (*R
 	var extra *dialing
 	defer func() { extra.close() }()
 	if pre != nil && s.wantsExtra(conn, newBytes(listNew(pre.ops, pre.results))) {
-		extra = s.startDial(ctx)
+		extra = s.startDial(ctx, conn)
 	}
 	p, err := rd.expect(msgBase)
 	if err != nil {
@@ -252,7 +253,7 @@ func (s *Sender) Push(ctx context.Context, conn *transport.Conn, v *Version) (*R
 	conns := []*transport.Conn{conn}
 	if s.wantsExtra(conn, newBytes(news)) {
 		if extra == nil {
-			extra = s.startDial(ctx)
+			extra = s.startDial(ctx, conn)
 		}
 		more, err := extra.wait()
 		if err != nil {
