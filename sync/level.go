@@ -23,12 +23,9 @@ var levels = [...]zstd.EncoderLevel{zstd.SpeedFastest, zstd.SpeedDefault, zstd.S
 var levelCost = [len(levels)]float64{1, 1.3, 1.5, 5}
 
 // encoders holds one shared zstd encoder per level, made when a stream
-// first asks for it, so that a push holds at most GOMAXPROCS encoder
-// states per level (more would not compress faster) whatever its number
-// of streams. The best level's encoder compresses one chunk at a time:
-// its state holds ≈35 MiB of tables, and one core at that level outruns
-// the slow links it is chosen for (bench's debian over dsl: the sender's
-// peak memory 133 MiB with two, against 42 MiB at the fastest level).
+// first asks for it: an encoder at the best level holds ≈35 MiB of tables
+// per concurrent user, so a push has at most GOMAXPROCS of them (more
+// would not compress faster) whatever its number of streams.
 type encoders struct {
 	mu  gosync.Mutex
 	enc [len(levels)]*zstd.Encoder
@@ -39,12 +36,8 @@ func (e *encoders) get(l int) (*zstd.Encoder, error) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	if e.enc[l] == nil {
-		n := runtime.GOMAXPROCS(0)
-		if l == len(levels)-1 {
-			n = 1
-		}
 		z, err := zstd.NewWriter(nil, zstd.WithEncoderLevel(levels[l]),
-			zstd.WithEncoderConcurrency(n), zstd.WithLowerEncoderMem(true),
+			zstd.WithEncoderConcurrency(runtime.GOMAXPROCS(0)), zstd.WithLowerEncoderMem(true),
 			zstd.WithWindowSize(chunkWindow))
 		if err != nil {
 			return nil, err
