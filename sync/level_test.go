@@ -10,22 +10,23 @@ import (
 func TestLevelCtl(t *testing.T) {
 	ms := time.Millisecond
 	tests := []struct {
-		name  string
-		start int
+		name       string
+		start, top int
 		// each batch's compression and waiting time
 		comp, wait time.Duration
 		batches    int
 		want       int
 	}{
-		{"the link waits for the CPU: stays fastest", 0, 10 * ms, 0, 20, 0},
-		{"the CPU waits for the link: climbs to best", 0, 10 * ms, 200 * ms, 20, len(levels) - 1},
-		{"waiting covers better's cost, not best's", 0, 10 * ms, 10 * ms, 20, 2},
-		{"best is too slow for the link: steps down", len(levels) - 1, 50 * ms, 1 * ms, 2, len(levels) - 2},
-		{"a single batch decides nothing", 0, 10 * ms, 200 * ms, 1, 0},
+		{"the link waits for the CPU: stays fastest", 0, 3, 10 * ms, 0, 20, 0},
+		{"the CPU waits for the link: climbs to best", 0, 3, 10 * ms, 200 * ms, 20, len(levels) - 1},
+		{"waiting covers better's cost, not best's", 0, 3, 10 * ms, 10 * ms, 20, 2},
+		{"best is too slow for the link: steps down", len(levels) - 1, 3, 50 * ms, 1 * ms, 2, len(levels) - 2},
+		{"a single batch decides nothing", 0, 3, 10 * ms, 200 * ms, 1, 0},
+		{"no higher than top", 0, 1, 10 * ms, 200 * ms, 20, 1},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			c := levelCtl{level: tt.start}
+			c := levelCtl{level: tt.start, top: tt.top}
 			got := c.level
 			for range tt.batches {
 				got = c.observe(tt.comp, tt.wait)
@@ -37,20 +38,21 @@ func TestLevelCtl(t *testing.T) {
 	}
 }
 
-func TestStartLevel(t *testing.T) {
+func TestLevelRange(t *testing.T) {
+	best := len(levels) - 1
 	tests := []struct {
-		rtt  time.Duration
-		cap  int64
-		want int
+		rtt        time.Duration
+		cap        int64
+		first, top int
 	}{
-		{100 * time.Microsecond, 0, 0},
-		{40 * time.Millisecond, 0, 2},
-		{100 * time.Microsecond, 2 << 20, len(levels) - 1},
-		{40 * time.Millisecond, 100 << 20, 2},
+		{100 * time.Microsecond, 0, 0, 1},
+		{40 * time.Millisecond, 0, 2, best},
+		{100 * time.Microsecond, 2 << 20, best, best},
+		{40 * time.Millisecond, 100 << 20, 2, best},
 	}
 	for _, tt := range tests {
-		if got := startLevel(tt.rtt, tt.cap); got != tt.want {
-			t.Errorf("startLevel(%v, %d) = %s, want %s", tt.rtt, tt.cap, levels[got], levels[tt.want])
+		if first, top := levelRange(tt.rtt, tt.cap); first != tt.first || top != tt.top {
+			t.Errorf("levelRange(%v, %d) = %s..%s, want %s..%s", tt.rtt, tt.cap, levels[first], levels[top], levels[tt.first], levels[tt.top])
 		}
 	}
 }

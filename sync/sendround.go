@@ -36,7 +36,7 @@ func (s *Sender) sendRound(ctx context.Context, conns []*transport.Conn, session
 	var encs encoders
 	defer encs.close()
 	rtt := conns[0].QUIC().ConnectionStats().MinRTT
-	first := startLevel(rtt, s.BytesPerSec)
+	first, top := levelRange(rtt, s.BytesPerSec)
 	if s.level != nil {
 		first = *s.level
 	}
@@ -55,7 +55,7 @@ func (s *Sender) sendRound(ctx context.Context, conns []*transport.Conn, session
 			}
 			stop := context.AfterFunc(gctx, func() { st.Cancel(transport.ErrShuttingDown) })
 			defer stop()
-			ds := &dataSender{s: s, ctx: gctx, lim: lim, encs: &encs, ctl: levelCtl{level: first}, groups: groups, stats: &stats}
+			ds := &dataSender{s: s, ctx: gctx, lim: lim, encs: &encs, ctl: levelCtl{level: first, top: top}, groups: groups, stats: &stats}
 			if ds.enc, err = encs.get(first); err != nil {
 				return err
 			}
