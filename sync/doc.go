@@ -56,9 +56,9 @@
 // once over them (ordinal, codec raw, zstd or patch, data), at most at the
 // bandwidth cap. Each data stream chooses its zstd level from what it
 // waits for (fastest while the CPU is the limit, up to the best level
-// while the link is: level.go), and from the better level on compresses
-// the chunks of a batch together (a group: their ordinals and one zstd
-// frame of at most 1 MiB of content; protocol 3). The receiver
+// while the link is: level.go), and on a long path compresses the chunks
+// of a batch together (a group: their ordinals and one zstd frame of at
+// most 1 MiB of content; protocol 3). The receiver
 // decompresses, verifies each chunk's BLAKE3
 // against its ID, and stores the good ones; a damaged chunk is refused and
 // asked for again in the next round (at most 3). When nothing is missing the
