@@ -24,8 +24,10 @@
 // A push first records the version in the sender's repository: a child of
 // the sender's head of the set, or the head itself when the images and
 // metadata are the head's. The sender opens the control stream and says
-// hello (magic, protocol version, set name; a receiver of another protocol
-// version answers with the version error, "upgrade ntc on both sides"),
+// hello (magic, protocol version, set name; a receiver answers another
+// protocol version than 2 or 3 with the version error, "upgrade ntc on
+// both sides"; protocol 3 only adds groups of chunks, which a protocol 2
+// sender never sends),
 // then its candidates: a force flag and the digests of its versions of the
 // set, newest first (at most 64). The receiver answers with its base: the
 // newest candidate it holds (repo.Repo.Newest: its number there, digest

@@ -176,3 +176,24 @@ func TestGroupedPush(t *testing.T) {
 		t.Errorf("grouped chunks took %d bytes, alone %d", data[1], data[0])
 	}
 }
+
+// A receiver of protocol 3 serves a protocol 2 sender, whose chunks come
+// alone.
+func TestProtocol2SenderIsServed(t *testing.T) {
+	p := newPeers(t)
+	rp := p.rawPushVersion(t, "vm", 2)
+	a, b := bytes.Repeat([]byte("a"), 4096), bytes.Repeat([]byte("b"), 4096)
+	es := []chunk.Entry{{Offset: 0, Length: 4096, ID: chunk.Sum(a)}, {Offset: 4096, Length: 4096, ID: chunk.Sum(b)}}
+	rp.offerOps(t, 8192, chunk.Pages(), []op{{kind: opInsert, entries: es}})
+	if typ, err := rp.outcome(t); err != nil || typ != msgWant {
+		t.Fatalf("answer to the offer: frame %d, %v", typ, err)
+	}
+	rp.dataRound(t, 1, func(w *frameWriter) {
+		w.write(msgChunk, chunkMsg{ordinal: 0, codec: codecRaw, data: a}.appendTo(nil))
+		w.write(msgChunk, chunkMsg{ordinal: 1, codec: codecRaw, data: b}.appendTo(nil))
+	})
+	if typ, err := rp.outcome(t); err != nil || typ != msgCommitted {
+		t.Fatalf("after the chunks: frame %d, %v; want committed", typ, err)
+	}
+	assertMaterialized(t, p.repo, "vm", map[string][]byte{"img": append(slices.Clone(a), b...)})
+}

@@ -30,6 +30,12 @@ type rawPush struct {
 
 func (p *peers) rawPush(t *testing.T, set string) *rawPush {
 	t.Helper()
+	return p.rawPushVersion(t, set, protocolVersion)
+}
+
+// rawPushVersion is rawPush saying hello in protocol version.
+func (p *peers) rawPushVersion(t *testing.T, set string, version uint64) *rawPush {
+	t.Helper()
 	ctx := t.Context()
 	c, err := transport.Dial(ctx, p.addr, p.client, p.srvID, transport.Config{})
 	if err != nil {
@@ -41,7 +47,7 @@ func (p *peers) rawPush(t *testing.T, set string) *rawPush {
 		t.Fatal(err)
 	}
 	rp := &rawPush{c: c, st: st, w: newFrameWriter(st), rd: newFrameReader(st)}
-	rp.send(t, msgHello, hello{version: protocolVersion, set: set}.encode())
+	rp.send(t, msgHello, hello{version: version, set: set}.encode())
 	rp.send(t, msgCandidate, candidates{}.encode())
 	b, err := rp.rd.expect(msgBase)
 	if err != nil {

@@ -338,7 +338,7 @@ func (r *Receiver) serve(ctx context.Context, cancel context.CancelFunc, conn *t
 	if err != nil {
 		return err
 	}
-	if h.version != protocolVersion {
+	if h.version < minProtocolVersion || h.version > protocolVersion {
 		return ErrVersionMismatch
 	}
 	if err := CheckName(h.set); err != nil {

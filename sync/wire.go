@@ -39,6 +39,9 @@ const (
 	// the newest version both sides hold. 3: data streams may carry
 	// groups of chunks compressed together (msgChunks).
 	protocolVersion = 3
+	// minProtocolVersion is the oldest sender's protocol a receiver
+	// serves: 3 only adds groups, which a protocol 2 sender never sends.
+	minProtocolVersion = 2
 	// maxFrame bounds any frame; an offer for a 16 TiB image at 16 KiB
 	// chunks would exceed it, and is sent as several frames.
 	maxFrame = 64 << 20
