@@ -93,7 +93,7 @@ func TestChunkGroups(t *testing.T) {
 					t.Errorf("%d rounds, want %d", rounds, wantRounds)
 				}
 				for i, c := range tt.chunks {
-					if got, err := p.repo.Store().Get(t.Context(), es[i].ID); err != nil || !bytes.Equal(got, c) {
+					if got, err := readStore(t, p.repo).Get(t.Context(), es[i].ID); err != nil || !bytes.Equal(got, c) {
 						t.Fatalf("chunk %d stored as %d bytes, %v", i, len(got), err)
 					}
 				}

@@ -16,8 +16,8 @@ import (
 // decides whether this peer may ask (nil: nobody may), and only the set's
 // current version, the one named: never anything the request describes.
 const (
-	msgResume  = 15 // S→R, first frame: resume this version of a set
-	msgResumed = 16 // R→S: the copy runs
+	msgResume  = 16 // S→R, first frame: resume this version of a set
+	msgResumed = 17 // R→S: the copy runs
 )
 
 // Error codes of a hand-off (see errors.go).

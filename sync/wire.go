@@ -28,6 +28,7 @@ const (
 	msgData      = 13 // S→R: first frame of a data stream: its round
 	msgCandidate = 14 // S→R after hello: force flag, the sender's versions of the set
 	msgChunks    = 15 // S→R on a data stream: chunks compressed together
+	// 16 and 17 are a hand-off's msgResume and msgResumed (handoff.go).
 )
 
 // maxStreams bounds the data streams of one round.

@@ -35,7 +35,7 @@ func (o *receiverOptions) addFlags(g *globals, cmd *cobra.Command) {
 	f.String("to", "", "receiver address HOST:PORT")
 	f.String("peer", "", "the receiver's node ID (from 'ntc id' there)")
 	f.Int("streams", 4, "parallel data streams")
-	f.Int("conns", 4, "connections carrying data on long paths (round trip 10 ms or more) when 8 MiB or more travel: each has its own congestion window, which lossy long links need")
+	f.Int("conns", 8, "at most this many connections carry data when 8 MiB or more travel: one per 10 ms of round trip (each has its own congestion window, which lossy long links need); serve's --max-conns-per-peer caps it")
 	for _, name := range []string{"to", "peer", "streams", "conns"} {
 		g.bind(cmd, "push."+name, name)
 	}
