@@ -83,18 +83,21 @@ type LibvirtDisk struct {
 
 // LibvirtDomain is a copy running as a libvirt domain.
 type LibvirtDomain struct {
-	Name, UUID, URI string
-	WorkDir         string
+	Name    string `json:"domain"`
+	UUID    string `json:"uuid"`
+	URI     string `json:"uri"`
+	WorkDir string `json:"workdir"`
 	// XML is the domain XML ntc wrote (also WorkDir/domain.xml).
-	XML string
+	XML string `json:"-"`
 	// Console is the serial console's socket, SerialLog its log; "" when
 	// the machine has no serial port.
-	Console, SerialLog string
-	Disks              []LibvirtDisk
+	Console   string        `json:"console,omitempty"`
+	SerialLog string        `json:"serial_log,omitempty"`
+	Disks     []LibvirtDisk `json:"disks"`
 	// LinksDown are the MAC addresses of the NICs whose link ntc set down.
-	LinksDown []string
-	Manifest  *capture.Manifest
-	Timings   LibvirtTimings
+	LinksDown []string          `json:"links_down,omitempty"`
+	Manifest  *capture.Manifest `json:"-"`
+	Timings   LibvirtTimings    `json:"timings"`
 }
 
 // LibvirtTimings is where the time of a libvirt resume went.
@@ -178,6 +181,9 @@ func StartLibvirt(ctx context.Context, cfg LibvirtConfig) (d *LibvirtDomain, err
 	d = &LibvirtDomain{Name: cfg.Name, URI: conn.URI, WorkDir: work, XML: def.xml, Disks: def.disks, Manifest: m}
 	if def.serial {
 		d.Console, d.SerialLog = filepath.Join(work, libvirtConsole), filepath.Join(work, libvirtSerialLog)
+	}
+	if err := reachable(work); err != nil {
+		return nil, err
 	}
 	if err := prepareLibvirtWorkDir(work, def.disks); err != nil {
 		return nil, err
@@ -291,6 +297,22 @@ func checkDomainName(name string) error {
 		return fmt.Errorf("resume: domain name %q: want 1 to 128 letters, digits, '.', '_', '-', '+', not starting with '.' or '-'", name)
 	}
 	return nil
+}
+
+// reachable checks that libvirt's QEMU, which runs as its own user, can
+// pass through every directory above work (a work directory under /root
+// cannot be reached).
+func reachable(work string) error {
+	for dir := filepath.Dir(work); ; dir = filepath.Dir(dir) {
+		fi, err := os.Stat(dir)
+		if err == nil && fi.Mode().Perm()&0o001 == 0 {
+			return fmt.Errorf("resume: libvirt runs QEMU as its own user, which cannot pass through %s (mode %v) to the copy's disks in %s: "+
+				"give a work directory it can reach (--workdir /var/lib/libvirt/images/ntc-NAME, or one under /srv)", dir, fi.Mode().Perm(), work)
+		}
+		if dir == filepath.Dir(dir) {
+			return nil
+		}
+	}
 }
 
 // prepareLibvirtWorkDir creates the work directory (0711: libvirt's QEMU

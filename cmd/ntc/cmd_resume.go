@@ -30,6 +30,8 @@ type resumeOptions struct {
 	user        string
 	loadTimeout time.Duration
 	detach      bool
+	libvirt     bool
+	connect     string
 }
 
 func newResumeCommand(g *globals) *cobra.Command {
@@ -109,6 +111,8 @@ Examples:
 	f.String("user", "", "run QEMU as this user (ntc runs as root); the work directory becomes theirs, and its parents and --kernel/--initrd must be open to them")
 	f.Duration("load-timeout", resume.DefaultLoadTimeout, "how long QEMU may take to load the migration stream before ntc gives up and stops it")
 	f.BoolVar(&o.detach, "detach", false, "leave the copy running and exit (default: stay until Ctrl-C, then stop it)")
+	f.BoolVar(&o.libvirt, "libvirt", false, "run the copy as a transient libvirt domain named SET (virsh list shows it) and exit; --workdir must be reachable by libvirt's QEMU user")
+	f.StringVar(&o.connect, "connect", "", "the libvirt connection for --libvirt (default qemu:///system)")
 	g.bind(cmd, "resume.store", "store")
 	g.bind(cmd, "resume.name", "name")
 	g.bind(cmd, "resume.workdir", "workdir")
@@ -203,6 +207,19 @@ func runResume(ctx context.Context, g *globals, o resumeOptions) error {
 	work := o.workdir
 	if work == "" {
 		work = filepath.Join(g.home(), "resume", o.name)
+	}
+	if o.libvirt {
+		d, err := resume.StartLibvirt(ctx, resume.LibvirtConfig{Images: images, WorkDir: work, Name: o.name, Connect: o.connect,
+			Network: network, Kernel: o.kernel, Initrd: o.initrd})
+		if err != nil {
+			return err
+		}
+		if g.json {
+			return writeJSONLine(g.stdout, d)
+		}
+		fmt.Fprintf(g.stdout, "resumed %s as libvirt domain %s at %s in %.2f s (links down: %s); serial console %s; virsh -c %s destroy %s stops it\n",
+			o.name, d.Name, d.URI, d.Timings.Total.Seconds(), strings.Join(d.LinksDown, ", "), d.Console, d.URI, d.Name)
+		return nil
 	}
 	cfg := resume.Config{Images: images, WorkDir: work, Network: network, QEMU: o.qemu, Detach: o.detach,
 		Kernel: o.kernel, Initrd: o.initrd, Firmware: o.bios, User: o.user, LoadTimeout: o.loadTimeout}

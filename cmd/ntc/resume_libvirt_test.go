@@ -1,0 +1,131 @@
+package main
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/ntc-project/ntc/internal/libvirttest"
+	"github.com/ntc-project/ntc/internal/testguest"
+	"github.com/ntc-project/ntc/resume"
+)
+
+// TestResumeLibvirtDomain hands a libvirt-managed guest over to another
+// node as a libvirt domain: 'ntc checkpoint --domain', 'ntc push
+// --checkpoint', the original destroyed, then 'ntc resume --libvirt' at
+// the receiver. The copy is a domain named after the set (virsh list
+// shows it, running), its console goes on from the checkpoint's tick
+// without booting, its NIC link is down in libvirt's view, and the
+// receiver's images are untouched.
+func TestResumeLibvirtDomain(t *testing.T) {
+	libvirttest.Daemon(t)
+	libvirttest.RequireUserfaultfd(t)
+	d := libvirttest.StartDomain(t, libvirttest.DomainOptions{Memory: testguest.PreferHugePages(testguest.DefaultMemoryMiB), DiskBusyMiB: 1, NIC: true})
+	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Minute)
+	defer cancel()
+	if _, err := d.WaitTick(ctx, 2); err != nil {
+		t.Fatal(err)
+	}
+	var rnd [4]byte
+	rand.Read(rnd[:])
+	set := "ntc-copy-" + hex.EncodeToString(rnd[:])
+	office, home := newNode(t), newNode(t)
+	store := t.TempDir()
+	addr, _ := serve(t, home, store, office.id)
+	repo := filepath.Join(t.TempDir(), set)
+
+	before := d.LastTick()
+	if out, err := office.cmd(ctx, "checkpoint", "--domain", d.Name, "--connect", libvirttest.URI, "--out", repo).CombinedOutput(); err != nil {
+		t.Fatalf("checkpoint --domain: %v: %s", err, out)
+	}
+	after := d.LastTick()
+	if _, err := push(t, ctx, office, addr, home.id, "--checkpoint", repo); err != nil {
+		t.Fatal(err)
+	}
+	// Handed off: the original stops.
+	if _, err := d.Virsh(ctx, "destroy", d.Name); err != nil {
+		t.Fatal(err)
+	}
+	images := filepath.Join(store, "sets", set, "images")
+	// The disk is named after libvirt's alias of it.
+	diskTick, err := testguest.ReadDiskTick(ctx, filepath.Join(images, "disk-virtio-disk0"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if diskTick < before || diskTick > after+1 {
+		t.Fatalf("the received disk says tick %d; the guest printed tick %d before the checkpoint and %d after", diskTick, before, after)
+	}
+	sums := treeSums(t, images)
+
+	// libvirt's QEMU user must reach the work directory.
+	parent, err := os.MkdirTemp("", "ntclvr-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(parent) })
+	if err := os.Chmod(parent, 0o711); err != nil {
+		t.Fatal(err)
+	}
+	work := filepath.Join(parent, "copy")
+	t.Cleanup(func() {
+		libvirttest.Virsh(context.WithoutCancel(ctx), "destroy", set)
+	})
+	c := home.cmd(ctx, "--json", "resume", "--libvirt", "--connect", libvirttest.URI, "--store", store, "--name", set,
+		"--workdir", work, "--kernel", filepath.Join(d.Dir, "vmlinuz"), "--initrd", filepath.Join(d.Dir, "initrd.img"))
+	var stderr strings.Builder
+	c.Stderr = &stderr
+	out, err := c.Output()
+	if err != nil {
+		t.Fatalf("resume --libvirt: %v: %s", err, stderr.String())
+	}
+	var res resume.LibvirtDomain
+	if err := json.Unmarshal(out, &res); err != nil {
+		t.Fatalf("resume --libvirt printed %s: %v", out, err)
+	}
+	t.Logf("resumed as domain %s in %v (save image with a %d-byte stream written in %v, restored in %v)",
+		res.Name, res.Timings.Total, res.Timings.StreamBytes, res.Timings.Prepare, res.Timings.Restore)
+	if res.Name != set || len(res.Disks) != 1 || len(res.LinksDown) != 1 || res.SerialLog == "" {
+		t.Fatalf("resume --libvirt --json: %+v", res)
+	}
+
+	list, err := libvirttest.Virsh(ctx, "list", "--name", "--state-running")
+	if err != nil || !strings.Contains("\n"+list, "\n"+set+"\n") {
+		t.Fatalf("virsh list --state-running does not show %s: %q, %v", set, list, err)
+	}
+	// The console goes on from the checkpoint: no boot, the first tick
+	// follows the one on the received disk.
+	first := -1
+	for _, l := range waitSerialFile(t, ctx, res.SerialLog, 3) {
+		if strings.Contains(l, "Linux version") || strings.HasPrefix(l, "ntc: ready") {
+			t.Errorf("the copy booted: %q", l)
+		}
+		if m := tickRe.FindStringSubmatch(strings.TrimRight(l, "\r")); m != nil && first < 0 {
+			first, _ = strconv.Atoi(m[1])
+		}
+	}
+	if first != diskTick+1 && first != diskTick {
+		t.Errorf("the copy's first tick is %d; the checkpoint's disk says %d (the original printed %d before, %d after)", first, diskTick, before, after)
+	}
+	t.Logf("the original printed ticks %d..%d around the checkpoint, whose disk says %d; the copy went on with tick %d", before, after, diskTick, first)
+
+	// The link is down, as libvirt sees it.
+	link, err := libvirttest.Virsh(ctx, "domif-getlink", set, res.LinksDown[0])
+	if err != nil || !strings.Contains(link, "down") {
+		t.Errorf("virsh domif-getlink %s %s: %q, %v", set, res.LinksDown[0], link, err)
+	}
+	if got := treeSums(t, images); got != sums {
+		t.Errorf("the receiver's images changed during the resume:\n%s\nnow:\n%s", sums, got)
+	}
+	// A second resume of the set: the domain exists, nothing is touched.
+	if code, _, errs := ntc(t, ctx, "resume", "--libvirt", "--connect", libvirttest.URI, "--store", store, "--name", set,
+		"--workdir", filepath.Join(parent, "again"), "--kernel", filepath.Join(d.Dir, "vmlinuz"), "--initrd", filepath.Join(d.Dir, "initrd.img")); code == 0 || !strings.Contains(errs, "already") {
+		t.Errorf("a second resume --libvirt of %s: exit %d, %q", set, code, errs)
+	}
+}
