@@ -235,6 +235,11 @@ func StartLibvirt(ctx context.Context, cfg LibvirtConfig) (d *LibvirtDomain, err
 			conn.DomainDestroy(dom)
 		}
 	}()
+	// libvirt's restore takes no cancellation: a start cancelled
+	// meanwhile ends here, the domain destroyed.
+	if err := ctx.Err(); err != nil {
+		return nil, fmt.Errorf("resume: %w", err)
+	}
 	d.UUID = uuidString(dom.UUID)
 	if cfg.Network == NetworkOff {
 		for _, nic := range def.nics {

@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -12,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ntc-project/ntc/capture"
 	"github.com/ntc-project/ntc/internal/libvirttest"
 	"github.com/ntc-project/ntc/internal/testguest"
 	"github.com/ntc-project/ntc/resume"
@@ -115,17 +117,78 @@ func TestResumeLibvirtDomain(t *testing.T) {
 	}
 	t.Logf("the original printed ticks %d..%d around the checkpoint, whose disk says %d; the copy went on with tick %d", before, after, diskTick, first)
 
-	// The link is down, as libvirt sees it.
+	// The link is down, as libvirt sees it and as the guest sees it.
 	link, err := libvirttest.Virsh(ctx, "domif-getlink", set, res.LinksDown[0])
 	if err != nil || !strings.Contains(link, "down") {
 		t.Errorf("virsh domif-getlink %s %s: %q, %v", set, res.LinksDown[0], link, err)
 	}
+	s, err := capture.DialDomain(ctx, libvirttest.URI, set, capture.DialOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	up, err := sessionNICLinkUp(ctx, s, "net0")
+	s.Close()
+	if err != nil || up {
+		t.Errorf("the copy's NIC (net0): link up %v, %v; want down", up, err)
+	}
+	// Its disk is the work directory's, and takes the guest's writes.
+	blocks, err := libvirttest.Virsh(ctx, "domblklist", set)
+	if err != nil || !strings.Contains(blocks, res.Disks[0].File) {
+		t.Errorf("virsh domblklist %s: %q, %v; want %s", set, blocks, err, res.Disks[0].File)
+	}
+	now := first
+	for _, l := range waitSerialFile(t, ctx, res.SerialLog, 6) {
+		if m := tickRe.FindStringSubmatch(strings.TrimRight(l, "\r")); m != nil {
+			now, _ = strconv.Atoi(m[1])
+		}
+	}
+	if n, err := testguest.ReadDiskTick(ctx, res.Disks[0].File); err != nil || n <= diskTick {
+		t.Errorf("the copy's disk says tick %d (%v); the received one %d, the console is at %d", n, err, diskTick, now)
+	}
 	if got := treeSums(t, images); got != sums {
 		t.Errorf("the receiver's images changed during the resume:\n%s\nnow:\n%s", sums, got)
 	}
+	// A checkpoint that does not fit the machine (the RAM size changed):
+	// libvirt's QEMU refuses the stream, and no domain or disk is left.
+	m, err := resume.ReadManifest(images)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m.Machine.RAM.Size *= 2
+	bad := filepath.Join(parent, "bad")
+	_, err = resume.StartLibvirt(ctx, resume.LibvirtConfig{Images: images, WorkDir: bad, Name: set + "-bad", Connect: libvirttest.URI,
+		Kernel: filepath.Join(d.Dir, "vmlinuz"), Initrd: filepath.Join(d.Dir, "initrd.img"), Manifest: m})
+	if !errors.Is(err, resume.ErrIncompatible) {
+		t.Errorf("resume of a checkpoint with twice its RAM: %v, want ErrIncompatible", err)
+	}
+	if _, verr := libvirttest.Virsh(ctx, "domstate", set+"-bad"); verr == nil {
+		t.Errorf("a domain %s-bad is left after the failed resume", set)
+	}
+	if left, _ := filepath.Glob(filepath.Join(bad, "*.qcow2")); len(left) != 0 {
+		t.Errorf("the failed resume left %v", left)
+	}
+	t.Logf("a checkpoint with twice its RAM: %v", err)
+
 	// A second resume of the set: the domain exists, nothing is touched.
 	if code, _, errs := ntc(t, ctx, "resume", "--libvirt", "--connect", libvirttest.URI, "--store", store, "--name", set,
 		"--workdir", filepath.Join(parent, "again"), "--kernel", filepath.Join(d.Dir, "vmlinuz"), "--initrd", filepath.Join(d.Dir, "initrd.img")); code == 0 || !strings.Contains(errs, "already") {
 		t.Errorf("a second resume --libvirt of %s: exit %d, %q", set, code, errs)
+	}
+
+	// Stopped, the set resumes again with --network on: the link is up.
+	if _, err := libvirttest.Virsh(ctx, "destroy", set); err != nil {
+		t.Fatal(err)
+	}
+	if code, _, errs := ntc(t, ctx, "resume", "--libvirt", "--connect", libvirttest.URI, "--store", store, "--name", set, "--network", "on",
+		"--workdir", filepath.Join(parent, "on"), "--kernel", filepath.Join(d.Dir, "vmlinuz"), "--initrd", filepath.Join(d.Dir, "initrd.img")); code != 0 {
+		t.Fatalf("resume --libvirt --network on: exit %d: %s", code, errs)
+	}
+	if s, err = capture.DialDomain(ctx, libvirttest.URI, set, capture.DialOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	up, err = sessionNICLinkUp(ctx, s, "net0")
+	s.Close()
+	if err != nil || !up {
+		t.Errorf("the copy resumed with --network on: link up %v, %v", up, err)
 	}
 }
