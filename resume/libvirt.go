@@ -14,7 +14,9 @@ package resume
 // (src/qemu/qemu_saveimage.c: the header "LibvirtQemudSave", version 2,
 // the XML's length, was-running, format raw, no cookie; the XML with its
 // NUL; then QEMU's migration stream as migstream.Join rebuilds it) into
-// the work directory and removes it once libvirt has loaded it. Then the
+// a FIFO in the work directory while libvirt reads it, so that the guest's
+// RAM is never written to a file there (libvirt hands the descriptor to
+// QEMU for its incoming migration, as for a save file). Then the
 // NIC links are set down through libvirt (virDomainUpdateDeviceFlags with
 // <link state='down'/>, so that libvirt's XML says so too) and the domain
 // resumed. The link state is part of a NIC's migrated state, so a link
@@ -47,6 +49,7 @@ import (
 	"time"
 
 	"github.com/digitalocean/go-libvirt"
+	"golang.org/x/sys/unix"
 
 	"github.com/ntc-project/ntc/capture"
 	"github.com/ntc-project/ntc/capture/migstream"
@@ -103,8 +106,8 @@ type LibvirtDomain struct {
 // LibvirtTimings is where the time of a libvirt resume went.
 type LibvirtTimings struct {
 	Total   time.Duration `json:"total"`
-	Prepare time.Duration `json:"prepare"` // checks, disk copies, save image
-	Restore time.Duration `json:"restore"` // virDomainRestoreFlags
+	Prepare time.Duration `json:"prepare"` // checks, disk copies
+	Restore time.Duration `json:"restore"` // virDomainRestoreFlags, the stream fed meanwhile
 	// StreamBytes is the migration stream in the save image.
 	StreamBytes int64 `json:"stream_bytes"`
 }
@@ -216,14 +219,20 @@ func StartLibvirt(ctx context.Context, cfg LibvirtConfig) (d *LibvirtDomain, err
 		return nil, fmt.Errorf("resume: %w", err)
 	}
 	save := filepath.Join(work, libvirtSaveImage)
-	if d.Timings.StreamBytes, err = writeSaveImage(ctx, save, def.xml, stream, src); err != nil {
-		return nil, fmt.Errorf("resume: write the save image: %w", err)
+	feed, err := feedSaveImage(ctx, save, def.xml, stream, src)
+	if err != nil {
+		return nil, fmt.Errorf("resume: the save image: %w", err)
 	}
 	d.Timings.Prepare = time.Since(t0)
 
 	t1 := time.Now()
-	if err := conn.DomainRestoreFlags(save, libvirt.OptString{}, uint32(libvirt.DomainSavePaused)); err != nil {
-		return nil, fmt.Errorf("resume: libvirt did not restore the checkpoint (virDomainRestoreFlags): %w: %w", err, ErrIncompatible)
+	rerr := conn.DomainRestoreFlags(save, libvirt.OptString{}, uint32(libvirt.DomainSavePaused))
+	d.Timings.StreamBytes, err = feed.end(rerr == nil)
+	if rerr != nil {
+		if err != nil {
+			return nil, fmt.Errorf("resume: feed the migration stream: %w (libvirt: %v)", err, rerr)
+		}
+		return nil, fmt.Errorf("resume: libvirt did not restore the checkpoint (virDomainRestoreFlags): %w: %w", rerr, ErrIncompatible)
 	}
 	d.Timings.Restore = time.Since(t1)
 	dom, err := conn.DomainLookupByName(cfg.Name)
@@ -453,29 +462,65 @@ func decodeSaveHeader(r io.Reader) (string, int64, error) {
 	return string(b), int64(binary.Size(h)) + int64(h.DataLen), nil
 }
 
-// writeSaveImage writes a save image of def and the stream at path
-// (0600) and returns the stream's length.
-func writeSaveImage(ctx context.Context, path, def string, s *migstream.Stream, src migstream.Source) (int64, error) {
+// saveFeed writes a save image into a FIFO while libvirt restores from it.
+type saveFeed struct {
+	f      *os.File
+	cancel context.CancelFunc
+	done   chan struct{}
+	n      int64 // stream bytes written
+	err    error
+}
+
+// feedSaveImage makes a FIFO at path (0600) and writes into it, as libvirt
+// reads, a save image of def and the stream: the guest's RAM never lands
+// in a file of the work directory. ntc holds both ends (O_RDWR), so that
+// libvirt's open does not wait for a writer and a reader that goes away
+// does not end the writer with SIGPIPE; end stops it.
+func feedSaveImage(ctx context.Context, path, def string, s *migstream.Stream, src migstream.Source) (*saveFeed, error) {
 	hdr, err := encodeSaveHeader(def)
 	if err != nil {
-		return 0, err
+		return nil, err
 	}
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
-	if err != nil {
-		return 0, err
+	if err := unix.Mkfifo(path, 0o600); err != nil {
+		return nil, fmt.Errorf("mkfifo %s: %w", path, err)
 	}
-	cw := &countWriter{w: f}
-	_, err = f.Write(hdr)
-	if err == nil {
-		err = migstream.Join(ctx, cw, s, src)
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
+	f, err := os.OpenFile(path, os.O_RDWR, 0)
 	if err != nil {
 		os.Remove(path)
+		return nil, err
 	}
-	return cw.n, err
+	ctx, cancel := context.WithCancel(ctx)
+	sf := &saveFeed{f: f, cancel: cancel, done: make(chan struct{})}
+	go func() {
+		defer close(sf.done)
+		cw := &countWriter{w: f}
+		_, err := f.Write(hdr)
+		if err == nil {
+			err = migstream.Join(ctx, cw, s, src)
+		}
+		sf.n, sf.err = cw.n, err
+	}()
+	return sf, nil
+}
+
+// end stops the writer once libvirt's restore has returned and reports
+// how much of the stream it wrote. After a restore (restored), QEMU has
+// read the stream up to its end marker and may have left the description
+// after it unread: the writer's being cut off there is no error.
+func (sf *saveFeed) end(restored bool) (int64, error) {
+	if restored {
+		select {
+		case <-sf.done:
+		case <-time.After(time.Second):
+		}
+	}
+	sf.cancel()
+	sf.f.Close()
+	<-sf.done
+	if restored || errors.Is(sf.err, os.ErrClosed) || errors.Is(sf.err, context.Canceled) {
+		return sf.n, nil
+	}
+	return sf.n, sf.err
 }
 
 // libvirtHost is what the receiver brings to a domain XML.

@@ -91,7 +91,7 @@ func TestResumeLibvirtDomain(t *testing.T) {
 	if err := json.Unmarshal(out, &res); err != nil {
 		t.Fatalf("resume --libvirt printed %s: %v", out, err)
 	}
-	t.Logf("resumed as domain %s in %v (save image with a %d-byte stream written in %v, restored in %v)",
+	t.Logf("resumed as domain %s in %v (a %d-byte stream; prepared in %v, restored in %v)",
 		res.Name, res.Timings.Total, res.Timings.StreamBytes, res.Timings.Prepare, res.Timings.Restore)
 	if res.Name != set || len(res.Disks) != 1 || len(res.LinksDown) != 1 || res.SerialLog == "" {
 		t.Fatalf("resume --libvirt --json: %+v", res)
