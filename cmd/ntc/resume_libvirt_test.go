@@ -25,7 +25,9 @@ import (
 // the receiver. The copy is a domain named after the set (virsh list
 // shows it, running), its console goes on from the checkpoint's tick
 // without booting, its NIC link is down in libvirt's view, and the
-// receiver's images are untouched.
+// receiver's images are untouched. A checkpoint that does not fit fails
+// cleanly, the set resumes again with its link up (--network on), and the
+// same checkpoint resumes as a plain QEMU too.
 func TestResumeLibvirtDomain(t *testing.T) {
 	libvirttest.Daemon(t)
 	libvirttest.RequireUserfaultfd(t)
@@ -191,4 +193,42 @@ func TestResumeLibvirtDomain(t *testing.T) {
 	if err != nil || !up {
 		t.Errorf("the copy resumed with --network on: link up %v, %v", up, err)
 	}
+
+	// The same checkpoint also resumes as a plain QEMU (no --libvirt): the
+	// description read from the domain XML is one ntc's own command line
+	// recreates.
+	if _, err := libvirttest.Virsh(ctx, "destroy", set); err != nil {
+		t.Fatal(err)
+	}
+	plain := filepath.Join(parent, "plain")
+	t.Cleanup(func() { killQEMUsIn(t, plain) })
+	pc := home.cmd(ctx, "--json", "resume", "--store", store, "--name", set, "--workdir", plain, "--detach",
+		"--kernel", filepath.Join(d.Dir, "vmlinuz"), "--initrd", filepath.Join(d.Dir, "initrd.img"))
+	var perr strings.Builder
+	pc.Stderr = &perr
+	pout, err := pc.Output()
+	if err != nil {
+		t.Fatalf("resume (plain QEMU) of the libvirt guest's checkpoint: %v: %s", err, perr.String())
+	}
+	var pres resumeJSON
+	if err := json.Unmarshal(pout, &pres); err != nil {
+		t.Fatalf("resume --detach printed %s: %v", pout, err)
+	}
+	ticks, pfirst := 0, -1
+	// libvirt attaches the serial port as an isa-serial device: resume's
+	// plan logs its chardev beside serial.log.
+	for _, l := range waitSerialFile(t, ctx, filepath.Join(plain, "chardev-charserial0.log"), 2) {
+		if strings.Contains(l, "Linux version") {
+			t.Errorf("the plain copy booted: %q", l)
+		}
+		if m := tickRe.FindStringSubmatch(strings.TrimRight(l, "\r")); m != nil {
+			if ticks++; pfirst < 0 {
+				pfirst, _ = strconv.Atoi(m[1])
+			}
+		}
+	}
+	if pfirst != diskTick+1 && pfirst != diskTick {
+		t.Errorf("the plain copy's first tick is %d; the checkpoint's disk says %d", pfirst, diskTick)
+	}
+	t.Logf("the plain QEMU copy went on with tick %d (%d ticks seen)", pfirst, ticks)
 }
