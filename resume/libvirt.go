@@ -73,6 +73,10 @@ type LibvirtConfig struct {
 	Network Network
 	// Kernel, Initrd: this machine's files for a directly booted guest.
 	Kernel, Initrd string
+	// Persistent defines the copy in libvirt once it runs (virsh start
+	// boots it again after a shutdown); otherwise it is transient and
+	// libvirt forgets it when it stops.
+	Persistent bool
 	// Manifest overrides Images/manifest.json.
 	Manifest *capture.Manifest
 }
@@ -98,7 +102,8 @@ type LibvirtDomain struct {
 	SerialLog string        `json:"serial_log,omitempty"`
 	Disks     []LibvirtDisk `json:"disks"`
 	// LinksDown are the MAC addresses of the NICs whose link ntc set down.
-	LinksDown []string          `json:"links_down,omitempty"`
+	LinksDown  []string          `json:"links_down,omitempty"`
+	Persistent bool              `json:"persistent"`
 	Manifest  *capture.Manifest `json:"-"`
 	Timings   LibvirtTimings    `json:"timings"`
 }
@@ -120,8 +125,9 @@ const (
 	libvirtSerialLog = "serial.log"
 )
 
-// StartLibvirt resumes the checkpoint in cfg.Images as a transient libvirt
-// domain named cfg.Name (see the top of this file). A description outside
+// StartLibvirt resumes the checkpoint in cfg.Images as a libvirt domain
+// named cfg.Name, transient unless cfg.Persistent (see the top of this
+// file). A description outside
 // the allowlist, or with a device the domain XML cannot express, is
 // refused (ErrRefused) before anything is made. On error no domain is
 // left and the disks made for it are removed.
@@ -267,6 +273,16 @@ func StartLibvirt(ctx context.Context, cfg LibvirtConfig) (d *LibvirtDomain, err
 	}
 	if libvirt.DomainState(state) != libvirt.DomainRunning {
 		return nil, fmt.Errorf("resume: the domain is in state %d after virDomainResume, not running", state)
+	}
+	if cfg.Persistent {
+		def, err := conn.DomainGetXMLDesc(dom, libvirt.DomainXMLInactive|libvirt.DomainXMLSecure)
+		if err == nil {
+			_, err = conn.DomainDefineXMLFlags(def, libvirt.DomainDefineValidate)
+		}
+		if err != nil {
+			return nil, fmt.Errorf("resume: define the copy as a persistent domain: %w", err)
+		}
+		d.Persistent = true
 	}
 	d.Timings.Total = time.Since(t0)
 	return d, nil

@@ -32,6 +32,7 @@ type resumeOptions struct {
 	detach      bool
 	libvirt     bool
 	connect     string
+	persistent  bool
 }
 
 func newResumeCommand(g *globals) *cobra.Command {
@@ -113,6 +114,7 @@ Examples:
 	f.BoolVar(&o.detach, "detach", false, "leave the copy running and exit (default: stay until Ctrl-C, then stop it)")
 	f.BoolVar(&o.libvirt, "libvirt", false, "run the copy as a transient libvirt domain named SET (virsh list shows it) and exit; --workdir must be reachable by libvirt's QEMU user")
 	f.StringVar(&o.connect, "connect", "", "the libvirt connection for --libvirt (default qemu:///system)")
+	f.BoolVar(&o.persistent, "persistent", false, "with --libvirt: also define the copy in libvirt, so that it outlives a shutdown")
 	g.bind(cmd, "resume.store", "store")
 	g.bind(cmd, "resume.name", "name")
 	g.bind(cmd, "resume.workdir", "workdir")
@@ -210,7 +212,7 @@ func runResume(ctx context.Context, g *globals, o resumeOptions) error {
 	}
 	if o.libvirt {
 		d, err := resume.StartLibvirt(ctx, resume.LibvirtConfig{Images: images, WorkDir: work, Name: o.name, Connect: o.connect,
-			Network: network, Kernel: o.kernel, Initrd: o.initrd})
+			Network: network, Kernel: o.kernel, Initrd: o.initrd, Persistent: o.persistent})
 		if err != nil {
 			return err
 		}

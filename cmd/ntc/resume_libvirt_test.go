@@ -8,6 +8,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"testing"
@@ -177,11 +178,13 @@ func TestResumeLibvirtDomain(t *testing.T) {
 		t.Errorf("a second resume --libvirt of %s: exit %d, %q", set, code, errs)
 	}
 
-	// Stopped, the set resumes again with --network on: the link is up.
+	// Stopped, the set resumes again with --network on, and --persistent:
+	// the link is up, and libvirt keeps the domain's definition.
 	if _, err := libvirttest.Virsh(ctx, "destroy", set); err != nil {
 		t.Fatal(err)
 	}
-	if code, _, errs := ntc(t, ctx, "resume", "--libvirt", "--connect", libvirttest.URI, "--store", store, "--name", set, "--network", "on",
+	t.Cleanup(func() { libvirttest.Virsh(context.WithoutCancel(ctx), "undefine", set) })
+	if code, _, errs := ntc(t, ctx, "resume", "--libvirt", "--persistent", "--connect", libvirttest.URI, "--store", store, "--name", set, "--network", "on",
 		"--workdir", filepath.Join(parent, "on"), "--kernel", filepath.Join(d.Dir, "vmlinuz"), "--initrd", filepath.Join(d.Dir, "initrd.img")); code != 0 {
 		t.Fatalf("resume --libvirt --network on: exit %d: %s", code, errs)
 	}
@@ -193,12 +196,18 @@ func TestResumeLibvirtDomain(t *testing.T) {
 	if err != nil || !up {
 		t.Errorf("the copy resumed with --network on: link up %v, %v", up, err)
 	}
+	if info, err := libvirttest.Virsh(ctx, "dominfo", set); err != nil || !regexp.MustCompile(`Persistent:\s+yes`).MatchString(info) {
+		t.Errorf("virsh dominfo %s after resume --persistent: %q, %v", set, info, err)
+	}
 
 	// The same checkpoint also resumes as a plain QEMU (no --libvirt): the
 	// description read from the domain XML is one ntc's own command line
 	// recreates.
 	if _, err := libvirttest.Virsh(ctx, "destroy", set); err != nil {
 		t.Fatal(err)
+	}
+	if st, err := libvirttest.Virsh(ctx, "domstate", set); err != nil || !strings.Contains(st, "shut off") {
+		t.Errorf("the persistent copy after virsh destroy: %q, %v; want it defined, shut off", st, err)
 	}
 	plain := filepath.Join(parent, "plain")
 	t.Cleanup(func() { killQEMUsIn(t, plain) })
