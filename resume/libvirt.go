@@ -104,8 +104,8 @@ type LibvirtDomain struct {
 	// LinksDown are the MAC addresses of the NICs whose link ntc set down.
 	LinksDown  []string          `json:"links_down,omitempty"`
 	Persistent bool              `json:"persistent"`
-	Manifest  *capture.Manifest `json:"-"`
-	Timings   LibvirtTimings    `json:"timings"`
+	Manifest   *capture.Manifest `json:"-"`
+	Timings    LibvirtTimings    `json:"timings"`
 }
 
 // LibvirtTimings is where the time of a libvirt resume went.
