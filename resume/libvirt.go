@@ -35,6 +35,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/binary"
+	"encoding/hex"
 	"encoding/xml"
 	"errors"
 	"fmt"
@@ -186,6 +187,17 @@ func StartLibvirt(ctx context.Context, cfg LibvirtConfig) (d *LibvirtDomain, err
 		return nil, fmt.Errorf("resume: libvirt at %s has a domain named %s already: undefine or rename it (virsh -c %s undefine %s), or give another name",
 			conn.URI, cfg.Name, conn.URI, cfg.Name)
 	}
+	// The copy keeps the source's UUID (the guest's SMBIOS system UUID
+	// after a reboot) unless a domain here has it: the original, still
+	// defined beside its copy.
+	if u, ok := parseUUID(m.Machine.UUID); ok {
+		if _, err := conn.DomainLookupByUUID(u); err != nil {
+			h.uuid = m.Machine.UUID
+			if def, err = domainXML(m, h); err != nil {
+				return nil, fmt.Errorf("resume checkpoint %d as a libvirt domain: %w", m.Seq, err)
+			}
+		}
+	}
 
 	d = &LibvirtDomain{Name: cfg.Name, URI: conn.URI, WorkDir: work, XML: def.xml, Disks: def.disks, Manifest: m}
 	if def.serial {
@@ -310,6 +322,17 @@ func cmpOr(s, def string) string {
 		return def
 	}
 	return s
+}
+
+// parseUUID reads a UUID as libvirt writes it.
+func parseUUID(s string) (libvirt.UUID, bool) {
+	var u libvirt.UUID
+	b, err := hex.DecodeString(strings.ReplaceAll(s, "-", ""))
+	if err != nil || len(b) != len(u) || len(s) != 36 {
+		return u, false
+	}
+	copy(u[:], b)
+	return u, true
 }
 
 func uuidString(u libvirt.UUID) string {
@@ -542,6 +565,7 @@ func (sf *saveFeed) end(restored bool) (int64, error) {
 // libvirtHost is what the receiver brings to a domain XML.
 type libvirtHost struct {
 	name, work     string
+	uuid           string // "": libvirt makes one
 	kernel, initrd string // in work; "" none
 	hugePages      bool
 }
@@ -642,6 +666,9 @@ func domainXML(m *capture.Manifest, h libvirtHost) (*domainDef, error) {
 		typ = "kvm"
 	}
 	p("<domain type='%s'>\n  <name>%s</name>\n", typ, esc(h.name))
+	if h.uuid != "" {
+		p("  <uuid>%s</uuid>\n", esc(h.uuid))
+	}
 	p("  <memory unit='KiB'>%d</memory>\n", mc.RAM.Size>>10)
 	if h.hugePages {
 		p("  <memoryBacking><hugepages><page size='2048' unit='KiB'/></hugepages><source type='memfd'/><access mode='shared'/></memoryBacking>\n")

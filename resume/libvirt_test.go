@@ -86,6 +86,20 @@ func TestDomainXML(t *testing.T) {
 	if err := xml.Unmarshal([]byte(def.xml), &parsed); err != nil {
 		t.Errorf("the domain XML does not parse: %v", err)
 	}
+	// The source's UUID, where StartLibvirt found it free.
+	h := testLibvirtHost
+	h.uuid = "0b3d8bde-54a5-4b45-a2c0-6f7e0d3f4b11"
+	if def, err := domainXML(m, h); err != nil || !strings.Contains(def.xml, "\n  <uuid>"+h.uuid+"</uuid>\n") || strings.Contains(string(want), "<uuid>") {
+		t.Errorf("with the source's UUID: %v\n%s", err, def.xml)
+	}
+	if u, ok := parseUUID(h.uuid); !ok || uuidString(u) != h.uuid {
+		t.Errorf("parseUUID(%s) = %v, %v", h.uuid, u, ok)
+	}
+	for _, bad := range []string{"", "0b3d8bde54a54b45a2c06f7e0d3f4b11", "0b3d8bde-54a5-4b45-a2c0-6f7e0d3f4b1", "zb3d8bde-54a5-4b45-a2c0-6f7e0d3f4b11"} {
+		if _, ok := parseUUID(bad); ok {
+			t.Errorf("parseUUID(%q) accepted", bad)
+		}
+	}
 }
 
 // TestDomainXMLEscapes: a kernel command line with XML in it (the

@@ -54,6 +54,11 @@ func TestResumeLibvirtDomain(t *testing.T) {
 	if _, err := push(t, ctx, office, addr, home.id, "--checkpoint", repo); err != nil {
 		t.Fatal(err)
 	}
+	srcUUID, err := libvirttest.Virsh(ctx, "domuuid", d.Name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srcUUID = strings.TrimSpace(srcUUID)
 	// Handed off: the original stops.
 	if _, err := d.Virsh(ctx, "destroy", d.Name); err != nil {
 		t.Fatal(err)
@@ -98,6 +103,9 @@ func TestResumeLibvirtDomain(t *testing.T) {
 		res.Name, res.Timings.Total, res.Timings.StreamBytes, res.Timings.Prepare, res.Timings.Restore)
 	if res.Name != set || len(res.Disks) != 1 || len(res.LinksDown) != 1 || res.SerialLog == "" {
 		t.Fatalf("resume --libvirt --json: %+v", res)
+	}
+	if res.UUID != srcUUID {
+		t.Errorf("the copy's UUID %s, the original's %s: a copy of a domain that is gone keeps its UUID", res.UUID, srcUUID)
 	}
 
 	list, err := libvirttest.Virsh(ctx, "list", "--name", "--state-running")
