@@ -204,3 +204,29 @@ func TestCheckDomainName(t *testing.T) {
 		}
 	}
 }
+
+// TestReachable: a work directory below one libvirt's QEMU user cannot
+// pass through is refused, naming that directory.
+func TestReachable(t *testing.T) {
+	top, err := os.MkdirTemp("", "ntcreach-") // t.TempDir's parent is 0700
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(top) })
+	open := top + "/open"
+	closed := open + "/closed"
+	if err := os.MkdirAll(closed, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	for _, d := range []string{top, open} {
+		if err := os.Chmod(d, 0o711); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := reachable(open + "/work"); err != nil {
+		t.Errorf("below directories open to all: %v", err)
+	}
+	if err := reachable(closed + "/work"); err == nil || !strings.Contains(err.Error(), closed+" (mode -rwx------)") {
+		t.Errorf("below a 0700 directory: %v", err)
+	}
+}
