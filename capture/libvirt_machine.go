@@ -15,6 +15,7 @@ package capture
 import (
 	"encoding/json"
 	"encoding/xml"
+	"errors"
 	"fmt"
 	"slices"
 	"strconv"
@@ -530,6 +531,10 @@ func (m *libvirtMonitor) describe() (Machine, error) {
 		return mc, fmt.Errorf("libvirt domain %s: %w", m.name, err)
 	}
 	out, err := m.passthrough([]byte(`{"execute":"qom-get","arguments":{"path":"/machine","property":"memory-backend"}}`))
+	var re *replyError
+	if errors.As(err, &re) {
+		return mc, nil // a QEMU before 5.0: libvirt's name, pc.ram, stands
+	}
 	if err != nil {
 		return mc, fmt.Errorf("libvirt domain %s: the RAM's memory backend: %w", m.name, err)
 	}
