@@ -113,7 +113,7 @@ func PrepareVM(ctx context.Context, name, dir, bin string, opts VMOptions) (*Sce
 	}
 	repo := filepath.Join(dir, "repo")
 	ck := func() (*checkpointJSON, error) {
-		c := exec.CommandContext(ctx, bin, "--json", "checkpoint", "--qmp", vm.QMPPath(), "--out", repo,
+		c := exec.CommandContext(ctx, bin, "--json", "checkpoint", "--qmp", vm.QMPPath(), "--out", repo, "--name", name,
 			"--overlay-dir", vmDir)
 		var stderr bytes.Buffer
 		c.Stderr = &stderr
@@ -149,7 +149,7 @@ func PrepareVM(ctx context.Context, name, dir, bin string, opts VMOptions) (*Sce
 		return nil, err
 	}
 
-	r, err := capture.OpenRepositoryForReading(repo)
+	r, err := capture.OpenRepositoryForReading(repo, name)
 	if err != nil {
 		return nil, err
 	}
@@ -176,7 +176,7 @@ func PrepareVM(ctx context.Context, name, dir, bin string, opts VMOptions) (*Sce
 		sc.Files = append(sc.Files, FilePair{Name: f, Old: filepath.Join(oldDir, f), New: filepath.Join(newDir, f)})
 	}
 	st.Stream2, st.Disk2 = filepath.Join(newDir, streamFile), filepath.Join(newDir, diskFile(m2.Disks[0]))
-	if sc.Oracle, sc.ChangedBytes, err = checkpointOracle(ctx, r, m1, m2); err != nil {
+	if sc.Oracle, sc.ChangedBytes, err = CheckpointOracle(ctx, r, m1, m2); err != nil {
 		return nil, fmt.Errorf("%s: %w", name, err)
 	}
 	progress("%d bytes in changed 4 KiB blocks and pages, %d after zstd", sc.ChangedBytes, sc.Oracle)
@@ -280,11 +280,11 @@ func allZero(b []byte) bool {
 	return true
 }
 
-// checkpointOracle returns the zstd-compressed size and the raw size of
+// CheckpointOracle returns the zstd-compressed size and the raw size of
 // the 4 KiB blocks of m2 that differ from m1 at the same place: in each
 // disk, each RAM block (by name; a block m1 lacks counts whole) and the
 // device state.
-func checkpointOracle(ctx context.Context, r *capture.Repository, m1, m2 *capture.Manifest) (oracle, changed int64, err error) {
+func CheckpointOracle(ctx context.Context, r *capture.Repository, m1, m2 *capture.Manifest) (oracle, changed int64, err error) {
 	// The images to compare: index names in m1 ("" if m1 lacks it) and
 	// m2, and the size.
 	type pair struct {

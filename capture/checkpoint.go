@@ -23,6 +23,7 @@ import (
 
 	"github.com/ntc-project/ntc/capture/migstream"
 	"github.com/ntc-project/ntc/chunk"
+	"github.com/ntc-project/ntc/repo"
 )
 
 // Config says what to checkpoint and where.
@@ -32,8 +33,13 @@ type Config struct {
 	// Domain names a libvirt domain to checkpoint instead (not both), at
 	// libvirt connection URI Connect (default qemu:///system): see DialDomain.
 	Domain, Connect string
-	// Dir is the checkpoint repository (created if needed).
-	Dir string
+	// Dir is the node repository (package repo; created if needed) and
+	// Set the set whose next version the checkpoint becomes (empty:
+	// DefaultSet).
+	Dir, Set string
+	// Node names this node in the versions it makes (its transport ID,
+	// or a host name).
+	Node string
 	// OverlayDir is where new disk overlays are created; empty: next to
 	// each disk's active layer. The running guest writes to the newest
 	// overlay, so it must outlive the repository: keep it beside the disk.
@@ -60,6 +66,13 @@ type Config struct {
 	// NoCommit keeps the overlays of earlier checkpoints instead of merging
 	// them into the disk's base image after this one.
 	NoCommit bool
+	// Final takes the guest's last checkpoint here, for a hand-off: the
+	// guest is paused before anything is captured and stays paused after
+	// (RAM is sent by a migration of the paused guest), so that nothing it
+	// does after the checkpoint's instant is lost. If the checkpoint fails
+	// the guest is resumed; if what follows fails (the push), Continue
+	// resumes it.
+	Final bool
 	// Log, if set, receives a line per step.
 	Log func(msg string)
 
@@ -71,14 +84,12 @@ type Config struct {
 // Result is a complete checkpoint.
 type Result struct {
 	Manifest *Manifest
-	Dir      string // the checkpoint's directory
-	Stats    Stats
+	// Version is the checkpoint as the node repository holds it.
+	Version *repo.Version
+	Stats   Stats
 	// Instant is when the guest was paused for the checkpoint (QEMU's STOP
 	// event): the moment its disks and RAM are of.
 	Instant time.Time
-	// Removed lists incomplete checkpoints of earlier runs that were
-	// cleaned up.
-	Removed []int
 }
 
 // Method is how a checkpoint captures RAM and device state.
@@ -169,33 +180,38 @@ func Checkpoint(ctx context.Context, cfg Config) (*Result, error) {
 		}
 		cfg.OverlayDir = abs
 	}
-	repo, err := OpenRepository(cfg.Dir)
+	if cfg.Set == "" {
+		cfg.Set = DefaultSet
+	}
+	r, err := OpenRepository(ctx, cfg.Dir, cfg.Set)
 	if err != nil {
 		return nil, err
 	}
-	defer repo.Close()
-	removed, err := repo.removeIncomplete()
+	defer r.Close()
+	head, err := r.nodes.Head(cfg.Set)
 	if err != nil {
 		return nil, err
 	}
-	prev, err := repo.Latest()
+	var prev *Manifest
+	if head != nil {
+		if prev, err = r.manifestOf(head); err != nil {
+			return nil, fmt.Errorf("%w (the set's current version is not a checkpoint this ntc reads: take checkpoints of this VM into another set, --name)", err)
+		}
+	}
+	seq, err := r.nextSeq()
 	if err != nil {
-		return nil, fmt.Errorf("%w (move the damaged checkpoint out of %s to start over from the one before)", err, repo.Dir())
+		return nil, err
 	}
 	sess, err := cfg.dial(ctx)
 	if err != nil {
 		return nil, err
 	}
 	defer sess.Close()
-	c := &checkpointer{cfg: cfg, repo: repo, sess: sess, prev: prev, seq: 1, start: start}
-	if prev != nil {
-		c.seq = prev.Seq + 1
-	}
+	c := &checkpointer{cfg: cfg, repo: r, sess: sess, head: head, prev: prev, seq: seq, start: start}
 	res, err := c.run(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("checkpoint %d of %s: %w", c.seq, cfg.target(), err)
 	}
-	res.Removed = removed
 	return res, nil
 }
 
@@ -204,10 +220,14 @@ type checkpointer struct {
 	cfg   Config
 	repo  *Repository
 	sess  *Session
-	prev  *Manifest
+	head  *repo.Version // the set's current version: the checkpoint's parent
+	prev  *Manifest     // head's manifest
 	seq   int
 	start time.Time
-	dir   string // the checkpoint's directory
+	// indexes are the checkpoint's indexes by manifest name, changes the
+	// extents each incremental disk's writes covered, by changes name.
+	indexes map[string]*chunk.Index
+	changes map[string][]chunk.Range
 	// instant is when the guest paused (QEMU's STOP event).
 	instant time.Time
 
@@ -226,6 +246,9 @@ type checkpointer struct {
 
 	storeMu   sync.Mutex
 	storeSeen map[chunk.ID]bool
+
+	// handoffPaused: the guest was paused for a hand-off already (Final).
+	handoffPaused bool
 }
 
 // diskPlan is what a checkpoint does with one disk.
@@ -273,7 +296,10 @@ func (c *checkpointer) run(ctx context.Context) (res *Result, err error) {
 		return nil, err
 	}
 	if !st.Running {
-		return nil, notRunningError(st)
+		if !c.cfg.Final || !pausedForHandoff(c.cfg.Dir, c.cfg.Set, s.Peer()) {
+			return nil, notRunningError(st)
+		}
+		c.handoffPaused = true // by an earlier hand-off of this QEMU: take it as it is
 	}
 	machine, err := describeMachine(ctx, s)
 	if err != nil {
@@ -286,6 +312,9 @@ func (c *checkpointer) run(ctx context.Context) (res *Result, err error) {
 	if err := c.plan(ctx, disks); err != nil {
 		return nil, err
 	}
+	if c.cfg.Final {
+		c.cfg.Method = MethodPrecopy // of a paused guest: nothing to converge
+	}
 	auto := c.cfg.Method == MethodAuto
 	if auto {
 		c.cfg.Method = chooseMethod(ctx, s)
@@ -297,7 +326,7 @@ func (c *checkpointer) run(ctx context.Context) (res *Result, err error) {
 		c.cfg.Method = MethodPrecopy
 		caps, err = setupMigration(ctx, s, c.cfg.Method, c.cfg.Downtime)
 	}
-	if c.cfg.Method == MethodPrecopy && precopyLosesWrites(ctx, s) {
+	if c.cfg.Method == MethodPrecopy && !c.cfg.Final && precopyLosesWrites(ctx, s) {
 		c.logf("warning: QEMU %s under TCG can miss guest writes in a precopy migration (fixed in QEMU 9.0): "+
 			"this checkpoint's RAM may not be the guest's at the instant and may not restore; use --method background-snapshot", s.Version())
 	}
@@ -312,10 +341,7 @@ func (c *checkpointer) run(ctx context.Context) (res *Result, err error) {
 		return nil, err
 	}
 
-	c.dir = c.repo.CheckpointDir(c.seq)
-	if err := os.MkdirAll(c.dir, 0o700); err != nil {
-		return nil, fmt.Errorf("create checkpoint directory: %w", err)
-	}
+	c.indexes, c.changes = map[string]*chunk.Index{}, map[string][]chunk.Range{}
 
 	// From here on every exit resumes a guest ntc paused and records a
 	// changed chain.
@@ -420,7 +446,7 @@ func (c *checkpointer) plan(ctx context.Context, disks []liveDisk) error {
 			}
 		}
 		if p.prevIndex != nil {
-			p.ds = diskState{Name: d.Name, Device: d.Device, Seq: rec.Seq, Base: rec.Base, Overlays: kept}
+			p.ds = diskState{Name: d.Name, Device: d.Device, Seq: rec.Seq, Base: rec.Base, Overlays: kept, KeepBase: rec.KeepBase}
 			for _, ov := range kept {
 				if ov.Created >= rec.Seq {
 					p.changed = append(p.changed, ov)
@@ -439,7 +465,7 @@ func (c *checkpointer) plan(ctx context.Context, disks []liveDisk) error {
 				// (no matching checkpoint): keep its base and overlays
 				// so that they are still committed.
 				if kept, ok := rec.matchChainAny(d.Chain); ok {
-					p.ds.Base, p.ds.Overlays = rec.Base, kept
+					p.ds.Base, p.ds.Overlays, p.ds.KeepBase = rec.Base, kept, rec.KeepBase
 				}
 			}
 		}
@@ -587,8 +613,10 @@ func (c *checkpointer) capture(ctx context.Context) (*capturedStream, error) {
 
 	mark := s.EventMark()
 	var resumed Event
-	switch c.cfg.Method {
-	case MethodPrecopy:
+	switch {
+	case c.cfg.Final:
+		resumed, err = c.instantFinal(ctx, mark)
+	case c.cfg.Method == MethodPrecopy:
 		resumed, err = c.instantPrecopy(ctx, mark)
 	default:
 		resumed, err = c.instantBackground(ctx, mark)
@@ -779,25 +807,8 @@ func (c *checkpointer) instantBackground(ctx context.Context, mark int) (Event, 
 		return Event{}, fmt.Errorf("pause the guest: %w", err)
 	}
 	c.step("stop done")
-	if c.cfg.afterStop != nil {
-		if err := c.cfg.afterStop(s); err != nil {
-			return Event{}, err
-		}
-	}
-	if err := c.snapshotDisks(ctx); err != nil {
+	if err := c.snapshotAndMigrate(ctx); err != nil {
 		return Event{}, err
-	}
-	c.step("disks snapshotted")
-	c.stream.migrating.Store(true)
-	if err := s.Run(ctx, "migrate", map[string]any{"uri": "fd:" + fdName}, nil); err != nil {
-		return Event{}, fmt.Errorf("start the background snapshot: %w", err)
-	}
-	c.step("migrate accepted")
-	c.fdHeld = false // QEMU owns it now
-	if c.cfg.afterMigrate != nil {
-		if err := c.cfg.afterMigrate(s); err != nil {
-			return Event{}, err
-		}
 	}
 	pctx, pcancel := context.WithTimeout(ctx, c.cfg.PauseTimeout)
 	defer pcancel()
@@ -814,6 +825,115 @@ func (c *checkpointer) instantBackground(ctx context.Context, mark int) (Event, 
 		return Event{}, c.migrationError(ctx, ev.String("status"))
 	}
 	return ev, nil
+}
+
+// snapshotAndMigrate, the guest paused, snapshots the disks and starts the
+// migration into ntc (a background snapshot, or a migration of the paused
+// guest).
+func (c *checkpointer) snapshotAndMigrate(ctx context.Context) error {
+	s := c.sess
+	if c.cfg.afterStop != nil {
+		if err := c.cfg.afterStop(s); err != nil {
+			return err
+		}
+	}
+	if err := c.snapshotDisks(ctx); err != nil {
+		return err
+	}
+	c.step("disks snapshotted")
+	c.stream.migrating.Store(true)
+	if err := s.Run(ctx, "migrate", map[string]any{"uri": "fd:" + fdName}, nil); err != nil {
+		return fmt.Errorf("start the migration into ntc: %w", err)
+	}
+	c.step("migrate accepted")
+	c.fdHeld = false // QEMU owns it now
+	if c.cfg.afterMigrate != nil {
+		return c.cfg.afterMigrate(s)
+	}
+	return nil
+}
+
+// instantFinal pauses the guest for good (Config.Final): stop, snapshot the
+// disks, then a migration of the paused guest sends RAM and the device
+// state and leaves it paused. It returns the STOP event: the instant.
+func (c *checkpointer) instantFinal(ctx context.Context, mark int) (Event, error) {
+	s := c.sess
+	c.paused = true
+	stop := Event{Name: "STOP", Time: time.Now()}
+	if c.handoffPaused {
+		c.logf("the guest is paused for a hand-off already")
+	} else {
+		c.logf("pausing the guest for the hand-off")
+		if err := markPaused(c.cfg.Dir, c.cfg.Set, s.Peer()); err != nil {
+			return Event{}, err
+		}
+		if err := s.Run(ctx, "stop", nil, nil); err != nil {
+			return Event{}, fmt.Errorf("pause the guest: %w", err)
+		}
+		pctx, pcancel := context.WithTimeout(ctx, c.cfg.PauseTimeout)
+		defer pcancel()
+		var err error
+		if stop, _, err = s.WaitEvent(pctx, mark, func(e Event) bool { return e.Name == "STOP" }); err != nil {
+			return Event{}, fmt.Errorf("wait for the guest to pause: %w", err)
+		}
+	}
+	c.step("stop done")
+	if err := c.snapshotAndMigrate(ctx); err != nil {
+		return Event{}, err
+	}
+	for {
+		ev, _, err := s.WaitEvent(ctx, mark, func(e Event) bool {
+			return e.Name == "MIGRATION" && (e.String("status") == "pre-switchover" || migrationOver(e.String("status")))
+		})
+		if err != nil {
+			return Event{}, fmt.Errorf("wait for the migration: %w", err)
+		}
+		switch st := ev.String("status"); st {
+		case "pre-switchover":
+			mark = s.EventMark()
+			if err := s.Run(ctx, "migrate-continue", map[string]any{"state": "pre-switchover"}, nil); err != nil {
+				return Event{}, fmt.Errorf("finish the migration: %w", err)
+			}
+			continue
+		case "completed":
+			return stop, nil
+		default:
+			return Event{}, c.migrationError(ctx, st)
+		}
+	}
+}
+
+// Quit stops the QEMU of a guest that was handed off (QMP quit).
+func Quit(ctx context.Context, cfg Config) error {
+	return endHandoff(ctx, cfg, func(s *Session) error {
+		if err := s.Run(ctx, "quit", nil, nil); err != nil && !errors.Is(err, ErrDisconnected) {
+			return err
+		}
+		return nil
+	})
+}
+
+// Continue resumes a guest that a Final checkpoint left paused, when the
+// hand-off it was for did not happen.
+func Continue(ctx context.Context, cfg Config) error {
+	return endHandoff(ctx, cfg, func(s *Session) error { return cont(ctx, s) })
+}
+
+// endHandoff does what ends a hand-off's pause to the guest's QEMU, then
+// forgets the pause.
+func endHandoff(ctx context.Context, cfg Config, do func(*Session) error) error {
+	if err := cfg.checkTarget(); err != nil {
+		return err
+	}
+	s, err := cfg.dial(ctx)
+	if err != nil {
+		return err
+	}
+	defer s.Close()
+	if err := do(s); err != nil {
+		return err
+	}
+	return clearPaused(cfg.Dir, cmpOr(cfg.Set, DefaultSet))
 }
 
 // instantPrecopy is the precopy method: a live migration sends RAM while
@@ -958,6 +1078,9 @@ func (c *checkpointer) recover(ctx context.Context) error {
 		c.logf("resumed the guest after the failed checkpoint")
 	}
 	c.paused = false
+	if c.cfg.Final {
+		return clearPaused(c.cfg.Dir, c.cfg.Set)
+	}
 	return nil
 }
 
@@ -1079,7 +1202,7 @@ func (c *checkpointer) storeChunk(ctx context.Context) func(chunk.Entry, []byte)
 // finish writes the indexes, then the manifest, then merges old overlays.
 func (c *checkpointer) finish(ctx context.Context, machine Machine, cs *capturedStream) (*Result, error) {
 	m := &Manifest{
-		Version: ManifestVersion, Seq: c.seq, Created: time.Now().UTC().Truncate(time.Second),
+		Version: ManifestVersion, Seq: c.seq, Created: created(),
 		QEMUVersion: c.sess.Version(), QEMUPackage: c.sess.Package(), Machine: machine,
 	}
 	if c.prev != nil {
@@ -1102,14 +1225,10 @@ func (c *checkpointer) finish(ctx context.Context, machine Machine, cs *captured
 			Name: p.live.Name, Node: node, Device: p.live.Device, File: p.ds.Base.File, Format: p.ds.Base.Format,
 			Size: p.index.Size, Index: p.live.Name + ".idx", Mode: mode, BytesChanged: p.delta, BytesRead: p.read,
 		}
-		if err := writeIndex(filepath.Join(c.dir, d.Index), p.index); err != nil {
-			return nil, err
-		}
+		c.indexes[d.Index] = p.index
 		if p.prevIndex != nil {
 			d.Changes = p.live.Name + changesSuffix
-			if err := writeChanges(filepath.Join(c.dir, d.Changes), p.extents); err != nil {
-				return nil, err
-			}
+			c.changes[d.Changes] = p.extents
 		}
 		m.Disks = append(m.Disks, d)
 		c.stats.DiskBytesRead += p.read
@@ -1129,9 +1248,7 @@ func (c *checkpointer) finish(ctx context.Context, machine Machine, cs *captured
 		x := b.idx.Index()
 		name := uniqueName(used, "ram-"+fileName(b.name))
 		r := RAM{Name: b.name, Index: name + ".idx", Size: b.length}
-		if err := writeIndex(filepath.Join(c.dir, r.Index), x); err != nil {
-			return nil, err
-		}
+		c.indexes[r.Index] = x
 		st := x.Stats()
 		for _, e := range x.Entries {
 			if _, ok := cs.newPages[e.ID]; ok && !e.Zero {
@@ -1172,8 +1289,19 @@ func (c *checkpointer) finish(ctx context.Context, machine Machine, cs *captured
 	}
 	c.stats.DurationMS = ms(time.Since(c.start))
 	m.Stats = c.stats
-	if err := c.repo.writeManifest(m); err != nil {
+	var parent repo.Digest
+	if c.head != nil {
+		parent = c.head.Digest
+	}
+	v, err := c.repo.commit(ctx, m, c.indexes, c.changes, parent, c.cfg.Node)
+	if err != nil {
 		return nil, err
+	}
+	if c.cfg.Node != "" {
+		// This node runs the set's machine.
+		if err := c.repo.nodes.SetRunner(ctx, c.cfg.Set, c.cfg.Node, v.Digest); err != nil {
+			c.logf("could not record that this node runs %s: %v", c.cfg.Set, err)
+		}
 	}
 	c.logf("checkpoint %d complete", c.seq)
 	if err := c.saveState(true); err != nil {
@@ -1184,7 +1312,7 @@ func (c *checkpointer) finish(ctx context.Context, machine Machine, cs *captured
 		c.commitOld(ctx)
 	}
 	c.stats.DurationMS = ms(time.Since(c.start))
-	return &Result{Manifest: m, Dir: c.dir, Stats: c.stats, Instant: c.instant}, nil
+	return &Result{Manifest: m, Version: v, Stats: c.stats, Instant: c.instant}, nil
 }
 
 // writeBlob indexes an in-memory blob with the CDC parameters, stores its
@@ -1194,9 +1322,7 @@ func (c *checkpointer) writeBlob(ctx context.Context, name string, b []byte) (Im
 	if err != nil {
 		return ImageRef{}, err
 	}
-	if err := writeIndex(filepath.Join(c.dir, name), x); err != nil {
-		return ImageRef{}, err
-	}
+	c.indexes[name] = x
 	return ImageRef{Index: name, Size: int64(len(b))}, nil
 }
 
@@ -1217,7 +1343,12 @@ func (c *checkpointer) commitOld(ctx context.Context) {
 				c.logf("%s: removed %s, merged by an earlier commit", p.live.Name, f)
 			}
 		}
-		ovs := p.ds.Overlays
+		ovs, into, keep := p.ds.Overlays, p.ds.Base, []overlay(nil)
+		if p.ds.KeepBase && len(ovs) > 0 {
+			// The base is the received image: merge into the copy's own
+			// first overlay.
+			into, keep, ovs = ovs[0].layer, ovs[:1], ovs[1:]
+		}
 		if len(ovs) < 2 {
 			continue
 		}
@@ -1225,13 +1356,13 @@ func (c *checkpointer) commitOld(ctx context.Context) {
 		job := fmt.Sprintf("ntc-commit-%d-%s", c.seq, active.Node)
 		topNode := frozen[len(frozen)-1].Node
 		cctx, cancel := context.WithTimeout(ctx, 10*time.Minute)
-		err := commit(cctx, c.sess, active.Node, topNode, p.ds.Base.Node, job)
+		err := commit(cctx, c.sess, active.Node, topNode, into.Node, job)
 		cancel()
 		if err != nil {
 			errs = append(errs, fmt.Errorf("%s: %w", p.live.Name, err))
 			continue
 		}
-		p.ds.Overlays = []overlay{active}
+		p.ds.Overlays = append(keep, active)
 		if err := c.saveState(true); err != nil {
 			errs = append(errs, err)
 		}
@@ -1241,7 +1372,7 @@ func (c *checkpointer) commitOld(ctx context.Context) {
 			}
 		}
 		c.stats.Committed += len(frozen)
-		c.logf("%s: merged %d overlays into %s", p.live.Name, len(frozen), p.ds.Base.File)
+		c.logf("%s: merged %d overlays into %s", p.live.Name, len(frozen), into.File)
 	}
 	if err := errors.Join(errs...); err != nil {
 		c.stats.CommitError = err.Error()

@@ -70,17 +70,22 @@
 //   - Chain: a frozen image read straight from its layer files through the
 //     offsets `qemu-img map` reports (qcow2 and raw layers); ranges that read
 //     as zeros are never read.
-//   - Repository: DIR/store (a chunk.PackStore), DIR/checkpoints/NNNNNN (one
-//     index per disk, RAM block, the device state and the stream
-//     description, then manifest.json, written last and atomically) and
-//     DIR/state.json (the overlay chains, overlays prepared for a checkpoint
-//     in progress, and the QEMU process they belong to: boot ID, PID, start
-//     time). A checkpoint without a manifest is incomplete: ignored, and
-//     removed by the next run. One process writes a repository at a time
-//     (DIR/lock); readers (OpenRepositoryForReading, e.g. a push) need no
-//     lock and see every checkpoint complete when they opened it.
-//     Repository.Stream rebuilds a checkpoint's migration stream for
-//     migstream.Join.
+//   - Repository: one set of the node's repository (package repo), whose
+//     versions are checkpoints: one index per disk, RAM block, the device
+//     state and the stream description, the manifest as the version's
+//     metadata, committed (repo.Repo.Commit) once the chunks are durable in
+//     the node's store (DIR/packs, shared with what the node receives), with
+//     the set's current version as parent and this node as maker. Capture's
+//     own bookkeeping is DIR/sets/SET/capture: state.json (the overlay
+//     chains, overlays prepared for a checkpoint in progress, and the QEMU
+//     process they belong to: boot ID, PID, start time), changes/DIGEST (the
+//     extents each incremental disk's writes covered) and a lock (one
+//     process checkpoints a set at a time). Readers
+//     (OpenRepositoryForReading, e.g. a push) see committed checkpoints
+//     only. Repository.Stream rebuilds a checkpoint's migration stream for
+//     migstream.Join. Adopt makes a copy resumed from a version the set's
+//     guest, so that its first checkpoint is incremental against that
+//     version; a Final checkpoint leaves the guest paused for a hand-off.
 //   - RAM: the stream is parsed as it arrives (capture/migstream) into one
 //     chunk.PageIndex per RAM block, 4 KiB pages keyed by content; only
 //     contents the store lacks are written. The device state and the stream
@@ -113,8 +118,8 @@
 // On every error path the guest is left running (a guest paused for the
 // checkpoint is resumed, after the migration is cancelled or, for a
 // background snapshot, finished; ntc reconnects if the session broke), the
-// overlay chains stay valid and recorded in state.json, no manifest is
-// written for the failed checkpoint, and earlier checkpoints are not
+// overlay chains stay valid and recorded in state.json, no version is
+// committed for the failed checkpoint, and earlier checkpoints are not
 // touched. A guest that is not running is refused and left as it is. If ntc
 // itself is killed inside the pause, QEMU keeps the guest paused (precopy:
 // waiting in pre-switchover) until the next checkpoint of the same QEMU

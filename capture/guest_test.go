@@ -109,7 +109,7 @@ func guestStatus(tb testing.TB, path string) runState {
 // reader sees the chunks stored when it opened), until the test ends.
 func readRepo(tb testing.TB, dir string) *Repository {
 	tb.Helper()
-	r, err := OpenRepositoryForReading(dir)
+	r, err := OpenRepositoryForReading(dir, DefaultSet)
 	if err != nil {
 		tb.Fatal(err)
 	}

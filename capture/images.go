@@ -11,6 +11,7 @@ import (
 
 	"github.com/ntc-project/ntc/chunk"
 	"github.com/ntc-project/ntc/internal/atomicfile"
+	"github.com/ntc-project/ntc/repo"
 )
 
 // ImageKind says what an image of a checkpoint holds.
@@ -96,8 +97,15 @@ func (r *Repository) Changes(seq int, d *Disk) (rs []chunk.Range, ok bool, err e
 	if err := CheckName(d.Changes); err != nil {
 		return nil, false, fmt.Errorf("checkpoint %d: changes file: %w", seq, err)
 	}
-	p := filepath.Join(r.CheckpointDir(seq), d.Changes)
+	v, err := r.Version(seq)
+	if err != nil {
+		return nil, false, err
+	}
+	p := filepath.Join(r.changesDir(v.Digest), d.Changes)
 	b, err := os.ReadFile(p)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, false, nil // taken on another node: its changes are not known here
+	}
 	if err != nil {
 		return nil, false, fmt.Errorf("checkpoint %d: %w", seq, err)
 	}
@@ -137,7 +145,7 @@ func (r *Repository) ChangedSince(m *Manifest, name string, isBase func(*chunk.I
 		}
 		changed = append(changed, rs...)
 		parent, err := r.Manifest(cur.Parent)
-		if errors.Is(err, fs.ErrNotExist) {
+		if errors.Is(err, repo.ErrNotFound) {
 			return nil, nil, false, nil // pruned: the chain ends here
 		}
 		if err != nil {

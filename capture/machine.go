@@ -207,6 +207,7 @@ var hostOnly = map[string]bool{
 	"-full-screen": true, "-alt-grab": true, "-ctrl-grab": true, "-no-quit": true, "-sdl": true, "-curses": true,
 	"-blockdev": true, "-netdev": true, "-chardev": true, "-only-migratable": true, "-s": true, "-gdb": true,
 	"-seed": true, "-action": true, "-compat": true,
+	"-add-fd": true, // how ntc resume hands QEMU the received images: not part of the machine
 }
 
 // describeArgv reads the source's command line (its own VM: the local

@@ -3,13 +3,12 @@ package capture
 import (
 	"errors"
 	"math/rand/v2"
-	"os"
-	"path/filepath"
 	"reflect"
 	"slices"
 	"testing"
 
 	"github.com/ntc-project/ntc/chunk"
+	"github.com/ntc-project/ntc/repo"
 )
 
 // fakeCheckpoints writes n complete checkpoints of one 1 MiB disk into the
@@ -36,33 +35,27 @@ func fakeCheckpoints(t *testing.T, r *Repository, n int) map[int]*chunk.Index {
 				}
 			}
 		}
-		dir := r.CheckpointDir(seq)
-		if err := os.MkdirAll(dir, 0o755); err != nil {
-			t.Fatal(err)
-		}
 		d := Disk{Name: "disk-vda", Index: "disk-vda.idx", Size: x.Size, Mode: "full"}
-		if err := chunk.WriteIndexFile(filepath.Join(dir, d.Index), x); err != nil {
-			t.Fatal(err)
-		}
-		m := &Manifest{Version: ManifestVersion, Seq: seq, Parent: seq - 1,
+		m := &Manifest{Version: ManifestVersion, Seq: seq, Created: created(),
 			DeviceState: ImageRef{Index: deviceIndex}, Stream: StreamInfo{Index: streamIndex}}
 		empty, _, err := chunk.Build(t.Context(), chunk.Bytes(nil), chunk.DefaultCDC(), chunk.Options{})
 		if err != nil {
 			t.Fatal(err)
 		}
-		for _, name := range []string{deviceIndex, streamIndex} {
-			if err := chunk.WriteIndexFile(filepath.Join(dir, name), empty); err != nil {
-				t.Fatal(err)
-			}
-		}
+		idxs := map[string]*chunk.Index{d.Index: x, deviceIndex: empty, streamIndex: empty}
+		changes := map[string][]chunk.Range{}
 		if seq > 1 {
 			d.Mode, d.Changes = "incremental", d.Name+changesSuffix
-			if err := writeChanges(filepath.Join(dir, d.Changes), []chunk.Range{{Off: int64(seq) * 64 << 10, Len: 64 << 10}}); err != nil {
-				t.Fatal(err)
-			}
+			changes[d.Changes] = []chunk.Range{{Off: int64(seq) * 64 << 10, Len: 64 << 10}}
 		}
 		m.Disks = []Disk{d}
-		if err := r.writeManifest(m); err != nil {
+		var parent repo.Digest
+		if head, err := r.nodes.Head(r.set); err != nil {
+			t.Fatal(err)
+		} else if head != nil {
+			parent = head.Digest
+		}
+		if _, err := r.commit(t.Context(), m, idxs, changes, parent, "test"); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -86,7 +79,7 @@ func TestPrune(t *testing.T) {
 		{"keep 0 keeps one", 3, 0, nil, 0, []int{1, 2}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			r, err := OpenRepository(t.TempDir())
+			r, err := OpenRepository(t.Context(), t.TempDir(), DefaultSet)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -97,12 +90,7 @@ func TestPrune(t *testing.T) {
 					t.Fatal(err)
 				}
 			}
-			// An incomplete checkpoint (no manifest) is not Prune's.
-			incomplete := r.CheckpointDir(tc.n + 1)
-			if err := os.MkdirAll(incomplete, 0o755); err != nil {
-				t.Fatal(err)
-			}
-			got, err := r.Prune(tc.keep, tc.pinned...)
+			got, err := r.Prune(t.Context(), tc.keep, tc.pinned...)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -114,13 +102,10 @@ func TestPrune(t *testing.T) {
 				t.Fatal(err)
 			}
 			for seq := 1; seq <= tc.n; seq++ {
-				_, statErr := os.Stat(r.CheckpointDir(seq))
-				if gone := slices.Contains(tc.want, seq); gone != errors.Is(statErr, os.ErrNotExist) || gone == slices.Contains(left, seq) {
-					t.Errorf("checkpoint %d: removed %v, directory %v, listed %v", seq, gone, statErr, left)
+				_, verr := r.Version(seq)
+				if gone := slices.Contains(tc.want, seq); gone != errors.Is(verr, repo.ErrNotFound) || gone == slices.Contains(left, seq) {
+					t.Errorf("checkpoint %d: removed %v, version %v, listed %v", seq, gone, verr, left)
 				}
-			}
-			if _, err := os.Stat(incomplete); err != nil {
-				t.Errorf("the incomplete checkpoint: %v", err)
 			}
 		})
 	}
@@ -130,13 +115,13 @@ func TestPrune(t *testing.T) {
 // back to the receiver's copy crosses a pruned checkpoint is not an error,
 // only not patchable; a chain that stays whole still is.
 func TestPruneBreaksChangeChain(t *testing.T) {
-	r, err := OpenRepository(t.TempDir())
+	r, err := OpenRepository(t.Context(), t.TempDir(), DefaultSet)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer r.Close()
 	idx := fakeCheckpoints(t, r, 6)
-	if got, err := r.Prune(2, 2); err != nil || !reflect.DeepEqual(got, []int{1, 3, 4}) {
+	if got, err := r.Prune(t.Context(), 2, 2); err != nil || !reflect.DeepEqual(got, []int{1, 3, 4}) {
 		t.Fatalf("Prune(2, 2) = %v, %v", got, err)
 	}
 	m6, err := r.Manifest(6)
@@ -157,7 +142,7 @@ func TestPruneBreaksChangeChain(t *testing.T) {
 
 func TestPruneNeedsWriter(t *testing.T) {
 	dir := t.TempDir()
-	w, err := OpenRepository(dir)
+	w, err := OpenRepository(t.Context(), dir, DefaultSet)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -165,12 +150,12 @@ func TestPruneNeedsWriter(t *testing.T) {
 	if err := w.Close(); err != nil {
 		t.Fatal(err)
 	}
-	r, err := OpenRepositoryForReading(dir)
+	r, err := OpenRepositoryForReading(dir, DefaultSet)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer r.Close()
-	if _, err := r.Prune(1); !errors.Is(err, chunk.ErrReadOnly) {
+	if _, err := r.Prune(t.Context(), 1); !errors.Is(err, chunk.ErrReadOnly) {
 		t.Errorf("Prune on a repository open for reading: %v, want ErrReadOnly", err)
 	}
 	if seqs, _ := r.Checkpoints(); len(seqs) != 3 {
@@ -182,13 +167,13 @@ func TestPruneNeedsWriter(t *testing.T) {
 // they used and keeps every chunk of the others, readable.
 func TestCollect(t *testing.T) {
 	ctx := t.Context()
-	r, err := OpenRepository(t.TempDir())
+	r, err := OpenRepository(t.Context(), t.TempDir(), DefaultSet)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer r.Close()
 	idx := fakeCheckpoints(t, r, 5)
-	if _, err := r.Prune(2); err != nil {
+	if _, err := r.Prune(t.Context(), 2); err != nil {
 		t.Fatal(err)
 	}
 	st, err := r.Collect(ctx)

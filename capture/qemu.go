@@ -154,7 +154,11 @@ func queryDisks(ctx context.Context, s *Session) ([]liveDisk, error) {
 			return nil, fmt.Errorf("disk %s is encrypted: %w", d.Device, ErrUnsupported)
 		}
 		for t := &in.Image; t != nil; t = t.Backing {
-			d.Chain = append(d.Chain, chainLayer{File: t.Filename, Format: t.Format})
+			file, err := layerFile(ctx, s, t.Filename)
+			if err != nil {
+				return nil, fmt.Errorf("disk %s: %w", d.Device, err)
+			}
+			d.Chain = append(d.Chain, chainLayer{File: file, Format: t.Format})
 		}
 		d.Name = uniqueName(used, "disk-"+fileName(d.Device))
 		out = append(out, d)
@@ -431,3 +435,48 @@ func precopyLosesWrites(ctx context.Context, s *Session) bool {
 // tcgDirtyBug is precopyLosesWrites' rule: TCG (KVM not enabled) on QEMU
 // older than 9.0.
 func tcgDirtyBug(atLeast90, kvm bool) bool { return !atLeast90 && !kvm }
+
+// layerFile turns the file name QEMU reports for a layer into the path of
+// the file: a layer whose backing was opened through a file descriptor
+// (as package resume opens received images) is reported as a "json:"
+// description, whose own file is named inside; a file opened through a
+// descriptor as /dev/fdset/N, which is QEMU's descriptor's file
+// (/proc/PID/fd). Other names are returned as they are.
+func layerFile(ctx context.Context, s *Session, name string) (string, error) {
+	if desc, ok := strings.CutPrefix(name, "json:"); ok {
+		var spec struct {
+			File struct {
+				Driver   string `json:"driver"`
+				Filename string `json:"filename"`
+			} `json:"file"`
+		}
+		if err := json.Unmarshal([]byte(desc), &spec); err == nil && spec.File.Driver == "file" && spec.File.Filename != "" {
+			name = spec.File.Filename
+		}
+	}
+	id, ok := strings.CutPrefix(name, "/dev/fdset/")
+	if !ok {
+		return name, nil
+	}
+	var sets []struct {
+		ID  int `json:"fdset-id"`
+		FDs []struct {
+			FD int `json:"fd"`
+		} `json:"fds"`
+	}
+	if err := s.Run(ctx, "query-fdsets", nil, &sets); err != nil {
+		return "", fmt.Errorf("find the file of %s: %w", name, err)
+	}
+	pid := s.Peer().PID
+	for _, set := range sets {
+		if strconv.Itoa(set.ID) != id || len(set.FDs) == 0 || pid == 0 {
+			continue
+		}
+		path, err := os.Readlink(fmt.Sprintf("/proc/%d/fd/%d", pid, set.FDs[0].FD))
+		if err != nil {
+			return "", fmt.Errorf("find the file of %s: %w", name, err)
+		}
+		return path, nil
+	}
+	return "", fmt.Errorf("find the file of %s: QEMU holds no such descriptor set: %w", name, ErrUnsupported)
+}

@@ -36,7 +36,7 @@ func TestRAMIsTheGuestsAtTheInstant(t *testing.T) {
 			return s.Run(t.Context(), "pmemsave", map[string]any{"val": 0, "size": size, "filename": dump}, nil)
 		}
 		res := checkpointTB(t, cfg)
-		r, err := OpenRepositoryForReading(cfg.Dir)
+		r, err := OpenRepositoryForReading(cfg.Dir, DefaultSet)
 		if err != nil {
 			t.Fatal(err)
 		}

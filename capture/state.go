@@ -14,7 +14,7 @@ import (
 // stateVersion is the version of state.json.
 const stateVersion = 1
 
-// state is DIR/state.json: what capture needs to take the next checkpoint
+// state is DIR/sets/SET/capture/state.json: what capture needs to take the next checkpoint
 // of the same QEMU incrementally. It is only trusted when QEMU, the
 // repository's latest checkpoint and every disk's live chain agree with it;
 // otherwise the next checkpoint reads the disks in full.
@@ -43,6 +43,10 @@ type diskState struct {
 	// Overlays are the layers ntc created on top of Base, bottom to top;
 	// the last one is the guest's active layer.
 	Overlays []overlay `json:"overlays"`
+	// KeepBase: Base is not the guest's to write (a resumed copy's
+	// received image): frozen overlays merge into the first overlay
+	// instead, which stays.
+	KeepBase bool `json:"keep_base,omitempty"`
 }
 
 type layer struct {
@@ -59,7 +63,7 @@ type overlay struct {
 	Created int `json:"created"`
 }
 
-func (r *Repository) statePath() string { return filepath.Join(r.dir, stateFile) }
+func (r *Repository) statePath() string { return filepath.Join(r.captureDir(), stateFile) }
 
 // loadState reads state.json; a missing or unreadable file is no state.
 func (r *Repository) loadState() (*state, error) {

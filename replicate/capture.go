@@ -1,6 +1,7 @@
 package replicate
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -12,8 +13,8 @@ import (
 	"github.com/ntc-project/ntc/capture"
 )
 
-// Capture takes checkpoints with package capture into the repository
-// Config.Dir, and prunes it.
+// Capture takes checkpoints with package capture into set Config.Set of
+// the node repository Config.Dir, and prunes it.
 type Capture struct {
 	Config capture.Config
 }
@@ -60,7 +61,8 @@ func (c *Capture) classify(err error) error {
 // holds the repository (a checkpoint taken by hand), it prunes nothing
 // this time. Other failures are Permanent: the repository would only grow.
 func (c *Capture) Prune(ctx context.Context, keep, acked int) ([]int, error) {
-	repo, err := capture.OpenRepository(c.Config.Dir)
+	set := cmp.Or(c.Config.Set, capture.DefaultSet)
+	repo, err := capture.OpenRepository(ctx, c.Config.Dir, set)
 	if errors.Is(err, capture.ErrBusy) {
 		return nil, nil
 	}
@@ -71,7 +73,7 @@ func (c *Capture) Prune(ctx context.Context, keep, acked int) ([]int, error) {
 	if acked > 0 {
 		pinned = append(pinned, acked)
 	}
-	removed, err := repo.Prune(keep, pinned...)
+	removed, err := repo.Prune(ctx, keep, pinned...)
 	if err != nil {
 		repo.Close()
 		return removed, Permanent(err)

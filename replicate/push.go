@@ -10,16 +10,16 @@ import (
 	"github.com/ntc-project/ntc/transport"
 )
 
-// Push pushes checkpoints of the capture repository Dir as versions of Set
-// to one receiver, each over a new connection.
+// Push pushes checkpoints of set Set of the node repository Dir to one
+// receiver, each over a new connection. What the receiver acknowledged is
+// recorded in Dir too (sync.Sender.StateDir).
 type Push struct {
 	Dir string
 	Set string
 	// Self is this node's ID, Peer the receiver's; Dial connects to it.
 	Self, Peer transport.ID
 	Dial       func(ctx context.Context) (*transport.Conn, error)
-	// StateDir, Streams, Conns and BytesPerSec are sync.Sender's.
-	StateDir       string
+	// Streams, Conns and BytesPerSec are sync.Sender's.
 	Streams, Conns int
 	BytesPerSec    int64
 	// Log, if set, is told what the sender does.
@@ -31,14 +31,13 @@ var _ Pusher = (*Push)(nil)
 func (p *Push) sender() *ntcsync.Sender {
 	// A new Sender per push: it caches the indexes it reads, which would
 	// otherwise grow with every version.
-	return &ntcsync.Sender{StateDir: p.StateDir, Streams: p.Streams, Conns: p.Conns, BytesPerSec: p.BytesPerSec, Dial: p.Dial, Log: p.Log}
+	return &ntcsync.Sender{StateDir: p.Dir, Node: p.Self.String(), Streams: p.Streams, Conns: p.Conns, BytesPerSec: p.BytesPerSec, Dial: p.Dial, Log: p.Log}
 }
 
 // Acked returns the checkpoint the receiver last committed from this
 // sender (0 if unknown).
 func (p *Push) Acked(ctx context.Context) (int, error) {
-	_, prev := p.sender().LastAcked(p.Peer, p.Set)
-	return AckedCheckpoint(ctx, p.Dir, prev)
+	return AckedCheckpoint(p.Dir, p.Set, p.sender().AckedDigest(p.Peer, p.Set))
 }
 
 // Push sends checkpoint seq. Failures of the link or of the receiver are
@@ -48,7 +47,7 @@ func (p *Push) Acked(ctx context.Context) (int, error) {
 func (p *Push) Push(ctx context.Context, seq int) (Pushed, error) {
 	s := p.sender()
 	_, prev := s.LastAcked(p.Peer, p.Set)
-	v, err := OpenVersion(ctx, p.Dir, seq, prev)
+	v, err := OpenVersion(ctx, p.Dir, p.Set, seq, prev)
 	if err != nil {
 		return Pushed{}, Permanent(err)
 	}
@@ -58,7 +57,7 @@ func (p *Push) Push(ctx context.Context, seq int) (Pushed, error) {
 		return Pushed{}, p.classify(fmt.Errorf("connect: %w", err))
 	}
 	defer conn.Close()
-	res, err := s.Push(ctx, conn, &ntcsync.Version{Set: p.Set, Images: v.Images})
+	res, err := s.Push(ctx, conn, v.Sync)
 	if err != nil {
 		return Pushed{}, p.classify(err)
 	}

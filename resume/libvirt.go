@@ -300,6 +300,27 @@ func StartLibvirt(ctx context.Context, cfg LibvirtConfig) (d *LibvirtDomain, err
 	return d, nil
 }
 
+// Destroy stops the copy at once (virDomainDestroy); a copy libvirt no
+// longer runs is no error.
+func (d *LibvirtDomain) Destroy(ctx context.Context) error {
+	conn, err := capture.DialLibvirt(ctx, d.URI, 0)
+	if err != nil {
+		return fmt.Errorf("destroy libvirt domain %s: %w", d.Name, err)
+	}
+	defer conn.Close()
+	dom, err := conn.DomainLookupByName(d.Name)
+	if err != nil {
+		return nil
+	}
+	if err := conn.DomainDestroy(dom); err != nil {
+		if active, aerr := conn.DomainIsActive(dom); aerr == nil && active == 0 {
+			return nil
+		}
+		return fmt.Errorf("destroy libvirt domain %s: %w", d.Name, err)
+	}
+	return nil
+}
+
 // validManifest returns m (checked), or else the manifest among the
 // images in root, once validate has accepted its description.
 func validManifest(root *os.Root, m *capture.Manifest) (*capture.Manifest, error) {

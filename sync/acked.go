@@ -207,3 +207,9 @@ func (s *Sender) prune(ctx context.Context, nr *repo.Repo, set string) {
 		}
 	}
 }
+
+// AckedDigest returns the version of set that peer last acknowledged to
+// this sender (zero if unknown).
+func (s *Sender) AckedDigest(peer transport.ID, set string) repo.Digest {
+	return s.readAck(peer, set).Digest
+}

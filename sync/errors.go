@@ -52,6 +52,8 @@ var codes = [...]struct {
 	{codeLimit, ErrLimit},
 	{codeStalled, ErrStalled},
 	{codeDigest, ErrDigestMismatch},
+	{codeResumeRefused, ErrResumeRefused},
+	{codeNotCurrent, ErrNotCurrent},
 }
 
 // codeOf maps a local error to the code sent to the peer.

@@ -130,6 +130,11 @@ func (n *node) keepLocal(t *testing.T, d repo.Digest, pv *Version) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	release, err := n.repo.holdStore(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer release()
 	for _, im := range pv.Images {
 		for _, e := range im.Index.Entries {
 			if e.Zero {

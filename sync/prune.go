@@ -10,10 +10,6 @@ import (
 	"github.com/ntc-project/ntc/repo"
 )
 
-// minDead is the share of a pack's bytes that must be dead before a
-// collection copies its live chunks elsewhere to give the rest back.
-const minDead = 0.5
-
 // prune thins the set's versions by policy p. It never removes the
 // current version, nor the versions the set's image files hold or are
 // being moved to (materializing needs both), nor the tip of a copy that
@@ -59,37 +55,6 @@ func (r *Repo) prune(ctx context.Context, set string, p repo.Policy) ([]uint64, 
 	return removed, nil
 }
 
-// liveChunks returns the IDs of the chunks that some committed version of
-// some set refers to.
-func (r *Repo) liveChunks(ctx context.Context) (map[chunk.ID]struct{}, error) {
-	sets, err := r.nodes.Sets()
-	if err != nil {
-		return nil, err
-	}
-	live := map[chunk.ID]struct{}{}
-	for _, set := range sets {
-		vs, err := r.nodes.Versions(set)
-		if err != nil {
-			return nil, err
-		}
-		for _, v := range vs {
-			for _, im := range v.Images {
-				if err := ctx.Err(); err != nil {
-					return nil, err
-				}
-				x, err := r.Index(set, v.Seq, im.Name)
-				if err != nil {
-					return nil, err
-				}
-				for _, e := range x.Entries {
-					live[e.ID] = struct{}{}
-				}
-			}
-		}
-	}
-	return live, nil
-}
-
 // collect drops from the store every chunk that no committed version
 // refers to, and gives back the space of packs that are mostly such
 // chunks. It runs only while no push is in progress (ok is false, and
@@ -104,16 +69,13 @@ func (r *Repo) collect(ctx context.Context) (st chunk.CompactStats, ok bool, err
 		return st, false, nil
 	}
 	defer end()
-	live, err := r.liveChunks(ctx)
+	release, err := r.holdStore(ctx)
 	if err != nil {
 		return st, true, fmt.Errorf("collect garbage: %w", err)
 	}
-	st, err = r.store.Compact(ctx, func(id chunk.ID) bool {
-		_, ok := live[id]
-		return ok
-	}, minDead)
-	if err != nil {
-		return st, true, fmt.Errorf("collect garbage: %w", err)
+	defer release()
+	if st, err = r.nodes.Collect(ctx, r.store); err != nil {
+		return st, true, err
 	}
 	return st, true, nil
 }

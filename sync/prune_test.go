@@ -51,11 +51,12 @@ func TestKeepRemovesOldVersionsAndTheirChunks(t *testing.T) {
 	}
 	assertMaterialized(t, p.repo, "vm", map[string][]byte{"disk": disk})
 
+	st := readStore(t, p.repo)
 	kept := map[chunk.ID]bool{}
 	for _, v := range versions[5-keep:] {
 		for _, e := range v.Images[0].Index.Entries {
 			kept[e.ID] = true
-			if _, err := p.repo.store.Get(ctx, e.ID); err != nil {
+			if _, err := st.Get(ctx, e.ID); err != nil {
 				t.Fatalf("a chunk of a kept version: %v", err)
 			}
 		}
@@ -66,7 +67,7 @@ func TestKeepRemovesOldVersionsAndTheirChunks(t *testing.T) {
 			if kept[e.ID] {
 				continue
 			}
-			if ok, _ := p.repo.store.Has(ctx, e.ID); ok {
+			if ok, _ := st.Has(ctx, e.ID); ok {
 				t.Fatalf("chunk %s, used only by removed versions, is still in the store", e.ID.Short())
 			}
 			dropped++

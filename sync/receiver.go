@@ -42,6 +42,10 @@ type Receiver struct {
 	Keep repo.Policy
 	// Limits bound what each push and each peer may cost the receiver.
 	Limits Limits
+	// Resume, if set, starts the current version of a set as a running
+	// copy when a peer asks at the end of a hand-off; it decides which
+	// peers may ask. Nil: every such request is refused.
+	Resume Resumer
 
 	initOnce gosync.Once
 	lim      Limits
@@ -258,7 +262,11 @@ func (r *Receiver) Serve(ctx context.Context, conn *transport.Conn) error {
 		return err
 	}
 	w := newFrameWriterSize(ss, ctrlBufSize)
-	err = r.serve(ctx, cancel, conn, rd, w)
+	if err == nil && typ[0] == msgResume {
+		err = r.serveResume(ctx, cancel, conn, rd, w)
+	} else {
+		err = r.serve(ctx, cancel, conn, rd, w)
+	}
 	if err != nil {
 		// Tell the peer what went wrong, by code.
 		w.write(msgError, encodeUint(codeOf(err)))
@@ -360,6 +368,11 @@ func (r *Receiver) serve(ctx context.Context, cancel context.CancelFunc, conn *t
 		return err
 	}
 	defer leave()
+	release, err := r.Repo.holdStore(ctx)
+	if err != nil {
+		return err
+	}
+	defer release()
 	unlock, err := r.Repo.lock(ctx, h.set, conn.PeerID().String(), func() {
 		cancel()
 		conn.CloseWithError(transport.ErrShuttingDown)
@@ -595,6 +608,12 @@ func (r *Receiver) serve(ctx context.Context, cancel context.CancelFunc, conn *t
 	} else {
 		if err := r.Repo.materialize(ctx, h.set, c.Head.Seq, in.stage); err != nil {
 			return err
+		}
+		if v.Node == conn.PeerID().String() && len(in.offer.meta) > 0 {
+			// The sender checkpointed this version: its machine runs there.
+			if err := r.Repo.nodes.SetRunner(ctx, h.set, v.Node, v.Digest); err != nil {
+				r.logf("%s: record who runs it: %v", h.set, err)
+			}
 		}
 		r.logf("committed %s v%d %s (store synced in %s, committed in %s, images written in %s)", h.set, c.Version.Seq, v.Digest.Short(),
 			tSync.Round(time.Millisecond), (tCommit - tSync).Round(time.Millisecond), (time.Since(t0) - tCommit).Round(time.Millisecond))

@@ -32,12 +32,19 @@ import (
 //
 // A version is committed (repo.Repo.Commit) after its chunks are durable;
 // the previous version (its indexes and chunks) stays intact throughout.
+// The repository is the node's: checkpoints taken here (package capture)
+// are versions of it too. So the chunk store is open only while a push or
+// a collection needs it, and a checkpoint waits for it meanwhile.
 // A repository an older ntc wrote (DIR/sets/SET/v000042/manifest.json and
 // CURRENT) is converted when it is opened, keeping its version numbers.
 type Repo struct {
 	dir   string
-	store *chunk.PackStore
 	nodes *repo.Repo
+
+	// store is open while users > 0 (pushes in progress, a collection).
+	storeMu gosync.Mutex
+	store   *chunk.PackStore
+	users   int
 
 	mu    gosync.Mutex
 	locks map[string]*setLock
@@ -79,8 +86,9 @@ type ImageManifest struct {
 	Chunks int      `json:"chunks"`
 }
 
-// OpenRepo opens, creating if needed, the repository in dir, for one
-// process at a time.
+// OpenRepo opens, creating if needed, the repository in dir to receive
+// versions. One process receives into a repository at a time; others may
+// take checkpoints into it (package capture) and read it.
 func OpenRepo(dir string) (*Repo, error) {
 	// Versions are guest data: private, also in a repository an older
 	// ntc made.
@@ -92,25 +100,22 @@ func OpenRepo(dir string) (*Repo, error) {
 			return nil, fmt.Errorf("open repository: %w", err)
 		}
 	}
-	st, err := chunk.OpenPackStore(dir)
-	if err != nil {
-		return nil, err
-	}
-	// The store's lock is this process's: what DIR/tmp holds (versions
-	// being assembled, or removed, when a process died) is garbage.
+	// What DIR/tmp holds from before (versions being assembled or removed
+	// when a process died) is garbage; what other processes write there
+	// (a checkpoint's commit) lives for milliseconds.
 	if ents, err := os.ReadDir(filepath.Join(dir, "tmp")); err == nil {
 		for _, e := range ents {
-			os.RemoveAll(filepath.Join(dir, "tmp", e.Name()))
+			if fi, err := e.Info(); err == nil && time.Since(fi.ModTime()) > staleTmp {
+				os.RemoveAll(filepath.Join(dir, "tmp", e.Name()))
+			}
 		}
 	}
 	nodes, err := repo.Open(dir)
 	if err != nil {
-		st.Close()
 		return nil, err
 	}
-	r := &Repo{dir: dir, store: st, nodes: nodes, locks: map[string]*setLock{}}
+	r := &Repo{dir: dir, nodes: nodes, locks: map[string]*setLock{}}
 	if err := r.convert(context.Background()); err != nil {
-		st.Close()
 		return nil, err
 	}
 	return r, nil
@@ -134,16 +139,53 @@ func OpenRepoForReading(dir string) (*Repo, error) {
 	return r, nil
 }
 
-// Close releases the repository's chunk store.
+// staleTmp is the age past which an entry of DIR/tmp is left over.
+const staleTmp = 10 * time.Minute
+
+// Close releases the repository's chunk store, if a push left it open.
 func (r *Repo) Close() error {
+	r.storeMu.Lock()
+	defer r.storeMu.Unlock()
 	if r.store == nil {
 		return nil
 	}
-	return r.store.Close()
+	err := r.store.Close()
+	r.store, r.users = nil, 0
+	return err
 }
 
-// Store returns the repository's chunk store (nil when opened for reading).
-func (r *Repo) Store() *chunk.PackStore { return r.store }
+// Store returns the repository's chunk store while a push or a collection
+// has it open, nil otherwise.
+func (r *Repo) Store() *chunk.PackStore {
+	r.storeMu.Lock()
+	defer r.storeMu.Unlock()
+	return r.store
+}
+
+// holdStore opens the chunk store for writing, or keeps it open, until
+// release: while another process has it (a checkpoint being taken here),
+// it waits, until ctx ends.
+func (r *Repo) holdStore(ctx context.Context) (release func(), err error) {
+	r.storeMu.Lock()
+	defer r.storeMu.Unlock()
+	if r.users == 0 {
+		if r.store, err = r.nodes.OpenStore(ctx); err != nil {
+			return nil, fmt.Errorf("open the chunk store: %w", err)
+		}
+	}
+	r.users++
+	var once gosync.Once
+	return func() {
+		once.Do(func() {
+			r.storeMu.Lock()
+			defer r.storeMu.Unlock()
+			if r.users--; r.users == 0 {
+				r.store.Close()
+				r.store = nil
+			}
+		})
+	}, nil
+}
 
 // Dir returns the repository's directory.
 func (r *Repo) Dir() string { return r.dir }
@@ -365,6 +407,11 @@ type materializeState struct {
 // proportion to the change), or by writing them whole when no usable
 // version is there.
 func (r *Repo) Materialize(ctx context.Context, set string, v uint64) error {
+	release, err := r.holdStore(ctx)
+	if err != nil {
+		return err
+	}
+	defer release()
 	return r.materialize(ctx, set, v, nil)
 }
 

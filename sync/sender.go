@@ -115,12 +115,16 @@ func (s *Sender) Push(ctx context.Context, conn *transport.Conn, v *Version) (*R
 	if err != nil {
 		return nil, err
 	}
-	lv, err := s.local(ctx, nr, v)
-	if err != nil {
-		return nil, err
+	lv := v.Recorded
+	if lv == nil {
+		if lv, err = s.local(ctx, nr, v); err != nil {
+			return nil, err
+		}
+		defer s.prune(context.WithoutCancel(ctx), nr, v.Set)
+	} else if nr == nil {
+		return nil, errors.New("push a recorded version: the sender has no repository (StateDir)")
 	}
 	res.Digest, res.Parent = lv.Digest, lv.Parent
-	defer s.prune(context.WithoutCancel(ctx), nr, v.Set)
 	ctrl, err := conn.OpenStream(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("open control stream: %w", err)

@@ -287,9 +287,10 @@ func TestDamagedChunksAreRefusedAndFetchedAgain(t *testing.T) {
 // reads back whole.
 func assertNothingDamagedStored(t *testing.T, repo *Repo, x *chunk.Index) {
 	t.Helper()
+	st := readStore(t, repo)
 	for _, e := range x.Entries {
-		if ok, _ := repo.Store().Has(t.Context(), e.ID); ok && !e.Zero {
-			if _, err := repo.Store().Get(t.Context(), e.ID); err != nil {
+		if ok, _ := st.Has(t.Context(), e.ID); ok && !e.Zero {
+			if _, err := st.Get(t.Context(), e.ID); err != nil {
 				t.Fatalf("store holds a damaged chunk: %v", err)
 			}
 		}
@@ -357,7 +358,7 @@ func TestInterruptedPushResumes(t *testing.T) {
 		}
 		seen[e.ID] = true
 		total += e.Length
-		if ok, err := p.repo.Store().Has(t.Context(), e.ID); err != nil {
+		if ok, err := readStore(t, p.repo).Has(t.Context(), e.ID); err != nil {
 			t.Fatal(err)
 		} else if ok {
 			held += e.Length
@@ -505,4 +506,16 @@ func TestMetaSurvivesTheOffer(t *testing.T) {
 	if err != nil || string(got) != string(v.Meta) {
 		t.Fatalf("metadata after the commit: %q, %v; want %q", got, err, v.Meta)
 	}
+}
+
+// readStore opens the repository's chunk store for reading, as it is now,
+// until the test ends.
+func readStore(t *testing.T, r *Repo) *chunk.ReadOnlyPackStore {
+	t.Helper()
+	st, err := chunk.OpenPackStoreReadOnly(r.Dir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	return st
 }

@@ -6,6 +6,7 @@ import (
 	"io"
 
 	"github.com/ntc-project/ntc/chunk"
+	"github.com/ntc-project/ntc/repo"
 )
 
 // Source gives the content of an image's chunks to a sender. It is a plug-in
@@ -75,6 +76,11 @@ type Version struct {
 	// manifest, for example); at most 1 MiB.
 	Meta   []byte
 	Images []Image
+	// Recorded, if set, is this version as the sender's repository
+	// (Sender.StateDir) holds it already, with Meta and the indexes of
+	// Images exactly as committed there: a checkpoint of the node's own
+	// repository. It is pushed as it is; nothing is recorded or pruned.
+	Recorded *repo.Version
 }
 
 func (v *Version) check() error {

@@ -191,7 +191,7 @@ func BenchmarkIndexMemory(b *testing.B) {
 		var before, after runtime.MemStats
 		runtime.GC()
 		runtime.ReadMemStats(&before)
-		s := &Store{where: map[chunk.ID]loc{}, known: map[packName]int32{}}
+		s := &Store{packMap: newPackMap()}
 		recs := make([]record, perPack)
 		for p := range packs {
 			for i := range recs {

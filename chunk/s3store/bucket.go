@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"strings"
+	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	awshttp "github.com/aws/aws-sdk-go-v2/aws/transport/http"
@@ -73,6 +74,18 @@ func (b *bucket) swap(ctx context.Context, k, etag string, data []byte, opts ...
 	return aws.ToString(out.ETag), nil
 }
 
+// put writes an object whatever is there.
+func (b *bucket) put(ctx context.Context, k string, data []byte) error {
+	_, err := b.cli.PutObject(ctx, &s3.PutObjectInput{
+		Bucket: aws.String(b.name), Key: aws.String(b.key(k)),
+		Body: bytes.NewReader(data), ContentLength: aws.Int64(int64(len(data))),
+	})
+	if err != nil {
+		return b.mapErr("put", k, err)
+	}
+	return nil
+}
+
 // get reads a whole object of at most limit bytes, and its ETag.
 func (b *bucket) get(ctx context.Context, k string, limit int64) ([]byte, string, error) {
 	out, err := b.cli.GetObject(ctx, &s3.GetObjectInput{Bucket: aws.String(b.name), Key: aws.String(b.key(k))})
@@ -114,9 +127,15 @@ func (b *bucket) getRange(ctx context.Context, k string, off, n int64) ([]byte, 
 	return buf, nil
 }
 
-// list calls fn with the name (after dir) and size of every object whose
-// key starts with dir.
-func (b *bucket) list(ctx context.Context, dir string, fn func(name string, size int64) error) error {
+// object is what a listing says of an object.
+type object struct {
+	name     string // after the directory listed
+	size     int64
+	modified time.Time // by the server's clock
+}
+
+// list calls fn with every object whose key starts with dir.
+func (b *bucket) list(ctx context.Context, dir string, fn func(o object) error) error {
 	p := s3.NewListObjectsV2Paginator(b.cli, &s3.ListObjectsV2Input{
 		Bucket: aws.String(b.name), Prefix: aws.String(b.key(dir)),
 	})
@@ -130,7 +149,7 @@ func (b *bucket) list(ctx context.Context, dir string, fn func(name string, size
 			if !ok {
 				continue
 			}
-			if err := fn(name, aws.ToInt64(o.Size)); err != nil {
+			if err := fn(object{name: name, size: aws.ToInt64(o.Size), modified: aws.ToTime(o.LastModified)}); err != nil {
 				return err
 			}
 		}

@@ -7,7 +7,8 @@
 //
 //   - A store is a bucket and a key prefix, named s3://BUCKET/PREFIX. Under
 //     the prefix: packs/<name> (pack objects), index/<name> (their
-//     listings), refs/<name> (refs).
+//     listings), refs/<name> (refs), blobs/<name> (blobs), gc/ (the state
+//     of garbage collection).
 //   - A pack is one object holding many chunks as records, in the same
 //     format as a local chunk.PackStore's pack file. Chunks are collected
 //     in memory until a pack reaches Config.PackSize (16 MiB by default),
@@ -32,19 +33,26 @@
 //     read. Of two writers racing from the same state one wins and the
 //     other gets ErrConflict. Refs.Update is the read-modify-write loop
 //     (what a version pointer of a set would use).
+//   - A blob is an object created once and never replaced (a version's
+//     record or index, written before a ref names it).
+//   - Garbage collection (gc.go) is the store's half of a mark-and-sweep
+//     that runs while others write: Condemn, the caller's barrier, Sweep;
+//     and Ensure, which a commit calls between reading and swapping its
+//     ref. The repository decides what is live (repo/s3versions does).
 //
 // Several Stores, in one process or on many machines, may write one
 // bucket and prefix at once: every object is created at most once, pack
 // names are content hashes, and a Store learns of other writers' packs at
 // Open and Refresh. Two writers may store the same chunk in different
 // packs before either sees the other's; that costs space, not
-// correctness.
+// correctness. A writer whose pack has the same bytes (the same name) as
+// one already in the bucket does not adopt that object, which may be one
+// a collection is deleting: it adds a salt record and stores its own.
 //
 // Credentials, region and endpoint come the standard AWS way (see
 // Config), through aws-sdk-go-v2.
 //
-// The package does not decide what to keep: it has no garbage collection
-// (which needs the repository's versions to know what is live), no
-// version records of its own (refs are the primitive they would use), and
-// no eviction of the cache. README.md sizes a fleet on it.
+// The package does not decide what to keep (the repository marks what is
+// live), keeps no version records of its own (repo/s3versions does, in
+// refs and blobs), and does not evict from the cache. README.md sizes a fleet on it.
 package s3store

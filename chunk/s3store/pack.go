@@ -1,10 +1,12 @@
 package s3store
 
 import (
+	"crypto/rand"
 	"encoding/binary"
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 
 	"github.com/zeebo/blake3"
@@ -17,9 +19,12 @@ import (
 //
 //	magic "NTCK" | ID (32 bytes) | codec (1 byte) | length (u32) | payload
 //
-// Its name is the BLAKE3-256 of its bytes in hex: packs/<name>. Writing it
-// twice writes the same bytes, so a create that finds it already there has
-// nothing left to do.
+// Its name is the BLAKE3-256 of its bytes in hex: packs/<name>. A create
+// that finds the name taken does not adopt the object there (it may be
+// one a collection is deleting, gc.go): the writer appends a salt record
+// (a random ID, codec 0xff, no payload) and creates the pack under its new
+// name. A salt record holds no chunk and no listing lists it; a local
+// PackStore given such a pack maps its random ID, which nobody asks for.
 //
 // Its listing, index/<name>, says which chunks it holds and where, like a
 // local pack's sidecar, so that opening the store reads listings instead
@@ -91,6 +96,20 @@ func appendRecord(pack []byte, id chunk.ID, codec uint8, body []byte) ([]byte, r
 	return append(append(pack, hdr[:]...), body...), r
 }
 
+// codecSalt marks a salt record: a random ID and no payload, at the end
+// of a pack that would otherwise have the same bytes, and so the same
+// name, as a pack already in the bucket. It holds no chunk; listings do
+// not list it.
+const codecSalt = 0xff
+
+// appendSalt returns pack with a salt record after its records.
+func appendSalt(pack []byte) []byte {
+	var id chunk.ID
+	rand.Read(id[:])
+	out, _ := appendRecord(slices.Clip(pack), id, codecSalt, nil)
+	return out
+}
+
 var errBadListing = errors.New("damaged pack listing")
 
 func encodeListing(name packName, size int64, recs []record) []byte {
@@ -159,7 +178,9 @@ func scanPack(pack []byte) []record {
 		}
 		var id chunk.ID
 		copy(id[:], pack[off+4:])
-		recs = append(recs, record{id: id, codec: pack[off+36], length: n, off: int64(off + recHeaderLen)})
+		if pack[off+36] != codecSalt {
+			recs = append(recs, record{id: id, codec: pack[off+36], length: n, off: int64(off + recHeaderLen)})
+		}
 		off += recHeaderLen + int(n)
 	}
 	return recs

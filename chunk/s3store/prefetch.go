@@ -52,7 +52,7 @@ func (s *Store) Prefetch(ctx context.Context, ids []chunk.ID) error {
 			continue
 		}
 		s.mu.Lock()
-		l, ok := s.where[id]
+		l, ok := s.lookupLocked(id)
 		if ok {
 			byPack[s.names[l.pack]] = append(byPack[s.names[l.pack]], prefetchLoc{id, l})
 		}

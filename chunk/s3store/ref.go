@@ -17,7 +17,16 @@ import (
 // version of a set without a lock service. A write that loses the race
 // gets ErrConflict and nothing of it is visible.
 type Refs struct {
-	b *bucket
+	b     *bucket
+	dir   string // "refs/", or "gc/" for the store's own
+	limit int    // bytes of content; 0 is maxRefLen
+}
+
+func (r *Refs) maxLen() int {
+	if r.limit > 0 {
+		return r.limit
+	}
+	return maxRefLen
 }
 
 // Ref is a ref's content and the ETag it had when read or written.
@@ -34,20 +43,32 @@ const maxRefLen = 1 << 20
 // the ref to find out.
 var ErrUnknownOutcome = errors.New("outcome of the write unknown")
 
-// checkRefName allows names of segments [A-Za-z0-9][A-Za-z0-9._-]*
-// separated by "/", at most 256 bytes: nothing that could climb out of
-// refs/.
+// List calls fn with the name of every ref whose name starts with dir
+// (say "sets/"), in lexical order.
+func (r *Refs) List(ctx context.Context, dir string, fn func(name string) error) error {
+	return r.b.list(ctx, r.dir+dir, func(o object) error {
+		name := dir + o.name
+		if checkRefName(name) != nil {
+			return nil // not written through Refs
+		}
+		return fn(name)
+	})
+}
+
+// checkRefName allows names of segments of letters, digits and . _ - +,
+// not starting with '.', separated by "/", at most 256 bytes: nothing
+// that could climb out of refs/.
 func checkRefName(name string) error {
 	if name == "" || len(name) > 256 {
 		return fmt.Errorf("ref name %q: want 1 to 256 characters", name)
 	}
 	for _, seg := range strings.Split(name, "/") {
-		if seg == "" || !isAlnum(seg[0]) {
-			return fmt.Errorf("ref name %q: each part must start with a letter or digit", name)
+		if seg == "" || seg[0] == '.' {
+			return fmt.Errorf("ref name %q: empty part, or one starting with '.'", name)
 		}
 		for i := 0; i < len(seg); i++ {
-			if c := seg[i]; !isAlnum(c) && c != '.' && c != '_' && c != '-' {
-				return fmt.Errorf("ref name %q: only letters, digits, . _ - and /", name)
+			if c := seg[i]; !isAlnum(c) && c != '.' && c != '_' && c != '-' && c != '+' {
+				return fmt.Errorf("ref name %q: only letters, digits, . _ - + and /", name)
 			}
 		}
 	}
@@ -58,7 +79,7 @@ func isAlnum(c byte) bool {
 	return c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9'
 }
 
-func refKey(name string) string { return "refs/" + name }
+func (r *Refs) key(name string) string { return r.dir + name }
 
 // Read returns a ref's content and ETag; a ref that does not exist is
 // ErrNotFound.
@@ -66,7 +87,7 @@ func (r *Refs) Read(ctx context.Context, name string) (Ref, error) {
 	if err := checkRefName(name); err != nil {
 		return Ref{}, err
 	}
-	data, etag, err := r.b.get(ctx, refKey(name), maxRefLen)
+	data, etag, err := r.b.get(ctx, r.key(name), int64(r.maxLen()))
 	if err != nil {
 		return Ref{}, fmt.Errorf("read ref: %w", err)
 	}
@@ -79,10 +100,10 @@ func (r *Refs) Create(ctx context.Context, name string, data []byte) (Ref, error
 	if err := checkRefName(name); err != nil {
 		return Ref{}, err
 	}
-	if len(data) > maxRefLen {
-		return Ref{}, fmt.Errorf("create ref %s: %d bytes is over the %d limit", name, len(data), maxRefLen)
+	if len(data) > r.maxLen() {
+		return Ref{}, fmt.Errorf("create ref %s: %d bytes is over the %d limit", name, len(data), r.maxLen())
 	}
-	etag, err := r.b.create(ctx, refKey(name), data, noRetry)
+	etag, err := r.b.create(ctx, r.key(name), data, noRetry)
 	if err != nil {
 		return Ref{}, fmt.Errorf("create ref: %w", outcome(ctx, err))
 	}
@@ -97,13 +118,13 @@ func (r *Refs) Swap(ctx context.Context, name string, old Ref, data []byte) (Ref
 	if err := checkRefName(name); err != nil {
 		return Ref{}, err
 	}
-	if len(data) > maxRefLen {
-		return Ref{}, fmt.Errorf("replace ref %s: %d bytes is over the %d limit", name, len(data), maxRefLen)
+	if len(data) > r.maxLen() {
+		return Ref{}, fmt.Errorf("replace ref %s: %d bytes is over the %d limit", name, len(data), r.maxLen())
 	}
 	if old.ETag == "" {
 		return Ref{}, fmt.Errorf("replace ref %s: no ETag to compare with", name)
 	}
-	etag, err := r.b.swap(ctx, refKey(name), old.ETag, data, noRetry)
+	etag, err := r.b.swap(ctx, r.key(name), old.ETag, data, noRetry)
 	if err != nil {
 		return Ref{}, fmt.Errorf("replace ref: %w", outcome(ctx, err))
 	}

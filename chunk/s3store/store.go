@@ -32,15 +32,51 @@ type Store struct {
 	listDir    string           // cached listings, "" without a cache
 	cacheWrite bool
 
-	mu     sync.Mutex
-	where  map[chunk.ID]loc
-	names  []packName // by pack number in where
-	known  map[packName]int32
-	open   *packBuf              // being filled; nil if none
-	flying map[*packBuf]struct{} // being uploaded, served from memory meanwhile
-	failed error                 // an upload failed since the last Sync
-	slots  chan struct{}         // one per upload under way in the background
-	closed bool
+	rebuildMu sync.Mutex // one rebuild of the map at a time
+
+	mu sync.Mutex
+	packMap
+	gcEpoch   uint64                // of the collection state the map was built from
+	condemned map[packName]bool     // packs a collection may delete unless a commit needs them
+	deleting  map[packName]bool     // packs a collection is deleting: gone for readers
+	recent    *[]addedPack          // packs uploaded while the map is rebuilt; nil when it is not
+	open      *packBuf              // being filled; nil if none
+	flying    map[*packBuf]struct{} // being uploaded, served from memory meanwhile
+	failed    error                 // an upload failed since the last Sync
+	slots     chan struct{}         // one per upload under way in the background
+	closed    bool
+}
+
+// packMap says where each chunk known to the store lies.
+type packMap struct {
+	where map[chunk.ID]loc
+	names []packName // by pack number in where
+	known map[packName]int32
+}
+
+func newPackMap() packMap {
+	return packMap{where: map[chunk.ID]loc{}, known: map[packName]int32{}}
+}
+
+// add maps the records of pack n not mapped already.
+func (m *packMap) add(n packName, recs []record) {
+	if _, ok := m.known[n]; ok {
+		return
+	}
+	p := int32(len(m.names))
+	m.names = append(m.names, n)
+	m.known[n] = p
+	for _, r := range recs {
+		if _, ok := m.where[r.id]; !ok {
+			m.where[r.id] = loc{pack: p, codec: r.codec, length: r.length, off: r.off}
+		}
+	}
+}
+
+// addedPack is a pack uploaded while the map was being rebuilt.
+type addedPack struct {
+	name packName
+	recs []record
 }
 
 // loc is where a stored chunk lies: in pack names[pack], at off.
@@ -83,7 +119,7 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 	s := &Store{
 		b:   &bucket{cli: cli, name: bname, prefix: prefix},
 		enc: enc, dec: dec, packSize: cfg.PackSize, cacheWrite: cfg.CacheWrites,
-		where: map[chunk.ID]loc{}, known: map[packName]int32{}, flying: map[*packBuf]struct{}{},
+		packMap: newPackMap(), flying: map[*packBuf]struct{}{},
 	}
 	if s.packSize <= 0 {
 		s.packSize = DefaultPackSize
@@ -126,33 +162,40 @@ func (s *Store) openCache(dir string) error {
 }
 
 // Refs returns the refs beside the store's packs.
-func (s *Store) Refs() *Refs { return &Refs{b: s.b} }
+func (s *Store) Refs() *Refs { return &Refs{b: s.b, dir: "refs/"} }
 
 // URL returns s3://BUCKET/PREFIX.
 func (s *Store) URL() string { return s.b.url("") }
 
 // Refresh reads the listings of the packs written since the store opened
-// or was last refreshed, by this writer or any other.
+// or was last refreshed, by this writer or any other, and the state of
+// the bucket's garbage collection (gc.go): after a collection deleted
+// packs, the whole map is built again.
 func (s *Store) Refresh(ctx context.Context) error {
-	var names []packName
-	err := s.b.list(ctx, "index/", func(name string, _ int64) error {
-		n, ok := parsePackName(name)
-		if !ok {
-			return nil // not a listing: not ours to read
-		}
-		s.mu.Lock()
-		_, seen := s.known[n]
-		s.mu.Unlock()
-		if !seen {
-			names = append(names, n)
+	v, err := s.readGC(ctx)
+	if err != nil {
+		return fmt.Errorf("open chunk store %s: %w", s.URL(), err)
+	}
+	if s.applyGC(v) {
+		if err := s.rebuild(ctx, v); err != nil {
+			return fmt.Errorf("open chunk store %s: %w", s.URL(), err)
 		}
 		return nil
+	}
+	names, err := s.listPacks(ctx, v, func(n packName) bool {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		_, seen := s.known[n]
+		return !seen
 	})
 	if err != nil {
 		return fmt.Errorf("open chunk store %s: %w", s.URL(), err)
 	}
 	for _, n := range names {
 		recs, err := s.readListing(ctx, n)
+		if errors.Is(err, ErrNotFound) {
+			continue // deleted since it was listed: a collection's
+		}
 		if err != nil {
 			return fmt.Errorf("open chunk store %s: %w", s.URL(), err)
 		}
@@ -161,6 +204,23 @@ func (s *Store) Refresh(ctx context.Context) error {
 		s.mu.Unlock()
 	}
 	return nil
+}
+
+// listPacks returns the packs whose listings exist, save those v says are
+// being deleted, for which want returns true.
+func (s *Store) listPacks(ctx context.Context, v gcView, want func(packName) bool) ([]packName, error) {
+	var names []packName
+	err := s.b.list(ctx, "index/", func(o object) error {
+		n, ok := parsePackName(o.name)
+		if !ok {
+			return nil // not a listing: not ours to read
+		}
+		if !v.deleting[n] && want(n) {
+			names = append(names, n)
+		}
+		return nil
+	})
+	return names, err
 }
 
 // readListing returns the records of pack n: from the cached listing, the
@@ -203,17 +263,20 @@ func (s *Store) readListing(ctx context.Context, n packName) ([]record, error) {
 
 // addPackLocked maps the records of pack n not mapped already.
 func (s *Store) addPackLocked(n packName, recs []record) {
-	if _, ok := s.known[n]; ok {
-		return
+	if s.recent != nil {
+		*s.recent = append(*s.recent, addedPack{n, recs})
 	}
-	p := int32(len(s.names))
-	s.names = append(s.names, n)
-	s.known[n] = p
-	for _, r := range recs {
-		if _, ok := s.where[r.id]; !ok {
-			s.where[r.id] = loc{pack: p, codec: r.codec, length: r.length, off: r.off}
-		}
+	s.packMap.add(n, recs)
+}
+
+// lookupLocked returns where a stored chunk lies; chunks of packs being
+// deleted are not stored.
+func (s *Store) lookupLocked(id chunk.ID) (loc, bool) {
+	l, ok := s.where[id]
+	if ok && s.deleting[s.names[l.pack]] {
+		return loc{}, false
 	}
+	return l, ok
 }
 
 // Has reports whether the store holds the chunk, stored or being stored.
@@ -227,7 +290,7 @@ func (s *Store) Has(ctx context.Context, id chunk.ID) (bool, error) {
 }
 
 func (s *Store) hasLocked(id chunk.ID) bool {
-	if _, ok := s.where[id]; ok {
+	if _, ok := s.lookupLocked(id); ok {
 		return true
 	}
 	return s.pendingLocked(id) != nil
@@ -256,7 +319,7 @@ func (s *Store) Get(ctx context.Context, id chunk.ID) ([]byte, error) {
 		return nil, err
 	}
 	s.mu.Lock()
-	l, ok := s.where[id]
+	l, ok := s.lookupLocked(id)
 	var body []byte
 	var codec uint8
 	if !ok {
@@ -341,12 +404,18 @@ func (s *Store) PutVerified(ctx context.Context, id chunk.ID, data, zstd []byte,
 	if len(body) > maxRecordLen {
 		return fmt.Errorf("put chunk %s: %d bytes is over the %d limit", id.Short(), len(data), maxRecordLen)
 	}
+	return s.putRecord(ctx, id, codec, body, s.hasLocked)
+}
+
+// putRecord adds a stored chunk's record to the pack being filled, unless
+// skip says the store has it, and uploads the pack if that fills it.
+func (s *Store) putRecord(ctx context.Context, id chunk.ID, codec uint8, body []byte, skip func(chunk.ID) bool) error {
 	s.mu.Lock()
 	if s.closed {
 		s.mu.Unlock()
 		return fmt.Errorf("put chunk %s: store closed", id.Short())
 	}
-	if s.hasLocked(id) {
+	if skip(id) {
 		s.mu.Unlock()
 		return nil
 	}
@@ -400,10 +469,23 @@ func (s *Store) sealLocked() {
 // next Sync reports it.
 func (s *Store) upload(ctx context.Context, p *packBuf) error {
 	defer close(p.done)
-	name := packName(blake3.Sum256(p.data))
-	err := s.createOnce(ctx, packKey(name), p.data)
+	data := p.data
+	name := packName(blake3.Sum256(data))
+	_, err := s.b.create(ctx, packKey(name), data)
+	for try := 0; errors.Is(err, ErrConflict) && try < 3; try++ {
+		// A pack of these very bytes exists already: another writer's,
+		// a killed writer's orphan, or one a collection is deleting. It
+		// is not adopted (a store believes only in packs it created or
+		// read a listing of: gc.go): these chunks go into a pack of
+		// their own, named apart by a salt record.
+		data = appendSalt(p.data)
+		name = packName(blake3.Sum256(data))
+		_, err = s.b.create(ctx, packKey(name), data)
+	}
 	if err == nil {
-		err = s.createOnce(ctx, listingKey(name), encodeListing(name, int64(len(p.data)), p.recs))
+		// A listing already there was written for the same pack, by
+		// the writer that created it: the same bytes.
+		err = s.createOnce(ctx, listingKey(name), encodeListing(name, int64(len(data)), p.recs))
 	}
 	s.mu.Lock()
 	delete(s.flying, p)

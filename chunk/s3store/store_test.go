@@ -316,7 +316,7 @@ func TestRefNames(t *testing.T) {
 		name string
 		ok   bool
 	}{
-		{"head", true}, {"sets/vm-1/head.v2", true}, {"A_b", true},
+		{"head", true}, {"sets/vm-1/head.v2", true}, {"A_b", true}, {"_x+y", true}, {"-a", true},
 		{"", false}, {"../x", false}, {"a/../b", false}, {"/a", false}, {"a/", false},
 		{"a//b", false}, {".hidden", false}, {"a b", false}, {"a\\b", false}, {string(make([]byte, 257)), false},
 	} {
@@ -326,33 +326,38 @@ func TestRefNames(t *testing.T) {
 	}
 }
 
-// TestTwoWritersSamePack: two writers storing the same chunks in the same
-// order at once make the same pack: both succeed, and it is stored once.
-func TestTwoWritersSamePack(t *testing.T) {
+// TestTwoWritersSameBytes: two writers, both open before either stores,
+// store the same chunks in the same order, so their packs have the same
+// bytes: both succeed; the one that comes second does not adopt the
+// other's pack but salts its own. A salt record holds no chunk, also when
+// a damaged listing makes a reader scan the pack.
+func TestTwoWritersSameBytes(t *testing.T) {
 	tb := newTestBed(t)
 	cfg := tb.config()
 	chunks := randomChunks(2, 10, 8<<10)
-	var wg sync.WaitGroup
-	for range 2 {
-		s := tb.open(t, cfg)
-		wg.Go(func() {
-			for _, c := range chunks {
-				if err := s.Put(t.Context(), chunk.Sum(c), c); err != nil {
-					t.Error(err)
-					return
-				}
-			}
-			if err := s.Sync(t.Context()); err != nil {
-				t.Error(err)
-			}
-		})
+	a, b := tb.open(t, cfg), tb.open(t, cfg)
+	for _, s := range []*Store{a, b} {
+		putAll(t, s, chunks)
+		if err := s.Sync(t.Context()); err != nil {
+			t.Fatal(err)
+		}
 	}
-	wg.Wait()
+	if a.names[0] == b.names[0] {
+		t.Fatalf("the second writer adopted the first one's pack %s", a.names[0])
+	}
 	r := tb.open(t, cfg)
-	if r.Packs() != 1 {
-		t.Fatalf("%d packs, want the one both wrote", r.Packs())
+	if r.Packs() != 2 || r.Len() != len(chunks) {
+		t.Fatalf("%d packs holding %d chunks, want 2 (one salted) holding %d", r.Packs(), r.Len(), len(chunks))
 	}
 	checkAll(t, r, chunks, true)
+	for _, n := range r.names {
+		tb.corrupt(t, r, listingKey(n), 60)
+	}
+	r2 := tb.open(t, cfg)
+	if r2.Packs() != 2 || r2.Len() != len(chunks) {
+		t.Fatalf("from the packs themselves: %d packs holding %d chunks, want 2 holding %d", r2.Packs(), r2.Len(), len(chunks))
+	}
+	checkAll(t, r2, chunks, true)
 }
 
 // TestSharedBucket: what one writer stores, another sees after Refresh;
@@ -391,8 +396,9 @@ func TestDamagedListing(t *testing.T) {
 	var cnt s3test.Counter
 	cfg.Transport = &cnt
 	checkAll(t, tb.open(t, cfg), chunks, true)
-	// The LIST, the listing, the pack (for the listing), the chunks.
-	if got, want := cnt.Count(http.MethodGet), 3+len(chunks); got != want {
+	// The collection state, the LIST, the listing, the pack (for the
+	// listing), the chunks.
+	if got, want := cnt.Count(http.MethodGet), 4+len(chunks); got != want {
 		t.Fatalf("%d GETs, want %d: the listing was not rebuilt from its pack", got, want)
 	}
 }
@@ -426,7 +432,7 @@ func TestCache(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	opened := cnt.Count(http.MethodGet) // the LIST and one listing
+	opened := cnt.Count(http.MethodGet) // the collection state, the LIST and one listing
 	checkAll(t, r, chunks, true)
 	if got := cnt.Count(http.MethodGet) - opened; got != len(chunks) {
 		t.Fatalf("first reads: %d GETs for %d chunks", got, len(chunks))
@@ -443,8 +449,8 @@ func TestCache(t *testing.T) {
 	before = cnt.Total()
 	r2 := tb.open(t, cfg)
 	checkAll(t, r2, chunks, true)
-	if got := cnt.Total() - before; got != 1 {
-		t.Fatalf("reopened on the cache: %d requests, want 1 (the LIST)", got)
+	if got := cnt.Total() - before; got != 2 {
+		t.Fatalf("reopened on the cache: %d requests, want 2 (the collection state, the LIST)", got)
 	}
 	if err := r2.Close(); err != nil {
 		t.Fatal(err)

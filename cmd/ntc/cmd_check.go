@@ -9,7 +9,6 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/ntc-project/ntc/capture"
 	"github.com/ntc-project/ntc/chunk"
 	ntcsync "github.com/ntc-project/ntc/sync"
 )
@@ -91,14 +90,6 @@ func runCheck(cmd *cobra.Command, g *globals, dir string, o checkOptions) error 
 		if err == nil {
 			st, err = chunk.OpenPackStoreReadOnly(dir)
 		}
-	case isDir(filepath.Join(dir, "checkpoints")):
-		var repo *capture.Repository
-		if repo, err = capture.OpenRepositoryForReading(dir); err != nil {
-			return err
-		}
-		defer repo.Close()
-		owners, err = checkpointOwners(repo)
-		st = nopCloser{repo.Store()}
 	default:
 		return usagef("%s is not a repository: give the directory of 'ntc serve --store' or 'ntc checkpoint --out'", dir)
 	}
@@ -174,30 +165,6 @@ func receiverOwners(dir string) ([]chunk.Owner, error) {
 			o.Err = err
 			out = append(out, o)
 		}
-	}
-	return out, nil
-}
-
-// checkpointOwners lists every complete checkpoint with its indexes.
-func checkpointOwners(repo *capture.Repository) ([]chunk.Owner, error) {
-	seqs, err := repo.Checkpoints()
-	if err != nil {
-		return nil, err
-	}
-	var out []chunk.Owner
-	for _, seq := range seqs {
-		o := chunk.Owner{Name: fmt.Sprintf("checkpoint %d", seq)}
-		m, err := repo.Manifest(seq)
-		if err == nil {
-			var imgs []capture.Image
-			if imgs, err = repo.Images(m); err == nil {
-				for _, im := range imgs {
-					o.Indexes = append(o.Indexes, im.Index)
-				}
-			}
-		}
-		o.Err = err
-		out = append(out, o)
 	}
 	return out, nil
 }

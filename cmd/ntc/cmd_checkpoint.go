@@ -1,15 +1,16 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"fmt"
-	"path/filepath"
 	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
 
 	"github.com/ntc-project/ntc/capture"
+	"github.com/ntc-project/ntc/repo"
 )
 
 // guestOptions name the running guest and the checkpoint repository: the
@@ -20,6 +21,7 @@ type guestOptions struct {
 	domain     string
 	connect    string
 	out        string
+	name       string
 	overlayDir string
 	method     string
 }
@@ -29,10 +31,11 @@ func (o *guestOptions) addFlags(g *globals, cmd *cobra.Command) {
 	f.String("qmp", "", "QMP unix socket of the running QEMU")
 	f.String("domain", "", "a libvirt domain instead of --qmp (its QMP through libvirt, its disks through libvirt's snapshots)")
 	f.String("connect", "", "libvirt connection URI for --domain (default qemu:///system)")
-	f.String("out", "", "checkpoint repository directory (created if needed)")
+	f.String("out", "", "this node's repository directory (created if needed; 'ntc serve --store' may receive into the same one)")
+	f.String("name", "", "the set the checkpoints are versions of (default: the libvirt domain's name, or "+capture.DefaultSet+")")
 	f.String("overlay-dir", "", "where new disk overlays go (default: next to each disk)")
 	f.String("method", string(capture.MethodAuto), "how RAM is captured: auto, background-snapshot or precopy")
-	for _, name := range []string{"qmp", "domain", "connect", "out", "overlay-dir", "method"} {
+	for _, name := range []string{"qmp", "domain", "connect", "out", "name", "overlay-dir", "method"} {
 		g.bind(cmd, "checkpoint."+name, name)
 	}
 }
@@ -43,6 +46,7 @@ func (o *guestOptions) load(g *globals) {
 	o.domain = g.v.GetString("checkpoint.domain")
 	o.connect = g.v.GetString("checkpoint.connect")
 	o.out = g.v.GetString("checkpoint.out")
+	o.name = g.v.GetString("checkpoint.name")
 	o.overlayDir = g.v.GetString("checkpoint.overlay-dir")
 	o.method = g.v.GetString("checkpoint.method")
 }
@@ -68,13 +72,18 @@ func (o *guestOptions) config(g *globals) (capture.Config, error) {
 		return capture.Config{}, usagef("--connect goes with --domain NAME")
 	}
 	if o.out == "" {
-		return capture.Config{}, usagef("--out DIR is required: the checkpoint repository (created if needed)")
+		return capture.Config{}, usagef("--out DIR is required: this node's repository (created if needed)")
+	}
+	set := cmp.Or(o.name, o.domain, capture.DefaultSet)
+	if err := capture.CheckName(set); err != nil {
+		return capture.Config{}, usagef("--name %q: %v", set, err)
 	}
 	method := capture.Method(o.method)
 	if method != capture.MethodAuto && method != capture.MethodPrecopy && method != capture.MethodBackground {
 		return capture.Config{}, usagef("--method %q: want %s, %s or %s", o.method, capture.MethodAuto, capture.MethodBackground, capture.MethodPrecopy)
 	}
-	cfg := capture.Config{QMP: o.qmp, Domain: o.domain, Connect: o.connect, Dir: o.out, OverlayDir: o.overlayDir, Method: method}
+	cfg := capture.Config{QMP: o.qmp, Domain: o.domain, Connect: o.connect, Dir: o.out, Set: set, Node: g.nodeName(),
+		OverlayDir: o.overlayDir, Method: method}
 	cfg.Log = func(msg string) {
 		if g.verbose || strings.HasPrefix(msg, "warning:") {
 			fmt.Fprintln(g.stderr, "ntc:", msg)
@@ -93,13 +102,18 @@ type checkpointOptions struct {
 func newCheckpointCommand(g *globals) *cobra.Command {
 	var o checkpointOptions
 	cmd := &cobra.Command{
-		Use:   "checkpoint --qmp SOCKET --out DIR",
+		Use:   "checkpoint --qmp SOCKET --out DIR [--name SET]",
 		Short: "Take a live checkpoint of a running QEMU guest",
 		Long: `Checkpoint captures a running QEMU guest, disk and memory consistent to one
-instant, with the guest paused for milliseconds, into the checkpoint
-repository DIR (created if needed): DIR/store holds the chunks,
-DIR/checkpoints/NNNNNN one index per disk, RAM block and the device state, and
-a manifest.json written last.
+instant, with the guest paused for milliseconds, as the next version of set
+SET in this node's repository DIR (created if needed; the same directory
+'ntc serve --store' receives into, so that what this node captured and what
+it received share one chunk store and one history): DIR/packs holds the
+chunks, DIR/sets/SET/versions/NNNNNN one index per disk, RAM block, the
+device state and the stream description, with the checkpoint's manifest as
+the version's metadata, committed once its chunks are durable. Each version
+records its parent (the set's current version) and this node, so that a
+push later finds the newest version both sides hold.
 
 QEMU must offer a QMP socket ntc can use (-qmp unix:SOCKET,server=on,wait=off;
 QEMU serves one QMP client at a time, so give ntc its own socket if something
@@ -131,10 +145,11 @@ looks complete that is not; earlier checkpoints are untouched. A paused guest
 is refused and left paused.
 
 Examples:
-  ntc checkpoint --qmp /run/vm/qmp.sock --out /srv/ntc/vm
-  ntc checkpoint --qmp /run/vm/qmp.sock --out /srv/ntc/vm --json
-  ntc checkpoint --qmp vm.sock --out ckpt --overlay-dir /var/lib/vm/overlays -v
-  NTC_CHECKPOINT_OUT=/srv/ntc/vm ntc checkpoint --qmp vm.sock`,
+  ntc checkpoint --qmp /run/vm/qmp.sock --out /srv/ntc --name web
+  ntc checkpoint --qmp /run/vm/qmp.sock --out /srv/ntc --name web --json
+  ntc checkpoint --domain web --out /srv/ntc                  set "web", through libvirt
+  ntc checkpoint --qmp vm.sock --out /srv/ntc --overlay-dir /var/lib/vm/overlays -v
+  NTC_CHECKPOINT_OUT=/srv/ntc ntc checkpoint --qmp vm.sock`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			o.load(g)
@@ -151,10 +166,11 @@ Examples:
 
 // checkpointJSON is checkpoint's --json summary.
 type checkpointJSON struct {
-	Seq      int    `json:"seq"`
-	Parent   int    `json:"parent"`
-	Dir      string `json:"dir"`
-	Manifest string `json:"manifest"`
+	Seq    int         `json:"seq"`
+	Parent int         `json:"parent"`
+	Set    string      `json:"set"`
+	Repo   string      `json:"repo"`
+	Digest repo.Digest `json:"digest"`
 	capture.Stats
 	Method string `json:"method"`
 }
@@ -171,7 +187,7 @@ func runCheckpoint(ctx context.Context, g *globals, o checkpointOptions) error {
 	}
 	m := res.Manifest
 	out := checkpointJSON{
-		Seq: m.Seq, Parent: m.Parent, Dir: res.Dir, Manifest: filepath.Join(res.Dir, "manifest.json"),
+		Seq: m.Seq, Parent: m.Parent, Set: cfg.Set, Repo: cfg.Dir, Digest: res.Version.Digest,
 		Stats: res.Stats, Method: string(m.Method),
 	}
 	if g.json {
@@ -204,9 +220,6 @@ func runCheckpoint(ctx context.Context, g *globals, o checkpointOptions) error {
 	if st.CommitError != "" {
 		fmt.Fprintf(w, "  could not merge old overlays (the next checkpoint retries): %s\n", st.CommitError)
 	}
-	if len(res.Removed) > 0 {
-		fmt.Fprintf(w, "  removed incomplete checkpoints %v of earlier runs\n", res.Removed)
-	}
-	fmt.Fprintf(w, "  wrote %s\n", out.Manifest)
+	fmt.Fprintf(w, "  version %d of %s in %s (%s)\n", m.Seq, cfg.Set, cfg.Dir, res.Version.Digest.Short())
 	return nil
 }

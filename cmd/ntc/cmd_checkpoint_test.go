@@ -66,7 +66,7 @@ func TestCheckpointCommand(t *testing.T) {
 	if err := json.Unmarshal([]byte(out), &first); err != nil {
 		t.Fatalf("--json printed %q: %v", out, err)
 	}
-	for _, k := range []string{"seq", "dir", "guest_pause_ms", "ram_bytes", "ram_pages_new", "disk_bytes_read", "disk_bytes_changed", "duration_ms"} {
+	for _, k := range []string{"seq", "set", "repo", "digest", "guest_pause_ms", "ram_bytes", "ram_pages_new", "disk_bytes_read", "disk_bytes_changed", "duration_ms"} {
 		if _, ok := first[k]; !ok {
 			t.Errorf("--json lacks %q: %s", k, out)
 		}
@@ -74,7 +74,7 @@ func TestCheckpointCommand(t *testing.T) {
 	if first["seq"] != 1.0 || first["disk_mode"] != "full" || first["ram_bytes"].(float64) < 256<<20 {
 		t.Errorf("first checkpoint: %s", out)
 	}
-	if _, err := os.Stat(filepath.Join(repo, "checkpoints", "000001", "manifest.json")); err != nil {
+	if _, err := os.Stat(filepath.Join(repo, "sets", "vm", "versions", "000001", "meta")); err != nil {
 		t.Error(err)
 	}
 
@@ -86,7 +86,7 @@ func TestCheckpointCommand(t *testing.T) {
 		t.Fatalf("second checkpoint: exit %d: %s", code, errs)
 	}
 	t.Logf("ntc checkpoint printed:\n%s", out)
-	for _, want := range []string{"checkpoint 2 of", "guest paused", "written since checkpoint 1", "merged 1 old overlay(s)", "000002/manifest.json"} {
+	for _, want := range []string{"checkpoint 2 of", "guest paused", "written since checkpoint 1", "merged 1 old overlay(s)", "version 2 of vm in " + repo} {
 		if !strings.Contains(out, want) {
 			t.Errorf("output lacks %q:\n%s", want, out)
 		}

@@ -303,7 +303,13 @@ func startDemoReceiver(ctx context.Context, dir string) (*demoReceiver, error) {
 	if err != nil {
 		return nil, err
 	}
-	repo, err := ntcsync.OpenRepo(filepath.Join(dir, "home"))
+	return serveDemo(ctx, filepath.Join(dir, "home"), office, home, filepath.Join(dir, "office"))
+}
+
+// serveDemo starts a receiver as node home on the repository in dir,
+// allowing office, whose sender keeps its state in senderState.
+func serveDemo(ctx context.Context, dir string, office, home *transport.Identity, senderState string) (*demoReceiver, error) {
+	repo, err := ntcsync.OpenRepo(dir)
 	if err != nil {
 		return nil, err
 	}
@@ -327,7 +333,7 @@ func startDemoReceiver(ctx context.Context, dir string) (*demoReceiver, error) {
 		}
 	}()
 	d := &demoReceiver{office: office, home: home, repo: repo, l: l,
-		sender: &ntcsync.Sender{StateDir: filepath.Join(dir, "office")}}
+		sender: &ntcsync.Sender{StateDir: senderState, Node: office.ID().String()}}
 	d.stop = func() {
 		cancel()
 		l.Close()
@@ -367,7 +373,21 @@ type demoVMJSON struct {
 	Booted         bool    `json:"copy_booted"`
 	ResumeMS       float64 `json:"resume_ms"`
 	StreamBytes    int64   `json:"stream_bytes"`
-	WallMS         float64 `json:"wall_ms"`
+	// Back is the way back: the copy's checkpoint at home, pushed to the
+	// office's repository.
+	Back   demoBack `json:"back"`
+	WallMS float64  `json:"wall_ms"`
+}
+
+type demoBack struct {
+	Seq           int    `json:"seq"`
+	DiskMode      string `json:"disk_mode"`
+	DiskBytesRead int64  `json:"disk_bytes_read"`
+	WireBytes     uint64 `json:"wire_bytes"`
+	ChunksSent    int    `json:"chunks_sent"`
+	// Base is whether the push was a delta against a version the office
+	// holds (the one the copy was resumed from).
+	Base bool `json:"delta"`
 }
 
 type demoCheckpoint struct {
@@ -436,7 +456,10 @@ func runDemoVM(ctx context.Context, g *globals, o demoOptions) error {
 		return err
 	}
 	defer recv.stop()
-	repo := filepath.Join(dir, "office-vm")
+	// The office's node repository: its checkpoints, and what it pushed.
+	repo := filepath.Join(dir, "office-repo")
+	recv.sender.StateDir = repo
+	const set = "office-vm"
 	for i := 1; i <= 2; i++ {
 		if i == 2 {
 			if _, err := vm.WaitTick(bctx, vm.LastTick()+2); err != nil {
@@ -446,11 +469,11 @@ func runDemoVM(ctx context.Context, g *globals, o demoOptions) error {
 		// The last tick the guest printed before the checkpoint's instant
 		// (the checkpoint itself takes a few seconds more to store).
 		tick := vm.LastTick()
-		res, err := capture.Checkpoint(ctx, capture.Config{QMP: vm.QMPPath(), Dir: repo})
+		res, err := capture.Checkpoint(ctx, capture.Config{QMP: vm.QMPPath(), Dir: repo, Set: set, Node: recv.office.ID().String()})
 		if err != nil {
 			return err
 		}
-		pr, wire, err := recv.pushCheckpoint(ctx, "office-vm", repo)
+		pr, wire, err := recv.pushCheckpoint(ctx, set)
 		if err != nil {
 			return err
 		}
@@ -469,14 +492,18 @@ func runDemoVM(ctx context.Context, g *globals, o demoOptions) error {
 	out.LastTick = vm.LastTick()
 	say("4. stopped the original at tick %d", out.LastTick)
 
-	images := filepath.Dir(recv.repo.ImagePath("office-vm", resume.ManifestImage))
+	images := filepath.Dir(recv.repo.ImagePath(set, resume.ManifestImage))
+	manifest, err := receivedManifest(recv.repo, set)
+	if err != nil {
+		return fmt.Errorf("demo: %w", err)
+	}
 	if out.CheckpointTick, err = testguest.ReadDiskTick(ctx, filepath.Join(images, "disk-vda")); err != nil {
 		return fmt.Errorf("demo: %w", err)
 	}
 	t1 := time.Now()
 	// The guest booted its kernel directly: the receiver names its own
 	// copy of it (the checkpoint only says which one the source loaded).
-	cp, err := resume.Start(ctx, resume.Config{Images: images, WorkDir: filepath.Join(dir, "home-copy"), Kernel: guest.Kernel, Initrd: guest.Initrd})
+	cp, err := resume.Start(ctx, resume.Config{Images: images, Manifest: manifest, WorkDir: filepath.Join(dir, "home-copy"), Kernel: guest.Kernel, Initrd: guest.Initrd})
 	if err != nil {
 		return err
 	}
@@ -500,6 +527,12 @@ func runDemoVM(ctx context.Context, g *globals, o demoOptions) error {
 		}
 	}
 	say("6. the copy's console (%s): %s", cp.Plan.SerialLog, strings.Join(lines, " | "))
+	if out.Back, err = demoWayBack(ctx, cp, recv, repo, set, len(lines)); err != nil {
+		return fmt.Errorf("demo: the way back: %w", err)
+	}
+	first := out.Checkpoints[0].WireBytes
+	say("7. the way back: the copy worked at home; home's checkpoint read only what it wrote (%s of disk, incremental against the version it was resumed from) and its push to the office sent %s, %.3f of the way out",
+		humanBytes(out.Back.DiskBytesRead), humanBytes(int64(out.Back.WireBytes)), float64(out.Back.WireBytes)/float64(first))
 	sctx, scancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
 	defer scancel()
 	if err := cp.Stop(sctx); err != nil {
@@ -555,14 +588,51 @@ func awaitTicks(ctx context.Context, cp *resume.VM, n int) ([]string, error) {
 	}
 }
 
-// pushCheckpoint pushes the newest checkpoint of the capture repository
-// in dir as set's next version, and returns the bytes on the wire.
-func (d *demoReceiver) pushCheckpoint(ctx context.Context, set, dir string) (*ntcsync.Result, uint64, error) {
+// pushCheckpoint pushes the current checkpoint of set in the sender's
+// node repository, and returns the bytes on the wire.
+func (d *demoReceiver) pushCheckpoint(ctx context.Context, set string) (*ntcsync.Result, uint64, error) {
 	_, prev := d.sender.LastAcked(d.home.ID(), set)
-	cv, err := replicate.OpenVersion(ctx, dir, 0, prev)
+	cv, err := replicate.OpenVersion(ctx, d.sender.StateDir, set, 0, prev)
 	if err != nil {
 		return nil, 0, err
 	}
 	defer cv.Close()
-	return d.pushVersion(ctx, &ntcsync.Version{Set: set, Images: cv.Images})
+	return d.pushVersion(ctx, cv.Sync)
+}
+
+// demoWayBack lets the copy at home work on for a few ticks, checkpoints it
+// into home's repository (the copy continues the set there: capture.Adopt)
+// and pushes that checkpoint back to a receiver on the office's repository
+// officeRepo, which holds the version home started from.
+func demoWayBack(ctx context.Context, cp *resume.VM, recv *demoReceiver, officeRepo, set string, seen int) (demoBack, error) {
+	var b demoBack
+	homeRepo := recv.repo.Dir()
+	cur, err := recv.repo.Current(set)
+	if err != nil {
+		return b, err
+	}
+	if err := capture.Adopt(ctx, cp.Session(), homeRepo, set, int(cur.Version), recv.home.ID().String()); err != nil {
+		return b, err
+	}
+	if _, err := awaitTicks(ctx, cp, seen+2); err != nil {
+		return b, err
+	}
+	res, err := capture.Checkpoint(ctx, capture.Config{QMP: cp.Plan.QMP, Dir: homeRepo, Set: set, Node: recv.home.ID().String()})
+	if err != nil {
+		return b, err
+	}
+	b.Seq, b.DiskMode, b.DiskBytesRead = res.Manifest.Seq, res.Stats.DiskMode, res.Stats.DiskBytesRead
+	// The office receives into the repository it checkpointed into; home
+	// pushes from its own.
+	office, err := serveDemo(ctx, officeRepo, recv.home, recv.office, homeRepo)
+	if err != nil {
+		return b, err
+	}
+	defer office.stop()
+	pr, wire, err := office.pushCheckpoint(ctx, set)
+	if err != nil {
+		return b, err
+	}
+	b.WireBytes, b.ChunksSent, b.Base = wire, pr.ChunksSent, !pr.Base.IsZero()
+	return b, nil
 }

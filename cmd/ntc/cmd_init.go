@@ -71,3 +71,15 @@ func (g *globals) printID(id transport.ID, created bool) error {
 	_, err := fmt.Fprintln(g.stdout, id)
 	return err
 }
+
+// nodeName names this node in the versions it makes: its ID when it has an
+// identity, else its host name.
+func (g *globals) nodeName() string {
+	if id, err := transport.LoadIdentity(g.home()); err == nil {
+		return id.ID().String()
+	}
+	if h, err := os.Hostname(); err == nil {
+		return h
+	}
+	return ""
+}

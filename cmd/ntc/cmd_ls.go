@@ -43,10 +43,21 @@ func newLsCommand(g *globals) *cobra.Command {
 			for _, s := range sets {
 				fmt.Fprintf(g.stdout, "%s: %s\n", s.Set, plural(len(s.Versions), "version"))
 				if m := s.Current; m != nil {
-					fmt.Fprintf(g.stdout, "  current v%d %s, made %s, received from %s\n", m.Version, m.Digest.Short(), m.Created.Local().Format(time.DateTime), m.Sender)
-					for _, im := range m.Images {
-						fmt.Fprintf(g.stdout, "    %-24s %10s  %s\n", im.Name, humanBytes(im.Size), repo.ImagePath(s.Set, im.Name))
+					from := "taken here"
+					if m.Sender != "" {
+						from = "received from " + m.Sender
 					}
+					fmt.Fprintf(g.stdout, "  current v%d %s, made %s, %s\n", m.Version, m.Digest.Short(), m.Created.Local().Format(time.DateTime), from)
+					for _, im := range m.Images {
+						path := repo.ImagePath(s.Set, im.Name)
+						if _, err := os.Stat(path); err != nil {
+							path = "" // a checkpoint taken here: its images are in the store only
+						}
+						fmt.Fprintf(g.stdout, "    %-24s %10s  %s\n", im.Name, humanBytes(im.Size), path)
+					}
+				}
+				if rn, err := repo.Nodes().Runner(s.Set); err == nil && rn != nil && rn.Node != "" {
+					fmt.Fprintf(g.stdout, "  runs at %s (since %s, from %s)\n", rn.Node, rn.Since.Local().Format(time.DateTime), rn.Version.Short())
 				}
 				for _, d := range s.Diverged {
 					fmt.Fprintf(g.stdout, "  v%d diverged from the current version (stored, not current: 'ntc push --force' from its sender makes it current)\n", d)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -11,6 +12,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/ntc-project/ntc/capture"
 	"github.com/ntc-project/ntc/chunk"
 	"github.com/ntc-project/ntc/internal/procstat"
 	"github.com/ntc-project/ntc/replicate"
@@ -76,10 +78,13 @@ If the receiver's current version is not an ancestor of the one pushed (the
 copies ran apart since their common version), the receiver stores it without
 making it current and push fails saying so; --force makes it current.
 
-With --checkpoint DIR, push sends a checkpoint that 'ntc checkpoint --out DIR'
-took (the newest, or --seq N) as one version: every disk, every RAM block,
+With --checkpoint DIR, push sends a checkpoint of set --name (default vm)
+of the node repository DIR ('ntc checkpoint --out DIR'): the set's current
+one, or --seq N, as the version it is there: every disk, every RAM block,
 the device state and the stream description as images (disk-vda, ram-pc.ram,
-device, stream) and the checkpoint's manifest (manifest.json).
+device, stream) and the checkpoint's manifest as its metadata. The common
+base is found among every version DIR holds of the set, those it received
+included: a copy that comes back sends only what changed while it was away.
 Nothing is read again: the checkpoint's indexes and chunks are sent as they
 are, and a disk's writes since the checkpoint the receiver holds travel as
 patches. A checkpoint may be taken while a push runs.
@@ -92,11 +97,11 @@ Examples:
   ntc push disk.img --to home.example:7400 --peer HOME-ID
   ntc push disk.img nvram.bin --name office-vm --to home:7400 --peer HOME-ID --bwlimit 20Mbit
   ntc push disk.img --changed 1G+64K --to home:7400 --peer HOME-ID   re-read only the change
-  ntc push --checkpoint /srv/ntc/vm --to home:7400 --peer HOME-ID      the newest checkpoint
-  ntc push --checkpoint /srv/ntc/vm --seq 12 --name office-vm --to home:7400 --peer HOME-ID
+  ntc push --checkpoint /srv/ntc --name web --to home:7400 --peer HOME-ID     the current checkpoint
+  ntc push --checkpoint /srv/ntc --name web --seq 12 --to home:7400 --peer HOME-ID
 
-The set is named after the first image, or the checkpoint directory, unless
---name is given.`,
+Images are pushed as a set named after the first image unless --name is
+given.`,
 		Args: func(cmd *cobra.Command, args []string) error {
 			if len(args) == 0 && !cmd.Flags().Changed("checkpoint") {
 				return usagef("push takes at least one IMAGE, or --checkpoint DIR")
@@ -111,8 +116,8 @@ The set is named after the first image, or the checkpoint directory, unless
 	}
 	o.addFlags(g, cmd)
 	f := cmd.Flags()
-	f.StringVar(&o.name, "name", "", "set name (default: the first image's file name, or the checkpoint directory's)")
-	f.StringVar(&o.checkpoint, "checkpoint", "", "push a checkpoint from this repository ('ntc checkpoint --out DIR') instead of images")
+	f.StringVar(&o.name, "name", "", "set name (default: the first image's file name; with --checkpoint, vm)")
+	f.StringVar(&o.checkpoint, "checkpoint", "", "push a checkpoint from this node repository ('ntc checkpoint --out DIR') instead of images")
 	f.IntVar(&o.seq, "seq", 0, "with --checkpoint: the checkpoint to push (default: the newest)")
 	f.String("bwlimit", "", "cap the average send rate: 20Mbit, 2.5MB/s, 500k (bytes)")
 	f.StringVar(&o.changed, "changed", "", "ranges of the (single) image changed since the last push: re-read only those")
@@ -161,14 +166,21 @@ func runPush(ctx context.Context, g *globals, o pushOptions, paths []string) err
 	}
 	set := o.name
 	if set == "" && o.checkpoint != "" {
-		set = safeName(filepath.Base(filepath.Clean(o.checkpoint)))
+		set = capture.DefaultSet
 	} else if set == "" {
 		set = safeName(filepath.Base(paths[0]))
 	}
 	if err := ntcsync.CheckName(set); err != nil {
 		return usagef("--name: %v", err)
 	}
-	s := &ntcsync.Sender{StateDir: filepath.Join(g.home(), "push"), Node: id.ID().String(), Force: o.force,
+	// Images are recorded as versions in push's own repository (their
+	// chunks stay in the files); a checkpoint is a version of the node
+	// repository it was taken into already.
+	state := filepath.Join(g.home(), "push")
+	if o.checkpoint != "" {
+		state = o.checkpoint
+	}
+	s := &ntcsync.Sender{StateDir: state, Node: id.ID().String(), Force: o.force,
 		Streams: o.streams, BytesPerSec: rate, Conns: o.conns,
 		Dial: func(ctx context.Context) (*transport.Conn, error) {
 			return transport.Dial(ctx, o.to, id, peer, transport.Config{})
@@ -197,15 +209,20 @@ func runPush(ctx context.Context, g *globals, o pushOptions, paths []string) err
 	}()
 	v := &ntcsync.Version{Set: set}
 	_, prev := s.LastAcked(peer, set)
+	if o.checkpoint != "" {
+		if _, err := os.Stat(filepath.Join(o.checkpoint, "sets")); err != nil {
+			return fmt.Errorf("--checkpoint %s: not a repository 'ntc checkpoint --out' wrote (%w)", o.checkpoint, err)
+		}
+	}
 	var read int64
 	var ckpt int
 	if o.checkpoint != "" {
-		cv, err := replicate.OpenVersion(ctx, o.checkpoint, o.seq, prev)
+		cv, err := replicate.OpenVersion(ctx, o.checkpoint, set, o.seq, prev)
 		if err != nil {
 			return err
 		}
 		defer cv.Close()
-		v.Images, ckpt = cv.Images, cv.Seq
+		v, ckpt = cv.Sync, cv.Seq
 		if g.verbose && len(cv.Patched) > 0 {
 			fmt.Fprintf(g.stderr, "ntc: %v: the writes since the receiver's checkpoint are known: changed chunks may travel as patches\n", cv.Patched)
 		}

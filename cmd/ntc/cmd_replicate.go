@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"path/filepath"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -13,14 +12,12 @@ import (
 
 	"github.com/ntc-project/ntc/internal/sdnotify"
 	"github.com/ntc-project/ntc/replicate"
-	ntcsync "github.com/ntc-project/ntc/sync"
 	"github.com/ntc-project/ntc/transport"
 )
 
 type replicateOptions struct {
 	guestOptions
 	receiverOptions
-	name    string
 	every   time.Duration
 	bwlimit string
 	keep    int
@@ -57,7 +54,7 @@ gone.
 
 Old checkpoints are pruned after every round: the newest --keep stay, and so
 does the one the receiver holds (the next push patches against it). The
-chunks no remaining checkpoint needs are then dropped from DIR/store, and
+chunks no version of the repository needs are then dropped from its store, and
 their space given back once a pack is mostly such chunks. Give the receiver
 a --keep too ('ntc serve --keep N'), or it keeps every version.
 
@@ -71,7 +68,7 @@ Examples:
   ntc replicate --qmp vm.sock --out ckpt --to home:7400 --peer HOME-ID --json > rounds.jsonl
   at home, any time:  ntc ls --store ~/vms;  ntc resume --store ~/vms --name ckpt
 
-The set is named after the checkpoint directory unless --name is given.`,
+The set is named after the libvirt domain, or vm, unless --name is given.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			o.guestOptions.load(g)
@@ -86,7 +83,6 @@ The set is named after the checkpoint directory unless --name is given.`,
 	o.guestOptions.addFlags(g, cmd)
 	o.receiverOptions.addFlags(g, cmd)
 	f := cmd.Flags()
-	f.StringVar(&o.name, "name", "", "set name (default: the checkpoint directory's name)")
 	f.Duration("every", 5*time.Second, "interval between the starts of two rounds")
 	f.String("bwlimit", "", "cap the average send rate: 20Mbit, 2.5MB/s, 500k (bytes)")
 	f.Int("keep", 3, "newest checkpoints kept in DIR (besides the receiver's)")
@@ -142,13 +138,7 @@ func runReplicate(ctx context.Context, g *globals, o replicateOptions) error {
 	if err != nil {
 		return usagef("--bwlimit: %v", err)
 	}
-	set := o.name
-	if set == "" {
-		set = safeName(filepath.Base(filepath.Clean(o.out)))
-	}
-	if err := ntcsync.CheckName(set); err != nil {
-		return usagef("--name: %v", err)
-	}
+	set := ccfg.Set
 	id, err := transport.LoadIdentity(g.home())
 	if err != nil {
 		return err
@@ -158,7 +148,7 @@ func runReplicate(ctx context.Context, g *globals, o replicateOptions) error {
 		Dial: func(ctx context.Context) (*transport.Conn, error) {
 			return transport.Dial(ctx, o.to, id, peer, transport.Config{})
 		},
-		StateDir: filepath.Join(g.home(), "push"), Streams: o.streams, Conns: o.conns, BytesPerSec: rate,
+		Streams: o.streams, Conns: o.conns, BytesPerSec: rate,
 	}
 	if g.verbose {
 		p.Log = func(f string, a ...any) { fmt.Fprintf(g.stderr, f+"\n", a...) }

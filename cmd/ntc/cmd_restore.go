@@ -13,7 +13,6 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/ntc-project/ntc/capture"
 	"github.com/ntc-project/ntc/chunk"
 	"github.com/ntc-project/ntc/internal/atomicfile"
 	ntcsync "github.com/ntc-project/ntc/sync"
@@ -113,39 +112,8 @@ type readStore interface {
 	Close() error
 }
 
-// storeCloser is a store whose Close is its owner's.
-type storeCloser struct {
-	chunk.Store
-	close func() error
-}
-
-func (s storeCloser) Close() error { return s.close() }
-
 // openRestoreImage finds the image's index and the store holding its chunks.
 func openRestoreImage(set string, o restoreOptions) (*chunk.Index, readStore, uint64, error) {
-	if isDir(filepath.Join(o.store, "checkpoints")) {
-		repo, err := capture.OpenRepositoryForReading(o.store)
-		if err != nil {
-			return nil, nil, 0, err
-		}
-		m, err := repo.Latest()
-		if o.version != 0 {
-			m, err = repo.Manifest(int(o.version))
-		}
-		if err == nil && m == nil {
-			err = fmt.Errorf("%s holds no complete checkpoint", o.store)
-		}
-		if err != nil {
-			repo.Close()
-			return nil, nil, 0, err
-		}
-		x, err := repo.Index(m.Seq, o.image+".idx")
-		if err != nil {
-			repo.Close()
-			return nil, nil, 0, fmt.Errorf("checkpoint %d has no image %s: %w", m.Seq, o.image, err)
-		}
-		return x, storeCloser{repo.Store(), repo.Close}, uint64(m.Seq), nil
-	}
 	if set == "" {
 		return nil, nil, 0, usagef("name the SET to restore from ('ntc ls --store %s' lists them)", o.store)
 	}

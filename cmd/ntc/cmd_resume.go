@@ -14,6 +14,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/ntc-project/ntc/capture"
 	"github.com/ntc-project/ntc/resume"
 	ntcsync "github.com/ntc-project/ntc/sync"
 )
@@ -30,6 +31,7 @@ type resumeOptions struct {
 	user        string
 	loadTimeout time.Duration
 	detach      bool
+	force       bool
 	libvirt     bool
 	connect     string
 	persistent  bool
@@ -112,7 +114,8 @@ Examples:
 	f.String("user", "", "run QEMU as this user (ntc runs as root); the work directory becomes theirs, and its parents and --kernel/--initrd must be open to them")
 	f.Duration("load-timeout", resume.DefaultLoadTimeout, "how long QEMU may take to load the migration stream before ntc gives up and stops it")
 	f.BoolVar(&o.detach, "detach", false, "leave the copy running and exit (default: stay until Ctrl-C, then stop it)")
-	f.BoolVar(&o.libvirt, "libvirt", false, "run the copy as a transient libvirt domain named SET (virsh list shows it) and exit; --workdir must be reachable by libvirt's QEMU user")
+	f.BoolVar(&o.force, "force", false, "resume even though another node runs the set (two copies would run)")
+	f.BoolVar(&o.libvirt, "libvirt", false, "run the copy as a libvirt domain named SET (virsh list shows it) and exit; --workdir must be reachable by libvirt's QEMU user")
 	f.StringVar(&o.connect, "connect", "", "the libvirt connection for --libvirt (default qemu:///system)")
 	f.BoolVar(&o.persistent, "persistent", false, "with --libvirt: also define the copy in libvirt, so that it outlives a shutdown")
 	g.bind(cmd, "resume.store", "store")
@@ -190,56 +193,12 @@ func runResume(ctx context.Context, g *globals, o resumeOptions) error {
 	if network != resume.NetworkOff && network != resume.NetworkOn {
 		return usagef("--network %q: want off or on", o.network)
 	}
-	repo, err := ntcsync.OpenRepoForReading(o.store)
-	if err != nil {
-		return err
-	}
-	defer repo.Close()
-	cur, err := repo.Current(o.name)
-	if err != nil {
-		return err
-	}
-	if cur == nil {
-		return fmt.Errorf("%s holds no set %q: 'ntc ls --store %s' lists what was received", o.store, o.name, o.store)
-	}
-	images := filepath.Dir(repo.ImagePath(o.name, resume.ManifestImage))
-	if err := imagesHold(images, cur.Version); err != nil {
-		return err
-	}
-	work := o.workdir
-	if work == "" {
-		work = filepath.Join(g.home(), "resume", o.name)
-	}
 	if o.libvirt {
-		d, err := resume.StartLibvirt(ctx, resume.LibvirtConfig{Images: images, WorkDir: work, Name: o.name, Connect: o.connect,
-			Network: network, Kernel: o.kernel, Initrd: o.initrd, Persistent: o.persistent})
-		if err != nil {
-			return err
-		}
-		if g.json {
-			return writeJSONLine(g.stdout, d)
-		}
-		fmt.Fprintf(g.stdout, "resumed %s as libvirt domain %s at %s in %.2f s (links down: %s); serial console %s; virsh -c %s destroy %s stops it\n",
-			o.name, d.Name, d.URI, d.Timings.Total.Seconds(), strings.Join(d.LinksDown, ", "), d.Console, d.URI, d.Name)
-		return nil
+		return resumeLibvirt(ctx, g, o, network)
 	}
-	cfg := resume.Config{Images: images, WorkDir: work, Network: network, QEMU: o.qemu, Detach: o.detach,
-		Kernel: o.kernel, Initrd: o.initrd, Firmware: o.bios, User: o.user, LoadTimeout: o.loadTimeout}
-	if o.detach {
-		exe, err := os.Executable()
-		if err != nil {
-			return fmt.Errorf("resume --detach: find ntc's own binary for the copy's keeper: %w", err)
-		}
-		cfg.Keeper = []string{exe, resume.KeeperArg}
-	}
-	vm, err := resume.Start(ctx, cfg)
+	vm, cur, err := startCopy(ctx, g, o, network)
 	if err != nil {
 		return err
-	}
-	// A push that landed meanwhile may have changed what was read.
-	if err := imagesHold(images, cur.Version); err != nil {
-		vm.Kill()
-		return fmt.Errorf("%w; the copy was stopped: run resume again", err)
 	}
 	total := time.Since(t0)
 	p := vm.Plan
@@ -342,5 +301,130 @@ func imagesHold(dir string, v uint64) error {
 	if st.Version != v || st.Applying != 0 {
 		return fmt.Errorf("the images in %s are being updated by a push (version %d current, files hold %d): wait for it to finish", dir, v, st.Version)
 	}
+	return nil
+}
+
+// versionManifest returns the checkpoint manifest version v of set carries
+// as its metadata, or nil when it has none (a version an older ntc pushed
+// carries it as the image manifest.json, which resume reads).
+func versionManifest(r *ntcsync.Repo, set string, v uint64) (*capture.Manifest, error) {
+	meta, err := r.Meta(set, v)
+	if err != nil || len(meta) == 0 {
+		return nil, err
+	}
+	m, err := capture.DecodeManifest(meta)
+	if err != nil {
+		return nil, fmt.Errorf("version %d of %s: %w", v, set, err)
+	}
+	m.Seq = int(v)
+	return m, nil
+}
+
+// receivedManifest is versionManifest of set's current version.
+func receivedManifest(r *ntcsync.Repo, set string) (*capture.Manifest, error) {
+	cur, err := r.Current(set)
+	if err != nil {
+		return nil, err
+	}
+	if cur == nil {
+		return nil, fmt.Errorf("no version of %s received", set)
+	}
+	return versionManifest(r, set, cur.Version)
+}
+
+// startCopy starts the current version of set o.name of the repository
+// o.store as a running copy, and makes it the set's guest here
+// (capture.Adopt), unless another node runs the set (without o.force).
+func startCopy(ctx context.Context, g *globals, o resumeOptions, network resume.Network) (*resume.VM, *ntcsync.Manifest, error) {
+	cur, images, work, manifest, err := copySource(g, o)
+	if err != nil {
+		return nil, nil, err
+	}
+	self := g.nodeName()
+	cfg := resume.Config{Images: images, Manifest: manifest, WorkDir: work, Network: network, QEMU: o.qemu, Detach: o.detach,
+		Kernel: o.kernel, Initrd: o.initrd, Firmware: o.bios, User: o.user, LoadTimeout: o.loadTimeout}
+	if o.detach {
+		exe, err := os.Executable()
+		if err != nil {
+			return nil, nil, fmt.Errorf("resume --detach: find ntc's own binary for the copy's keeper: %w", err)
+		}
+		cfg.Keeper = []string{exe, resume.KeeperArg}
+	}
+	vm, err := resume.Start(ctx, cfg)
+	if err != nil {
+		return nil, nil, err
+	}
+	// A push that landed meanwhile may have changed what was read.
+	if err := imagesHold(images, cur.Version); err != nil {
+		vm.Kill()
+		return nil, nil, fmt.Errorf("%w; the copy was stopped: run resume again", err)
+	}
+	// The copy continues the set: its checkpoints into this repository
+	// follow the version it was resumed from and read only what it wrote.
+	if err := capture.Adopt(ctx, vm.Session(), o.store, o.name, int(cur.Version), self); err != nil {
+		fmt.Fprintf(g.stderr, "ntc: %v: the copy's first checkpoint will read its disks in full\n", err)
+	}
+	return vm, cur, nil
+}
+
+// copySource finds what a copy of set o.name resumes from: the current
+// version, its images and manifest, and the work directory; it refuses
+// a set another node runs (unless o.force).
+func copySource(g *globals, o resumeOptions) (cur *ntcsync.Manifest, images, work string, manifest *capture.Manifest, err error) {
+	repo, err := ntcsync.OpenRepoForReading(o.store)
+	if err != nil {
+		return nil, "", "", nil, err
+	}
+	defer repo.Close()
+	if cur, err = repo.Current(o.name); err != nil {
+		return nil, "", "", nil, err
+	}
+	if cur == nil {
+		return nil, "", "", nil, fmt.Errorf("%s holds no set %q: 'ntc ls --store %s' lists what was received", o.store, o.name, o.store)
+	}
+	self := g.nodeName()
+	if rn, err := repo.Nodes().Runner(o.name); err != nil {
+		return nil, "", "", nil, err
+	} else if rn != nil && rn.Node != "" && rn.Node != self && !o.force {
+		return nil, "", "", nil, fmt.Errorf("%s runs at node %s (since %s, from version %s): a copy here would run beside it; "+
+			"stop it there, or hand it over with 'ntc sync %s --to ... --handoff' from there; --force resumes here anyway",
+			o.name, rn.Node, rn.Since.Format(time.RFC3339), rn.Version.Short(), o.name)
+	}
+	images = filepath.Dir(repo.ImagePath(o.name, resume.ManifestImage))
+	if err := imagesHold(images, cur.Version); err != nil {
+		return nil, "", "", nil, err
+	}
+	work = o.workdir
+	if work == "" {
+		work = filepath.Join(g.home(), "resume", o.name)
+	}
+	if manifest, err = versionManifest(repo, o.name, cur.Version); err != nil {
+		return nil, "", "", nil, err
+	}
+	return cur, images, work, manifest, nil
+}
+
+// resumeLibvirt runs the copy as a libvirt domain named after the set
+// (resume.StartLibvirt) and leaves it to libvirt.
+func resumeLibvirt(ctx context.Context, g *globals, o resumeOptions, network resume.Network) error {
+	cur, images, work, manifest, err := copySource(g, o)
+	if err != nil {
+		return err
+	}
+	d, err := resume.StartLibvirt(ctx, resume.LibvirtConfig{Images: images, Manifest: manifest, WorkDir: work, Name: o.name,
+		Connect: o.connect, Network: network, Kernel: o.kernel, Initrd: o.initrd, Persistent: o.persistent})
+	if err != nil {
+		return err
+	}
+	// A push that landed meanwhile may have changed what was read.
+	if err := imagesHold(images, cur.Version); err != nil {
+		d.Destroy(context.WithoutCancel(ctx))
+		return fmt.Errorf("%w; the copy was stopped: run resume again", err)
+	}
+	if g.json {
+		return writeJSONLine(g.stdout, d)
+	}
+	fmt.Fprintf(g.stdout, "resumed %s as libvirt domain %s at %s in %.2f s (links down: %s); serial console %s; virsh -c %s destroy %s stops it\n",
+		o.name, d.Name, d.URI, d.Timings.Total.Seconds(), strings.Join(d.LinksDown, ", "), d.Console, d.URI, d.Name)
 	return nil
 }

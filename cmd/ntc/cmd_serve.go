@@ -1,12 +1,15 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"log"
 	"log/slog"
 	"net"
+	"path/filepath"
 	"runtime/debug"
+	"slices"
 	gosync "sync"
 	"sync/atomic"
 	"time"
@@ -17,6 +20,7 @@ import (
 	"github.com/ntc-project/ntc/internal/ratelimit"
 	"github.com/ntc-project/ntc/internal/sdnotify"
 	"github.com/ntc-project/ntc/repo"
+	"github.com/ntc-project/ntc/resume"
 	ntcsync "github.com/ntc-project/ntc/sync"
 	"github.com/ntc-project/ntc/transport"
 )
@@ -26,6 +30,8 @@ type serveOptions struct {
 	store  string
 	allow  []string
 	keep   string
+	// resumeAllow are the peers that may ask for a resume (a hand-off).
+	resumeAllow []string
 	// maxMemory is the ceiling for serve's memory whatever peers send;
 	// stall how long a push may make no progress; conns and peerConns
 	// bound connections (all peers, one peer); handshakes the connection
@@ -84,13 +90,17 @@ Examples:
 			if len(o.allow) == 0 {
 				o.allow = g.v.GetStringSlice("serve.allow")
 			}
+			if len(o.resumeAllow) == 0 {
+				o.resumeAllow = g.v.GetStringSlice("serve.resume-allow")
+			}
 			return runServe(cmd.Context(), g, o)
 		},
 	}
 	f := cmd.Flags()
 	f.String("listen", ":7400", "UDP address to listen on")
 	f.String("store", "", "repository directory (created if needed)")
-	f.StringArrayVar(&o.allow, "allow", nil, "node ID allowed to push (repeatable; or serve.allow in the config)")
+	f.StringArrayVar(&o.allow, "allow", nil, "node ID (or peer name from the configuration) allowed to push (repeatable; or serve.allow)")
+	f.StringArrayVar(&o.resumeAllow, "resume-allow", nil, "node ID or peer name that may hand a VM over and have it resumed here (repeatable; or serve.resume-allow; default: none)")
 	g.bind(cmd, "serve.listen", "listen")
 	f.String("keep", "0", "versions of each set to keep: N (the newest N), or last=N,hourly=N,daily=N,weekly=N; 0: all")
 	g.bind(cmd, "serve.store", "store")
@@ -135,13 +145,23 @@ func runServe(ctx context.Context, g *globals, o serveOptions) error {
 	if len(o.allow) == 0 {
 		return usagef("serve needs at least one --allow ID: the node IDs that may push (run 'ntc id' on the sender)")
 	}
-	var allowed []transport.ID
+	var allowed, resumers []transport.ID
 	for _, s := range o.allow {
-		id, err := transport.ParseID(s)
+		id, err := g.peerID(s)
 		if err != nil {
 			return usagef("--allow %q: %v", s, err)
 		}
 		allowed = append(allowed, id)
+	}
+	for _, s := range o.resumeAllow {
+		id, err := g.peerID(s)
+		if err != nil {
+			return usagef("--resume-allow %q: %v", s, err)
+		}
+		if !slices.Contains(allowed, id) {
+			return usagef("--resume-allow %s: allow it to push first (--allow)", s)
+		}
+		resumers = append(resumers, id)
 	}
 	lim, tcfg, err := o.limits(len(allowed))
 	if err != nil {
@@ -174,6 +194,9 @@ func runServe(ctx context.Context, g *globals, o serveOptions) error {
 		fmt.Fprintf(g.stdout, "serving %s on %s as %s (%d peers allowed)\n", o.store, l.Addr(), id.ID(), len(allowed))
 	}
 	rcv := &ntcsync.Receiver{Repo: repo, Log: logger.Printf, Keep: keep, Limits: lim, Refused: refusals.push}
+	if len(resumers) > 0 {
+		rcv.Resume = g.resumer(o.store, resumers)
+	}
 	var wg gosync.WaitGroup
 	defer wg.Wait()
 	if o.metrics != "" {
@@ -297,4 +320,60 @@ func (r *refusalLog) transport(f transport.Refusal) {
 
 func (r *refusalLog) push(peer transport.ID, addr net.Addr, err error) {
 	r.printf(peer.String(), "push from %s at %s: %v", peer, addr, err)
+}
+
+// resumer resumes a handed-off set for the peers in allowed: the set's
+// current version, with this node's resume settings (resume.* in the
+// configuration: kernel, initrd, QEMU, network, user), detached so that
+// the copy outlives serve.
+func (g *globals) resumer(store string, allowed []transport.ID) ntcsync.Resumer {
+	return func(ctx context.Context, peer transport.ID, set string, version uint64) (ntcsync.Resumed, error) {
+		if !slices.Contains(allowed, peer) {
+			return ntcsync.Resumed{}, ntcsync.ErrResumeRefused
+		}
+		o := resumeOptions{store: store, name: set, detach: true,
+			network: g.v.GetString("resume.network"), qemu: g.v.GetString("resume.qemu"),
+			kernel: g.v.GetString("resume.kernel"), initrd: g.v.GetString("resume.initrd"),
+			bios: g.v.GetString("resume.bios"), user: g.v.GetString("resume.user"),
+			loadTimeout: g.v.GetDuration("resume.load-timeout")}
+		network := resume.Network(cmp.Or(o.network, string(resume.NetworkOff)))
+		if network != resume.NetworkOff && network != resume.NetworkOn {
+			return ntcsync.Resumed{}, fmt.Errorf("resume.network %q: want off or on", o.network)
+		}
+		// The peer hands over what it ran: a copy may start here unless a
+		// third node runs the set.
+		nodes, err := repo.OpenExisting(store)
+		if err != nil {
+			return ntcsync.Resumed{}, err
+		}
+		rn, err := nodes.Runner(set)
+		if err != nil {
+			return ntcsync.Resumed{}, err
+		}
+		if rn != nil && rn.Node != "" && rn.Node != peer.String() && rn.Node != g.nodeName() {
+			return ntcsync.Resumed{}, fmt.Errorf("%s runs at a third node, %s", set, rn.Node)
+		}
+		// Asked again (the hand-off is being run again after a failure):
+		// the copy this node started from that version runs already.
+		work := filepath.Join(g.home(), "resume", set)
+		if cur, err := nodes.Head(set); err == nil && cur != nil && rn != nil && rn.Node == g.nodeName() && rn.Version == cur.Digest {
+			if pid, ok := resume.Running(work); ok {
+				return ntcsync.Resumed{PID: pid, Detail: fmt.Sprintf("pid %d (running already), work directory %s", pid, work)}, nil
+			}
+		}
+		o.force = true
+		vm, cur, err := startCopy(ctx, g, o, network)
+		if err != nil {
+			return ntcsync.Resumed{}, err
+		}
+		if cur.Version != version {
+			vm.Kill()
+			return ntcsync.Resumed{}, ntcsync.ErrNotCurrent
+		}
+		if err := vm.Release(); err != nil {
+			vm.Kill()
+			return ntcsync.Resumed{}, err
+		}
+		return ntcsync.Resumed{PID: vm.PID(), Detail: fmt.Sprintf("pid %d, QMP %s, console %s", vm.PID(), vm.Plan.QMP, vm.Plan.SerialLog)}, nil
+	}
 }

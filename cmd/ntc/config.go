@@ -15,6 +15,7 @@ import (
 // key that is not here gets it refused at start.
 var configKeys = map[string]any{
 	"home": "",
+	"repo": "",
 
 	"chunk.average":  "",
 	"index.readonly": "",
@@ -22,7 +23,9 @@ var configKeys = map[string]any{
 	"serve.listen": "",
 	"serve.store":  "",
 	"serve.allow":  []string(nil),
-	"serve.keep":   "0",
+
+	"serve.resume-allow": []string(nil),
+	"serve.keep":         "0",
 
 	"serve.max-memory":            "",
 	"serve.stall-timeout":         time.Duration(0),
@@ -42,8 +45,11 @@ var configKeys = map[string]any{
 	"checkpoint.domain":      "",
 	"checkpoint.connect":     "",
 	"checkpoint.out":         "",
+	"checkpoint.name":        "",
 	"checkpoint.overlay-dir": "",
 	"checkpoint.method":      "",
+
+	"sync.to": "",
 
 	"replicate.every":   time.Duration(0),
 	"replicate.bwlimit": "",
@@ -79,6 +85,12 @@ func (g *globals) checkConfig() error {
 	}
 	slices.Sort(known)
 	for _, k := range g.v.AllKeys() {
+		if zero, ok := namedKey(k); ok {
+			if err := g.v.UnmarshalKey(k, reflect.New(reflect.TypeOf(zero)).Interface()); err != nil {
+				return usagef("configuration %s: %s = %q: want %s", g.v.ConfigFileUsed(), k, fmt.Sprint(g.v.Get(k)), describeType(zero))
+			}
+			continue
+		}
 		if _, ok := configKeys[k]; !ok && g.v.Get(k) != nil { // "serve:" alone is an empty section
 			return usagef("configuration %s: unknown key %q (configs/ntc.example.yaml describes every key)%s",
 				g.v.ConfigFileUsed(), k, didYouMean("", closest(k, known)))

@@ -18,6 +18,7 @@ func TestConfigIsDecodedStrictly(t *testing.T) {
 		env  map[string]string // NTC_* variables
 		says []string
 	}{
+		{name: "typo in a peer's key", file: "peers:\n  home: {adr: x}\n", says: []string{`unknown key "peers.home.adr"`}},
 		{name: "typo in a key", file: "serve:\n  stoer: /srv\n", says: []string{`unknown key "serve.stoer"`, "\tserve.store", "ntc.example.yaml"}},
 		{name: "unknown section", file: "sever:\n  store: /srv\n", says: []string{`unknown key "sever.store"`, "\tserve.store"}},
 		{name: "top-level typo", file: "hoem: /x\n", says: []string{`unknown key "hoem"`, "\thome"}},
@@ -59,7 +60,7 @@ func TestConfigIsDecodedStrictly(t *testing.T) {
 		if err := os.WriteFile(empty, []byte("serve:\nreplicate:\n  every: 1m30s\n"), 0o644); err != nil {
 			t.Fatal(err)
 		}
-		for _, cfg := range []string{filepath.Join("..", "..", "configs", "ntc.example.yaml"), empty} {
+		for _, cfg := range []string{filepath.Join("..", "..", "configs", "ntc.example.yaml"), filepath.Join("..", "..", "configs", "ntc-pair.example.yaml"), empty} {
 			if code, _, errs := ntc(t, t.Context(), "--config", cfg, "version"); code != 0 {
 				t.Errorf("--config %s: exit %d: %s", cfg, code, errs)
 			}

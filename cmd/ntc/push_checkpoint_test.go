@@ -3,15 +3,16 @@ package main
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"io"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/ntc-project/ntc/capture"
+	ntcsync "github.com/ntc-project/ntc/sync"
 )
 
 // TestPushCheckpoint checkpoints the running test guest twice and pushes
@@ -26,17 +27,18 @@ func TestPushCheckpoint(t *testing.T) {
 	office, home := newNode(t), newNode(t)
 	store := t.TempDir()
 	addr, _ := serve(t, home, store, office.id)
-	repo := filepath.Join(t.TempDir(), "office-vm")
+	repo := filepath.Join(t.TempDir(), "office")
+	const set = "office-vm"
 
 	checkpoint := func(seq int) {
 		t.Helper()
-		code, _, errs := ntc(t, ctx, "checkpoint", "--qmp", vm.QMPPath(), "--out", repo)
+		code, _, errs := ntc(t, ctx, "checkpoint", "--qmp", vm.QMPPath(), "--out", repo, "--name", set)
 		if code != 0 {
 			t.Fatalf("checkpoint %d: exit %d: %s", seq, code, errs)
 		}
 	}
 	checkpoint(1)
-	res1, err := push(t, ctx, office, addr, home.id, "--checkpoint", repo)
+	res1, err := push(t, ctx, office, addr, home.id, "--checkpoint", repo, "--name", set)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -44,13 +46,13 @@ func TestPushCheckpoint(t *testing.T) {
 	if res1.Version != 1 || res1.Checkpoint != 1 || res1.Set != "office-vm" {
 		t.Fatalf("first push: %+v", res1)
 	}
-	checkReceived(t, repo, 1, filepath.Join(store, "sets", "office-vm"))
+	checkReceived(t, repo, 1, store, set)
 
 	if _, err := vm.WaitTick(ctx, vm.LastTick()+2); err != nil {
 		t.Fatal(err)
 	}
 	checkpoint(2)
-	res2, err := push(t, ctx, office, addr, home.id, "--checkpoint", repo)
+	res2, err := push(t, ctx, office, addr, home.id, "--checkpoint", repo, "--name", set)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -62,29 +64,34 @@ func TestPushCheckpoint(t *testing.T) {
 	if res2.BytesSent*5 > res1.BytesSent {
 		t.Errorf("the second push moved %d bytes, more than a fifth of the first's %d", res2.BytesSent, res1.BytesSent)
 	}
-	checkReceived(t, repo, 2, filepath.Join(store, "sets", "office-vm"))
+	checkReceived(t, repo, 2, store, set)
 
-	// An explicit --seq of an older checkpoint is a version too.
-	res3, err := push(t, ctx, office, addr, home.id, "--checkpoint", repo, "--seq", "1")
+	// An older checkpoint does not silently become current again; with
+	// --force it does, and nothing travels: the receiver holds it.
+	if _, err := push(t, ctx, office, addr, home.id, "--checkpoint", repo, "--name", set, "--seq", "1"); err == nil || !strings.Contains(err.Error(), "not make it current") {
+		t.Errorf("push of the older checkpoint 1: %v, want it kept but not made current", err)
+	}
+	checkReceived(t, repo, 2, store, set)
+	res3, err := push(t, ctx, office, addr, home.id, "--checkpoint", repo, "--name", set, "--seq", "1", "--force")
 	if err != nil {
 		t.Fatal(err)
 	}
-	if res3.Version != 3 || res3.Checkpoint != 1 || res3.ChunksSent != 0 {
+	if res3.Version != 1 || res3.Checkpoint != 1 || res3.ChunksSent != 0 {
 		t.Errorf("push of checkpoint 1 again: %+v", res3)
 	}
-	checkReceived(t, repo, 1, filepath.Join(store, "sets", "office-vm"))
+	checkReceived(t, repo, 1, store, set)
 	if _, err := vm.WaitTick(ctx, vm.LastTick()+1); err != nil {
 		t.Fatalf("the guest stopped ticking: %v", err)
 	}
 }
 
-// checkReceived compares the receiver's current version of a set (in dir)
-// with checkpoint seq of the capture repository: every image byte for
-// byte, and the manifest.
-func checkReceived(t *testing.T, repoDir string, seq int, dir string) {
+// checkReceived compares the receiver's current version of set (in the
+// repository store) with checkpoint seq of the sender's repository: the
+// same version (digest), every image byte for byte, and the manifest.
+func checkReceived(t *testing.T, repoDir string, seq int, store, set string) {
 	t.Helper()
 	ctx := t.Context()
-	repo, err := capture.OpenRepositoryForReading(repoDir)
+	repo, err := capture.OpenRepositoryForReading(repoDir, set)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -93,14 +100,23 @@ func checkReceived(t *testing.T, repoDir string, seq int, dir string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	meta, err := os.ReadFile(filepath.Join(dir, "images", "manifest.json"))
+	v, err := repo.Version(seq)
 	if err != nil {
 		t.Fatal(err)
 	}
-	var got capture.Manifest
-	if err := json.Unmarshal(meta, &got); err != nil || got.Seq != seq || got.Machine.Type != m.Machine.Type || len(got.RAM) != len(m.RAM) {
-		t.Errorf("the receiver's manifest.json is not checkpoint %d's manifest (%v): %.200s", seq, err, meta)
+	rr, err := ntcsync.OpenRepoForReading(store)
+	if err != nil {
+		t.Fatal(err)
 	}
+	cur, err := rr.Current(set)
+	if err != nil || cur == nil || cur.Digest != v.Digest {
+		t.Fatalf("the receiver's current version %+v (%v), want checkpoint %d (%s)", cur, err, seq, v.Digest.Short())
+	}
+	got, err := receivedManifest(rr, set)
+	if err != nil || got.Machine.Type != m.Machine.Type || len(got.RAM) != len(m.RAM) || got.Created != m.Created {
+		t.Errorf("the receiver's manifest is not checkpoint %d's (%v): %+v", seq, err, got)
+	}
+	dir := filepath.Join(store, "sets", set)
 	imgs, err := repo.Images(m)
 	if err != nil {
 		t.Fatal(err)

@@ -37,7 +37,7 @@ func TestReplicate(t *testing.T) {
 	addr, _ := serveWith(t, home, store, []string{"--keep", "2"}, office.id)
 	repo := filepath.Join(t.TempDir(), "office-vm")
 	args := func() []string {
-		return []string{"--json", "replicate", "--qmp", vm.QMPPath(), "--out", repo, "--to", addr, "--peer", home.id, "--every", "2s", "--keep", "2"}
+		return []string{"--json", "replicate", "--qmp", vm.QMPPath(), "--out", repo, "--name", "office-vm", "--to", addr, "--peer", home.id, "--every", "2s", "--keep", "2"}
 	}
 
 	// A sender the receiver does not allow: one round, then an error that
@@ -173,7 +173,7 @@ func TestReplicate(t *testing.T) {
 	if err != nil || cur.Version != last.Version {
 		t.Fatalf("the receiver's current version: %v, %v; the last round committed v%d", cur, err, last.Version)
 	}
-	checkReceived(t, repo, last.Seq, filepath.Join(store, "sets", "office-vm"))
+	checkReceived(t, repo, last.Seq, store, "office-vm")
 
 	// The receiver keeps 2 versions (serve --keep 2): it prunes right
 	// after it answers the commit, so await it.
@@ -191,7 +191,7 @@ func TestReplicate(t *testing.T) {
 	}
 
 	// Pruned: the newest 2 checkpoints are left, the receiver's among them.
-	cr, err := capture.OpenRepositoryForReading(repo)
+	cr, err := capture.OpenRepositoryForReading(repo, "office-vm")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -29,4 +29,9 @@ func TestDemoVM(t *testing.T) {
 	if first, second := res.Checkpoints[0].WireBytes, res.Checkpoints[1].WireBytes; second*5 > first {
 		t.Errorf("the second push moved %d bytes, the first %d: more than a fifth", second, first)
 	}
+	// The way back: an incremental checkpoint of the copy, a delta against
+	// what the office holds, a tenth of the way out at most.
+	if b := res.Back; b.DiskMode != "incremental" || !b.Base || b.WireBytes*10 > res.Checkpoints[0].WireBytes {
+		t.Errorf("the way back: %+v; the way out moved %d bytes", b, res.Checkpoints[0].WireBytes)
+	}
 }

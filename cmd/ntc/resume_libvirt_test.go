@@ -18,6 +18,7 @@ import (
 	"github.com/ntc-project/ntc/internal/libvirttest"
 	"github.com/ntc-project/ntc/internal/testguest"
 	"github.com/ntc-project/ntc/resume"
+	ntcsync "github.com/ntc-project/ntc/sync"
 )
 
 // TestResumeLibvirtDomain hands a libvirt-managed guest over to another
@@ -161,9 +162,14 @@ func TestResumeLibvirtDomain(t *testing.T) {
 	}
 	// A checkpoint that does not fit the machine (the RAM size changed):
 	// libvirt's QEMU refuses the stream, and no domain or disk is left.
-	m, err := resume.ReadManifest(images)
+	r, err := ntcsync.OpenRepoForReading(store)
 	if err != nil {
 		t.Fatal(err)
+	}
+	m, err := receivedManifest(r, set)
+	r.Close()
+	if err != nil || m == nil {
+		t.Fatalf("the received manifest: %v, %v", m, err)
 	}
 	m.Machine.RAM.Size *= 2
 	bad := filepath.Join(parent, "bad")

@@ -51,11 +51,11 @@ func TestResumeCheckpoint(t *testing.T) {
 	repo := filepath.Join(t.TempDir(), "office-vm")
 
 	before := vm.LastTick()
-	if code, _, errs := ntc(t, ctx, "checkpoint", "--qmp", vm.QMPPath(), "--out", repo); code != 0 {
+	if code, _, errs := ntc(t, ctx, "checkpoint", "--qmp", vm.QMPPath(), "--out", repo, "--name", "office-vm"); code != 0 {
 		t.Fatalf("checkpoint: exit %d: %s", code, errs)
 	}
 	after := vm.LastTick()
-	if _, err := push(t, ctx, office, addr, home.id, "--checkpoint", repo); err != nil {
+	if _, err := push(t, ctx, office, addr, home.id, "--checkpoint", repo, "--name", "office-vm"); err != nil {
 		t.Fatal(err)
 	}
 	if err := vm.Stop(ctx); err != nil {
@@ -186,8 +186,13 @@ func TestResumeCheckpoint(t *testing.T) {
 		t.Errorf("the receiver's images changed during the resume:\n%s\nnow:\n%s", sums, got)
 	}
 
-	// The stopped copy's work directory holds its writes: refused.
-	if code, _, errs := ntc(t, ctx, append([]string{"resume", "--store", store, "--name", "office-vm", "--workdir", work}, kernel...)...); code != exitError || !strings.Contains(errs, "earlier copy") {
+	// The first copy made home the node that runs the set: another node
+	// (this test process, with its own state directory) is refused...
+	if code, _, errs := ntc(t, ctx, append([]string{"resume", "--store", store, "--name", "office-vm", "--workdir", work + "-other"}, kernel...)...); code != exitError || !strings.Contains(errs, "runs at node "+home.id) || !strings.Contains(errs, "--force") {
+		t.Errorf("resume by another node while home runs it: exit %d, %q", code, errs)
+	}
+	// ...and the stopped copy's work directory holds its writes: refused.
+	if code, _, errs := ntc(t, ctx, append([]string{"resume", "--store", store, "--name", "office-vm", "--workdir", work, "--force"}, kernel...)...); code != exitError || !strings.Contains(errs, "earlier copy") {
 		t.Errorf("resume into the used work directory: exit %d, %q", code, errs)
 	}
 
@@ -318,7 +323,8 @@ func TestResumeCheckpoint(t *testing.T) {
 			if out, err := exec.Command("cp", "-a", store, bad).CombinedOutput(); err != nil {
 				t.Fatalf("copy the store: %v: %s", err, out)
 			}
-			mp := filepath.Join(bad, "sets", "office-vm", "images", "manifest.json")
+			// The checkpoint's manifest is the version's metadata.
+			mp := filepath.Join(bad, "sets", "office-vm", "versions", "000001", "meta")
 			b, err := os.ReadFile(mp)
 			if err != nil {
 				t.Fatal(err)
@@ -336,7 +342,7 @@ func TestResumeCheckpoint(t *testing.T) {
 			}
 			w := filepath.Join(vmDir, "bad")
 			t.Cleanup(func() { killQEMUsIn(t, w) })
-			code, _, errs := ntc(t, ctx, append([]string{"resume", "--store", bad, "--name", "office-vm", "--workdir", w}, kernel...)...)
+			code, _, errs := ntc(t, ctx, append([]string{"resume", "--store", bad, "--name", "office-vm", "--workdir", w, "--force"}, kernel...)...)
 			t.Logf("ntc resume said: %s", errs)
 			if code != exitError || !strings.Contains(errs, "does not match") || !strings.Contains(errs, tc.says) {
 				t.Errorf("exit %d, stderr %q; want exit %d saying the machine does not match, with QEMU's %q", code, errs, exitError, tc.says)

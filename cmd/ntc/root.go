@@ -129,6 +129,7 @@ then the file given by --config (default: $NTC_HOME/ntc.yaml or
 		newInitCommand(g),
 		newIDCommand(g),
 		newServeCommand(g),
+		newSyncCommand(g),
 		newPushCommand(g),
 		newReplicateCommand(g),
 		newLsCommand(g),
