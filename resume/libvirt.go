@@ -26,7 +26,9 @@ package resume
 // uses for it (chown, restored when the domain ends). The received images
 // stay private to the receiver: each disk is copied into the work
 // directory as a qcow2 (qemu-img convert, sparse: it reads the image once
-// and writes what is allocated), and the kernel and initrd named for a
+// and writes what is allocated) under a new overlay that takes the
+// guest's writes (so that capture.Adopt can make the copy the set's
+// guest, as for a plain copy), and the kernel and initrd named for a
 // directly booted guest are copied there too. The work directory is 0711
 // so that libvirt's QEMU user gets through to the files libvirt hands it;
 // every file in it is 0600.
@@ -228,8 +230,8 @@ func StartLibvirt(ctx context.Context, cfg LibvirtConfig) (d *LibvirtDomain, err
 		}
 	}
 	for i, dd := range def.disks {
-		made = append(made, dd.File)
-		if err := convertDisk(ctx, disks[def.diskImage[i]], dd.File); err != nil {
+		made = append(made, dd.File, diskBase(dd.File))
+		if err := makeDisk(ctx, disks[def.diskImage[i]], dd.File); err != nil {
 			return nil, fmt.Errorf("resume: disk %s: %w", dd.Device, err)
 		}
 	}
@@ -400,7 +402,11 @@ func prepareLibvirtWorkDir(work string, disks []LibvirtDisk) error {
 		return fmt.Errorf("resume: %w", err)
 	}
 	for _, d := range disks {
-		if _, err := os.Lstat(d.File); !errors.Is(err, fs.ErrNotExist) {
+		_, err := os.Lstat(d.File)
+		if errors.Is(err, fs.ErrNotExist) {
+			_, err = os.Lstat(diskBase(d.File))
+		}
+		if !errors.Is(err, fs.ErrNotExist) {
 			return fmt.Errorf("resume: %s holds the disk of an earlier copy (%s, with that copy's writes): remove it or give another work directory: %w",
 				work, filepath.Base(d.File), ErrWorkDirInUse)
 		}
@@ -411,19 +417,43 @@ func prepareLibvirtWorkDir(work string, disks []LibvirtDisk) error {
 	return nil
 }
 
-// convertDisk writes the received raw image img into a new qcow2 at dst
-// (0600), sparse. qemu-img gets the image as an open descriptor.
-func convertDisk(ctx context.Context, img *os.File, dst string) error {
-	if err := privateFile(dst, os.O_EXCL); err != nil {
-		return err
+// makeDisk makes the copy's disk at dst: a qcow2 copy of the received
+// raw image img beside it (Base: sparse; qemu-img gets the image as an
+// open descriptor), and at dst a new qcow2 overlay on that copy, which
+// takes the guest's writes. The copy stays as received, as capture.Adopt
+// wants the layer under a copy's overlay. Both 0600.
+func makeDisk(ctx context.Context, img *os.File, dst string) error {
+	base := diskBase(dst)
+	for _, f := range []string{base, dst} {
+		if err := privateFile(f, os.O_EXCL); err != nil {
+			return err
+		}
 	}
-	c := exec.CommandContext(ctx, "qemu-img", "convert", "-q", "-f", "raw", "-O", "qcow2", "/dev/fd/3", dst)
+	c := exec.CommandContext(ctx, "qemu-img", "convert", "-q", "-f", "raw", "-O", "qcow2", "/dev/fd/3", base)
 	c.ExtraFiles = []*os.File{img}
 	if out, err := c.CombinedOutput(); err != nil {
 		return fmt.Errorf("qemu-img convert: %w: %s", err, bytes.TrimSpace(out))
 	}
-	return os.Chmod(dst, 0o600)
+	fi, err := img.Stat()
+	if err != nil {
+		return err
+	}
+	out, err := exec.CommandContext(ctx, "qemu-img", "create", "-q", "-f", "qcow2", "-u", "-F", "qcow2", "-b", base,
+		dst, strconv.FormatInt(fi.Size(), 10)).CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("qemu-img create: %w: %s", err, bytes.TrimSpace(out))
+	}
+	for _, f := range []string{base, dst} {
+		if err := os.Chmod(f, 0o600); err != nil {
+			return err
+		}
+	}
+	return nil
 }
+
+// diskBase is the file under the copy's disk file: "disk-vda.base.qcow2"
+// under "disk-vda.qcow2".
+func diskBase(disk string) string { return strings.TrimSuffix(disk, ".qcow2") + ".base.qcow2" }
 
 // copyPrivate copies the local file src to dst (0600).
 func copyPrivate(src, dst string) error {

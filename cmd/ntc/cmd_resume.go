@@ -421,6 +421,15 @@ func resumeLibvirt(ctx context.Context, g *globals, o resumeOptions, network res
 		d.Destroy(context.WithoutCancel(ctx))
 		return fmt.Errorf("%w; the copy was stopped: run resume again", err)
 	}
+	// As for a plain copy (startCopy): the copy continues the set here.
+	sess, err := capture.DialDomain(ctx, d.URI, d.Name, capture.DialOptions{})
+	if err == nil {
+		err = capture.Adopt(ctx, sess, o.store, o.name, int(cur.Version), g.nodeName())
+		sess.Close()
+	}
+	if err != nil {
+		fmt.Fprintf(g.stderr, "ntc: %v: the copy's first checkpoint will read its disks in full\n", err)
+	}
 	if g.json {
 		return writeJSONLine(g.stdout, d)
 	}

@@ -105,6 +105,19 @@ func TestResumeLibvirtDomain(t *testing.T) {
 	if res.Name != set || len(res.Disks) != 1 || len(res.LinksDown) != 1 || res.SerialLog == "" {
 		t.Fatalf("resume --libvirt --json: %+v", res)
 	}
+	if bl, err := libvirttest.Virsh(ctx, "domblklist", set); err != nil || !strings.Contains(bl, res.Disks[0].File) {
+		t.Errorf("virsh domblklist %s: %q, %v", set, bl, err)
+	}
+	// The copy is the set's guest here (capture.Adopt): this node runs it.
+	if r, err := ntcsync.OpenRepoForReading(store); err != nil {
+		t.Error(err)
+	} else {
+		rn, err := r.Nodes().Runner(set)
+		r.Close()
+		if err != nil || rn == nil || rn.Node != home.id {
+			t.Errorf("the runner of %s after resume --libvirt: %+v, %v; want this node %s", set, rn, err, home.id)
+		}
+	}
 	if res.UUID != srcUUID {
 		t.Errorf("the copy's UUID %s, the original's %s: a copy of a domain that is gone keeps its UUID", res.UUID, srcUUID)
 	}
@@ -187,9 +200,9 @@ func TestResumeLibvirtDomain(t *testing.T) {
 	t.Logf("a checkpoint with twice its RAM: %v", err)
 
 	// A second resume of the set: the domain exists, nothing is touched.
-	if code, _, errs := ntc(t, ctx, "resume", "--libvirt", "--connect", libvirttest.URI, "--store", store, "--name", set,
-		"--workdir", filepath.Join(parent, "again"), "--kernel", filepath.Join(d.Dir, "vmlinuz"), "--initrd", filepath.Join(d.Dir, "initrd.img")); code == 0 || !strings.Contains(errs, "already") {
-		t.Errorf("a second resume --libvirt of %s: exit %d, %q", set, code, errs)
+	if out, err := home.cmd(ctx, "resume", "--libvirt", "--connect", libvirttest.URI, "--store", store, "--name", set,
+		"--workdir", filepath.Join(parent, "again"), "--kernel", filepath.Join(d.Dir, "vmlinuz"), "--initrd", filepath.Join(d.Dir, "initrd.img")).CombinedOutput(); err == nil || !strings.Contains(string(out), "already") {
+		t.Errorf("a second resume --libvirt of %s: %v, %s", set, err, out)
 	}
 
 	// Stopped, the set resumes again with --network on, and --persistent:
@@ -198,9 +211,9 @@ func TestResumeLibvirtDomain(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { libvirttest.Virsh(context.WithoutCancel(ctx), "undefine", set) })
-	if code, _, errs := ntc(t, ctx, "resume", "--libvirt", "--persistent", "--connect", libvirttest.URI, "--store", store, "--name", set, "--network", "on",
-		"--workdir", filepath.Join(parent, "on"), "--kernel", filepath.Join(d.Dir, "vmlinuz"), "--initrd", filepath.Join(d.Dir, "initrd.img")); code != 0 {
-		t.Fatalf("resume --libvirt --network on: exit %d: %s", code, errs)
+	if out, err := home.cmd(ctx, "resume", "--libvirt", "--persistent", "--connect", libvirttest.URI, "--store", store, "--name", set, "--network", "on",
+		"--workdir", filepath.Join(parent, "on"), "--kernel", filepath.Join(d.Dir, "vmlinuz"), "--initrd", filepath.Join(d.Dir, "initrd.img")).CombinedOutput(); err != nil {
+		t.Fatalf("resume --libvirt --network on: %v: %s", err, out)
 	}
 	if s, err = capture.DialDomain(ctx, libvirttest.URI, set, capture.DialOptions{}); err != nil {
 		t.Fatal(err)
