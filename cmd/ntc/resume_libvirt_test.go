@@ -48,11 +48,11 @@ func TestResumeLibvirtDomain(t *testing.T) {
 	repo := filepath.Join(t.TempDir(), set)
 
 	before := d.LastTick()
-	if out, err := office.cmd(ctx, "checkpoint", "--domain", d.Name, "--connect", libvirttest.URI, "--out", repo).CombinedOutput(); err != nil {
+	if out, err := office.cmd(ctx, "checkpoint", "--domain", d.Name, "--connect", libvirttest.URI, "--out", repo, "--name", set).CombinedOutput(); err != nil {
 		t.Fatalf("checkpoint --domain: %v: %s", err, out)
 	}
 	after := d.LastTick()
-	if _, err := push(t, ctx, office, addr, home.id, "--checkpoint", repo); err != nil {
+	if _, err := push(t, ctx, office, addr, home.id, "--checkpoint", repo, "--name", set); err != nil {
 		t.Fatal(err)
 	}
 	srcUUID, err := libvirttest.Virsh(ctx, "domuuid", d.Name)
@@ -88,7 +88,9 @@ func TestResumeLibvirtDomain(t *testing.T) {
 	t.Cleanup(func() {
 		libvirttest.Virsh(context.WithoutCancel(ctx), "destroy", set)
 	})
-	c := home.cmd(ctx, "--json", "resume", "--libvirt", "--connect", libvirttest.URI, "--store", store, "--name", set,
+	// The office node checkpointed the set, so it is recorded as running
+	// it; the original was destroyed by hand here: --force.
+	c := home.cmd(ctx, "--json", "resume", "--libvirt", "--force", "--connect", libvirttest.URI, "--store", store, "--name", set,
 		"--workdir", work, "--kernel", filepath.Join(d.Dir, "vmlinuz"), "--initrd", filepath.Join(d.Dir, "initrd.img"))
 	var stderr strings.Builder
 	c.Stderr = &stderr
