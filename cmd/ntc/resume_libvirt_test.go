@@ -28,8 +28,10 @@ import (
 // shows it, running), its console goes on from the checkpoint's tick
 // without booting, its NIC link is down in libvirt's view, and the
 // receiver's images are untouched. A checkpoint that does not fit fails
-// cleanly, the set resumes again with its link up (--network on), and the
-// same checkpoint resumes as a plain QEMU too.
+// cleanly, the same checkpoint resumes as a plain QEMU too, the set
+// resumes again with its link up (--network on) as a persistent domain,
+// and that copy's own checkpoint is an incremental child of the version it
+// was resumed from.
 func TestResumeLibvirtDomain(t *testing.T) {
 	libvirttest.Daemon(t)
 	libvirttest.RequireUserfaultfd(t)
@@ -207,36 +209,11 @@ func TestResumeLibvirtDomain(t *testing.T) {
 		t.Errorf("a second resume --libvirt of %s: %v, %s", set, err, out)
 	}
 
-	// Stopped, the set resumes again with --network on, and --persistent:
-	// the link is up, and libvirt keeps the domain's definition.
-	if _, err := libvirttest.Virsh(ctx, "destroy", set); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { libvirttest.Virsh(context.WithoutCancel(ctx), "undefine", set) })
-	if out, err := home.cmd(ctx, "resume", "--libvirt", "--persistent", "--connect", libvirttest.URI, "--store", store, "--name", set, "--network", "on",
-		"--workdir", filepath.Join(parent, "on"), "--kernel", filepath.Join(d.Dir, "vmlinuz"), "--initrd", filepath.Join(d.Dir, "initrd.img")).CombinedOutput(); err != nil {
-		t.Fatalf("resume --libvirt --network on: %v: %s", err, out)
-	}
-	if s, err = capture.DialDomain(ctx, libvirttest.URI, set, capture.DialOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	up, err = sessionNICLinkUp(ctx, s, "net0")
-	s.Close()
-	if err != nil || !up {
-		t.Errorf("the copy resumed with --network on: link up %v, %v", up, err)
-	}
-	if info, err := libvirttest.Virsh(ctx, "dominfo", set); err != nil || !regexp.MustCompile(`Persistent:\s+yes`).MatchString(info) {
-		t.Errorf("virsh dominfo %s after resume --persistent: %q, %v", set, info, err)
-	}
-
 	// The same checkpoint also resumes as a plain QEMU (no --libvirt): the
 	// description read from the domain XML is one ntc's own command line
 	// recreates.
 	if _, err := libvirttest.Virsh(ctx, "destroy", set); err != nil {
 		t.Fatal(err)
-	}
-	if st, err := libvirttest.Virsh(ctx, "domstate", set); err != nil || !strings.Contains(st, "shut off") {
-		t.Errorf("the persistent copy after virsh destroy: %q, %v; want it defined, shut off", st, err)
 	}
 	plain := filepath.Join(parent, "plain")
 	t.Cleanup(func() { killQEMUsIn(t, plain) })
@@ -269,4 +246,49 @@ func TestResumeLibvirtDomain(t *testing.T) {
 		t.Errorf("the plain copy's first tick is %d; the checkpoint's disk says %d", pfirst, diskTick)
 	}
 	t.Logf("the plain QEMU copy went on with tick %d (%d ticks seen)", pfirst, ticks)
+	killQEMUsIn(t, plain)
+
+	// The set resumes again as a libvirt domain with --network on, and
+	// --persistent: the link is up, and libvirt keeps the definition.
+	t.Cleanup(func() { libvirttest.Virsh(context.WithoutCancel(ctx), "undefine", set) })
+	if out, err := home.cmd(ctx, "resume", "--libvirt", "--persistent", "--connect", libvirttest.URI, "--store", store, "--name", set, "--network", "on",
+		"--workdir", filepath.Join(parent, "on"), "--kernel", filepath.Join(d.Dir, "vmlinuz"), "--initrd", filepath.Join(d.Dir, "initrd.img")).CombinedOutput(); err != nil {
+		t.Fatalf("resume --libvirt --network on: %v: %s", err, out)
+	}
+	if s, err = capture.DialDomain(ctx, libvirttest.URI, set, capture.DialOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	up, err = sessionNICLinkUp(ctx, s, "net0")
+	s.Close()
+	if err != nil || !up {
+		t.Errorf("the copy resumed with --network on: link up %v, %v", up, err)
+	}
+	if info, err := libvirttest.Virsh(ctx, "dominfo", set); err != nil || !regexp.MustCompile(`Persistent:\s+yes`).MatchString(info) {
+		t.Errorf("virsh dominfo %s after resume --persistent: %q, %v", set, info, err)
+	}
+
+	// The adopted copy's checkpoint into this node's repository continues
+	// the set: a child of the version it was resumed from, reading only
+	// what the copy wrote.
+	waitSerialFile(t, ctx, filepath.Join(parent, "on", "serial.log"), 3) // it ticks, and writes its ticks to its disk
+	cout, err := home.cmd(ctx, "--json", "checkpoint", "--domain", set, "--connect", libvirttest.URI, "--out", store, "--name", set).Output()
+	if err != nil {
+		t.Fatalf("checkpoint of the libvirt copy: %v: %s", err, stderrOf(err))
+	}
+	var c2 checkpointJSON
+	if err := json.Unmarshal(cout, &c2); err != nil {
+		t.Fatalf("checkpoint printed %q: %v", cout, err)
+	}
+	if c2.DiskMode != "incremental" || c2.Parent != 1 || c2.DiskBytesChanged == 0 || c2.DiskBytesRead > c2.DiskBytesChanged || c2.DiskBytesRead >= 16<<20 {
+		t.Errorf("the libvirt copy's checkpoint: mode %s, parent %d, %d bytes read, %d changed; want an incremental child of version 1 reading only what the copy wrote",
+			c2.DiskMode, c2.Parent, c2.DiskBytesRead, c2.DiskBytesChanged)
+	}
+	t.Logf("the libvirt copy's checkpoint %d: %s, %d disk bytes read, %d changed, guest paused %.1f ms", c2.Seq, c2.DiskMode, c2.DiskBytesRead, c2.DiskBytesChanged, c2.GuestPauseMS)
+
+	if _, err := libvirttest.Virsh(ctx, "destroy", set); err != nil {
+		t.Fatal(err)
+	}
+	if st, err := libvirttest.Virsh(ctx, "domstate", set); err != nil || !strings.Contains(st, "shut off") {
+		t.Errorf("the persistent copy after virsh destroy: %q, %v; want it defined, shut off", st, err)
+	}
 }
