@@ -407,6 +407,9 @@ func copySource(g *globals, o resumeOptions) (cur *ntcsync.Manifest, images, wor
 // resumeLibvirt runs the copy as a libvirt domain named after the set
 // (resume.StartLibvirt) and leaves it to libvirt.
 func resumeLibvirt(ctx context.Context, g *globals, o resumeOptions, network resume.Network) error {
+	if o.qemu != "" || o.user != "" || o.bios != "" || o.detach {
+		return usagef("--libvirt: libvirt picks the QEMU binary and its user, and the domain outlives ntc: --qemu, --user, --bios and --detach do not apply")
+	}
 	cur, images, work, manifest, err := copySource(g, o)
 	if err != nil {
 		return err

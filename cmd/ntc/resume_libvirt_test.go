@@ -292,3 +292,14 @@ func TestResumeLibvirtDomain(t *testing.T) {
 		t.Errorf("the persistent copy after virsh destroy: %q, %v; want it defined, shut off", st, err)
 	}
 }
+
+// TestResumeLibvirtRefusesPlainOptions: options of a plain copy that
+// libvirt decides itself are refused before anything is read.
+func TestResumeLibvirtRefusesPlainOptions(t *testing.T) {
+	for _, extra := range [][]string{{"--qemu", "/bin/true"}, {"--user", "nobody"}, {"--bios", "/x"}, {"--detach"}} {
+		code, _, errs := ntc(t, t.Context(), append([]string{"resume", "--libvirt", "--store", t.TempDir(), "--name", "vm"}, extra...)...)
+		if code != exitUsage || !strings.Contains(errs, "do not apply") {
+			t.Errorf("resume --libvirt %v: exit %d, %q", extra, code, errs)
+		}
+	}
+}
