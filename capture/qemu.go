@@ -64,15 +64,11 @@ func queryMigrate(ctx context.Context, s *Session) (migrateInfo, error) {
 }
 
 // describeMachine collects the machine description from the source's
-// command line (/proc/PID/cmdline: the local user's own VM) and QEMU's
+// command line or libvirt domain XML (describeSource) and QEMU's
 // answers, which win where both say something: the versioned machine
 // type, the RAM size, the CPU count, the target.
 func describeMachine(ctx context.Context, s *Session) (Machine, error) {
-	argv, err := processArgv(s.Peer().PID)
-	if err != nil {
-		return Machine{}, err
-	}
-	m, err := describeArgv(argv)
+	m, err := describeSource(s)
 	if err != nil {
 		return m, err
 	}

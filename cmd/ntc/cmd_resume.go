@@ -32,6 +32,9 @@ type resumeOptions struct {
 	loadTimeout time.Duration
 	detach      bool
 	force       bool
+	libvirt     bool
+	connect     string
+	persistent  bool
 }
 
 func newResumeCommand(g *globals) *cobra.Command {
@@ -112,6 +115,9 @@ Examples:
 	f.Duration("load-timeout", resume.DefaultLoadTimeout, "how long QEMU may take to load the migration stream before ntc gives up and stops it")
 	f.BoolVar(&o.detach, "detach", false, "leave the copy running and exit (default: stay until Ctrl-C, then stop it)")
 	f.BoolVar(&o.force, "force", false, "resume even though another node runs the set (two copies would run)")
+	f.BoolVar(&o.libvirt, "libvirt", false, "run the copy as a libvirt domain named SET (virsh list shows it) and exit; --workdir must be reachable by libvirt's QEMU user")
+	f.StringVar(&o.connect, "connect", "", "the libvirt connection for --libvirt (default qemu:///system)")
+	f.BoolVar(&o.persistent, "persistent", false, "with --libvirt: also define the copy in libvirt, so that it outlives a shutdown")
 	g.bind(cmd, "resume.store", "store")
 	g.bind(cmd, "resume.name", "name")
 	g.bind(cmd, "resume.workdir", "workdir")
@@ -186,6 +192,9 @@ func runResume(ctx context.Context, g *globals, o resumeOptions) error {
 	network := resume.Network(o.network)
 	if network != resume.NetworkOff && network != resume.NetworkOn {
 		return usagef("--network %q: want off or on", o.network)
+	}
+	if o.libvirt {
+		return resumeLibvirt(ctx, g, o, network)
 	}
 	vm, cur, err := startCopy(ctx, g, o, network)
 	if err != nil {
@@ -327,38 +336,11 @@ func receivedManifest(r *ntcsync.Repo, set string) (*capture.Manifest, error) {
 // o.store as a running copy, and makes it the set's guest here
 // (capture.Adopt), unless another node runs the set (without o.force).
 func startCopy(ctx context.Context, g *globals, o resumeOptions, network resume.Network) (*resume.VM, *ntcsync.Manifest, error) {
-	repo, err := ntcsync.OpenRepoForReading(o.store)
+	cur, images, work, manifest, err := copySource(g, o)
 	if err != nil {
 		return nil, nil, err
-	}
-	defer repo.Close()
-	cur, err := repo.Current(o.name)
-	if err != nil {
-		return nil, nil, err
-	}
-	if cur == nil {
-		return nil, nil, fmt.Errorf("%s holds no set %q: 'ntc ls --store %s' lists what was received", o.store, o.name, o.store)
 	}
 	self := g.nodeName()
-	if rn, err := repo.Nodes().Runner(o.name); err != nil {
-		return nil, nil, err
-	} else if rn != nil && rn.Node != "" && rn.Node != self && !o.force {
-		return nil, nil, fmt.Errorf("%s runs at node %s (since %s, from version %s): a copy here would run beside it; "+
-			"stop it there, or hand it over with 'ntc sync %s --to ... --handoff' from there; --force resumes here anyway",
-			o.name, rn.Node, rn.Since.Format(time.RFC3339), rn.Version.Short(), o.name)
-	}
-	images := filepath.Dir(repo.ImagePath(o.name, resume.ManifestImage))
-	if err := imagesHold(images, cur.Version); err != nil {
-		return nil, nil, err
-	}
-	work := o.workdir
-	if work == "" {
-		work = filepath.Join(g.home(), "resume", o.name)
-	}
-	manifest, err := versionManifest(repo, o.name, cur.Version)
-	if err != nil {
-		return nil, nil, err
-	}
 	cfg := resume.Config{Images: images, Manifest: manifest, WorkDir: work, Network: network, QEMU: o.qemu, Detach: o.detach,
 		Kernel: o.kernel, Initrd: o.initrd, Firmware: o.bios, User: o.user, LoadTimeout: o.loadTimeout}
 	if o.detach {
@@ -383,4 +365,78 @@ func startCopy(ctx context.Context, g *globals, o resumeOptions, network resume.
 		fmt.Fprintf(g.stderr, "ntc: %v: the copy's first checkpoint will read its disks in full\n", err)
 	}
 	return vm, cur, nil
+}
+
+// copySource finds what a copy of set o.name resumes from: the current
+// version, its images and manifest, and the work directory; it refuses
+// a set another node runs (unless o.force).
+func copySource(g *globals, o resumeOptions) (cur *ntcsync.Manifest, images, work string, manifest *capture.Manifest, err error) {
+	repo, err := ntcsync.OpenRepoForReading(o.store)
+	if err != nil {
+		return nil, "", "", nil, err
+	}
+	defer repo.Close()
+	if cur, err = repo.Current(o.name); err != nil {
+		return nil, "", "", nil, err
+	}
+	if cur == nil {
+		return nil, "", "", nil, fmt.Errorf("%s holds no set %q: 'ntc ls --store %s' lists what was received", o.store, o.name, o.store)
+	}
+	self := g.nodeName()
+	if rn, err := repo.Nodes().Runner(o.name); err != nil {
+		return nil, "", "", nil, err
+	} else if rn != nil && rn.Node != "" && rn.Node != self && !o.force {
+		return nil, "", "", nil, fmt.Errorf("%s runs at node %s (since %s, from version %s): a copy here would run beside it; "+
+			"stop it there, or hand it over with 'ntc sync %s --to ... --handoff' from there; --force resumes here anyway",
+			o.name, rn.Node, rn.Since.Format(time.RFC3339), rn.Version.Short(), o.name)
+	}
+	images = filepath.Dir(repo.ImagePath(o.name, resume.ManifestImage))
+	if err := imagesHold(images, cur.Version); err != nil {
+		return nil, "", "", nil, err
+	}
+	work = o.workdir
+	if work == "" {
+		work = filepath.Join(g.home(), "resume", o.name)
+	}
+	if manifest, err = versionManifest(repo, o.name, cur.Version); err != nil {
+		return nil, "", "", nil, err
+	}
+	return cur, images, work, manifest, nil
+}
+
+// resumeLibvirt runs the copy as a libvirt domain named after the set
+// (resume.StartLibvirt) and leaves it to libvirt.
+func resumeLibvirt(ctx context.Context, g *globals, o resumeOptions, network resume.Network) error {
+	if o.qemu != "" || o.user != "" || o.bios != "" || o.detach {
+		return usagef("--libvirt: libvirt picks the QEMU binary and its user, and the domain outlives ntc: --qemu, --user, --bios and --detach do not apply")
+	}
+	cur, images, work, manifest, err := copySource(g, o)
+	if err != nil {
+		return err
+	}
+	d, err := resume.StartLibvirt(ctx, resume.LibvirtConfig{Images: images, Manifest: manifest, WorkDir: work, Name: o.name,
+		Connect: o.connect, Network: network, Kernel: o.kernel, Initrd: o.initrd, Persistent: o.persistent})
+	if err != nil {
+		return err
+	}
+	// A push that landed meanwhile may have changed what was read.
+	if err := imagesHold(images, cur.Version); err != nil {
+		d.Destroy(context.WithoutCancel(ctx))
+		return fmt.Errorf("%w; the copy was stopped: run resume again", err)
+	}
+	// As for a plain copy (startCopy): the copy continues the set here.
+	sess, err := capture.DialDomain(ctx, d.URI, d.Name, capture.DialOptions{})
+	if err == nil {
+		err = capture.Adopt(ctx, sess, o.store, o.name, int(cur.Version), g.nodeName())
+		sess.Close()
+	}
+	if err != nil {
+		fmt.Fprintf(g.stderr, "ntc: %v: the copy's first checkpoint will read its disks in full\n", err)
+	}
+	if g.json {
+		return writeJSONLine(g.stdout, d)
+	}
+	fmt.Fprintf(g.stdout, "resumed %s as libvirt domain %s at %s in %.2f s (links down: %s); serial console %s; virsh -c %s destroy %s stops it\n",
+		o.name, d.Name, d.URI, d.Timings.Total.Seconds(), strings.Join(d.LinksDown, ", "), d.Console, d.URI, d.Name)
+	return nil
 }

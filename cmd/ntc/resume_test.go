@@ -396,6 +396,11 @@ func nicLinkUp(ctx context.Context, qmp, dev string) (bool, error) {
 		return false, err
 	}
 	defer s.Close()
+	return sessionNICLinkUp(ctx, s, dev)
+}
+
+// sessionNICLinkUp is nicLinkUp over a session (a libvirt domain's).
+func sessionNICLinkUp(ctx context.Context, s *capture.Session, dev string) (bool, error) {
 	var buses []struct {
 		Devices []struct {
 			QDevID  string `json:"qdev_id"`

@@ -35,7 +35,13 @@ type DomainOptions struct {
 	Memory      testguest.Memory
 	BusyMiB     int // ntc.busy: MiB of RAM the guest rewrites
 	DiskBusyMiB int // ntc.diskbusy: MiB of disk the guest rewrites
+	// NIC gives the domain a virtio NIC on a user-mode backend, with
+	// NICMAC as its address.
+	NIC bool
 }
+
+// NICMAC is the MAC address of the NIC DomainOptions.NIC adds.
+const NICMAC = "52:54:00:6e:74:63"
 
 // Domain is a running transient domain.
 type Domain struct {
@@ -76,6 +82,12 @@ var domainTemplate = template.Must(template.New("domain").Funcs(template.FuncMap
     <serial type='unix'>
       <source mode='bind' path='{{x .Console}}'/>
     </serial>
+{{- if .NIC}}
+    <interface type='user'>
+      <mac address='{{.MAC}}'/>
+      <model type='virtio'/>
+    </interface>
+{{- end}}
     <controller type='usb' model='none'/>
     <memballoon model='none'/>
   </devices>
@@ -157,7 +169,7 @@ func startDomain(ctx context.Context, opts DomainOptions) (*Domain, error) {
 	var def strings.Builder
 	if err := domainTemplate.Execute(&def, map[string]any{
 		"Name": d.Name, "MemoryMiB": opts.MemoryMiB, "HugePages": opts.Memory == testguest.MemoryHugePages,
-		"Kernel": kernel, "Initrd": initrd, "Disk": d.Disk, "Console": sock,
+		"Kernel": kernel, "Initrd": initrd, "Disk": d.Disk, "Console": sock, "NIC": opts.NIC, "MAC": NICMAC,
 		"Cmdline": fmt.Sprintf("console=ttyS0 panic=1 ntc.busy=%d ntc.diskbusy=%d", opts.BusyMiB, opts.DiskBusyMiB),
 	}); err != nil {
 		return d, err

@@ -1,0 +1,873 @@
+package resume
+
+// Resuming a checkpoint as a libvirt domain.
+//
+// The copy is a transient domain of the local libvirt daemon, named after
+// the set, so that virsh and virt-manager list and manage it. libvirt
+// builds QEMU's command line itself from a domain XML; ntc writes that XML
+// from the checkpoint's machine description once validate has accepted it
+// (never from text the checkpoint carries), with the same devices at the
+// same PCI addresses, disks on files in the work directory, the first
+// serial port on a socket there (and logged to serial.log), and user-mode
+// NICs. The RAM and device state reach QEMU through libvirt's own restore
+// (virDomainRestoreFlags, paused): ntc writes a libvirt save image
+// (src/qemu/qemu_saveimage.c: the header "LibvirtQemudSave", version 2,
+// the XML's length, was-running, format raw, no cookie; the XML with its
+// NUL; then QEMU's migration stream as migstream.Join rebuilds it) into
+// a FIFO in the work directory while libvirt reads it, so that the guest's
+// RAM is never written to a file there (libvirt hands the descriptor to
+// QEMU for its incoming migration, as for a save file). Then the
+// NIC links are set down through libvirt (virDomainUpdateDeviceFlags with
+// <link state='down'/>, so that libvirt's XML says so too) and the domain
+// resumed. The link state is part of a NIC's migrated state, so a link
+// written down in the XML before the restore would come back up with it.
+//
+// libvirt runs QEMU as its own user and labels every file the domain
+// uses for it (chown, restored when the domain ends). The received images
+// stay private to the receiver: each disk is copied into the work
+// directory as a qcow2 (qemu-img convert, sparse: it reads the image once
+// and writes what is allocated) under a new overlay that takes the
+// guest's writes (so that capture.Adopt can make the copy the set's
+// guest, as for a plain copy), and the kernel and initrd named for a
+// directly booted guest are copied there too. The work directory is 0711
+// so that libvirt's QEMU user gets through to the files libvirt hands it;
+// every file in it is 0600.
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"encoding/hex"
+	"encoding/xml"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/digitalocean/go-libvirt"
+	"golang.org/x/sys/unix"
+
+	"github.com/ntc-project/ntc/capture"
+	"github.com/ntc-project/ntc/capture/migstream"
+	"github.com/ntc-project/ntc/internal/procstat"
+)
+
+// LibvirtConfig says which checkpoint to resume as a libvirt domain.
+type LibvirtConfig struct {
+	// Images is the directory holding the checkpoint's images (as Config).
+	Images string
+	// WorkDir gets the copy's disks, console socket, serial log and domain
+	// XML; created if needed (0711), and refused if it holds an earlier
+	// copy's disks.
+	WorkDir string
+	// Name is the domain's name (the set's); no domain of that name may
+	// exist.
+	Name string
+	// Connect is the libvirt URI; "" for capture.DefaultLibvirtURI.
+	Connect string
+	// Network: NetworkOff (the default, "") or NetworkOn.
+	Network Network
+	// Kernel, Initrd: this machine's files for a directly booted guest.
+	Kernel, Initrd string
+	// Persistent defines the copy in libvirt once it runs (virsh start
+	// boots it again after a shutdown); otherwise it is transient and
+	// libvirt forgets it when it stops.
+	Persistent bool
+	// Manifest overrides Images/manifest.json.
+	Manifest *capture.Manifest
+}
+
+// LibvirtDisk is one disk of a libvirt copy.
+type LibvirtDisk struct {
+	Device string `json:"device"` // the source's device name
+	Target string `json:"target"` // libvirt's target ("vda")
+	File   string `json:"file"`   // the copy's qcow2 in the work directory
+}
+
+// LibvirtDomain is a copy running as a libvirt domain.
+type LibvirtDomain struct {
+	Name    string `json:"domain"`
+	UUID    string `json:"uuid"`
+	URI     string `json:"uri"`
+	WorkDir string `json:"workdir"`
+	// XML is the domain XML ntc wrote (also WorkDir/domain.xml).
+	XML string `json:"-"`
+	// Console is the serial console's socket, SerialLog its log; "" when
+	// the machine has no serial port.
+	Console   string        `json:"console,omitempty"`
+	SerialLog string        `json:"serial_log,omitempty"`
+	Disks     []LibvirtDisk `json:"disks"`
+	// LinksDown are the MAC addresses of the NICs whose link ntc set down.
+	LinksDown  []string          `json:"links_down,omitempty"`
+	Persistent bool              `json:"persistent"`
+	Manifest   *capture.Manifest `json:"-"`
+	Timings    LibvirtTimings    `json:"timings"`
+}
+
+// LibvirtTimings is where the time of a libvirt resume went.
+type LibvirtTimings struct {
+	Total   time.Duration `json:"total"`
+	Prepare time.Duration `json:"prepare"` // checks, disk copies
+	Restore time.Duration `json:"restore"` // virDomainRestoreFlags, the stream fed meanwhile
+	// StreamBytes is the migration stream in the save image.
+	StreamBytes int64 `json:"stream_bytes"`
+}
+
+// Files in a libvirt copy's work directory.
+const (
+	libvirtXMLFile   = "domain.xml"
+	libvirtSaveImage = "restore.save"
+	libvirtConsole   = "console.sock"
+	libvirtSerialLog = "serial.log"
+)
+
+// StartLibvirt resumes the checkpoint in cfg.Images as a libvirt domain
+// named cfg.Name, transient unless cfg.Persistent (see the top of this
+// file). A description outside
+// the allowlist, or with a device the domain XML cannot express, is
+// refused (ErrRefused) before anything is made. On error no domain is
+// left and the disks made for it are removed.
+func StartLibvirt(ctx context.Context, cfg LibvirtConfig) (d *LibvirtDomain, err error) {
+	t0 := time.Now()
+	cfg.Network = Network(cmpOr(string(cfg.Network), string(NetworkOff)))
+	if cfg.Network != NetworkOff && cfg.Network != NetworkOn {
+		return nil, fmt.Errorf("resume: network %q: want %s or %s", cfg.Network, NetworkOff, NetworkOn)
+	}
+	if err := checkDomainName(cfg.Name); err != nil {
+		return nil, err
+	}
+	work, err := filepath.Abs(cfg.WorkDir)
+	if err != nil || cfg.WorkDir == "" {
+		return nil, fmt.Errorf("resume: work directory %q: %v", cfg.WorkDir, err)
+	}
+	root, err := os.OpenRoot(cfg.Images)
+	if err != nil {
+		return nil, fmt.Errorf("resume: %w", err)
+	}
+	defer root.Close()
+	m, err := validManifest(root, cfg.Manifest)
+	if err != nil {
+		return nil, err
+	}
+	h := libvirtHost{name: cfg.Name, work: work, hugePages: procstat.HugePagesFree() >= m.Machine.RAM.Size && m.Machine.RAM.Size%(2<<20) == 0}
+	if k := m.Machine.Kernel; k != nil {
+		if cfg.Kernel == "" {
+			return nil, fmt.Errorf("resume: the guest booted the kernel %s directly: give this machine's copy (--kernel)", k.Kernel.Name)
+		}
+		h.kernel = filepath.Join(work, "vmlinuz")
+		if k.Initrd != nil {
+			if cfg.Initrd == "" {
+				return nil, fmt.Errorf("resume: the guest booted with the initrd %s: give this machine's copy (--initrd)", k.Initrd.Name)
+			}
+			h.initrd = filepath.Join(work, "initrd.img")
+		}
+	}
+	def, err := domainXML(m, h)
+	if err != nil {
+		return nil, fmt.Errorf("resume checkpoint %d as a libvirt domain: %w", m.Seq, err)
+	}
+	stream, src, disks, err := openImages(root, m)
+	if err != nil {
+		return nil, err
+	}
+	defer src.Close()
+	defer closeAll(disks)
+
+	conn, err := capture.DialLibvirt(ctx, cfg.Connect, 0)
+	if err != nil {
+		return nil, fmt.Errorf("resume: %w", err)
+	}
+	defer conn.Close()
+	if _, err := conn.DomainLookupByName(cfg.Name); err == nil {
+		return nil, fmt.Errorf("resume: libvirt at %s has a domain named %s already: undefine or rename it (virsh -c %s undefine %s), or give another name",
+			conn.URI, cfg.Name, conn.URI, cfg.Name)
+	}
+	// The copy keeps the source's UUID (the guest's SMBIOS system UUID
+	// after a reboot) unless a domain here has it: the original, still
+	// defined beside its copy.
+	if u, ok := parseUUID(m.Machine.UUID); ok {
+		if _, err := conn.DomainLookupByUUID(u); err != nil {
+			h.uuid = m.Machine.UUID
+			if def, err = domainXML(m, h); err != nil {
+				return nil, fmt.Errorf("resume checkpoint %d as a libvirt domain: %w", m.Seq, err)
+			}
+		}
+	}
+
+	d = &LibvirtDomain{Name: cfg.Name, URI: conn.URI, WorkDir: work, XML: def.xml, Disks: def.disks, Manifest: m}
+	if def.serial {
+		d.Console, d.SerialLog = filepath.Join(work, libvirtConsole), filepath.Join(work, libvirtSerialLog)
+	}
+	if err := reachable(work); err != nil {
+		return nil, err
+	}
+	if err := prepareLibvirtWorkDir(work, def.disks); err != nil {
+		return nil, err
+	}
+	made := []string{filepath.Join(work, libvirtSaveImage)}
+	defer func() {
+		if err != nil {
+			for _, f := range made {
+				os.Remove(f)
+			}
+		}
+		os.Remove(filepath.Join(work, libvirtSaveImage))
+	}()
+	for _, c := range [][2]string{{cfg.Kernel, h.kernel}, {cfg.Initrd, h.initrd}} {
+		if c[1] == "" {
+			continue
+		}
+		made = append(made, c[1])
+		if err := copyPrivate(c[0], c[1]); err != nil {
+			return nil, fmt.Errorf("resume: copy %s into the work directory: %w", c[0], err)
+		}
+	}
+	for i, dd := range def.disks {
+		made = append(made, dd.File, diskBase(dd.File))
+		if err := makeDisk(ctx, disks[def.diskImage[i]], dd.File); err != nil {
+			return nil, fmt.Errorf("resume: disk %s: %w", dd.Device, err)
+		}
+	}
+	if err := writeFilePrivate(filepath.Join(work, libvirtXMLFile), []byte(def.xml)); err != nil {
+		return nil, fmt.Errorf("resume: %w", err)
+	}
+	save := filepath.Join(work, libvirtSaveImage)
+	feed, err := feedSaveImage(ctx, save, def.xml, stream, src)
+	if err != nil {
+		return nil, fmt.Errorf("resume: the save image: %w", err)
+	}
+	d.Timings.Prepare = time.Since(t0)
+
+	t1 := time.Now()
+	rerr := conn.DomainRestoreFlags(save, libvirt.OptString{}, uint32(libvirt.DomainSavePaused))
+	d.Timings.StreamBytes, err = feed.end(rerr == nil)
+	if rerr != nil {
+		if err != nil {
+			return nil, fmt.Errorf("resume: feed the migration stream: %w (libvirt: %v)", err, rerr)
+		}
+		return nil, fmt.Errorf("resume: libvirt did not restore the checkpoint (virDomainRestoreFlags): %w: %w", rerr, ErrIncompatible)
+	}
+	d.Timings.Restore = time.Since(t1)
+	dom, err := conn.DomainLookupByName(cfg.Name)
+	if err != nil {
+		return nil, fmt.Errorf("resume: the restored domain %s: %w", cfg.Name, err)
+	}
+	defer func() {
+		if err != nil {
+			conn.DomainDestroy(dom)
+		}
+	}()
+	// libvirt's restore takes no cancellation: a start cancelled
+	// meanwhile ends here, the domain destroyed.
+	if err := ctx.Err(); err != nil {
+		return nil, fmt.Errorf("resume: %w", err)
+	}
+	d.UUID = uuidString(dom.UUID)
+	if cfg.Network == NetworkOff {
+		for _, nic := range def.nics {
+			if err := conn.DomainUpdateDeviceFlags(dom, nic.xml(true), libvirt.DomainDeviceModifyLive); err != nil {
+				return nil, fmt.Errorf("resume: set the link of NIC %s down (virDomainUpdateDeviceFlags): %w", nic.mac, err)
+			}
+			d.LinksDown = append(d.LinksDown, nic.mac)
+		}
+	}
+	if err := conn.DomainResume(dom); err != nil {
+		return nil, fmt.Errorf("resume: start the guest (virDomainResume): %w", err)
+	}
+	state, _, err := conn.DomainGetState(dom, 0)
+	if err != nil {
+		return nil, fmt.Errorf("resume: %w", err)
+	}
+	if libvirt.DomainState(state) != libvirt.DomainRunning {
+		return nil, fmt.Errorf("resume: the domain is in state %d after virDomainResume, not running", state)
+	}
+	if cfg.Persistent {
+		def, err := conn.DomainGetXMLDesc(dom, libvirt.DomainXMLInactive|libvirt.DomainXMLSecure)
+		if err == nil {
+			_, err = conn.DomainDefineXMLFlags(def, libvirt.DomainDefineValidate)
+		}
+		if err != nil {
+			return nil, fmt.Errorf("resume: define the copy as a persistent domain: %w", err)
+		}
+		d.Persistent = true
+	}
+	d.Timings.Total = time.Since(t0)
+	return d, nil
+}
+
+// Destroy stops the copy at once (virDomainDestroy); a copy libvirt no
+// longer runs is no error.
+func (d *LibvirtDomain) Destroy(ctx context.Context) error {
+	conn, err := capture.DialLibvirt(ctx, d.URI, 0)
+	if err != nil {
+		return fmt.Errorf("destroy libvirt domain %s: %w", d.Name, err)
+	}
+	defer conn.Close()
+	dom, err := conn.DomainLookupByName(d.Name)
+	if err != nil {
+		return nil
+	}
+	if err := conn.DomainDestroy(dom); err != nil {
+		if active, aerr := conn.DomainIsActive(dom); aerr == nil && active == 0 {
+			return nil
+		}
+		return fmt.Errorf("destroy libvirt domain %s: %w", d.Name, err)
+	}
+	return nil
+}
+
+// validManifest returns m (checked), or else the manifest among the
+// images in root, once validate has accepted its description.
+func validManifest(root *os.Root, m *capture.Manifest) (*capture.Manifest, error) {
+	var err error
+	if m == nil {
+		if m, err = readManifest(root); err != nil {
+			return nil, err
+		}
+	} else if err := m.Check(); err != nil {
+		return nil, fmt.Errorf("resume: %w", err)
+	}
+	if _, err := validate(m); err != nil {
+		return nil, fmt.Errorf("resume checkpoint %d: %w", m.Seq, err)
+	}
+	return m, nil
+}
+
+func cmpOr(s, def string) string {
+	if s == "" {
+		return def
+	}
+	return s
+}
+
+// parseUUID reads a UUID as libvirt writes it.
+func parseUUID(s string) (libvirt.UUID, bool) {
+	var u libvirt.UUID
+	b, err := hex.DecodeString(strings.ReplaceAll(s, "-", ""))
+	if err != nil || len(b) != len(u) || len(s) != 36 {
+		return u, false
+	}
+	copy(u[:], b)
+	return u, true
+}
+
+func uuidString(u libvirt.UUID) string {
+	h := fmt.Sprintf("%x", u[:])
+	return h[0:8] + "-" + h[8:12] + "-" + h[12:16] + "-" + h[16:20] + "-" + h[20:32]
+}
+
+// checkDomainName accepts the names ntc gives domains: a set's name
+// (letters, digits, '.', '_', '-', '+'), not starting with '.' or '-'.
+func checkDomainName(name string) error {
+	if name == "" || len(name) > 128 || name[0] == '.' || name[0] == '-' ||
+		strings.ContainsFunc(name, func(r rune) bool {
+			return !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || strings.ContainsRune("._-+", r))
+		}) {
+		return fmt.Errorf("resume: domain name %q: want 1 to 128 letters, digits, '.', '_', '-', '+', not starting with '.' or '-'", name)
+	}
+	return nil
+}
+
+// reachable checks that libvirt's QEMU, which runs as its own user, can
+// pass through every directory above work (a work directory under /root
+// cannot be reached).
+func reachable(work string) error {
+	for dir := filepath.Dir(work); ; dir = filepath.Dir(dir) {
+		fi, err := os.Stat(dir)
+		if err == nil && fi.Mode().Perm()&0o001 == 0 {
+			return fmt.Errorf("resume: libvirt runs QEMU as its own user, which cannot pass through %s (mode %v) to the copy's disks in %s: "+
+				"give a work directory it can reach (--workdir /var/lib/libvirt/images/ntc-NAME, or one under /srv)", dir, fi.Mode().Perm(), work)
+		}
+		if dir == filepath.Dir(dir) {
+			return nil
+		}
+	}
+}
+
+// prepareLibvirtWorkDir creates the work directory (0711: libvirt's QEMU
+// user passes through it to the files libvirt hands it) and refuses one
+// holding an earlier copy's disks.
+func prepareLibvirtWorkDir(work string, disks []LibvirtDisk) error {
+	if err := os.MkdirAll(work, 0o700); err != nil {
+		return fmt.Errorf("resume: %w", err)
+	}
+	if err := os.Chmod(work, 0o711); err != nil {
+		return fmt.Errorf("resume: %w", err)
+	}
+	for _, d := range disks {
+		_, err := os.Lstat(d.File)
+		if errors.Is(err, fs.ErrNotExist) {
+			_, err = os.Lstat(diskBase(d.File))
+		}
+		if !errors.Is(err, fs.ErrNotExist) {
+			return fmt.Errorf("resume: %s holds the disk of an earlier copy (%s, with that copy's writes): remove it or give another work directory: %w",
+				work, filepath.Base(d.File), ErrWorkDirInUse)
+		}
+	}
+	for _, f := range []string{libvirtConsole, libvirtSerialLog, libvirtSaveImage} {
+		os.Remove(filepath.Join(work, f)) // of a copy that has stopped
+	}
+	return nil
+}
+
+// makeDisk makes the copy's disk at dst: a qcow2 copy of the received
+// raw image img beside it (Base: sparse; qemu-img gets the image as an
+// open descriptor), and at dst a new qcow2 overlay on that copy, which
+// takes the guest's writes. The copy stays as received, as capture.Adopt
+// wants the layer under a copy's overlay. Both 0600.
+func makeDisk(ctx context.Context, img *os.File, dst string) error {
+	base := diskBase(dst)
+	for _, f := range []string{base, dst} {
+		if err := privateFile(f, os.O_EXCL); err != nil {
+			return err
+		}
+	}
+	c := exec.CommandContext(ctx, "qemu-img", "convert", "-q", "-f", "raw", "-O", "qcow2", "/dev/fd/3", base)
+	c.ExtraFiles = []*os.File{img}
+	if out, err := c.CombinedOutput(); err != nil {
+		return fmt.Errorf("qemu-img convert: %w: %s", err, bytes.TrimSpace(out))
+	}
+	fi, err := img.Stat()
+	if err != nil {
+		return err
+	}
+	out, err := exec.CommandContext(ctx, "qemu-img", "create", "-q", "-f", "qcow2", "-u", "-F", "qcow2", "-b", base,
+		dst, strconv.FormatInt(fi.Size(), 10)).CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("qemu-img create: %w: %s", err, bytes.TrimSpace(out))
+	}
+	for _, f := range []string{base, dst} {
+		if err := os.Chmod(f, 0o600); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// diskBase is the file under the copy's disk file: "disk-vda.base.qcow2"
+// under "disk-vda.qcow2".
+func diskBase(disk string) string { return strings.TrimSuffix(disk, ".qcow2") + ".base.qcow2" }
+
+// copyPrivate copies the local file src to dst (0600).
+func copyPrivate(src, dst string) error {
+	in, err := os.Open(src)
+	if err != nil {
+		return err
+	}
+	defer in.Close()
+	out, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	if err != nil {
+		return err
+	}
+	if _, err := io.Copy(out, in); err != nil {
+		out.Close()
+		return err
+	}
+	return out.Close()
+}
+
+func writeFilePrivate(path string, b []byte) error {
+	tmp := path + ".tmp"
+	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	if err != nil {
+		return err
+	}
+	_, err = f.Write(b)
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(tmp, path)
+	}
+	if err != nil {
+		os.Remove(tmp)
+	}
+	return err
+}
+
+// libvirt's save image (src/qemu/qemu_saveimage.h): a header of the magic
+// and u32 fields in the host's byte order, the domain XML with its NUL
+// (data_len bytes), then QEMU's migration stream, raw.
+const (
+	saveMagic   = "LibvirtQemudSave"
+	saveVersion = 2
+)
+
+type saveHeader struct {
+	Magic        [16]byte
+	Version      uint32
+	DataLen      uint32
+	WasRunning   uint32
+	Format       uint32 // 0: raw
+	CookieOffset uint32
+	Unused       [14]uint32
+}
+
+// encodeSaveHeader is the header and XML of a save image of def.
+func encodeSaveHeader(def string) ([]byte, error) {
+	if strings.IndexByte(def, 0) >= 0 {
+		return nil, errors.New("domain XML holds a NUL byte")
+	}
+	h := saveHeader{Version: saveVersion, DataLen: uint32(len(def) + 1), WasRunning: 1}
+	copy(h.Magic[:], saveMagic)
+	var b bytes.Buffer
+	if err := binary.Write(&b, binary.NativeEndian, &h); err != nil {
+		return nil, err
+	}
+	b.WriteString(def)
+	b.WriteByte(0)
+	return b.Bytes(), nil
+}
+
+// decodeSaveHeader reads what encodeSaveHeader wrote: the XML, and the
+// header's length with it. It bounds the XML before reading it.
+func decodeSaveHeader(r io.Reader) (string, int64, error) {
+	var h saveHeader
+	if err := binary.Read(r, binary.NativeEndian, &h); err != nil {
+		return "", 0, fmt.Errorf("save image header: %w", err)
+	}
+	if string(h.Magic[:]) != saveMagic || h.Version != saveVersion || h.Format != 0 || h.CookieOffset != 0 {
+		return "", 0, fmt.Errorf("not a raw libvirt save image of version %d", saveVersion)
+	}
+	if h.DataLen == 0 || h.DataLen > 16<<20 {
+		return "", 0, fmt.Errorf("save image: XML of %d bytes", h.DataLen)
+	}
+	b := make([]byte, h.DataLen)
+	if _, err := io.ReadFull(r, b); err != nil {
+		return "", 0, fmt.Errorf("save image XML: %w", err)
+	}
+	if i := bytes.IndexByte(b, 0); i >= 0 {
+		b = b[:i]
+	}
+	return string(b), int64(binary.Size(h)) + int64(h.DataLen), nil
+}
+
+// saveFeed writes a save image into a FIFO while libvirt restores from it.
+type saveFeed struct {
+	f      *os.File
+	cancel context.CancelFunc
+	done   chan struct{}
+	n      int64 // stream bytes written
+	err    error
+}
+
+// feedSaveImage makes a FIFO at path (0600) and writes into it, as libvirt
+// reads, a save image of def and the stream: the guest's RAM never lands
+// in a file of the work directory. ntc holds both ends (O_RDWR), so that
+// libvirt's open does not wait for a writer and a reader that goes away
+// does not end the writer with SIGPIPE; end stops it.
+func feedSaveImage(ctx context.Context, path, def string, s *migstream.Stream, src migstream.Source) (*saveFeed, error) {
+	hdr, err := encodeSaveHeader(def)
+	if err != nil {
+		return nil, err
+	}
+	if err := unix.Mkfifo(path, 0o600); err != nil {
+		return nil, fmt.Errorf("mkfifo %s: %w", path, err)
+	}
+	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	if err != nil {
+		os.Remove(path)
+		return nil, err
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	sf := &saveFeed{f: f, cancel: cancel, done: make(chan struct{})}
+	go func() {
+		defer close(sf.done)
+		cw := &countWriter{w: f}
+		_, err := f.Write(hdr)
+		if err == nil {
+			err = migstream.Join(ctx, cw, s, src)
+		}
+		sf.n, sf.err = cw.n, err
+	}()
+	return sf, nil
+}
+
+// end stops the writer once libvirt's restore has returned and reports
+// how much of the stream it wrote. After a restore (restored), QEMU has
+// read the stream up to its end marker and may have left the description
+// after it unread: the writer's being cut off there is no error.
+func (sf *saveFeed) end(restored bool) (int64, error) {
+	if restored {
+		select {
+		case <-sf.done:
+		case <-time.After(time.Second):
+		}
+	}
+	sf.cancel()
+	sf.f.Close()
+	<-sf.done
+	if restored || errors.Is(sf.err, os.ErrClosed) || errors.Is(sf.err, context.Canceled) {
+		return sf.n, nil
+	}
+	return sf.n, sf.err
+}
+
+// libvirtHost is what the receiver brings to a domain XML.
+type libvirtHost struct {
+	name, work     string
+	uuid           string // "": libvirt makes one
+	kernel, initrd string // in work; "" none
+	hugePages      bool
+}
+
+// libvirtNIC is a NIC of the copy, as virDomainUpdateDeviceFlags takes it.
+type libvirtNIC struct {
+	mac, model string
+	addr       string // the <address/> element
+}
+
+func (n libvirtNIC) xml(down bool) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "<interface type='user'><mac address='%s'/><model type='%s'/>", esc(n.mac), esc(n.model))
+	if down {
+		b.WriteString("<link state='down'/>")
+	}
+	b.WriteString(n.addr + "</interface>")
+	return b.String()
+}
+
+// domainDef is a domain XML and what goes with it.
+type domainDef struct {
+	xml       string
+	disks     []LibvirtDisk
+	diskImage []int // index into the manifest's disks, per disk
+	nics      []libvirtNIC
+	serial    bool
+}
+
+func esc(s string) string {
+	var b strings.Builder
+	xml.EscapeText(&b, []byte(s))
+	return strings.ReplaceAll(b.String(), "'", "&#39;")
+}
+
+// libvirtModels maps the -device drivers a domain XML can express to what
+// libvirt calls them.
+var (
+	libvirtNICModels = map[string]string{"virtio-net-pci": "virtio", "e1000": "e1000", "e1000e": "e1000e", "rtl8139": "rtl8139", "vmxnet3": "vmxnet3"}
+	libvirtUSB       = map[string]string{"piix3-usb-uhci": "piix3-uhci", "qemu-xhci": "qemu-xhci", "nec-usb-xhci": "nec-xhci", "ich9-usb-ehci1": "ich9-ehci1", "usb-ehci": "ehci"}
+	libvirtVideo     = map[string]string{"VGA": "vga", "cirrus-vga": "cirrus", "virtio-vga": "virtio", "bochs-display": "bochs"}
+	libvirtInputs    = map[string]string{"usb-tablet": "tablet", "usb-mouse": "mouse", "usb-kbd": "keyboard"}
+	libvirtMachProps = []string{"usb", "dump-guest-core", "vmport", "smm"}
+)
+
+// pciAddress is the <address/> of a device at bus (pci.0 or pcie.0, the
+// root bus) and addr ("0x2", "0x1.2").
+func pciAddress(d capture.Device) (string, error) {
+	if d.Bus != "pci.0" && d.Bus != "pcie.0" {
+		return "", refuse("device %s (%s) on bus %q: ntc puts devices on the root PCI bus of a libvirt domain only", d.ID, d.Driver, d.Bus)
+	}
+	slot, fn, _ := strings.Cut(d.Addr, ".")
+	s, err1 := strconv.ParseUint(strings.TrimPrefix(slot, "0x"), 16, 8)
+	f, err2 := strconv.ParseUint(strings.TrimPrefix(cmpOr(fn, "0"), "0x"), 16, 8)
+	if d.Addr == "" || err1 != nil || err2 != nil || s > 31 || f > 7 {
+		return "", refuse("device %s (%s): PCI address %q", d.ID, d.Driver, d.Addr)
+	}
+	return fmt.Sprintf("<address type='pci' domain='0x0000' bus='0x00' slot='0x%02x' function='0x%x'/>", s, f), nil
+}
+
+// domainXML writes the domain XML of a validated description (see the top
+// of this file). What a domain XML cannot express the way the source had
+// it is refused (ErrRefused): libvirt would build another machine, which
+// the migration stream would not fit.
+func domainXML(m *capture.Manifest, h libvirtHost) (*domainDef, error) {
+	mc := &m.Machine
+	switch {
+	case !slices.Contains(mc.Flags, "nodefaults"):
+		return nil, refuse("a source without -nodefaults (QEMU's default devices): libvirt builds every device itself; resume it without --libvirt")
+	case mc.DefaultNIC || len(mc.Drives) > 0 || len(mc.Serials) > 0 || len(mc.Globals) > 0 || mc.VGA != "":
+		return nil, refuse("a source with -nic, -drive if=, -serial, -global or -vga options: a libvirt domain expresses devices only; resume it without --libvirt")
+	case mc.Firmware != nil:
+		return nil, refuse("a source with its own -bios: resume it without --libvirt")
+	case mc.Kernel != nil && mc.Kernel.DTB != nil:
+		return nil, refuse("a -dtb")
+	case mc.RAM.BackendID != "" && mc.RAM.BackendID != "pc.ram":
+		return nil, refuse("RAM backend %q: libvirt names the RAM pc.ram", mc.RAM.BackendID)
+	}
+	for k := range mc.Props {
+		if !slices.Contains(libvirtMachProps, k) {
+			return nil, refuse("machine property %s: resume it without --libvirt", k)
+		}
+	}
+	for _, n := range mc.NICs {
+		if n.Nic {
+			return nil, refuse("-nic %s: resume it without --libvirt", n.ID)
+		}
+	}
+	for _, o := range mc.Objects {
+		if o.Type != "rng-builtin" {
+			return nil, refuse("-object %s: resume it without --libvirt", o.Type)
+		}
+	}
+	var b strings.Builder
+	p := func(format string, a ...any) { fmt.Fprintf(&b, format, a...) }
+	typ := "qemu"
+	if mc.Accel == "kvm" {
+		typ = "kvm"
+	}
+	p("<domain type='%s'>\n  <name>%s</name>\n", typ, esc(h.name))
+	if h.uuid != "" {
+		p("  <uuid>%s</uuid>\n", esc(h.uuid))
+	}
+	p("  <memory unit='KiB'>%d</memory>\n", mc.RAM.Size>>10)
+	if h.hugePages {
+		p("  <memoryBacking><hugepages><page size='2048' unit='KiB'/></hugepages><source type='memfd'/><access mode='shared'/></memoryBacking>\n")
+	}
+	p("  <vcpu placement='static'>%d</vcpu>\n", mc.CPU.Count)
+	p("  <os>\n    <type arch='%s' machine='%s'>hvm</type>\n", esc(mc.Arch), esc(mc.Type))
+	if h.kernel != "" {
+		p("    <kernel>%s</kernel>\n", esc(h.kernel))
+		if h.initrd != "" {
+			p("    <initrd>%s</initrd>\n", esc(h.initrd))
+		}
+		p("    <cmdline>%s</cmdline>\n", esc(mc.Kernel.Append))
+	}
+	p("  </os>\n  <features>")
+	if !slices.Contains(mc.Flags, "no-acpi") {
+		p("<acpi/>")
+	}
+	for _, k := range []string{"vmport", "smm"} {
+		if v, ok := mc.Props[k]; ok {
+			st := "off"
+			if slices.Contains([]string{"on", "true", "yes"}, v) {
+				st = "on"
+			}
+			p("<%s state='%s'/>", k, st)
+		}
+	}
+	p("</features>\n")
+	switch c := mc.CPU; c.Model {
+	case "":
+	case "host":
+		p("  <cpu mode='host-passthrough' check='none'>")
+	case "max":
+		p("  <cpu mode='maximum' check='none'>")
+	default:
+		p("  <cpu mode='custom' match='exact' check='none'><model fallback='forbid'>%s</model>", esc(c.Model))
+	}
+	if c := mc.CPU; c.Model != "" {
+		if c.Sockets > 0 {
+			p("<topology sockets='%d' dies='%d' cores='%d' threads='%d'/>", c.Sockets, max(c.Dies, 1), max(c.Cores, 1), max(c.Threads, 1))
+		}
+		for _, f := range c.Features {
+			policy := "require"
+			if slices.Contains([]string{"off", "false", "no"}, f.Value) {
+				policy = "disable"
+			} else if !slices.Contains([]string{"on", "true", "yes"}, f.Value) {
+				return nil, refuse("CPU property %s=%s: resume it without --libvirt", f.Name, f.Value)
+			}
+			p("<feature policy='%s' name='%s'/>", policy, esc(f.Name))
+		}
+		p("</cpu>\n")
+	}
+	offset := cmpOr(mc.RTC["base"], "utc")
+	if offset != "utc" && offset != "localtime" {
+		return nil, refuse("-rtc base=%s: resume it without --libvirt", offset)
+	}
+	p("  <clock offset='%s'>", offset)
+	if slices.Contains(mc.Flags, "no-hpet") {
+		p("<timer name='hpet' present='no'/>")
+	}
+	p("</clock>\n  <on_poweroff>destroy</on_poweroff>\n  <on_reboot>restart</on_reboot>\n  <on_crash>destroy</on_crash>\n  <devices>\n")
+
+	def := &domainDef{}
+	diskOf := map[string]int{}
+	for i, d := range m.Disks {
+		diskOf[d.Node] = i
+	}
+	usb, balloon := false, false
+	for _, d := range mc.Devices {
+		var addr string
+		if d.Driver != "isa-serial" && !strings.HasPrefix(d.Driver, "usb-") {
+			var err error
+			if addr, err = pciAddress(d); err != nil {
+				return nil, err
+			}
+		}
+		boot := ""
+		if o := d.Props["bootindex"]; o != "" {
+			boot = fmt.Sprintf("<boot order='%s'/>", esc(o))
+		}
+		switch {
+		case d.Driver == "virtio-blk-pci":
+			i, ok := diskOf[d.Props["drive"]]
+			if !ok {
+				return nil, refuse("device %s: drive %q is not a disk the checkpoint carries", d.ID, d.Props["drive"])
+			}
+			target := "vd" + string(rune('a'+len(def.disks)))
+			if len(def.disks) >= 26 {
+				return nil, refuse("more than 26 virtio disks")
+			}
+			file := filepath.Join(h.work, m.Disks[i].Name+".qcow2")
+			def.disks = append(def.disks, LibvirtDisk{Device: m.Disks[i].Device, Target: target, File: file})
+			def.diskImage = append(def.diskImage, i)
+			p("    <disk type='file' device='disk'><driver name='qemu' type='qcow2'/><source file='%s'/><target dev='%s' bus='virtio'/>%s%s</disk>\n",
+				esc(file), target, boot, addr)
+		case libvirtNICModels[d.Driver] != "":
+			n := libvirtNIC{mac: d.Props["mac"], model: libvirtNICModels[d.Driver], addr: addr}
+			if n.mac == "" {
+				return nil, refuse("NIC %s without a MAC address: libvirt would make up another", d.ID)
+			}
+			def.nics = append(def.nics, n)
+			p("    %s\n", strings.Replace(n.xml(false), "</interface>", boot+"</interface>", 1))
+		case d.Driver == "isa-serial":
+			port := cmpOr(d.Props["index"], "0")
+			if !def.serial {
+				def.serial = true
+				p("    <serial type='unix'><source mode='bind' path='%s'/><log file='%s' append='off'/><target type='isa-serial' port='%s'><model name='isa-serial'/></target></serial>\n",
+					esc(filepath.Join(h.work, libvirtConsole)), esc(filepath.Join(h.work, libvirtSerialLog)), esc(port))
+			} else {
+				p("    <serial type='null'><target type='isa-serial' port='%s'><model name='isa-serial'/></target></serial>\n", esc(port))
+			}
+		case libvirtUSB[d.Driver] != "":
+			usb = true
+			p("    <controller type='usb' index='0' model='%s'>%s</controller>\n", libvirtUSB[d.Driver], addr)
+		case libvirtInputs[d.Driver] != "":
+			p("    <input type='%s' bus='usb'>", libvirtInputs[d.Driver])
+			if port := d.Props["port"]; port != "" {
+				p("<address type='usb' bus='0' port='%s'/>", esc(port))
+			}
+			p("</input>\n")
+		case libvirtVideo[d.Driver] != "":
+			vram := ""
+			if mb, err := strconv.Atoi(d.Props["vgamem_mb"]); err == nil && mb > 0 {
+				vram = fmt.Sprintf(" vram='%d'", mb*1024)
+			}
+			p("    <video><model type='%s'%s heads='1' primary='yes'/>%s</video>\n", libvirtVideo[d.Driver], vram, addr)
+		case d.Driver == "virtio-balloon-pci":
+			balloon = true
+			p("    <memballoon model='virtio'>%s</memballoon>\n", addr)
+		case d.Driver == "virtio-rng-pci":
+			p("    <rng model='virtio'><backend model='builtin'/>%s</rng>\n", addr)
+		case d.Driver == "virtio-serial-pci":
+			p("    <controller type='virtio-serial' index='0'>%s</controller>\n", addr)
+		case d.Driver == "virtio-scsi-pci":
+			p("    <controller type='scsi' index='0' model='virtio-scsi'>%s</controller>\n", addr)
+		default:
+			return nil, refuse("device %s (%s): ntc does not write it into a libvirt domain; resume it without --libvirt", d.ID, d.Driver)
+		}
+	}
+	if !usb {
+		p("    <controller type='usb' model='none'/>\n")
+	}
+	if !balloon {
+		p("    <memballoon model='none'/>\n")
+	}
+	p("  </devices>\n</domain>\n")
+	if len(def.disks) != len(m.Disks) {
+		return nil, refuse("the checkpoint carries %d disks, the description attaches %d through virtio", len(m.Disks), len(def.disks))
+	}
+	def.xml = b.String()
+	return def, nil
+}
