@@ -7,6 +7,7 @@ import (
 	"log"
 	"log/slog"
 	"net"
+	"os"
 	"path/filepath"
 	"runtime/debug"
 	"slices"
@@ -359,6 +360,14 @@ func (g *globals) resumer(store string, allowed []transport.ID) ntcsync.Resumer 
 		if cur, err := nodes.Head(set); err == nil && cur != nil && rn != nil && rn.Node == g.nodeName() && rn.Version == cur.Digest {
 			if pid, ok := resume.Running(work); ok {
 				return ntcsync.Resumed{PID: pid, Detail: fmt.Sprintf("pid %d (running already), work directory %s", pid, work)}, nil
+			}
+		}
+		// The copy this node ran before and handed over (its final
+		// checkpoint travelled with the hand-off: handedOffMark) leaves
+		// its work directory to the new one.
+		if _, running := resume.Running(work); !running && fileExists(filepath.Join(work, handedOffMark)) {
+			if err := os.RemoveAll(work); err != nil {
+				return ntcsync.Resumed{}, fmt.Errorf("clear the work directory of the copy handed to %s: %w", peer, err)
 			}
 		}
 		o.force = true

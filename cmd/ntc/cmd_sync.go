@@ -236,6 +236,13 @@ func finishHandoff(ctx context.Context, g *globals, s *ntcsync.Sender, cfg captu
 	if err := capture.Quit(ctx, cfg); err != nil {
 		return fmt.Errorf("%s runs at %s now, but stopping the original here failed: %w; stop it yourself (QMP quit): it is paused", cfg.Set, p.Name, err)
 	}
+	if work := filepath.Dir(cfg.QMP); cfg.QMP != "" && work == filepath.Join(g.home(), "resume", cfg.Set) {
+		// A copy resumed here: its work directory may go when the VM
+		// comes back (serve's resumer).
+		if err := os.WriteFile(filepath.Join(work, handedOffMark), []byte(out.Digest.String()+"\n"), 0o600); err != nil {
+			return err
+		}
+	}
 	nodes, err := repo.Open(cfg.Dir)
 	if err == nil {
 		err = nodes.SetRunner(ctx, cfg.Set, p.ID.String(), out.Digest)
@@ -244,6 +251,16 @@ func finishHandoff(ctx context.Context, g *globals, s *ntcsync.Sender, cfg captu
 		return fmt.Errorf("%s runs at %s now and the original is stopped, but recording it failed: %w", cfg.Set, p.Name, err)
 	}
 	return os.Remove(pendingPath(cfg.Dir, cfg.Set))
+}
+
+// handedOffMark, in a resumed copy's work directory, says that the copy
+// was handed to a peer with its final checkpoint: nothing in the directory
+// is needed any more.
+const handedOffMark = "handed-off"
+
+func fileExists(path string) bool {
+	_, err := os.Stat(path)
+	return err == nil
 }
 
 // crashPoint kills this process (SIGKILL, as a crash or kill -9 would) at

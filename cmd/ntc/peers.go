@@ -7,6 +7,7 @@ import (
 	"strings"
 
 	"github.com/ntc-project/ntc/capture"
+	"github.com/ntc-project/ntc/resume"
 	"github.com/ntc-project/ntc/transport"
 )
 
@@ -73,9 +74,16 @@ func (g *globals) peerID(s string) (transport.ID, error) {
 	return transport.ID{}, fmt.Errorf("%q is neither a node ID ('ntc id' prints one) nor a peer of the configuration", s)
 }
 
-// vmNamed returns the configuration's guest name (vms.NAME.*) as checkpoint
-// options.
+// vmNamed returns the guest name as checkpoint options: the copy of it this
+// node runs, resumed from a version it received (a hand-off, or 'ntc resume'
+// with the default work directory), else the configuration's vms.NAME.
 func (g *globals) vmNamed(name string) (guestOptions, error) {
+	if capture.CheckName(name) == nil {
+		work := filepath.Join(g.home(), "resume", name)
+		if _, ok := resume.Running(work); ok {
+			return guestOptions{qmp: filepath.Join(work, "qmp.sock"), name: name, method: string(capture.MethodAuto)}, nil
+		}
+	}
 	if capture.CheckName(name) != nil || !g.v.IsSet("vms."+name) {
 		return guestOptions{}, usagef("no VM %q in the configuration%s: add vms.%s.qmp (its QMP socket) or vms.%s.domain (a libvirt domain)",
 			name, g.configWhere(), name, name)

@@ -176,7 +176,7 @@ func stderrOf(err error) string {
 	return ""
 }
 
-// TestSyncHandoff moves a running guest office → home → office with 'ntc
+// TestSyncHandoff moves a running guest office → home → office → home with 'ntc
 // sync VM --to PEER --handoff' on each side, each node configured by name
 // (peers, vms, its repository) and serving with --resume-allow for the
 // other: each hand-off leaves exactly one copy running, at the peer, which
@@ -209,19 +209,21 @@ func TestSyncHandoff(t *testing.T) {
 		t.Helper()
 		// First killed at crashAt (as kill -9 would): never two copies
 		// running; then run again, which finishes the hand-off.
-		c := n.cmd(ctx, "--json", "sync", "vm", "--to", to, "--handoff")
-		c.Env = append(c.Env, "NTC_TEST_CRASH_AT="+crashAt)
-		if err := c.Run(); exitCode(err) != -1 && exitCode(err) != 137 {
-			t.Logf("sync killed at %s: %v", crashAt, err)
-		}
 		running := 0
-		for _, qmp := range []string{vm.QMPPath(), filepath.Join(homeCopy, "qmp.sock"), filepath.Join(officeCopy, "qmp.sock")} {
-			if guestRunning(ctx, qmp) {
-				running++
+		if crashAt != "" {
+			c := n.cmd(ctx, "--json", "sync", "vm", "--to", to, "--handoff")
+			c.Env = append(c.Env, "NTC_TEST_CRASH_AT="+crashAt)
+			if err := c.Run(); exitCode(err) != -1 && exitCode(err) != 137 {
+				t.Logf("sync killed at %s: %v", crashAt, err)
 			}
-		}
-		if running > 1 {
-			t.Fatalf("after a crash %s: %d copies running", crashAt, running)
+			for _, qmp := range []string{vm.QMPPath(), filepath.Join(homeCopy, "qmp.sock"), filepath.Join(officeCopy, "qmp.sock")} {
+				if guestRunning(ctx, qmp) {
+					running++
+				}
+			}
+			if running > 1 {
+				t.Fatalf("after a crash %s: %d copies running", crashAt, running)
+			}
 		}
 		out, err := n.cmd(ctx, "--json", "sync", "vm", "--to", to, "--handoff").Output()
 		if err != nil {
@@ -269,6 +271,20 @@ func TestSyncHandoff(t *testing.T) {
 	t.Logf("out %d bytes, back %d bytes: %.4f", out.BytesSent, back.BytesSent, ratio)
 	if back.Base != out.Digest || ratio > 0.1 {
 		t.Errorf("the way back: base %s (want %s), %.3f of the way out (want at most 0.1)", back.Base.Short(), out.Digest.Short(), ratio)
+	}
+
+	// The next evening: the office hands home the copy it runs now (found
+	// without configuration: the office's vms.vm still names the first
+	// original); home's copy of the night before was handed back, so its
+	// work directory goes to the new one.
+	officeTick := lastTick(waitSerialFile(t, ctx, filepath.Join(officeCopy, "serial.log"), 3))
+	again := handoff(office, "home", "")
+	waitFor(t, time.Minute, func() bool { return len(qemusIn(t, officeCopy)) == 0 })
+	if first := firstTick(waitSerialFile(t, ctx, filepath.Join(homeCopy, "serial.log"), 2)); first < officeTick {
+		t.Errorf("home's new copy starts at tick %d; the office's printed tick %d before the hand-off", first, officeTick)
+	}
+	if again.Base != back.Digest || float64(again.BytesSent) > 0.1*float64(out.BytesSent) {
+		t.Errorf("the third leg: base %s (want %s), %d bytes (the first %d)", again.Base.Short(), back.Digest.Short(), again.BytesSent, out.BytesSent)
 	}
 }
 
