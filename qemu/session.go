@@ -1,4 +1,4 @@
-package capture
+package qemu
 
 import (
 	"context"
@@ -9,6 +9,8 @@ import (
 	"os"
 	"sync"
 	"time"
+
+	"github.com/digitalocean/go-qemu/qmp"
 )
 
 // Sentinel errors for the conditions a caller may want to tell apart.
@@ -20,14 +22,6 @@ var (
 	ErrQMPBusy = errors.New("QMP socket held by another client")
 	// ErrDisconnected: the QMP connection ended (QEMU exited or closed it).
 	ErrDisconnected = errors.New("QMP connection lost")
-	// ErrGuestNotRunning: the guest is paused, shut down or otherwise not
-	// running, so ntc refuses to checkpoint it.
-	ErrGuestNotRunning = errors.New("guest is not running")
-	// ErrUnsupported: the QEMU or its configuration lacks something a
-	// checkpoint needs (background-snapshot, a disk layout ntc can read).
-	ErrUnsupported = errors.New("unsupported by ntc checkpoint")
-	// ErrBusy: another ntc checkpoint or a migration is in progress.
-	ErrBusy = errors.New("busy")
 )
 
 // CommandError is QEMU's error reply to a QMP command.
@@ -67,7 +61,7 @@ const (
 // time.
 type Session struct {
 	path    string
-	mon     monitor
+	mon     Monitor
 	timeout time.Duration
 	version Version
 	peer    Process
@@ -113,49 +107,56 @@ func Dial(ctx context.Context, path string, opts DialOptions) (*Session, error) 
 	if err != nil {
 		return nil, err
 	}
-	mon, err := newMonitor(path, opts.ConnectTimeout)
+	mon, err := DialMonitor(path, opts.ConnectTimeout)
 	if err != nil {
 		return nil, fmt.Errorf("connect to QMP socket %s: %w", path, err)
 	}
-	type greeting struct {
-		v   Version
-		err error
-	}
-	connected := make(chan greeting, 1)
-	go func() {
-		v, err := mon.connect()
-		connected <- greeting{v, err}
-	}()
+	connected := make(chan error, 1)
+	go func() { connected <- mon.Connect() }()
 	t := time.NewTimer(opts.ConnectTimeout)
 	defer t.Stop()
-	var g greeting
 	select {
-	case g = <-connected:
+	case err = <-connected:
 	case <-t.C:
-		mon.disconnect()
+		mon.Disconnect()
 		<-connected
 		return nil, silentPeerError(path, peer, opts.ConnectTimeout)
 	case <-ctx.Done():
-		mon.disconnect()
+		mon.Disconnect()
 		<-connected
 		return nil, fmt.Errorf("connect to QMP socket %s: %w", path, ctx.Err())
 	}
-	if g.err != nil {
-		mon.disconnect()
-		if peer.IsQEMU() && !errors.Is(g.err, ErrNotQMP) {
-			return nil, fmt.Errorf("QMP handshake with QEMU (pid %d) on %s: %w", peer.PID, path, g.err)
+	if err != nil {
+		mon.Disconnect()
+		if peer.IsQEMU() && !errors.Is(err, ErrNotQMP) {
+			return nil, fmt.Errorf("QMP handshake with QEMU (pid %d) on %s: %w", peer.PID, path, err)
 		}
-		return nil, fmt.Errorf("%s (served by pid %d, %s) did not answer with a QMP greeting (%v): %w", path, peer.PID, peer.Name(), g.err, ErrNotQMP)
+		return nil, fmt.Errorf("%s (served by pid %d, %s) did not answer with a QMP greeting (%v): %w", path, peer.PID, peer.Name(), err, ErrNotQMP)
 	}
-	if g.v.QEMU.Major == 0 {
-		mon.disconnect()
+	if mon.Version().QEMU.Major == 0 {
+		mon.Disconnect()
 		return nil, fmt.Errorf("%s (served by pid %d, %s) sent no QEMU version in its greeting: %w", path, peer.PID, peer.Name(), ErrNotQMP)
 	}
+	return NewSession(mon, path, mon.Version(), peer, opts.CommandTimeout)
+}
+
+// NewSession makes a Session of mon, connected to the QEMU process peer
+// (Dial does this for a QMP socket; capture's libvirt passthrough is
+// another monitor). path names the target in messages, v is QEMU's
+// version, and commandTimeout bounds each command (0: the default).
+func NewSession(mon Monitor, path string, v Version, peer Process, commandTimeout time.Duration) (*Session, error) {
+	if commandTimeout <= 0 {
+		commandTimeout = DefaultCommandTimeout
+	}
+	evs, err := mon.Events(context.Background())
+	if err != nil {
+		return nil, fmt.Errorf("QMP events of %s: %w", path, err)
+	}
 	s := &Session{
-		path: path, mon: mon, timeout: opts.CommandTimeout, version: g.v, peer: peer,
+		path: path, mon: mon, timeout: commandTimeout, version: v, peer: peer,
 		changed: make(chan struct{}), done: make(chan struct{}),
 	}
-	go s.pump(mon.events())
+	go s.pump(evs)
 	return s, nil
 }
 
@@ -184,8 +185,9 @@ func silentPeerError(path string, peer Process, d time.Duration) error {
 // pump moves events from the monitor into the log as they come, so that
 // the monitor's reader never blocks on an event nobody reads (go-qemu's
 // event channel is unbuffered: an unread event stalls every reply).
-func (s *Session) pump(evs <-chan Event) {
-	for ev := range evs {
+func (s *Session) pump(evs <-chan qmp.Event) {
+	for e := range evs {
+		ev := Event{Name: e.Event, Data: e.Data, Time: time.Unix(e.Timestamp.Seconds, e.Timestamp.Microseconds*1000)}
 		s.mu.Lock()
 		if len(s.events) == maxEvents {
 			half := maxEvents / 2
@@ -240,7 +242,7 @@ func (s *Session) Close() error {
 		s.broken = errors.New("QMP session closed")
 	}
 	s.mu.Unlock()
-	err := s.mon.disconnect()
+	err := s.mon.Disconnect()
 	<-s.done
 	return err
 }
@@ -264,7 +266,7 @@ func (s *Session) run(ctx context.Context, command string, args any, reply any, 
 	if err := s.Err(); err != nil {
 		return fmt.Errorf("QMP %s: %w", command, err)
 	}
-	b, err := json.Marshal(qmpCommand{Execute: command, Args: args})
+	b, err := json.Marshal(Command{Execute: command, Args: args})
 	if err != nil {
 		return fmt.Errorf("QMP %s: encode arguments: %w", command, err)
 	}
@@ -277,7 +279,11 @@ func (s *Session) run(ctx context.Context, command string, args any, reply any, 
 	ch := make(chan result, 1)
 	go func() {
 		var r result
-		r.out, r.err = s.mon.run(b, f)
+		if f != nil {
+			r.out, r.err = s.mon.RunWithFile(b, f)
+		} else {
+			r.out, r.err = s.mon.Run(b)
+		}
 		ch <- r
 	}()
 	var r result
@@ -289,7 +295,7 @@ func (s *Session) run(ctx context.Context, command string, args any, reply any, 
 			s.broken = fmt.Errorf("no reply to %s: %w", command, ctx.Err())
 		}
 		s.mu.Unlock()
-		s.mon.disconnect()
+		s.mon.Disconnect()
 		<-ch
 		return fmt.Errorf("QMP %s: no reply: %w", command, ctx.Err())
 	}
@@ -314,9 +320,9 @@ func (s *Session) run(ctx context.Context, command string, args any, reply any, 
 // classify turns a monitor error into a *CommandError (QEMU said no) or a
 // lost connection.
 func (s *Session) classify(command string, err error) error {
-	var re *replyError
+	var re *ReplyError
 	if errors.As(err, &re) {
-		return &CommandError{Command: command, Desc: re.desc}
+		return &CommandError{Command: command, Desc: re.Desc}
 	}
 	s.markBroken(ErrDisconnected)
 	return fmt.Errorf("QMP %s: %w (did QEMU exit?): %v", command, ErrDisconnected, err)
