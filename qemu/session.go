@@ -66,12 +66,10 @@ type Session struct {
 	version Version
 	peer    Process
 
-	mu      sync.Mutex
-	events  []Event
-	base    int // events dropped from the front of events
-	changed chan struct{}
-	broken  error         // set when the session can no longer be used
-	done    chan struct{} // closed when the connection has ended
+	events *Backlog[Event] // ended when the connection has ended
+
+	mu     sync.Mutex
+	broken error // set when the session can no longer be used
 }
 
 // DialOptions tune Dial; the zero value uses the defaults.
@@ -154,7 +152,7 @@ func NewSession(mon Monitor, path string, v Version, peer Process, commandTimeou
 	}
 	s := &Session{
 		path: path, mon: mon, timeout: commandTimeout, version: v, peer: peer,
-		changed: make(chan struct{}), done: make(chan struct{}),
+		events: NewBacklog[Event](maxEvents),
 	}
 	go s.pump(evs)
 	return s, nil
@@ -187,24 +185,10 @@ func silentPeerError(path string, peer Process, d time.Duration) error {
 // event channel is unbuffered: an unread event stalls every reply).
 func (s *Session) pump(evs <-chan qmp.Event) {
 	for e := range evs {
-		ev := Event{Name: e.Event, Data: e.Data, Time: time.Unix(e.Timestamp.Seconds, e.Timestamp.Microseconds*1000)}
-		s.mu.Lock()
-		if len(s.events) == maxEvents {
-			half := maxEvents / 2
-			s.events = append(s.events[:0], s.events[half:]...)
-			s.base += half
-		}
-		s.events = append(s.events, ev)
-		close(s.changed)
-		s.changed = make(chan struct{})
-		s.mu.Unlock()
+		s.events.Add(Event{Name: e.Event, Data: e.Data, Time: time.Unix(e.Timestamp.Seconds, e.Timestamp.Microseconds*1000)})
 	}
-	s.mu.Lock()
-	if s.broken == nil {
-		s.broken = ErrDisconnected
-	}
-	s.mu.Unlock()
-	close(s.done)
+	s.markBroken(ErrDisconnected)
+	s.events.End(fmt.Errorf("wait for QMP event: %w (did QEMU exit?)", ErrDisconnected))
 }
 
 // Version returns the QEMU version from the greeting, like "7.2.22".
@@ -226,7 +210,7 @@ func (s *Session) Peer() Process { return s.peer }
 func (s *Session) Path() string { return s.path }
 
 // Done is closed when the connection has ended.
-func (s *Session) Done() <-chan struct{} { return s.done }
+func (s *Session) Done() <-chan struct{} { return s.events.Ended() }
 
 // Err returns why the session can no longer be used, or nil.
 func (s *Session) Err() error {
@@ -243,7 +227,7 @@ func (s *Session) Close() error {
 	}
 	s.mu.Unlock()
 	err := s.mon.Disconnect()
-	<-s.done
+	<-s.events.Ended()
 	return err
 }
 
@@ -338,41 +322,11 @@ func (s *Session) markBroken(err error) {
 
 // EventMark returns a mark for WaitEvent: only events received after it
 // are considered.
-func (s *Session) EventMark() int {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.base + len(s.events)
-}
+func (s *Session) EventMark() int { return s.events.Mark() }
 
 // WaitEvent waits for an event after mark from for which match is true and
 // returns it with the mark just past it. It fails when ctx ends or the
 // connection is lost.
 func (s *Session) WaitEvent(ctx context.Context, from int, match func(Event) bool) (Event, int, error) {
-	for {
-		s.mu.Lock()
-		for i := max(from, s.base) - s.base; i < len(s.events); i++ {
-			if match(s.events[i]) {
-				ev := s.events[i]
-				n := s.base + i + 1
-				s.mu.Unlock()
-				return ev, n, nil
-			}
-		}
-		from = s.base + len(s.events)
-		changed := s.changed
-		s.mu.Unlock()
-		select {
-		case <-changed:
-		case <-s.done:
-			// Events that came with the end are in the log already.
-			s.mu.Lock()
-			more := s.base+len(s.events) > from
-			s.mu.Unlock()
-			if !more {
-				return Event{}, from, fmt.Errorf("wait for QMP event: %w (did QEMU exit?)", ErrDisconnected)
-			}
-		case <-ctx.Done():
-			return Event{}, from, ctx.Err()
-		}
-	}
+	return s.events.Wait(ctx, from, match)
 }
