@@ -1,7 +1,6 @@
 package capture
 
 import (
-	"encoding/json"
 	"errors"
 	"os"
 	"path/filepath"
@@ -26,7 +25,8 @@ func TestCheckpointRefusesStoppedGuest(t *testing.T) {
 		t.Run(tc.status, func(t *testing.T) {
 			var mu sync.Mutex
 			var cmds []string
-			qmp := qmptest.Start(t, func(cmd string, args json.RawMessage) []string {
+			qmp := qmptest.Start(t, func(r qmptest.Request) []string {
+				cmd := r.Command
 				mu.Lock()
 				cmds = append(cmds, cmd)
 				mu.Unlock()

@@ -33,7 +33,8 @@ func dialMonitor(t *testing.T, path string) *SocketMonitor {
 func TestMonitorUnderGoQEMU(t *testing.T) {
 	var mu sync.Mutex
 	var got []string
-	path := qmptest.Start(t, func(cmd string, args json.RawMessage) []string {
+	path := qmptest.Start(t, func(r qmptest.Request) []string {
+		cmd := r.Command
 		mu.Lock()
 		got = append(got, cmd)
 		mu.Unlock()
@@ -73,7 +74,8 @@ func TestMonitorUnderGoQEMU(t *testing.T) {
 // line, so every reply is still its command's. Run with -race.
 func TestMonitorRepliesOutliveLaterLines(t *testing.T) {
 	pad := strings.Repeat("p", 3000)
-	path := qmptest.Start(t, func(cmd string, args json.RawMessage) []string {
+	path := qmptest.Start(t, func(r qmptest.Request) []string {
+		args := r.Args
 		var a struct{ N int }
 		json.Unmarshal(args, &a)
 		out := []string{fmt.Sprintf(`{"return": {"n": %d, "pad": %q}}`, a.N, pad)}
@@ -113,7 +115,8 @@ func TestMonitorRepliesOutliveLaterLines(t *testing.T) {
 // TestMonitorEvents: events come with QEMU's timestamp, in order, and the
 // channel closes when the connection ends.
 func TestMonitorEvents(t *testing.T) {
-	path := qmptest.Start(t, func(cmd string, args json.RawMessage) []string {
+	path := qmptest.Start(t, func(r qmptest.Request) []string {
+		cmd := r.Command
 		if cmd == "quit" {
 			return nil
 		}

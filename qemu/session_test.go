@@ -2,7 +2,6 @@ package qemu
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
@@ -17,7 +16,8 @@ import (
 
 func TestSession(t *testing.T) {
 	big := strings.Repeat("x", 200<<10)
-	path := qmptest.Start(t, func(cmd string, args json.RawMessage) []string {
+	path := qmptest.Start(t, func(r qmptest.Request) []string {
+		cmd := r.Command
 		switch cmd {
 		case "query-status":
 			return []string{
