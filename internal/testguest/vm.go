@@ -138,7 +138,7 @@ type VM struct {
 	qmp       string
 	disk      string
 	serialLog string
-	cmd       *exec.Cmd
+	child     *qemu.Child
 	stderr    *tailBuffer
 	done      chan struct{} // closed once the process is reaped and all output read
 	console   *Console      // ended with the exit error once QEMU is reaped
@@ -148,10 +148,9 @@ type VM struct {
 // Start launches QEMU with the guest and returns once QMP answers commands
 // (QEMU has created the machine; the socket is free again for one client).
 // The process outlives ctx, which bounds only the start (building the guest,
-// creating the disk, waiting for QMP); end it with Stop, Kill or Close. It is also killed if the calling process dies (by
-// Pdeathsig, which fires when the OS thread that started it exits: do not
-// call Start from a goroutine that locks its thread and then ends, as code
-// entering network namespaces does).
+// creating the disk, waiting for QMP); end it with Stop, Kill or Close. It is
+// also killed if the calling process dies (qemu.StartChild: from any
+// goroutine, even one that locks its thread and then ends).
 //
 // The serial console is QEMU's standard output (-chardev stdio): whoever runs
 // Argv again must read it.
@@ -321,29 +320,31 @@ func (vm *VM) start() error {
 	if err != nil {
 		return fmt.Errorf("start guest: %w", err)
 	}
-	cmd := exec.Command(vm.argv[0], vm.argv[1:]...)
-	cmd.Dir = vm.dir
-	cmd.Stderr = vm.stderr
-	// Own process group: a terminal's ^C goes to the caller, which stops the
-	// VM itself. Pdeathsig: no orphaned QEMU if the caller dies.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	out, err := cmd.StdoutPipe()
+	out, w, err := os.Pipe()
 	if err != nil {
 		log.Close()
 		return fmt.Errorf("start guest: %w", err)
 	}
-	if err := cmd.Start(); err != nil {
+	cmd := exec.Command(vm.argv[0], vm.argv[1:]...)
+	cmd.Dir = vm.dir
+	cmd.Stdout, cmd.Stderr = w, vm.stderr
+	// Own process group: a terminal's ^C goes to the caller, which stops the
+	// VM itself.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	vm.child, err = qemu.StartChild(cmd)
+	w.Close()
+	if err != nil {
+		out.Close()
 		log.Close()
 		return fmt.Errorf("start guest: %w", err)
 	}
-	vm.cmd = cmd
 	go vm.pump(out, log)
 	return nil
 }
 
-// pump reads the serial console until QEMU exits, then reaps QEMU. It owns
-// log.
-func (vm *VM) pump(out io.Reader, log *os.File) {
+// pump reads the serial console until QEMU exits, then waits until it is
+// reaped. It owns out and log.
+func (vm *VM) pump(out, log *os.File) {
 	r := bufio.NewReaderSize(out, 64<<10)
 	for {
 		s, err := r.ReadString('\n')
@@ -355,8 +356,10 @@ func (vm *VM) pump(out io.Reader, log *os.File) {
 			break
 		}
 	}
+	out.Close()
 	log.Close()
-	vm.waitErr = vm.cmd.Wait()
+	<-vm.child.Done()
+	vm.waitErr = vm.child.Err()
 	vm.console.End(vm.exitError())
 	close(vm.done)
 }
@@ -424,7 +427,7 @@ func (e *exitError) Is(target error) bool { return target == ErrExited }
 func (vm *VM) Argv() []string { return append([]string(nil), vm.argv...) }
 
 // PID is QEMU's process ID.
-func (vm *VM) PID() int { return vm.cmd.Process.Pid }
+func (vm *VM) PID() int { return vm.child.PID() }
 
 // QMPPath is the path of the QMP unix socket. It serves one client at a time.
 func (vm *VM) QMPPath() string { return vm.qmp }
@@ -497,35 +500,22 @@ func (vm *VM) RSS() (int64, error) {
 // so the disk can be read afterwards) and waits for it to exit. If ctx ends
 // first, QEMU is killed. Stopping a VM that has exited returns nil.
 func (vm *VM) Stop(ctx context.Context) error {
-	select {
-	case <-vm.done:
-		return nil
-	default:
-	}
-	if err := vm.cmd.Process.Signal(syscall.SIGTERM); err != nil && !errors.Is(err, os.ErrProcessDone) {
+	err := vm.child.Stop(ctx)
+	<-vm.done
+	if err != nil {
 		return fmt.Errorf("stop guest: %w", err)
 	}
-	select {
-	case <-vm.done:
-		return nil
-	case <-ctx.Done():
-		vm.Kill()
-		return fmt.Errorf("stop guest: QEMU did not exit on SIGTERM, killed: %w", ctx.Err())
-	}
+	return nil
 }
 
 // Kill kills QEMU at once and waits for it to be gone. The disk holds what
 // the guest had flushed.
 func (vm *VM) Kill() error {
-	select {
-	case <-vm.done:
-		return nil
-	default:
-	}
-	if err := vm.cmd.Process.Kill(); err != nil && !errors.Is(err, os.ErrProcessDone) {
+	err := vm.child.Kill()
+	<-vm.done
+	if err != nil {
 		return fmt.Errorf("kill guest: %w", err)
 	}
-	<-vm.done
 	return nil
 }
 
