@@ -4,6 +4,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
+	"os"
 	"strings"
 	"sync"
 	"testing"
@@ -158,5 +160,43 @@ func TestIsQEMU(t *testing.T) {
 		if got := (Process{Exe: tc.exe}).IsQEMU(); got != tc.want {
 			t.Errorf("IsQEMU(%q) = %v", tc.exe, got)
 		}
+	}
+}
+
+// TestSessionPassesFiles: RunWithFile hands QEMU the descriptor with the
+// command (getfd), over the same wire.
+func TestSessionPassesFiles(t *testing.T) {
+	got := make(chan string, 1)
+	path := qmptest.Start(t, func(r qmptest.Request) []string {
+		if r.Command != "getfd" || len(r.Files) != 1 {
+			return []string{`{"error": {"class": "GenericError", "desc": "No file descriptor supplied via SCM_RIGHTS"}}`}
+		}
+		b, _ := io.ReadAll(r.Files[0])
+		r.Files[0].Close()
+		got <- string(b)
+		return []string{`{"return": {}}`}
+	})
+	s, err := Dial(t.Context(), path, DialOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	pr, pw, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	fmt.Fprint(pw, "through the descriptor")
+	pw.Close()
+	err = s.RunWithFile(t.Context(), "getfd", map[string]string{"fdname": "x"}, pr)
+	pr.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b := <-got; b != "through the descriptor" {
+		t.Errorf("QEMU read %q from the descriptor", b)
+	}
+	var ce *CommandError
+	if err := s.Run(t.Context(), "getfd", map[string]string{"fdname": "y"}, nil); !errors.As(err, &ce) || !strings.Contains(ce.Desc, "SCM_RIGHTS") {
+		t.Errorf("getfd without a file: %v", err)
 	}
 }
