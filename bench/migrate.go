@@ -11,8 +11,8 @@ import (
 	"time"
 
 	"github.com/ntc-project/ntc/bench/link"
-	"github.com/ntc-project/ntc/capture"
 	"github.com/ntc-project/ntc/internal/testguest"
+	"github.com/ntc-project/ntc/qemu"
 )
 
 // migratePort is where the destination QEMU listens, inside B.
@@ -50,7 +50,7 @@ func runMigrate(ctx context.Context, l *link.Link, sc *Scenario, dir string, c *
 	}
 	defer src.Close()
 
-	s, err := capture.Dial(ctx, src.QMPPath(), capture.DialOptions{})
+	s, err := qemu.Dial(ctx, src.QMPPath(), qemu.DialOptions{})
 	if err != nil {
 		return err
 	}
@@ -60,13 +60,13 @@ func runMigrate(ctx context.Context, l *link.Link, sc *Scenario, dir string, c *
 	}
 
 	// Both ends report the migration's progress as events.
-	ds, err := capture.Dial(ctx, dst.QMPPath(), capture.DialOptions{})
+	ds, err := qemu.Dial(ctx, dst.QMPPath(), qemu.DialOptions{})
 	if err != nil {
 		return err
 	}
 	defer ds.Close()
 	events := map[string]any{"capabilities": []map[string]any{{"capability": "events", "state": true}}}
-	for _, q := range []*capture.Session{s, ds} {
+	for _, q := range []*qemu.Session{s, ds} {
 		if err := q.Run(ctx, "migrate-set-capabilities", events, nil); err != nil {
 			return err
 		}
@@ -88,7 +88,7 @@ func runMigrate(ctx context.Context, l *link.Link, sc *Scenario, dir string, c *
 	if err := s.Run(ctx, "migrate", map[string]any{"uri": "tcp:" + netip.AddrPortFrom(b.Addr, migratePort).String()}, nil); err != nil {
 		return fmt.Errorf("migrate: %w", err)
 	}
-	done := func(e capture.Event) bool {
+	done := func(e qemu.Event) bool {
 		if e.Name != "MIGRATION" {
 			return false
 		}
@@ -228,7 +228,7 @@ func oops(lines []string) string {
 
 // runAfterLoad waits until QEMU has loaded an incoming stream and makes the
 // guest run if the stream left it paused.
-func runAfterLoad(ctx context.Context, s *capture.Session) error {
+func runAfterLoad(ctx context.Context, s *qemu.Session) error {
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
 	defer cancel()
 	t := time.NewTicker(20 * time.Millisecond)

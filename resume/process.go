@@ -11,7 +11,6 @@ import (
 	"os"
 	"os/exec"
 	"os/user"
-	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -19,6 +18,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/ntc-project/ntc/qemu"
 )
 
 // KeeperArg is the first argument of the command line that runs RunKeeper.
@@ -38,14 +39,9 @@ type process struct {
 
 // start starts QEMU on the plan, its disks as descriptors 3, 4, …, its
 // output in the plan's log. Without a keeper QEMU is this process's child
-// and dies with it. With one (keeper: the command line running RunKeeper)
-// the keeper is the child and QEMU the keeper's: both die with this
-// process until release.
-//
-// The parent-death signal fires when the thread that forked exits, not
-// the process (see prctl(2) and syscall.SysProcAttr.Pdeathsig): the fork
-// happens on a goroutine locked to its thread that lives until the child is
-// reaped.
+// and dies with it (qemu.StartChild). With one (keeper: the command line
+// running RunKeeper) the keeper is the child and QEMU the keeper's: both
+// die with this process until release.
 func start(p *Plan, disks []*os.File, cred *syscall.Credential, keeper []string) (*process, error) {
 	log, err := os.OpenFile(p.Log, os.O_WRONLY|os.O_APPEND, 0)
 	if err != nil {
@@ -61,7 +57,7 @@ func start(p *Plan, disks []*os.File, cred *syscall.Credential, keeper []string)
 		cmd.Stdout, cmd.Stderr = log, log
 		// Own process group: a terminal's ^C reaches ntc, which stops the
 		// copy cleanly.
-		cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL, Credential: cred}
+		cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Credential: cred}
 	} else {
 		args := append([]string(nil), keeper[1:]...)
 		args = append(args, "--fds", strconv.Itoa(len(disks)))
@@ -83,33 +79,27 @@ func start(p *Plan, disks []*os.File, cred *syscall.Credential, keeper []string)
 		defer statusW.Close()
 		cmd.Stdin, cmd.Stdout, cmd.Stderr = ctlR, statusW, log
 		// Own session: no terminal's signals reach the keeper.
-		cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true, Pdeathsig: syscall.SIGKILL}
+		cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 		status = bufio.NewReader(statusR)
 	}
 	cmd.Dir = p.dir()
 	cmd.ExtraFiles = disks
-	started := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		defer runtime.UnlockOSThread()
-		if err := cmd.Start(); err != nil {
-			started <- err
-			return
-		}
-		started <- nil
-		pr.err = cmd.Wait()
-		close(pr.done)
-	}()
-	if err := <-started; err != nil {
+	child, err := qemu.StartChild(cmd)
+	if err != nil {
 		if control != nil {
 			control.Close()
 			statusR.Close()
 		}
-		return nil, fmt.Errorf("start %s: %w", cmd.Path, err)
+		return nil, err
 	}
+	go func() {
+		<-child.Done()
+		pr.err = child.Err()
+		close(pr.done)
+	}()
 	if keeper == nil {
-		pr.pid = cmd.Process.Pid
-		pr.signal = func(sig syscall.Signal) error { return cmd.Process.Signal(sig) }
+		pr.pid = child.PID()
+		pr.signal = child.Signal
 		return pr, nil
 	}
 	// The keeper says QEMU's pid, or exits.
@@ -118,7 +108,7 @@ func start(p *Plan, disks []*os.File, cred *syscall.Credential, keeper []string)
 	if err != nil || perr != nil || pid <= 0 {
 		control.Close()
 		statusR.Close()
-		cmd.Process.Kill()
+		child.Kill()
 		<-pr.done
 		return nil, fmt.Errorf("start QEMU through its keeper: it said %q (%v); see %s", line, err, p.Log)
 	}

@@ -6,16 +6,15 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/xml"
+	"errors"
 	"fmt"
 	"io"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"regexp"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"text/template"
 	"time"
@@ -181,7 +180,7 @@ func startDomain(ctx context.Context, opts DomainOptions) (*Domain, error) {
 	if _, err := Virsh(ctx, "create", xmlPath); err != nil {
 		return d, err
 	}
-	c, err := dialConsole(ctx, sock)
+	c, err := dialConsole(ctx, sock, testguest.NewConsole())
 	if err != nil {
 		return d, fmt.Errorf("domain %s: %w", d.Name, err)
 	}
@@ -213,7 +212,7 @@ func (d *Domain) cleanup(tb testing.TB) {
 	defer cancel()
 	if d.console != nil {
 		if tb.Failed() {
-			lines := d.console.lines()
+			lines := d.console.Lines()
 			tb.Logf("domain %s console, last lines:\n%s", d.Name, strings.Join(lines[max(0, len(lines)-30):], "\n"))
 		}
 	}
@@ -233,16 +232,11 @@ func (d *Domain) cleanup(tb testing.TB) {
 // ReconnectConsole connects to the console again, after libvirt started a
 // new QEMU for the domain (virsh restore): tick counting goes on.
 func (d *Domain) ReconnectConsole(ctx context.Context) error {
-	c, err := dialConsole(ctx, filepath.Join(d.Dir, consoleSocket))
+	d.console.close()
+	c, err := dialConsole(ctx, filepath.Join(d.Dir, consoleSocket), d.console.Console)
 	if err != nil {
 		return fmt.Errorf("domain %s: %w", d.Name, err)
 	}
-	old := d.console
-	old.close()
-	c.mu.Lock()
-	c.all = append(old.lines(), c.all...)
-	c.tick = max(c.tick, old.lastTick())
-	c.mu.Unlock()
 	d.console = c
 	return nil
 }
@@ -257,7 +251,7 @@ func (d *Domain) Virsh(ctx context.Context, args ...string) (string, error) {
 func (d *Domain) WaitTick(ctx context.Context, n int) (int, error) { return d.console.waitTick(ctx, n) }
 
 // LastTick returns the last tick the guest printed (0: none yet).
-func (d *Domain) LastTick() int { return d.console.lastTick() }
+func (d *Domain) LastTick() int { return d.console.LastTick() }
 
 // Ended is closed when the console connection ends (QEMU exited).
 func (d *Domain) Ended() <-chan struct{} { return d.console.ended }
@@ -288,26 +282,21 @@ func parseBlockList(out string) map[string]string {
 }
 
 // console reads the guest's serial console from the socket libvirt
-// listens on and keeps its lines.
+// listens on into a testguest.Console, which outlives the connection: a
+// reconnection (ReconnectConsole) goes on with the same lines and ticks.
 type console struct {
+	*testguest.Console
 	conn  net.Conn
 	ended chan struct{}
-
-	mu      sync.Mutex
-	all     []string
-	tick    int
-	changed chan struct{}
 }
 
-var tickLine = regexp.MustCompile(`^tick (\d+)$`)
-
-func dialConsole(ctx context.Context, path string) (*console, error) {
+func dialConsole(ctx context.Context, path string, lines *testguest.Console) (*console, error) {
 	var dl net.Dialer
 	conn, err := dl.DialContext(ctx, "unix", path)
 	if err != nil {
 		return nil, fmt.Errorf("connect to the serial console: %w", err)
 	}
-	c := &console{conn: conn, ended: make(chan struct{}), changed: make(chan struct{})}
+	c := &console{Console: lines, conn: conn, ended: make(chan struct{})}
 	go c.read()
 	return c, nil
 }
@@ -316,49 +305,22 @@ func (c *console) read() {
 	defer close(c.ended)
 	sc := bufio.NewScanner(c.conn)
 	for sc.Scan() {
-		line := strings.TrimRight(sc.Text(), "\r")
-		c.mu.Lock()
-		if len(c.all) == 1<<14 {
-			c.all = append(c.all[:0], c.all[1<<13:]...)
-		}
-		c.all = append(c.all, line)
-		if m := tickLine.FindStringSubmatch(line); m != nil {
-			c.tick, _ = strconv.Atoi(m[1])
-		}
-		close(c.changed)
-		c.changed = make(chan struct{})
-		c.mu.Unlock()
+		c.Add(strings.TrimRight(sc.Text(), "\r"))
 	}
 }
 
-func (c *console) lines() []string {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return append([]string(nil), c.all...)
-}
-
-func (c *console) lastTick() int {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.tick
-}
-
+// waitTick is Console.WaitTick that also ends with this connection.
 func (c *console) waitTick(ctx context.Context, n int) (int, error) {
-	for {
-		c.mu.Lock()
-		t, changed := c.tick, c.changed
-		c.mu.Unlock()
-		if t >= n {
-			return t, nil
-		}
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	go func() {
 		select {
-		case <-changed:
 		case <-c.ended:
-			return t, fmt.Errorf("console closed after tick %d, waiting for tick %d (QEMU exited?)", t, n)
+			cancel(errors.New("console closed (QEMU exited?)"))
 		case <-ctx.Done():
-			return t, fmt.Errorf("no tick %d, last %d: %w", n, t, ctx.Err())
 		}
-	}
+	}()
+	return c.WaitTick(ctx, n)
 }
 
 func (c *console) close() { c.conn.Close(); <-c.ended }

@@ -1,12 +1,8 @@
 package testguest_test
 
 import (
-	"bufio"
 	"context"
-	"encoding/json"
 	"errors"
-	"fmt"
-	"net"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -19,6 +15,7 @@ import (
 
 	"github.com/ntc-project/ntc/internal/testguest"
 	"github.com/ntc-project/ntc/internal/testguest/guesttest"
+	"github.com/ntc-project/ntc/qemu"
 )
 
 // waitCtx bounds one wait on a guest: TCG on a loaded CI machine is slow, so
@@ -281,47 +278,17 @@ func TestStartFailsWithQEMUsWords(t *testing.T) {
 	t.Log(err)
 }
 
-// qmpStatus asks QMP for the run state, with plain JSON lines.
+// qmpStatus asks QMP for the run state.
 func qmpStatus(t *testing.T, path string) string {
 	t.Helper()
-	c, err := net.DialTimeout("unix", path, 10*time.Second)
+	s, err := qemu.Dial(t.Context(), path, qemu.DialOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer c.Close()
-	c.SetDeadline(time.Now().Add(30 * time.Second))
-	r := bufio.NewReader(c)
-	read := func() map[string]json.RawMessage {
-		for {
-			line, err := r.ReadBytes('\n')
-			if err != nil {
-				t.Fatalf("read QMP: %v", err)
-			}
-			var m map[string]json.RawMessage
-			if err := json.Unmarshal(line, &m); err != nil {
-				t.Fatalf("QMP sent %q: %v", line, err)
-			}
-			if _, ev := m["event"]; !ev {
-				return m
-			}
-		}
+	defer s.Close()
+	var st struct{ Status string }
+	if err := s.Run(t.Context(), "query-status", nil, &st); err != nil {
+		t.Fatal(err)
 	}
-	if _, ok := read()["QMP"]; !ok {
-		t.Fatal("no QMP greeting")
-	}
-	for _, cmd := range []string{"qmp_capabilities", "query-status"} {
-		fmt.Fprintf(c, `{"execute":%q}`+"\n", cmd)
-		m := read()
-		if m["return"] == nil {
-			t.Fatalf("QMP %s: %s", cmd, m["error"])
-		}
-		if cmd == "query-status" {
-			var st struct{ Status string }
-			if err := json.Unmarshal(m["return"], &st); err != nil {
-				t.Fatal(err)
-			}
-			return st.Status
-		}
-	}
-	return ""
+	return st.Status
 }

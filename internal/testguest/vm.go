@@ -2,12 +2,10 @@ package testguest
 
 import (
 	"bufio"
-	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -19,6 +17,8 @@ import (
 	"time"
 
 	"github.com/ntc-project/ntc/internal/procstat"
+	"github.com/ntc-project/ntc/qemu"
+	"github.com/ntc-project/ntc/qemu/opt"
 )
 
 // Names the launched machine gives its parts, for QMP commands
@@ -138,30 +138,19 @@ type VM struct {
 	qmp       string
 	disk      string
 	serialLog string
-	cmd       *exec.Cmd
+	child     *qemu.Child
 	stderr    *tailBuffer
 	done      chan struct{} // closed once the process is reaped and all output read
-
-	mu       sync.Mutex
-	lines    []string // serial lines, without "\r\n"
-	base     int      // number of lines dropped from the front of lines
-	changed  chan struct{}
-	lastTick int
-	waitErr  error // valid once done is closed
+	console   *Console      // ended with the exit error once QEMU is reaped
+	waitErr   error         // valid once done is closed
 }
-
-// maxLines bounds the serial lines kept in memory.
-const maxLines = 1 << 16
-
-var tickLine = regexp.MustCompile(`^tick (\d+)$`)
 
 // Start launches QEMU with the guest and returns once QMP answers commands
 // (QEMU has created the machine; the socket is free again for one client).
 // The process outlives ctx, which bounds only the start (building the guest,
-// creating the disk, waiting for QMP); end it with Stop, Kill or Close. It is also killed if the calling process dies (by
-// Pdeathsig, which fires when the OS thread that started it exits: do not
-// call Start from a goroutine that locks its thread and then ends, as code
-// entering network namespaces does).
+// creating the disk, waiting for QMP); end it with Stop, Kill or Close. It is
+// also killed if the calling process dies (qemu.StartChild: from any
+// goroutine, even one that locks its thread and then ends).
 //
 // The serial console is QEMU's standard output (-chardev stdio): whoever runs
 // Argv again must read it.
@@ -216,7 +205,7 @@ func Start(ctx context.Context, opts StartOptions) (vm *VM, err error) {
 		}
 	}
 
-	vm = &VM{dir: opts.Dir, changed: make(chan struct{}), done: make(chan struct{}), stderr: &tailBuffer{max: 16 << 10}}
+	vm = &VM{dir: opts.Dir, console: NewConsole(), done: make(chan struct{}), stderr: &tailBuffer{max: 16 << 10}}
 	if vm.dir == "" {
 		if vm.dir, err = os.MkdirTemp("", "ntcvm-"); err != nil {
 			return nil, fmt.Errorf("start guest: %w", err)
@@ -282,8 +271,8 @@ func Start(ctx context.Context, opts StartOptions) (vm *VM, err error) {
 		"-append", cmdline,
 		"-chardev", "stdio,id=ser0,signal=off",
 		"-serial", "chardev:ser0",
-		"-qmp", "unix:" + optEscape(vm.qmp) + ",server=on,wait=off",
-		"-blockdev", "driver=file,filename=" + optEscape(vm.disk) + ",node-name=" + DiskFileNode,
+		"-qmp", "unix:" + opt.Escape(vm.qmp) + ",server=on,wait=off",
+		"-blockdev", "driver=file,filename=" + opt.Escape(vm.disk) + ",node-name=" + DiskFileNode,
 		"-blockdev", "driver=" + diskFormat + ",file=" + DiskFileNode + ",node-name=" + DiskNode,
 		"-device", "virtio-blk-pci,drive=" + DiskNode + ",id=" + DiskDevice + ",addr=0x4",
 	}
@@ -309,9 +298,6 @@ func Start(ctx context.Context, opts StartOptions) (vm *VM, err error) {
 // name -m gives, so that the migration stream is the same.
 const ramBackend = "pc.ram"
 
-// optEscape doubles commas, QEMU's escape inside option values.
-func optEscape(s string) string { return strings.ReplaceAll(s, ",", ",,") }
-
 // imageFormat tells qcow2 from raw by the qcow2 magic.
 func imageFormat(path string) (string, error) {
 	f, err := os.Open(path)
@@ -334,64 +320,48 @@ func (vm *VM) start() error {
 	if err != nil {
 		return fmt.Errorf("start guest: %w", err)
 	}
-	cmd := exec.Command(vm.argv[0], vm.argv[1:]...)
-	cmd.Dir = vm.dir
-	cmd.Stderr = vm.stderr
-	// Own process group: a terminal's ^C goes to the caller, which stops the
-	// VM itself. Pdeathsig: no orphaned QEMU if the caller dies.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	out, err := cmd.StdoutPipe()
+	out, w, err := os.Pipe()
 	if err != nil {
 		log.Close()
 		return fmt.Errorf("start guest: %w", err)
 	}
-	if err := cmd.Start(); err != nil {
+	cmd := exec.Command(vm.argv[0], vm.argv[1:]...)
+	cmd.Dir = vm.dir
+	cmd.Stdout, cmd.Stderr = w, vm.stderr
+	// Own process group: a terminal's ^C goes to the caller, which stops the
+	// VM itself.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	vm.child, err = qemu.StartChild(cmd)
+	w.Close()
+	if err != nil {
+		out.Close()
 		log.Close()
 		return fmt.Errorf("start guest: %w", err)
 	}
-	vm.cmd = cmd
 	go vm.pump(out, log)
 	return nil
 }
 
-// pump reads the serial console until QEMU exits, then reaps QEMU. It owns
-// log.
-func (vm *VM) pump(out io.Reader, log *os.File) {
+// pump reads the serial console until QEMU exits, then waits until it is
+// reaped. It owns out and log.
+func (vm *VM) pump(out, log *os.File) {
 	r := bufio.NewReaderSize(out, 64<<10)
 	for {
 		s, err := r.ReadString('\n')
 		if s != "" {
 			log.WriteString(s)
-			vm.addLine(strings.TrimRight(s, "\r\n"))
+			vm.console.Add(strings.TrimRight(s, "\r\n"))
 		}
 		if err != nil {
 			break
 		}
 	}
+	out.Close()
 	log.Close()
-	werr := vm.cmd.Wait()
-	vm.mu.Lock()
-	vm.waitErr = werr
-	vm.mu.Unlock()
+	<-vm.child.Done()
+	vm.waitErr = vm.child.Err()
+	vm.console.End(vm.exitError())
 	close(vm.done)
-}
-
-func (vm *VM) addLine(line string) {
-	vm.mu.Lock()
-	defer vm.mu.Unlock()
-	if m := tickLine.FindStringSubmatch(line); m != nil {
-		if n, err := strconv.Atoi(m[1]); err == nil {
-			vm.lastTick = n
-		}
-	}
-	if len(vm.lines) == maxLines {
-		half := maxLines / 2
-		vm.lines = append(vm.lines[:0], vm.lines[half:]...)
-		vm.base += half
-	}
-	vm.lines = append(vm.lines, line)
-	close(vm.changed)
-	vm.changed = make(chan struct{})
 }
 
 // waitQMP waits until QMP answers a command. The greeting alone proves
@@ -420,48 +390,21 @@ func (vm *VM) waitQMP(ctx context.Context) error {
 // qmpReady connects to QMP, runs query-status and hangs up, which frees the
 // socket for the next client.
 func (vm *VM) qmpReady(ctx context.Context) error {
-	var d net.Dialer
-	c, err := d.DialContext(ctx, "unix", vm.qmp)
+	s, err := qemu.Dial(ctx, vm.qmp, qemu.DialOptions{})
 	if err != nil {
 		return err
 	}
-	defer c.Close()
-	stop := context.AfterFunc(ctx, func() { c.SetDeadline(time.Now()) })
-	defer stop()
-	r := bufio.NewReader(c)
-	// Greeting, then one reply per command; events may come in between.
-	for _, cmd := range []string{"", "qmp_capabilities", "query-status"} {
-		if cmd != "" {
-			if _, err := fmt.Fprintf(c, `{"execute":%q}`+"\n", cmd); err != nil {
-				return fmt.Errorf("QMP %s: %w", cmd, err)
-			}
-		}
-		for {
-			line, err := r.ReadString('\n')
-			if err != nil {
-				return fmt.Errorf("QMP %s: %w", cmp.Or(cmd, "greeting"), err)
-			}
-			if strings.Contains(line, `"event"`) {
-				continue
-			}
-			if cmd == "" || strings.Contains(line, `"return"`) {
-				break
-			}
-			return fmt.Errorf("QMP %s: %s", cmd, strings.TrimSpace(line))
-		}
-	}
-	return nil
+	defer s.Close()
+	return s.Run(ctx, "query-status", nil, nil)
 }
 
-// exitError describes how QEMU ended; call only after done is closed.
+// exitError describes how QEMU ended; call only once it is reaped.
 func (vm *VM) exitError() error {
-	vm.mu.Lock()
-	werr := vm.waitErr
-	tail := vm.lines[max(0, len(vm.lines)-5):]
-	vm.mu.Unlock()
+	lines := vm.console.Lines()
+	tail := lines[max(0, len(lines)-5):]
 	status := "status 0"
-	if werr != nil {
-		status = werr.Error()
+	if vm.waitErr != nil {
+		status = vm.waitErr.Error()
 	}
 	msg := fmt.Sprintf("%v (%s)", ErrExited, status)
 	if s := strings.TrimSpace(vm.stderr.String()); s != "" {
@@ -484,7 +427,7 @@ func (e *exitError) Is(target error) bool { return target == ErrExited }
 func (vm *VM) Argv() []string { return append([]string(nil), vm.argv...) }
 
 // PID is QEMU's process ID.
-func (vm *VM) PID() int { return vm.cmd.Process.Pid }
+func (vm *VM) PID() int { return vm.child.PID() }
 
 // QMPPath is the path of the QMP unix socket. It serves one client at a time.
 func (vm *VM) QMPPath() string { return vm.qmp }
@@ -507,19 +450,11 @@ func (vm *VM) Exited() <-chan struct{} { return vm.done }
 
 // Serial returns the serial lines read so far (the newest 65536 at most),
 // without line endings.
-func (vm *VM) Serial() []string {
-	vm.mu.Lock()
-	defer vm.mu.Unlock()
-	return append([]string(nil), vm.lines...)
-}
+func (vm *VM) Serial() []string { return vm.console.Lines() }
 
 // SerialLines is the number of serial lines read so far: a mark to pass to
 // WaitSerialFrom to see only lines that come later.
-func (vm *VM) SerialLines() int {
-	vm.mu.Lock()
-	defer vm.mu.Unlock()
-	return vm.base + len(vm.lines)
-}
+func (vm *VM) SerialLines() int { return vm.console.Mark() }
 
 // WaitSerial waits for a serial line matching re, considering every line
 // since QEMU started, and returns the first one's submatches.
@@ -530,66 +465,18 @@ func (vm *VM) WaitSerial(ctx context.Context, re *regexp.Regexp) ([]string, erro
 
 // WaitSerialFrom waits for a line matching re among lines numbered from
 // (counting from 0 since QEMU started; see SerialLines) and returns its
-// submatches and number.
+// submatches and number. Once QEMU has exited and no such line came, it
+// fails with ErrExited.
 func (vm *VM) WaitSerialFrom(ctx context.Context, from int, re *regexp.Regexp) ([]string, int, error) {
-	for {
-		vm.mu.Lock()
-		for i := max(from, vm.base) - vm.base; i < len(vm.lines); i++ {
-			if m := re.FindStringSubmatch(vm.lines[i]); m != nil {
-				n := vm.base + i
-				vm.mu.Unlock()
-				return m, n, nil
-			}
-		}
-		from = vm.base + len(vm.lines)
-		changed := vm.changed
-		vm.mu.Unlock()
-		if err := vm.awaitLine(ctx, changed); err != nil {
-			return nil, -1, fmt.Errorf("wait for serial line %q: %w", re, err)
-		}
-	}
-}
-
-// awaitLine blocks until changed is closed (a new line: nil), QEMU has exited
-// and all its output is in (the exit error), or ctx ends.
-func (vm *VM) awaitLine(ctx context.Context, changed <-chan struct{}) error {
-	select {
-	case <-changed:
-		return nil
-	case <-vm.done:
-		select {
-		case <-changed: // a last line came with the exit
-			return nil
-		default:
-			return vm.exitError()
-		}
-	case <-ctx.Done():
-		return ctx.Err()
-	}
+	return vm.console.WaitLine(ctx, from, re)
 }
 
 // LastTick is the N of the last "tick N" line, 0 before the first.
-func (vm *VM) LastTick() int {
-	vm.mu.Lock()
-	defer vm.mu.Unlock()
-	return vm.lastTick
-}
+func (vm *VM) LastTick() int { return vm.console.LastTick() }
 
 // WaitTick waits until the guest has printed "tick N" with N ≥ n and returns
 // that N. Every tick seen is already on the disk.
-func (vm *VM) WaitTick(ctx context.Context, n int) (int, error) {
-	for {
-		vm.mu.Lock()
-		last, changed := vm.lastTick, vm.changed
-		vm.mu.Unlock()
-		if last >= n {
-			return last, nil
-		}
-		if err := vm.awaitLine(ctx, changed); err != nil {
-			return last, fmt.Errorf("wait for tick %d (last %d): %w", n, last, err)
-		}
-	}
-}
+func (vm *VM) WaitTick(ctx context.Context, n int) (int, error) { return vm.console.WaitTick(ctx, n) }
 
 // RSS returns QEMU's resident memory in bytes.
 func (vm *VM) RSS() (int64, error) {
@@ -613,35 +500,22 @@ func (vm *VM) RSS() (int64, error) {
 // so the disk can be read afterwards) and waits for it to exit. If ctx ends
 // first, QEMU is killed. Stopping a VM that has exited returns nil.
 func (vm *VM) Stop(ctx context.Context) error {
-	select {
-	case <-vm.done:
-		return nil
-	default:
-	}
-	if err := vm.cmd.Process.Signal(syscall.SIGTERM); err != nil && !errors.Is(err, os.ErrProcessDone) {
+	err := vm.child.Stop(ctx)
+	<-vm.done
+	if err != nil {
 		return fmt.Errorf("stop guest: %w", err)
 	}
-	select {
-	case <-vm.done:
-		return nil
-	case <-ctx.Done():
-		vm.Kill()
-		return fmt.Errorf("stop guest: QEMU did not exit on SIGTERM, killed: %w", ctx.Err())
-	}
+	return nil
 }
 
 // Kill kills QEMU at once and waits for it to be gone. The disk holds what
 // the guest had flushed.
 func (vm *VM) Kill() error {
-	select {
-	case <-vm.done:
-		return nil
-	default:
-	}
-	if err := vm.cmd.Process.Kill(); err != nil && !errors.Is(err, os.ErrProcessDone) {
+	err := vm.child.Kill()
+	<-vm.done
+	if err != nil {
 		return fmt.Errorf("kill guest: %w", err)
 	}
-	<-vm.done
 	return nil
 }
 

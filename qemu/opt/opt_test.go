@@ -1,4 +1,4 @@
-package qemuopt
+package opt
 
 import (
 	"errors"

@@ -1,4 +1,4 @@
-package capture
+package qemu
 
 import (
 	"context"
@@ -9,6 +9,8 @@ import (
 	"os"
 	"sync"
 	"time"
+
+	"github.com/digitalocean/go-qemu/qmp"
 )
 
 // Sentinel errors for the conditions a caller may want to tell apart.
@@ -20,14 +22,6 @@ var (
 	ErrQMPBusy = errors.New("QMP socket held by another client")
 	// ErrDisconnected: the QMP connection ended (QEMU exited or closed it).
 	ErrDisconnected = errors.New("QMP connection lost")
-	// ErrGuestNotRunning: the guest is paused, shut down or otherwise not
-	// running, so ntc refuses to checkpoint it.
-	ErrGuestNotRunning = errors.New("guest is not running")
-	// ErrUnsupported: the QEMU or its configuration lacks something a
-	// checkpoint needs (background-snapshot, a disk layout ntc can read).
-	ErrUnsupported = errors.New("unsupported by ntc checkpoint")
-	// ErrBusy: another ntc checkpoint or a migration is in progress.
-	ErrBusy = errors.New("busy")
 )
 
 // CommandError is QEMU's error reply to a QMP command.
@@ -67,17 +61,15 @@ const (
 // time.
 type Session struct {
 	path    string
-	mon     monitor
+	mon     Monitor
 	timeout time.Duration
 	version Version
 	peer    Process
 
-	mu      sync.Mutex
-	events  []Event
-	base    int // events dropped from the front of events
-	changed chan struct{}
-	broken  error         // set when the session can no longer be used
-	done    chan struct{} // closed when the connection has ended
+	events *Backlog[Event] // ended when the connection has ended
+
+	mu     sync.Mutex
+	broken error // set when the session can no longer be used
 }
 
 // DialOptions tune Dial; the zero value uses the defaults.
@@ -113,49 +105,56 @@ func Dial(ctx context.Context, path string, opts DialOptions) (*Session, error) 
 	if err != nil {
 		return nil, err
 	}
-	mon, err := newMonitor(path, opts.ConnectTimeout)
+	mon, err := DialMonitor(path, opts.ConnectTimeout)
 	if err != nil {
 		return nil, fmt.Errorf("connect to QMP socket %s: %w", path, err)
 	}
-	type greeting struct {
-		v   Version
-		err error
-	}
-	connected := make(chan greeting, 1)
-	go func() {
-		v, err := mon.connect()
-		connected <- greeting{v, err}
-	}()
+	connected := make(chan error, 1)
+	go func() { connected <- mon.Connect() }()
 	t := time.NewTimer(opts.ConnectTimeout)
 	defer t.Stop()
-	var g greeting
 	select {
-	case g = <-connected:
+	case err = <-connected:
 	case <-t.C:
-		mon.disconnect()
+		mon.Disconnect()
 		<-connected
 		return nil, silentPeerError(path, peer, opts.ConnectTimeout)
 	case <-ctx.Done():
-		mon.disconnect()
+		mon.Disconnect()
 		<-connected
 		return nil, fmt.Errorf("connect to QMP socket %s: %w", path, ctx.Err())
 	}
-	if g.err != nil {
-		mon.disconnect()
-		if peer.IsQEMU() && !errors.Is(g.err, ErrNotQMP) {
-			return nil, fmt.Errorf("QMP handshake with QEMU (pid %d) on %s: %w", peer.PID, path, g.err)
+	if err != nil {
+		mon.Disconnect()
+		if peer.IsQEMU() && !errors.Is(err, ErrNotQMP) {
+			return nil, fmt.Errorf("QMP handshake with QEMU (pid %d) on %s: %w", peer.PID, path, err)
 		}
-		return nil, fmt.Errorf("%s (served by pid %d, %s) did not answer with a QMP greeting (%v): %w", path, peer.PID, peer.Name(), g.err, ErrNotQMP)
+		return nil, fmt.Errorf("%s (served by pid %d, %s) did not answer with a QMP greeting (%v): %w", path, peer.PID, peer.Name(), err, ErrNotQMP)
 	}
-	if g.v.QEMU.Major == 0 {
-		mon.disconnect()
+	if mon.Version().QEMU.Major == 0 {
+		mon.Disconnect()
 		return nil, fmt.Errorf("%s (served by pid %d, %s) sent no QEMU version in its greeting: %w", path, peer.PID, peer.Name(), ErrNotQMP)
 	}
-	s := &Session{
-		path: path, mon: mon, timeout: opts.CommandTimeout, version: g.v, peer: peer,
-		changed: make(chan struct{}), done: make(chan struct{}),
+	return NewSession(mon, path, mon.Version(), peer, opts.CommandTimeout)
+}
+
+// NewSession makes a Session of mon, connected to the QEMU process peer
+// (Dial does this for a QMP socket; capture's libvirt passthrough is
+// another monitor). path names the target in messages, v is QEMU's
+// version, and commandTimeout bounds each command (0: the default).
+func NewSession(mon Monitor, path string, v Version, peer Process, commandTimeout time.Duration) (*Session, error) {
+	if commandTimeout <= 0 {
+		commandTimeout = DefaultCommandTimeout
 	}
-	go s.pump(mon.events())
+	evs, err := mon.Events(context.Background())
+	if err != nil {
+		return nil, fmt.Errorf("QMP events of %s: %w", path, err)
+	}
+	s := &Session{
+		path: path, mon: mon, timeout: commandTimeout, version: v, peer: peer,
+		events: NewBacklog[Event](maxEvents),
+	}
+	go s.pump(evs)
 	return s, nil
 }
 
@@ -184,25 +183,12 @@ func silentPeerError(path string, peer Process, d time.Duration) error {
 // pump moves events from the monitor into the log as they come, so that
 // the monitor's reader never blocks on an event nobody reads (go-qemu's
 // event channel is unbuffered: an unread event stalls every reply).
-func (s *Session) pump(evs <-chan Event) {
-	for ev := range evs {
-		s.mu.Lock()
-		if len(s.events) == maxEvents {
-			half := maxEvents / 2
-			s.events = append(s.events[:0], s.events[half:]...)
-			s.base += half
-		}
-		s.events = append(s.events, ev)
-		close(s.changed)
-		s.changed = make(chan struct{})
-		s.mu.Unlock()
+func (s *Session) pump(evs <-chan qmp.Event) {
+	for e := range evs {
+		s.events.Add(Event{Name: e.Event, Data: e.Data, Time: time.Unix(e.Timestamp.Seconds, e.Timestamp.Microseconds*1000)})
 	}
-	s.mu.Lock()
-	if s.broken == nil {
-		s.broken = ErrDisconnected
-	}
-	s.mu.Unlock()
-	close(s.done)
+	s.markBroken(ErrDisconnected)
+	s.events.End(fmt.Errorf("wait for QMP event: %w (did QEMU exit?)", ErrDisconnected))
 }
 
 // Version returns the QEMU version from the greeting, like "7.2.22".
@@ -224,7 +210,7 @@ func (s *Session) Peer() Process { return s.peer }
 func (s *Session) Path() string { return s.path }
 
 // Done is closed when the connection has ended.
-func (s *Session) Done() <-chan struct{} { return s.done }
+func (s *Session) Done() <-chan struct{} { return s.events.Ended() }
 
 // Err returns why the session can no longer be used, or nil.
 func (s *Session) Err() error {
@@ -240,8 +226,8 @@ func (s *Session) Close() error {
 		s.broken = errors.New("QMP session closed")
 	}
 	s.mu.Unlock()
-	err := s.mon.disconnect()
-	<-s.done
+	err := s.mon.Disconnect()
+	<-s.events.Ended()
 	return err
 }
 
@@ -264,7 +250,7 @@ func (s *Session) run(ctx context.Context, command string, args any, reply any, 
 	if err := s.Err(); err != nil {
 		return fmt.Errorf("QMP %s: %w", command, err)
 	}
-	b, err := json.Marshal(qmpCommand{Execute: command, Args: args})
+	b, err := json.Marshal(Command{Execute: command, Args: args})
 	if err != nil {
 		return fmt.Errorf("QMP %s: encode arguments: %w", command, err)
 	}
@@ -277,7 +263,11 @@ func (s *Session) run(ctx context.Context, command string, args any, reply any, 
 	ch := make(chan result, 1)
 	go func() {
 		var r result
-		r.out, r.err = s.mon.run(b, f)
+		if f != nil {
+			r.out, r.err = s.mon.RunWithFile(b, f)
+		} else {
+			r.out, r.err = s.mon.Run(b)
+		}
 		ch <- r
 	}()
 	var r result
@@ -289,7 +279,7 @@ func (s *Session) run(ctx context.Context, command string, args any, reply any, 
 			s.broken = fmt.Errorf("no reply to %s: %w", command, ctx.Err())
 		}
 		s.mu.Unlock()
-		s.mon.disconnect()
+		s.mon.Disconnect()
 		<-ch
 		return fmt.Errorf("QMP %s: no reply: %w", command, ctx.Err())
 	}
@@ -314,9 +304,9 @@ func (s *Session) run(ctx context.Context, command string, args any, reply any, 
 // classify turns a monitor error into a *CommandError (QEMU said no) or a
 // lost connection.
 func (s *Session) classify(command string, err error) error {
-	var re *replyError
+	var re *ReplyError
 	if errors.As(err, &re) {
-		return &CommandError{Command: command, Desc: re.desc}
+		return &CommandError{Command: command, Desc: re.Desc}
 	}
 	s.markBroken(ErrDisconnected)
 	return fmt.Errorf("QMP %s: %w (did QEMU exit?): %v", command, ErrDisconnected, err)
@@ -332,41 +322,11 @@ func (s *Session) markBroken(err error) {
 
 // EventMark returns a mark for WaitEvent: only events received after it
 // are considered.
-func (s *Session) EventMark() int {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.base + len(s.events)
-}
+func (s *Session) EventMark() int { return s.events.Mark() }
 
 // WaitEvent waits for an event after mark from for which match is true and
 // returns it with the mark just past it. It fails when ctx ends or the
 // connection is lost.
 func (s *Session) WaitEvent(ctx context.Context, from int, match func(Event) bool) (Event, int, error) {
-	for {
-		s.mu.Lock()
-		for i := max(from, s.base) - s.base; i < len(s.events); i++ {
-			if match(s.events[i]) {
-				ev := s.events[i]
-				n := s.base + i + 1
-				s.mu.Unlock()
-				return ev, n, nil
-			}
-		}
-		from = s.base + len(s.events)
-		changed := s.changed
-		s.mu.Unlock()
-		select {
-		case <-changed:
-		case <-s.done:
-			// Events that came with the end are in the log already.
-			s.mu.Lock()
-			more := s.base+len(s.events) > from
-			s.mu.Unlock()
-			if !more {
-				return Event{}, from, fmt.Errorf("wait for QMP event: %w (did QEMU exit?)", ErrDisconnected)
-			}
-		case <-ctx.Done():
-			return Event{}, from, ctx.Err()
-		}
-	}
+	return s.events.Wait(ctx, from, match)
 }

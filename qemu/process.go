@@ -1,4 +1,4 @@
-package capture
+package qemu
 
 import (
 	"bytes"
@@ -43,9 +43,12 @@ func (p Process) Name() string {
 	return filepath.Base(p.Exe)
 }
 
-// IsQEMU reports whether the executable looks like a QEMU system emulator.
+// IsQEMU reports whether the executable looks like a QEMU system emulator:
+// qemu-system-ARCH, or qemu-kvm as some distributions name it (a program
+// merely named after QEMU, like this package's test binary, is not).
 func (p Process) IsQEMU() bool {
-	return strings.Contains(p.Name(), "qemu")
+	n := p.Name()
+	return strings.HasPrefix(n, "qemu-system-") || n == "qemu-kvm"
 }
 
 // peerProcess connects to the unix socket at path, asks the kernel who
@@ -76,11 +79,11 @@ func peerProcess(ctx context.Context, path string, timeout time.Duration) (Proce
 	if cerr != nil {
 		return Process{}, fmt.Errorf("find the process behind %s: %w", path, cerr)
 	}
-	return processInfo(int(cred.Pid))
+	return LookupProcess(int(cred.Pid))
 }
 
-// processInfo reads what identifies process pid.
-func processInfo(pid int) (Process, error) {
+// LookupProcess reads what identifies process pid.
+func LookupProcess(pid int) (Process, error) {
 	p := Process{PID: pid}
 	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
 	if err != nil {
@@ -119,8 +122,8 @@ func statStart(stat []byte) (uint64, error) {
 	return strconv.ParseUint(f[19], 10, 64)
 }
 
-// processArgv returns the command line of process pid.
-func processArgv(pid int) ([]string, error) {
+// Cmdline returns the command line of process pid (/proc/PID/cmdline).
+func Cmdline(pid int) ([]string, error) {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
 	if err != nil {
 		return nil, fmt.Errorf("read QEMU's command line (run ntc as QEMU's user or root): %w", err)

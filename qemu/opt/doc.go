@@ -1,4 +1,4 @@
-// Package qemuopt reads and writes QEMU's option syntax, the argument of
+// Package opt reads and writes QEMU's option syntax, the argument of
 // -device, -machine, -chardev and their kind: "virtio-blk-pci,drive=d0,id=vda".
 //
 // # Vocabulary
@@ -15,4 +15,4 @@
 // It knows no option's keys or values: which ones are allowed is the
 // caller's business (package resume keeps an allowlist). It does not read
 // the JSON form some options take (-device {"driver":…}).
-package qemuopt
+package opt
