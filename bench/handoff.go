@@ -11,8 +11,8 @@ import (
 	"time"
 
 	"github.com/ntc-project/ntc/bench/link"
-	"github.com/ntc-project/ntc/capture"
 	"github.com/ntc-project/ntc/internal/testguest"
+	"github.com/ntc-project/ntc/qemu"
 )
 
 // runHandoff measures the daily hand-off across the link as a user runs
@@ -41,7 +41,7 @@ func runHandoff(ctx context.Context, bin string, l *link.Link, sc *Scenario, dir
 		return err
 	}
 	defer src.Close()
-	s, err := capture.Dial(ctx, src.QMPPath(), capture.DialOptions{})
+	s, err := qemu.Dial(ctx, src.QMPPath(), qemu.DialOptions{})
 	if err != nil {
 		return err
 	}
@@ -115,7 +115,7 @@ func runHandoff(ctx context.Context, bin string, l *link.Link, sc *Scenario, dir
 
 // restoreRunning loads the scenario's new checkpoint, through s, into the
 // QEMU of vm started with -incoming defer and lets the guest run.
-func restoreRunning(ctx context.Context, s *capture.Session, vm *testguest.VM, st *VMState) error {
+func restoreRunning(ctx context.Context, s *qemu.Session, vm *testguest.VM, st *VMState) error {
 	if err := s.Run(ctx, "migrate-incoming", map[string]any{"uri": "exec:cat " + st.Stream2}, nil); err != nil {
 		return fmt.Errorf("restore the checkpoint: %w", err)
 	}
