@@ -555,12 +555,16 @@ func (vm *VM) migrate(ctx context.Context, s *migstream.Stream, src migstream.So
 		st := e.String("status")
 		return st == "completed" || st == "failed" || st == "cancelled"
 	})
-	if err != nil {
+	if err != nil || ev.String("status") != "completed" {
+		// A QEMU that no longer reads the stream leaves Join stuck in a
+		// write: closing the pipe ends it.
 		cancel()
-		wg.Wait()
-		return cw.n, vm.failed("incoming migration", err)
+		w.Close()
 	}
 	wg.Wait()
+	if err != nil {
+		return cw.n, vm.failed("incoming migration", err)
+	}
 	if st := ev.String("status"); st != "completed" {
 		// QEMU exits right after a failed incoming migration: its own
 		// words say what did not match.
