@@ -4,18 +4,12 @@
 //
 // # Vocabulary
 //
-//   - Session: one QMP connection, with a timeout on every command and an
-//     event log that is read all the time (so a reply never waits behind an
-//     unread event) and that waiters scan from a mark. QEMU serves one QMP
-//     client at a time; a QEMU serving another client stays silent, and Dial
-//     tells that apart from a socket that is not QMP by asking the kernel
-//     which process listens (SO_PEERCRED): ErrQMPBusy or ErrNotQMP. The wire
-//     is a small standard-library client; built with -tags goqemu it is
-//     go-qemu's SocketMonitor. go-qemu is not the default because its
-//     SocketMonitor hands out replies that alias its bufio.Scanner buffer
-//     (qmp/socket.go, listen): the race detector catches the next line
-//     overwriting a reply being decoded; it also drops the connection on
-//     a reply over 64 KiB.
+//   - Session: one QMP connection (package qemu's Session: a timeout on
+//     every command, an event log read all the time and scanned from a
+//     mark, ErrQMPBusy/ErrNotQMP told apart through SO_PEERCRED; its wire is
+//     qemu.SocketMonitor, a go-qemu qmp.Monitor that copies each line).
+//     capture.Session is a thin wrapper of it (qemu_alias.go) until the
+//     libvirt monitor below is a qemu.Monitor too.
 //   - Libvirt domain: a guest whose QMP monitor libvirt owns (Config.Domain,
 //     DialDomain). Commands and events go through libvirtd, and the disk
 //     overlays and their merge through libvirt's snapshot and block-commit
@@ -100,8 +94,9 @@
 //     directly booted kernel's command line and the base names and
 //     SHA-256 of its files, flags (-nodefaults, -no-reboot, …). It is read
 //     from the source's command line (/proc/PID/cmdline of the QEMU behind
-//     the socket: the local user's own VM, parsed with capture/qemuopt)
-//     and QEMU's answers. No host path, socket, listener, program or
+//     the socket: the local user's own VM, parsed with qemu/opt), or for a
+//     libvirt domain from its domain XML (libvirt_machine.go), and QEMU's
+//     answers. No host path, socket, listener, program or
 //     descriptor goes in; what the source used and cannot be described
 //     (-fw_cfg, -object secret, legacy -net, …) is listed in
 //     Machine.Unsupported, which a receiver refuses.

@@ -13,7 +13,7 @@ import (
 	"strconv"
 	"strings"
 
-	"github.com/ntc-project/ntc/capture/qemuopt"
+	qemuopt "github.com/ntc-project/ntc/qemu/opt"
 )
 
 // Machine describes the source's machine as data: what a receiver needs to

@@ -9,7 +9,7 @@ import (
 	"strings"
 
 	"github.com/ntc-project/ntc/capture"
-	"github.com/ntc-project/ntc/capture/qemuopt"
+	qemuopt "github.com/ntc-project/ntc/qemu/opt"
 )
 
 // Files of a resume in its work directory.

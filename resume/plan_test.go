@@ -7,7 +7,7 @@ import (
 	"testing"
 
 	"github.com/ntc-project/ntc/capture"
-	"github.com/ntc-project/ntc/capture/qemuopt"
+	qemuopt "github.com/ntc-project/ntc/qemu/opt"
 )
 
 // guestManifest is the test guest's checkpoint as capture describes it
