@@ -7,6 +7,7 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
@@ -28,9 +29,12 @@ const startTimeout = 2 * time.Minute
 
 // Daemon makes sure a libvirtd answers at URI and returns URI. It skips tb
 // if libvirtd or virsh is not installed (CI installs them with
-// scripts/deps-libvirt.sh), starts virtlogd and libvirtd when nothing
-// listens on their sockets, and stops what it started when tb ends; it
-// fails tb with the daemon's own words if one cannot start.
+// scripts/deps-libvirt.sh) and starts virtlogd and libvirtd when nothing
+// listens on their sockets; it fails tb with the daemon's own words if one
+// cannot start. What it starts stays running when tb ends, as the system's
+// own service would: 'go test ./...' runs test binaries side by side, and
+// another one may be using the daemon this one started (stopping it at
+// the end made that one's libvirt test fail).
 func Daemon(tb testing.TB) string {
 	tb.Helper()
 	for _, bin := range []string{"libvirtd", "virtlogd", "virsh"} {
@@ -46,15 +50,9 @@ func Daemon(tb testing.TB) string {
 		if answers(d.socket) {
 			continue
 		}
-		stop, err := startDaemon(ctx, d.bin, d.socket)
-		if err != nil {
+		if _, err := startDaemon(ctx, d.bin, d.socket); err != nil {
 			tb.Fatal(err)
 		}
-		tb.Cleanup(func() {
-			if err := stop(); err != nil {
-				tb.Error(err)
-			}
-		})
 	}
 	if out, err := exec.CommandContext(ctx, "virsh", "-c", URI, "version").CombinedOutput(); err != nil {
 		tb.Fatalf("libvirtd does not answer at %s: virsh version: %v: %s", URI, err, out)
@@ -78,8 +76,16 @@ func answers(path string) bool {
 // then SIGKILL after 30 s) and reaps it.
 func startDaemon(ctx context.Context, bin, socket string) (stop func() error, err error) {
 	cmd := exec.Command(bin)
-	var out strings.Builder
-	cmd.Stdout, cmd.Stderr = &out, &out
+	// A file, not a pipe: the daemon outlives the test (see Daemon), and
+	// would die writing to a pipe nobody reads.
+	logPath := filepath.Join(os.TempDir(), "ntc-test-"+bin+".log")
+	logFile, err := os.OpenFile(logPath, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("start %s: %w", bin, err)
+	}
+	defer logFile.Close()
+	cmd.Stdout, cmd.Stderr = logFile, logFile
+	out := logTail{logPath}
 	// Own process group: a terminal's ^C goes to the test, which stops it.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := cmd.Start(); err != nil {
@@ -143,4 +149,12 @@ func RequireUserfaultfd(tb testing.TB) {
 	if !userfaultfdAllowed() {
 		tb.Fatal("libvirt runs QEMU unprivileged: QEMU 7.2's background snapshot needs vm.unprivileged_userfaultfd=1 (scripts/deps-libvirt.sh sets it)")
 	}
+}
+
+// logTail is the end of a daemon's log file, for an error message.
+type logTail struct{ path string }
+
+func (l logTail) String() string {
+	b, _ := os.ReadFile(l.path)
+	return string(b[max(0, len(b)-2000):])
 }
