@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"slices"
+	"sync"
 
 	"golang.org/x/sync/errgroup"
 
@@ -58,11 +59,72 @@ func (s *Store) Prefetch(ctx context.Context, ids []chunk.ID) error {
 		}
 		s.mu.Unlock()
 	}
+	return s.fetchSpans(ctx, byPack, func(pl prefetchLoc, data, body []byte, err error) error {
+		if err == nil { // a damaged record is skipped: Get says so
+			s.keep(ctx, pl.id, data, pl.l.codec, body)
+		}
+		return nil
+	})
+}
+
+// Fetch reads the chunks of ids, records that lie close together in a
+// pack with one GET (a few GETs at once), verifies each against its ID and
+// calls fn with it: one call at a time, in no set order, data valid only
+// during the call. It neither reads nor fills the cache: it is for a
+// reader that keeps the chunks itself (a pull into a node's repository).
+// A chunk the store does not hold makes a *MissingError before anything
+// is read; a damaged one is an *chunk.InvalidChunkError. An error from fn
+// ends it.
+func (s *Store) Fetch(ctx context.Context, ids []chunk.ID, fn func(id chunk.ID, data []byte) error) error {
+	byPack := map[packName][]prefetchLoc{}
+	var missing, pending []chunk.ID
+	seen := make(map[chunk.ID]struct{}, len(ids))
+	s.mu.Lock()
+	for _, id := range ids {
+		if _, ok := seen[id]; ok {
+			continue
+		}
+		seen[id] = struct{}{}
+		if l, ok := s.lookupLocked(id); ok {
+			byPack[s.names[l.pack]] = append(byPack[s.names[l.pack]], prefetchLoc{id, l})
+		} else if s.pendingLocked(id) != nil {
+			pending = append(pending, id)
+		} else {
+			missing = append(missing, id)
+		}
+	}
+	s.mu.Unlock()
+	if len(missing) > 0 {
+		return &MissingError{IDs: missing}
+	}
+	for _, id := range pending { // being uploaded by this writer: in memory
+		data, err := s.Get(ctx, id)
+		if err != nil {
+			return err
+		}
+		if err := fn(id, data); err != nil {
+			return err
+		}
+	}
+	var mu sync.Mutex
+	return s.fetchSpans(ctx, byPack, func(pl prefetchLoc, data, _ []byte, err error) error {
+		if err != nil {
+			return err
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		return fn(pl.id, data)
+	})
+}
+
+// fetchSpans reads the records of byPack, a few spans at once, and calls
+// use with each record decoded and verified (or the error doing so).
+func (s *Store) fetchSpans(ctx context.Context, byPack map[packName][]prefetchLoc, use func(pl prefetchLoc, data, body []byte, err error) error) error {
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(prefetchGETs)
 	for name, locs := range byPack {
 		for _, sp := range spans(name, locs) {
-			g.Go(func() error { return s.fetchSpan(gctx, sp) })
+			g.Go(func() error { return s.fetchSpan(gctx, sp, use) })
 		}
 	}
 	return g.Wait()
@@ -85,20 +147,19 @@ func spans(name packName, locs []prefetchLoc) []span {
 	return out
 }
 
-// fetchSpan reads a span and keeps each record of it that verifies.
-func (s *Store) fetchSpan(ctx context.Context, sp span) error {
+// fetchSpan reads a span and hands each record of it to use.
+func (s *Store) fetchSpan(ctx context.Context, sp span, use func(pl prefetchLoc, data, body []byte, err error) error) error {
 	buf, err := s.b.getRange(ctx, packKey(sp.pack), sp.off, sp.end-sp.off)
 	if err != nil {
-		return fmt.Errorf("prefetch: %w", err)
+		return fmt.Errorf("fetch chunks: %w", err)
 	}
 	where := s.b.url(packKey(sp.pack))
 	for _, pl := range sp.locs {
 		body := buf[pl.l.off-sp.off : pl.l.off-sp.off+int64(pl.l.length)]
 		data, err := s.decode(pl.id, pl.l.codec, body, fmt.Sprintf("%s at %d", where, pl.l.off))
-		if err != nil {
-			continue // damaged: Get says so
+		if err := use(pl, data, body, err); err != nil {
+			return err
 		}
-		s.keep(ctx, pl.id, data, pl.l.codec, body)
 	}
 	return ctx.Err()
 }

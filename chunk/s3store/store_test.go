@@ -653,3 +653,66 @@ func TestPrefetch(t *testing.T) {
 		t.Fatalf("reads after prefetch: %d requests, want 1 (the damaged chunk, again)", got)
 	}
 }
+
+// TestFetch: chunks fetched come in one GET per run of a pack, verified,
+// without a cache; a damaged one is an InvalidChunkError, one not stored a
+// MissingError before any GET.
+func TestFetch(t *testing.T) {
+	tb := newTestBed(t)
+	cfg := tb.config()
+	cfg.PackSize = 128 << 10
+	w, chunks := tb.stored(t, cfg, 40, 24, 16<<10)
+	packs := w.Packs()
+	var cnt s3test.Counter
+	cfg.Transport = &cnt
+	r := tb.open(t, cfg)
+	ids := make([]chunk.ID, len(chunks))
+	want := map[chunk.ID][]byte{}
+	for i, c := range chunks {
+		ids[i] = chunk.Sum(c)
+		want[ids[i]] = c
+	}
+	got := map[chunk.ID]int{}
+	before := cnt.Count(http.MethodGet)
+	err := r.Fetch(t.Context(), append(ids, ids[0]), func(id chunk.ID, data []byte) error {
+		if !bytes.Equal(data, want[id]) {
+			t.Errorf("chunk %s: wrong bytes", id.Short())
+		}
+		got[id]++
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != len(want) {
+		t.Fatalf("fetched %d chunks, want %d", len(got), len(want))
+	}
+	for id, n := range got {
+		if n != 1 {
+			t.Fatalf("chunk %s handed %d times", id.Short(), n)
+		}
+	}
+	if n := cnt.Count(http.MethodGet) - before; n != packs {
+		t.Fatalf("fetch of %d chunks in %d packs: %d GETs, want one a pack", len(ids), packs, n)
+	}
+
+	before = cnt.Count(http.MethodGet)
+	var missing *MissingError
+	absent := chunk.Sum([]byte("never stored"))
+	if err := r.Fetch(t.Context(), []chunk.ID{ids[0], absent}, func(chunk.ID, []byte) error { return nil }); !errors.As(err, &missing) || len(missing.IDs) != 1 || missing.IDs[0] != absent {
+		t.Fatalf("fetch of a chunk not stored: %v", err)
+	}
+	if n := cnt.Count(http.MethodGet) - before; n != 0 {
+		t.Fatalf("a fetch refused for a missing chunk made %d GETs", n)
+	}
+
+	name, l := locate(t, w, ids[3])
+	tb.corrupt(t, w, packKey(name), l.off)
+	var inv *chunk.InvalidChunkError
+	if err := r.Fetch(t.Context(), ids[3:4], func(chunk.ID, []byte) error {
+		t.Error("a damaged chunk was handed over")
+		return nil
+	}); !errors.As(err, &inv) {
+		t.Fatalf("fetch of a damaged chunk: %v, want InvalidChunkError", err)
+	}
+}
