@@ -68,6 +68,10 @@ var configKeys = map[string]any{
 	"resume.bios":         "",
 	"resume.user":         "",
 	"resume.load-timeout": time.Duration(0),
+
+	"s3.endpoint": "",
+	"pull.from":   "",
+	"upload.to":   "",
 }
 
 // envName is the environment variable that sets key.

@@ -141,6 +141,7 @@ then the file given by --config (default: $NTC_HOME/ntc.yaml or
 		newStatusCommand(g),
 		newCheckCommand(g),
 		newRestoreCommand(g),
+		newPullCommand(g), newUploadCommand(g),
 	)
 	for _, c := range root.Commands() {
 		if check := c.Args; check != nil {
