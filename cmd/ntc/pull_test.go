@@ -28,7 +28,7 @@ func s3Env(srv *s3test.Server) []string {
 
 // ntcS3 runs ntc --json with args in home, against srv, and decodes what
 // it printed.
-func ntcS3(t *testing.T, srv *s3test.Server, home string, args ...string) (copiedJSON, error) {
+func ntcS3(t testing.TB, srv *s3test.Server, home string, args ...string) (copiedJSON, error) {
 	t.Helper()
 	c := exec.CommandContext(t.Context(), ntcBin, append([]string{"--json"}, args...)...)
 	c.Env = append(append(os.Environ(), "NTC_HOME="+home), s3Env(srv)...)

@@ -276,7 +276,10 @@ func copyTo(ctx context.Context, ids []chunk.ID, from chunkGetter, to putter, wo
 				if err != nil {
 					return fmt.Errorf("read chunk %s: %w", id.Short(), err)
 				}
-				if err := to.Put(gctx, id, data); err != nil {
+				// ctx, not gctx: an S3 store uploads a pack a Put fills
+				// in the background under the Put's context, which must
+				// outlive this group.
+				if err := to.Put(ctx, id, data); err != nil {
 					return err
 				}
 				counts[w].n++

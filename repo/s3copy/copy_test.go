@@ -48,11 +48,15 @@ func newBed(t testing.TB) *bed {
 	return &bed{srv: srv, url: "s3://" + srv.NewBucket(t) + "/fleet"}
 }
 
-// sets opens the bucket's repository, its requests carried by tr.
+// sets opens the bucket's repository, its requests carried by tr, with
+// small packs.
 func (b *bed) sets(t testing.TB, tr http.RoundTripper) *s3versions.Sets {
 	t.Helper()
 	st, err := s3store.Open(t.Context(), s3store.Config{URL: b.url, Endpoint: b.srv.Endpoint, PathStyle: true,
-		Region: b.srv.Region, Credentials: b.srv.Credentials(), Transport: tr})
+		Region: b.srv.Region, Credentials: b.srv.Credentials(), Transport: tr,
+		// Several packs a version: packs filled while chunks are
+		// copied upload in the background.
+		PackSize: 1 << 20})
 	if err != nil {
 		t.Fatal(err)
 	}
