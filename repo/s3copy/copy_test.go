@@ -276,6 +276,7 @@ func TestFanOut(t *testing.T) {
 		if got := counters[i].get.Load(); got < total || got > total+overhead {
 			t.Fatalf("puller %d downloaded %d bytes for a version of %d", i, got, total)
 		}
+		t.Logf("puller %d: GET %d bytes for a version of %d", i, counters[i].get.Load(), total)
 	}
 	if put := up.put.Load(); put > total+overhead {
 		t.Fatalf("the office PUT %d bytes after %d pulls: the uplink carries a version once", put, pullers)
@@ -312,6 +313,7 @@ func TestFanOut(t *testing.T) {
 	if got := counters[0].get.Load() - before; got > st2.CopiedBytes+overhead {
 		t.Fatalf("pull after the change downloaded %d bytes for %d bytes of new chunks", got, st2.CopiedBytes)
 	}
+	t.Logf("pull after the change: %d chunks, GET %d bytes", pst.Copied, counters[0].get.Load()-before)
 	checkHolds(t, homes[0], v2, v2ims, []byte("manifest 2"))
 	if ok, err := isParent(homes[0], v2); err != nil || !ok {
 		t.Fatalf("the puller's v2 does not follow its v1 (%v)", err)

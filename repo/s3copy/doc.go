@@ -19,6 +19,10 @@
 //     it has none, or its current version is an ancestor of the one copied
 //     (by the parent links either side knows); otherwise the version is
 //     kept beside it without becoming current (ErrDiverged), unless Force.
+//     The bucket knows the parent links of the versions uploaded to it
+//     only: a node that pulls v3 when v2 was never uploaded cannot tell
+//     that v3 follows its v1, and keeps it beside (upload every version a
+//     puller may hold, or pull with Force).
 //   - Nothing is visible at the destination before the commit: chunks
 //     copied before a failure are stored but named by no version (a
 //     collection removes them), and the commit itself is one conditional
