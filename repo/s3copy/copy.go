@@ -62,6 +62,31 @@ func Record(v *repo.Version) ([]byte, error) {
 	return json.Marshal(&c)
 }
 
+// DecodeRecord decodes a version's record as Record wrote it, and checks
+// that it is the version of set with the digest and parent a head lists
+// and that its digest is its content's.
+func DecodeRecord(rec []byte, set string, digest, parent chunk.ID) (*repo.Version, error) {
+	var v repo.Version
+	dec := json.NewDecoder(bytes.NewReader(rec))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&v); err != nil {
+		return nil, fmt.Errorf("record: %w", err)
+	}
+	if dec.More() {
+		return nil, errors.New("record: data after the version")
+	}
+	if v.Set != set || chunk.ID(v.Digest) != digest || chunk.ID(v.Parent) != parent {
+		return nil, errors.New("the record names another version")
+	}
+	if v.Seq != 0 || v.From != "" {
+		return nil, errors.New("the record has a node's local fields")
+	}
+	if err := v.Verify(); err != nil {
+		return nil, err
+	}
+	return &v, nil
+}
+
 // chunkGetter is where Upload reads chunks: a node's pack store.
 type chunkGetter interface {
 	Get(ctx context.Context, id chunk.ID) ([]byte, error)
@@ -406,18 +431,9 @@ func readRemote(ctx context.Context, src *s3versions.Sets, h *s3versions.Head, e
 	if err != nil {
 		return nil, nil, nil, err
 	}
-	var v repo.Version
-	dec := json.NewDecoder(bytes.NewReader(rec))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&v); err != nil {
-		return nil, nil, nil, bad("record: %v", err)
-	}
-	if v.Set != h.Set || chunk.ID(v.Digest) != e.Digest || chunk.ID(v.Parent) != e.Parent {
-		return nil, nil, nil, bad("the record names another version")
-	}
-	v.Seq = 0
-	if err := v.Verify(); err != nil {
-		return nil, nil, nil, err
+	v, err := DecodeRecord(rec, h.Set, e.Digest, e.Parent)
+	if err != nil {
+		return nil, nil, nil, bad("%v", err)
 	}
 	if len(v.Images) != len(e.Images) {
 		return nil, nil, nil, bad("%d images in the record, %d in the head", len(v.Images), len(e.Images))
@@ -439,5 +455,5 @@ func readRemote(ctx context.Context, src *s3versions.Sets, h *s3versions.Head, e
 	if err != nil {
 		return nil, nil, nil, err
 	}
-	return &v, idx, meta, nil
+	return v, idx, meta, nil
 }
