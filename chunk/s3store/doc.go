@@ -27,7 +27,10 @@
 //     it against its ID: damaged content is an *chunk.InvalidChunkError,
 //     never returned. With Config.CacheDir, chunks read are kept in a local
 //     chunk.PackStore and listings in files, so nothing is downloaded
-//     twice (also across restarts).
+//     twice (also across restarts). A reader that knows what it will
+//     need reads many chunks with few GETs: Prefetch into the cache, or
+//     Fetch, which hands them to the caller (a pull that keeps them in a
+//     node's own store).
 //   - A ref is a small object replaced only by compare-and-swap: created
 //     with If-None-Match: *, replaced with If-Match: the ETag it had when
 //     read. Of two writers racing from the same state one wins and the

@@ -153,8 +153,8 @@ func Upload(ctx context.Context, src *repo.Repo, chunks chunkGetter, dst *s3vers
 			e, _ := nh.ByDigest(sv.Digest)
 			st.Seq, st.Current = e.Seq, nh.Current == e.Seq
 			return st, divergedUnless(st.Current, set, v)
-		case errors.Is(err, s3store.ErrConflict), errors.Is(err, s3versions.ErrExists):
-			continue // another writer moved the head: decide again
+		case errors.Is(err, s3store.ErrConflict), errors.Is(err, s3versions.ErrExists), errors.Is(err, s3store.ErrUnknownOutcome):
+			continue // another writer moved the head, or the answer was lost: read it, decide again
 		case errors.As(err, &missing):
 			if err := send(ctx, missing.IDs); err != nil { // a collection took them: again
 				return st, err
