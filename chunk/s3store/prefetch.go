@@ -69,13 +69,16 @@ func (s *Store) Prefetch(ctx context.Context, ids []chunk.ID) error {
 
 // Fetch reads the chunks of ids, records that lie close together in a
 // pack with one GET (a few GETs at once), verifies each against its ID and
-// calls fn with it: one call at a time, in no set order, data valid only
-// during the call. It neither reads nor fills the cache: it is for a
+// calls fn with it: one call at a time, in no set order, the slices valid
+// only during the call. It neither reads nor fills the cache: it is for a
 // reader that keeps the chunks itself (a pull into a node's repository).
+// fn gets what chunk.PackStore.PutVerified takes: zstd is the chunk
+// compressed when it is stored so, and raw says it is stored uncompressed
+// because it did not compress; so the chunk is not compressed again.
 // A chunk the store does not hold makes a *MissingError before anything
 // is read; a damaged one is an *chunk.InvalidChunkError. An error from fn
 // ends it.
-func (s *Store) Fetch(ctx context.Context, ids []chunk.ID, fn func(id chunk.ID, data []byte) error) error {
+func (s *Store) Fetch(ctx context.Context, ids []chunk.ID, fn func(id chunk.ID, data, zstd []byte, raw bool) error) error {
 	byPack := map[packName][]prefetchLoc{}
 	var missing, pending []chunk.ID
 	seen := make(map[chunk.ID]struct{}, len(ids))
@@ -102,18 +105,21 @@ func (s *Store) Fetch(ctx context.Context, ids []chunk.ID, fn func(id chunk.ID, 
 		if err != nil {
 			return err
 		}
-		if err := fn(id, data); err != nil {
+		if err := fn(id, data, nil, false); err != nil {
 			return err
 		}
 	}
 	var mu sync.Mutex
-	return s.fetchSpans(ctx, byPack, func(pl prefetchLoc, data, _ []byte, err error) error {
+	return s.fetchSpans(ctx, byPack, func(pl prefetchLoc, data, body []byte, err error) error {
 		if err != nil {
 			return err
 		}
 		mu.Lock()
 		defer mu.Unlock()
-		return fn(pl.id, data)
+		if pl.l.codec == chunk.CodecZstd {
+			return fn(pl.id, data, body, false)
+		}
+		return fn(pl.id, data, nil, true)
 	})
 }
 

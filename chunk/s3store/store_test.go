@@ -12,6 +12,8 @@ import (
 	"sync/atomic"
 	"testing"
 
+	"github.com/klauspost/compress/zstd"
+
 	"github.com/ntc-project/ntc/chunk"
 	"github.com/ntc-project/ntc/chunk/storetest"
 	"github.com/ntc-project/ntc/internal/s3test"
@@ -662,6 +664,20 @@ func TestFetch(t *testing.T) {
 	cfg := tb.config()
 	cfg.PackSize = 128 << 10
 	w, chunks := tb.stored(t, cfg, 40, 24, 16<<10)
+	// The chunks compress (half of each is zeros) and Fetch hands them
+	// over compressed as well; two that do not are raw.
+	rng := rand.New(rand.NewPCG(41, 1))
+	incompressible := [][]byte{make([]byte, 16<<10), make([]byte, 16<<10)}
+	for _, c := range incompressible {
+		for j := range c {
+			c[j] = byte(rng.Uint32())
+		}
+	}
+	putAll(t, w, incompressible)
+	if err := w.Sync(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	chunks = append(chunks, incompressible...)
 	packs := w.Packs()
 	var cnt s3test.Counter
 	cfg.Transport = &cnt
@@ -673,10 +689,29 @@ func TestFetch(t *testing.T) {
 		want[ids[i]] = c
 	}
 	got := map[chunk.ID]int{}
+	compressed := 0
+	dec, err := zstd.NewReader(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dec.Close()
 	before := cnt.Count(http.MethodGet)
-	err := r.Fetch(t.Context(), append(ids, ids[0]), func(id chunk.ID, data []byte) error {
+	err = r.Fetch(t.Context(), append(ids, ids[0]), func(id chunk.ID, data, zstd []byte, raw bool) error {
 		if !bytes.Equal(data, want[id]) {
 			t.Errorf("chunk %s: wrong bytes", id.Short())
+		}
+		if zstd != nil {
+			if raw {
+				t.Errorf("chunk %s: compressed and raw", id.Short())
+			}
+			if d, err := chunk.Decompress(dec, id, chunk.CodecZstd, zstd, "fetched"); err != nil || !bytes.Equal(d, data) {
+				t.Errorf("chunk %s: its compressed form is not its content (%v)", id.Short(), err)
+			}
+		}
+		if zstd != nil {
+			compressed++
+		} else if !raw {
+			t.Errorf("chunk %s: neither compressed nor raw", id.Short())
 		}
 		got[id]++
 		return nil
@@ -684,8 +719,8 @@ func TestFetch(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(got) != len(want) {
-		t.Fatalf("fetched %d chunks, want %d", len(got), len(want))
+	if len(got) != len(want) || compressed != len(want)-len(incompressible) {
+		t.Fatalf("fetched %d chunks (%d compressed), want %d (%d)", len(got), compressed, len(want), len(want)-len(incompressible))
 	}
 	for id, n := range got {
 		if n != 1 {
@@ -699,7 +734,7 @@ func TestFetch(t *testing.T) {
 	before = cnt.Count(http.MethodGet)
 	var missing *MissingError
 	absent := chunk.Sum([]byte("never stored"))
-	if err := r.Fetch(t.Context(), []chunk.ID{ids[0], absent}, func(chunk.ID, []byte) error { return nil }); !errors.As(err, &missing) || len(missing.IDs) != 1 || missing.IDs[0] != absent {
+	if err := r.Fetch(t.Context(), []chunk.ID{ids[0], absent}, func(chunk.ID, []byte, []byte, bool) error { return nil }); !errors.As(err, &missing) || len(missing.IDs) != 1 || missing.IDs[0] != absent {
 		t.Fatalf("fetch of a chunk not stored: %v", err)
 	}
 	if n := cnt.Count(http.MethodGet) - before; n != 0 {
@@ -709,7 +744,7 @@ func TestFetch(t *testing.T) {
 	name, l := locate(t, w, ids[3])
 	tb.corrupt(t, w, packKey(name), l.off)
 	var inv *chunk.InvalidChunkError
-	if err := r.Fetch(t.Context(), ids[3:4], func(chunk.ID, []byte) error {
+	if err := r.Fetch(t.Context(), ids[3:4], func(chunk.ID, []byte, []byte, bool) error {
 		t.Error("a damaged chunk was handed over")
 		return nil
 	}); !errors.As(err, &inv) {

@@ -392,10 +392,10 @@ func Download(ctx context.Context, src *s3versions.Sets, set string, seq uint64,
 				lack = append(lack, id)
 			}
 		}
-		err := src.Store().Fetch(ctx, lack, func(id chunk.ID, data []byte) error {
+		err := src.Store().Fetch(ctx, lack, func(id chunk.ID, data, zstd []byte, raw bool) error {
 			st.Copied++
 			st.CopiedBytes += int64(len(data))
-			return chunks.PutVerified(ctx, id, data, nil, false)
+			return chunks.PutVerified(ctx, id, data, zstd, raw)
 		})
 		if err != nil {
 			return st, fmt.Errorf("download %s %s from %s: %w", set, v.Digest.Short(), src.Store().URL(), err)
