@@ -161,7 +161,7 @@ func TestGroupedPush(t *testing.T) {
 	level := 0
 	for i, groups := range []bool{false, true} {
 		p := newPeers(t)
-		res, err := p.push(t, t.Context(), &Sender{StateDir: t.TempDir(), level: &level, groupsAnyRTT: groups}, imageVersion(t, "vm", images))
+		res, err := p.push(t, t.Context(), &Sender{StateDir: t.TempDir(), level: &level, groups: &groups}, imageVersion(t, "vm", images))
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -49,10 +49,11 @@ type Sender struct {
 	connsAnyRTT bool
 
 	// level, if set, fixes the compression level (an index into levels)
-	// instead of choosing it from what the data streams measure;
-	// groupsAnyRTT groups chunks whatever the round trip.
-	level        *int
-	groupsAnyRTT bool
+	// instead of choosing it from what the data streams measure; groups,
+	// if set, decides whether chunks are grouped instead of the rule (a
+	// long path, or a small round).
+	level  *int
+	groups *bool
 
 	// unverified skips checking chunks asked for again, so that a test can
 	// keep damaged ones on the wire.

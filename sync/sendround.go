@@ -13,6 +13,10 @@ import (
 	"github.com/ntc-project/ntc/transport"
 )
 
+// smallRound is the size of the wanted chunks up to which a round groups
+// them whatever the path.
+const smallRound = 8 << 20
+
 // sendRound sends the wanted chunks over parallel data streams.
 func (s *Sender) sendRound(ctx context.Context, conns []*transport.Conn, session token, w *frameWriter, v *Version, news []newChunk, wt want, lim *limiter, patchable [][]chunk.Range, res *Result) error {
 	var todo []int
@@ -37,12 +41,25 @@ func (s *Sender) sendRound(ctx context.Context, conns []*transport.Conn, session
 	defer encs.close()
 	rtt := conns[0].QUIC().ConnectionStats().MinRTT
 	first, top := levelRange(rtt, s.BytesPerSec)
+	// On a short path the receiver's CPU is more likely the limit than
+	// the link: it would only pay to compress each chunk of a group again.
+	// A small round costs little CPU either way: its chunks (a few pages
+	// and disk blocks, the daily case) go together at the best level.
+	var todoBytes int64
+	for _, i := range todo {
+		todoBytes += news[i].entry.Length
+	}
+	small := todoBytes <= smallRound
+	if small {
+		first, top = len(levels)-1, len(levels)-1
+	}
 	if s.level != nil {
 		first = *s.level
 	}
-	// On a short path the receiver's CPU is more likely the limit than
-	// the link: it would only pay to compress each chunk of a group again.
-	groups := rtt >= extraConnsRTT || s.groupsAnyRTT
+	groups := rtt >= extraConnsRTT || small
+	if s.groups != nil {
+		groups = *s.groups
+	}
 	var stats roundStats
 	g, gctx := errgroup.WithContext(ctx)
 	for i := range streams {

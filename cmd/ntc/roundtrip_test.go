@@ -20,16 +20,17 @@ import (
 	"github.com/ntc-project/ntc/internal/testguest/guesttest"
 )
 
-// TestRoundTrip carries a running guest office → home → office with real
+// TestRoundTrip carries a running guest (it rewrites 1 MiB of its disk a
+// second) office → home → office with real
 // ntc processes, each node with one repository that its 'ntc serve'
 // receives into and its 'ntc checkpoint' writes: the office checkpoints
 // and pushes; home resumes the copy, which works on; home's checkpoint of
 // the copy is incremental (it reads only what the copy wrote) and its push
-// back sends a small fraction of the way out, as a delta against the
-// office's own checkpoint; the office resumes what came back and the
+// back sends at most 1.2× what the guest changed at home (its pages and
+// disk blocks, zstd), as a delta against the office's own checkpoint; the office resumes what came back and the
 // guest's console goes on from where home left it.
 func TestRoundTrip(t *testing.T) {
-	vmDir, guest, vm, ctx := startRoundTripGuest(t)
+	vmDir, guest, vm, ctx := startRoundTripGuest(t, 1)
 	kernel := []string{"--kernel", guest.Kernel, "--initrd", guest.Initrd}
 	office, home := newNode(t), newNode(t)
 	officeRepo, homeRepo := t.TempDir(), t.TempDir()
@@ -101,9 +102,6 @@ func TestRoundTrip(t *testing.T) {
 		t.Errorf("push back: base %s, parent %s, head %s, index fetched %v; want a delta against %s made current",
 			back.Base.Short(), back.Parent.Short(), back.Head.Short(), back.IndexFetched, out.Digest.Short())
 	}
-	if ratio > 0.1 {
-		t.Errorf("the way back sent %.3f of the way out, want at most 0.1", ratio)
-	}
 	// Against what the guest changed at home: its pages and 4 KiB disk
 	// blocks that differ from the version home resumed (zstd).
 	hr2, err := capture.OpenRepositoryForReading(homeRepo, "vm")
@@ -120,8 +118,15 @@ func TestRoundTrip(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Logf("the way back: %d bytes on the wire; the guest changed %d bytes at home, %d after zstd: %.2f× the oracle",
-		back.BytesSent, changedBytes, oracle, float64(back.BytesSent)/float64(oracle))
+	// What QUIC sent again after a loss (loopback drops packets when the
+	// receiver falls behind on a busy machine) is the link's cost, not the
+	// protocol's.
+	sent := back.BytesSent - back.BytesLost
+	t.Logf("the way back: %d bytes on the wire (%d up, %d down, %d of them resent after losses; chunks %d bytes, %d compressed, %d grouped); the guest changed %d bytes at home, %d after zstd: %.2f× the oracle",
+		back.BytesSent, back.BytesUp, back.BytesDown, back.BytesLost, back.ChunkBytes, back.DataBytes, back.Grouped, changedBytes, oracle, float64(sent)/float64(oracle))
+	if float64(sent) > 1.2*float64(oracle) {
+		t.Errorf("the way back sent %d bytes (besides what was resent), more than 1.2× what the guest changed at home (%d after zstd)", sent, oracle)
+	}
 
 	// The office resumes what came back: the guest goes on from home's ticks.
 	or := resume(office, officeRepo, filepath.Join(vmDir, "office"))
@@ -183,7 +188,7 @@ func stderrOf(err error) string {
 // goes on with the guest's ticks; the way back sends a small fraction of
 // the way out.
 func TestSyncHandoff(t *testing.T) {
-	_, guest, vm, ctx := startRoundTripGuest(t)
+	_, guest, vm, ctx := startRoundTripGuest(t, 0)
 	office, home := newNode(t), newNode(t)
 	officeRepo, homeRepo := t.TempDir(), t.TempDir()
 	// Each node resumes handed-off copies in $NTC_HOME/resume/vm, with its
@@ -288,10 +293,10 @@ func TestSyncHandoff(t *testing.T) {
 	}
 }
 
-// startRoundTripGuest starts the test guest (with a NIC) in a short
-// temporary directory (sockets live there) and waits for its second tick;
-// ctx bounds the test.
-func startRoundTripGuest(t *testing.T) (string, *testguest.Guest, *testguest.VM, context.Context) {
+// startRoundTripGuest starts the test guest (with a NIC, rewriting
+// diskBusy MiB of its disk a second) in a short temporary directory
+// (sockets live there) and waits for its second tick; ctx bounds the test.
+func startRoundTripGuest(t *testing.T, diskBusy int) (string, *testguest.Guest, *testguest.VM, context.Context) {
 	t.Helper()
 	guesttest.SkipIfNoQEMU(t)
 	vmDir, err := os.MkdirTemp("", "ntcrt-")
@@ -303,7 +308,7 @@ func startRoundTripGuest(t *testing.T) (string, *testguest.Guest, *testguest.VM,
 	if err := os.Mkdir(filepath.Join(vmDir, "vm"), 0o700); err != nil {
 		t.Fatal(err)
 	}
-	vm := guesttest.Start(t, testguest.StartOptions{Guest: guest, Dir: filepath.Join(vmDir, "vm"), NIC: true})
+	vm := guesttest.Start(t, testguest.StartOptions{Guest: guest, Dir: filepath.Join(vmDir, "vm"), NIC: true, DiskBusyMiB: diskBusy})
 	ctx, cancel := context.WithTimeout(t.Context(), 6*time.Minute)
 	t.Cleanup(cancel)
 	if _, err := vm.WaitTick(ctx, 2); err != nil {
