@@ -363,9 +363,13 @@ func (g *globals) resumer(store string, allowed []transport.ID) ntcsync.Resumer 
 			}
 		}
 		// The copy this node ran before and handed over (its final
-		// checkpoint travelled with the hand-off: handedOffMark) leaves
-		// its work directory to the new one.
-		if _, running := resume.Running(work); !running && fileExists(filepath.Join(work, handedOffMark)) {
+		// checkpoint travelled with the hand-off: handedOffMark), or a
+		// start that never made its copy the set's guest here (serve was
+		// killed while it started it: nothing ran), leaves its work
+		// directory to the new one. A copy that ran here and was not
+		// handed over keeps it: its writes may be nowhere else.
+		ranHere := rn != nil && rn.Node == g.nodeName()
+		if _, running := resume.Running(work); !running && (fileExists(filepath.Join(work, handedOffMark)) || !ranHere) {
 			if err := os.RemoveAll(work); err != nil {
 				return ntcsync.Resumed{}, fmt.Errorf("clear the work directory of the copy handed to %s: %w", peer, err)
 			}
