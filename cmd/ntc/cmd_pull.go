@@ -65,7 +65,9 @@ version is an ancestor; otherwise it is kept beside it and pull says so:
 
 DIR is this node's repository (default: the configuration's repo key, or
 $NTC_HOME/repo). Credentials and region come the standard AWS way
-(AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION, AWS_PROFILE, ~/.aws).
+(AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION, AWS_PROFILE, ~/.aws);
+with none of those, the AWS SDK also asks the EC2 instance metadata service
+(169.254.169.254): AWS_EC2_METADATA_DISABLED=true stops that.
 A store other than AWS is named with --s3-endpoint (configuration key
 s3.endpoint) or AWS_ENDPOINT_URL; its buckets are then addressed in the path.
 

@@ -34,7 +34,9 @@ it: --force makes it current anyway.
 
 DIR defaults to the configuration's repo key, or $NTC_HOME/repo. It may be
 read while a checkpoint writes to it. Credentials and the endpoint are found
-as for 'ntc pull'.
+as for 'ntc pull' (see 'ntc pull --help': without AWS credentials the SDK
+asks the EC2 instance metadata service; AWS_EC2_METADATA_DISABLED=true stops
+that).
 
 Examples:
   ntc upload vm1 --to s3://vms/office --store /srv/ckpt
