@@ -38,8 +38,10 @@ type Sender struct {
 	Conns int
 	Dial  func(ctx context.Context) (*transport.Conn, error)
 	// Progress, if set, is called with the chunk bytes (uncompressed) as
-	// they are sent, from several goroutines.
+	// they are sent, from several goroutines; Wanted, if set, with the
+	// chunk bytes the receiver asks for, at the start of each round.
 	Progress func(n int64)
+	Wanted   func(n int64)
 	// Log, if set, is told what happens.
 	Log func(format string, args ...any)
 

@@ -49,6 +49,9 @@ func (s *Sender) sendRound(ctx context.Context, conns []*transport.Conn, session
 	for _, i := range todo {
 		todoBytes += news[i].entry.Length
 	}
+	if s.Wanted != nil {
+		s.Wanted(todoBytes)
+	}
 	small := todoBytes <= smallRound
 	if small {
 		first, top = len(levels)-1, len(levels)-1

@@ -270,7 +270,7 @@ func runPush(ctx context.Context, g *globals, o pushOptions, paths []string) err
 	}
 	conn := d.conn
 	bar := g.newProgress("sending", 0)
-	s.Progress = bar.Add
+	s.Progress, s.Wanted = bar.Add, bar.AddTotal
 	res, err := s.Push(ctx, conn, v)
 	bar.Done()
 	if err != nil && !(errors.Is(err, repo.ErrDiverged) && g.json && res != nil) {

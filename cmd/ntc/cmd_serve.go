@@ -172,11 +172,6 @@ func runServe(ctx context.Context, g *globals, o serveOptions) error {
 	if err != nil {
 		return err
 	}
-	repo, err := ntcsync.OpenRepo(o.store)
-	if err != nil {
-		return err
-	}
-	defer repo.Close()
 	lg, err := g.logger("serve")
 	if err != nil {
 		return err
@@ -189,6 +184,13 @@ func runServe(ctx context.Context, g *globals, o serveOptions) error {
 		return err
 	}
 	defer l.Close()
+	// The repository is created only once serve can listen: a serve that
+	// cannot bind leaves nothing behind.
+	repo, err := ntcsync.OpenRepo(o.store)
+	if err != nil {
+		return err
+	}
+	defer repo.Close()
 	if g.json {
 		writeJSONLine(g.stdout, listeningJSON{Event: "listening", Addr: l.Addr().String(), ID: id.ID().String(), Store: o.store})
 	} else {

@@ -191,7 +191,7 @@ func runSync(ctx context.Context, g *globals, o syncOptions, vm string) error {
 	defer conn.Close()
 	say("pushing checkpoint %d to %s", out.Seq, p.Name)
 	bar := g.newProgress("sending", 0)
-	s.Progress = bar.Add
+	s.Progress, s.Wanted = bar.Add, bar.AddTotal
 	pr, err := s.Push(ctx, conn, v.Sync)
 	bar.Done()
 	if err != nil {

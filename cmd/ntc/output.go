@@ -58,7 +58,7 @@ func rate(n int64, d time.Duration) string {
 // nothing when stderr is not a terminal or JSON output was asked for.
 type progress struct {
 	label string
-	total int64
+	total atomic.Int64 // 0: not known (yet)
 	done  atomic.Int64
 	start time.Time
 	w     io.Writer
@@ -67,7 +67,8 @@ type progress struct {
 }
 
 func (g *globals) newProgress(label string, total int64) *progress {
-	p := &progress{label: label, total: total, start: time.Now(), stop: make(chan struct{})}
+	p := &progress{label: label, start: time.Now(), stop: make(chan struct{})}
+	p.total.Store(total)
 	f, ok := g.stderr.(*os.File)
 	if g.json || !ok || !term.IsTerminal(int(f.Fd())) {
 		return p
@@ -92,12 +93,18 @@ func (g *globals) newProgress(label string, total int64) *progress {
 // Add records n more bytes done; safe for concurrent use.
 func (p *progress) Add(n int64) { p.done.Add(n) }
 
+// AddTotal raises the total by n: work learnt as it goes (a push learns
+// what the receiver wants a round at a time).
+func (p *progress) AddTotal(n int64) { p.total.Add(n) }
+
 func (p *progress) draw() {
-	done, el := p.done.Load(), time.Since(p.start)
-	frac := 0.0
-	if p.total > 0 {
-		frac = min(float64(done)/float64(p.total), 1)
+	done, el, total := p.done.Load(), time.Since(p.start), p.total.Load()
+	if total <= 0 {
+		// Nothing known to measure against: what was done, and how fast.
+		fmt.Fprintf(p.w, "\r\033[K%s %s %s", p.label, humanBytes(done), rate(done, el))
+		return
 	}
+	frac := min(float64(done)/float64(total), 1)
 	const width = 30
 	bar := strings.Repeat("=", int(frac*width)) + strings.Repeat(" ", width-int(frac*width))
 	eta := "-"
@@ -105,7 +112,7 @@ func (p *progress) draw() {
 		eta = (time.Duration(float64(el)/frac) - el).Round(time.Second).String()
 	}
 	fmt.Fprintf(p.w, "\r\033[K%s [%s] %3.0f%% %s/%s %s ETA %s", p.label, bar, 100*frac,
-		humanBytes(done), humanBytes(p.total), rate(done, el), eta)
+		humanBytes(done), humanBytes(total), rate(done, el), eta)
 }
 
 // Done removes the bar.
