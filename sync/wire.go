@@ -158,7 +158,10 @@ func (f *frameReader) read() (byte, []byte, error) {
 		k, err := f.r.Read(f.buf[len(f.buf):min(uint64(cap(f.buf)), n)])
 		f.buf = f.buf[:len(f.buf)+k]
 		if err != nil && uint64(len(f.buf)) < n {
-			if errors.Is(err, ErrStalled) {
+			if err != io.EOF {
+				// A stall, or the stream or connection ended under the
+				// frame (a sender stopped with Ctrl-C resets its
+				// streams): not a malformed frame.
 				return 0, nil, fmt.Errorf("frame type %d, %d of %d bytes: %w", typ, len(f.buf), n, err)
 			}
 			return 0, nil, fmt.Errorf("%w: frame type %d: %w", ErrMalformed, typ, unexpected(err))

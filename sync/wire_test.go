@@ -2,7 +2,9 @@ package sync
 
 import (
 	"bytes"
+	"encoding/binary"
 	"errors"
+	"io"
 	"math/rand/v2"
 	"slices"
 	"testing"
@@ -257,3 +259,33 @@ func FuzzDecodeHandshake(f *testing.F) {
 		}
 	})
 }
+
+// TestFrameCutShort: a frame whose stream ends under it is malformed when
+// the peer closed the stream there (EOF), and the stream's own error when
+// it was reset or the connection went (a sender stopped with Ctrl-C): the
+// receiver then logs why, not "malformed frame".
+func TestFrameCutShort(t *testing.T) {
+	frame := append([]byte{msgChunk}, binary.AppendUvarint(nil, 1000)...)
+	frame = append(frame, make([]byte, 100)...)
+	reset := errors.New("stream reset by peer")
+	for _, tc := range []struct {
+		name      string
+		end       error
+		malformed bool
+	}{
+		{"closed", io.EOF, true},
+		{"reset", reset, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			rd := newFrameReader(io.MultiReader(bytes.NewReader(frame), errReader{tc.end}))
+			_, _, err := rd.read()
+			if err == nil || errors.Is(err, ErrMalformed) != tc.malformed || (!tc.malformed && !errors.Is(err, reset)) {
+				t.Errorf("frame cut by %v: %v (malformed %v, want %v)", tc.end, err, errors.Is(err, ErrMalformed), tc.malformed)
+			}
+		})
+	}
+}
+
+type errReader struct{ err error }
+
+func (r errReader) Read([]byte) (int, error) { return 0, r.err }
