@@ -183,6 +183,13 @@ func Checkpoint(ctx context.Context, cfg Config) (*Result, error) {
 	if cfg.Set == "" {
 		cfg.Set = DefaultSet
 	}
+	// QEMU first: a checkpoint of a guest that is not there creates no
+	// repository.
+	sess, err := cfg.dial(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer sess.Close()
 	r, err := OpenRepository(ctx, cfg.Dir, cfg.Set)
 	if err != nil {
 		return nil, err
@@ -202,11 +209,6 @@ func Checkpoint(ctx context.Context, cfg Config) (*Result, error) {
 	if err != nil {
 		return nil, err
 	}
-	sess, err := cfg.dial(ctx)
-	if err != nil {
-		return nil, err
-	}
-	defer sess.Close()
 	c := &checkpointer{cfg: cfg, repo: r, sess: sess, head: head, prev: prev, seq: seq, start: start}
 	res, err := c.run(ctx)
 	if err != nil {

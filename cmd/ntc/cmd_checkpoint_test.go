@@ -46,6 +46,10 @@ func TestCheckpointUsage(t *testing.T) {
 			if code != tc.code || !strings.Contains(errs, tc.says) {
 				t.Errorf("exit %d, stderr %q; want exit %d saying %q", code, errs, tc.code, tc.says)
 			}
+			// A checkpoint that could not start leaves no repository.
+			if _, err := os.Stat(filepath.Join(dir, "repo")); err == nil {
+				t.Errorf("%s left %s behind", tc.name, filepath.Join(dir, "repo"))
+			}
 		})
 	}
 }
