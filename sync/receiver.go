@@ -1045,3 +1045,44 @@ func (r *Receiver) continuesOwn(set string, v *repo.Version, peer transport.ID) 
 	head, err := r.Repo.nodes.Head(set)
 	return err == nil && head != nil && head.Node == v.Node
 }
+
+// collectEvery is how often ServeListener collects garbage between pushes
+// (pushes also collect as they end, when no other is under way).
+const collectEvery = 10 * time.Second
+
+// ServeListener accepts connections on l and serves each (Serve) until ctx
+// ends or l fails, like http.Server.Serve. With Keep set it also collects
+// garbage every few seconds: pushes that always overlap would otherwise
+// put it off for good. It returns nil once ctx ended, after every
+// connection it served has ended, else l's error.
+func (r *Receiver) ServeListener(ctx context.Context, l *transport.Listener) error {
+	var wg gosync.WaitGroup
+	defer wg.Wait()
+	if !r.Keep.IsZero() {
+		wg.Go(func() {
+			t := time.NewTicker(collectEvery)
+			defer t.Stop()
+			for {
+				r.CollectIfWanted(ctx)
+				select {
+				case <-ctx.Done():
+					return
+				case <-t.C:
+				}
+			}
+		})
+	}
+	for {
+		c, err := l.Accept(ctx)
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			return err
+		}
+		wg.Go(func() {
+			defer c.Close()
+			r.Serve(ctx, c)
+		})
+	}
+}

@@ -322,15 +322,7 @@ func serveDemo(ctx context.Context, dir string, office, home *transport.Identity
 	served := make(chan struct{})
 	go func() {
 		defer close(served)
-		rcv := &ntcsync.Receiver{Repo: repo}
-		for {
-			c, err := l.Accept(sctx)
-			if err != nil {
-				return
-			}
-			rcv.Serve(sctx, c)
-			c.Close()
-		}
+		(&ntcsync.Receiver{Repo: repo}).ServeListener(sctx, l)
 	}()
 	d := &demoReceiver{office: office, home: home, repo: repo, l: l,
 		sender: &ntcsync.Sender{StateDir: senderState, Node: office.ID().String()}}

@@ -217,36 +217,11 @@ func runServe(ctx context.Context, g *globals, o serveOptions) error {
 	sd.Ready(fmt.Sprintf("serving %s on %s (%d peers allowed)", o.store, l.Addr(), len(allowed)))
 	defer sd.Stopping("")
 	wg.Go(func() { sd.Watchdog(ctx, nil) })
-	if !keep.IsZero() {
-		// Pushes collect garbage as they end, when no other is under way;
-		// this catches the moments between pushes that always overlap.
-		wg.Go(func() {
-			t := time.NewTicker(10 * time.Second)
-			defer t.Stop()
-			for {
-				rcv.CollectIfWanted(ctx)
-				select {
-				case <-ctx.Done():
-					return
-				case <-t.C:
-				}
-			}
-		})
+	if err := rcv.ServeListener(ctx, l); err != nil {
+		return err
 	}
-	for {
-		c, err := l.Accept(ctx)
-		if err != nil {
-			if ctx.Err() != nil {
-				logger.Printf("stopping: pushes in progress are abandoned; their sets keep their previous version")
-				return nil
-			}
-			return err
-		}
-		wg.Go(func() {
-			defer c.Close()
-			rcv.Serve(ctx, c)
-		})
-	}
+	logger.Printf("stopping: pushes in progress are abandoned; their sets keep their previous version")
+	return nil
 }
 
 // limits turns the options into the receiver's and the listener's
