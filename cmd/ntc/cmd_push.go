@@ -227,36 +227,27 @@ func runPush(ctx context.Context, g *globals, o pushOptions, paths []string) err
 			fmt.Fprintf(g.stderr, "ntc: %v: the writes since the receiver's checkpoint are known: changed chunks may travel as patches\n", cv.Patched)
 		}
 	}
+	var changed []chunk.Range
+	if o.changed != "" {
+		if changed, err = chunk.ParseRanges(o.changed); err != nil {
+			return usageError{err}
+		}
+	}
 	for _, path := range paths {
-		img, err := chunk.OpenFile(path)
+		name := safeName(filepath.Base(path))
+		var size int64
+		if fi, err := os.Stat(path); err == nil {
+			size = fi.Size()
+		}
+		bar := g.newProgress("indexing "+name, size)
+		fimg, err := ntcsync.IndexFile(ctx, path, name, prev[name], changed, bar.Add)
+		bar.Done()
 		if err != nil {
 			return err
 		}
-		defer img.Close()
-		name := safeName(filepath.Base(path))
-		bar := g.newProgress("indexing "+name, img.Size())
-		opt := chunk.Options{Progress: bar.Add}
-		var x *chunk.Index
-		var st chunk.ScanStats
-		im := ntcsync.Image{Name: name, Source: ntcsync.ReaderSource{R: img}}
-		if p, ok := prev[name]; ok && o.changed != "" {
-			changed, perr := chunk.ParseRanges(o.changed)
-			if perr != nil {
-				bar.Done()
-				return usageError{perr}
-			}
-			x, st, err = chunk.Reindex(ctx, p, img, changed, opt)
-			im.Base, im.Changed = p, changed
-		} else {
-			x, st, err = chunk.Build(ctx, img, chunk.DefaultCDC(), opt)
-		}
-		bar.Done()
-		if err != nil {
-			return fmt.Errorf("index %s: %w", path, err)
-		}
-		read += st.BytesRead
-		im.Index = x
-		v.Images = append(v.Images, im)
+		defer fimg.Close()
+		read += fimg.BytesRead
+		v.Images = append(v.Images, fimg.Image)
 	}
 	indexed := time.Since(start)
 
