@@ -323,23 +323,6 @@ func (d *LibvirtDomain) Destroy(ctx context.Context) error {
 	return nil
 }
 
-// validManifest returns m (checked), or else the manifest among the
-// images in root, once validate has accepted its description.
-func validManifest(root *os.Root, m *capture.Manifest) (*capture.Manifest, error) {
-	var err error
-	if m == nil {
-		if m, err = readManifest(root); err != nil {
-			return nil, err
-		}
-	} else if err := m.Check(); err != nil {
-		return nil, fmt.Errorf("resume: %w", err)
-	}
-	if _, err := validate(m); err != nil {
-		return nil, fmt.Errorf("resume checkpoint %d: %w", m.Seq, err)
-	}
-	return m, nil
-}
-
 func cmpOr(s, def string) string {
 	if s == "" {
 		return def

@@ -168,17 +168,10 @@ func Start(ctx context.Context, cfg Config) (vm *VM, err error) {
 		return nil, fmt.Errorf("resume: %w", err)
 	}
 	defer root.Close()
-	m := cfg.Manifest
-	if m == nil {
-		if m, err = readManifest(root); err != nil {
-			return nil, err
-		}
-	} else if err := m.Check(); err != nil {
-		return nil, fmt.Errorf("resume: %w", err)
-	}
 	// Refuse what the description asks for before anything runs.
-	if _, err := validate(m); err != nil {
-		return nil, fmt.Errorf("resume checkpoint %d: %w", m.Seq, err)
+	m, err := validManifest(root, cfg.Manifest)
+	if err != nil {
+		return nil, err
 	}
 	stream, src, disks, err := openImages(root, m)
 	if err != nil {
@@ -285,6 +278,23 @@ func Start(ctx context.Context, cfg Config) (vm *VM, err error) {
 	}
 	vm.Timings.Total = time.Since(t0)
 	return vm, nil
+}
+
+// validManifest returns m (checked), or else the manifest among the
+// images in root, once validate has accepted its description.
+func validManifest(root *os.Root, m *capture.Manifest) (*capture.Manifest, error) {
+	var err error
+	if m == nil {
+		if m, err = readManifest(root); err != nil {
+			return nil, err
+		}
+	} else if err := m.Check(); err != nil {
+		return nil, fmt.Errorf("resume: %w", err)
+	}
+	if _, err := validate(m); err != nil {
+		return nil, fmt.Errorf("resume checkpoint %d: %w", m.Seq, err)
+	}
+	return m, nil
 }
 
 // ReadManifest reads the checkpoint manifest among the images in dir: a
