@@ -7,6 +7,8 @@ import (
 	"slices"
 
 	"github.com/ntc-project/ntc/repo"
+
+	"github.com/ntc-project/ntc/qemu"
 )
 
 // Adopt makes the QEMU at sess, a copy resumed from checkpoint seq of set
@@ -17,7 +19,7 @@ import (
 // checkpoint seq's disk, as package resume arranges; that image is never
 // written by ntc (the overlay is what later overlays merge into). node is
 // recorded as the node that runs the set now.
-func Adopt(ctx context.Context, sess *Session, dir, set string, seq int, node string) error {
+func Adopt(ctx context.Context, sess *qemu.Session, dir, set string, seq int, node string) error {
 	if err := CheckName(set); err != nil {
 		return fmt.Errorf("adopt: set name: %w", err)
 	}

@@ -24,6 +24,8 @@ import (
 	"github.com/ntc-project/ntc/capture/migstream"
 	"github.com/ntc-project/ntc/chunk"
 	"github.com/ntc-project/ntc/repo"
+
+	"github.com/ntc-project/ntc/qemu"
 )
 
 // Config says what to checkpoint and where.
@@ -59,7 +61,7 @@ type Config struct {
 	// 2 s; ConvergeTimeout (0: 2 min) gives up.
 	Downtime, ConvergeStep, ConvergeTimeout time.Duration
 	// Dial tunes the QMP connection.
-	Dial DialOptions
+	Dial qemu.DialOptions
 	// PauseTimeout bounds how long the guest may stay paused before ntc
 	// gives up, cancels the snapshot and resumes it; 0: 30 s.
 	PauseTimeout time.Duration
@@ -78,7 +80,7 @@ type Config struct {
 
 	// Test hooks: afterStop runs once the guest is paused, afterMigrate
 	// once migrate was accepted; an error fails the checkpoint there.
-	afterStop, afterMigrate func(*Session) error
+	afterStop, afterMigrate func(*qemu.Session) error
 }
 
 // Result is a complete checkpoint.
@@ -221,7 +223,7 @@ func Checkpoint(ctx context.Context, cfg Config) (*Result, error) {
 type checkpointer struct {
 	cfg   Config
 	repo  *Repository
-	sess  *Session
+	sess  *qemu.Session
 	head  *repo.Version // the set's current version: the checkpoint's parent
 	prev  *Manifest     // head's manifest
 	seq   int
@@ -614,7 +616,7 @@ func (c *checkpointer) capture(ctx context.Context) (*capturedStream, error) {
 	c.stream = rd
 
 	mark := s.EventMark()
-	var resumed Event
+	var resumed qemu.Event
 	switch {
 	case c.cfg.Final:
 		resumed, err = c.instantFinal(ctx, mark)
@@ -652,7 +654,7 @@ func (c *checkpointer) capture(ctx context.Context) (*capturedStream, error) {
 	}
 
 	// Wait for the end of the stream.
-	ev, _, err := s.WaitEvent(ctx, mark, func(e Event) bool {
+	ev, _, err := s.WaitEvent(ctx, mark, func(e qemu.Event) bool {
 		return e.Name == "MIGRATION" && migrationOver(e.String("status"))
 	})
 	if err != nil {
@@ -694,12 +696,12 @@ func (c *checkpointer) step(name string) {
 // pauseSteps merges QEMU's events from STOP through resumed (after mark)
 // with ntc's steps into one list relative to stop, in time order. QEMU
 // stamps events with the host's clock, as ntc's steps are.
-func pauseSteps(s *Session, mark int, stop, resumed Event, ours []stepAt) []PauseStep {
+func pauseSteps(s *qemu.Session, mark int, stop, resumed qemu.Event, ours []stepAt) []PauseStep {
 	rel := func(t time.Time) float64 { return ms(t.Sub(stop.Time)) }
 	var out []PauseStep
 	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 	defer cancel()
-	s.WaitEvent(ctx, mark, func(e Event) bool {
+	s.WaitEvent(ctx, mark, func(e qemu.Event) bool {
 		name := e.Name
 		if st := e.String("status"); st != "" {
 			name += " " + st
@@ -729,12 +731,12 @@ func formatSteps(steps []PauseStep) string {
 
 // lastEventBefore finds the last event called name after mark and before
 // the event end.
-func lastEventBefore(s *Session, mark int, name string, end Event) (Event, bool) {
-	var found Event
+func lastEventBefore(s *qemu.Session, mark int, name string, end qemu.Event) (qemu.Event, bool) {
+	var found qemu.Event
 	ok := false
 	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 	defer cancel()
-	s.WaitEvent(ctx, mark, func(e Event) bool {
+	s.WaitEvent(ctx, mark, func(e qemu.Event) bool {
 		if e.Name == end.Name && e.Time.Equal(end.Time) {
 			return true
 		}
@@ -800,31 +802,31 @@ func (c *checkpointer) snapshotDisks(ctx context.Context) error {
 // disks, start the snapshot and wait until QEMU resumes the guest itself
 // once RAM is write-protected. Never cont: a cont before that would let RAM
 // run ahead of the disks. It returns the RESUME event.
-func (c *checkpointer) instantBackground(ctx context.Context, mark int) (Event, error) {
+func (c *checkpointer) instantBackground(ctx context.Context, mark int) (qemu.Event, error) {
 	s := c.sess
 	c.logf("pausing the guest")
 	c.paused = true // until RESUME: a lost reply may hide a pause
 	c.step("stop sent")
 	if err := s.Run(ctx, "stop", nil, nil); err != nil {
-		return Event{}, fmt.Errorf("pause the guest: %w", err)
+		return qemu.Event{}, fmt.Errorf("pause the guest: %w", err)
 	}
 	c.step("stop done")
 	if err := c.snapshotAndMigrate(ctx); err != nil {
-		return Event{}, err
+		return qemu.Event{}, err
 	}
 	pctx, pcancel := context.WithTimeout(ctx, c.cfg.PauseTimeout)
 	defer pcancel()
-	ev, _, err := s.WaitEvent(pctx, mark, func(e Event) bool {
+	ev, _, err := s.WaitEvent(pctx, mark, func(e qemu.Event) bool {
 		return e.Name == "RESUME" || (e.Name == "MIGRATION" && migrationOver(e.String("status")))
 	})
 	if err != nil {
 		if errors.Is(err, context.DeadlineExceeded) && ctx.Err() == nil {
-			return Event{}, fmt.Errorf("the guest did not resume within %s of the snapshot start; cancelled it", c.cfg.PauseTimeout)
+			return qemu.Event{}, fmt.Errorf("the guest did not resume within %s of the snapshot start; cancelled it", c.cfg.PauseTimeout)
 		}
-		return Event{}, fmt.Errorf("wait for the guest to resume: %w", err)
+		return qemu.Event{}, fmt.Errorf("wait for the guest to resume: %w", err)
 	}
 	if ev.Name != "RESUME" {
-		return Event{}, c.migrationError(ctx, ev.String("status"))
+		return qemu.Event{}, c.migrationError(ctx, ev.String("status"))
 	}
 	return ev, nil
 }
@@ -858,57 +860,57 @@ func (c *checkpointer) snapshotAndMigrate(ctx context.Context) error {
 // instantFinal pauses the guest for good (Config.Final): stop, snapshot the
 // disks, then a migration of the paused guest sends RAM and the device
 // state and leaves it paused. It returns the STOP event: the instant.
-func (c *checkpointer) instantFinal(ctx context.Context, mark int) (Event, error) {
+func (c *checkpointer) instantFinal(ctx context.Context, mark int) (qemu.Event, error) {
 	s := c.sess
 	c.paused = true
-	stop := Event{Name: "STOP", Time: time.Now()}
+	stop := qemu.Event{Name: "STOP", Time: time.Now()}
 	if c.handoffPaused {
 		c.logf("the guest is paused for a hand-off already")
 	} else {
 		c.logf("pausing the guest for the hand-off")
 		if err := markPaused(c.cfg.Dir, c.cfg.Set, s.Peer()); err != nil {
-			return Event{}, err
+			return qemu.Event{}, err
 		}
 		if err := s.Run(ctx, "stop", nil, nil); err != nil {
-			return Event{}, fmt.Errorf("pause the guest: %w", err)
+			return qemu.Event{}, fmt.Errorf("pause the guest: %w", err)
 		}
 		pctx, pcancel := context.WithTimeout(ctx, c.cfg.PauseTimeout)
 		defer pcancel()
 		var err error
-		if stop, _, err = s.WaitEvent(pctx, mark, func(e Event) bool { return e.Name == "STOP" }); err != nil {
-			return Event{}, fmt.Errorf("wait for the guest to pause: %w", err)
+		if stop, _, err = s.WaitEvent(pctx, mark, func(e qemu.Event) bool { return e.Name == "STOP" }); err != nil {
+			return qemu.Event{}, fmt.Errorf("wait for the guest to pause: %w", err)
 		}
 	}
 	c.step("stop done")
 	if err := c.snapshotAndMigrate(ctx); err != nil {
-		return Event{}, err
+		return qemu.Event{}, err
 	}
 	for {
-		ev, _, err := s.WaitEvent(ctx, mark, func(e Event) bool {
+		ev, _, err := s.WaitEvent(ctx, mark, func(e qemu.Event) bool {
 			return e.Name == "MIGRATION" && (e.String("status") == "pre-switchover" || migrationOver(e.String("status")))
 		})
 		if err != nil {
-			return Event{}, fmt.Errorf("wait for the migration: %w", err)
+			return qemu.Event{}, fmt.Errorf("wait for the migration: %w", err)
 		}
 		switch st := ev.String("status"); st {
 		case "pre-switchover":
 			mark = s.EventMark()
 			if err := s.Run(ctx, "migrate-continue", map[string]any{"state": "pre-switchover"}, nil); err != nil {
-				return Event{}, fmt.Errorf("finish the migration: %w", err)
+				return qemu.Event{}, fmt.Errorf("finish the migration: %w", err)
 			}
 			continue
 		case "completed":
 			return stop, nil
 		default:
-			return Event{}, c.migrationError(ctx, st)
+			return qemu.Event{}, c.migrationError(ctx, st)
 		}
 	}
 }
 
 // Quit stops the QEMU of a guest that was handed off (QMP quit).
 func Quit(ctx context.Context, cfg Config) error {
-	return endHandoff(ctx, cfg, func(s *Session) error {
-		if err := s.Run(ctx, "quit", nil, nil); err != nil && !errors.Is(err, ErrDisconnected) {
+	return endHandoff(ctx, cfg, func(s *qemu.Session) error {
+		if err := s.Run(ctx, "quit", nil, nil); err != nil && !errors.Is(err, qemu.ErrDisconnected) {
 			return err
 		}
 		return nil
@@ -918,12 +920,12 @@ func Quit(ctx context.Context, cfg Config) error {
 // Continue resumes a guest that a Final checkpoint left paused, when the
 // hand-off it was for did not happen.
 func Continue(ctx context.Context, cfg Config) error {
-	return endHandoff(ctx, cfg, func(s *Session) error { return cont(ctx, s) })
+	return endHandoff(ctx, cfg, func(s *qemu.Session) error { return cont(ctx, s) })
 }
 
 // endHandoff does what ends a hand-off's pause to the guest's QEMU, then
 // forgets the pause.
-func endHandoff(ctx context.Context, cfg Config, do func(*Session) error) error {
+func endHandoff(ctx context.Context, cfg Config, do func(*qemu.Session) error) error {
 	if err := cfg.checkTarget(); err != nil {
 		return err
 	}
@@ -944,25 +946,25 @@ func endHandoff(ctx context.Context, cfg Config, do func(*Session) error) error 
 // rest and the device state, and ntc resumes the guest. If the guest dirties
 // memory too fast to converge, the allowed final pause is doubled every
 // ConvergeStep. It returns the RESUME event.
-func (c *checkpointer) instantPrecopy(ctx context.Context, mark int) (Event, error) {
+func (c *checkpointer) instantPrecopy(ctx context.Context, mark int) (qemu.Event, error) {
 	s := c.sess
 	c.stream.migrating.Store(true)
 	if err := s.Run(ctx, "migrate", map[string]any{"uri": "fd:" + fdName}, nil); err != nil {
-		return Event{}, fmt.Errorf("start the migration: %w", err)
+		return qemu.Event{}, fmt.Errorf("start the migration: %w", err)
 	}
 	c.fdHeld = false
 	if c.cfg.afterMigrate != nil {
 		if err := c.cfg.afterMigrate(s); err != nil {
-			return Event{}, err
+			return qemu.Event{}, err
 		}
 	}
 	downtime := c.cfg.Downtime
 	deadline := time.Now().Add(c.cfg.ConvergeTimeout)
-	var ev Event
+	var ev qemu.Event
 	for {
 		wctx, wcancel := context.WithTimeout(ctx, c.cfg.ConvergeStep)
 		var err error
-		ev, _, err = s.WaitEvent(wctx, mark, func(e Event) bool {
+		ev, _, err = s.WaitEvent(wctx, mark, func(e qemu.Event) bool {
 			return e.Name == "MIGRATION" && (e.String("status") == "pre-switchover" || migrationOver(e.String("status")))
 		})
 		wcancel()
@@ -970,19 +972,19 @@ func (c *checkpointer) instantPrecopy(ctx context.Context, mark int) (Event, err
 			break
 		}
 		if !errors.Is(err, context.DeadlineExceeded) || ctx.Err() != nil {
-			return Event{}, fmt.Errorf("wait for the migration to converge: %w", err)
+			return qemu.Event{}, fmt.Errorf("wait for the migration to converge: %w", err)
 		}
 		if time.Now().After(deadline) {
-			return Event{}, fmt.Errorf("the guest dirties its memory faster than ntc stores it: no switchover within %s (try --method background-snapshot)", c.cfg.ConvergeTimeout)
+			return qemu.Event{}, fmt.Errorf("the guest dirties its memory faster than ntc stores it: no switchover within %s (try --method background-snapshot)", c.cfg.ConvergeTimeout)
 		}
 		downtime = min(2*downtime, maxDowntime)
 		c.logf("migration not converging: allowing a final pause of %s", downtime)
 		if err := s.Run(ctx, "migrate-set-parameters", map[string]any{"downtime-limit": downtime.Milliseconds()}, nil); err != nil {
-			return Event{}, err
+			return qemu.Event{}, err
 		}
 	}
 	if st := ev.String("status"); st != "pre-switchover" {
-		return Event{}, c.migrationError(ctx, st)
+		return qemu.Event{}, c.migrationError(ctx, st)
 	}
 	// QEMU has paused the guest.
 	c.paused = true
@@ -991,39 +993,39 @@ func (c *checkpointer) instantPrecopy(ctx context.Context, mark int) (Event, err
 
 	if c.cfg.afterStop != nil {
 		if err := c.cfg.afterStop(s); err != nil {
-			return Event{}, err
+			return qemu.Event{}, err
 		}
 	}
 	if err := c.snapshotDisks(ctx); err != nil {
-		return Event{}, err
+		return qemu.Event{}, err
 	}
 	t1 := time.Now()
 	c.step("disks snapshotted")
 	if err := s.Run(ctx, "migrate-continue", map[string]any{"state": "pre-switchover"}, nil); err != nil {
-		return Event{}, fmt.Errorf("finish the migration: %w", err)
+		return qemu.Event{}, fmt.Errorf("finish the migration: %w", err)
 	}
 	pctx, pcancel := context.WithTimeout(ctx, c.cfg.PauseTimeout)
 	defer pcancel()
-	ev, _, err := s.WaitEvent(pctx, mark, func(e Event) bool {
+	ev, _, err := s.WaitEvent(pctx, mark, func(e qemu.Event) bool {
 		return e.Name == "MIGRATION" && migrationOver(e.String("status"))
 	})
 	if err != nil {
-		return Event{}, fmt.Errorf("wait for the migration to finish: %w", err)
+		return qemu.Event{}, fmt.Errorf("wait for the migration to finish: %w", err)
 	}
 	if st := ev.String("status"); st != "completed" {
-		return Event{}, c.migrationError(ctx, st)
+		return qemu.Event{}, c.migrationError(ctx, st)
 	}
 	t2 := time.Now()
 	c.step("completed seen")
 	rmark := s.EventMark()
 	if err := cont(ctx, s); err != nil {
-		return Event{}, fmt.Errorf("resume the guest: %w", err)
+		return qemu.Event{}, fmt.Errorf("resume the guest: %w", err)
 	}
 	c.logf("in the pause: disk snapshot %s, last pages and device state %s, cont %s",
 		t1.Sub(t0).Round(time.Microsecond), t2.Sub(t1).Round(time.Microsecond), time.Since(t2).Round(time.Microsecond))
-	ev, _, err = s.WaitEvent(pctx, rmark, func(e Event) bool { return e.Name == "RESUME" })
+	ev, _, err = s.WaitEvent(pctx, rmark, func(e qemu.Event) bool { return e.Name == "RESUME" })
 	if err != nil {
-		return Event{}, fmt.Errorf("wait for the guest to resume: %w", err)
+		return qemu.Event{}, fmt.Errorf("wait for the guest to resume: %w", err)
 	}
 	return ev, nil
 }
@@ -1091,10 +1093,10 @@ func (c *checkpointer) recover(ctx context.Context) error {
 // is not finalized yet"); cont is retried until it has moved on, every
 // millisecond or two: the guest is paused meanwhile (a backoff to 50 ms
 // added 10-40 ms to the precopy method's pause).
-func cont(ctx context.Context, s *Session) error {
+func cont(ctx context.Context, s *qemu.Session) error {
 	for delay := 200 * time.Microsecond; ; delay = min(2*delay, 2*time.Millisecond) {
 		err := s.Run(ctx, "cont", nil, nil)
-		var ce *CommandError
+		var ce *qemu.CommandError
 		if err == nil || !errors.As(err, &ce) || !strings.Contains(ce.Desc, "not finalized") {
 			return err
 		}

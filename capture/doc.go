@@ -4,12 +4,11 @@
 //
 // # Vocabulary
 //
-//   - Session: one QMP connection (package qemu's Session: a timeout on
-//     every command, an event log read all the time and scanned from a
-//     mark, ErrQMPBusy/ErrNotQMP told apart through SO_PEERCRED; its wire is
-//     qemu.SocketMonitor, a go-qemu qmp.Monitor that copies each line).
-//     capture.Session is a thin wrapper of it (qemu_alias.go) until the
-//     libvirt monitor below is a qemu.Monitor too.
+//   - Session: one QMP connection, a qemu.Session (a timeout on every
+//     command, an event log read all the time and scanned from a mark,
+//     qemu.ErrQMPBusy/qemu.ErrNotQMP told apart through SO_PEERCRED). Its
+//     wire is a qemu.Monitor: qemu.SocketMonitor for a QMP socket
+//     (Config.QMP), libvirtMonitor for a libvirt domain.
 //   - Libvirt domain: a guest whose QMP monitor libvirt owns (Config.Domain,
 //     DialDomain). Commands and events go through libvirtd, and the disk
 //     overlays and their merge through libvirt's snapshot and block-commit

@@ -13,6 +13,8 @@ import (
 
 	"github.com/ntc-project/ntc/internal/testguest"
 	"github.com/ntc-project/ntc/internal/testguest/guesttest"
+
+	"github.com/ntc-project/ntc/qemu"
 )
 
 var errInjected = errors.New("injected failure")
@@ -20,7 +22,7 @@ var errInjected = errors.New("injected failure")
 // liveChain returns the guest disk's chain as QEMU reports it.
 func liveChain(t *testing.T, vm *testguest.VM) []chainLayer {
 	t.Helper()
-	s, err := Dial(t.Context(), vm.QMPPath(), DialOptions{})
+	s, err := qemu.Dial(t.Context(), vm.QMPPath(), qemu.DialOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -75,7 +77,7 @@ func TestCheckpointErrors(t *testing.T) {
 	}
 
 	t.Run("QMP held by another client", func(t *testing.T) {
-		holder, err := Dial(t.Context(), vm.QMPPath(), DialOptions{})
+		holder, err := qemu.Dial(t.Context(), vm.QMPPath(), qemu.DialOptions{})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -83,7 +85,7 @@ func TestCheckpointErrors(t *testing.T) {
 		c := cfg
 		c.Dial.ConnectTimeout = time.Second
 		_, err = Checkpoint(t.Context(), c)
-		if !errors.Is(err, ErrQMPBusy) || !strings.Contains(err.Error(), "another client") {
+		if !errors.Is(err, qemu.ErrQMPBusy) || !strings.Contains(err.Error(), "another client") {
 			t.Errorf("error %v, want ErrQMPBusy saying another client holds it", err)
 		}
 		noCheckpoints(t, 0)
@@ -91,7 +93,7 @@ func TestCheckpointErrors(t *testing.T) {
 	waitTicking(t, vm, 1)
 
 	t.Run("paused guest", func(t *testing.T) {
-		s, err := Dial(t.Context(), vm.QMPPath(), DialOptions{})
+		s, err := qemu.Dial(t.Context(), vm.QMPPath(), qemu.DialOptions{})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -107,7 +109,7 @@ func TestCheckpointErrors(t *testing.T) {
 			t.Errorf("guest %+v after the refusal, want it left paused", st)
 		}
 		noCheckpoints(t, 0)
-		if s, err = Dial(t.Context(), vm.QMPPath(), DialOptions{}); err != nil {
+		if s, err = qemu.Dial(t.Context(), vm.QMPPath(), qemu.DialOptions{}); err != nil {
 			t.Fatal(err)
 		}
 		defer s.Close()
@@ -129,7 +131,7 @@ func TestCheckpointErrors(t *testing.T) {
 	t.Run("failure while paused, before the snapshot", func(t *testing.T) {
 		c := cfg
 		c.Method = MethodPrecopy
-		c.afterStop = func(*Session) error { return errInjected }
+		c.afterStop = func(*qemu.Session) error { return errInjected }
 		failCheckpoint(t, vm, c)
 		if got := liveChain(t, vm); !reflect.DeepEqual(got, chain) {
 			t.Errorf("chain changed: %+v, was %+v", got, chain)
@@ -153,7 +155,7 @@ func TestCheckpointErrors(t *testing.T) {
 		skipUnlessUserfaultfd(t)
 		c := cfg
 		c.Method = MethodBackground
-		c.afterMigrate = func(*Session) error { return errInjected }
+		c.afterMigrate = func(*qemu.Session) error { return errInjected }
 		failCheckpoint(t, vm, c)
 		got := liveChain(t, vm)
 		if len(got) != len(chain)+1 || !reflect.DeepEqual(got[1:], chain) {
@@ -182,7 +184,7 @@ func TestCheckpointErrors(t *testing.T) {
 		before := overlayFiles(t, vm)
 		c := cfg
 		c.Method = MethodPrecopy
-		c.afterStop = func(*Session) error { return errSimulatedCrash }
+		c.afterStop = func(*qemu.Session) error { return errSimulatedCrash }
 		if _, err := Checkpoint(t.Context(), c); !errors.Is(err, errSimulatedCrash) {
 			t.Fatalf("error %v, want the simulated crash", err)
 		}
@@ -204,7 +206,7 @@ func TestCheckpointErrors(t *testing.T) {
 			t.Fatal(err)
 		}
 		c := cfg
-		c.afterMigrate = func(*Session) error { vm.Kill(); return nil }
+		c.afterMigrate = func(*qemu.Session) error { vm.Kill(); return nil }
 		_, err = Checkpoint(t.Context(), c)
 		if err == nil {
 			t.Fatal("checkpoint of a killed QEMU succeeded")

@@ -18,6 +18,8 @@ import (
 	"github.com/ntc-project/ntc/chunk"
 	"github.com/ntc-project/ntc/internal/testguest"
 	"github.com/ntc-project/ntc/internal/testguest/guesttest"
+
+	"github.com/ntc-project/ntc/qemu"
 )
 
 // These tests checkpoint the test guest (internal/testguest) under QEMU TCG.
@@ -93,7 +95,7 @@ func waitTicking(tb testing.TB, vm ticker, n int) int {
 // guestStatus returns the guest's run state through a fresh QMP session.
 func guestStatus(tb testing.TB, path string) runState {
 	tb.Helper()
-	s, err := Dial(tb.Context(), path, DialOptions{})
+	s, err := qemu.Dial(tb.Context(), path, qemu.DialOptions{})
 	if err != nil {
 		tb.Fatal(err)
 	}
@@ -425,7 +427,7 @@ func TestMethodAuto(t *testing.T) {
 			}
 			vm := startGuest(t, testguest.StartOptions{Memory: tc.mem})
 			want := tc.want
-			if s, err := Dial(t.Context(), vm.QMPPath(), DialOptions{}); err != nil {
+			if s, err := qemu.Dial(t.Context(), vm.QMPPath(), qemu.DialOptions{}); err != nil {
 				t.Fatal(err)
 			} else {
 				// Precopy can lose writes here (TCG before QEMU 9.0):

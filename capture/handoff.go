@@ -8,6 +8,8 @@ import (
 	"path/filepath"
 
 	"github.com/ntc-project/ntc/internal/atomicfile"
+
+	"github.com/ntc-project/ntc/qemu"
 )
 
 // A Final checkpoint (a hand-off) pauses the guest for good. While it is
@@ -22,7 +24,7 @@ func pausedPath(dir, set string) string {
 }
 
 // markPaused records that ntc pauses QEMU p for a hand-off.
-func markPaused(dir, set string, p Process) error {
+func markPaused(dir, set string, p qemu.Process) error {
 	b, err := json.Marshal(p)
 	if err != nil {
 		return err
@@ -31,12 +33,12 @@ func markPaused(dir, set string, p Process) error {
 }
 
 // pausedForHandoff reports whether ntc paused QEMU p for a hand-off.
-func pausedForHandoff(dir, set string, p Process) bool {
+func pausedForHandoff(dir, set string, p qemu.Process) bool {
 	b, err := os.ReadFile(pausedPath(dir, set))
 	if err != nil {
 		return false
 	}
-	var q Process
+	var q qemu.Process
 	return json.Unmarshal(b, &q) == nil && q.Same(p)
 }
 

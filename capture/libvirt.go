@@ -47,7 +47,7 @@ package capture
 //     NO_METADATA libvirt records no snapshot object, so `virsh snapshot-list`
 //     stays the user's own.
 //
-// The plug-in point is capture's monitor: libvirtMonitor passes QMP through
+// The plug-in point is the qemu.Monitor under a qemu.Session: libvirtMonitor passes QMP through
 // and translates the four commands that change the disks or need a file,
 // so that the checkpoint code is the same for both paths:
 //
@@ -87,6 +87,9 @@ import (
 	"time"
 
 	"github.com/digitalocean/go-libvirt"
+	"github.com/digitalocean/go-qemu/qmp"
+
+	"github.com/ntc-project/ntc/qemu"
 )
 
 // DefaultLibvirtURI is the libvirt connection DialDomain uses when given none.
@@ -99,12 +102,12 @@ const DefaultLibvirtURI = "qemu:///system"
 // passes QMP commands and events through libvirt, and makes disk overlays
 // and their merge with libvirt's own APIs, so that libvirt's view of the
 // disks (domain XML, virsh domblklist) stays true.
-func DialDomain(ctx context.Context, uri, name string, opts DialOptions) (*Session, error) {
+func DialDomain(ctx context.Context, uri, name string, opts qemu.DialOptions) (*qemu.Session, error) {
 	if opts.ConnectTimeout <= 0 {
-		opts.ConnectTimeout = DefaultConnectTimeout
+		opts.ConnectTimeout = qemu.DefaultConnectTimeout
 	}
 	if opts.CommandTimeout <= 0 {
-		opts.CommandTimeout = DefaultCommandTimeout
+		opts.CommandTimeout = qemu.DefaultCommandTimeout
 	}
 	if uri == "" {
 		uri = DefaultLibvirtURI
@@ -119,15 +122,15 @@ func DialDomain(ctx context.Context, uri, name string, opts DialOptions) (*Sessi
 	m := &libvirtMonitor{
 		uri: uri, name: name, dialer: &unixDialer{path: sock, timeout: opts.ConnectTimeout}, timeout: opts.CommandTimeout,
 		prepared: map[string]string{}, nodes: map[string]string{},
-		evs: make(chan Event, 256), synth: make(chan Event), ended: make(chan struct{}), stop: make(chan struct{}),
+		evs: make(chan qmp.Event, 256), synth: make(chan qmp.Event), ended: make(chan struct{}), stop: make(chan struct{}),
 	}
 	type result struct {
-		v   Version
+		v   qemu.Version
 		err error
 	}
 	connected := make(chan result, 1)
 	go func() {
-		v, err := m.connect()
+		v, err := m.open()
 		connected <- result{v, err}
 	}()
 	t := time.NewTimer(opts.ConnectTimeout)
@@ -138,37 +141,37 @@ func DialDomain(ctx context.Context, uri, name string, opts DialOptions) (*Sessi
 	case <-t.C:
 		m.dialer.close()
 		<-connected
-		m.disconnect()
+		m.Disconnect()
 		return nil, fmt.Errorf("libvirtd at %s did not answer within %s", uri, opts.ConnectTimeout)
 	case <-ctx.Done():
 		m.dialer.close()
 		<-connected
-		m.disconnect()
+		m.Disconnect()
 		return nil, fmt.Errorf("connect to libvirt domain %s at %s: %w", name, uri, ctx.Err())
 	}
 	if r.err != nil {
-		m.disconnect()
+		m.Disconnect()
 		return nil, r.err
 	}
 	peer, err := domainProcess(m.dom.UUID)
 	if err != nil {
-		m.disconnect()
+		m.Disconnect()
 		return nil, fmt.Errorf("libvirt domain %s: %w", name, err)
 	}
-	s := &Session{
-		path: fmt.Sprintf("libvirt domain %s at %s", name, uri), mon: m, timeout: opts.CommandTimeout, version: r.v, peer: peer,
-		changed: make(chan struct{}), done: make(chan struct{}),
+	s, err := qemu.NewSession(m, fmt.Sprintf("libvirt domain %s at %s", name, uri), r.v, peer, opts.CommandTimeout)
+	if err != nil {
+		m.Disconnect()
+		return nil, err
 	}
-	go s.pump(m.events())
 	return s, nil
 }
 
 // dial connects to what cfg names: a libvirt domain or a QMP socket.
-func (cfg *Config) dial(ctx context.Context) (*Session, error) {
+func (cfg *Config) dial(ctx context.Context) (*qemu.Session, error) {
 	if cfg.Domain != "" {
 		return DialDomain(ctx, cfg.Connect, cfg.Domain, cfg.Dial)
 	}
-	return Dial(ctx, cfg.QMP, cfg.Dial)
+	return qemu.Dial(ctx, cfg.QMP, cfg.Dial)
 }
 
 // target names what cfg checkpoints, for messages.
@@ -253,8 +256,8 @@ func (d *unixDialer) close() {
 	}
 }
 
-// libvirtMonitor is the monitor of a libvirt domain (see the top of this
-// file).
+// libvirtMonitor is the qemu.Monitor of a libvirt domain (see the top of
+// this file). DialDomain connects it (open); its Connect does nothing.
 type libvirtMonitor struct {
 	uri, name string
 	dialer    *unixDialer
@@ -272,34 +275,36 @@ type libvirtMonitor struct {
 	targets map[string]string
 	disks   []domainDisk
 
-	evs    chan Event
-	synth  chan Event    // events ntc makes (block-commit's end)
-	ended  chan struct{} // closed with evs
+	evs    chan qmp.Event
+	synth  chan qmp.Event // events ntc makes (block-commit's end)
+	ended  chan struct{}  // closed with evs
 	cancel context.CancelFunc
 	stop   chan struct{} // closed by disconnect
 	once   sync.Once
 	jobs   sync.WaitGroup
 }
 
-var _ monitor = (*libvirtMonitor)(nil)
+var _ qemu.Monitor = (*libvirtMonitor)(nil)
 
-func (m *libvirtMonitor) connect() (Version, error) {
+// open connects to libvirtd, finds the running domain, subscribes to its
+// events and returns its QEMU's version.
+func (m *libvirtMonitor) open() (qemu.Version, error) {
 	m.l = libvirt.NewWithDialer(m.dialer)
 	if err := m.l.ConnectToURI(libvirt.ConnectURI(m.uri)); err != nil {
-		return Version{}, fmt.Errorf("connect to libvirt at %s (%s): %w", m.uri, m.dialer.path, err)
+		return qemu.Version{}, fmt.Errorf("connect to libvirt at %s (%s): %w", m.uri, m.dialer.path, err)
 	}
 	m.connected = true
 	dom, err := m.l.DomainLookupByName(m.name)
 	if err != nil {
-		return Version{}, fmt.Errorf("libvirt domain %q at %s: %w (virsh -c %s list --all shows the domains)", m.name, m.uri, err, m.uri)
+		return qemu.Version{}, fmt.Errorf("libvirt domain %q at %s: %w (virsh -c %s list --all shows the domains)", m.name, m.uri, err, m.uri)
 	}
 	m.dom = dom
 	active, err := m.l.DomainIsActive(dom)
 	if err != nil {
-		return Version{}, fmt.Errorf("libvirt domain %s: %w", m.name, err)
+		return qemu.Version{}, fmt.Errorf("libvirt domain %s: %w", m.name, err)
 	}
 	if active == 0 {
-		return Version{}, fmt.Errorf("libvirt domain %s is shut off: start it (virsh start %s): %w", m.name, m.name, ErrGuestNotRunning)
+		return qemu.Version{}, fmt.Errorf("libvirt domain %s is shut off: start it (virsh start %s): %w", m.name, m.name, ErrGuestNotRunning)
 	}
 	// Events first, so that none after the first command is missed.
 	ctx, cancel := context.WithCancel(context.Background())
@@ -309,24 +314,24 @@ func (m *libvirtMonitor) connect() (Version, error) {
 		cancel()
 		close(m.evs)
 		close(m.ended)
-		return Version{}, fmt.Errorf("subscribe to QEMU events of libvirt domain %s: %w", m.name, err)
+		return qemu.Version{}, fmt.Errorf("subscribe to QEMU events of libvirt domain %s: %w", m.name, err)
 	}
 	life, err := m.l.LifecycleEvents(ctx)
 	if err != nil {
 		cancel()
 		go m.forward(lv, nil)
-		return Version{}, fmt.Errorf("subscribe to lifecycle events at %s: %w", m.uri, err)
+		return qemu.Version{}, fmt.Errorf("subscribe to lifecycle events at %s: %w", m.uri, err)
 	}
 	go m.forward(lv, life)
 	out, err := m.passthrough([]byte(`{"execute":"query-version"}`))
 	if err != nil {
-		return Version{}, fmt.Errorf("libvirt domain %s: query-version: %w", m.name, err)
+		return qemu.Version{}, fmt.Errorf("libvirt domain %s: query-version: %w", m.name, err)
 	}
 	var rep struct {
-		Return Version `json:"return"`
+		Return qemu.Version `json:"return"`
 	}
 	if err := json.Unmarshal(out, &rep); err != nil || rep.Return.QEMU.Major == 0 {
-		return Version{}, fmt.Errorf("libvirt domain %s: no QEMU version in %.200s", m.name, out)
+		return qemu.Version{}, fmt.Errorf("libvirt domain %s: no QEMU version in %.200s", m.name, out)
 	}
 	return rep.Return, nil
 }
@@ -347,11 +352,12 @@ func (m *libvirtMonitor) forward(lv <-chan libvirt.DomainEvent, life <-chan libv
 			if !ok {
 				return
 			}
-			ev := Event{Name: e.Event, Time: time.Unix(int64(e.Seconds), int64(e.Microseconds)*1000)}
+			ev := qmp.Event{Event: e.Event}
+			ev.Timestamp.Seconds, ev.Timestamp.Microseconds = int64(e.Seconds), int64(e.Microseconds)
 			if len(e.Details) > 0 {
 				json.Unmarshal(e.Details, &ev.Data)
 			}
-			qemuLifecycle = qemuLifecycle || ev.Name == "STOP" || ev.Name == "RESUME"
+			qemuLifecycle = qemuLifecycle || ev.Event == "STOP" || ev.Event == "RESUME"
 			m.evs <- ev
 		case e, ok := <-life:
 			if !ok {
@@ -359,7 +365,7 @@ func (m *libvirtMonitor) forward(lv <-chan libvirt.DomainEvent, life <-chan libv
 				continue
 			}
 			if name := lifecycleEvent(e); name != "" && !qemuLifecycle && e.Dom.UUID == m.dom.UUID {
-				m.evs <- Event{Name: name, Time: time.Now()}
+				m.evs <- eventNow(name, nil)
 			}
 		case ev := <-m.synth:
 			m.evs <- ev
@@ -379,17 +385,31 @@ func lifecycleEvent(e libvirt.DomainEventLifecycleMsg) string {
 	return ""
 }
 
+// eventNow is an event of ntc's, stamped now.
+func eventNow(name string, data map[string]any) qmp.Event {
+	ev := qmp.Event{Event: name, Data: data}
+	now := time.Now()
+	ev.Timestamp.Seconds, ev.Timestamp.Microseconds = now.Unix(), int64(now.Nanosecond()/1000)
+	return ev
+}
+
 // emit adds an event of ntc's to the stream.
-func (m *libvirtMonitor) emit(ev Event) {
+func (m *libvirtMonitor) emit(ev qmp.Event) {
 	select {
 	case m.synth <- ev:
 	case <-m.ended:
 	}
 }
 
-func (m *libvirtMonitor) events() <-chan Event { return m.evs }
+// Connect does nothing: DialDomain connected the monitor.
+func (m *libvirtMonitor) Connect() error { return nil }
 
-func (m *libvirtMonitor) disconnect() error {
+// Events returns the domain's QEMU events (and ntc's own); the channel is
+// closed when libvirt's stream ends.
+func (m *libvirtMonitor) Events(context.Context) (<-chan qmp.Event, error) { return m.evs, nil }
+
+// Disconnect stops watching block jobs and hangs up on libvirtd.
+func (m *libvirtMonitor) Disconnect() error {
 	var err error
 	m.once.Do(func() {
 		close(m.stop)
@@ -419,7 +439,12 @@ func (m *libvirtMonitor) disconnect() error {
 // ok is the reply to a command ntc carried out itself.
 var ok = []byte(`{"return":{}}`)
 
-func (m *libvirtMonitor) run(cmd []byte, f *os.File) ([]byte, error) {
+// Run sends a QMP command through libvirt, or carries out one of those
+// the top of this file lists.
+func (m *libvirtMonitor) Run(cmd []byte) ([]byte, error) { return m.RunWithFile(cmd, nil) }
+
+// RunWithFile is Run passing f with getfd (through virsh).
+func (m *libvirtMonitor) RunWithFile(cmd []byte, f *os.File) ([]byte, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	var c struct {
@@ -431,7 +456,7 @@ func (m *libvirtMonitor) run(cmd []byte, f *os.File) ([]byte, error) {
 	}
 	if f != nil {
 		if c.Execute != "getfd" {
-			return nil, &replyError{desc: fmt.Sprintf("ntc passes files through libvirt only with getfd, not %s", c.Execute)}
+			return nil, &qemu.ReplyError{Desc: fmt.Sprintf("ntc passes files through libvirt only with getfd, not %s", c.Execute)}
 		}
 		return m.passFile(cmd, f)
 	}
@@ -469,14 +494,17 @@ func (m *libvirtMonitor) passthrough(cmd []byte) ([]byte, error) {
 	return qmpReply([]byte(res))
 }
 
-// qmpReply checks a reply line: QEMU's error replies become *replyError.
+// qmpReply checks a reply line: QEMU's error replies become
+// *qemu.ReplyError.
 func qmpReply(raw []byte) ([]byte, error) {
-	var l qmpLine
+	var l struct {
+		Error *struct{ Class, Desc string } `json:"error"`
+	}
 	if err := json.Unmarshal(raw, &l); err != nil {
 		return nil, fmt.Errorf("reply %.200q is not QMP: %w", raw, err)
 	}
 	if l.Error != nil {
-		return nil, &replyError{desc: l.Error.Desc}
+		return nil, &qemu.ReplyError{Class: l.Error.Class, Desc: l.Error.Desc}
 	}
 	return raw, nil
 }
@@ -491,7 +519,7 @@ func (m *libvirtMonitor) libvirtError(err error) error {
 		case libvirt.ErrNoDomain, libvirt.ErrOperationInvalid, libvirt.ErrNoConnect, libvirt.ErrRPC:
 			return fmt.Errorf("libvirt domain %s: %w", m.name, err)
 		}
-		return &replyError{desc: "libvirt: " + le.Message}
+		return &qemu.ReplyError{Desc: "libvirt: " + le.Message}
 	}
 	return err
 }
@@ -501,7 +529,7 @@ func (m *libvirtMonitor) libvirtError(err error) error {
 func (m *libvirtMonitor) passFile(cmd []byte, f *os.File) ([]byte, error) {
 	virsh, err := exec.LookPath("virsh")
 	if err != nil {
-		return nil, &replyError{desc: fmt.Sprintf("handing QEMU a file through libvirt needs virsh (Debian's libvirt-clients): %v", err)}
+		return nil, &qemu.ReplyError{Desc: fmt.Sprintf("handing QEMU a file through libvirt needs virsh (Debian's libvirt-clients): %v", err)}
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), m.timeout)
 	defer cancel()
@@ -512,7 +540,7 @@ func (m *libvirtMonitor) passFile(cmd []byte, f *os.File) ([]byte, error) {
 	c.Stderr = &stderr
 	out, err := c.Output()
 	if err != nil {
-		return nil, &replyError{desc: fmt.Sprintf("virsh qemu-monitor-command --pass-fds: %v: %s", err, bytes.TrimSpace(stderr.Bytes()))}
+		return nil, &qemu.ReplyError{Desc: fmt.Sprintf("virsh qemu-monitor-command --pass-fds: %v: %s", err, bytes.TrimSpace(stderr.Bytes()))}
 	}
 	return qmpReply(bytes.TrimSpace(out))
 }
@@ -551,7 +579,7 @@ func (m *libvirtMonitor) addOverlay(args json.RawMessage) (out []byte, ours bool
 		return nil, false, nil
 	}
 	if a.Driver != "qcow2" || a.File.Driver != "file" || string(a.Backing) != "null" || !strings.HasSuffix(a.File.Filename, overlayFileSuffix(a.Node)) {
-		return nil, true, &replyError{desc: fmt.Sprintf("ntc overlay node %s: only a qcow2 file without backing, named for it, is prepared through libvirt", a.Node)}
+		return nil, true, &qemu.ReplyError{Desc: fmt.Sprintf("ntc overlay node %s: only a qcow2 file without backing, named for it, is prepared through libvirt", a.Node)}
 	}
 	if err := m.refreshTargets(); err != nil {
 		return nil, true, err
@@ -615,7 +643,7 @@ func (m *libvirtMonitor) snapshot(args json.RawMessage) (out []byte, ours bool, 
 		file, prepared := m.prepared[act.Data.Overlay]
 		if act.Type != "blockdev-snapshot" || !prepared {
 			if len(files) > 0 || prepared {
-				return nil, true, &replyError{desc: "a transaction mixing ntc's overlays with other actions cannot go through libvirt"}
+				return nil, true, &qemu.ReplyError{Desc: "a transaction mixing ntc's overlays with other actions cannot go through libvirt"}
 			}
 			return nil, false, nil
 		}
@@ -625,7 +653,7 @@ func (m *libvirtMonitor) snapshot(args json.RawMessage) (out []byte, ours bool, 
 				return nil, true, err
 			}
 			if target, found = m.targets[act.Data.Node]; !found {
-				return nil, true, &replyError{desc: fmt.Sprintf("block node %s is no disk of libvirt domain %s", act.Data.Node, m.name)}
+				return nil, true, &qemu.ReplyError{Desc: fmt.Sprintf("block node %s is no disk of libvirt domain %s", act.Data.Node, m.name)}
 			}
 		}
 		files[target] = file
@@ -675,7 +703,7 @@ func snapshotXML(disks []domainDisk, files map[string]string) (string, error) {
 		def.Disks = append(def.Disks, disk{Name: d.Target.Dev, Snapshot: "no"})
 	}
 	if seen != len(files) {
-		return "", &replyError{desc: fmt.Sprintf("the snapshot names %d disks, libvirt's domain XML has %d of them", len(files), seen)}
+		return "", &qemu.ReplyError{Desc: fmt.Sprintf("the snapshot names %d disks, libvirt's domain XML has %d of them", len(files), seen)}
 	}
 	b, err := xml.Marshal(def)
 	return string(b), err
@@ -691,7 +719,7 @@ func (m *libvirtMonitor) commit(args json.RawMessage) ([]byte, error) {
 		Base string `json:"base-node"`
 	}
 	if err := json.Unmarshal(args, &a); err != nil {
-		return nil, &replyError{desc: fmt.Sprintf("block-commit arguments: %v", err)}
+		return nil, &qemu.ReplyError{Desc: fmt.Sprintf("block-commit arguments: %v", err)}
 	}
 	disks, err := m.liveDisks()
 	if err != nil {
@@ -711,7 +739,7 @@ func (m *libvirtMonitor) commit(args json.RawMessage) ([]byte, error) {
 		}
 	}
 	if target == "" {
-		return nil, &replyError{desc: fmt.Sprintf("no disk of libvirt domain %s has %s as its active layer", m.name, active)}
+		return nil, &qemu.ReplyError{Desc: fmt.Sprintf("no disk of libvirt domain %s has %s as its active layer", m.name, active)}
 	}
 	if err := m.l.DomainBlockCommit(m.dom, target, libvirt.OptString{base}, libvirt.OptString{top}, 0, 0); err != nil {
 		return nil, m.libvirtError(err)
@@ -729,11 +757,10 @@ const commitTimeout = 10 * time.Minute
 // BLOCK_JOB_COMPLETED for job.
 func (m *libvirtMonitor) watchCommit(job, target, top string) {
 	defer m.jobs.Done()
-	ev := Event{Name: "BLOCK_JOB_COMPLETED", Data: map[string]any{"device": job, "type": "commit"}}
+	data := map[string]any{"device": job, "type": "commit"}
 	fail := func(msg string) {
-		ev.Data["error"] = msg
-		ev.Time = time.Now()
-		m.emit(ev)
+		data["error"] = msg
+		m.emit(eventNow("BLOCK_JOB_COMPLETED", data))
 	}
 	deadline := time.Now().Add(commitTimeout)
 	for delay := time.Millisecond; ; delay = min(2*delay, 100*time.Millisecond) {
@@ -766,8 +793,7 @@ func (m *libvirtMonitor) watchCommit(job, target, top string) {
 			return
 		}
 	}
-	ev.Time = time.Now()
-	m.emit(ev)
+	m.emit(eventNow("BLOCK_JOB_COMPLETED", data))
 }
 
 func containsString(ss []string, s string) bool {
@@ -794,7 +820,7 @@ func (m *libvirtMonitor) nodeFile(disks []domainDisk, node string) (string, erro
 				}
 			}
 		}
-		return "", &replyError{desc: fmt.Sprintf("overlay node %s: no *%s in the chains of libvirt domain %s", node, suffix, m.name)}
+		return "", &qemu.ReplyError{Desc: fmt.Sprintf("overlay node %s: no *%s in the chains of libvirt domain %s", node, suffix, m.name)}
 	}
 	out, err := m.passthrough([]byte(`{"execute":"query-named-block-nodes","arguments":{"flat":true}}`))
 	if err != nil {
@@ -814,7 +840,7 @@ func (m *libvirtMonitor) nodeFile(disks []domainDisk, node string) (string, erro
 			return n.File, nil
 		}
 	}
-	return "", &replyError{desc: fmt.Sprintf("no block node %s in libvirt domain %s", node, m.name)}
+	return "", &qemu.ReplyError{Desc: fmt.Sprintf("no block node %s in libvirt domain %s", node, m.name)}
 }
 
 // liveDisks reads the disks of the running domain from libvirt's XML.
@@ -887,26 +913,26 @@ func uuidString(u libvirt.UUID) string {
 
 // domainProcess finds the QEMU process libvirt started for the domain
 // with uuid: libvirt passes it -uuid.
-func domainProcess(uuid libvirt.UUID) (Process, error) {
+func domainProcess(uuid libvirt.UUID) (qemu.Process, error) {
 	want := uuidString(uuid)
 	ents, err := os.ReadDir("/proc")
 	if err != nil {
-		return Process{}, err
+		return qemu.Process{}, err
 	}
 	for _, e := range ents {
 		pid, err := strconv.Atoi(e.Name())
 		if err != nil {
 			continue
 		}
-		argv, err := processArgv(pid)
+		argv, err := qemu.Cmdline(pid)
 		if err != nil {
 			continue
 		}
 		for i := 0; i+1 < len(argv); i++ {
 			if argv[i] == "-uuid" && argv[i+1] == want {
-				return processInfo(pid)
+				return qemu.LookupProcess(pid)
 			}
 		}
 	}
-	return Process{}, fmt.Errorf("no QEMU process with -uuid %s here: ntc must run on the domain's host, as root or libvirt's QEMU user", want)
+	return qemu.Process{}, fmt.Errorf("no QEMU process with -uuid %s here: ntc must run on the domain's host, as root or libvirt's QEMU user", want)
 }

@@ -6,6 +6,8 @@ import (
 	"time"
 
 	"github.com/digitalocean/go-libvirt"
+
+	"github.com/ntc-project/ntc/qemu"
 )
 
 // LibvirtConn is a connection to the local libvirt daemon.
@@ -21,7 +23,7 @@ type LibvirtConn struct {
 func DialLibvirt(ctx context.Context, uri string, timeout time.Duration) (*LibvirtConn, error) {
 	uri = cmpOr(uri, DefaultLibvirtURI)
 	if timeout <= 0 {
-		timeout = DefaultConnectTimeout
+		timeout = qemu.DefaultConnectTimeout
 	}
 	sock, err := libvirtSocket(uri)
 	if err != nil {

@@ -9,6 +9,8 @@ import (
 
 	"github.com/ntc-project/ntc/internal/libvirttest"
 	"github.com/ntc-project/ntc/internal/testguest"
+
+	"github.com/ntc-project/ntc/qemu"
 )
 
 // ticker is a running test guest: a QEMU of testguest's or a libvirt
@@ -36,7 +38,7 @@ func chains(tb testing.TB, d *libvirttest.Domain) (libvirtChain, qemuChain []str
 			libvirtChain = dd.chain()
 		}
 	}
-	s, err := DialDomain(ctx, libvirttest.URI, d.Name, DialOptions{})
+	s, err := DialDomain(ctx, libvirttest.URI, d.Name, qemu.DialOptions{})
 	if err != nil {
 		tb.Fatal(err)
 	}
@@ -167,7 +169,7 @@ func TestLibvirtCheckpoint(t *testing.T) {
 // socket and a domain is refused before anything is touched.
 func TestDialDomainMissing(t *testing.T) {
 	libvirttest.Daemon(t)
-	_, err := DialDomain(t.Context(), libvirttest.URI, "ntc-no-such-domain", DialOptions{})
+	_, err := DialDomain(t.Context(), libvirttest.URI, "ntc-no-such-domain", qemu.DialOptions{})
 	if err == nil || !strings.Contains(err.Error(), "list --all") {
 		t.Fatalf("DialDomain of a missing domain: %v, want an error saying how to list domains", err)
 	}

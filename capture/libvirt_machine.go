@@ -20,6 +20,8 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+
+	"github.com/ntc-project/ntc/qemu"
 )
 
 // domainXML is the part of a libvirt domain XML a machine description
@@ -507,11 +509,11 @@ func describeDomainDevice(m *Machine, dev domainDevice, unsupported func(string,
 // describeSource describes the source's machine from what its manager
 // says of it: a libvirt domain's live XML, else QEMU's command line
 // (/proc/PID/cmdline: the local user's own VM).
-func describeSource(s *Session) (Machine, error) {
-	if lm, ok := s.mon.(*libvirtMonitor); ok {
+func describeSource(s *qemu.Session) (Machine, error) {
+	if lm, ok := s.Monitor().(*libvirtMonitor); ok {
 		return lm.describe()
 	}
-	argv, err := processArgv(s.Peer().PID)
+	argv, err := qemu.Cmdline(s.Peer().PID)
 	if err != nil {
 		return Machine{}, err
 	}
@@ -531,7 +533,7 @@ func (m *libvirtMonitor) describe() (Machine, error) {
 		return mc, fmt.Errorf("libvirt domain %s: %w", m.name, err)
 	}
 	out, err := m.passthrough([]byte(`{"execute":"qom-get","arguments":{"path":"/machine","property":"memory-backend"}}`))
-	var re *replyError
+	var re *qemu.ReplyError
 	if errors.As(err, &re) {
 		return mc, nil // a QEMU before 5.0: libvirt's name, pc.ram, stands
 	}

@@ -8,6 +8,8 @@ import (
 	"testing"
 
 	"github.com/digitalocean/go-libvirt"
+
+	"github.com/ntc-project/ntc/qemu"
 )
 
 // The libvirt monitor finds overlays of earlier runs by the file names
@@ -125,7 +127,7 @@ func TestSnapshotXML(t *testing.T) {
 		t.Errorf("snapshot XML %s decodes to %+v", def, got)
 	}
 	_, err = snapshotXML(disks, map[string]string{"vdz": "/v/o.qcow2"})
-	var re *replyError
+	var re *qemu.ReplyError
 	if !errors.As(err, &re) {
 		t.Errorf("a disk libvirt does not have: %v, want a refused command", err)
 	}
@@ -172,7 +174,7 @@ func TestLibvirtSocketRemote(t *testing.T) {
 func TestQMPReply(t *testing.T) {
 	if _, err := qmpReply([]byte(`{"id":"libvirt-9","error":{"class":"GenericError","desc":"Failed to find node"}}`)); err == nil {
 		t.Error("an error reply passed")
-	} else if re := (*replyError)(nil); !errors.As(err, &re) || re.desc != "Failed to find node" {
+	} else if re := (*qemu.ReplyError)(nil); !errors.As(err, &re) || re.Desc != "Failed to find node" {
 		t.Errorf("error reply: %v", err)
 	}
 	if out, err := qmpReply([]byte(`{"return":{},"id":"libvirt-10"}`)); err != nil || len(out) == 0 {

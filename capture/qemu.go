@@ -10,6 +10,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/ntc-project/ntc/qemu"
 )
 
 // runState is the reply of query-status.
@@ -18,7 +20,7 @@ type runState struct {
 	Running bool   `json:"running"`
 }
 
-func queryStatus(ctx context.Context, s *Session) (runState, error) {
+func queryStatus(ctx context.Context, s *qemu.Session) (runState, error) {
 	var st runState
 	err := s.Run(ctx, "query-status", nil, &st)
 	return st, err
@@ -57,7 +59,7 @@ type migrateInfo struct {
 	ErrorDesc string `json:"error-desc"`
 }
 
-func queryMigrate(ctx context.Context, s *Session) (migrateInfo, error) {
+func queryMigrate(ctx context.Context, s *qemu.Session) (migrateInfo, error) {
 	var mi migrateInfo
 	err := s.Run(ctx, "query-migrate", nil, &mi)
 	return mi, err
@@ -67,7 +69,7 @@ func queryMigrate(ctx context.Context, s *Session) (migrateInfo, error) {
 // command line or libvirt domain XML (describeSource) and QEMU's
 // answers, which win where both say something: the versioned machine
 // type, the RAM size, the CPU count, the target.
-func describeMachine(ctx context.Context, s *Session) (Machine, error) {
+func describeMachine(ctx context.Context, s *qemu.Session) (Machine, error) {
 	m, err := describeSource(s)
 	if err != nil {
 		return m, err
@@ -134,7 +136,7 @@ type blockInfo struct {
 
 // queryDisks lists the writable disks and their chains. Read-only media
 // (CD-ROMs) do not change and get no overlay; they are left out.
-func queryDisks(ctx context.Context, s *Session) ([]liveDisk, error) {
+func queryDisks(ctx context.Context, s *qemu.Session) ([]liveDisk, error) {
 	var infos []blockInfo
 	if err := s.Run(ctx, "query-block", nil, &infos); err != nil {
 		return nil, fmt.Errorf("list the disks: %w", err)
@@ -203,7 +205,7 @@ const checkpointBandwidth = 1 << 40
 // Migration capabilities a checkpoint sets.
 var checkpointCaps = []string{"background-snapshot", "pause-before-switchover", "events"}
 
-func setupMigration(ctx context.Context, s *Session, method Method, downtime time.Duration) (*migrationSetup, error) {
+func setupMigration(ctx context.Context, s *qemu.Session, method Method, downtime time.Duration) (*migrationSetup, error) {
 	var caps []struct {
 		Capability string `json:"capability"`
 		State      bool   `json:"state"`
@@ -230,7 +232,7 @@ func setupMigration(ctx context.Context, s *Session, method Method, downtime tim
 		{"capability": "events", "state": true},
 	}
 	if err := s.Run(ctx, "migrate-set-capabilities", map[string]any{"capabilities": set}, nil); err != nil {
-		var ce *CommandError
+		var ce *qemu.CommandError
 		if errors.As(err, &ce) && bg {
 			return nil, fmt.Errorf("enable QEMU's background snapshot: %w (it cannot be combined with xbzrle, compress, "+
 				"multifd or postcopy: switch those off; it needs userfaultfd write-protect: run QEMU as root or set "+
@@ -259,7 +261,7 @@ func setupMigration(ctx context.Context, s *Session, method Method, downtime tim
 // write-protects every page (userfaultfd): on 4 KiB pages 65,536 pages per
 // 256 MiB, which costs hundreds of milliseconds on a virtualized host (see
 // the package documentation).
-func chooseMethod(ctx context.Context, s *Session) Method {
+func chooseMethod(ctx context.Context, s *qemu.Session) Method {
 	if precopyLosesWrites(ctx, s) {
 		return MethodBackground
 	}
@@ -307,7 +309,7 @@ func ramOnHugePages(table string) (huge, ok bool) {
 }
 
 // restore puts the migration setup back as it was.
-func (m *migrationSetup) restore(ctx context.Context, s *Session) error {
+func (m *migrationSetup) restore(ctx context.Context, s *qemu.Session) error {
 	var set []map[string]any
 	for _, c := range checkpointCaps {
 		set = append(set, map[string]any{"capability": c, "state": m.caps[c]})
@@ -321,7 +323,7 @@ func (m *migrationSetup) restore(ctx context.Context, s *Session) error {
 // bytes at backing (the active layer it will cover) and opens it in QEMU
 // as a node without backing, so that the snapshot itself, in the pause,
 // only changes the graph (blockdev-snapshot) instead of creating a file.
-func prepareOverlay(ctx context.Context, s *Session, ov layer, backing chainLayer, size int64) error {
+func prepareOverlay(ctx context.Context, s *qemu.Session, ov layer, backing chainLayer, size int64) error {
 	if _, err := qemuImg(ctx, "create", "-q", "-f", "qcow2", "-u", "-b", backing.File, "-F", backing.Format,
 		ov.File, strconv.FormatInt(size, 10)); err != nil {
 		return fmt.Errorf("create overlay: %w", err)
@@ -349,7 +351,7 @@ func prepareOverlay(ctx context.Context, s *Session, ov layer, backing chainLaye
 
 // dropOverlay undoes prepareOverlay for an overlay that never joined the
 // chain.
-func dropOverlay(ctx context.Context, s *Session, ov layer) {
+func dropOverlay(ctx context.Context, s *qemu.Session, ov layer) {
 	if s.Err() == nil {
 		s.Run(ctx, "blockdev-del", map[string]any{"node-name": ov.Node}, nil)
 	}
@@ -367,13 +369,13 @@ func snapshotAction(node, overlay string) map[string]any {
 
 // commit merges the layers above base up to and including top into base,
 // live, and waits for the job to end. top must not be the active layer.
-func commit(ctx context.Context, s *Session, device, top, base, job string) error {
+func commit(ctx context.Context, s *qemu.Session, device, top, base, job string) error {
 	mark := s.EventMark()
 	args := map[string]any{"job-id": job, "device": device, "top-node": top, "base-node": base}
 	if err := s.Run(ctx, "block-commit", args, nil); err != nil {
 		return err
 	}
-	ev, _, err := s.WaitEvent(ctx, mark, func(e Event) bool {
+	ev, _, err := s.WaitEvent(ctx, mark, func(e qemu.Event) bool {
 		return (e.Name == "BLOCK_JOB_COMPLETED" || e.Name == "BLOCK_JOB_CANCELLED") && e.String("device") == job
 	})
 	if err != nil {
@@ -389,7 +391,7 @@ func commit(ctx context.Context, s *Session, device, top, base, job string) erro
 }
 
 // waitRunning polls until no migration is under way, for at most d.
-func waitMigrationIdle(ctx context.Context, s *Session, d time.Duration) error {
+func waitMigrationIdle(ctx context.Context, s *qemu.Session, d time.Duration) error {
 	deadline := time.Now().Add(d)
 	for {
 		mi, err := queryMigrate(ctx, s)
@@ -422,7 +424,7 @@ func waitMigrationIdle(ctx context.Context, s *Session, d time.Duration) error {
 // restored from such checkpoints panicked (list_del corruption, "Attempted
 // to kill the idle task!"). A background snapshot tracks writes with
 // userfaultfd instead, and KVM with its own dirty log.
-func precopyLosesWrites(ctx context.Context, s *Session) bool {
+func precopyLosesWrites(ctx context.Context, s *qemu.Session) bool {
 	var kvm struct {
 		Enabled bool `json:"enabled"`
 	}
@@ -442,7 +444,7 @@ func tcgDirtyBug(atLeast90, kvm bool) bool { return !atLeast90 && !kvm }
 // description, whose own file is named inside; a file opened through a
 // descriptor as /dev/fdset/N, which is QEMU's descriptor's file
 // (/proc/PID/fd). Other names are returned as they are.
-func layerFile(ctx context.Context, s *Session, name string) (string, error) {
+func layerFile(ctx context.Context, s *qemu.Session, name string) (string, error) {
 	if desc, ok := strings.CutPrefix(name, "json:"); ok {
 		var spec struct {
 			File struct {

@@ -8,6 +8,8 @@ import (
 	"testing"
 
 	"github.com/ntc-project/ntc/internal/testguest"
+
+	"github.com/ntc-project/ntc/qemu"
 )
 
 // TestRAMIsTheGuestsAtTheInstant compares, page by page, the RAM that
@@ -18,7 +20,7 @@ import (
 // restored from one panicked.
 func TestRAMIsTheGuestsAtTheInstant(t *testing.T) {
 	vm := startGuest(t, testguest.StartOptions{BusyMiB: 32, DiskBusyMiB: 4})
-	if s, err := Dial(t.Context(), vm.QMPPath(), DialOptions{}); err != nil {
+	if s, err := qemu.Dial(t.Context(), vm.QMPPath(), qemu.DialOptions{}); err != nil {
 		t.Fatal(err)
 	} else {
 		lose := precopyLosesWrites(t.Context(), s)
@@ -32,7 +34,7 @@ func TestRAMIsTheGuestsAtTheInstant(t *testing.T) {
 	const size = testguest.DefaultMemoryMiB << 20
 	for k := 1; k <= 4; k++ {
 		cfg := testConfig(t, vm, filepath.Join(dir, "repo"))
-		cfg.afterStop = func(s *Session) error {
+		cfg.afterStop = func(s *qemu.Session) error {
 			return s.Run(t.Context(), "pmemsave", map[string]any{"val": 0, "size": size, "filename": dump}, nil)
 		}
 		res := checkpointTB(t, cfg)

@@ -8,6 +8,8 @@ import (
 	"os"
 
 	"github.com/ntc-project/ntc/repo"
+
+	"github.com/ntc-project/ntc/qemu"
 )
 
 // Released says what Release did.
@@ -107,7 +109,7 @@ func Release(ctx context.Context, cfg Config) (*Released, error) {
 
 // closeNode closes a node ntc opened (blockdev-add) that no longer serves
 // the guest; a node still in use stays.
-func closeNode(ctx context.Context, s *Session, node string) error {
+func closeNode(ctx context.Context, s *qemu.Session, node string) error {
 	return s.Run(ctx, "blockdev-del", map[string]any{"node-name": node}, nil)
 }
 
@@ -123,13 +125,13 @@ func findDisk(disks []liveDisk, name string) *liveDisk {
 // activeCommit merges the active layer top and everything down to base
 // into base and makes base the active layer again: block-commit of the
 // active layer, then block-job-complete once it is ready.
-func activeCommit(ctx context.Context, s *Session, top, base, job string) error {
+func activeCommit(ctx context.Context, s *qemu.Session, top, base, job string) error {
 	mark := s.EventMark()
 	args := map[string]any{"job-id": job, "device": top, "top-node": top, "base-node": base}
 	if err := s.Run(ctx, "block-commit", args, nil); err != nil {
 		return err
 	}
-	ev, _, err := s.WaitEvent(ctx, mark, func(e Event) bool {
+	ev, _, err := s.WaitEvent(ctx, mark, func(e qemu.Event) bool {
 		return (e.Name == "BLOCK_JOB_READY" || e.Name == "BLOCK_JOB_COMPLETED" || e.Name == "BLOCK_JOB_CANCELLED") && e.String("device") == job
 	})
 	if err != nil {
@@ -140,7 +142,7 @@ func activeCommit(ctx context.Context, s *Session, top, base, job string) error 
 		if err := s.Run(ctx, "block-job-complete", map[string]any{"device": job}, nil); err != nil {
 			return fmt.Errorf("complete block-commit job %s: %w", job, err)
 		}
-		if ev, _, err = s.WaitEvent(ctx, mark, func(e Event) bool {
+		if ev, _, err = s.WaitEvent(ctx, mark, func(e qemu.Event) bool {
 			return (e.Name == "BLOCK_JOB_COMPLETED" || e.Name == "BLOCK_JOB_CANCELLED") && e.String("device") == job
 		}); err != nil {
 			return fmt.Errorf("wait for block-commit job %s: %w", job, err)

@@ -9,6 +9,8 @@ import (
 	"path/filepath"
 
 	"github.com/ntc-project/ntc/internal/atomicfile"
+
+	"github.com/ntc-project/ntc/qemu"
 )
 
 // stateVersion is the version of state.json.
@@ -19,9 +21,9 @@ const stateVersion = 1
 // repository's latest checkpoint and every disk's live chain agree with it;
 // otherwise the next checkpoint reads the disks in full.
 type state struct {
-	Version int         `json:"version"`
-	QEMU    Process     `json:"qemu"`
-	Disks   []diskState `json:"disks"`
+	Version int          `json:"version"`
+	QEMU    qemu.Process `json:"qemu"`
+	Disks   []diskState  `json:"disks"`
 	// Pending lists overlays created and opened in QEMU for a snapshot
 	// that has not happened (yet): if ntc dies before it, the next run
 	// closes and removes them.

@@ -206,6 +206,11 @@ func (s *Session) Package() string { return s.version.Package }
 // Peer returns the QEMU process behind the socket.
 func (s *Session) Peer() Process { return s.peer }
 
+// Monitor returns the wire under the session (for a caller that knows its
+// kind, as capture does for a libvirt domain). A command sent on it
+// directly has no timeout and may take another command's reply.
+func (s *Session) Monitor() Monitor { return s.mon }
+
 // Path returns the socket path.
 func (s *Session) Path() string { return s.path }
 

@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"github.com/ntc-project/ntc/capture"
+
+	"github.com/ntc-project/ntc/qemu"
 )
 
 // Capture takes checkpoints with package capture into set Config.Set of
@@ -48,7 +50,7 @@ func (c *Capture) classify(err error) error {
 	switch {
 	case errors.Is(err, syscall.ECONNREFUSED):
 		return Permanent(fmt.Errorf("the guest is gone: nothing listens on QMP socket %s (QEMU exited?): %w", qmp, err))
-	case errors.Is(err, capture.ErrNotQMP), errors.Is(err, capture.ErrUnsupported):
+	case errors.Is(err, qemu.ErrNotQMP), errors.Is(err, capture.ErrUnsupported):
 		return Permanent(err)
 	}
 	// ErrDisconnected (the next round tells whether QEMU is gone),

@@ -15,6 +15,8 @@ import (
 	"github.com/ntc-project/ntc/repo"
 	ntcsync "github.com/ntc-project/ntc/sync"
 	"github.com/ntc-project/ntc/transport"
+
+	"github.com/ntc-project/ntc/qemu"
 )
 
 func TestReplicatePushClassify(t *testing.T) {
@@ -69,10 +71,10 @@ func TestReplicateCaptureClassify(t *testing.T) {
 	}{
 		{"socket removed", filepath.Join(dir, "gone.sock"), errors.New("no QMP socket"), true},
 		{"connection refused", stale, fmt.Errorf("connect to QMP socket: %w", syscall.ECONNREFUSED), true},
-		{"not QMP", live, fmt.Errorf("x: %w", capture.ErrNotQMP), true},
+		{"not QMP", live, fmt.Errorf("x: %w", qemu.ErrNotQMP), true},
 		{"paused", live, fmt.Errorf("x: %w", capture.ErrGuestNotRunning), false},
-		{"QMP busy", live, fmt.Errorf("x: %w", capture.ErrQMPBusy), false},
-		{"disconnected", live, fmt.Errorf("x: %w", capture.ErrDisconnected), false},
+		{"QMP busy", live, fmt.Errorf("x: %w", qemu.ErrQMPBusy), false},
+		{"disconnected", live, fmt.Errorf("x: %w", qemu.ErrDisconnected), false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			c := &Capture{Config: capture.Config{QMP: tc.qmp}}

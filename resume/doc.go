@@ -70,7 +70,7 @@
 //     (PR_SET_PDEATHSIG 0, on its main thread) and stays to reap QEMU. ntc
 //     killed before Release takes the keeper, and the keeper QEMU, along.
 //   - Sessions: ntc talks to the copy over its own QMP socket
-//     (ntc-qmp.sock, through capture.Session); the user's is qmp.sock.
+//     (ntc-qmp.sock, through a qemu.Session); the user's is qmp.sock.
 //
 // # Guarantees
 //

@@ -19,6 +19,8 @@ import (
 	"github.com/ntc-project/ntc/capture"
 	"github.com/ntc-project/ntc/capture/migstream"
 	"github.com/ntc-project/ntc/internal/procstat"
+
+	"github.com/ntc-project/ntc/qemu"
 )
 
 // Network says what happens to the copy's network links.
@@ -131,7 +133,7 @@ type VM struct {
 	Timings  Timings
 
 	proc *process
-	ctl  *capture.Session
+	ctl  *qemu.Session
 	done chan struct{} // closed once QEMU is reaped
 }
 
@@ -501,12 +503,12 @@ func privateFile(path string, flag int) error {
 // dial waits for QEMU's control socket and connects to it. QEMU announces
 // the socket no other way, so until it exists the check repeats every
 // 10 ms.
-func (vm *VM) dial(ctx context.Context) (*capture.Session, error) {
+func (vm *VM) dial(ctx context.Context) (*qemu.Session, error) {
 	t := time.NewTicker(10 * time.Millisecond)
 	defer t.Stop()
 	for {
 		if _, err := os.Stat(vm.Plan.Control); err == nil {
-			s, err := capture.Dial(ctx, vm.Plan.Control, capture.DialOptions{})
+			s, err := qemu.Dial(ctx, vm.Plan.Control, qemu.DialOptions{})
 			if err == nil {
 				return s, nil
 			}
@@ -558,7 +560,7 @@ func (vm *VM) migrate(ctx context.Context, s *migstream.Stream, src migstream.So
 		joinErr = migstream.Join(jctx, cw, s, src)
 		w.Close()
 	})
-	ev, _, err := c.WaitEvent(ctx, mark, func(e capture.Event) bool {
+	ev, _, err := c.WaitEvent(ctx, mark, func(e qemu.Event) bool {
 		if e.Name != "MIGRATION" {
 			return false
 		}
@@ -611,7 +613,7 @@ func (c *countWriter) Write(p []byte) (int, error) {
 // within a moment: a failed incoming migration ends QEMU right after the
 // connection drops).
 func (vm *VM) failed(stage string, err error) error {
-	if errors.Is(err, capture.ErrDisconnected) {
+	if errors.Is(err, qemu.ErrDisconnected) {
 		select {
 		case <-vm.done:
 			return vm.exitError(stage)
@@ -662,7 +664,7 @@ func (vm *VM) Exited() <-chan struct{} { return vm.done }
 func (vm *VM) ExitErr() error { return vm.proc.err }
 
 // Session is ntc's QMP session with the copy (on Plan.Control).
-func (vm *VM) Session() *capture.Session { return vm.ctl }
+func (vm *VM) Session() *qemu.Session { return vm.ctl }
 
 // Stop asks QEMU to quit (QMP quit: it flushes and closes the overlays)
 // and waits for it to exit; if ctx ends first, QEMU is killed. Stopping a
@@ -675,7 +677,7 @@ func (vm *VM) Stop(ctx context.Context) error {
 	default:
 	}
 	if vm.ctl != nil {
-		if err := vm.ctl.Run(ctx, "quit", nil, nil); err != nil && !errors.Is(err, capture.ErrDisconnected) {
+		if err := vm.ctl.Run(ctx, "quit", nil, nil); err != nil && !errors.Is(err, qemu.ErrDisconnected) {
 			vm.proc.signal(syscall.SIGTERM)
 		}
 	} else {

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"reflect"
@@ -15,6 +16,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/ntc-project/ntc/qemu"
 )
 
 // These tests run QEMU 7.2 without a guest kernel: SeaBIOS runs for a moment
@@ -27,13 +30,11 @@ const qemuBinary = "qemu-system-x86_64"
 // a VGA card for a video RAM block and an option ROM.
 var qemuMachine = []string{"-machine", "pc,accel=tcg", "-m", "32", "-nodefaults", "-nographic", "-device", "VGA", "-S"}
 
-// qemu is a running QEMU and its QMP connection.
-type qemu struct {
-	tb   testing.TB
-	cmd  *exec.Cmd
-	out  *lockedBuffer
-	conn net.Conn
-	dec  *json.Decoder
+// qemuVM is a running QEMU and its QMP session.
+type qemuVM struct {
+	tb  testing.TB
+	out *lockedBuffer
+	s   *qemu.Session
 }
 
 type lockedBuffer struct {
@@ -55,7 +56,7 @@ func (l *lockedBuffer) String() string {
 
 // startQEMU starts QEMU with qemuMachine plus extra arguments and connects
 // to its QMP socket. It skips the test when QEMU is not installed.
-func startQEMU(tb testing.TB, extra ...string) *qemu {
+func startQEMU(tb testing.TB, extra ...string) *qemuVM {
 	tb.Helper()
 	bin, err := exec.LookPath(qemuBinary)
 	if err != nil {
@@ -63,32 +64,26 @@ func startQEMU(tb testing.TB, extra ...string) *qemu {
 	}
 	sock := filepath.Join(tb.TempDir(), "qmp.sock")
 	args := append(append([]string{}, qemuMachine...), "-qmp", "unix:"+sock+",server=on,wait=off")
-	q := &qemu{tb: tb, out: &lockedBuffer{}}
-	q.cmd = exec.Command(bin, append(args, extra...)...)
-	q.cmd.Stdout, q.cmd.Stderr = q.out, q.out
-	if err := q.cmd.Start(); err != nil {
-		tb.Fatalf("start %s: %v", qemuBinary, err)
+	q := &qemuVM{tb: tb, out: &lockedBuffer{}}
+	cmd := exec.Command(bin, append(args, extra...)...)
+	cmd.Stdout, cmd.Stderr = q.out, q.out
+	child, err := qemu.StartChild(cmd)
+	if err != nil {
+		tb.Fatal(err)
 	}
-	exited := make(chan struct{})
-	go func() {
-		q.cmd.Wait()
-		close(exited)
-	}()
 	tb.Cleanup(func() {
-		if q.conn != nil {
-			q.conn.Close()
+		if q.s != nil {
+			q.s.Close()
 		}
-		q.cmd.Process.Kill()
-		<-exited
+		child.Kill()
 	})
 	deadline := time.Now().Add(10 * time.Second)
 	for {
-		q.conn, err = net.Dial("unix", sock)
-		if err == nil {
+		if _, err = os.Stat(sock); err == nil {
 			break
 		}
 		select {
-		case <-exited:
+		case <-child.Done():
 			tb.Fatalf("QEMU exited at start: %s", q.out)
 		case <-time.After(20 * time.Millisecond):
 		}
@@ -96,46 +91,22 @@ func startQEMU(tb testing.TB, extra ...string) *qemu {
 			tb.Fatalf("QMP socket: %v; QEMU said: %s", err, q.out)
 		}
 	}
-	q.dec = json.NewDecoder(q.conn)
-	var greeting map[string]any
-	q.conn.SetDeadline(time.Now().Add(10 * time.Second))
-	if err := q.dec.Decode(&greeting); err != nil {
-		tb.Fatalf("QMP greeting: %v", err)
+	if q.s, err = qemu.Dial(context.Background(), sock, qemu.DialOptions{ConnectTimeout: 10 * time.Second}); err != nil {
+		tb.Fatalf("%v; QEMU said: %s", err, q.out)
 	}
-	q.run("qmp_capabilities", nil)
 	return q
 }
 
 // try runs a QMP command and returns its result or its error.
-func (q *qemu) try(cmd string, args any) (json.RawMessage, error) {
-	msg := map[string]any{"execute": cmd}
-	if args != nil {
-		msg["arguments"] = args
+func (q *qemuVM) try(cmd string, args any) (json.RawMessage, error) {
+	var r json.RawMessage
+	if err := q.s.Run(context.Background(), cmd, args, &r); err != nil {
+		return nil, fmt.Errorf("%w (QEMU said: %s)", err, q.out)
 	}
-	q.conn.SetDeadline(time.Now().Add(30 * time.Second))
-	if err := json.NewEncoder(q.conn).Encode(msg); err != nil {
-		return nil, fmt.Errorf("QMP %s: %w (QEMU said: %s)", cmd, err, q.out)
-	}
-	for {
-		var reply struct {
-			Event  string
-			Return json.RawMessage
-			Error  *struct{ Class, Desc string }
-		}
-		if err := q.dec.Decode(&reply); err != nil {
-			return nil, fmt.Errorf("QMP %s: %w (QEMU said: %s)", cmd, err, q.out)
-		}
-		switch {
-		case reply.Event != "":
-			continue
-		case reply.Error != nil:
-			return nil, fmt.Errorf("QMP %s: %s: %s", cmd, reply.Error.Class, reply.Error.Desc)
-		}
-		return reply.Return, nil
-	}
+	return r, nil
 }
 
-func (q *qemu) run(cmd string, args any) json.RawMessage {
+func (q *qemuVM) run(cmd string, args any) json.RawMessage {
 	q.tb.Helper()
 	r, err := q.try(cmd, args)
 	if err != nil {
@@ -144,7 +115,7 @@ func (q *qemu) run(cmd string, args any) json.RawMessage {
 	return r
 }
 
-func (q *qemu) status() string {
+func (q *qemuVM) status() string {
 	q.tb.Helper()
 	var st struct{ Status string }
 	json.Unmarshal(q.run("query-status", nil), &st)
@@ -153,7 +124,7 @@ func (q *qemu) status() string {
 
 // waitMigration polls query-migrate until the migration ends and returns
 // its final status.
-func (q *qemu) waitMigration() string {
+func (q *qemuVM) waitMigration() string {
 	q.tb.Helper()
 	deadline := time.Now().Add(60 * time.Second)
 	for time.Now().Before(deadline) {
@@ -182,7 +153,7 @@ type captured struct {
 
 // migrateOut migrates src to a unix socket that the test listens on, and
 // parses the stream as it arrives.
-func migrateOut(tb testing.TB, src *qemu, background bool) captured {
+func migrateOut(tb testing.TB, src *qemuVM, background bool) captured {
 	tb.Helper()
 	sock := filepath.Join(tb.TempDir(), "out.sock")
 	ln, err := net.Listen("unix", sock)

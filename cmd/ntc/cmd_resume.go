@@ -17,6 +17,8 @@ import (
 	"github.com/ntc-project/ntc/capture"
 	"github.com/ntc-project/ntc/resume"
 	ntcsync "github.com/ntc-project/ntc/sync"
+
+	"github.com/ntc-project/ntc/qemu"
 )
 
 type resumeOptions struct {
@@ -425,7 +427,7 @@ func resumeLibvirt(ctx context.Context, g *globals, o resumeOptions, network res
 		return fmt.Errorf("%w; the copy was stopped: run resume again", err)
 	}
 	// As for a plain copy (startCopy): the copy continues the set here.
-	sess, err := capture.DialDomain(ctx, d.URI, d.Name, capture.DialOptions{})
+	sess, err := capture.DialDomain(ctx, d.URI, d.Name, qemu.DialOptions{})
 	if err == nil {
 		err = capture.Adopt(ctx, sess, o.store, o.name, int(cur.Version), g.nodeName())
 		sess.Close()

@@ -19,6 +19,8 @@ import (
 	"github.com/ntc-project/ntc/internal/testguest"
 	"github.com/ntc-project/ntc/resume"
 	ntcsync "github.com/ntc-project/ntc/sync"
+
+	"github.com/ntc-project/ntc/qemu"
 )
 
 // TestResumeLibvirtDomain hands a libvirt-managed guest over to another
@@ -151,7 +153,7 @@ func TestResumeLibvirtDomain(t *testing.T) {
 	if err != nil || !strings.Contains(link, "down") {
 		t.Errorf("virsh domif-getlink %s %s: %q, %v", set, res.LinksDown[0], link, err)
 	}
-	s, err := capture.DialDomain(ctx, libvirttest.URI, set, capture.DialOptions{})
+	s, err := capture.DialDomain(ctx, libvirttest.URI, set, qemu.DialOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -255,7 +257,7 @@ func TestResumeLibvirtDomain(t *testing.T) {
 		"--workdir", filepath.Join(parent, "on"), "--kernel", filepath.Join(d.Dir, "vmlinuz"), "--initrd", filepath.Join(d.Dir, "initrd.img")).CombinedOutput(); err != nil {
 		t.Fatalf("resume --libvirt --network on: %v: %s", err, out)
 	}
-	if s, err = capture.DialDomain(ctx, libvirttest.URI, set, capture.DialOptions{}); err != nil {
+	if s, err = capture.DialDomain(ctx, libvirttest.URI, set, qemu.DialOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	up, err = sessionNICLinkUp(ctx, s, "net0")

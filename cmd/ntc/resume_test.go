@@ -21,6 +21,8 @@ import (
 	"github.com/ntc-project/ntc/capture"
 	"github.com/ntc-project/ntc/internal/testguest"
 	"github.com/ntc-project/ntc/internal/testguest/guesttest"
+
+	"github.com/ntc-project/ntc/qemu"
 )
 
 // TestResumeCheckpoint checkpoints the running test guest, pushes it
@@ -391,7 +393,7 @@ func waitSerialFile(t *testing.T, ctx context.Context, path string, n int) []str
 // layout), after the 6-byte MAC address. set_link changes only this bit
 // and nothing QMP reports.
 func nicLinkUp(ctx context.Context, qmp, dev string) (bool, error) {
-	s, err := capture.Dial(ctx, qmp, capture.DialOptions{})
+	s, err := qemu.Dial(ctx, qmp, qemu.DialOptions{})
 	if err != nil {
 		return false, err
 	}
@@ -400,7 +402,7 @@ func nicLinkUp(ctx context.Context, qmp, dev string) (bool, error) {
 }
 
 // sessionNICLinkUp is nicLinkUp over a session (a libvirt domain's).
-func sessionNICLinkUp(ctx context.Context, s *capture.Session, dev string) (bool, error) {
+func sessionNICLinkUp(ctx context.Context, s *qemu.Session, dev string) (bool, error) {
 	var buses []struct {
 		Devices []struct {
 			QDevID  string `json:"qdev_id"`

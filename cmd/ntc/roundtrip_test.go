@@ -18,6 +18,8 @@ import (
 	"github.com/ntc-project/ntc/capture"
 	"github.com/ntc-project/ntc/internal/testguest"
 	"github.com/ntc-project/ntc/internal/testguest/guesttest"
+
+	"github.com/ntc-project/ntc/qemu"
 )
 
 // TestRoundTrip carries a running guest (it rewrites 1 MiB of its disk a
@@ -162,12 +164,12 @@ func firstTick(lines []string) int {
 // stopCopy quits a detached copy through its QMP socket.
 func stopCopy(t *testing.T, ctx context.Context, r resumeJSON) {
 	t.Helper()
-	s, err := capture.Dial(ctx, r.QMP, capture.DialOptions{})
+	s, err := qemu.Dial(ctx, r.QMP, qemu.DialOptions{})
 	if err != nil {
 		t.Fatalf("stop the copy: %v", err)
 	}
 	defer s.Close()
-	if err := s.Run(ctx, "quit", nil, nil); err != nil && !errors.Is(err, capture.ErrDisconnected) {
+	if err := s.Run(ctx, "quit", nil, nil); err != nil && !errors.Is(err, qemu.ErrDisconnected) {
 		t.Fatalf("stop the copy: %v", err)
 	}
 	waitFor(t, time.Minute, func() bool { return !processAlive(r.PID) })
@@ -320,7 +322,7 @@ func startRoundTripGuest(t *testing.T, diskBusy int) (string, *testguest.Guest, 
 // guestRunning reports whether the QEMU serving QMP at path runs its guest
 // (false when nothing answers there, or the guest is paused).
 func guestRunning(ctx context.Context, path string) bool {
-	s, err := capture.Dial(ctx, path, capture.DialOptions{})
+	s, err := qemu.Dial(ctx, path, qemu.DialOptions{})
 	if err != nil {
 		return false
 	}
