@@ -91,11 +91,19 @@
 //     -drive disks attached by interface, NICs by id, netdev and MAC,
 //     serial ports and the ids of the character devices devices use, a
 //     directly booted kernel's command line and the base names and
-//     SHA-256 of its files, flags (-nodefaults, -no-reboot, …). It is read
-//     from the source's command line (/proc/PID/cmdline of the QEMU behind
-//     the socket: the local user's own VM, parsed with qemu/opt), or for a
-//     libvirt domain from its domain XML (libvirt_machine.go), and QEMU's
-//     answers. No host path, socket, listener, program or
+//     SHA-256 of its files, flags (-nodefaults, -no-reboot, …). Where it
+//     comes from (describeMachine) depends on who started the QEMU. A QMP
+//     socket (Config.QMP) is the local user's own VM: the description is
+//     parsed (with qemu/opt) from the command line of the process behind
+//     the socket (found with SO_PEERCRED, read from /proc/PID/cmdline). A
+//     libvirt domain's (Config.Domain) is read from libvirt's live domain
+//     XML (virDomainGetXMLDesc, libvirt_machine.go), its RAM backend id
+//     from QEMU (qom-get /machine memory-backend). Either way QEMU's QMP
+//     answers then win where they say something: the target
+//     (query-target), the versioned machine type, the RAM size
+//     (query-memory-size-summary) and the CPU count (query-cpus-fast). A
+//     directly booted kernel's files are hashed where the description
+//     names them, on this host. No host path, socket, listener, program or
 //     descriptor goes in; what the source used and cannot be described
 //     (-fw_cfg, -object secret, legacy -net, …) is listed in
 //     Machine.Unsupported, which a receiver refuses.

@@ -344,12 +344,12 @@ var planRules = []struct {
 	{rule: "QEMU's default NIC made explicit while the network is off",
 		change: func(m *capture.Manifest, h *host) { m.Machine.DefaultNIC = true },
 		has:    [][2]string{{"-net", "nic,name=ntc-nic0"}, {"-net", "user,restrict=on"}}},
-	{rule: "serial ports: the first into serial.log, the next into serial-N.log",
+	{rule: "serial ports: the first into serial.log, the next into a file named after its chardev",
 		change: func(m *capture.Manifest, h *host) {
 			m.Machine.Chardevs = append(m.Machine.Chardevs, "ser1")
 			m.Machine.Serials = append(m.Machine.Serials, capture.Serial{Chardev: "ser1"})
 		},
-		has: [][2]string{{"-chardev", "file,id=ser0,path=/w/serial.log"}, {"-chardev", "file,id=ser1,path=/w/serial-1.log"},
+		has: [][2]string{{"-chardev", "file,id=ser0,path=/w/serial.log"}, {"-chardev", "file,id=ser1,path=/w/chardev-ser1.log"},
 			{"-serial", "chardev:ser0"}, {"-serial", "chardev:ser1"}}},
 	{rule: "virtio serial ports: a socket in the work directory",
 		change: func(m *capture.Manifest, h *host) {

@@ -90,44 +90,91 @@ const sandboxOpts = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resource
 
 // plan checks m's machine description (validate) and builds the command
 // line of a copy in h.work. Every path in it is the receiver's: the work
-// directory, the received images (by descriptor), its own kernel.
+// directory, the received images (by descriptor), its own kernel. The
+// phases below add to the command line in QEMU's order: the machine, what
+// it boots, its disks, network and character devices, its devices, and
+// ntc's own sockets.
 func plan(m *capture.Manifest, h host) (*Plan, error) {
 	if _, err := validate(m); err != nil {
 		return nil, err
 	}
 	mc := &m.Machine
+	p, err := newPlan(h)
+	if err != nil {
+		return nil, err
+	}
+	c := &cmdline{argv: []string{h.qemu}}
+	c.machine(mc, h)
+	if err := p.boot(c, mc, h); err != nil {
+		return nil, err
+	}
+	for _, o := range mc.Objects {
+		c.opt("-object", "qom-type", withProps(kv("qom-type", o.Type, "id", o.ID), o.Props))
+	}
+	p.disks(c, m, h.images)
+	p.network(c, mc, h.network)
+	if err := p.chardevs(c, mc); err != nil {
+		return nil, err
+	}
+	p.devices(c, mc)
+	c.add("-qmp", "unix:"+qemuopt.Escape(p.QMP)+",server=on,wait=off",
+		"-qmp", "unix:"+qemuopt.Escape(p.Control)+",server=on,wait=off",
+		"-pidfile", p.PIDFile, "-S", "-incoming", "defer")
+	p.Argv = c.argv
+	return p, nil
+}
+
+// maxSocketPath is the longest path a unix socket may have.
+const maxSocketPath = 107
+
+// newPlan is a plan with ntc's files in h.work.
+func newPlan(h host) (*Plan, error) {
 	work := h.work
 	p := &Plan{
 		QMP: filepath.Join(work, qmpName), Control: filepath.Join(work, controlName),
 		Log: filepath.Join(work, logName), PIDFile: filepath.Join(work, pidName), Sandbox: h.sandbox,
 	}
-	if len(p.Control) > 107 {
-		return nil, fmt.Errorf("work directory %s: the QMP socket path %s is longer than a unix socket allows (107 bytes): give a shorter --workdir", work, p.Control)
+	if len(p.Control) > maxSocketPath {
+		return nil, fmt.Errorf("work directory %s: the QMP socket path %s is longer than a unix socket allows (%d bytes): give a shorter --workdir", work, p.Control, maxSocketPath)
 	}
-	argv := []string{h.qemu}
-	add := func(a ...string) { argv = append(argv, a...) }
-	opt := func(name, implied string, o qemuopt.Opts) {
-		s, err := o.Encode(implied)
-		if err != nil {
-			panic(fmt.Sprintf("resume: a validated option does not encode: %v", err)) // validate lets only encodable keys through
-		}
-		add(name, s)
-	}
-	kv := func(pairs ...string) qemuopt.Opts {
-		var o qemuopt.Opts
-		for i := 0; i+1 < len(pairs); i += 2 {
-			o = append(o, qemuopt.Pair{Key: pairs[i], Value: pairs[i+1]})
-		}
-		return o
-	}
-	withProps := func(o qemuopt.Opts, ps map[string]string) qemuopt.Opts {
-		for _, k := range sortedKeys(ps) {
-			o = append(o, qemuopt.Pair{Key: k, Value: ps[k]})
-		}
-		return o
-	}
+	return p, nil
+}
 
-	// The machine, CPUs and RAM.
+// cmdline is a QEMU command line being built.
+type cmdline struct{ argv []string }
+
+func (c *cmdline) add(a ...string) { c.argv = append(c.argv, a...) }
+
+// opt adds option name with o as its value (implied: the key QEMU allows
+// to be left out in front).
+func (c *cmdline) opt(name, implied string, o qemuopt.Opts) {
+	s, err := o.Encode(implied)
+	if err != nil {
+		panic(fmt.Sprintf("resume: a validated option does not encode: %v", err)) // validate lets only encodable keys through
+	}
+	c.add(name, s)
+}
+
+// kv makes options of key, value pairs.
+func kv(pairs ...string) qemuopt.Opts {
+	var o qemuopt.Opts
+	for i := 0; i+1 < len(pairs); i += 2 {
+		o = append(o, qemuopt.Pair{Key: pairs[i], Value: pairs[i+1]})
+	}
+	return o
+}
+
+// withProps appends ps to o, by key.
+func withProps(o qemuopt.Opts, ps map[string]string) qemuopt.Opts {
+	for _, k := range sortedKeys(ps) {
+		o = append(o, qemuopt.Pair{Key: k, Value: ps[k]})
+	}
+	return o
+}
+
+// machine adds the machine, its CPUs and RAM (on the receiver's choice of
+// backend), the source's flags, no display, and the sandbox.
+func (c *cmdline) machine(mc *capture.Machine, h host) {
 	mo := kv("type", mc.Type)
 	if mc.Accel != "" {
 		mo = append(mo, qemuopt.Pair{Key: "accel", Value: mc.Accel})
@@ -136,13 +183,13 @@ func plan(m *capture.Manifest, h host) (*Plan, error) {
 	if mc.RAM.BackendID != "" {
 		mo = append(mo, qemuopt.Pair{Key: "memory-backend", Value: mc.RAM.BackendID})
 	}
-	opt("-machine", "type", mo)
-	if c := mc.CPU; c.Model != "" {
-		co := kv("model", c.Model)
-		for _, f := range c.Features {
+	c.opt("-machine", "type", mo)
+	if cpu := mc.CPU; cpu.Model != "" {
+		co := kv("model", cpu.Model)
+		for _, f := range cpu.Features {
 			co = append(co, qemuopt.Pair{Key: f.Name, Value: f.Value})
 		}
-		opt("-cpu", "model", co)
+		c.opt("-cpu", "model", co)
 	}
 	so := kv("cpus", strconv.Itoa(mc.CPU.Count))
 	for _, t := range []struct {
@@ -153,12 +200,12 @@ func plan(m *capture.Manifest, h host) (*Plan, error) {
 			so = append(so, qemuopt.Pair{Key: t.k, Value: strconv.Itoa(t.n)})
 		}
 	}
-	opt("-smp", "cpus", so)
+	c.opt("-smp", "cpus", so)
 	size := strconv.FormatInt(mc.RAM.Size, 10) + "B"
 	if mc.RAM.Size%(1<<20) == 0 {
 		size = strconv.FormatInt(mc.RAM.Size>>20, 10) + "M"
 	}
-	add("-m", size)
+	c.add("-m", size)
 	if id := mc.RAM.BackendID; id != "" {
 		// The backend is the receiver's choice; its id names the RAM block.
 		bo := kv("qom-type", "memory-backend-memfd", "id", id, "size", strconv.FormatInt(mc.RAM.Size, 10))
@@ -171,81 +218,90 @@ func plan(m *capture.Manifest, h host) (*Plan, error) {
 		if mc.RAM.IDIsBlockName {
 			bo = append(bo, qemuopt.Pair{Key: "x-use-canonical-path-for-ramblock-id", Value: "off"})
 		}
-		opt("-object", "qom-type", bo)
+		c.opt("-object", "qom-type", bo)
 	}
 	for _, f := range mc.Flags {
-		add("-" + f)
+		c.add("-" + f)
 	}
-	add("-display", "none")
+	c.add("-display", "none")
 	if h.sandbox {
-		add("-sandbox", sandboxOpts)
+		c.add("-sandbox", sandboxOpts)
 	}
+}
 
-	// Kernel and firmware: the receiver's own files.
+// boot adds the kernel and firmware the source loaded: the receiver's own
+// files, which it must have given.
+func (p *Plan) boot(c *cmdline, mc *capture.Machine, h host) error {
 	if k := mc.Kernel; k != nil {
 		if h.kernel == "" {
-			return nil, fmt.Errorf("the checkpoint's guest booted a kernel directly (%s%s): give this machine's copy with --kernel PATH%s (or resume.kernel in the configuration)",
+			return fmt.Errorf("the checkpoint's guest booted a kernel directly (%s%s): give this machine's copy with --kernel PATH%s (or resume.kernel in the configuration)",
 				k.Kernel.Name, initrdNote(k), initrdFlag(k))
 		}
 		if k.Initrd != nil && h.initrd == "" {
-			return nil, fmt.Errorf("the checkpoint's guest booted with an initrd (%s): give this machine's copy with --initrd PATH (or resume.initrd in the configuration)", k.Initrd.Name)
+			return fmt.Errorf("the checkpoint's guest booted with an initrd (%s): give this machine's copy with --initrd PATH (or resume.initrd in the configuration)", k.Initrd.Name)
 		}
-		add("-kernel", h.kernel)
+		c.add("-kernel", h.kernel)
 		p.note(h, "--kernel", h.kernel, &k.Kernel)
 		if k.Initrd != nil {
-			add("-initrd", h.initrd)
+			c.add("-initrd", h.initrd)
 			p.note(h, "--initrd", h.initrd, k.Initrd)
 		}
 		if k.Append != "" {
-			add("-append", k.Append)
+			c.add("-append", k.Append)
 		}
 	} else if h.kernel != "" || h.initrd != "" {
 		p.Notes = append(p.Notes, "the source booted from its disk: --kernel and --initrd are not used")
 	}
 	if f := mc.Firmware; f != nil {
 		if h.firmware == "" {
-			return nil, fmt.Errorf("the checkpoint's guest runs firmware %s of its own (-bios): give this machine's copy with --bios PATH (or resume.bios in the configuration)", f.Name)
+			return fmt.Errorf("the checkpoint's guest runs firmware %s of its own (-bios): give this machine's copy with --bios PATH (or resume.bios in the configuration)", f.Name)
 		}
-		add("-bios", h.firmware)
+		c.add("-bios", h.firmware)
 		p.note(h, "--bios", h.firmware, f)
 	}
-	for _, o := range mc.Objects {
-		opt("-object", "qom-type", withProps(kv("qom-type", o.Type, "id", o.ID), o.Props))
-	}
+	return nil
+}
 
-	// Disks: the received image, read-only through the descriptor ntc
-	// passes, under a new overlay in the work directory.
+// disks adds each received disk: its image (in images), read-only through
+// the descriptor ntc passes, under a new overlay in the work directory; a
+// disk the source attached with -drive keeps its interface. Removable
+// drives without a disk stay empty.
+func (p *Plan) disks(c *cmdline, m *capture.Manifest, images string) {
+	work := p.dir()
 	drives := map[string]capture.Drive{}
-	for _, d := range mc.Drives {
+	for _, d := range m.Machine.Drives {
 		drives[d.ID] = d
 	}
 	for i, d := range m.Disks {
 		dp := DiskPlan{Name: d.Name, Device: d.Device, Node: d.Node, Size: d.Size,
-			Image: filepath.Join(h.images, strings.TrimSuffix(d.Index, ".idx")), Overlay: filepath.Join(work, d.Name+overlaySfx)}
+			Image: filepath.Join(images, strings.TrimSuffix(d.Index, ".idx")), Overlay: filepath.Join(work, d.Name+overlaySfx)}
 		p.Disks = append(p.Disks, dp)
 		set := strconv.Itoa(i + 1)
 		base := fmt.Sprintf("%s-base%d", reserved, i)
-		add("-add-fd", fmt.Sprintf("fd=%d,set=%s,opaque=%s", firstDiskFD+i, set, d.Name))
-		opt("-blockdev", "", kv("driver", "raw", "node-name", base, "read-only", "on",
+		c.add("-add-fd", fmt.Sprintf("fd=%d,set=%s,opaque=%s", firstDiskFD+i, set, d.Name))
+		c.opt("-blockdev", "", kv("driver", "raw", "node-name", base, "read-only", "on",
 			"file.driver", "file", "file.filename", "/dev/fdset/"+set))
 		top := kv("driver", "qcow2", "backing", base, "file.driver", "file", "file.filename", dp.Overlay)
 		if dr, ok := drives[d.Node]; ok {
-			opt("-drive", "", withProps(append(kv("if", dr.If, "id", d.Node), top...), dr.Props))
+			c.opt("-drive", "", withProps(append(kv("if", dr.If, "id", d.Node), top...), dr.Props))
 			delete(drives, d.Node)
 			continue
 		}
-		opt("-blockdev", "", append(kv("node-name", d.Node), top...))
+		c.opt("-blockdev", "", append(kv("node-name", d.Node), top...))
 	}
-	for _, d := range mc.Drives { // removable drives without a disk: empty
+	for _, d := range m.Machine.Drives {
 		if _, ok := drives[d.ID]; ok {
-			opt("-drive", "", withProps(kv("if", d.If, "id", d.ID), d.Props))
+			c.opt("-drive", "", withProps(kv("if", d.If, "id", d.ID), d.Props))
 		}
 	}
+}
 
-	// Network: the receiver's own user-mode backends, reaching nothing
-	// while the network is off.
+// network adds the receiver's own user-mode backends for the source's
+// NICs, reaching nothing while the network is off, and records the net
+// clients whose link Start sets down.
+func (p *Plan) network(c *cmdline, mc *capture.Machine, network Network) {
 	netOpts := func(o qemuopt.Opts) qemuopt.Opts {
-		if h.network == NetworkOff {
+		if network == NetworkOff {
 			o = append(o, qemuopt.Pair{Key: "restrict", Value: "on"})
 		}
 		return o
@@ -253,7 +309,7 @@ func plan(m *capture.Manifest, h host) (*Plan, error) {
 	nics := 0
 	for _, n := range mc.NICs {
 		if !n.Nic {
-			opt("-netdev", "type", netOpts(kv("type", "user", "id", n.Netdev)))
+			c.opt("-netdev", "type", netOpts(kv("type", "user", "id", n.Netdev)))
 			p.NICs = append(p.NICs, cmp.Or(n.ID, n.Netdev))
 			continue
 		}
@@ -266,25 +322,46 @@ func plan(m *capture.Manifest, h host) (*Plan, error) {
 		if n.MAC != "" {
 			o = append(o, qemuopt.Pair{Key: "mac", Value: n.MAC})
 		}
-		opt("-nic", "type", netOpts(o))
+		c.opt("-nic", "type", netOpts(o))
 		p.NICs = append(p.NICs, id)
 	}
-	if mc.DefaultNIC && h.network == NetworkOff {
+	if mc.DefaultNIC && network == NetworkOff {
 		// QEMU's default NIC on a hub, made explicit so that it reaches
 		// nothing and its link can be set down.
 		name := reserved + "-nic0"
-		add("-net", "nic,name="+name, "-net", "user,restrict=on")
+		c.add("-net", "nic,name="+name, "-net", "user,restrict=on")
 		p.NICs = append(p.NICs, name)
 	}
+}
 
-	// Character devices: files and sockets in the work directory.
-	serialOf := map[string]int{}
-	for i, s := range mc.Serials {
-		if s.Chardev != "" {
-			if _, ok := serialOf[s.Chardev]; !ok {
-				serialOf[s.Chardev] = i
-			}
+// chardevs adds the character devices, as files and sockets in the work
+// directory, and the serial ports. Each file is named after its chardev's
+// id (chardevFile), except the console's: the chardev of the first serial
+// port (the first -serial with a chardev, else the first isa-serial
+// device) writes to serial.log (Plan.SerialLog). A virtio serial port's
+// chardev is a socket. QEMU's default serial port (no -nodefaults, no
+// -serial) and a -serial the source gave without a chardev get chardevs
+// of ntc's.
+func (p *Plan) chardevs(c *cmdline, mc *capture.Machine) error {
+	serials := mc.Serials
+	if len(serials) == 0 && !slices.Contains(mc.Flags, "nodefaults") {
+		serials = []capture.Serial{{}} // QEMU's default serial port
+	}
+	ports := make([]string, len(serials)) // the chardev of each -serial ("" for none)
+	for i, s := range serials {
+		switch {
+		case s.None:
+		case s.Chardev != "":
+			ports[i] = s.Chardev
+		default:
+			ports[i] = fmt.Sprintf("%s-serial%d", reserved, i)
 		}
+	}
+	console := ""
+	if i := slices.IndexFunc(ports, func(id string) bool { return id != "" }); i >= 0 {
+		console = ports[i]
+	} else if i := slices.IndexFunc(mc.Devices, func(d capture.Device) bool { return d.Driver == "isa-serial" }); i >= 0 {
+		console = mc.Devices[i].Props["chardev"]
 	}
 	sockets := map[string]bool{}
 	for _, d := range mc.Devices {
@@ -292,49 +369,69 @@ func plan(m *capture.Manifest, h host) (*Plan, error) {
 			sockets[d.Props["chardev"]] = true
 		}
 	}
-	serialPath := func(i int) string {
-		if i == 0 {
-			p.SerialLog = filepath.Join(work, serialName)
-			return p.SerialLog
+	file := func(id string) (string, error) {
+		if id == console {
+			p.SerialLog = filepath.Join(p.dir(), serialName)
+			return p.SerialLog, nil
 		}
-		return filepath.Join(work, fmt.Sprintf("serial-%d.log", i))
+		f, err := p.chardevFile(id, ".log")
+		p.Consoles = append(p.Consoles, f)
+		return f, err
 	}
 	for _, id := range mc.Chardevs {
-		switch i, isSerial := serialOf[id]; {
-		case isSerial:
-			opt("-chardev", "backend", kv("backend", "file", "id", id, "path", serialPath(i)))
-		case sockets[id]:
-			sock := filepath.Join(work, "chardev-"+id+".sock")
-			if len(sock) > 107 {
-				return nil, fmt.Errorf("work directory %s: the socket of chardev %s would be longer than a unix socket allows: give a shorter --workdir", work, id)
+		if sockets[id] && id != console {
+			sock, err := p.chardevFile(id, ".sock")
+			if err != nil {
+				return err
 			}
 			p.Consoles = append(p.Consoles, sock)
-			opt("-chardev", "backend", kv("backend", "socket", "id", id, "path", sock, "server", "on", "wait", "off"))
-		default:
-			f := filepath.Join(work, "chardev-"+id+".log")
-			p.Consoles = append(p.Consoles, f)
-			opt("-chardev", "backend", kv("backend", "file", "id", id, "path", f))
+			c.opt("-chardev", "backend", kv("backend", "socket", "id", id, "path", sock, "server", "on", "wait", "off"))
+			continue
 		}
-	}
-	serials := mc.Serials
-	if len(serials) == 0 && !slices.Contains(mc.Flags, "nodefaults") {
-		serials = []capture.Serial{{}} // QEMU's default serial port, into the log
+		f, err := file(id)
+		if err != nil {
+			return err
+		}
+		c.opt("-chardev", "backend", kv("backend", "file", "id", id, "path", f))
 	}
 	for i, s := range serials {
 		switch {
 		case s.None:
-			add("-serial", "none")
+			c.add("-serial", "none")
 		case s.Chardev != "":
-			add("-serial", "chardev:"+s.Chardev)
+			c.add("-serial", "chardev:"+s.Chardev)
 		default:
-			id := fmt.Sprintf("%s-serial%d", reserved, i)
-			opt("-chardev", "backend", kv("backend", "file", "id", id, "path", serialPath(i)))
-			add("-serial", "chardev:"+id)
+			f, err := file(ports[i])
+			if err != nil {
+				return err
+			}
+			c.opt("-chardev", "backend", kv("backend", "file", "id", ports[i], "path", f))
+			c.add("-serial", "chardev:"+ports[i])
 		}
 	}
+	return nil
+}
 
-	// Devices, in the source's order (PCI slots not given are assigned in
-	// order).
+// chardevFile is the file of chardev id in the work directory:
+// "chardev-" + id + ext. The id is a QEMU id (validate allows only those,
+// and ntc's own are too: a letter, then letters, digits, '.', '_', '-'),
+// so the name stays in the directory; a socket's path must also fit a
+// unix socket address.
+func (p *Plan) chardevFile(id, ext string) (string, error) {
+	if !reID.MatchString(id) {
+		return "", fmt.Errorf("chardev id %q cannot name a file: %w", id, ErrRefused)
+	}
+	f := filepath.Join(p.dir(), "chardev-"+id+ext)
+	if ext == ".sock" && len(f) > maxSocketPath {
+		return "", fmt.Errorf("work directory %s: the socket of chardev %s would be longer than a unix socket allows: give a shorter --workdir", p.dir(), id)
+	}
+	return f, nil
+}
+
+// devices adds the devices in the source's order (PCI slots not given are
+// assigned in order; a vmgenid device gets a new generation ID), then
+// -global, -vga, -rtc, -boot and -uuid.
+func (p *Plan) devices(c *cmdline, mc *capture.Machine) {
 	for _, d := range mc.Devices {
 		o := kv("driver", d.Driver)
 		if d.ID != "" {
@@ -351,30 +448,23 @@ func plan(m *capture.Manifest, h host) (*Plan, error) {
 			ps = map[string]string{"guid": "auto"}
 			p.GenID = true
 		}
-		opt("-device", "driver", withProps(o, ps))
+		c.opt("-device", "driver", withProps(o, ps))
 	}
 	for _, g := range mc.Globals {
-		add("-global", g.Driver+"."+g.Property+"="+qemuopt.Escape(g.Value))
+		c.add("-global", g.Driver+"."+g.Property+"="+qemuopt.Escape(g.Value))
 	}
 	if mc.VGA != "" {
-		add("-vga", mc.VGA)
+		c.add("-vga", mc.VGA)
 	}
 	if len(mc.RTC) > 0 {
-		opt("-rtc", "", withProps(nil, mc.RTC))
+		c.opt("-rtc", "", withProps(nil, mc.RTC))
 	}
 	if len(mc.Boot) > 0 {
-		opt("-boot", "", withProps(nil, mc.Boot))
+		c.opt("-boot", "", withProps(nil, mc.Boot))
 	}
 	if mc.UUID != "" {
-		add("-uuid", mc.UUID)
+		c.add("-uuid", mc.UUID)
 	}
-
-	// ntc's own parts.
-	add("-qmp", "unix:"+qemuopt.Escape(p.QMP)+",server=on,wait=off",
-		"-qmp", "unix:"+qemuopt.Escape(p.Control)+",server=on,wait=off",
-		"-pidfile", p.PIDFile, "-S", "-incoming", "defer")
-	p.Argv = argv
-	return p, nil
 }
 
 // note records that a local file differs from the one the source loaded.

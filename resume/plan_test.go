@@ -253,3 +253,110 @@ func TestPlanConfined(t *testing.T) {
 	}
 	confined(t, p.Argv, testHost)
 }
+
+// TestPlanChardevFiles: the first serial port (a -serial with a chardev,
+// else an isa-serial device, as libvirt attaches it) writes to serial.log;
+// every other character device's file is named after its chardev's id.
+func TestPlanChardevFiles(t *testing.T) {
+	isaSerial := func(id, chardev string) capture.Device {
+		return capture.Device{Driver: "isa-serial", ID: id, Props: map[string]string{"chardev": chardev}}
+	}
+	for _, tc := range []struct {
+		name      string
+		change    func(mc *capture.Machine)
+		serialLog string
+		consoles  []string
+		has       [][2]string
+	}{
+		{"one -serial port: the console", func(mc *capture.Machine) {},
+			"/w/serial.log", nil,
+			[][2]string{{"-chardev", "file,id=ser0,path=/w/serial.log"}, {"-serial", "chardev:ser0"}}},
+		{"a second -serial port: named after its chardev", func(mc *capture.Machine) {
+			mc.Chardevs = append(mc.Chardevs, "ser1")
+			mc.Serials = append(mc.Serials, capture.Serial{Chardev: "ser1"})
+		}, "/w/serial.log", []string{"/w/chardev-ser1.log"},
+			[][2]string{{"-chardev", "file,id=ser1,path=/w/chardev-ser1.log"}, {"-serial", "chardev:ser1"}}},
+		{"an isa-serial device without -serial (libvirt's serial port): the console", func(mc *capture.Machine) {
+			mc.Serials, mc.Chardevs = nil, []string{"charserial0"}
+			mc.Devices = append(mc.Devices, isaSerial("serial0", "charserial0"))
+		}, "/w/serial.log", nil,
+			[][2]string{{"-chardev", "file,id=charserial0,path=/w/serial.log"}, {"-device", "isa-serial,id=serial0,chardev=charserial0"}}},
+		{"an isa-serial device after a -serial port: named after its chardev", func(mc *capture.Machine) {
+			mc.Chardevs = append(mc.Chardevs, "charserial1")
+			mc.Devices = append(mc.Devices, isaSerial("serial1", "charserial1"))
+		}, "/w/serial.log", []string{"/w/chardev-charserial1.log"},
+			[][2]string{{"-chardev", "file,id=ser0,path=/w/serial.log"}, {"-chardev", "file,id=charserial1,path=/w/chardev-charserial1.log"}}},
+		{"two isa-serial devices: the first is the console", func(mc *capture.Machine) {
+			mc.Serials, mc.Chardevs = nil, []string{"charserial0", "charserial1"}
+			mc.Devices = append(mc.Devices, isaSerial("serial0", "charserial0"), isaSerial("serial1", "charserial1"))
+		}, "/w/serial.log", []string{"/w/chardev-charserial1.log"},
+			[][2]string{{"-chardev", "file,id=charserial0,path=/w/serial.log"}, {"-chardev", "file,id=charserial1,path=/w/chardev-charserial1.log"}}},
+		{"-serial none first: the next port is the console", func(mc *capture.Machine) {
+			mc.Serials = []capture.Serial{{None: true}, {Chardev: "ser0"}}
+		}, "/w/serial.log", nil,
+			[][2]string{{"-serial", "none"}, {"-chardev", "file,id=ser0,path=/w/serial.log"}}},
+		{"a -serial without a chardev after the console: ntc's chardev, named after its id", func(mc *capture.Machine) {
+			mc.Serials = append(mc.Serials, capture.Serial{})
+		}, "/w/serial.log", []string{"/w/chardev-ntc-serial1.log"},
+			[][2]string{{"-chardev", "file,id=ntc-serial1,path=/w/chardev-ntc-serial1.log"}, {"-serial", "chardev:ntc-serial1"}}},
+		{"QEMU's default serial port: the console", func(mc *capture.Machine) {
+			mc.Serials, mc.Chardevs, mc.Flags = nil, nil, nil
+		}, "/w/serial.log", nil,
+			[][2]string{{"-chardev", "file,id=ntc-serial0,path=/w/serial.log"}, {"-serial", "chardev:ntc-serial0"}}},
+		{"a virtio serial port: a socket named after its chardev", func(mc *capture.Machine) {
+			mc.Chardevs = append(mc.Chardevs, "agent")
+			mc.Devices = append(mc.Devices, capture.Device{Driver: "virtio-serial-pci", ID: "vser0"},
+				capture.Device{Driver: "virtserialport", Bus: "vser0.0", Props: map[string]string{"chardev": "agent", "name": "org.qemu.guest_agent.0"}})
+		}, "/w/serial.log", []string{"/w/chardev-agent.sock"},
+			[][2]string{{"-chardev", "socket,id=agent,path=/w/chardev-agent.sock,server=on,wait=off"}}},
+		{"no serial port: no console", func(mc *capture.Machine) {
+			mc.Serials, mc.Chardevs = nil, nil
+		}, "", nil, nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			m := guestManifest()
+			tc.change(&m.Machine)
+			p, err := plan(m, testHost)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if p.SerialLog != tc.serialLog || !slices.Equal(p.Consoles, tc.consoles) {
+				t.Errorf("serial log %q, consoles %q; want %q, %q", p.SerialLog, p.Consoles, tc.serialLog, tc.consoles)
+			}
+			for _, want := range tc.has {
+				if !hasArg(p.Argv, want[0], want[1]) {
+					t.Errorf("argv lacks %s %q:\n%q", want[0], want[1], p.Argv)
+				}
+			}
+			if tc.serialLog == "" && strings.Contains(strings.Join(p.Argv, " "), serialName) {
+				t.Errorf("argv names %s without a serial port: %q", serialName, p.Argv)
+			}
+			confined(t, p.Argv, testHost)
+		})
+	}
+}
+
+// TestChardevFileStaysInTheWorkDirectory: a chardev's file is named only
+// after a QEMU id, and a socket's path must fit a unix socket address.
+func TestChardevFileStaysInTheWorkDirectory(t *testing.T) {
+	p, err := newPlan(testHost)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, id := range []string{"../x", "a/b", "", ".hidden", "a,path=/etc/passwd"} {
+		if f, err := p.chardevFile(id, ".log"); !errors.Is(err, ErrRefused) {
+			t.Errorf("chardev %q: file %q, %v; want a refusal", id, f, err)
+		}
+	}
+	h := testHost
+	h.work = "/" + strings.Repeat("w", 80)
+	if p, err = newPlan(h); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := p.chardevFile("agent", ".log"); err != nil {
+		t.Errorf("a log file is not bound by the socket length: %v", err)
+	}
+	if f, err := p.chardevFile(strings.Repeat("a", 30), ".sock"); err == nil {
+		t.Errorf("socket %s (%d bytes) accepted", f, len(f))
+	}
+}

@@ -233,8 +233,8 @@ func TestResumeLibvirtDomain(t *testing.T) {
 	}
 	ticks, pfirst := 0, -1
 	// libvirt attaches the serial port as an isa-serial device: resume's
-	// plan logs its chardev beside serial.log.
-	for _, l := range waitSerialFile(t, ctx, filepath.Join(plain, "chardev-charserial0.log"), 2) {
+	// plan makes it the console, in serial.log.
+	for _, l := range waitSerialFile(t, ctx, pres.SerialLog, 2) {
 		if strings.Contains(l, "Linux version") {
 			t.Errorf("the plain copy booted: %q", l)
 		}
