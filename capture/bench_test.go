@@ -46,7 +46,7 @@ func benchmarkCheckpoint(b *testing.B, method Method, mem testguest.Memory, busy
 	vm := startGuest(b, testguest.StartOptions{DiskBusyMiB: 1, BusyMiB: busy, Memory: mem})
 	cfg := Config{QMP: vm.QMPPath(), Dir: b.TempDir(), Method: method}
 	if testing.Verbose() {
-		cfg.Log = func(m string) { b.Log(m) }
+		cfg.Logger = testLogger(b)
 	}
 	// The first checkpoint reads everything; the ones measured are
 	// incremental.

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"os"
 	"path/filepath"
@@ -75,8 +76,10 @@ type Config struct {
 	// the guest is resumed; if what follows fails (the push), Continue
 	// resumes it.
 	Final bool
-	// Log, if set, receives a line per step.
-	Log func(msg string)
+	// Logger, if set, gets the checkpoint's steps (debug), what it did
+	// besides checkpointing (info: a leftover removed, a fallback taken) and
+	// what went wrong without failing it (warn).
+	Logger *slog.Logger
 
 	// Test hooks: afterStop runs once the guest is paused, afterMigrate
 	// once migrate was accepted; an error fails the checkpoint there.
@@ -204,7 +207,7 @@ func Checkpoint(ctx context.Context, cfg Config) (*Result, error) {
 	var prev *Manifest
 	if head != nil {
 		if prev, err = r.manifestOf(head); err != nil {
-			return nil, fmt.Errorf("%w (the set's current version is not a checkpoint this ntc reads: take checkpoints of this VM into another set, --name)", err)
+			return nil, fmt.Errorf("%w (the set's current version is not a checkpoint this ntc reads: take checkpoints of this VM into another set)", err)
 		}
 	}
 	seq, err := r.nextSeq()
@@ -275,11 +278,15 @@ type diskPlan struct {
 	extents []chunk.Range
 }
 
-func (c *checkpointer) logf(format string, a ...any) {
-	if c.cfg.Log != nil {
-		c.cfg.Log(fmt.Sprintf(format, a...))
+// log is the checkpoint's log: Config.Logger, or nowhere.
+func (c *checkpointer) log() *slog.Logger {
+	if c.cfg.Logger != nil {
+		return c.cfg.Logger
 	}
+	return discard
 }
+
+var discard = slog.New(slog.DiscardHandler)
 
 func (c *checkpointer) run(ctx context.Context) (res *Result, err error) {
 	s := c.sess
@@ -322,22 +329,22 @@ func (c *checkpointer) run(ctx context.Context) (res *Result, err error) {
 	auto := c.cfg.Method == MethodAuto
 	if auto {
 		c.cfg.Method = chooseMethod(ctx, s)
-		c.logf("method %s", c.cfg.Method)
+		c.log().Debug("method chosen", "method", c.cfg.Method)
 	}
 	caps, err := setupMigration(ctx, s, c.cfg.Method, c.cfg.Downtime)
 	if auto && c.cfg.Method == MethodBackground && errors.Is(err, ErrUnsupported) && s.Err() == nil {
-		c.logf("%v: taking a precopy checkpoint instead", err)
+		c.log().Info("taking a precopy checkpoint instead", "err", err)
 		c.cfg.Method = MethodPrecopy
 		caps, err = setupMigration(ctx, s, c.cfg.Method, c.cfg.Downtime)
 	}
 	if c.cfg.Method == MethodPrecopy && !c.cfg.Final && precopyLosesWrites(ctx, s) {
-		c.logf("warning: QEMU %s under TCG can miss guest writes in a precopy migration (fixed in QEMU 9.0): "+
-			"this checkpoint's RAM may not be the guest's at the instant and may not restore; use --method background-snapshot", s.Version())
+		c.log().Warn("QEMU under TCG can miss guest writes in a precopy migration (fixed in QEMU 9.0): "+
+			"this checkpoint's RAM may not be the guest's at the instant and may not restore; take background snapshots instead", "qemu", s.Version())
 	}
 	if caps != nil {
 		defer func() {
 			if rerr := caps.restore(context.WithoutCancel(ctx), s); rerr != nil && err == nil && s.Err() == nil {
-				c.logf("could not restore QEMU's migration settings: %v", rerr)
+				c.log().Warn("could not restore QEMU's migration settings", "err", rerr)
 			}
 		}()
 	}
@@ -362,7 +369,7 @@ func (c *checkpointer) run(ctx context.Context) (res *Result, err error) {
 			c.dropOverlays(ctx, c.plans)
 			c.prepared = false
 			if serr := c.saveState(false); serr != nil {
-				c.logf("could not record the dropped overlays: %v", serr)
+				c.log().Warn("could not record the dropped overlays", "err", serr)
 			}
 		}
 		if c.snapshotted && !(err == nil && res != nil) {
@@ -395,7 +402,7 @@ func (c *checkpointer) cancelAbandoned(ctx context.Context, mi migrateInfo) (mig
 	if err != nil || st == nil || !st.QEMU.Same(c.sess.Peer()) || len(st.Pending) == 0 {
 		return mi, err
 	}
-	c.logf("cancelling the migration (%s) an interrupted checkpoint left behind", mi.Status)
+	c.log().Info("cancelling the migration an interrupted checkpoint left behind", "status", mi.Status)
 	if err := c.sess.Run(ctx, "migrate_cancel", nil, nil); err != nil {
 		return mi, fmt.Errorf("cancel the migration an interrupted checkpoint left: %w", err)
 	}
@@ -445,7 +452,7 @@ func (c *checkpointer) plan(ctx context.Context, disks []liveDisk) error {
 				if x, err := c.repo.Index(c.prev.Seq, pd.Index); err == nil {
 					p.prevIndex = x
 				} else {
-					c.logf("%s: previous index unreadable (%v): reading the disk in full", d.Name, err)
+					c.log().Warn("previous index unreadable: reading the disk in full", "disk", d.Name, "err", err)
 				}
 			}
 		}
@@ -502,7 +509,7 @@ func (c *checkpointer) dropPending(ctx context.Context, pending []layer, disks [
 		}
 		if !inUse {
 			dropOverlay(ctx, c.sess, ov)
-			c.logf("removed %s, left over from an interrupted checkpoint", ov.File)
+			c.log().Info("removed an overlay left over from an interrupted checkpoint", "file", ov.File)
 		}
 	}
 }
@@ -538,7 +545,7 @@ func newOverlayName(dir, base string, seq int) (layer, error) {
 	}
 	probe, err := os.CreateTemp(dir, ".ntc-probe-*")
 	if err != nil {
-		return l, fmt.Errorf("cannot create the disk overlay next to the disk in %s: %w (give an overlay directory on the same host with --overlay-dir)", dir, err)
+		return l, fmt.Errorf("cannot create the disk overlay next to the disk in %s: %w: %w", dir, ErrOverlayDir, err)
 	}
 	probe.Close()
 	os.Remove(probe.Name())
@@ -635,7 +642,7 @@ func (c *checkpointer) capture(ctx context.Context) (*capturedStream, error) {
 		c.stats.GuestPauseMS = ms(resumed.Time.Sub(stop.Time))
 		c.stats.PauseSteps = pauseSteps(s, mark, stop, resumed, c.steps)
 	}
-	c.logf("guest resumed after %.1f ms: %s", c.stats.GuestPauseMS, formatSteps(c.stats.PauseSteps))
+	c.log().Debug("guest resumed", "pause_ms", c.stats.GuestPauseMS, "steps", formatSteps(c.stats.PauseSteps))
 	if c.snapshotted {
 		if err := c.saveState(false); err != nil {
 			return fail(fmt.Errorf("record the new disk overlays: %w", err))
@@ -804,7 +811,7 @@ func (c *checkpointer) snapshotDisks(ctx context.Context) error {
 // run ahead of the disks. It returns the RESUME event.
 func (c *checkpointer) instantBackground(ctx context.Context, mark int) (qemu.Event, error) {
 	s := c.sess
-	c.logf("pausing the guest")
+	c.log().Debug("pausing the guest")
 	c.paused = true // until RESUME: a lost reply may hide a pause
 	c.step("stop sent")
 	if err := s.Run(ctx, "stop", nil, nil); err != nil {
@@ -865,9 +872,9 @@ func (c *checkpointer) instantFinal(ctx context.Context, mark int) (qemu.Event, 
 	c.paused = true
 	stop := qemu.Event{Name: "STOP", Time: time.Now()}
 	if c.handoffPaused {
-		c.logf("the guest is paused for a hand-off already")
+		c.log().Debug("the guest is paused for a hand-off already")
 	} else {
-		c.logf("pausing the guest for the hand-off")
+		c.log().Debug("pausing the guest for the hand-off")
 		if err := markPaused(c.cfg.Dir, c.cfg.Set, s.Peer()); err != nil {
 			return qemu.Event{}, err
 		}
@@ -975,10 +982,10 @@ func (c *checkpointer) instantPrecopy(ctx context.Context, mark int) (qemu.Event
 			return qemu.Event{}, fmt.Errorf("wait for the migration to converge: %w", err)
 		}
 		if time.Now().After(deadline) {
-			return qemu.Event{}, fmt.Errorf("the guest dirties its memory faster than ntc stores it: no switchover within %s (try --method background-snapshot)", c.cfg.ConvergeTimeout)
+			return qemu.Event{}, fmt.Errorf("the guest dirties its memory faster than ntc stores it: no switchover within %s: %w (a background snapshot does not wait for it)", c.cfg.ConvergeTimeout, ErrNotConverging)
 		}
 		downtime = min(2*downtime, maxDowntime)
-		c.logf("migration not converging: allowing a final pause of %s", downtime)
+		c.log().Info("migration not converging: allowing a longer final pause", "downtime", downtime)
 		if err := s.Run(ctx, "migrate-set-parameters", map[string]any{"downtime-limit": downtime.Milliseconds()}, nil); err != nil {
 			return qemu.Event{}, err
 		}
@@ -1021,8 +1028,8 @@ func (c *checkpointer) instantPrecopy(ctx context.Context, mark int) (qemu.Event
 	if err := cont(ctx, s); err != nil {
 		return qemu.Event{}, fmt.Errorf("resume the guest: %w", err)
 	}
-	c.logf("in the pause: disk snapshot %s, last pages and device state %s, cont %s",
-		t1.Sub(t0).Round(time.Microsecond), t2.Sub(t1).Round(time.Microsecond), time.Since(t2).Round(time.Microsecond))
+	c.log().Debug("in the pause", "disk_snapshot", t1.Sub(t0).Round(time.Microsecond),
+		"last_pages_and_devices", t2.Sub(t1).Round(time.Microsecond), "cont", time.Since(t2).Round(time.Microsecond))
 	ev, _, err = s.WaitEvent(pctx, rmark, func(e qemu.Event) bool { return e.Name == "RESUME" })
 	if err != nil {
 		return qemu.Event{}, fmt.Errorf("wait for the guest to resume: %w", err)
@@ -1079,7 +1086,7 @@ func (c *checkpointer) recover(ctx context.Context) error {
 		if err := cont(ctx, s); err != nil {
 			return fmt.Errorf("resume the guest (status %s): %w", st.Status, err)
 		}
-		c.logf("resumed the guest after the failed checkpoint")
+		c.log().Info("resumed the guest after the failed checkpoint")
 	}
 	c.paused = false
 	if c.cfg.Final {
@@ -1159,11 +1166,11 @@ func (c *checkpointer) indexDisk(ctx context.Context, p *diskPlan) error {
 		for _, r := range changed {
 			p.delta += r.Len
 		}
-		c.logf("%s: %d bytes changed since checkpoint %d", p.live.Name, p.delta, c.prev.Seq)
+		c.log().Debug("reading what changed", "disk", p.live.Name, "bytes", p.delta, "since", c.prev.Seq)
 		p.index, st, err = chunk.Reindex(ctx, p.prevIndex, img, changed, opts)
 	} else {
 		p.delta = img.Size()
-		c.logf("%s: reading all %d bytes", p.live.Name, img.Size())
+		c.log().Debug("reading the disk in full", "disk", p.live.Name, "bytes", img.Size())
 		p.index, st, err = chunk.Build(ctx, img, c.cfg.Params, opts)
 	}
 	if err != nil {
@@ -1304,13 +1311,13 @@ func (c *checkpointer) finish(ctx context.Context, machine Machine, cs *captured
 	if c.cfg.Node != "" {
 		// This node runs the set's machine.
 		if err := c.repo.nodes.SetRunner(ctx, c.cfg.Set, c.cfg.Node, v.Digest); err != nil {
-			c.logf("could not record that this node runs %s: %v", c.cfg.Set, err)
+			c.log().Warn("could not record that this node runs the set", "set", c.cfg.Set, "err", err)
 		}
 	}
-	c.logf("checkpoint %d complete", c.seq)
+	c.log().Debug("checkpoint complete", "seq", c.seq)
 	if err := c.saveState(true); err != nil {
 		// The checkpoint is complete; the next one reads the disks in full.
-		c.logf("could not record the disk chains (%v): the next checkpoint reads the disks in full", err)
+		c.log().Warn("could not record the disk chains: the next checkpoint reads the disks in full", "err", err)
 	}
 	if !c.cfg.NoCommit {
 		c.commitOld(ctx)
@@ -1344,7 +1351,7 @@ func (c *checkpointer) commitOld(ctx context.Context) {
 	for _, p := range c.plans {
 		for _, f := range p.stale {
 			if err := os.Remove(f); err == nil {
-				c.logf("%s: removed %s, merged by an earlier commit", p.live.Name, f)
+				c.log().Info("removed an overlay merged by an earlier commit", "disk", p.live.Name, "file", f)
 			}
 		}
 		ovs, into, keep := p.ds.Overlays, p.ds.Base, []overlay(nil)
@@ -1375,7 +1382,7 @@ func (c *checkpointer) commitOld(ctx context.Context) {
 			// open (their files too, removed below): close them.
 			for _, ov := range frozen {
 				if err := closeNode(ctx, c.sess, ov.Node); err != nil {
-					c.logf("%s: close merged overlay node %s: %v", p.live.Name, ov.Node, err)
+					c.log().Warn("could not close a merged overlay node", "disk", p.live.Name, "node", ov.Node, "err", err)
 				}
 			}
 		}
@@ -1385,11 +1392,11 @@ func (c *checkpointer) commitOld(ctx context.Context) {
 			}
 		}
 		c.stats.Committed += len(frozen)
-		c.logf("%s: merged %d overlays into %s", p.live.Name, len(frozen), into.File)
+		c.log().Debug("merged overlays", "disk", p.live.Name, "overlays", len(frozen), "into", into.File)
 	}
 	if err := errors.Join(errs...); err != nil {
 		c.stats.CommitError = err.Error()
-		c.logf("merging old overlays failed (the chain stays longer): %v", err)
+		c.log().Warn("merging old overlays failed (the chain stays longer)", "err", err)
 	}
 }
 

@@ -13,4 +13,12 @@ var (
 	ErrUnsupported = errors.New("unsupported by ntc checkpoint")
 	// ErrBusy: another ntc checkpoint or a migration is in progress.
 	ErrBusy = errors.New("busy")
+	// ErrOldRepository: the directory is a checkpoint repository of an
+	// older ntc (one VM, its own store), which this one does not write.
+	ErrOldRepository = errors.New("checkpoint repository of an older ntc")
+	// ErrOverlayDir: the overlays cannot be created next to the disks.
+	ErrOverlayDir = errors.New("no writable directory for the disk overlays")
+	// ErrNotConverging: a precopy migration did not reach its last pause
+	// in time: the guest dirties its memory faster than ntc stores it.
+	ErrNotConverging = errors.New("migration does not converge")
 )

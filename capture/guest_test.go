@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -65,7 +66,12 @@ func startGuest(tb testing.TB, opts testguest.StartOptions) *testguest.VM {
 }
 
 func testConfig(tb testing.TB, vm *testguest.VM, dir string) Config {
-	return Config{QMP: vm.QMPPath(), Dir: dir, Log: func(m string) { tb.Log(m) }}
+	return Config{QMP: vm.QMPPath(), Dir: dir, Logger: testLogger(tb)}
+}
+
+// testLogger logs a checkpoint's steps into the test's output.
+func testLogger(tb testing.TB) *slog.Logger {
+	return slog.New(slog.NewTextHandler(tb.Output(), &slog.HandlerOptions{Level: slog.LevelDebug}))
 }
 
 func checkpointTB(tb testing.TB, cfg Config) *Result {

@@ -86,7 +86,7 @@ func TestLibvirtCheckpoint(t *testing.T) {
 	d := libvirttest.StartDomain(t, libvirttest.DomainOptions{Memory: testguest.PreferHugePages(testguest.DefaultMemoryMiB), DiskBusyMiB: 1})
 	ctx := t.Context()
 	dir := t.TempDir()
-	cfg := Config{Domain: d.Name, Connect: libvirttest.URI, Dir: dir, Log: func(m string) { t.Log(m) }}
+	cfg := Config{Domain: d.Name, Connect: libvirttest.URI, Dir: dir, Logger: testLogger(t)}
 
 	for seq := 1; seq <= 3; seq++ {
 		before := d.LastTick()
@@ -186,7 +186,7 @@ func TestDialDomainMissing(t *testing.T) {
 func TestLibvirtCheckpointPrecopy(t *testing.T) {
 	libvirttest.Daemon(t)
 	d := libvirttest.StartDomain(t, libvirttest.DomainOptions{DiskBusyMiB: 1})
-	cfg := Config{Domain: d.Name, Dir: t.TempDir(), Method: MethodPrecopy, Log: func(m string) { t.Log(m) }}
+	cfg := Config{Domain: d.Name, Dir: t.TempDir(), Method: MethodPrecopy, Logger: testLogger(t)}
 	for seq := 1; seq <= 2; seq++ {
 		before := d.LastTick()
 		res := checkpointTB(t, cfg)

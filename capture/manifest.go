@@ -69,8 +69,7 @@ func DecodeManifest(b []byte) (*Manifest, error) {
 	}
 	switch {
 	case v.Version == 1:
-		return nil, fmt.Errorf("%w: version 1 records the source's QEMU command line, which ntc no longer replays: "+
-			"take a new checkpoint with this ntc ('ntc checkpoint') and push it", ErrOldManifest)
+		return nil, fmt.Errorf("%w: version 1 records the source's QEMU command line, which ntc no longer replays", ErrOldManifest)
 	case v.Version != ManifestVersion:
 		return nil, fmt.Errorf("%w: version %d, this ntc reads %d", ErrBadManifest, v.Version, ManifestVersion)
 	}

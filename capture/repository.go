@@ -104,7 +104,7 @@ func OpenRepositoryForReading(dir, set string) (*Repository, error) {
 	}
 	nodes, err := repo.OpenExisting(dir)
 	if err != nil {
-		return nil, fmt.Errorf("%w (is it a directory 'ntc checkpoint --out' or 'ntc serve --store' wrote?)", err)
+		return nil, err // repo.ErrNotRepo
 	}
 	st, err := chunk.OpenPackStoreReadOnly(dir)
 	if err != nil {
@@ -118,8 +118,7 @@ func OpenRepositoryForReading(dir, set string) (*Repository, error) {
 // from everything else.
 func refuseOldLayout(dir string) error {
 	if _, err := os.Stat(filepath.Join(dir, "checkpoints")); err == nil {
-		return fmt.Errorf("%s is a checkpoint repository of an older ntc (one VM, its own store): "+
-			"take a new checkpoint into another directory (ntc checkpoint --out NEWDIR), which starts a node repository", dir)
+		return fmt.Errorf("%s: %w (one VM, its own store): take new checkpoints into another directory", dir, ErrOldRepository)
 	}
 	return nil
 }

@@ -22,6 +22,8 @@ var (
 	ErrQMPBusy = errors.New("QMP socket held by another client")
 	// ErrDisconnected: the QMP connection ended (QEMU exited or closed it).
 	ErrDisconnected = errors.New("QMP connection lost")
+	// ErrNoSocket: nothing is at the QMP socket's path.
+	ErrNoSocket = errors.New("no QMP socket")
 )
 
 // CommandError is QEMU's error reply to a QMP command.
@@ -95,7 +97,7 @@ func Dial(ctx context.Context, path string, opts DialOptions) (*Session, error) 
 	fi, err := os.Stat(path)
 	switch {
 	case errors.Is(err, fs.ErrNotExist):
-		return nil, fmt.Errorf("no QMP socket at %s: start QEMU with -qmp unix:%s,server=on,wait=off (or give the right --qmp path)", path, path)
+		return nil, fmt.Errorf("%w at %s: start QEMU with -qmp unix:%s,server=on,wait=off", ErrNoSocket, path, path)
 	case err != nil:
 		return nil, fmt.Errorf("QMP socket %s: %w", path, err)
 	case fi.Mode()&fs.ModeSocket == 0:

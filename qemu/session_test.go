@@ -135,7 +135,7 @@ func TestDialErrors(t *testing.T) {
 		is         error
 		says       string
 	}{
-		{"missing", filepath.Join(dir, "nope.sock"), nil, "no QMP socket"},
+		{"missing", filepath.Join(dir, "nope.sock"), ErrNoSocket, "-qmp unix:"},
 		{"regular file", regular, ErrNotQMP, "not a unix socket"},
 		{"stale socket", stale, nil, "nothing listens"},
 		// A plain listener that never accepts: the connection waits in

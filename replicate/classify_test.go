@@ -31,14 +31,14 @@ func TestReplicatePushClassify(t *testing.T) {
 		permanent bool
 		says      string
 	}{
-		{"refused", fmt.Errorf("push: %w", &transport.WireError{Code: transport.CodePeerNotAllowed, Remote: true}), true, "--allow " + self.ID().String()},
+		{"refused", fmt.Errorf("push: %w", &transport.WireError{Code: transport.CodePeerNotAllowed, Remote: true}), true, "allow this node, " + self.ID().String()},
 		{"another node", &transport.PeerMismatchError{}, true, "expected"},
 		{"protocol", fmt.Errorf("x: %w", ntcsync.ErrVersionMismatch), true, "upgrade"},
 		{"receiver busy", fmt.Errorf("x: %w", ntcsync.ErrBusy), false, ""},
 		{"receiver gone", fmt.Errorf("x: %w", &transport.WireError{Code: transport.CodeShuttingDown, Remote: true}), false, ""},
 		{"timeout", context.DeadlineExceeded, false, ""},
 		{"disk full there", &ntcsync.RemoteError{Code: 6}, false, ""},
-		{"diverged", fmt.Errorf("x: %w", repo.ErrDiverged), true, "--force"},
+		{"diverged", fmt.Errorf("x: %w", repo.ErrDiverged), true, "force a push"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			got := p.classify(tc.err)
@@ -69,7 +69,7 @@ func TestReplicateCaptureClassify(t *testing.T) {
 		err       error
 		permanent bool
 	}{
-		{"socket removed", filepath.Join(dir, "gone.sock"), errors.New("no QMP socket"), true},
+		{"socket removed", filepath.Join(dir, "gone.sock"), fmt.Errorf("x: %w", qemu.ErrNoSocket), true},
 		{"connection refused", stale, fmt.Errorf("connect to QMP socket: %w", syscall.ECONNREFUSED), true},
 		{"not QMP", live, fmt.Errorf("x: %w", qemu.ErrNotQMP), true},
 		{"paused", live, fmt.Errorf("x: %w", capture.ErrGuestNotRunning), false},

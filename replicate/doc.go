@@ -35,6 +35,6 @@
 //
 // It does not prune the receiver's versions (the receiver does, with
 // sync.Receiver.Keep). It prints nothing: each round goes to
-// Config.Report. Pruning (Capture.Prune) removes old checkpoints and then
+// Config.Report, what the sender does to Push.Logger. Pruning (Capture.Prune) removes old checkpoints and then
 // drops the chunks only they used from the capture repository's store.
 package replicate

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 
 	"github.com/ntc-project/ntc/repo"
 	ntcsync "github.com/ntc-project/ntc/sync"
@@ -22,8 +23,8 @@ type Push struct {
 	// Streams, Conns and BytesPerSec are sync.Sender's.
 	Streams, Conns int
 	BytesPerSec    int64
-	// Log, if set, is told what the sender does.
-	Log func(format string, args ...any)
+	// Logger, if set, gets what the sender does (debug).
+	Logger *slog.Logger
 }
 
 var _ Pusher = (*Push)(nil)
@@ -31,7 +32,15 @@ var _ Pusher = (*Push)(nil)
 func (p *Push) sender() *ntcsync.Sender {
 	// A new Sender per push: it caches the indexes it reads, which would
 	// otherwise grow with every version.
-	return &ntcsync.Sender{StateDir: p.Dir, Node: p.Self.String(), Streams: p.Streams, Conns: p.Conns, BytesPerSec: p.BytesPerSec, Dial: p.Dial, Log: p.Log}
+	return &ntcsync.Sender{StateDir: p.Dir, Node: p.Self.String(), Streams: p.Streams, Conns: p.Conns, BytesPerSec: p.BytesPerSec, Dial: p.Dial, Log: p.senderLog()}
+}
+
+// senderLog is sync.Sender's printf-style hook on Logger.
+func (p *Push) senderLog() func(format string, args ...any) {
+	if p.Logger == nil {
+		return nil
+	}
+	return func(format string, args ...any) { p.Logger.Debug(fmt.Sprintf(format, args...)) }
 }
 
 // Acked returns the checkpoint the receiver last committed from this
@@ -70,13 +79,13 @@ func (p *Push) classify(err error) error {
 	}
 	switch {
 	case errors.Is(err, transport.ErrPeerNotAllowed):
-		return Permanent(fmt.Errorf("%w: on the receiver, allow this node: ntc serve ... --allow %s", err, p.Self))
+		return Permanent(fmt.Errorf("%w: the receiver must allow this node, %s", err, p.Self))
 	case errors.Is(err, transport.ErrVersionMismatch), errors.Is(err, ntcsync.ErrVersionMismatch),
 		errors.Is(err, ntcsync.ErrBadName), errors.Is(err, ntcsync.ErrBadChunks):
 		return Permanent(err)
 	case errors.Is(err, repo.ErrDiverged):
 		// Pushing again changes nothing until someone chooses.
-		return Permanent(fmt.Errorf("%w (the receiver's copy of %s ran on apart from this one: stop it there, or push this one with 'ntc push --force')", err, p.Set))
+		return Permanent(fmt.Errorf("%w (the receiver's copy of %s ran on apart from this one: stop it there, or force a push of this one)", err, p.Set))
 	}
 	return err
 }

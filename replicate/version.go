@@ -12,6 +12,9 @@ import (
 	ntcsync "github.com/ntc-project/ntc/sync"
 )
 
+// ErrNoCheckpoint: the set holds no checkpoint to push yet.
+var ErrNoCheckpoint = errors.New("holds no checkpoint")
+
 // Version is a checkpoint ready to push: its images over the node
 // repository's store, which stays open until Close.
 type Version struct {
@@ -47,7 +50,7 @@ func OpenVersion(ctx context.Context, dir, set string, seq int, prev map[string]
 	var m *capture.Manifest
 	if seq == 0 {
 		if m, err = r.Latest(); err == nil && m == nil {
-			return nil, fmt.Errorf("set %s of %s holds no checkpoint yet: take one with 'ntc checkpoint --out %s --name %s'", set, dir, dir, set)
+			return nil, fmt.Errorf("set %s of %s: %w yet", set, dir, ErrNoCheckpoint)
 		}
 	} else {
 		m, err = r.Manifest(seq)

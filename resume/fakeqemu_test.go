@@ -331,7 +331,7 @@ func TestStartFakeQEMUFails(t *testing.T) {
 	}{
 		{sc: fakeDies, stage: "start", says: "unsupported machine type"},
 		{sc: fakeRefuses, is: ErrIncompatible, stage: "incoming migration", says: `Unknown ramblock "pc.ram"`},
-		{sc: fakeStalls, is: ErrLoadTimeout, says: "allow more time with --load-timeout"},
+		{sc: fakeStalls, is: ErrLoadTimeout, says: "had not loaded the migration stream"},
 	} {
 		t.Run(tc.sc, func(t *testing.T) {
 			cfg := fakeConfig(t, tc.sc, images)

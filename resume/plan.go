@@ -135,7 +135,7 @@ func newPlan(h host) (*Plan, error) {
 		Log: filepath.Join(work, logName), PIDFile: filepath.Join(work, pidName), Sandbox: h.sandbox,
 	}
 	if len(p.Control) > maxSocketPath {
-		return nil, fmt.Errorf("work directory %s: the QMP socket path %s is longer than a unix socket allows (%d bytes): give a shorter --workdir", work, p.Control, maxSocketPath)
+		return nil, fmt.Errorf("work directory %s: the QMP socket path %s is longer than a unix socket allows (%d bytes): %w", work, p.Control, maxSocketPath, ErrWorkDirTooLong)
 	}
 	return p, nil
 }
@@ -233,12 +233,14 @@ func (c *cmdline) machine(mc *capture.Machine, h host) {
 // files, which it must have given.
 func (p *Plan) boot(c *cmdline, mc *capture.Machine, h host) error {
 	if k := mc.Kernel; k != nil {
+		if h.kernel == "" && k.Initrd != nil && h.initrd == "" {
+			return fmt.Errorf("the checkpoint's guest booted kernel %s with initrd %s directly: %w; %w", k.Kernel.Name, k.Initrd.Name, ErrNeedKernel, ErrNeedInitrd)
+		}
 		if h.kernel == "" {
-			return fmt.Errorf("the checkpoint's guest booted a kernel directly (%s%s): give this machine's copy with --kernel PATH%s (or resume.kernel in the configuration)",
-				k.Kernel.Name, initrdNote(k), initrdFlag(k))
+			return fmt.Errorf("the checkpoint's guest booted kernel %s directly: %w", k.Kernel.Name, ErrNeedKernel)
 		}
 		if k.Initrd != nil && h.initrd == "" {
-			return fmt.Errorf("the checkpoint's guest booted with an initrd (%s): give this machine's copy with --initrd PATH (or resume.initrd in the configuration)", k.Initrd.Name)
+			return fmt.Errorf("the checkpoint's guest booted with initrd %s: %w", k.Initrd.Name, ErrNeedInitrd)
 		}
 		c.add("-kernel", h.kernel)
 		p.note(h, "--kernel", h.kernel, &k.Kernel)
@@ -254,7 +256,7 @@ func (p *Plan) boot(c *cmdline, mc *capture.Machine, h host) error {
 	}
 	if f := mc.Firmware; f != nil {
 		if h.firmware == "" {
-			return fmt.Errorf("the checkpoint's guest runs firmware %s of its own (-bios): give this machine's copy with --bios PATH (or resume.bios in the configuration)", f.Name)
+			return fmt.Errorf("the checkpoint's guest runs firmware %s of its own (-bios): %w", f.Name, ErrNeedFirmware)
 		}
 		c.add("-bios", h.firmware)
 		p.note(h, "--bios", h.firmware, f)
@@ -423,7 +425,7 @@ func (p *Plan) chardevFile(id, ext string) (string, error) {
 	}
 	f := filepath.Join(p.dir(), "chardev-"+id+ext)
 	if ext == ".sock" && len(f) > maxSocketPath {
-		return "", fmt.Errorf("work directory %s: the socket of chardev %s would be longer than a unix socket allows: give a shorter --workdir", p.dir(), id)
+		return "", fmt.Errorf("work directory %s: the socket of chardev %s would be longer than a unix socket allows: %w", p.dir(), id, ErrWorkDirTooLong)
 	}
 	return f, nil
 }
@@ -478,18 +480,4 @@ func (p *Plan) note(h host, flag, path string, src *capture.FileRef) {
 	}
 	p.Notes = append(p.Notes, fmt.Sprintf("%s %s is not the file the source loaded (%s, sha256 %.12s…): the running guest does not notice; it boots this one if it reboots",
 		flag, path, src.Name, src.SHA256))
-}
-
-func initrdNote(k *capture.Kernel) string {
-	if k.Initrd == nil {
-		return ""
-	}
-	return " with initrd " + k.Initrd.Name
-}
-
-func initrdFlag(k *capture.Kernel) string {
-	if k.Initrd == nil {
-		return ""
-	}
-	return " and --initrd PATH"
 }

@@ -89,12 +89,21 @@ func TestPlanBuildsTheCommandLine(t *testing.T) {
 func TestPlanNeedsTheReceiversKernel(t *testing.T) {
 	h := testHost
 	h.kernel, h.initrd = "", ""
-	if _, err := plan(guestManifest(), h); err == nil || !strings.Contains(err.Error(), "--kernel PATH and --initrd PATH") {
-		t.Errorf("no kernel: %v", err)
+	if _, err := plan(guestManifest(), h); !errors.Is(err, ErrNeedKernel) || !errors.Is(err, ErrNeedInitrd) || !strings.Contains(err.Error(), "vmlinuz") {
+		t.Errorf("no kernel, no initrd: %v", err)
 	}
 	h.kernel = "/boot/vmlinuz"
-	if _, err := plan(guestManifest(), h); err == nil || !strings.Contains(err.Error(), "--initrd PATH") {
+	if _, err := plan(guestManifest(), h); !errors.Is(err, ErrNeedInitrd) || errors.Is(err, ErrNeedKernel) || !strings.Contains(err.Error(), "initrd") {
 		t.Errorf("no initrd: %v", err)
+	}
+	h.kernel, h.initrd = "", "/boot/initrd"
+	if _, err := plan(guestManifest(), h); !errors.Is(err, ErrNeedKernel) || errors.Is(err, ErrNeedInitrd) {
+		t.Errorf("no kernel: %v", err)
+	}
+	m := guestManifest()
+	m.Machine.Firmware = &capture.FileRef{Name: "bios-256k.bin"}
+	if _, err := plan(m, testHost); !errors.Is(err, ErrNeedFirmware) || !strings.Contains(err.Error(), "bios-256k.bin") {
+		t.Errorf("no firmware: %v", err)
 	}
 }
 
@@ -356,7 +365,11 @@ func TestChardevFileStaysInTheWorkDirectory(t *testing.T) {
 	if _, err := p.chardevFile("agent", ".log"); err != nil {
 		t.Errorf("a log file is not bound by the socket length: %v", err)
 	}
-	if f, err := p.chardevFile(strings.Repeat("a", 30), ".sock"); err == nil {
-		t.Errorf("socket %s (%d bytes) accepted", f, len(f))
+	if f, err := p.chardevFile(strings.Repeat("a", 30), ".sock"); !errors.Is(err, ErrWorkDirTooLong) {
+		t.Errorf("socket %s (%d bytes): %v, want ErrWorkDirTooLong", f, len(f), err)
+	}
+	h.work = "/" + strings.Repeat("w", 100)
+	if _, err := newPlan(h); !errors.Is(err, ErrWorkDirTooLong) {
+		t.Errorf("QMP socket in %s: %v, want ErrWorkDirTooLong", h.work, err)
 	}
 }

@@ -270,7 +270,7 @@ func qemuBinary(given, arch string) (string, error) {
 	p, err := exec.LookPath(name)
 	if err != nil {
 		if given == "" {
-			return "", fmt.Errorf("the checkpoint's guest needs %s, which is not on PATH (%w): install it or name a QEMU with --qemu (resume.qemu)", name, err)
+			return "", fmt.Errorf("the checkpoint's guest needs %s, which is not on PATH: %w: %w", name, ErrNoQEMU, err)
 		}
 		return "", fmt.Errorf("QEMU binary %s: %w", given, err)
 	}

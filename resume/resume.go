@@ -90,6 +90,19 @@ var (
 	ErrIncompatible = errors.New("checkpoint does not fit the QEMU started for it")
 	// ErrLoadTimeout: the migration stream did not load in time.
 	ErrLoadTimeout = errors.New("the migration stream did not load in time")
+	// ErrNoCheckpoint: the images directory holds no checkpoint manifest.
+	ErrNoCheckpoint = errors.New("no checkpoint")
+	// ErrNoQEMU: no QEMU for the checkpoint's target is installed.
+	ErrNoQEMU = errors.New("no QEMU for the checkpoint's target")
+	// ErrWorkDirTooLong: a socket in the work directory would have a
+	// longer path than a unix socket allows (107 bytes).
+	ErrWorkDirTooLong = errors.New("work directory path too long for its sockets")
+	// ErrNeedKernel, ErrNeedInitrd, ErrNeedFirmware: the source booted a
+	// kernel, initrd or firmware of its own, and the receiver has to give
+	// its copy (Config.Kernel, Initrd, Firmware).
+	ErrNeedKernel   = errors.New("the receiver's copy of the guest's kernel is needed")
+	ErrNeedInitrd   = errors.New("the receiver's copy of the guest's initrd is needed")
+	ErrNeedFirmware = errors.New("the receiver's copy of the guest's firmware is needed")
 )
 
 // ExitError says that QEMU exited while the copy was being started (the
@@ -204,7 +217,7 @@ func Start(ctx context.Context, cfg Config) (vm *VM, err error) {
 	var cred *syscall.Credential
 	if cfg.User != "" {
 		if cred, err = lookupUser(cfg.User); err != nil {
-			return nil, fmt.Errorf("resume: --user: %w", err)
+			return nil, fmt.Errorf("resume: user %s: %w", cfg.User, err)
 		}
 	}
 	p, err := plan(m, h)
@@ -252,8 +265,7 @@ func Start(ctx context.Context, cfg Config) (vm *VM, err error) {
 	}
 	if err != nil {
 		if errors.Is(context.Cause(lctx), ErrLoadTimeout) && ctx.Err() == nil {
-			return nil, fmt.Errorf("resume: QEMU had not loaded the migration stream after %s (%d bytes of it fed), so it was stopped: "+
-				"if the guest is that large or this machine that busy, allow more time with --load-timeout (resume.load-timeout): %w",
+			return nil, fmt.Errorf("resume: QEMU had not loaded the migration stream after %s (%d bytes of it fed), so it was stopped: %w",
 				limit, vm.Timings.StreamBytes, ErrLoadTimeout)
 		}
 		return nil, err
@@ -314,7 +326,7 @@ func ReadManifest(dir string) (*capture.Manifest, error) {
 func readManifest(root *os.Root) (*capture.Manifest, error) {
 	m, err := capture.ReadManifestFile(root, ManifestImage)
 	if errors.Is(err, fs.ErrNotExist) {
-		return nil, fmt.Errorf("resume: read the checkpoint's manifest: %w (is %s a checkpoint pushed with 'ntc push --checkpoint'?)", err, root.Name())
+		return nil, fmt.Errorf("resume: %s: %w: read its manifest: %w", root.Name(), ErrNoCheckpoint, err)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("resume: %s: %w", root.Name(), err)

@@ -4,7 +4,6 @@ import (
 	"cmp"
 	"context"
 	"fmt"
-	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -84,10 +83,9 @@ func (o *guestOptions) config(g *globals) (capture.Config, error) {
 	}
 	cfg := capture.Config{QMP: o.qmp, Domain: o.domain, Connect: o.connect, Dir: o.out, Set: set, Node: g.nodeName(),
 		OverlayDir: o.overlayDir, Method: method}
-	cfg.Log = func(msg string) {
-		if g.verbose || strings.HasPrefix(msg, "warning:") {
-			fmt.Fprintln(g.stderr, "ntc:", msg)
-		}
+	var err error
+	if cfg.Logger, err = g.logger("capture"); err != nil {
+		return capture.Config{}, err
 	}
 	return cfg, nil
 }

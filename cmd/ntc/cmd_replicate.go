@@ -160,8 +160,8 @@ func runReplicate(ctx context.Context, g *globals, o replicateOptions) error {
 		},
 		Streams: o.streams, Conns: o.conns, BytesPerSec: rate,
 	}
-	if g.verbose {
-		p.Log = func(f string, a ...any) { fmt.Fprintf(g.stderr, f+"\n", a...) }
+	if p.Logger, err = g.logger("push"); err != nil {
+		return err
 	}
 	acked := 0
 	if _, err := os.Stat(o.out); err == nil {

@@ -46,7 +46,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "ntc: %v\nRun 'ntc --help' for usage.\n", err)
 		return exitUsage
 	default:
-		fmt.Fprintf(stderr, "ntc: %v\n", err)
+		fmt.Fprintf(stderr, "ntc: %v\n%s", err, hint(err))
 		return exitError
 	}
 }

@@ -1,0 +1,46 @@
+package main
+
+import (
+	"errors"
+	"strings"
+
+	"github.com/ntc-project/ntc/capture"
+	"github.com/ntc-project/ntc/qemu"
+	"github.com/ntc-project/ntc/replicate"
+	"github.com/ntc-project/ntc/repo"
+	"github.com/ntc-project/ntc/resume"
+)
+
+// hints say what to do next about the libraries' errors in ntc's own
+// terms (commands, flags, configuration keys), which the libraries do not
+// know.
+var hints = []struct {
+	err  error
+	hint string
+}{
+	{qemu.ErrNoSocket, "give the running QEMU's QMP socket with --qmp SOCKET"},
+	{repo.ErrNotRepo, "is it a directory 'ntc checkpoint --out' or 'ntc serve --store' wrote?"},
+	{capture.ErrOldRepository, "take a new checkpoint into another directory (ntc checkpoint --out NEWDIR), which starts a node repository"},
+	{capture.ErrOldManifest, "take a new checkpoint with this ntc ('ntc checkpoint') and push it"},
+	{capture.ErrOverlayDir, "give an overlay directory on the same host with --overlay-dir"},
+	{capture.ErrNotConverging, "try --method background-snapshot"},
+	{replicate.ErrNoCheckpoint, "take one with 'ntc checkpoint --out DIR --name SET'"},
+	{resume.ErrNoCheckpoint, "is it a checkpoint pushed with 'ntc push --checkpoint'?"},
+	{resume.ErrNoQEMU, "install it, or name a QEMU with --qemu (resume.qemu in the configuration)"},
+	{resume.ErrWorkDirTooLong, "give a shorter --workdir"},
+	{resume.ErrNeedKernel, "give this machine's copy of the kernel with --kernel PATH (or resume.kernel in the configuration)"},
+	{resume.ErrNeedInitrd, "give this machine's copy of the initrd with --initrd PATH (or resume.initrd in the configuration)"},
+	{resume.ErrNeedFirmware, "give this machine's copy of the firmware with --bios PATH (or resume.bios in the configuration)"},
+	{resume.ErrLoadTimeout, "if the guest is that large or this machine that busy, allow more time with --load-timeout (resume.load-timeout in the configuration)"},
+}
+
+// hint returns a "hint: ..." line for each hint err matches.
+func hint(err error) string {
+	var b strings.Builder
+	for _, h := range hints {
+		if errors.Is(err, h.err) {
+			b.WriteString("hint: " + h.hint + "\n")
+		}
+	}
+	return b.String()
+}
