@@ -114,7 +114,7 @@ func TestDecodeManifestRefuses(t *testing.T) {
 		{name: "device state size", tamper: func(m *Manifest) { m.DeviceState.Size = 1 << 40 }, want: ErrBadManifest, says: "device state"},
 		{name: "stream size", tamper: func(m *Manifest) { m.Stream.Size = 1 << 30 }, want: ErrBadManifest, says: "stream description"},
 		{name: "changes", tamper: func(m *Manifest) { m.Disks[0].Changes = "../../x" }, want: ErrBadManifest, says: "changes"},
-		{name: "version 1", raw: `{"version":1,"machine":{"argv":["/bin/sh","-c","id"]}}`, want: ErrOldManifest, says: "take a new checkpoint"},
+		{name: "version 1", raw: `{"version":1,"machine":{"argv":["/bin/sh","-c","id"]}}`, want: ErrOldManifest, says: "no longer replays"},
 		{name: "version 9", raw: `{"version":9}`, want: ErrBadManifest, says: "version 9"},
 		{name: "huge", raw: `{"version":2,"x":"` + strings.Repeat("a", MaxManifestBytes) + `"}`, want: ErrBadManifest, says: "at most"},
 	} {

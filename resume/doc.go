@@ -34,11 +34,14 @@
 //     and qemu-img only writes the overlay, recording the image without
 //     opening it. NICs get user-mode backends (restrict=on while the
 //     network is off), character devices files or sockets in the work
-//     directory (the first serial port: serial.log), RAM a memfd backend of
+//     directory named after their ids, chardev-ID.log or .sock (the first
+//     serial port, -serial or isa-serial: serial.log), RAM a memfd backend of
 //     the receiver's choice (huge pages when it has them free) under the
 //     source's backend id. Kernel, initrd and firmware are the receiver's
-//     own (Config.Kernel, Initrd, Firmware): the description only names
-//     and hashes the source's, and a differing one is noted. QEMU runs with
+//     own (Config.Kernel, Initrd, Firmware; without one that the source
+//     booted: ErrNeedKernel, ErrNeedInitrd, ErrNeedFirmware): the
+//     description only names and hashes the source's, and a differing one
+//     is noted. QEMU runs with
 //     -sandbox on,obsolete=deny,elevateprivileges=deny,spawn=deny,
 //     resourcecontrol=deny when the build has seccomp (asked once per
 //     binary), and as Config.User when set. The versioned machine type and
