@@ -47,9 +47,10 @@ package capture
 //     NO_METADATA libvirt records no snapshot object, so `virsh snapshot-list`
 //     stays the user's own.
 //
-// The plug-in point is the qemu.Monitor under a qemu.Session: libvirtMonitor passes QMP through
-// and translates the four commands that change the disks or need a file,
-// so that the checkpoint code is the same for both paths:
+// The plug-in point is the qemu.Monitor under a qemu.Session:
+// libvirtMonitor passes QMP through and translates the four commands that
+// change the disks or need a file, so that the checkpoint code is the same
+// for both paths:
 //
 //   - blockdev-add of a prepared overlay node (named like newOverlayName's
 //     nodes) is recorded, not sent: libvirt opens the file itself at the
@@ -279,7 +280,7 @@ type libvirtMonitor struct {
 	synth  chan qmp.Event // events ntc makes (block-commit's end)
 	ended  chan struct{}  // closed with evs
 	cancel context.CancelFunc
-	stop   chan struct{} // closed by disconnect
+	stop   chan struct{} // closed by Disconnect
 	once   sync.Once
 	jobs   sync.WaitGroup
 }
