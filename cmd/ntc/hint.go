@@ -9,6 +9,7 @@ import (
 	"github.com/ntc-project/ntc/replicate"
 	"github.com/ntc-project/ntc/repo"
 	"github.com/ntc-project/ntc/resume"
+	"github.com/ntc-project/ntc/transport"
 )
 
 // hints say what to do next about the libraries' errors in ntc's own
@@ -24,6 +25,7 @@ var hints = []struct {
 	{capture.ErrOldManifest, "take a new checkpoint with this ntc ('ntc checkpoint') and push it"},
 	{capture.ErrOverlayDir, "give an overlay directory on the same host with --overlay-dir"},
 	{capture.ErrNotConverging, "try --method background-snapshot"},
+	{transport.ErrPeerNotAllowed, "on the receiver, allow this node: ntc serve ... --allow ID ('ntc id' here prints it)"},
 	{replicate.ErrNoCheckpoint, "take one with 'ntc checkpoint --out DIR --name SET'"},
 	{resume.ErrNoCheckpoint, "is it a checkpoint pushed with 'ntc push --checkpoint'?"},
 	{resume.ErrNoQEMU, "install it, or name a QEMU with --qemu (resume.qemu in the configuration)"},

@@ -41,12 +41,12 @@ func TestReplicate(t *testing.T) {
 	}
 
 	// A sender the receiver does not allow: one round, then an error that
-	// names the --allow to add.
+	// names this node and the hint to allow it with --allow.
 	var out, errb bytes.Buffer
 	c := stranger.cmd(ctx, args()...)
 	c.Stdout, c.Stderr = &out, &errb
 	err := c.Run()
-	if code := exitCode(err); code != exitError || !strings.Contains(errb.String(), "--allow "+stranger.id) || out.Len() != 0 {
+	if code := exitCode(err); code != exitError || !strings.Contains(errb.String(), "allow this node, "+stranger.id) || !strings.Contains(errb.String(), "\nhint: on the receiver, allow this node: ntc serve ... --allow ID") || out.Len() != 0 {
 		t.Fatalf("replicate from a node the receiver does not allow: exit %d (%v), stdout %q, stderr %q", code, err, out.String(), errb.String())
 	}
 
