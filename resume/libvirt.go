@@ -645,11 +645,14 @@ var (
 	libvirtMachProps = []string{"usb", "dump-guest-core", "vmport", "smm"}
 )
 
-// pciAddress is the <address/> of a device at bus (pci.0 or pcie.0, the
-// root bus) and addr ("0x2", "0x1.2").
-func pciAddress(d capture.Device) (string, error) {
-	if d.Bus != "pci.0" && d.Bus != "pcie.0" {
-		return "", refuse("device %s (%s) on bus %q: ntc puts devices on the root PCI bus of a libvirt domain only", d.ID, d.Driver, d.Bus)
+// pciAddress is the <address/> of a device at bus and addr ("0x2",
+// "0x1.2", "0x1.0x2"). buses gives the libvirt controller index of each
+// bus: 0 for the root bus (pci.0 or pcie.0), N for the root port that is
+// the domain's controller N.
+func pciAddress(d capture.Device, buses map[string]int) (string, error) {
+	bus, ok := buses[d.Bus]
+	if !ok {
+		return "", refuse("device %s (%s) on bus %q: ntc puts devices on the root PCI bus of a libvirt domain or on its PCIe root ports only", d.ID, d.Driver, d.Bus)
 	}
 	slot, fn, _ := strings.Cut(d.Addr, ".")
 	s, err1 := strconv.ParseUint(strings.TrimPrefix(slot, "0x"), 16, 8)
@@ -657,7 +660,25 @@ func pciAddress(d capture.Device) (string, error) {
 	if d.Addr == "" || err1 != nil || err2 != nil || s > 31 || f > 7 {
 		return "", refuse("device %s (%s): PCI address %q", d.ID, d.Driver, d.Addr)
 	}
-	return fmt.Sprintf("<address type='pci' domain='0x0000' bus='0x00' slot='0x%02x' function='0x%x'/>", s, f), nil
+	multi := ""
+	if slices.Contains([]string{"on", "true", "yes"}, d.Props["multifunction"]) {
+		multi = " multifunction='on'"
+	}
+	return fmt.Sprintf("<address type='pci' domain='0x0000' bus='0x%02x' slot='0x%02x' function='0x%x'%s/>", bus, s, f, multi), nil
+}
+
+// rootPortBuses numbers the PCIe root ports of a description as libvirt's
+// PCI controllers 1, 2, … in their order (libvirt fills a gap in the
+// numbers with controllers of its own, which the source did not have),
+// after the root bus 0.
+func rootPortBuses(devices []capture.Device) map[string]int {
+	buses := map[string]int{"pci.0": 0, "pcie.0": 0}
+	for _, d := range devices {
+		if slices.Contains(rootPorts, d.Driver) && d.ID != "" {
+			buses[d.ID] = len(buses) - 1
+		}
+	}
+	return buses
 }
 
 // domainXML writes the domain XML of a validated description (see the top
@@ -770,11 +791,12 @@ func domainXML(m *capture.Manifest, h libvirtHost) (*domainDef, error) {
 		diskOf[d.Node] = i
 	}
 	usb, balloon := false, false
+	buses := rootPortBuses(mc.Devices)
 	for _, d := range mc.Devices {
 		var addr string
 		if d.Driver != "isa-serial" && !strings.HasPrefix(d.Driver, "usb-") {
 			var err error
-			if addr, err = pciAddress(d); err != nil {
+			if addr, err = pciAddress(d, buses); err != nil {
 				return nil, err
 			}
 		}
@@ -783,6 +805,28 @@ func domainXML(m *capture.Manifest, h libvirtHost) (*domainDef, error) {
 			boot = fmt.Sprintf("<boot order='%s'/>", esc(o))
 		}
 		switch {
+		case slices.Contains(rootPorts, d.Driver):
+			// chassis and port as the source had them: libvirt would
+			// choose its own, which the migrated config space would not fit.
+			chassis, err1 := strconv.ParseUint(d.Props["chassis"], 0, 8)
+			port, err2 := strconv.ParseUint(d.Props["port"], 0, 8)
+			if d.ID == "" || err1 != nil || err2 != nil {
+				return nil, refuse("root port %q without an id, chassis and port: libvirt would choose its own; resume it without --libvirt", d.ID)
+			}
+			for k := range d.Props {
+				if !slices.Contains([]string{"chassis", "port", "multifunction", "hotplug"}, k) {
+					return nil, refuse("root port %s: property %s: resume it without --libvirt", d.ID, k)
+				}
+			}
+			hotplug := ""
+			if v, ok := d.Props["hotplug"]; ok {
+				hotplug = " hotplug='on'"
+				if slices.Contains([]string{"off", "false", "no"}, v) {
+					hotplug = " hotplug='off'"
+				}
+			}
+			p("    <controller type='pci' index='%d' model='pcie-root-port'><model name='%s'/><target chassis='%d' port='0x%x'%s/>%s</controller>\n",
+				buses[d.ID], d.Driver, chassis, port, hotplug, addr)
 		case d.Driver == "virtio-blk-pci":
 			i, ok := diskOf[d.Props["drive"]]
 			if !ok {

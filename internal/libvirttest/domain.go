@@ -37,6 +37,11 @@ type DomainOptions struct {
 	// NIC gives the domain a virtio NIC on a user-mode backend, with
 	// NICMAC as its address.
 	NIC bool
+	// Machine is the machine type: "" or "pc" (i440FX, every device on
+	// the root bus), or "q35" (PCI Express, with ACPI: libvirt puts each
+	// PCIe device behind a pcie-root-port of its own, as virt-manager's
+	// guests have them).
+	Machine string
 }
 
 // NICMAC is the MAC address of the NIC DomainOptions.NIC adds.
@@ -65,11 +70,14 @@ var domainTemplate = template.Must(template.New("domain").Funcs(template.FuncMap
 {{- end}}
   <vcpu>1</vcpu>
   <os>
-    <type arch='x86_64' machine='pc'>hvm</type>
+    <type arch='x86_64' machine='{{x .Machine}}'>hvm</type>
     <kernel>{{x .Kernel}}</kernel>
     <initrd>{{x .Initrd}}</initrd>
     <cmdline>{{x .Cmdline}}</cmdline>
   </os>
+{{- if eq .Machine "q35"}}
+  <features><acpi/></features>
+{{- end}}
   <cpu mode='custom'><model>qemu64</model></cpu>
   <on_reboot>destroy</on_reboot>
   <devices>
@@ -125,6 +133,13 @@ func startDomain(ctx context.Context, opts DomainOptions) (*Domain, error) {
 	if opts.MemoryMiB == 0 {
 		opts.MemoryMiB = testguest.DefaultMemoryMiB
 	}
+	switch opts.Machine {
+	case "":
+		opts.Machine = "pc"
+	case "pc", "q35":
+	default:
+		return nil, fmt.Errorf("domain machine %q: want pc or q35", opts.Machine)
+	}
 	switch opts.Memory {
 	case "", testguest.MemoryPrivate, testguest.MemoryHugePages:
 	default:
@@ -168,7 +183,7 @@ func startDomain(ctx context.Context, opts DomainOptions) (*Domain, error) {
 	var def strings.Builder
 	if err := domainTemplate.Execute(&def, map[string]any{
 		"Name": d.Name, "MemoryMiB": opts.MemoryMiB, "HugePages": opts.Memory == testguest.MemoryHugePages,
-		"Kernel": kernel, "Initrd": initrd, "Disk": d.Disk, "Console": sock, "NIC": opts.NIC, "MAC": NICMAC,
+		"Machine": opts.Machine, "Kernel": kernel, "Initrd": initrd, "Disk": d.Disk, "Console": sock, "NIC": opts.NIC, "MAC": NICMAC,
 		"Cmdline": fmt.Sprintf("console=ttyS0 panic=1 ntc.busy=%d ntc.diskbusy=%d", opts.BusyMiB, opts.DiskBusyMiB),
 	}); err != nil {
 		return d, err
