@@ -16,7 +16,9 @@ package resume
 // NUL; then QEMU's migration stream as migstream.Join rebuilds it) into
 // a FIFO in the work directory while libvirt reads it, so that the guest's
 // RAM is never written to a file there (libvirt hands the descriptor to
-// QEMU for its incoming migration, as for a save file). Then the
+// QEMU for its incoming migration, as for a save file). The restore is
+// bounded by LibvirtConfig.LoadTimeout: past it, the FIFO is cut off and
+// the domain destroyed (restoreWithin). Then the
 // NIC links are set down through libvirt (virDomainUpdateDeviceFlags with
 // <link state='down'/>, so that libvirt's XML says so too) and the domain
 // resumed. The link state is part of a NIC's migrated state, so a link
@@ -35,6 +37,7 @@ package resume
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/binary"
 	"encoding/hex"
@@ -82,6 +85,9 @@ type LibvirtConfig struct {
 	Persistent bool
 	// Manifest overrides Images/manifest.json.
 	Manifest *capture.Manifest
+	// LoadTimeout bounds libvirt's restore of the checkpoint (QEMU's start
+	// and its load of the migration stream); 0: DefaultLoadTimeout.
+	LoadTimeout time.Duration
 }
 
 // LibvirtDisk is one disk of a libvirt copy.
@@ -239,20 +245,20 @@ func StartLibvirt(ctx context.Context, cfg LibvirtConfig) (d *LibvirtDomain, err
 		return nil, fmt.Errorf("resume: %w", err)
 	}
 	save := filepath.Join(work, libvirtSaveImage)
-	feed, err := feedSaveImage(ctx, save, def.xml, stream, src)
+	hdr, err := encodeSaveHeader(def.xml)
+	if err != nil {
+		return nil, fmt.Errorf("resume: the save image: %w", err)
+	}
+	feed, err := feedSaveImage(ctx, save, hdr, func(ctx context.Context, w io.Writer) error { return migstream.Join(ctx, w, stream, src) })
 	if err != nil {
 		return nil, fmt.Errorf("resume: the save image: %w", err)
 	}
 	d.Timings.Prepare = time.Since(t0)
 
 	t1 := time.Now()
-	rerr := conn.DomainRestoreFlags(save, libvirt.OptString{}, uint32(libvirt.DomainSavePaused))
-	d.Timings.StreamBytes, err = feed.end(rerr == nil)
-	if rerr != nil {
-		if err != nil {
-			return nil, fmt.Errorf("resume: feed the migration stream: %w (libvirt: %v)", err, rerr)
-		}
-		return nil, fmt.Errorf("resume: libvirt did not restore the checkpoint (virDomainRestoreFlags): %w: %w", rerr, ErrIncompatible)
+	d.Timings.StreamBytes, err = restoreWithin(ctx, conn, cfg.Name, feed, cmp.Or(cfg.LoadTimeout, DefaultLoadTimeout))
+	if err != nil {
+		return nil, err
 	}
 	d.Timings.Restore = time.Since(t1)
 	dom, err := conn.DomainLookupByName(cfg.Name)
@@ -535,8 +541,79 @@ func decodeSaveHeader(r io.Reader) (string, int64, error) {
 	return string(b), int64(binary.Size(h)) + int64(h.DataLen), nil
 }
 
+// restorer is the part of libvirt's API a restore uses.
+type restorer interface {
+	DomainRestoreFlags(from string, dxml libvirt.OptString, flags uint32) error
+	DomainLookupByName(name string) (libvirt.Domain, error)
+	DomainDestroy(dom libvirt.Domain) error
+}
+
+// restoreRetry is how often restoreWithin tries again to destroy a domain
+// whose restore it gave up on (libvirt defines the domain while it
+// starts QEMU).
+const restoreRetry = 200 * time.Millisecond
+
+// restoreWithin has libvirt restore the domain name, paused, from the save
+// image feed writes, and returns how much of the stream feed wrote.
+// libvirt's restore takes no cancellation: when limit passes or ctx ends
+// first, the feed is cut off (QEMU reads the end of its stream and fails
+// the load; a libvirt that has not opened the image yet finds none) and
+// the domain destroyed (a QEMU that reads nothing), and the error says so
+// (ErrLoadTimeout, or ctx's). A restore libvirt refuses is
+// ErrIncompatible.
+func restoreWithin(ctx context.Context, lv restorer, name string, feed *saveFeed, limit time.Duration) (int64, error) {
+	done := make(chan error, 1)
+	go func() {
+		done <- lv.DomainRestoreFlags(feed.path, libvirt.OptString{}, uint32(libvirt.DomainSavePaused))
+	}()
+	timer := time.NewTimer(limit)
+	defer timer.Stop()
+	var rerr, cause error
+	select {
+	case rerr = <-done:
+	case <-timer.C:
+		cause = ErrLoadTimeout
+	case <-ctx.Done():
+		cause = ctx.Err()
+	}
+	if cause != nil {
+		feed.abort()
+		retry := time.NewTicker(restoreRetry)
+		defer retry.Stop()
+		for waiting := true; waiting; {
+			if dom, err := lv.DomainLookupByName(name); err == nil {
+				lv.DomainDestroy(dom)
+			}
+			select {
+			case rerr = <-done:
+				waiting = false
+			case <-retry.C:
+			}
+		}
+		if rerr == nil { // restored just then: it goes too
+			if dom, err := lv.DomainLookupByName(name); err == nil {
+				lv.DomainDestroy(dom)
+			}
+		}
+	}
+	n, ferr := feed.end(rerr == nil && cause == nil)
+	switch {
+	case errors.Is(cause, ErrLoadTimeout):
+		return n, fmt.Errorf("resume: libvirt had not restored the checkpoint after %s (%d bytes of the stream fed), so it was stopped: "+
+			"if the guest is that large or this machine that busy, allow more time with --load-timeout (resume.load-timeout): %w", limit, n, ErrLoadTimeout)
+	case cause != nil:
+		return n, fmt.Errorf("resume: the restore was stopped: %w", cause)
+	case rerr != nil && ferr != nil:
+		return n, fmt.Errorf("resume: feed the migration stream: %w (libvirt: %v)", ferr, rerr)
+	case rerr != nil:
+		return n, fmt.Errorf("resume: libvirt did not restore the checkpoint (virDomainRestoreFlags): %w: %w", rerr, ErrIncompatible)
+	}
+	return n, nil
+}
+
 // saveFeed writes a save image into a FIFO while libvirt restores from it.
 type saveFeed struct {
+	path   string
 	f      *os.File
 	cancel context.CancelFunc
 	done   chan struct{}
@@ -545,15 +622,12 @@ type saveFeed struct {
 }
 
 // feedSaveImage makes a FIFO at path (0600) and writes into it, as libvirt
-// reads, a save image of def and the stream: the guest's RAM never lands
-// in a file of the work directory. ntc holds both ends (O_RDWR), so that
-// libvirt's open does not wait for a writer and a reader that goes away
-// does not end the writer with SIGPIPE; end stops it.
-func feedSaveImage(ctx context.Context, path, def string, s *migstream.Stream, src migstream.Source) (*saveFeed, error) {
-	hdr, err := encodeSaveHeader(def)
-	if err != nil {
-		return nil, err
-	}
+// reads, the save image's header hdr (encodeSaveHeader) and what body
+// writes (the stream): the guest's RAM never lands in a file of the work
+// directory. ntc holds both ends (O_RDWR), so that libvirt's open does not
+// wait for a writer and a reader that goes away does not end the writer
+// with SIGPIPE; end stops it.
+func feedSaveImage(ctx context.Context, path string, hdr []byte, body func(context.Context, io.Writer) error) (*saveFeed, error) {
 	if err := unix.Mkfifo(path, 0o600); err != nil {
 		return nil, fmt.Errorf("mkfifo %s: %w", path, err)
 	}
@@ -563,17 +637,27 @@ func feedSaveImage(ctx context.Context, path, def string, s *migstream.Stream, s
 		return nil, err
 	}
 	ctx, cancel := context.WithCancel(ctx)
-	sf := &saveFeed{f: f, cancel: cancel, done: make(chan struct{})}
+	sf := &saveFeed{path: path, f: f, cancel: cancel, done: make(chan struct{})}
 	go func() {
 		defer close(sf.done)
 		cw := &countWriter{w: f}
 		_, err := f.Write(hdr)
 		if err == nil {
-			err = migstream.Join(ctx, cw, s, src)
+			err = body(ctx, cw)
 		}
 		sf.n, sf.err = cw.n, err
 	}()
 	return sf, nil
+}
+
+// abort cuts the image off: the FIFO goes first, so that a libvirt that
+// has not opened it yet finds none (rather than waiting in open for a
+// writer forever), then ntc's end of it, so that a reader gets the end of
+// its stream.
+func (sf *saveFeed) abort() {
+	os.Remove(sf.path)
+	sf.cancel()
+	sf.f.Close()
 }
 
 // end stops the writer once libvirt's restore has returned and reports
