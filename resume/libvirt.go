@@ -27,9 +27,10 @@ package resume
 // libvirt runs QEMU as its own user and labels every file the domain
 // uses for it (chown, restored when the domain ends). The received images
 // stay private to the receiver: each disk is copied into the work
-// directory as a qcow2 (qemu-img convert, sparse: it reads the image once
-// and writes what is allocated) under a new overlay that takes the
-// guest's writes (so that capture.Adopt can make the copy the set's
+// directory (internal/clonefile: a reflink where the filesystem shares
+// extents, else its data extents only; a file of its own either way, so
+// that libvirt's chown of it leaves the store alone) under a new qcow2
+// overlay that takes the guest's writes (so that capture.Adopt can make the copy the set's
 // guest, as for a plain copy), and the kernel and initrd named for a
 // directly booted guest are copied there too. The work directory is 0711
 // so that libvirt's QEMU user gets through to the files libvirt hands it;
@@ -59,6 +60,8 @@ import (
 
 	"github.com/ntc-project/ntc/capture"
 	"github.com/ntc-project/ntc/capture/migstream"
+	"github.com/ntc-project/ntc/internal/atomicfile"
+	"github.com/ntc-project/ntc/internal/clonefile"
 	"github.com/ntc-project/ntc/internal/procstat"
 )
 
@@ -95,6 +98,9 @@ type LibvirtDisk struct {
 	Device string `json:"device"` // the source's device name
 	Target string `json:"target"` // libvirt's target ("vda")
 	File   string `json:"file"`   // the copy's qcow2 in the work directory
+	// Copy is how the received image under File was copied: "reflink"
+	// (extents shared with the store's) or "sparse" (its data copied).
+	Copy clonefile.Method `json:"copy,omitempty"`
 }
 
 // LibvirtDomain is a copy running as a libvirt domain.
@@ -121,7 +127,9 @@ type LibvirtDomain struct {
 type LibvirtTimings struct {
 	Total   time.Duration `json:"total"`
 	Prepare time.Duration `json:"prepare"` // checks, disk copies
-	Restore time.Duration `json:"restore"` // virDomainRestoreFlags, the stream fed meanwhile
+	// DiskCopy is the part of Prepare that copied the received disks.
+	DiskCopy time.Duration `json:"disk_copy"`
+	Restore  time.Duration `json:"restore"` // virDomainRestoreFlags, the stream fed meanwhile
 	// StreamBytes is the migration stream in the save image.
 	StreamBytes int64 `json:"stream_bytes"`
 }
@@ -237,9 +245,11 @@ func StartLibvirt(ctx context.Context, cfg LibvirtConfig) (d *LibvirtDomain, err
 	}
 	for i, dd := range def.disks {
 		made = append(made, dd.File, diskBase(dd.File))
-		if err := makeDisk(ctx, disks[def.diskImage[i]], dd.File); err != nil {
+		t := time.Now()
+		if d.Disks[i].Copy, err = makeDisk(ctx, disks[def.diskImage[i]], dd.File); err != nil {
 			return nil, fmt.Errorf("resume: disk %s: %w", dd.Device, err)
 		}
+		d.Timings.DiskCopy += time.Since(t)
 	}
 	if err := writeFilePrivate(filepath.Join(work, libvirtXMLFile), []byte(def.xml)); err != nil {
 		return nil, fmt.Errorf("resume: %w", err)
@@ -406,83 +416,49 @@ func prepareLibvirtWorkDir(work string, disks []LibvirtDisk) error {
 	return nil
 }
 
-// makeDisk makes the copy's disk at dst: a qcow2 copy of the received
-// raw image img beside it (Base: sparse; qemu-img gets the image as an
-// open descriptor), and at dst a new qcow2 overlay on that copy, which
-// takes the guest's writes. The copy stays as received, as capture.Adopt
-// wants the layer under a copy's overlay. Both 0600.
-func makeDisk(ctx context.Context, img *os.File, dst string) error {
+// makeDisk makes the copy's disk at dst: a copy of the received raw image
+// img beside it (Base: a reflink where the filesystem shares extents, else
+// a copy of its data extents, holes left holes; a file of its own, which
+// libvirt may chown for its QEMU user without touching the store), and at
+// dst a new qcow2 overlay on that copy, which takes the guest's writes.
+// The copy stays as received, as capture.Adopt wants the layer under a
+// copy's overlay. Both 0600.
+func makeDisk(ctx context.Context, img *os.File, dst string) (clonefile.Method, error) {
 	base := diskBase(dst)
-	for _, f := range []string{base, dst} {
-		if err := privateFile(f, os.O_EXCL); err != nil {
-			return err
-		}
+	m, err := clonefile.Clone(img, base, 0o600)
+	if err != nil {
+		return "", err
 	}
-	c := exec.CommandContext(ctx, "qemu-img", "convert", "-q", "-f", "raw", "-O", "qcow2", "/dev/fd/3", base)
-	c.ExtraFiles = []*os.File{img}
-	if out, err := c.CombinedOutput(); err != nil {
-		return fmt.Errorf("qemu-img convert: %w: %s", err, bytes.TrimSpace(out))
+	if err := privateFile(dst, os.O_EXCL); err != nil {
+		return "", err
 	}
 	fi, err := img.Stat()
 	if err != nil {
-		return err
+		return "", err
 	}
-	out, err := exec.CommandContext(ctx, "qemu-img", "create", "-q", "-f", "qcow2", "-u", "-F", "qcow2", "-b", base,
+	out, err := exec.CommandContext(ctx, "qemu-img", "create", "-q", "-f", "qcow2", "-u", "-F", "raw", "-b", base,
 		dst, strconv.FormatInt(fi.Size(), 10)).CombinedOutput()
 	if err != nil {
-		return fmt.Errorf("qemu-img create: %w: %s", err, bytes.TrimSpace(out))
+		return "", fmt.Errorf("qemu-img create: %w: %s", err, bytes.TrimSpace(out))
 	}
-	for _, f := range []string{base, dst} {
-		if err := os.Chmod(f, 0o600); err != nil {
-			return err
-		}
-	}
-	return nil
+	return m, os.Chmod(dst, 0o600)
 }
 
-// diskBase is the file under the copy's disk file: "disk-vda.base.qcow2"
+// diskBase is the file under the copy's disk file: "disk-vda.base.raw"
 // under "disk-vda.qcow2".
-func diskBase(disk string) string { return strings.TrimSuffix(disk, ".qcow2") + ".base.qcow2" }
+func diskBase(disk string) string { return strings.TrimSuffix(disk, ".qcow2") + ".base.raw" }
 
-// copyPrivate copies the local file src to dst (0600).
+// copyPrivate copies the local file src to dst (0600), replacing an
+// earlier copy's.
 func copyPrivate(src, dst string) error {
-	in, err := os.Open(src)
-	if err != nil {
+	if err := os.Remove(dst); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return err
 	}
-	defer in.Close()
-	out, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
-	if err != nil {
-		return err
-	}
-	if _, err := io.Copy(out, in); err != nil {
-		out.Close()
-		return err
-	}
-	return out.Close()
-}
-
-func writeFilePrivate(path string, b []byte) error {
-	tmp := path + ".tmp"
-	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
-	if err != nil {
-		return err
-	}
-	_, err = f.Write(b)
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp, path)
-	}
-	if err != nil {
-		os.Remove(tmp)
-	}
+	_, err := clonefile.CopyFile(src, dst, 0o600)
 	return err
 }
+
+func writeFilePrivate(path string, b []byte) error { return atomicfile.WriteBytes(path, 0o600, b) }
 
 // libvirt's save image (src/qemu/qemu_saveimage.h): a header of the magic
 // and u32 fields in the host's byte order, the domain XML with its NUL

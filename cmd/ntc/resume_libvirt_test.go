@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/ntc-project/ntc/capture"
+	"github.com/ntc-project/ntc/internal/clonefile"
 	"github.com/ntc-project/ntc/internal/libvirttest"
 	"github.com/ntc-project/ntc/internal/testguest"
 	"github.com/ntc-project/ntc/resume"
@@ -67,8 +68,11 @@ func TestResumeLibvirtDomain(t *testing.T) {
 	// it; the original was destroyed by hand here: --force.
 	res := resumeLibvirtJSON(t, ctx, home, "--force", "--connect", libvirttest.URI, "--store", store, "--name", set,
 		"--workdir", work, "--kernel", filepath.Join(d.Dir, "vmlinuz"), "--initrd", filepath.Join(d.Dir, "initrd.img"))
-	t.Logf("resumed as domain %s in %v (a %d-byte stream; prepared in %v, restored in %v)",
-		res.Name, res.Timings.Total, res.Timings.StreamBytes, res.Timings.Prepare, res.Timings.Restore)
+	t.Logf("resumed as domain %s in %v (a %d-byte stream; prepared in %v, of which the disk copy (%s) %v; restored in %v)",
+		res.Name, res.Timings.Total, res.Timings.StreamBytes, res.Timings.Prepare, res.Disks[0].Copy, res.Timings.DiskCopy, res.Timings.Restore)
+	if c := res.Disks[0].Copy; c != clonefile.Reflink && c != clonefile.Sparse {
+		t.Errorf("the disk was copied by %q", c)
+	}
 	if res.Name != set || len(res.Disks) != 1 || len(res.LinksDown) != 1 || res.SerialLog == "" {
 		t.Fatalf("resume --libvirt --json: %+v", res)
 	}

@@ -8,7 +8,6 @@ import (
 	"encoding/xml"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"os"
 	"os/exec"
@@ -19,6 +18,7 @@ import (
 	"text/template"
 	"time"
 
+	"github.com/ntc-project/ntc/internal/clonefile"
 	"github.com/ntc-project/ntc/internal/testguest"
 	"github.com/ntc-project/ntc/internal/testguest/guesttest"
 )
@@ -167,7 +167,7 @@ func startDomain(ctx context.Context, opts DomainOptions) (*Domain, error) {
 	}
 	kernel, initrd := filepath.Join(dir, "vmlinuz"), filepath.Join(dir, "initrd.img")
 	for _, c := range [][2]string{{g.Kernel, kernel}, {g.Initrd, initrd}} {
-		if err := copyFile(c[0], c[1]); err != nil {
+		if _, err := clonefile.CopyFile(c[0], c[1], 0o600); err != nil {
 			return d, err
 		}
 	}
@@ -201,23 +201,6 @@ func startDomain(ctx context.Context, opts DomainOptions) (*Domain, error) {
 	}
 	d.console = c
 	return d, nil
-}
-
-func copyFile(src, dst string) error {
-	in, err := os.Open(src)
-	if err != nil {
-		return err
-	}
-	defer in.Close()
-	out, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
-	if err != nil {
-		return err
-	}
-	if _, err := io.Copy(out, in); err != nil {
-		out.Close()
-		return err
-	}
-	return out.Close()
 }
 
 // cleanup destroys the domain if it still runs, closes the console and
