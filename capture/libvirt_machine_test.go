@@ -172,6 +172,7 @@ func TestDescribeDomainRejects(t *testing.T) {
 // FuzzDescribeDomain: no domain XML makes the reader panic.
 func FuzzDescribeDomain(f *testing.F) {
 	f.Add(readTestdata(f, "domain.xml"))
+	f.Add(readTestdata(f, "domain-q35.xml"))
 	f.Add([]byte(`<domain type='kvm'><memory>1024</memory><devices><interface><model type='virtio'/><address type='pci' bus='0x1' slot='0x2' function='0x9'/></interface></devices></domain>`))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		describeDomain(b)
