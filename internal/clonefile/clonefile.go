@@ -70,6 +70,13 @@ func copyData(out, src *os.File, size int64) error {
 		if errors.Is(err, unix.ENXIO) {
 			break // no data past off
 		}
+		if errors.Is(err, unix.EINVAL) || errors.Is(err, unix.EOPNOTSUPP) {
+			// A filesystem that cannot tell: all of it is data.
+			if err := copyRange(out, src, off, size-off); err != nil {
+				return err
+			}
+			break
+		}
 		if err != nil {
 			return fmt.Errorf("seek data: %w", err)
 		}
@@ -92,13 +99,19 @@ func copyRange(out, src *os.File, off, n int64) error {
 	for n > 0 {
 		roff, woff := off, off
 		c, err := unix.CopyFileRange(int(src.Fd()), &roff, int(out.Fd()), &woff, int(min(n, 1<<30)), 0)
-		if err != nil || c == 0 {
+		if errors.Is(err, unix.ENOSYS) || errors.Is(err, unix.EXDEV) || errors.Is(err, unix.EOPNOTSUPP) || errors.Is(err, unix.EINVAL) {
 			// Filesystems or kernels without it: the plain way.
 			w := io.NewOffsetWriter(out, off)
-			if _, err := io.Copy(w, io.NewSectionReader(src, off, n)); err != nil {
-				return err
+			if c, err := io.Copy(w, io.NewSectionReader(src, off, n)); err != nil || c != n {
+				return fmt.Errorf("copy %d bytes at %d: %d copied: %v", n, off, c, err)
 			}
 			return nil
+		}
+		if err != nil {
+			return fmt.Errorf("copy_file_range at %d: %w", off, err)
+		}
+		if c == 0 {
+			return fmt.Errorf("copy at %d: the source ended %d bytes early (changed while copied?)", off, n)
 		}
 		off, n = off+int64(c), n-int64(c)
 	}
