@@ -13,6 +13,7 @@ package capture
 // in Machine.Unsupported, and a receiver refuses to resume it.
 
 import (
+	"cmp"
 	"encoding/json"
 	"encoding/xml"
 	"errors"
@@ -114,10 +115,11 @@ type domainDevice struct {
 	} `xml:"alias"`
 	Address *domainAddress `xml:"address"`
 	Target  struct {
-		Dev  string `xml:"dev,attr"`
-		Bus  string `xml:"bus,attr"`
-		Type string `xml:"type,attr"`
-		Port string `xml:"port,attr"`
+		Dev     string `xml:"dev,attr"`
+		Bus     string `xml:"bus,attr"`
+		Type    string `xml:"type,attr"`
+		Port    string `xml:"port,attr"`
+		Chassis string `xml:"chassis,attr"` // of a PCIe root port
 	} `xml:"target"`
 	ModelElem struct {
 		Type string `xml:"type,attr"`
@@ -141,30 +143,38 @@ type domainDevice struct {
 }
 
 type domainAddress struct {
-	Type     string `xml:"type,attr"`
-	Bus      string `xml:"bus,attr"`
-	Slot     string `xml:"slot,attr"`
-	Function string `xml:"function,attr"`
-	Port     string `xml:"port,attr"`
+	Type          string `xml:"type,attr"`
+	Bus           string `xml:"bus,attr"`
+	Slot          string `xml:"slot,attr"`
+	Function      string `xml:"function,attr"`
+	Multifunction string `xml:"multifunction,attr"`
+	Port          string `xml:"port,attr"`
 }
 
-// pci returns the bus and addr of a PCI address as QEMU's -device takes
-// them ("pci.0", "0x2" or "0x1.2"); ok is false for another address type.
-func (a *domainAddress) pci() (bus, addr string, ok bool) {
+// pci returns the bus and addr of a PCI address as libvirt writes them on
+// QEMU's command line: the bus with index 0 is root ("pci.0" on a PC,
+// "pcie.0" on a q35), bus N is the controller with index N, whose id
+// libvirt makes "pci.N"; addr is "0x2", or "0x1.0x2" for a function.
+// ok is false for another address type.
+func (a *domainAddress) pci(root string) (bus, addr string, ok bool) {
 	if a == nil || a.Type != "pci" {
 		return "", "", false
 	}
 	b, err1 := strconv.ParseUint(strings.TrimPrefix(a.Bus, "0x"), 16, 8)
 	s, err2 := strconv.ParseUint(strings.TrimPrefix(a.Slot, "0x"), 16, 8)
 	f, err3 := strconv.ParseUint(strings.TrimPrefix(cmpOr(a.Function, "0x0"), "0x"), 16, 8)
-	if err1 != nil || err2 != nil || err3 != nil || f > 7 {
+	if err1 != nil || err2 != nil || err3 != nil || s > 31 || f > 7 {
 		return "", "", false
 	}
 	addr = fmt.Sprintf("0x%x", s)
 	if f != 0 {
-		addr += fmt.Sprintf(".%d", f)
+		addr += fmt.Sprintf(".0x%x", f)
 	}
-	return fmt.Sprintf("pci.%d", b), addr, true
+	bus = fmt.Sprintf("pci.%d", b)
+	if b == 0 {
+		bus = root
+	}
+	return bus, addr, true
 }
 
 // DomainDrive is the drive name a description from a domain XML gives
@@ -320,10 +330,35 @@ func describeDomain(def []byte) (Machine, error) {
 		}
 	}
 	bootOrder(&d)
+	// The root bus is pcie.0 on machines with a pcie-root controller
+	// (q35), else pci.0. Controllers that provide PCI buses come first,
+	// parents before children (by index, as libvirt orders them on the
+	// command line): a -device names its bus after that bus exists.
+	root := "pci.0"
+	var buses, others []domainDevice
 	for _, dev := range d.Devices.Items {
-		describeDomainDevice(&m, dev, unsupported)
+		switch {
+		case dev.XMLName.Local == "controller" && dev.Type == "pci" && dev.Model == "pcie-root":
+			root = "pcie.0"
+		case dev.XMLName.Local == "controller" && dev.Type == "pci" && dev.Model != "pci-root":
+			buses = append(buses, dev)
+			continue
+		}
+		others = append(others, dev)
+	}
+	slices.SortStableFunc(buses, func(a, b domainDevice) int { return cmp.Compare(atoiOr(a.Index, -1), atoiOr(b.Index, -1)) })
+	for _, dev := range append(buses, others...) {
+		describeDomainDevice(&m, dev, root, unsupported)
 	}
 	return m, nil
+}
+
+func atoiOr(s string, def int) int {
+	n, err := strconv.Atoi(s)
+	if err != nil {
+		return def
+	}
+	return n
 }
 
 // bootOrder gives devices the boot order libvirt gives them for
@@ -362,10 +397,15 @@ func kibSize(v int64, unit string) (int64, error) {
 	return v * mult, nil
 }
 
-// pciDevice is a -device on the PCI address of dev.
-func pciDevice(driver string, dev domainDevice) (Device, bool) {
-	bus, addr, ok := dev.Address.pci()
-	return Device{Driver: driver, ID: dev.Alias.Name, Bus: bus, Addr: addr}, ok
+// pciDevice is a -device on the PCI address of dev, under the root bus
+// root.
+func pciDevice(driver string, dev domainDevice, root string) (Device, bool) {
+	bus, addr, ok := dev.Address.pci(root)
+	d := Device{Driver: driver, ID: dev.Alias.Name, Bus: bus, Addr: addr}
+	if ok && dev.Address.Multifunction == "on" {
+		d.set("multifunction", "on")
+	}
+	return d, ok
 }
 
 func (d *Device) set(k, v string) {
@@ -380,7 +420,7 @@ func (d *Device) set(k, v string) {
 
 // describeDomainDevice adds what one element of <devices> puts into the
 // machine.
-func describeDomainDevice(m *Machine, dev domainDevice, unsupported func(string, ...any)) {
+func describeDomainDevice(m *Machine, dev domainDevice, root string, unsupported func(string, ...any)) {
 	kind := dev.XMLName.Local
 	add := func(d Device, ok bool) {
 		if !ok {
@@ -399,7 +439,7 @@ func describeDomainDevice(m *Machine, dev domainDevice, unsupported func(string,
 		case dev.Target.Bus != "virtio":
 			unsupported("disk %s on bus %s", dev.Target.Dev, dev.Target.Bus)
 		default:
-			d, ok := pciDevice("virtio-blk-pci", dev)
+			d, ok := pciDevice("virtio-blk-pci", dev, root)
 			d.set("drive", DomainDrive(dev.Target.Dev))
 			d.set("bootindex", dev.Boot.Order)
 			add(d, ok)
@@ -407,8 +447,29 @@ func describeDomainDevice(m *Machine, dev domainDevice, unsupported func(string,
 	case "controller":
 		switch {
 		case dev.Type == "pci" && (dev.Model == "pci-root" || dev.Model == "pcie-root"):
-		case dev.Type == "ide" || dev.Type == "fdc" || (dev.Type == "sata" && dev.Address == nil):
-			// The machine's own (PIIX3 IDE, ICH9 AHCI).
+		case dev.Type == "pci" && dev.Model == "pcie-root-port":
+			// A PCIe root port: its id ("pci.N") names the bus it
+			// provides; chassis and port as libvirt passes them.
+			drv := cmpOr(dev.ModelElem.Name, "pcie-root-port")
+			if drv != "pcie-root-port" && drv != "ioh3420" {
+				unsupported("pcie-root-port model %s", drv)
+				return
+			}
+			d, ok := pciDevice(drv, dev, root)
+			for k, v := range map[string]string{"chassis": dev.Target.Chassis, "port": dev.Target.Port} {
+				n, err := strconv.ParseUint(v, 0, 8)
+				if v != "" && err != nil {
+					unsupported("pcie-root-port %s=%s", k, v)
+					return
+				}
+				if v != "" {
+					d.set(k, strconv.FormatUint(n, 10))
+				}
+			}
+			add(d, ok)
+		case dev.Type == "ide" || dev.Type == "fdc" || (dev.Type == "sata" && (dev.Address == nil || root == "pcie.0" && dev.Index == "0")):
+			// The machine's own (PIIX3 IDE; ICH9 AHCI, which a q35 has at
+			// 00:1f.2).
 		case dev.Type == "usb":
 			drv := map[string]string{"piix3-uhci": "piix3-usb-uhci", "qemu-xhci": "qemu-xhci", "nec-xhci": "nec-usb-xhci",
 				"ich9-ehci1": "ich9-usb-ehci1", "ehci": "usb-ehci"}[dev.Model]
@@ -417,12 +478,12 @@ func describeDomainDevice(m *Machine, dev domainDevice, unsupported func(string,
 			case drv == "":
 				unsupported("USB controller model %s", dev.Model)
 			default:
-				add(pciDevice(drv, dev))
+				add(pciDevice(drv, dev, root))
 			}
 		case dev.Type == "virtio-serial":
-			add(pciDevice("virtio-serial-pci", dev))
+			add(pciDevice("virtio-serial-pci", dev, root))
 		case dev.Type == "scsi" && dev.Model == "virtio-scsi":
-			add(pciDevice("virtio-scsi-pci", dev))
+			add(pciDevice("virtio-scsi-pci", dev, root))
 		default:
 			unsupported("controller %s model %s", dev.Type, dev.Model)
 		}
@@ -433,7 +494,7 @@ func describeDomainDevice(m *Machine, dev domainDevice, unsupported func(string,
 			unsupported("interface model %s", dev.ModelElem.Type)
 			return
 		}
-		d, ok := pciDevice(drv, dev)
+		d, ok := pciDevice(drv, dev, root)
 		netdev := "host" + dev.Alias.Name
 		d.set("netdev", netdev)
 		d.set("mac", dev.MAC.Address)
@@ -477,7 +538,7 @@ func describeDomainDevice(m *Machine, dev domainDevice, unsupported func(string,
 		case drv == "":
 			unsupported("video model %s", dev.ModelElem.Type)
 		default:
-			d, ok := pciDevice(drv, dev)
+			d, ok := pciDevice(drv, dev, root)
 			if v, err := strconv.Atoi(dev.ModelElem.VRAM); err == nil && drv == "VGA" {
 				d.set("vgamem_mb", strconv.Itoa(v/1024))
 			}
@@ -489,7 +550,7 @@ func describeDomainDevice(m *Machine, dev domainDevice, unsupported func(string,
 				unsupported("memballoon model %s", dev.Model)
 				return
 			}
-			add(pciDevice("virtio-balloon-pci", dev))
+			add(pciDevice("virtio-balloon-pci", dev, root))
 		}
 	case "rng":
 		if dev.Model != "virtio" {
@@ -498,7 +559,7 @@ func describeDomainDevice(m *Machine, dev domainDevice, unsupported func(string,
 		}
 		obj := "obj" + dev.Alias.Name
 		m.Objects = append(m.Objects, Object{Type: "rng-builtin", ID: obj})
-		d, ok := pciDevice("virtio-rng-pci", dev)
+		d, ok := pciDevice("virtio-rng-pci", dev, root)
 		d.set("rng", obj)
 		add(d, ok)
 	default:

@@ -94,3 +94,22 @@ func TestUnitsVerify(t *testing.T) {
 		})
 	}
 }
+
+// TestServeUnitKeepsCopies: stopping or restarting the receiver's unit
+// signals serve only, not the copies it resumed for a hand-off, which run
+// in its control group (see the unit's comment on KillMode).
+func TestServeUnitKeepsCopies(t *testing.T) {
+	b, err := os.ReadFile("ntc-serve.service")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var modes []string
+	for _, l := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(strings.TrimSpace(l), "KillMode="); ok {
+			modes = append(modes, v)
+		}
+	}
+	if len(modes) != 1 || modes[0] != "process" {
+		t.Fatalf("ntc-serve.service KillMode %q, want one KillMode=process: a stop would kill the resumed copies", modes)
+	}
+}

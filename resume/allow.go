@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"regexp"
 	"slices"
+	"strconv"
 	"strings"
 
 	"github.com/ntc-project/ntc/capture"
@@ -21,6 +22,8 @@ const (
 	kBool      kind = iota // on, off, true, false, yes, no
 	kOnOffAuto             // a bool or auto
 	kNum                   // decimal or 0x hex
+	kU8                    // a kNum from 0 to 255
+	kU16                   // a kNum from 0 to 65535
 	kSize                  // a number with an optional k/M/G/T suffix
 	kToken                 // letters, digits, '.', '_', '+', '-'
 	kEmpty                 // only "" (romfile= turns a ROM off)
@@ -37,7 +40,7 @@ var (
 	reToken = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$`)
 	reID    = regexp.MustCompile(`^[A-Za-z][A-Za-z0-9._-]{0,63}$`)
 	reMAC   = regexp.MustCompile(`^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$`)
-	rePCI   = regexp.MustCompile(`^(0x)?[0-9a-fA-F]{1,2}(\.[0-7])?$`)
+	rePCI   = regexp.MustCompile(`^(0x)?([0-9a-fA-F]{1,2})(\.(0x)?[0-7])?$`)
 	reBus   = regexp.MustCompile(`^([A-Za-z][A-Za-z0-9_-]{0,63}(\.[A-Za-z0-9_-]{1,64})*?)(\.[0-9]{1,3})?$`)
 	reUUID  = regexp.MustCompile(`^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$`)
 	reHex64 = regexp.MustCompile(`^[0-9a-f]{64}$`)
@@ -142,9 +145,9 @@ var drivers = map[string]props{
 	"virtio-keyboard-pci":  merge(pciDevice, virtio),
 	"virtio-mouse-pci":     merge(pciDevice, virtio),
 	"virtio-tablet-pci":    merge(pciDevice, virtio),
-	"pcie-root-port":       merge(pciDevice, props{"chassis": kNum, "slot": kNum, "port": kNum, "bus-reserve": kNum}),
-	"ioh3420":              merge(pciDevice, props{"chassis": kNum, "slot": kNum, "port": kNum}),
-	"pci-bridge":           merge(pciDevice, props{"chassis_nr": kNum, "shpc": kBool, "msi": kOnOffAuto}),
+	"pcie-root-port":       merge(pciDevice, props{"chassis": kU8, "slot": kU16, "port": kU8, "bus-reserve": kNum, "hotplug": kBool}),
+	"ioh3420":              merge(pciDevice, props{"chassis": kU8, "slot": kU16, "port": kU8, "hotplug": kBool}),
+	"pci-bridge":           merge(pciDevice, props{"chassis_nr": kU8, "shpc": kBool, "msi": kOnOffAuto}),
 	"pcie-pci-bridge":      merge(pciDevice),
 	"i6300esb":             merge(pciDevice),
 	"ib700":                {},
@@ -182,11 +185,26 @@ var (
 	flags     = []string{"nodefaults", "no-reboot", "no-shutdown", "no-hpet", "no-acpi"}
 	// builtinBuses are the buses machines have without a -device.
 	builtinBuses = []string{"pci.0", "pcie.0", "ide.0", "ide.1", "ide.2", "ide.3", "ide.4", "ide.5", "isa.0", "usb-bus.0", "scsi.0", "virtio-mmio-bus.0"}
+	// bridges are the drivers whose bus is named after the device's own
+	// id ("bus=pci.1" of the root port "-device pcie-root-port,id=pci.1"),
+	// not after the id and a number ("scsi0.0").
+	bridges = []string{"pcie-root-port", "ioh3420", "pci-bridge", "pcie-pci-bridge"}
+	// controllers are the drivers whose buses are named after the
+	// device's id and a number ("scsi0.0", "usb.0", "vser0.0").
+	controllers = []string{"virtio-scsi-pci", "virtio-serial-pci", "virtio-serial-device", "ahci", "ich9-ahci",
+		"qemu-xhci", "nec-usb-xhci", "usb-ehci", "ich9-usb-ehci1", "piix3-usb-uhci"}
+	// rootPorts are the bridges that plug into the root complex (pcie.0)
+	// only, and take one device in slot 0.
+	rootPorts = []string{"pcie-root-port", "ioh3420"}
 )
 
 // refs is what references in a description may name.
 type refs struct {
-	drives, netdevs, chardevs, objects, devices map[string]bool
+	drives, netdevs, chardevs, objects map[string]bool
+	// devices maps the ids of the devices checked so far to their
+	// drivers: a device's bus must be one an earlier device provides
+	// (QEMU makes the devices in order).
+	devices map[string]string
 }
 
 // value checks v against k.
@@ -199,6 +217,9 @@ func (r *refs) value(k kind, v string) error {
 		ok = v == "auto" || slices.Contains(bools, v)
 	case kNum:
 		ok = reNum.MatchString(v)
+	case kU8, kU16:
+		n, err := strconv.ParseUint(v, 0, 64)
+		ok = reNum.MatchString(v) && err == nil && (n <= 0xff || k == kU16 && n <= 0xffff)
 	case kSize:
 		ok = reSize.MatchString(v)
 	case kToken:
@@ -270,7 +291,7 @@ func validate(m *capture.Manifest) (*refs, error) {
 	if mc.Accel != "" && !slices.Contains(accels, mc.Accel) {
 		return nil, refuse("accelerator %q", mc.Accel)
 	}
-	r := &refs{drives: map[string]bool{}, netdevs: map[string]bool{}, chardevs: map[string]bool{}, objects: map[string]bool{}, devices: map[string]bool{}}
+	r := &refs{drives: map[string]bool{}, netdevs: map[string]bool{}, chardevs: map[string]bool{}, objects: map[string]bool{}, devices: map[string]string{}}
 	ids := map[string]string{} // every id the description declares, and what it is
 	declare := func(what, id string) error {
 		if !validID(id) {
@@ -356,7 +377,6 @@ func validate(m *capture.Manifest) (*refs, error) {
 			if err := declare("device", d.ID); err != nil {
 				return nil, err
 			}
-			r.devices[d.ID] = true
 		}
 	}
 	for i, d := range mc.Devices {
@@ -369,13 +389,17 @@ func validate(m *capture.Manifest) (*refs, error) {
 		if !ok {
 			return nil, refuse("%s: driver %q is not allowed", what, d.Driver)
 		}
-		if d.Addr != "" && !rePCI.MatchString(d.Addr) {
+		if d.Addr != "" && !validPCIAddr(d.Addr) {
 			return nil, refuse("%s: addr %q is not a PCI slot", what, d.Addr)
 		}
-		if d.Bus != "" {
-			if err := r.bus(d.Bus); err != nil {
-				return nil, fmt.Errorf("%s: %w", what, err)
+		if err := r.bus(d); err != nil {
+			return nil, fmt.Errorf("%s: %w", what, err)
+		}
+		if d.ID != "" {
+			if _, dup := r.devices[d.ID]; dup {
+				return nil, refuse("%s: a device id twice", what)
 			}
+			r.devices[d.ID] = d.Driver
 		}
 		if err := r.checkProps(what, d.Props, allow); err != nil {
 			return nil, err
@@ -455,17 +479,42 @@ func validate(m *capture.Manifest) (*refs, error) {
 	return r, nil
 }
 
-// bus checks a bus name: a built-in bus, or one a declared device
-// provides ("scsi0.0" of the device scsi0).
-func (r *refs) bus(b string) error {
-	if slices.Contains(builtinBuses, b) {
+// bus checks the bus a device names: a built-in bus, or one a device
+// declared before it provides: a bridge's bus is named after the bridge
+// ("pci.1" of the root port pci.1), another device's after the device
+// and a number ("scsi0.0" of the controller scsi0; a controller of the
+// list above). A root port sits on
+// pcie.0 only, and what sits on a root port in its slot 0.
+func (r *refs) bus(d capture.Device) error {
+	b := d.Bus
+	if slices.Contains(rootPorts, d.Driver) && b != "" && b != "pcie.0" {
+		return refuse("a %s on bus %q: root ports plug into pcie.0 only", d.Driver, b)
+	}
+	if b == "" || slices.Contains(builtinBuses, b) {
+		return nil
+	}
+	if drv, ok := r.devices[b]; ok && slices.Contains(bridges, drv) {
+		if slot, _, _ := strings.Cut(strings.TrimPrefix(d.Addr, "0x"), "."); slices.Contains(rootPorts, drv) && d.Addr != "" && strings.TrimLeft(slot, "0") != "" {
+			return refuse("addr %q on the root port %s: a root port has slot 0 only", d.Addr, b)
+		}
 		return nil
 	}
 	m := reBus.FindStringSubmatch(b)
-	if m == nil || !r.devices[m[1]] {
-		return refuse("bus %q is neither a machine's own nor one a declared device provides", b)
+	if m != nil && m[3] != "" && slices.Contains(controllers, r.devices[m[1]]) {
+		return nil
 	}
-	return nil
+	return refuse("bus %q is neither a machine's own nor one a device declared before it provides", b)
+}
+
+// validPCIAddr accepts a PCI slot and function as -device addr= takes
+// them: "4", "0x1f", "0x1.2", "0x1.0x2", slot 0 to 31.
+func validPCIAddr(a string) bool {
+	m := rePCI.FindStringSubmatch(a)
+	if m == nil {
+		return false
+	}
+	slot, err := strconv.ParseUint(m[2], 16, 8)
+	return err == nil && slot <= 31
 }
 
 func validFileRef(f *capture.FileRef) bool {

@@ -106,6 +106,93 @@ var allowRules = []struct {
 				capture.Device{Driver: "virtconsole", Bus: "vser0.0", Props: map[string]string{"chardev": "ser0"}})
 		},
 		bad: func(m *capture.Manifest) { m.Machine.Devices[0].Bus = "vser0.0" }, badSays: `bus "vser0.0"`},
+	{rule: "device bus: a root port's, named after its id (q35, as libvirt lays it out)",
+		ok: func(m *capture.Manifest) {
+			q35(m)
+			m.Machine.Devices[3].Addr = "0x0.0x1"
+		},
+		bad:     func(m *capture.Manifest) { m.Machine.Devices[0].Bus, m.Machine.Devices[0].Addr = "pci.1", "0x0" },
+		badSays: `bus "pci.1" is neither a machine's own nor one a device declared before it provides`},
+	{rule: "device ids: one device each",
+		ok: q35,
+		bad: func(m *capture.Manifest) {
+			q35(m)
+			m.Machine.Devices[1].ID = "pci.1"
+		},
+		badSays: `device 1 (pcie-root-port pci.1): a device id twice`},
+	{rule: "device bus: provided by a device declared before it",
+		ok: q35,
+		bad: func(m *capture.Manifest) {
+			q35(m)
+			m.Machine.Devices = append(m.Machine.Devices[2:], m.Machine.Devices[:2]...) // the root ports last
+		},
+		badSays: `bus "pci.1"`},
+	{rule: "device bus: a bridge's bus has no number",
+		ok: q35,
+		bad: func(m *capture.Manifest) {
+			q35(m)
+			m.Machine.Devices[2].Bus = "pci.1.0"
+		},
+		badSays: `bus "pci.1.0"`},
+	{rule: "device bus: a numbered bus is a controller's",
+		ok: func(m *capture.Manifest) {
+			m.Machine.Devices = append(m.Machine.Devices, capture.Device{Driver: "qemu-xhci", ID: "usb", Addr: "0x7"},
+				capture.Device{Driver: "usb-tablet", Bus: "usb.0"})
+		},
+		bad: func(m *capture.Manifest) {
+			m.Machine.Devices = append(m.Machine.Devices, capture.Device{Driver: "usb-tablet", Bus: "vda.0"}) // a disk: no bus
+		},
+		badSays: `bus "vda.0"`},
+	{rule: "root ports plug into pcie.0 only",
+		ok: func(m *capture.Manifest) {
+			q35(m)
+			m.Machine.Devices[0].Bus = "" // QEMU's default: the root bus
+		},
+		bad: func(m *capture.Manifest) {
+			q35(m)
+			m.Machine.Devices[1].Bus = "pci.1" // a root port under another
+		},
+		badSays: `a pcie-root-port on bus "pci.1": root ports plug into pcie.0 only`},
+	{rule: "a root port has slot 0 only",
+		ok: func(m *capture.Manifest) {
+			q35(m)
+			m.Machine.Devices[2].Addr = "00.0x3"
+		},
+		bad: func(m *capture.Manifest) {
+			q35(m)
+			m.Machine.Devices[2].Addr = "0x1"
+		},
+		badSays: `addr "0x1" on the root port pci.1: a root port has slot 0 only`},
+	{rule: "root port chassis and port: 8 bits",
+		ok: func(m *capture.Manifest) {
+			q35(m)
+			m.Machine.Devices[0].Props["chassis"], m.Machine.Devices[0].Props["port"] = "0xff", "255"
+		},
+		bad: func(m *capture.Manifest) {
+			q35(m)
+			m.Machine.Devices[0].Props["chassis"] = "256"
+		},
+		badSays: `property chassis: value "256"`},
+	{rule: "root port port: 8 bits, as a number",
+		ok: q35,
+		bad: func(m *capture.Manifest) {
+			q35(m)
+			m.Machine.Devices[1].Props["port"] = "0x100"
+		},
+		badSays: `property port: value "0x100"`},
+	{rule: "root port slot: 16 bits",
+		ok: func(m *capture.Manifest) {
+			q35(m)
+			m.Machine.Devices[0].Props["slot"] = "65535"
+		},
+		bad: func(m *capture.Manifest) {
+			q35(m)
+			m.Machine.Devices[0].Props["slot"] = "65536"
+		},
+		badSays: `property slot: value "65536"`},
+	{rule: "device addr: slot 0 to 31, function as a digit or in hex",
+		ok:  func(m *capture.Manifest) { m.Machine.Devices[0].Addr = "0x1f.0x7" },
+		bad: func(m *capture.Manifest) { m.Machine.Devices[0].Addr = "0x20" }, badSays: `addr "0x20"`},
 	{rule: "property values: bool",
 		ok:  func(m *capture.Manifest) { m.Machine.Devices[0].Props["ioeventfd"] = "yes" },
 		bad: func(m *capture.Manifest) { m.Machine.Devices[0].Props["ioeventfd"] = "maybe" }, badSays: `property ioeventfd`},
@@ -229,6 +316,20 @@ var allowRules = []struct {
 	{rule: "firmware file name",
 		ok:  func(m *capture.Manifest) { m.Machine.Firmware = &capture.FileRef{Name: "bios-256k.bin"} },
 		bad: func(m *capture.Manifest) { m.Machine.Firmware = &capture.FileRef{Name: "../bios.bin"} }, badSays: `firmware file "../bios.bin"`},
+}
+
+// q35 makes guestManifest a PCI Express machine as libvirt lays one out:
+// two root ports on pcie.0 (pci.1, multifunction, at 00:01.0 and pci.2 at
+// 00:01.1), the disk behind pci.1 and the NIC behind pci.2.
+func q35(m *capture.Manifest) {
+	mc := &m.Machine
+	mc.Type = "pc-q35-7.2"
+	mc.Devices[0].Bus, mc.Devices[0].Addr = "pci.1", "0x0"
+	mc.Devices[1].Bus, mc.Devices[1].Addr = "pci.2", "0x0"
+	mc.Devices = append([]capture.Device{
+		{Driver: "pcie-root-port", ID: "pci.1", Bus: "pcie.0", Addr: "0x1", Props: map[string]string{"chassis": "1", "port": "8", "multifunction": "on"}},
+		{Driver: "pcie-root-port", ID: "pci.2", Bus: "pcie.0", Addr: "0x1.0x1", Props: map[string]string{"chassis": "2", "port": "0x9", "hotplug": "off"}},
+	}, mc.Devices...)
 }
 
 // TestValidateRules: every rule of the allowlist lets its allowed case

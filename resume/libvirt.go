@@ -16,7 +16,9 @@ package resume
 // NUL; then QEMU's migration stream as migstream.Join rebuilds it) into
 // a FIFO in the work directory while libvirt reads it, so that the guest's
 // RAM is never written to a file there (libvirt hands the descriptor to
-// QEMU for its incoming migration, as for a save file). Then the
+// QEMU for its incoming migration, as for a save file). The restore is
+// bounded by LibvirtConfig.LoadTimeout: past it, the FIFO is cut off and
+// the domain destroyed (restoreWithin). Then the
 // NIC links are set down through libvirt (virDomainUpdateDeviceFlags with
 // <link state='down'/>, so that libvirt's XML says so too) and the domain
 // resumed. The link state is part of a NIC's migrated state, so a link
@@ -25,9 +27,10 @@ package resume
 // libvirt runs QEMU as its own user and labels every file the domain
 // uses for it (chown, restored when the domain ends). The received images
 // stay private to the receiver: each disk is copied into the work
-// directory as a qcow2 (qemu-img convert, sparse: it reads the image once
-// and writes what is allocated) under a new overlay that takes the
-// guest's writes (so that capture.Adopt can make the copy the set's
+// directory (internal/clonefile: a reflink where the filesystem shares
+// extents, else its data extents only; a file of its own either way, so
+// that libvirt's chown of it leaves the store alone) under a new qcow2
+// overlay that takes the guest's writes (so that capture.Adopt can make the copy the set's
 // guest, as for a plain copy), and the kernel and initrd named for a
 // directly booted guest are copied there too. The work directory is 0711
 // so that libvirt's QEMU user gets through to the files libvirt hands it;
@@ -35,6 +38,7 @@ package resume
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/binary"
 	"encoding/hex"
@@ -56,6 +60,8 @@ import (
 
 	"github.com/ntc-project/ntc/capture"
 	"github.com/ntc-project/ntc/capture/migstream"
+	"github.com/ntc-project/ntc/internal/atomicfile"
+	"github.com/ntc-project/ntc/internal/clonefile"
 	"github.com/ntc-project/ntc/internal/procstat"
 )
 
@@ -82,6 +88,9 @@ type LibvirtConfig struct {
 	Persistent bool
 	// Manifest overrides Images/manifest.json.
 	Manifest *capture.Manifest
+	// LoadTimeout bounds libvirt's restore of the checkpoint (QEMU's start
+	// and its load of the migration stream); 0: DefaultLoadTimeout.
+	LoadTimeout time.Duration
 }
 
 // LibvirtDisk is one disk of a libvirt copy.
@@ -89,6 +98,9 @@ type LibvirtDisk struct {
 	Device string `json:"device"` // the source's device name
 	Target string `json:"target"` // libvirt's target ("vda")
 	File   string `json:"file"`   // the copy's qcow2 in the work directory
+	// Copy is how the received image under File was copied: "reflink"
+	// (extents shared with the store's) or "sparse" (its data copied).
+	Copy clonefile.Method `json:"copy,omitempty"`
 }
 
 // LibvirtDomain is a copy running as a libvirt domain.
@@ -115,7 +127,9 @@ type LibvirtDomain struct {
 type LibvirtTimings struct {
 	Total   time.Duration `json:"total"`
 	Prepare time.Duration `json:"prepare"` // checks, disk copies
-	Restore time.Duration `json:"restore"` // virDomainRestoreFlags, the stream fed meanwhile
+	// DiskCopy is the part of Prepare that copied the received disks.
+	DiskCopy time.Duration `json:"disk_copy"`
+	Restore  time.Duration `json:"restore"` // virDomainRestoreFlags, the stream fed meanwhile
 	// StreamBytes is the migration stream in the save image.
 	StreamBytes int64 `json:"stream_bytes"`
 }
@@ -231,28 +245,30 @@ func StartLibvirt(ctx context.Context, cfg LibvirtConfig) (d *LibvirtDomain, err
 	}
 	for i, dd := range def.disks {
 		made = append(made, dd.File, diskBase(dd.File))
-		if err := makeDisk(ctx, disks[def.diskImage[i]], dd.File); err != nil {
+		t := time.Now()
+		if d.Disks[i].Copy, err = makeDisk(ctx, disks[def.diskImage[i]], dd.File); err != nil {
 			return nil, fmt.Errorf("resume: disk %s: %w", dd.Device, err)
 		}
+		d.Timings.DiskCopy += time.Since(t)
 	}
 	if err := writeFilePrivate(filepath.Join(work, libvirtXMLFile), []byte(def.xml)); err != nil {
 		return nil, fmt.Errorf("resume: %w", err)
 	}
 	save := filepath.Join(work, libvirtSaveImage)
-	feed, err := feedSaveImage(ctx, save, def.xml, stream, src)
+	hdr, err := encodeSaveHeader(def.xml)
+	if err != nil {
+		return nil, fmt.Errorf("resume: the save image: %w", err)
+	}
+	feed, err := feedSaveImage(ctx, save, hdr, func(ctx context.Context, w io.Writer) error { return migstream.Join(ctx, w, stream, src) })
 	if err != nil {
 		return nil, fmt.Errorf("resume: the save image: %w", err)
 	}
 	d.Timings.Prepare = time.Since(t0)
 
 	t1 := time.Now()
-	rerr := conn.DomainRestoreFlags(save, libvirt.OptString{}, uint32(libvirt.DomainSavePaused))
-	d.Timings.StreamBytes, err = feed.end(rerr == nil)
-	if rerr != nil {
-		if err != nil {
-			return nil, fmt.Errorf("resume: feed the migration stream: %w (libvirt: %v)", err, rerr)
-		}
-		return nil, fmt.Errorf("resume: libvirt did not restore the checkpoint (virDomainRestoreFlags): %w: %w", rerr, ErrIncompatible)
+	d.Timings.StreamBytes, err = restoreWithin(ctx, conn, cfg.Name, feed, cmp.Or(cfg.LoadTimeout, DefaultLoadTimeout))
+	if err != nil {
+		return nil, err
 	}
 	d.Timings.Restore = time.Since(t1)
 	dom, err := conn.DomainLookupByName(cfg.Name)
@@ -400,83 +416,49 @@ func prepareLibvirtWorkDir(work string, disks []LibvirtDisk) error {
 	return nil
 }
 
-// makeDisk makes the copy's disk at dst: a qcow2 copy of the received
-// raw image img beside it (Base: sparse; qemu-img gets the image as an
-// open descriptor), and at dst a new qcow2 overlay on that copy, which
-// takes the guest's writes. The copy stays as received, as capture.Adopt
-// wants the layer under a copy's overlay. Both 0600.
-func makeDisk(ctx context.Context, img *os.File, dst string) error {
+// makeDisk makes the copy's disk at dst: a copy of the received raw image
+// img beside it (Base: a reflink where the filesystem shares extents, else
+// a copy of its data extents, holes left holes; a file of its own, which
+// libvirt may chown for its QEMU user without touching the store), and at
+// dst a new qcow2 overlay on that copy, which takes the guest's writes.
+// The copy stays as received, as capture.Adopt wants the layer under a
+// copy's overlay. Both 0600.
+func makeDisk(ctx context.Context, img *os.File, dst string) (clonefile.Method, error) {
 	base := diskBase(dst)
-	for _, f := range []string{base, dst} {
-		if err := privateFile(f, os.O_EXCL); err != nil {
-			return err
-		}
+	m, err := clonefile.Clone(img, base, 0o600)
+	if err != nil {
+		return "", err
 	}
-	c := exec.CommandContext(ctx, "qemu-img", "convert", "-q", "-f", "raw", "-O", "qcow2", "/dev/fd/3", base)
-	c.ExtraFiles = []*os.File{img}
-	if out, err := c.CombinedOutput(); err != nil {
-		return fmt.Errorf("qemu-img convert: %w: %s", err, bytes.TrimSpace(out))
+	if err := privateFile(dst, os.O_EXCL); err != nil {
+		return "", err
 	}
 	fi, err := img.Stat()
 	if err != nil {
-		return err
+		return "", err
 	}
-	out, err := exec.CommandContext(ctx, "qemu-img", "create", "-q", "-f", "qcow2", "-u", "-F", "qcow2", "-b", base,
+	out, err := exec.CommandContext(ctx, "qemu-img", "create", "-q", "-f", "qcow2", "-u", "-F", "raw", "-b", base,
 		dst, strconv.FormatInt(fi.Size(), 10)).CombinedOutput()
 	if err != nil {
-		return fmt.Errorf("qemu-img create: %w: %s", err, bytes.TrimSpace(out))
+		return "", fmt.Errorf("qemu-img create: %w: %s", err, bytes.TrimSpace(out))
 	}
-	for _, f := range []string{base, dst} {
-		if err := os.Chmod(f, 0o600); err != nil {
-			return err
-		}
-	}
-	return nil
+	return m, os.Chmod(dst, 0o600)
 }
 
-// diskBase is the file under the copy's disk file: "disk-vda.base.qcow2"
+// diskBase is the file under the copy's disk file: "disk-vda.base.raw"
 // under "disk-vda.qcow2".
-func diskBase(disk string) string { return strings.TrimSuffix(disk, ".qcow2") + ".base.qcow2" }
+func diskBase(disk string) string { return strings.TrimSuffix(disk, ".qcow2") + ".base.raw" }
 
-// copyPrivate copies the local file src to dst (0600).
+// copyPrivate copies the local file src to dst (0600), replacing an
+// earlier copy's.
 func copyPrivate(src, dst string) error {
-	in, err := os.Open(src)
-	if err != nil {
+	if err := os.Remove(dst); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return err
 	}
-	defer in.Close()
-	out, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
-	if err != nil {
-		return err
-	}
-	if _, err := io.Copy(out, in); err != nil {
-		out.Close()
-		return err
-	}
-	return out.Close()
-}
-
-func writeFilePrivate(path string, b []byte) error {
-	tmp := path + ".tmp"
-	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
-	if err != nil {
-		return err
-	}
-	_, err = f.Write(b)
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp, path)
-	}
-	if err != nil {
-		os.Remove(tmp)
-	}
+	_, err := clonefile.CopyFile(src, dst, 0o600)
 	return err
 }
+
+func writeFilePrivate(path string, b []byte) error { return atomicfile.WriteBytes(path, 0o600, b) }
 
 // libvirt's save image (src/qemu/qemu_saveimage.h): a header of the magic
 // and u32 fields in the host's byte order, the domain XML with its NUL
@@ -535,8 +517,79 @@ func decodeSaveHeader(r io.Reader) (string, int64, error) {
 	return string(b), int64(binary.Size(h)) + int64(h.DataLen), nil
 }
 
+// restorer is the part of libvirt's API a restore uses.
+type restorer interface {
+	DomainRestoreFlags(from string, dxml libvirt.OptString, flags uint32) error
+	DomainLookupByName(name string) (libvirt.Domain, error)
+	DomainDestroy(dom libvirt.Domain) error
+}
+
+// restoreRetry is how often restoreWithin tries again to destroy a domain
+// whose restore it gave up on (libvirt defines the domain while it
+// starts QEMU).
+const restoreRetry = 200 * time.Millisecond
+
+// restoreWithin has libvirt restore the domain name, paused, from the save
+// image feed writes, and returns how much of the stream feed wrote.
+// libvirt's restore takes no cancellation: when limit passes or ctx ends
+// first, the feed is cut off (QEMU reads the end of its stream and fails
+// the load; a libvirt that has not opened the image yet finds none) and
+// the domain destroyed (a QEMU that reads nothing), and the error says so
+// (ErrLoadTimeout, or ctx's). A restore libvirt refuses is
+// ErrIncompatible.
+func restoreWithin(ctx context.Context, lv restorer, name string, feed *saveFeed, limit time.Duration) (int64, error) {
+	done := make(chan error, 1)
+	go func() {
+		done <- lv.DomainRestoreFlags(feed.path, libvirt.OptString{}, uint32(libvirt.DomainSavePaused))
+	}()
+	timer := time.NewTimer(limit)
+	defer timer.Stop()
+	var rerr, cause error
+	select {
+	case rerr = <-done:
+	case <-timer.C:
+		cause = ErrLoadTimeout
+	case <-ctx.Done():
+		cause = ctx.Err()
+	}
+	if cause != nil {
+		feed.abort()
+		retry := time.NewTicker(restoreRetry)
+		defer retry.Stop()
+		for waiting := true; waiting; {
+			if dom, err := lv.DomainLookupByName(name); err == nil {
+				lv.DomainDestroy(dom)
+			}
+			select {
+			case rerr = <-done:
+				waiting = false
+			case <-retry.C:
+			}
+		}
+		if rerr == nil { // restored just then: it goes too
+			if dom, err := lv.DomainLookupByName(name); err == nil {
+				lv.DomainDestroy(dom)
+			}
+		}
+	}
+	n, ferr := feed.end(rerr == nil && cause == nil)
+	switch {
+	case errors.Is(cause, ErrLoadTimeout):
+		return n, fmt.Errorf("resume: libvirt had not restored the checkpoint after %s (%d bytes of the stream fed), so it was stopped: "+
+			"if the guest is that large or this machine that busy, allow more time with --load-timeout (resume.load-timeout): %w", limit, n, ErrLoadTimeout)
+	case cause != nil:
+		return n, fmt.Errorf("resume: the restore was stopped: %w", cause)
+	case rerr != nil && ferr != nil:
+		return n, fmt.Errorf("resume: feed the migration stream: %w (libvirt: %v)", ferr, rerr)
+	case rerr != nil:
+		return n, fmt.Errorf("resume: libvirt did not restore the checkpoint (virDomainRestoreFlags): %w: %w", rerr, ErrIncompatible)
+	}
+	return n, nil
+}
+
 // saveFeed writes a save image into a FIFO while libvirt restores from it.
 type saveFeed struct {
+	path   string
 	f      *os.File
 	cancel context.CancelFunc
 	done   chan struct{}
@@ -545,15 +598,12 @@ type saveFeed struct {
 }
 
 // feedSaveImage makes a FIFO at path (0600) and writes into it, as libvirt
-// reads, a save image of def and the stream: the guest's RAM never lands
-// in a file of the work directory. ntc holds both ends (O_RDWR), so that
-// libvirt's open does not wait for a writer and a reader that goes away
-// does not end the writer with SIGPIPE; end stops it.
-func feedSaveImage(ctx context.Context, path, def string, s *migstream.Stream, src migstream.Source) (*saveFeed, error) {
-	hdr, err := encodeSaveHeader(def)
-	if err != nil {
-		return nil, err
-	}
+// reads, the save image's header hdr (encodeSaveHeader) and what body
+// writes (the stream): the guest's RAM never lands in a file of the work
+// directory. ntc holds both ends (O_RDWR), so that libvirt's open does not
+// wait for a writer and a reader that goes away does not end the writer
+// with SIGPIPE; end stops it.
+func feedSaveImage(ctx context.Context, path string, hdr []byte, body func(context.Context, io.Writer) error) (*saveFeed, error) {
 	if err := unix.Mkfifo(path, 0o600); err != nil {
 		return nil, fmt.Errorf("mkfifo %s: %w", path, err)
 	}
@@ -563,17 +613,27 @@ func feedSaveImage(ctx context.Context, path, def string, s *migstream.Stream, s
 		return nil, err
 	}
 	ctx, cancel := context.WithCancel(ctx)
-	sf := &saveFeed{f: f, cancel: cancel, done: make(chan struct{})}
+	sf := &saveFeed{path: path, f: f, cancel: cancel, done: make(chan struct{})}
 	go func() {
 		defer close(sf.done)
 		cw := &countWriter{w: f}
 		_, err := f.Write(hdr)
 		if err == nil {
-			err = migstream.Join(ctx, cw, s, src)
+			err = body(ctx, cw)
 		}
 		sf.n, sf.err = cw.n, err
 	}()
 	return sf, nil
+}
+
+// abort cuts the image off: the FIFO goes first, so that a libvirt that
+// has not opened it yet finds none (rather than waiting in open for a
+// writer forever), then ntc's end of it, so that a reader gets the end of
+// its stream.
+func (sf *saveFeed) abort() {
+	os.Remove(sf.path)
+	sf.cancel()
+	sf.f.Close()
 }
 
 // end stops the writer once libvirt's restore has returned and reports
@@ -645,11 +705,14 @@ var (
 	libvirtMachProps = []string{"usb", "dump-guest-core", "vmport", "smm"}
 )
 
-// pciAddress is the <address/> of a device at bus (pci.0 or pcie.0, the
-// root bus) and addr ("0x2", "0x1.2").
-func pciAddress(d capture.Device) (string, error) {
-	if d.Bus != "pci.0" && d.Bus != "pcie.0" {
-		return "", refuse("device %s (%s) on bus %q: ntc puts devices on the root PCI bus of a libvirt domain only", d.ID, d.Driver, d.Bus)
+// pciAddress is the <address/> of a device at bus and addr ("0x2",
+// "0x1.2", "0x1.0x2"). buses gives the libvirt controller index of each
+// bus: 0 for the root bus (pci.0 or pcie.0), N for the root port that is
+// the domain's controller N.
+func pciAddress(d capture.Device, buses map[string]int) (string, error) {
+	bus, ok := buses[d.Bus]
+	if !ok {
+		return "", refuse("device %s (%s) on bus %q: ntc puts devices on the root PCI bus of a libvirt domain or on its PCIe root ports only", d.ID, d.Driver, d.Bus)
 	}
 	slot, fn, _ := strings.Cut(d.Addr, ".")
 	s, err1 := strconv.ParseUint(strings.TrimPrefix(slot, "0x"), 16, 8)
@@ -657,7 +720,25 @@ func pciAddress(d capture.Device) (string, error) {
 	if d.Addr == "" || err1 != nil || err2 != nil || s > 31 || f > 7 {
 		return "", refuse("device %s (%s): PCI address %q", d.ID, d.Driver, d.Addr)
 	}
-	return fmt.Sprintf("<address type='pci' domain='0x0000' bus='0x00' slot='0x%02x' function='0x%x'/>", s, f), nil
+	multi := ""
+	if slices.Contains([]string{"on", "true", "yes"}, d.Props["multifunction"]) {
+		multi = " multifunction='on'"
+	}
+	return fmt.Sprintf("<address type='pci' domain='0x0000' bus='0x%02x' slot='0x%02x' function='0x%x'%s/>", bus, s, f, multi), nil
+}
+
+// rootPortBuses numbers the PCIe root ports of a description as libvirt's
+// PCI controllers 1, 2, … in their order (libvirt fills a gap in the
+// numbers with controllers of its own, which the source did not have),
+// after the root bus 0.
+func rootPortBuses(devices []capture.Device) map[string]int {
+	buses := map[string]int{"pci.0": 0, "pcie.0": 0}
+	for _, d := range devices {
+		if slices.Contains(rootPorts, d.Driver) && d.ID != "" {
+			buses[d.ID] = len(buses) - 1
+		}
+	}
+	return buses
 }
 
 // domainXML writes the domain XML of a validated description (see the top
@@ -770,11 +851,12 @@ func domainXML(m *capture.Manifest, h libvirtHost) (*domainDef, error) {
 		diskOf[d.Node] = i
 	}
 	usb, balloon := false, false
+	buses := rootPortBuses(mc.Devices)
 	for _, d := range mc.Devices {
 		var addr string
 		if d.Driver != "isa-serial" && !strings.HasPrefix(d.Driver, "usb-") {
 			var err error
-			if addr, err = pciAddress(d); err != nil {
+			if addr, err = pciAddress(d, buses); err != nil {
 				return nil, err
 			}
 		}
@@ -783,6 +865,28 @@ func domainXML(m *capture.Manifest, h libvirtHost) (*domainDef, error) {
 			boot = fmt.Sprintf("<boot order='%s'/>", esc(o))
 		}
 		switch {
+		case slices.Contains(rootPorts, d.Driver):
+			// chassis and port as the source had them: libvirt would
+			// choose its own, which the migrated config space would not fit.
+			chassis, err1 := strconv.ParseUint(d.Props["chassis"], 0, 8)
+			port, err2 := strconv.ParseUint(d.Props["port"], 0, 8)
+			if d.ID == "" || err1 != nil || err2 != nil {
+				return nil, refuse("root port %q without an id, chassis and port: libvirt would choose its own; resume it without --libvirt", d.ID)
+			}
+			for k := range d.Props {
+				if !slices.Contains([]string{"chassis", "port", "multifunction", "hotplug"}, k) {
+					return nil, refuse("root port %s: property %s: resume it without --libvirt", d.ID, k)
+				}
+			}
+			hotplug := ""
+			if v, ok := d.Props["hotplug"]; ok {
+				hotplug = " hotplug='on'"
+				if slices.Contains([]string{"off", "false", "no"}, v) {
+					hotplug = " hotplug='off'"
+				}
+			}
+			p("    <controller type='pci' index='%d' model='pcie-root-port'><model name='%s'/><target chassis='%d' port='0x%x'%s/>%s</controller>\n",
+				buses[d.ID], d.Driver, chassis, port, hotplug, addr)
 		case d.Driver == "virtio-blk-pci":
 			i, ok := diskOf[d.Props["drive"]]
 			if !ok {

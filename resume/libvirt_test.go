@@ -5,7 +5,9 @@ import (
 	"encoding/xml"
 	"errors"
 	"flag"
+	"fmt"
 	"os"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -47,6 +49,43 @@ func libvirtManifest() *capture.Manifest {
 	return m
 }
 
+// libvirtQ35Manifest is libvirtManifest on a q35, as capture describes
+// the test guest's q35 domain (capture/testdata/libvirt/domain-q35.xml):
+// three PCIe root ports on pcie.0 (the first multifunction), the disk
+// behind the second, the NIC behind the first, the third spare.
+func libvirtQ35Manifest() *capture.Manifest {
+	m := libvirtManifest()
+	mc := &m.Machine
+	mc.Type = "pc-q35-7.2"
+	mc.Flags = []string{"nodefaults", "no-shutdown"}
+	var devs []capture.Device
+	for i, port := range []string{"8", "9", "10"} {
+		rp := capture.Device{Driver: "pcie-root-port", ID: fmt.Sprintf("pci.%d", i+1), Bus: "pcie.0", Addr: "0x1",
+			Props: map[string]string{"chassis": strconv.Itoa(i + 1), "port": port}}
+		if i == 0 {
+			rp.Props["multifunction"] = "on"
+		} else {
+			rp.Addr += fmt.Sprintf(".0x%d", i)
+		}
+		devs = append(devs, rp)
+	}
+	for _, d := range mc.Devices {
+		switch d.Driver {
+		case "virtio-blk-pci":
+			d.Bus, d.Addr = "pci.2", "0x0"
+		case "virtio-net-pci":
+			d.Bus, d.Addr = "pci.1", "0x0"
+		case "isa-serial":
+		default:
+			continue
+		}
+		devs = append(devs, d)
+	}
+	mc.Devices = devs
+	mc.Objects = nil
+	return m
+}
+
 var testLibvirtHost = libvirtHost{name: "office-vm", work: "/w", kernel: "/w/vmlinuz", initrd: "/w/initrd.img"}
 
 // TestDomainXML: the domain XML of a validated description, against the
@@ -60,22 +99,7 @@ func TestDomainXML(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	golden := "testdata/libvirt-domain.xml"
-	if *update {
-		if err := os.MkdirAll("testdata", 0o755); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(golden, []byte(def.xml), 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
-	want, err := os.ReadFile(golden)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if def.xml != string(want) {
-		t.Errorf("domain XML:\n%s\nwant (%s):\n%s", def.xml, golden, want)
-	}
+	want := golden(t, "testdata/libvirt-domain.xml", def.xml)
 	if len(def.disks) != 1 || def.disks[0] != (LibvirtDisk{Device: "vda", Target: "vda", File: "/w/disk-vda.qcow2"}) || def.diskImage[0] != 0 {
 		t.Errorf("disks %+v %v", def.disks, def.diskImage)
 	}
@@ -99,6 +123,70 @@ func TestDomainXML(t *testing.T) {
 		if _, ok := parseUUID(bad); ok {
 			t.Errorf("parseUUID(%q) accepted", bad)
 		}
+	}
+}
+
+// golden compares got with the golden file path (which -update
+// rewrites) and returns the file's content.
+func golden(t *testing.T, path, got string) string {
+	t.Helper()
+	if *update {
+		if err := os.WriteFile(path, []byte(got), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	want, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got != string(want) {
+		t.Errorf("domain XML:\n%s\nwant (%s):\n%s", got, path, want)
+	}
+	return string(want)
+}
+
+// TestDomainXMLQ35: a q35's root ports become libvirt's pcie-root-port
+// controllers, numbered as their ids, with the source's chassis and port;
+// the devices behind them are on those controllers' buses (golden file:
+// go test -run TestDomainXMLQ35 -update rewrites it).
+func TestDomainXMLQ35(t *testing.T) {
+	m := libvirtQ35Manifest()
+	if _, err := validate(m); err != nil {
+		t.Fatalf("the description capture makes of a q35 libvirt domain is refused: %v", err)
+	}
+	def, err := domainXML(m, testLibvirtHost)
+	if err != nil {
+		t.Fatal(err)
+	}
+	golden(t, "testdata/libvirt-domain-q35.xml", def.xml)
+	// Read back as capture reads a live domain's XML, the devices are
+	// where the description had them.
+	var d struct {
+		Controllers []struct {
+			Index  string `xml:"index,attr"`
+			Model  string `xml:"model,attr"`
+			Target struct {
+				Chassis string `xml:"chassis,attr"`
+				Port    string `xml:"port,attr"`
+			} `xml:"target"`
+		} `xml:"devices>controller"`
+		Disk struct {
+			Address struct {
+				Bus string `xml:"bus,attr"`
+			} `xml:"address"`
+		} `xml:"devices>disk"`
+	}
+	if err := xml.Unmarshal([]byte(def.xml), &d); err != nil {
+		t.Fatal(err)
+	}
+	var ports []string
+	for _, c := range d.Controllers {
+		if c.Model == "pcie-root-port" {
+			ports = append(ports, c.Index+":"+c.Target.Chassis+":"+c.Target.Port)
+		}
+	}
+	if strings.Join(ports, " ") != "1:1:0x8 2:2:0x9 3:3:0xa" || d.Disk.Address.Bus != "0x02" {
+		t.Errorf("root ports (index:chassis:port) %q, the disk on bus %s; want 1:1:0x8 2:2:0x9 3:3:0xa, 0x02", ports, d.Disk.Address.Bus)
 	}
 }
 
@@ -140,6 +228,17 @@ func TestDomainXMLRefuses(t *testing.T) {
 		{"defaults", func(m *capture.Machine) { m.Flags = []string{"no-acpi"} }, "-nodefaults"},
 		{"serial option", func(m *capture.Machine) { m.Serials = []capture.Serial{{Chardev: "charserial0"}} }, "-serial"},
 		{"bridge", func(m *capture.Machine) { m.Devices[2].Bus = "pci.1" }, `bus "pci.1"`},
+		{"root port without chassis", func(m *capture.Machine) {
+			m.Devices = append([]capture.Device{{Driver: "pcie-root-port", ID: "pci.1", Bus: "pcie.0", Addr: "0x9", Props: map[string]string{"port": "8"}}}, m.Devices...)
+		}, "without an id, chassis and port"},
+		{"root port property", func(m *capture.Machine) {
+			m.Devices = append([]capture.Device{{Driver: "pcie-root-port", ID: "pci.1", Bus: "pcie.0", Addr: "0x9",
+				Props: map[string]string{"port": "8", "chassis": "1", "bus-reserve": "1"}}}, m.Devices...)
+		}, "root port pci.1: property bus-reserve"},
+		{"a bridge other than a root port", func(m *capture.Machine) {
+			m.Devices = append([]capture.Device{{Driver: "pci-bridge", ID: "br0", Bus: "pci.0", Addr: "0x9", Props: map[string]string{"chassis_nr": "1"}}}, m.Devices...)
+			m.Devices[3].Bus, m.Devices[3].Addr = "br0", "0x1"
+		}, "br0 (pci-bridge): ntc does not write it"},
 		{"no address", func(m *capture.Machine) { m.Devices[2].Addr = "" }, "PCI address"},
 		{"device", func(m *capture.Machine) {
 			m.Devices = append(m.Devices, capture.Device{Driver: "pvpanic", ID: "panic0"})

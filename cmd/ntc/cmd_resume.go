@@ -417,7 +417,7 @@ func resumeLibvirt(ctx context.Context, g *globals, o resumeOptions, network res
 		return err
 	}
 	d, err := resume.StartLibvirt(ctx, resume.LibvirtConfig{Images: images, Manifest: manifest, WorkDir: work, Name: o.name,
-		Connect: o.connect, Network: network, Kernel: o.kernel, Initrd: o.initrd, Persistent: o.persistent})
+		Connect: o.connect, Network: network, Kernel: o.kernel, Initrd: o.initrd, Persistent: o.persistent, LoadTimeout: o.loadTimeout})
 	if err != nil {
 		return err
 	}

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/ntc-project/ntc/capture"
+	"github.com/ntc-project/ntc/internal/clonefile"
 	"github.com/ntc-project/ntc/internal/libvirttest"
 	"github.com/ntc-project/ntc/internal/testguest"
 	"github.com/ntc-project/ntc/resume"
@@ -43,22 +44,8 @@ func TestResumeLibvirtDomain(t *testing.T) {
 	if _, err := d.WaitTick(ctx, 2); err != nil {
 		t.Fatal(err)
 	}
-	var rnd [4]byte
-	rand.Read(rnd[:])
-	set := "ntc-copy-" + hex.EncodeToString(rnd[:])
-	office, home := newNode(t), newNode(t)
-	store := t.TempDir()
-	addr, _ := serve(t, home, store, office.id)
-	repo := filepath.Join(t.TempDir(), set)
-
-	before := d.LastTick()
-	if out, err := office.cmd(ctx, "checkpoint", "--domain", d.Name, "--connect", libvirttest.URI, "--out", repo, "--name", set).CombinedOutput(); err != nil {
-		t.Fatalf("checkpoint --domain: %v: %s", err, out)
-	}
-	after := d.LastTick()
-	if _, err := push(t, ctx, office, addr, home.id, "--checkpoint", repo, "--name", set); err != nil {
-		t.Fatal(err)
-	}
+	h := checkpointAndPush(t, ctx, d, "ntc-copy-")
+	set, store, home, before, after := h.set, h.store, h.home, h.before, h.after
 	srcUUID, err := libvirttest.Virsh(ctx, "domuuid", d.Name)
 	if err != nil {
 		t.Fatal(err)
@@ -68,46 +55,26 @@ func TestResumeLibvirtDomain(t *testing.T) {
 	if _, err := d.Virsh(ctx, "destroy", d.Name); err != nil {
 		t.Fatal(err)
 	}
-	images := filepath.Join(store, "sets", set, "images")
-	// The disk is named after libvirt's alias of it.
-	diskTick, err := testguest.ReadDiskTick(ctx, filepath.Join(images, "disk-virtio-disk0"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	images, diskTick := h.images, h.diskTick
 	if diskTick < before || diskTick > after+1 {
 		t.Fatalf("the received disk says tick %d; the guest printed tick %d before the checkpoint and %d after", diskTick, before, after)
 	}
 	sums := treeSums(t, images)
 
-	// libvirt's QEMU user must reach the work directory.
-	parent, err := os.MkdirTemp("", "ntclvr-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(parent) })
-	if err := os.Chmod(parent, 0o711); err != nil {
-		t.Fatal(err)
-	}
+	parent := libvirtWorkParent(t)
 	work := filepath.Join(parent, "copy")
 	t.Cleanup(func() {
 		libvirttest.Virsh(context.WithoutCancel(ctx), "destroy", set)
 	})
 	// The office node checkpointed the set, so it is recorded as running
 	// it; the original was destroyed by hand here: --force.
-	c := home.cmd(ctx, "--json", "resume", "--libvirt", "--force", "--connect", libvirttest.URI, "--store", store, "--name", set,
+	res := resumeLibvirtJSON(t, ctx, home, "--force", "--connect", libvirttest.URI, "--store", store, "--name", set,
 		"--workdir", work, "--kernel", filepath.Join(d.Dir, "vmlinuz"), "--initrd", filepath.Join(d.Dir, "initrd.img"))
-	var stderr strings.Builder
-	c.Stderr = &stderr
-	out, err := c.Output()
-	if err != nil {
-		t.Fatalf("resume --libvirt: %v: %s", err, stderr.String())
+	t.Logf("resumed as domain %s in %v (a %d-byte stream; prepared in %v, of which the disk copy (%s) %v; restored in %v)",
+		res.Name, res.Timings.Total, res.Timings.StreamBytes, res.Timings.Prepare, res.Disks[0].Copy, res.Timings.DiskCopy, res.Timings.Restore)
+	if c := res.Disks[0].Copy; c != clonefile.Reflink && c != clonefile.Sparse {
+		t.Errorf("the disk was copied by %q", c)
 	}
-	var res resume.LibvirtDomain
-	if err := json.Unmarshal(out, &res); err != nil {
-		t.Fatalf("resume --libvirt printed %s: %v", out, err)
-	}
-	t.Logf("resumed as domain %s in %v (a %d-byte stream; prepared in %v, restored in %v)",
-		res.Name, res.Timings.Total, res.Timings.StreamBytes, res.Timings.Prepare, res.Timings.Restore)
 	if res.Name != set || len(res.Disks) != 1 || len(res.LinksDown) != 1 || res.SerialLog == "" {
 		t.Fatalf("resume --libvirt --json: %+v", res)
 	}
@@ -304,4 +271,162 @@ func TestResumeLibvirtRefusesPlainOptions(t *testing.T) {
 			t.Errorf("resume --libvirt %v: exit %d, %q", extra, code, errs)
 		}
 	}
+}
+
+// TestResumeLibvirtQ35 hands a q35 libvirt guest over, as virt-manager
+// makes them: its disk and NIC each behind a PCIe root port (pcie-root-port
+// controllers pci.1, pci.2, and a spare pci.3 on pcie.0). 'ntc resume
+// --libvirt' recreates the root ports, with the source's chassis and port,
+// and the copy goes on from the checkpoint's tick without booting; the
+// same checkpoint resumes as a plain QEMU (no --libvirt) too.
+func TestResumeLibvirtQ35(t *testing.T) {
+	libvirttest.Daemon(t)
+	libvirttest.RequireUserfaultfd(t)
+	d := libvirttest.StartDomain(t, libvirttest.DomainOptions{Machine: "q35", Memory: testguest.PreferHugePages(testguest.DefaultMemoryMiB), DiskBusyMiB: 1, NIC: true})
+	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Minute)
+	defer cancel()
+	src, err := d.XML(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := strings.Count(src, "model='pcie-root-port'"); n < 2 || !strings.Contains(src, "machine='pc-q35-") {
+		t.Fatalf("the source domain is not a q35 with its devices behind root ports (%d root ports):\n%s", n, src)
+	}
+	h := checkpointAndPush(t, ctx, d, "ntc-q35-")
+	set, store, home := h.set, h.store, h.home
+	if _, err := d.Virsh(ctx, "destroy", d.Name); err != nil {
+		t.Fatal(err)
+	}
+	diskTick := h.diskTick
+
+	parent := libvirtWorkParent(t)
+	t.Cleanup(func() { libvirttest.Virsh(context.WithoutCancel(ctx), "destroy", set) })
+	kernel := []string{"--kernel", filepath.Join(d.Dir, "vmlinuz"), "--initrd", filepath.Join(d.Dir, "initrd.img")}
+	res := resumeLibvirtJSON(t, ctx, home, append([]string{"--force", "--connect", libvirttest.URI, "--store", store, "--name", set,
+		"--workdir", filepath.Join(parent, "copy")}, kernel...)...)
+	t.Logf("resumed the q35 as domain %s in %v (prepared in %v, restored in %v)", res.Name, res.Timings.Total, res.Timings.Prepare, res.Timings.Restore)
+	// libvirt's own view of the copy: the root ports as the source had
+	// them, the disk and NIC behind them.
+	copyXML, err := libvirttest.Virsh(ctx, "dumpxml", set)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []*regexp.Regexp{
+		regexp.MustCompile(`(?s)<controller type='pci' index='1' model='pcie-root-port'>.*?<target chassis='1' port='0x8'/>.*?<alias name='pci.1'/>`),
+		regexp.MustCompile(`(?s)<controller type='pci' index='2' model='pcie-root-port'>.*?<target chassis='2' port='0x9'/>`),
+		regexp.MustCompile(`(?s)<disk .*?<address type='pci' domain='0x0000' bus='0x02' slot='0x00' function='0x0'/>.*?</disk>`),
+		regexp.MustCompile(`(?s)<interface .*?<link state='down'/>.*?<address type='pci' domain='0x0000' bus='0x01' slot='0x00' function='0x0'/>.*?</interface>`),
+	} {
+		if !want.MatchString(copyXML) {
+			t.Errorf("the copy's domain XML has no match for %s:\n%s", want, copyXML)
+		}
+	}
+	first := continuedTick(t, ctx, res.SerialLog, 3)
+	if first != diskTick+1 && first != diskTick {
+		t.Errorf("the q35 copy's first tick is %d; the checkpoint's disk says %d", first, diskTick)
+	}
+	t.Logf("the checkpoint's disk says tick %d; the libvirt copy went on with tick %d", diskTick, first)
+
+	// The same checkpoint as a plain QEMU: ntc's own command line puts the
+	// devices behind the root ports.
+	if _, err := libvirttest.Virsh(ctx, "destroy", set); err != nil {
+		t.Fatal(err)
+	}
+	plain := filepath.Join(parent, "plain")
+	t.Cleanup(func() { killQEMUsIn(t, plain) })
+	pc := home.cmd(ctx, append([]string{"--json", "resume", "--store", store, "--name", set, "--workdir", plain, "--detach"}, kernel...)...)
+	var perr strings.Builder
+	pc.Stderr = &perr
+	if _, err := pc.Output(); err != nil {
+		t.Fatalf("resume (plain QEMU) of the q35 libvirt guest's checkpoint: %v: %s", err, perr.String())
+	}
+	if pfirst := continuedTick(t, ctx, filepath.Join(plain, "chardev-charserial0.log"), 2); pfirst != diskTick+1 && pfirst != diskTick {
+		t.Errorf("the plain q35 copy's first tick is %d; the checkpoint's disk says %d", pfirst, diskTick)
+	}
+	killQEMUsIn(t, plain)
+}
+
+// continuedTick waits for n lines of a copy's serial log and returns the
+// first tick in them; it fails t if the copy booted.
+func continuedTick(t *testing.T, ctx context.Context, log string, n int) int {
+	t.Helper()
+	lines := waitSerialFile(t, ctx, log, n)
+	for _, l := range lines {
+		if strings.Contains(l, "Linux version") || strings.HasPrefix(l, "ntc: ready") {
+			t.Errorf("the copy booted: %q", l)
+		}
+	}
+	return firstTick(lines)
+}
+
+// libvirtWorkParent is a directory for libvirt copies' work directories
+// that libvirt's QEMU user can pass through (0711, outside t.TempDir's
+// 0700 parent), removed when t ends.
+func libvirtWorkParent(t *testing.T) string {
+	t.Helper()
+	parent, err := os.MkdirTemp("", "ntclvr-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(parent) })
+	if err := os.Chmod(parent, 0o711); err != nil {
+		t.Fatal(err)
+	}
+	return parent
+}
+
+// resumeLibvirtJSON runs 'ntc --json resume --libvirt ARGS' at n and
+// returns what it printed.
+func resumeLibvirtJSON(t *testing.T, ctx context.Context, n node, args ...string) resume.LibvirtDomain {
+	t.Helper()
+	c := n.cmd(ctx, append([]string{"--json", "resume", "--libvirt"}, args...)...)
+	var stderr strings.Builder
+	c.Stderr = &stderr
+	out, err := c.Output()
+	if err != nil {
+		t.Fatalf("resume --libvirt %s: %v: %s", strings.Join(args, " "), err, stderr.String())
+	}
+	var res resume.LibvirtDomain
+	if err := json.Unmarshal(out, &res); err != nil {
+		t.Fatalf("resume --libvirt printed %s: %v", out, err)
+	}
+	return res
+}
+
+// handedOver is a libvirt guest's checkpoint pushed to another node.
+type handedOver struct {
+	set, store string // the set (named prefix + random) at the receiver's store
+	home       node   // the receiver
+	// before and after are the guest's last ticks around the checkpoint.
+	before, after int
+	images        string // the set's images at the receiver
+	diskTick      int    // the tick on the received disk
+}
+
+// checkpointAndPush checkpoints the domain d at an office node
+// ('ntc checkpoint --domain') and pushes the checkpoint to a home node
+// that serves a store.
+func checkpointAndPush(t *testing.T, ctx context.Context, d *libvirttest.Domain, prefix string) handedOver {
+	t.Helper()
+	var rnd [4]byte
+	rand.Read(rnd[:])
+	h := handedOver{set: prefix + hex.EncodeToString(rnd[:]), store: t.TempDir(), home: newNode(t)}
+	office := newNode(t)
+	addr, _ := serve(t, h.home, h.store, office.id)
+	repo := filepath.Join(t.TempDir(), h.set)
+	h.before = d.LastTick()
+	if out, err := office.cmd(ctx, "checkpoint", "--domain", d.Name, "--connect", libvirttest.URI, "--out", repo, "--name", h.set).CombinedOutput(); err != nil {
+		t.Fatalf("checkpoint --domain: %v: %s", err, out)
+	}
+	h.after = d.LastTick()
+	if _, err := push(t, ctx, office, addr, h.home.id, "--checkpoint", repo, "--name", h.set); err != nil {
+		t.Fatal(err)
+	}
+	h.images = filepath.Join(h.store, "sets", h.set, "images")
+	// The disk is named after libvirt's alias of it.
+	var err error
+	if h.diskTick, err = testguest.ReadDiskTick(ctx, filepath.Join(h.images, "disk-virtio-disk0")); err != nil {
+		t.Fatal(err)
+	}
+	return h
 }

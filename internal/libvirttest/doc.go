@@ -10,7 +10,8 @@
 //   - Domain: a transient libvirt domain (`virsh create`, gone once
 //     destroyed) of type qemu (TCG: guests under KVM hang on the project's
 //     machines) booting the test guest's kernel and initramfs from copies in
-//     its own directory, with a qcow2 disk on virtio-blk (target vda) and
+//     its own directory, on a PC (i440FX) or a q35 whose devices libvirt
+//     puts behind PCIe root ports, with a qcow2 disk on virtio-blk (target vda) and
 //     the serial console on a unix socket that libvirt listens on and the
 //     harness reads: the guest's "tick N" lines, once a second.
 //

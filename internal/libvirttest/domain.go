@@ -8,7 +8,6 @@ import (
 	"encoding/xml"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"os"
 	"os/exec"
@@ -19,6 +18,7 @@ import (
 	"text/template"
 	"time"
 
+	"github.com/ntc-project/ntc/internal/clonefile"
 	"github.com/ntc-project/ntc/internal/testguest"
 	"github.com/ntc-project/ntc/internal/testguest/guesttest"
 )
@@ -37,6 +37,11 @@ type DomainOptions struct {
 	// NIC gives the domain a virtio NIC on a user-mode backend, with
 	// NICMAC as its address.
 	NIC bool
+	// Machine is the machine type: "" or "pc" (i440FX, every device on
+	// the root bus), or "q35" (PCI Express, with ACPI: libvirt puts each
+	// PCIe device behind a pcie-root-port of its own, as virt-manager's
+	// guests have them).
+	Machine string
 }
 
 // NICMAC is the MAC address of the NIC DomainOptions.NIC adds.
@@ -65,11 +70,14 @@ var domainTemplate = template.Must(template.New("domain").Funcs(template.FuncMap
 {{- end}}
   <vcpu>1</vcpu>
   <os>
-    <type arch='x86_64' machine='pc'>hvm</type>
+    <type arch='x86_64' machine='{{x .Machine}}'>hvm</type>
     <kernel>{{x .Kernel}}</kernel>
     <initrd>{{x .Initrd}}</initrd>
     <cmdline>{{x .Cmdline}}</cmdline>
   </os>
+{{- if eq .Machine "q35"}}
+  <features><acpi/></features>
+{{- end}}
   <cpu mode='custom'><model>qemu64</model></cpu>
   <on_reboot>destroy</on_reboot>
   <devices>
@@ -125,6 +133,13 @@ func startDomain(ctx context.Context, opts DomainOptions) (*Domain, error) {
 	if opts.MemoryMiB == 0 {
 		opts.MemoryMiB = testguest.DefaultMemoryMiB
 	}
+	switch opts.Machine {
+	case "":
+		opts.Machine = "pc"
+	case "pc", "q35":
+	default:
+		return nil, fmt.Errorf("domain machine %q: want pc or q35", opts.Machine)
+	}
 	switch opts.Memory {
 	case "", testguest.MemoryPrivate, testguest.MemoryHugePages:
 	default:
@@ -152,7 +167,7 @@ func startDomain(ctx context.Context, opts DomainOptions) (*Domain, error) {
 	}
 	kernel, initrd := filepath.Join(dir, "vmlinuz"), filepath.Join(dir, "initrd.img")
 	for _, c := range [][2]string{{g.Kernel, kernel}, {g.Initrd, initrd}} {
-		if err := copyFile(c[0], c[1]); err != nil {
+		if _, err := clonefile.CopyFile(c[0], c[1], 0o600); err != nil {
 			return d, err
 		}
 	}
@@ -168,7 +183,7 @@ func startDomain(ctx context.Context, opts DomainOptions) (*Domain, error) {
 	var def strings.Builder
 	if err := domainTemplate.Execute(&def, map[string]any{
 		"Name": d.Name, "MemoryMiB": opts.MemoryMiB, "HugePages": opts.Memory == testguest.MemoryHugePages,
-		"Kernel": kernel, "Initrd": initrd, "Disk": d.Disk, "Console": sock, "NIC": opts.NIC, "MAC": NICMAC,
+		"Machine": opts.Machine, "Kernel": kernel, "Initrd": initrd, "Disk": d.Disk, "Console": sock, "NIC": opts.NIC, "MAC": NICMAC,
 		"Cmdline": fmt.Sprintf("console=ttyS0 panic=1 ntc.busy=%d ntc.diskbusy=%d", opts.BusyMiB, opts.DiskBusyMiB),
 	}); err != nil {
 		return d, err
@@ -186,23 +201,6 @@ func startDomain(ctx context.Context, opts DomainOptions) (*Domain, error) {
 	}
 	d.console = c
 	return d, nil
-}
-
-func copyFile(src, dst string) error {
-	in, err := os.Open(src)
-	if err != nil {
-		return err
-	}
-	defer in.Close()
-	out, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
-	if err != nil {
-		return err
-	}
-	if _, err := io.Copy(out, in); err != nil {
-		out.Close()
-		return err
-	}
-	return out.Close()
 }
 
 // cleanup destroys the domain if it still runs, closes the console and
