@@ -337,10 +337,16 @@ func TestResumeLibvirtQ35(t *testing.T) {
 	pc := home.cmd(ctx, append([]string{"--json", "resume", "--store", store, "--name", set, "--workdir", plain, "--detach"}, kernel...)...)
 	var perr strings.Builder
 	pc.Stderr = &perr
-	if _, err := pc.Output(); err != nil {
+	pout, err := pc.Output()
+	if err != nil {
 		t.Fatalf("resume (plain QEMU) of the q35 libvirt guest's checkpoint: %v: %s", err, perr.String())
 	}
-	if pfirst := continuedTick(t, ctx, filepath.Join(plain, "chardev-charserial0.log"), 2); pfirst != diskTick+1 && pfirst != diskTick {
+	var pres resumeJSON
+	if err := json.Unmarshal(pout, &pres); err != nil {
+		t.Fatalf("resume --json: %v: %s", err, pout)
+	}
+	// libvirt's console is an isa-serial device: the plain copy's console.
+	if pfirst := continuedTick(t, ctx, pres.SerialLog, 2); pfirst != diskTick+1 && pfirst != diskTick {
 		t.Errorf("the plain q35 copy's first tick is %d; the checkpoint's disk says %d", pfirst, diskTick)
 	}
 	killQEMUsIn(t, plain)
