@@ -366,7 +366,18 @@ var planRules = []struct {
 }{
 	{rule: "machine: type, accelerator, properties, RAM backend",
 		change: func(m *capture.Manifest, h *host) { m.Machine.Props = map[string]string{"smm": "off"} },
-		has:    [][2]string{{"-machine", "pc-i440fx-7.2,accel=tcg,smm=off,memory-backend=pc.ram"}}},
+		has:    [][2]string{{"-machine", "pc-i440fx-7.2,smm=off,memory-backend=pc.ram"}}},
+	{rule: "TCG runs with its code buffer split (a service under MemoryDenyWriteExecute refuses it whole)",
+		change: func(m *capture.Manifest, h *host) {},
+		has:    [][2]string{{"-accel", "tcg,split-wx=on"}},
+		lacks:  []string{"accel=tcg"}},
+	{rule: "QEMU's default accelerator is TCG, split too",
+		change: func(m *capture.Manifest, h *host) { m.Machine.Accel = "" },
+		has:    [][2]string{{"-accel", "tcg,split-wx=on"}}},
+	{rule: "KVM stays the machine's accelerator",
+		change: func(m *capture.Manifest, h *host) { m.Machine.Accel = "kvm" },
+		has:    [][2]string{{"-machine", "pc-i440fx-7.2,accel=kvm,memory-backend=pc.ram"}},
+		lacks:  []string{"-accel", "split-wx"}},
 	{rule: "CPU model and features",
 		change: func(m *capture.Manifest, h *host) {
 			m.Machine.CPU.Features = []capture.Prop{{Name: "x2apic", Value: "off"}, {Name: "hv-spinlocks", Value: "0x1fff"}}
@@ -392,7 +403,7 @@ var planRules = []struct {
 			"memory-backend-memfd,id=pc.ram,size=268435456,share=on,hugetlb=on,hugetlbsize=2M,prealloc=on,x-use-canonical-path-for-ramblock-id=off"}}},
 	{rule: "no RAM backend without a backend id",
 		change: func(m *capture.Manifest, h *host) { m.Machine.RAM.BackendID = "" },
-		has:    [][2]string{{"-machine", "pc-i440fx-7.2,accel=tcg"}},
+		has:    [][2]string{{"-machine", "pc-i440fx-7.2"}},
 		lacks:  []string{"memory-backend"}},
 	{rule: "flags",
 		change: func(m *capture.Manifest, h *host) { m.Machine.Flags = []string{"no-hpet", "no-shutdown"} },

@@ -60,6 +60,9 @@ func TestMain(m *testing.M) {
 	if len(os.Args) > 1 && os.Args[1] == KeeperArg {
 		os.Exit(RunKeeper(os.Args[2:]))
 	}
+	if os.Getenv(mdweEnv) != "" {
+		os.Exit(mdweExec(os.Args[1:]))
+	}
 	if sc := os.Getenv(fakeQEMUEnv); sc != "" {
 		os.Exit(fakeQEMU(sc, os.Args[1:]))
 	}

@@ -176,7 +176,13 @@ func withProps(o qemuopt.Opts, ps map[string]string) qemuopt.Opts {
 // backend), the source's flags, no display, and the sandbox.
 func (c *cmdline) machine(mc *capture.Machine, h host) {
 	mo := kv("type", mc.Type)
-	if mc.Accel != "" {
+	// TCG maps its code buffer writable and executable at once unless it is
+	// split: a service hardened with MemoryDenyWriteExecute
+	// (configs/ntc-serve.service, which resumes hand-offs) refuses that
+	// mapping ("mprotect of jit buffer"), so the copy's TCG runs split. ""
+	// is QEMU's default accelerator, TCG.
+	tcg := mc.Accel == "" || mc.Accel == "tcg"
+	if !tcg {
 		mo = append(mo, qemuopt.Pair{Key: "accel", Value: mc.Accel})
 	}
 	mo = withProps(mo, mc.Props)
@@ -184,6 +190,9 @@ func (c *cmdline) machine(mc *capture.Machine, h host) {
 		mo = append(mo, qemuopt.Pair{Key: "memory-backend", Value: mc.RAM.BackendID})
 	}
 	c.opt("-machine", "type", mo)
+	if tcg {
+		c.opt("-accel", "accel", kv("accel", "tcg", "split-wx", "on"))
+	}
 	if cpu := mc.CPU; cpu.Model != "" {
 		co := kv("model", cpu.Model)
 		for _, f := range cpu.Features {

@@ -46,7 +46,7 @@ func TestPlanBuildsTheCommandLine(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := []string{"/usr/bin/qemu-system-x86_64",
-		"-machine", "pc-i440fx-7.2,accel=tcg,memory-backend=pc.ram", "-cpu", "qemu64", "-smp", "1", "-m", "256M",
+		"-machine", "pc-i440fx-7.2,memory-backend=pc.ram", "-accel", "tcg,split-wx=on", "-cpu", "qemu64", "-smp", "1", "-m", "256M",
 		"-object", "memory-backend-memfd,id=pc.ram,size=268435456,share=on,x-use-canonical-path-for-ramblock-id=off",
 		"-nodefaults", "-no-reboot", "-display", "none", "-sandbox", sandboxOpts,
 		"-kernel", "/boot/vmlinuz", "-initrd", "/boot/initrd", "-append", "console=ttyS0 panic=1",
@@ -195,7 +195,7 @@ func confined(t *testing.T, argv []string, h host) {
 		return !strings.Contains(v, "/") || strings.HasPrefix(v, h.work+"/") || strings.HasPrefix(v, "/dev/fdset/") ||
 			v == h.kernel || v == h.initrd || v == h.firmware
 	}
-	options := []string{"-machine", "-cpu", "-smp", "-m", "-object", "-nodefaults", "-no-reboot", "-no-shutdown", "-no-hpet", "-no-acpi",
+	options := []string{"-machine", "-accel", "-cpu", "-smp", "-m", "-object", "-nodefaults", "-no-reboot", "-no-shutdown", "-no-hpet", "-no-acpi",
 		"-display", "-sandbox", "-kernel", "-initrd", "-append", "-bios", "-add-fd", "-blockdev", "-drive", "-netdev", "-nic", "-net",
 		"-chardev", "-serial", "-device", "-global", "-vga", "-rtc", "-boot", "-uuid", "-qmp", "-pidfile", "-S", "-incoming"}
 	for i := 1; i < len(argv); i++ {
