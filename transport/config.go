@@ -56,6 +56,21 @@ type Config struct {
 	HandshakeTimeout time.Duration
 	// Limits protect a listener from its clients (none when zero).
 	Limits Limits
+	// Sessions, when set, keeps the session tickets servers give: a later
+	// Dial to the same server resumes the session, and its first stream's
+	// data may leave with the handshake (0-RTT) if the server allows it.
+	// Dial's Conn then comes back before the handshake completed: see
+	// [Conn.Confirm] and [ErrEarlyDataRejected].
+	Sessions *SessionStore
+	// Allow0RTT lets a listener take data sent with the handshake by
+	// clients resuming a session (a ticket it issued to a peer its allow
+	// function still admits). [Listener.Accept] then returns such a
+	// connection before its handshake is complete. Early data can be
+	// replayed by anyone who recorded it: the application must act on it
+	// only in ways that change nothing (answer a hello, compute what it
+	// lacks), and call [Conn.Confirm] before anything else (store, commit,
+	// start a guest).
+	Allow0RTT bool
 }
 
 // quic returns the quic-go configuration for c.
@@ -94,5 +109,6 @@ func (c Config) quic() *quic.Config {
 		InitialConnectionReceiveWindow: c.InitialConnectionReceiveWindow,
 		MaxConnectionReceiveWindow:     def(c.MaxConnectionReceiveWindow, DefaultMaxConnectionReceiveWindow),
 		MaxIncomingStreams:             streams,
+		Allow0RTT:                      c.Allow0RTT,
 	}
 }
