@@ -8,7 +8,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
+	"sync"
 	"testing"
+	"time"
 
 	"golang.org/x/sync/errgroup"
 
@@ -157,4 +160,67 @@ func StreamThroughput(b *testing.B, from, to *transport.Conn, size int64) {
 			b.Fatal(err)
 		}
 	}
+}
+
+// Delay forwards UDP datagrams between clients and the server at addr
+// on loopback, holding each oneWay in each direction (a path with a round
+// trip of twice oneWay, no loss, no rate limit), and returns the address
+// clients dial instead. It stops when the test ends.
+func Delay(tb testing.TB, server net.Addr, oneWay time.Duration) net.Addr {
+	tb.Helper()
+	front, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	var (
+		mu    sync.Mutex
+		backs = map[string]*net.UDPConn{} // one socket towards the server per client
+		wg    sync.WaitGroup
+	)
+	later := func(f func()) {
+		wg.Add(1)
+		time.AfterFunc(oneWay, func() { defer wg.Done(); f() })
+	}
+	wg.Go(func() {
+		buf := make([]byte, 64<<10)
+		for {
+			n, client, err := front.ReadFromUDP(buf)
+			if err != nil {
+				return
+			}
+			p := append([]byte(nil), buf[:n]...)
+			mu.Lock()
+			back := backs[client.String()]
+			if back == nil {
+				if back, err = net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)}); err != nil {
+					mu.Unlock()
+					return
+				}
+				backs[client.String()] = back
+				wg.Go(func() {
+					buf := make([]byte, 64<<10)
+					for {
+						n, _, err := back.ReadFromUDP(buf)
+						if err != nil {
+							return
+						}
+						p := append([]byte(nil), buf[:n]...)
+						later(func() { _, _ = front.WriteToUDP(p, client) })
+					}
+				})
+			}
+			mu.Unlock()
+			later(func() { _, _ = back.WriteTo(p, server) })
+		}
+	})
+	tb.Cleanup(func() {
+		front.Close()
+		mu.Lock()
+		for _, b := range backs {
+			b.Close()
+		}
+		mu.Unlock()
+		wg.Wait()
+	})
+	return front.LocalAddr()
 }
