@@ -5,7 +5,6 @@ import (
 	"crypto/sha256"
 	"errors"
 	"io"
-	"net"
 	"os"
 	"path/filepath"
 	"sync"
@@ -210,8 +209,8 @@ func TestResumedSessionAuthenticatesTheSamePeer(t *testing.T) {
 	// The request leaves with the first packet: over a path that drops
 	// the server's answers (so the handshake cannot complete) the server
 	// still reads it, early, and does not commit it.
-	rec := newRecorder(t, s.l.Addr().(*net.UDPAddr))
-	c = s.dial(t, rec.addr().String())
+	rec := transporttest.Record(t, s.l.Addr())
+	c = s.dial(t, rec.Addr().String())
 	go request(t.Context(), c, "third")
 	s.srv.wait(t, "the third request", func() bool { return len(s.srv.requests) == 3 })
 	s.srv.mu.Lock()
@@ -242,8 +241,8 @@ func TestResumptionRefusedOncePeerRemoved(t *testing.T) {
 	// First over a path that drops the server's answers: the handshake
 	// cannot complete, so only what the server makes of the ticket and the
 	// early data shows. It reads nothing of them.
-	rec := newRecorder(t, s.l.Addr().(*net.UDPAddr))
-	c, err := transport.Dial(t.Context(), rec.addr().String(), s.cid, s.sid.ID(),
+	rec := transporttest.Record(t, s.l.Addr())
+	c, err := transport.Dial(t.Context(), rec.Addr().String(), s.cid, s.sid.ID(),
 		transport.Config{Sessions: transport.NewSessionStore(s.store), HandshakeTimeout: time.Second})
 	if err != nil {
 		t.Fatal(err)
@@ -292,19 +291,19 @@ func TestResumptionRefusedOncePeerRemoved(t *testing.T) {
 // is committed.
 func TestReplayedEarlyDataCommitsNothing(t *testing.T) {
 	s := newSession(t, transport.Config{HandshakeTimeout: time.Second})
-	rec := newRecorder(t, s.l.Addr().(*net.UDPAddr))
+	rec := transporttest.Record(t, s.l.Addr())
 	ctx, cancel := context.WithCancel(t.Context())
 	defer cancel()
-	c := s.dial(t, rec.addr().String())
+	c := s.dial(t, rec.Addr().String())
 	go request(ctx, c, "replay me")
 	s.srv.wait(t, "the request", func() bool { return len(s.srv.requests) == 2 })
-	rec.freeze() // before the client's close
+	rec.Freeze() // before the client's close
 	c.Close()
 	// The server is waiting for a handshake that cannot complete; replay
 	// what the client sent until a new connection reads the request again
 	// (the first one's IDs route the copies to it while it lasts).
 	for i := 0; ; i++ {
-		rec.replay(t)
+		rec.Replay(t)
 		s.srv.mu.Lock()
 		n := len(s.srv.requests)
 		s.srv.mu.Unlock()
@@ -333,78 +332,6 @@ func TestReplayedEarlyDataCommitsNothing(t *testing.T) {
 	}
 	if len(s.srv.committed) != 1 {
 		t.Errorf("committed %q, want only the first connection's request", s.srv.committed)
-	}
-}
-
-// recorder forwards a client's datagrams to a server and drops the
-// server's answers, keeping what the client sent.
-type recorder struct {
-	pc     net.PacketConn
-	server *net.UDPAddr
-	mu     sync.Mutex
-	sent   [][]byte
-	frozen bool
-}
-
-// freeze stops recording.
-func (r *recorder) freeze() {
-	r.mu.Lock()
-	r.frozen = true
-	r.mu.Unlock()
-}
-
-func newRecorder(t *testing.T, server *net.UDPAddr) *recorder {
-	t.Helper()
-	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	up, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	r := &recorder{pc: pc, server: server}
-	var wg sync.WaitGroup
-	wg.Go(func() {
-		buf := make([]byte, 2048)
-		for {
-			n, _, err := pc.ReadFrom(buf)
-			if err != nil {
-				return
-			}
-			p := append([]byte(nil), buf[:n]...)
-			r.mu.Lock()
-			if !r.frozen {
-				r.sent = append(r.sent, p)
-			}
-			r.mu.Unlock()
-			_, _ = up.WriteTo(p, server)
-		}
-	})
-	t.Cleanup(func() {
-		pc.Close()
-		up.Close()
-		wg.Wait()
-	})
-	return r
-}
-
-func (r *recorder) addr() net.Addr { return r.pc.LocalAddr() }
-
-// replay sends everything the client sent, from a fresh socket.
-func (r *recorder) replay(t *testing.T) {
-	t.Helper()
-	u, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer u.Close()
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	for _, p := range r.sent {
-		if _, err := u.WriteTo(p, r.server); err != nil {
-			t.Fatal(err)
-		}
 	}
 }
 

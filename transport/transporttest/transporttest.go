@@ -224,3 +224,80 @@ func Delay(tb testing.TB, server net.Addr, oneWay time.Duration) net.Addr {
 	})
 	return front.LocalAddr()
 }
+
+// A Recorder forwards a client's datagrams to a server and drops the
+// server's answers (so no handshake through it completes), keeping what
+// the client sent so that a test can send it again as an attacker would.
+type Recorder struct {
+	pc     *net.UDPConn
+	server net.Addr
+	mu     sync.Mutex
+	sent   [][]byte
+	frozen bool
+}
+
+// Record starts a Recorder in front of the server at addr. It stops when
+// the test ends.
+func Record(tb testing.TB, server net.Addr) *Recorder {
+	tb.Helper()
+	pc, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	up, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	r := &Recorder{pc: pc, server: server}
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		buf := make([]byte, 64<<10)
+		for {
+			n, _, err := pc.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			p := append([]byte(nil), buf[:n]...)
+			r.mu.Lock()
+			if !r.frozen {
+				r.sent = append(r.sent, p)
+			}
+			r.mu.Unlock()
+			_, _ = up.WriteTo(p, server)
+		}
+	})
+	tb.Cleanup(func() {
+		pc.Close()
+		up.Close()
+		wg.Wait()
+	})
+	return r
+}
+
+// Addr is where clients dial.
+func (r *Recorder) Addr() net.Addr { return r.pc.LocalAddr() }
+
+// Freeze stops recording (datagrams are still forwarded).
+func (r *Recorder) Freeze() {
+	r.mu.Lock()
+	r.frozen = true
+	r.mu.Unlock()
+}
+
+// Replay sends everything recorded to the server again, from a fresh
+// socket.
+func (r *Recorder) Replay(tb testing.TB) {
+	tb.Helper()
+	u, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	defer u.Close()
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, p := range r.sent {
+		if _, err := u.WriteTo(p, r.server); err != nil {
+			tb.Fatal(err)
+		}
+	}
+}
