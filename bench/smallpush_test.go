@@ -265,16 +265,19 @@ func median(xs []float64) float64 {
 // limit and loss: transporttest.Delay on loopback), alternately resuming
 // the last push's session (its hello and offer leave with the first
 // packet) and with the session tickets removed (a full handshake first),
-// in the same run. Medians of the rounds. The early data needs a serve
-// that takes it (transport.Config.Allow0RTT, which the receiver must
-// support by confirming the handshake before it stores or commits); with
-// one that does not, the resumed session saves only the certificates.
+// in the same run. Besides the process's wall time it reports when the
+// receiver had parsed the offer (its log), from the process's start:
+// that is where the round trip is saved, and the data's time does not
+// blur it. Medians of the rounds. The early data needs a serve that takes
+// it (transport.Config.Allow0RTT, which the receiver must support by
+// confirming the handshake before it stores or commits); with one that
+// does not, the resumed session saves only the certificates.
 //
 //	go test -run '^$' -bench SmallPushRTT -benchtime 9x ./bench/
 func BenchmarkSmallPushRTT(b *testing.B) {
 	ctx := b.Context()
 	bin := buildNTC(b)
-	p := newPair(b, bin)
+	p := newPair(b, bin, "--log-format", "json")
 	img := filepath.Join(b.TempDir(), "disk.img")
 	if err := WriteRandom(img, *smallSize, 1); err != nil {
 		b.Fatal(err)
@@ -288,10 +291,16 @@ func BenchmarkSmallPushRTT(b *testing.B) {
 	}
 	const oneWay = 20 * time.Millisecond
 	path := transporttest.Delay(b, srvAddr, oneWay).String()
-	var resumed, full []float64
+	type run struct {
+		resumed bool
+		start   time.Time
+		wall    float64
+		digest  string
+	}
+	var runs []*run
 	seed := uint64(100)
-	push := func(keepTickets bool) float64 {
-		if !keepTickets {
+	push := func(resumed bool) {
+		if !resumed {
 			if err := os.RemoveAll(filepath.Join(p.office.Home, "sessions")); err != nil {
 				b.Fatal(err)
 			}
@@ -302,19 +311,60 @@ func BenchmarkSmallPushRTT(b *testing.B) {
 			b.Fatal(err)
 		}
 		syncFS(b)
+		r := &run{resumed: resumed, start: time.Now()}
 		res, err := p.office.Push(ctx, path, p.home.ID, img, "--changed", Ranges(ext))
 		if err != nil {
 			b.Fatal(err)
 		}
-		return ms(res.Wall)
+		r.wall, r.digest = ms(res.Wall), res.Digest
+		runs = append(runs, r)
 	}
 	push(true) // leaves a ticket
+	runs = nil
 	for b.Loop() {
-		resumed = append(resumed, push(true))
-		full = append(full, push(false))
+		push(true)
+		push(false)
 	}
-	b.ReportMetric(median(resumed), "resumed-ms")
-	b.ReportMetric(median(full), "full-ms")
-	b.ReportMetric((median(full)-median(resumed))/ms(2*oneWay), "RTTs-saved")
+	p.srv.Stop()
+	offers := offerTimes(p.srv.Log())
+	var wall, offer [2][]float64 // [full, resumed]
+	for _, r := range runs {
+		k := 0
+		if r.resumed {
+			k = 1
+		}
+		at, ok := offers[r.digest[:min(12, len(r.digest))]]
+		if !ok {
+			b.Fatalf("the receiver's log has no offer of %s", r.digest)
+		}
+		wall[k] = append(wall[k], r.wall)
+		offer[k] = append(offer[k], ms(at.Sub(r.start)))
+	}
+	rtt := ms(2 * oneWay)
+	b.ReportMetric(median(wall[1]), "resumed-ms")
+	b.ReportMetric(median(wall[0]), "full-ms")
+	b.ReportMetric(median(offer[1]), "resumed-offer-ms")
+	b.ReportMetric(median(offer[0]), "full-offer-ms")
+	b.ReportMetric((median(offer[0])-median(offer[1]))/rtt, "offer-RTTs-saved")
 	b.ReportMetric(0, "ns/op")
+}
+
+// offerTimes returns when serve's JSON log says it parsed each push's
+// offer, by the version's short digest.
+func offerTimes(log string) map[string]time.Time {
+	out := map[string]time.Time{}
+	sc := bufio.NewScanner(strings.NewReader(log))
+	for sc.Scan() {
+		var l struct {
+			Time time.Time `json:"time"`
+			Msg  string    `json:"msg"`
+		}
+		if json.Unmarshal(sc.Bytes(), &l) != nil || !strings.HasPrefix(l.Msg, "push of ") {
+			continue
+		}
+		if f := strings.Fields(l.Msg); len(f) > 3 {
+			out[f[3]] = l.Time
+		}
+	}
+	return out
 }
