@@ -268,10 +268,11 @@ func median(xs []float64) float64 {
 // in the same run. Besides the process's wall time it reports when the
 // receiver had parsed the offer (its log), from the process's start:
 // that is where the round trip is saved, and the data's time does not
-// blur it. Medians of the rounds. The early data needs a serve that takes
-// it (transport.Config.Allow0RTT, which the receiver must support by
-// confirming the handshake before it stores or commits); with one that
-// does not, the resumed session saves only the certificates.
+// blur it. Medians of the rounds. Early data needs a push that sends it
+// (transport.Config.EarlyData) and a serve that takes it
+// (transport.Config.Allow0RTT, which the receiver must support by
+// confirming the handshake before it stores or commits); without, the
+// resumed session saves only the certificates.
 //
 //	go test -run '^$' -bench SmallPushRTT -benchtime 9x ./bench/
 func BenchmarkSmallPushRTT(b *testing.B) {

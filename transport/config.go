@@ -57,11 +57,18 @@ type Config struct {
 	// Limits protect a listener from its clients (none when zero).
 	Limits Limits
 	// Sessions, when set, keeps the session tickets servers give: a later
-	// Dial to the same server resumes the session, and its first stream's
-	// data may leave with the handshake (0-RTT) if the server allows it.
-	// Dial's Conn then comes back before the handshake completed: see
-	// [Conn.Confirm] and [ErrEarlyDataRejected].
+	// Dial to the same server resumes the session (no certificates
+	// exchanged; the same round trips).
 	Sessions *SessionStore
+	// EarlyData, with Sessions, lets the first streams' data leave with
+	// the handshake (0-RTT) when the server allows it: one round trip
+	// less. Dial's Conn then comes back before the handshake completed:
+	// see [Conn.Confirm] and [ErrEarlyDataRejected]. quic-go v0.65 has a
+	// data race between opening a stream on such a connection and the
+	// handshake's end (quic-go issue 4303: the peer's transport parameters
+	// are written without synchronisation; the race detector reports it),
+	// so ntc does not use it yet.
+	EarlyData bool
 	// Allow0RTT lets a listener take data sent with the handshake by
 	// clients resuming a session (a ticket it issued to a peer its allow
 	// function still admits). [Listener.Accept] then returns such a

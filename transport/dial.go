@@ -22,9 +22,9 @@ import (
 // refusal wins the race and Dial itself returns that error.)
 //
 // With cfg.Sessions holding a ticket from peer, Dial resumes that session.
-// If the ticket allows early data, Dial returns as soon as the first
-// packet is sent: what the first streams carry then leaves with the
-// handshake (0-RTT). The server's identity is confirmed with the
+// With cfg.EarlyData too, and a ticket that allows it, Dial returns as soon
+// as the first packet is sent: what the first streams carry then leaves
+// with the handshake (0-RTT). The server's identity is confirmed with the
 // handshake; a server that refuses the early data makes the streams fail
 // with [ErrEarlyDataRejected], and [Conn.Retry] gives the connection to
 // send them again on.
@@ -52,7 +52,7 @@ func dial(ctx context.Context, addr string, tlsConf *tls.Config, resetKey *quic.
 	bufs := growUDPBuffers(udp)
 	tr := &quic.Transport{Conn: udp, StatelessResetKey: resetKey}
 	var qc *quic.Conn
-	if tlsConf.ClientSessionCache != nil {
+	if tlsConf.ClientSessionCache != nil && cfg.EarlyData {
 		qc, err = tr.DialEarly(ctx, raddr, tlsConf, cfg.quic())
 	} else {
 		qc, err = tr.Dial(ctx, raddr, tlsConf, cfg.quic())

@@ -88,5 +88,6 @@
 // a guest). A replayed handshake never completes, so Confirm fails. A
 // dialler whose early data the server refused (it restarted and forgot its
 // ticket keys, or takes no early data) sees [ErrEarlyDataRejected] on its
-// streams and sends again on [Conn.Retry].
+// streams and sends again on [Conn.Retry]. A dialler sends early data only
+// with [Config.EarlyData] (see there for quic-go's data race).
 package transport

@@ -198,8 +198,9 @@ func runPush(ctx context.Context, g *globals, o pushOptions, paths []string) err
 	defer dcancel()
 	dch := make(chan dialed, 1)
 	// The control connection resumes the session of the last push (its
-	// ticket in NTC_HOME/sessions): hello and offer may leave with the
-	// first packet.
+	// ticket in NTC_HOME/sessions). Early data (hello and offer in the
+	// first packet) waits for the receiver's handshake confirmation and
+	// quic-go's fix (transport.Config.EarlyData).
 	sessions := transport.NewSessionStore(filepath.Join(g.home(), "sessions"))
 	go func() {
 		c, err := transport.Dial(dctx, o.to, id, peer, transport.Config{Sessions: sessions})
@@ -267,18 +268,6 @@ func runPush(ctx context.Context, g *globals, o pushOptions, paths []string) err
 	bar := g.newProgress("sending", 0)
 	s.Progress, s.Wanted = bar.Add, bar.AddTotal
 	res, err := s.Push(ctx, conn, v)
-	if errors.Is(err, transport.ErrEarlyDataRejected) {
-		// The receiver forgot the session (it restarted): nothing of the
-		// push reached it; push again on the connection's full handshake.
-		if g.verbose {
-			fmt.Fprintln(g.stderr, "ntc: the receiver did not take the early data (it restarted?): offering again")
-		}
-		if conn, err = conn.Retry(ctx); err == nil {
-			<-dch
-			dch <- dialed{conn: conn} // for the deferred close
-			res, err = s.Push(ctx, conn, v)
-		}
-	}
 	bar.Done()
 	if err != nil && !(errors.Is(err, repo.ErrDiverged) && g.json && res != nil) {
 		return fmt.Errorf("push %s to %s: %w", set, o.to, err)
