@@ -129,6 +129,7 @@ func cpuTime(ps *os.ProcessState) time.Duration {
 // PushResult is what 'ntc push --json' reports, plus the process's costs.
 type PushResult struct {
 	Version      uint64 `json:"version"`
+	Digest       string `json:"digest"`
 	ImageBytes   int64  `json:"image_bytes"`
 	ChangedBytes int64  `json:"changed_bytes"`
 	ChunksSent   int    `json:"chunks_sent"`

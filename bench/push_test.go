@@ -35,7 +35,8 @@ type pair struct {
 	store        string
 }
 
-func newPair(tb testing.TB, bin string) *pair {
+// newPair starts a serve (with flags) allowing a fresh office node.
+func newPair(tb testing.TB, bin string, flags ...string) *pair {
 	tb.Helper()
 	ctx := context.Background()
 	office, err := NewNode(ctx, bin, tb.TempDir())
@@ -47,7 +48,7 @@ func newPair(tb testing.TB, bin string) *pair {
 		tb.Fatal(err)
 	}
 	store := tb.TempDir()
-	srv, err := home.Serve(ctx, "127.0.0.1:0", store, office.ID)
+	srv, err := home.ServeFlags(ctx, "127.0.0.1:0", store, office.ID, flags)
 	if err != nil {
 		tb.Fatal(err)
 	}

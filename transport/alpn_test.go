@@ -27,7 +27,7 @@ func TestVersionMismatch(t *testing.T) {
 	})
 	tlsConf := clientTLS(cid, sid.ID())
 	tlsConf.NextProtos = []string{"ntc/0"}
-	c, err := dial(t.Context(), l.Addr().String(), tlsConf, nil, Config{})
+	c, err := dial(t.Context(), l.Addr().String(), tlsConf, nil, Config{}, sid.ID())
 	if err == nil {
 		_ = c.Close()
 		t.Fatal("dial with another ALPN succeeded")

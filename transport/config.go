@@ -56,6 +56,28 @@ type Config struct {
 	HandshakeTimeout time.Duration
 	// Limits protect a listener from its clients (none when zero).
 	Limits Limits
+	// Sessions, when set, keeps the session tickets servers give: a later
+	// Dial to the same server resumes the session (no certificates
+	// exchanged; the same round trips).
+	Sessions *SessionStore
+	// EarlyData, with Sessions, lets the first streams' data leave with
+	// the handshake (0-RTT) when the server allows it: one round trip
+	// less. Dial's Conn then comes back before the handshake completed:
+	// see [Conn.Confirm] and [ErrEarlyDataRejected]. quic-go v0.65 has a
+	// data race between opening a stream on such a connection and the
+	// handshake's end (quic-go issue 4303: the peer's transport parameters
+	// are written without synchronisation; the race detector reports it),
+	// so ntc does not use it yet.
+	EarlyData bool
+	// Allow0RTT lets a listener take data sent with the handshake by
+	// clients resuming a session (a ticket it issued to a peer its allow
+	// function still admits). [Listener.Accept] then returns such a
+	// connection before its handshake is complete. Early data can be
+	// replayed by anyone who recorded it: the application must act on it
+	// only in ways that change nothing (answer a hello, compute what it
+	// lacks), and call [Conn.Confirm] before anything else (store, commit,
+	// start a guest).
+	Allow0RTT bool
 }
 
 // quic returns the quic-go configuration for c.
@@ -94,5 +116,6 @@ func (c Config) quic() *quic.Config {
 		InitialConnectionReceiveWindow: c.InitialConnectionReceiveWindow,
 		MaxConnectionReceiveWindow:     def(c.MaxConnectionReceiveWindow, DefaultMaxConnectionReceiveWindow),
 		MaxIncomingStreams:             streams,
+		Allow0RTT:                      c.Allow0RTT,
 	}
 }

@@ -51,8 +51,39 @@ func newConn(qc *quic.Conn, bufs UDPBuffers) (*Conn, error) {
 	return &Conn{qc: qc, peer: peer, bufs: bufs}, nil
 }
 
-// PeerID returns the verified ID of the peer.
+// PeerID returns the ID of the peer: verified, or (before [Conn.Confirm]
+// returned) the one the handshake under way is verifying.
 func (c *Conn) PeerID() ID { return c.peer }
+
+// Confirm waits until the handshake is complete: the peer proved it holds
+// the session's keys (so this is no replay of an earlier connection's first
+// packets) and its identity was verified. It returns at once for a
+// connection whose handshake ended before Dial or Accept returned. Call it
+// before acting on data that may have arrived early (see
+// [Config.Allow0RTT]) in any way that changes state.
+func (c *Conn) Confirm(ctx context.Context) error {
+	select {
+	case <-c.qc.HandshakeComplete():
+		return nil
+	case <-c.qc.Context().Done():
+		return fmt.Errorf("handshake with %s: %w", c.peer, MapError(context.Cause(c.qc.Context())))
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// Retry returns the connection to use after the server refused the early
+// data of a dialled connection (its streams failed with
+// [ErrEarlyDataRejected]): the same connection, with its handshake
+// complete and no streams. c must not be used afterwards; closing the
+// returned Conn releases everything.
+func (c *Conn) Retry(ctx context.Context) (*Conn, error) {
+	qc, err := c.qc.NextConnection(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("connection to %s after its early data was refused: %w", c.peer, MapError(err))
+	}
+	return &Conn{qc: qc, peer: c.peer, bufs: c.bufs, tr: c.tr, udp: c.udp}, nil
+}
 
 // OpenStream opens a bidirectional stream, waiting while the peer's stream
 // limit is reached. The peer's AcceptStream sees it once data (or a close)

@@ -20,14 +20,26 @@ import (
 // one round trip after Dial returned: the Conn's stream operations then fail
 // with an error matching [ErrPeerNotAllowed], as does [Conn.Err]. (Rarely the
 // refusal wins the race and Dial itself returns that error.)
+//
+// With cfg.Sessions holding a ticket from peer, Dial resumes that session.
+// With cfg.EarlyData too, and a ticket that allows it, Dial returns as soon
+// as the first packet is sent: what the first streams carry then leaves
+// with the handshake (0-RTT). The server's identity is confirmed with the
+// handshake; a server that refuses the early data makes the streams fail
+// with [ErrEarlyDataRejected], and [Conn.Retry] gives the connection to
+// send them again on.
 func Dial(ctx context.Context, addr string, id *Identity, peer ID, cfg Config) (*Conn, error) {
 	if id == nil || peer.IsZero() {
 		return nil, fmt.Errorf("dial %s: an identity and the peer's ID are required", addr)
 	}
-	return dial(ctx, addr, clientTLS(id, peer), id.statelessResetKey(), cfg)
+	tlsConf := clientTLS(id, peer)
+	if cfg.Sessions != nil {
+		tlsConf.ClientSessionCache = cfg.Sessions.cache(id.ID(), peer)
+	}
+	return dial(ctx, addr, tlsConf, id.statelessResetKey(), cfg, peer)
 }
 
-func dial(ctx context.Context, addr string, tlsConf *tls.Config, resetKey *quic.StatelessResetKey, cfg Config) (*Conn, error) {
+func dial(ctx context.Context, addr string, tlsConf *tls.Config, resetKey *quic.StatelessResetKey, cfg Config, peer ID) (*Conn, error) {
 	raddr, err := resolveUDPAddr(ctx, addr)
 	if err != nil {
 		return nil, fmt.Errorf("dial %s: %w", addr, err)
@@ -39,7 +51,12 @@ func dial(ctx context.Context, addr string, tlsConf *tls.Config, resetKey *quic.
 	}
 	bufs := growUDPBuffers(udp)
 	tr := &quic.Transport{Conn: udp, StatelessResetKey: resetKey}
-	qc, err := tr.Dial(ctx, raddr, tlsConf, cfg.quic())
+	var qc *quic.Conn
+	if tlsConf.ClientSessionCache != nil && cfg.EarlyData {
+		qc, err = tr.DialEarly(ctx, raddr, tlsConf, cfg.quic())
+	} else {
+		qc, err = tr.Dial(ctx, raddr, tlsConf, cfg.quic())
+	}
 	if err != nil {
 		if mismatch, ok := errors.AsType[*PeerMismatchError](err); ok {
 			err = mismatch // the TLS alert it caused adds nothing for a reader
@@ -49,11 +66,10 @@ func dial(ctx context.Context, addr string, tlsConf *tls.Config, resetKey *quic.
 		}
 		return nil, fmt.Errorf("dial %s: %w", addr, errors.Join(MapError(err), tr.Close(), udp.Close()))
 	}
-	c, err := newConn(qc, bufs)
-	if err != nil {
-		return nil, fmt.Errorf("dial %s: %w", addr, errors.Join(err, tr.Close(), udp.Close()))
-	}
-	c.tr, c.udp = tr, udp
+	// Before the handshake completes the server's certificate is not
+	// known yet: the pin stands for it, and a server that is not peer
+	// fails the handshake (clientTLS).
+	c := &Conn{qc: qc, peer: peer, bufs: bufs, tr: tr, udp: udp}
 	return c, nil
 }
 

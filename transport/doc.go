@@ -65,6 +65,29 @@
 // sync. It keeps no list of peers or addresses, does not retry or reconnect,
 // does not discover peers or traverse NATs, and uses no certificate
 // authorities, expiry or revocation: an ID is trusted exactly while a pin or
-// an allow function names it. It does not use 0-RTT or session resumption.
-// It never prints or logs.
+// an allow function names it. It never prints or logs.
+//
+// # Session resumption and 0-RTT
+//
+// Listeners issue TLS session tickets; a dialler with a [SessionStore]
+// ([Config.Sessions]) keeps them (one file per node and server, mode 0600:
+// a ticket is a secret) and resumes: no certificates are exchanged, the
+// ticket carries the client's ID (sealed by the server's ticket keys, which
+// never leave its memory), and the listener checks that ID against its
+// allow function when the ticket comes back, before anything else, and
+// crypto/tls checks it again. A peer removed from the allow function after
+// its ticket was issued is refused as if it had no ticket.
+//
+// With [Config.Allow0RTT] a listener also takes the data a resuming client
+// sends with its first packet (0-RTT), and [Listener.Accept] returns such a
+// connection before its handshake completes. Early data can be replayed
+// by anyone who recorded it, and its sender is not proven until the
+// handshake completes: the application may only answer it in ways that
+// change nothing (a hello, an offer, what it lacks), and must call
+// [Conn.Confirm] before anything that does (storing, committing, starting
+// a guest). A replayed handshake never completes, so Confirm fails. A
+// dialler whose early data the server refused (it restarted and forgot its
+// ticket keys, or takes no early data) sees [ErrEarlyDataRejected] on its
+// streams and sends again on [Conn.Retry]. A dialler sends early data only
+// with [Config.EarlyData] (see there for quic-go's data race).
 package transport

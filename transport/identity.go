@@ -107,15 +107,16 @@ func newIdentity(key crypto.Signer) (*Identity, error) {
 	}, nil
 }
 
-// LoadIdentity reads the identity in dir. When there is none, the error wraps
-// [ErrNoIdentity] and tells the user to run `ntc init`.
+// LoadIdentity reads the identity in dir. When there is none, the error
+// matches [ErrNoIdentity] and names dir ([LoadOrCreateIdentity] creates
+// one).
 func LoadIdentity(dir string) (*Identity, error) {
 	keyPEM, certPEM, err := readIdentityFiles(dir)
 	if err != nil {
 		return nil, err
 	}
 	if keyPEM == nil || certPEM == nil {
-		return nil, fmt.Errorf("%w in %s: run `ntc init`", ErrNoIdentity, dir)
+		return nil, fmt.Errorf("%w in %s", ErrNoIdentity, dir)
 	}
 	if err := checkKeyPrivate(dir); err != nil {
 		return nil, err

@@ -13,11 +13,16 @@ import (
 // A Listener accepts connections from the peers its allow function admits.
 // Its methods are safe for concurrent use.
 type Listener struct {
-	ql   *quic.Listener
-	tr   *quic.Transport
-	udp  *net.UDPConn
-	bufs UDPBuffers
-	g    *guard
+	ql quicListener
+	// early, with Config.Allow0RTT, hands over the connections of the
+	// EarlyListener once they may be accepted (see acceptEarly).
+	early chan *quic.Conn
+	done  chan struct{} // closed by Close
+	wg    sync.WaitGroup
+	tr    *quic.Transport
+	udp   *net.UDPConn
+	bufs  UDPBuffers
+	g     *guard
 
 	mu     sync.Mutex
 	closed bool
@@ -25,6 +30,14 @@ type Listener struct {
 
 	closeOnce sync.Once
 	closeErr  error
+}
+
+// quicListener is what Listener uses of quic-go's Listener and
+// EarlyListener.
+type quicListener interface {
+	Accept(context.Context) (*quic.Conn, error)
+	Close() error
+	Addr() net.Addr
 }
 
 // AllowIDs returns an allow function for [Listen] that admits exactly ids.
@@ -63,11 +76,75 @@ func Listen(addr string, id *Identity, allow func(ID) bool, cfg Config) (*Listen
 	if cfg.Limits.RetryAbove > 0 {
 		tr.VerifySourceAddress = g.verifySource
 	}
+	l := &Listener{tr: tr, udp: udp, bufs: bufs, g: g, conns: make(map[*Conn]struct{}), done: make(chan struct{})}
+	if cfg.Allow0RTT {
+		el, err := tr.ListenEarly(serverTLS(id, allow, g), cfg.quic())
+		if err != nil {
+			return nil, fmt.Errorf("listen on %s: %w", addr, errors.Join(err, tr.Close(), udp.Close()))
+		}
+		l.ql, l.early = el, make(chan *quic.Conn)
+		l.wg.Go(func() { l.acceptEarly(el) })
+		return l, nil
+	}
 	ql, err := tr.Listen(serverTLS(id, allow, g), cfg.quic())
 	if err != nil {
 		return nil, fmt.Errorf("listen on %s: %w", addr, errors.Join(err, tr.Close(), udp.Close()))
 	}
-	return &Listener{ql: ql, tr: tr, udp: udp, bufs: bufs, g: g, conns: make(map[*Conn]struct{})}, nil
+	l.ql = ql
+	return l, nil
+}
+
+// acceptEarly takes the connections of el as quic-go hands them over,
+// before their handshakes complete, and passes on to Accept those that
+// resumed a session with early data at once (their client's ID came with
+// its ticket, checked by the allow function) and the others once their
+// handshake completed (their client's certificate checked). A handshake
+// in progress never holds up another connection.
+func (l *Listener) acceptEarly(el *quic.EarlyListener) {
+	defer close(l.early)
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	for {
+		qc, err := el.Accept(context.Background())
+		if err != nil {
+			return // closed
+		}
+		wg.Go(func() {
+			if !qc.ConnectionState().Used0RTT {
+				select {
+				case <-qc.HandshakeComplete():
+				case <-qc.Context().Done():
+					return
+				case <-l.done:
+					_ = qc.CloseWithError(quic.ApplicationErrorCode(CodeShuttingDown), CodeShuttingDown.String())
+					return
+				}
+			}
+			select {
+			case l.early <- qc:
+			case <-l.done:
+				_ = qc.CloseWithError(quic.ApplicationErrorCode(CodeShuttingDown), CodeShuttingDown.String())
+			}
+		})
+	}
+}
+
+// next returns the next connection to accept.
+func (l *Listener) next(ctx context.Context) (*quic.Conn, error) {
+	if l.early == nil {
+		return l.ql.Accept(ctx)
+	}
+	select {
+	case qc, ok := <-l.early:
+		if !ok {
+			return nil, net.ErrClosed
+		}
+		return qc, nil
+	case <-l.done:
+		return nil, net.ErrClosed
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
 }
 
 // Accept waits for the next connection from an allowed peer within the
@@ -75,7 +152,7 @@ func Listen(addr string, id *Identity, allow func(ID) bool, cfg Config) (*Listen
 // [net.ErrClosed].
 func (l *Listener) Accept(ctx context.Context) (*Conn, error) {
 	for {
-		qc, err := l.ql.Accept(ctx)
+		qc, err := l.next(ctx)
 		if err != nil {
 			return nil, fmt.Errorf("accept: %w", err)
 		}
@@ -122,7 +199,9 @@ func (l *Listener) UDPBuffers() UDPBuffers { return l.bufs }
 // the socket. Close is idempotent.
 func (l *Listener) Close() error {
 	l.closeOnce.Do(func() {
+		close(l.done)
 		err := l.ql.Close()
+		l.wg.Wait()
 		l.mu.Lock()
 		l.closed = true
 		conns := make([]*Conn, 0, len(l.conns))

@@ -23,9 +23,13 @@ func serverTLS(id *Identity, allow func(ID) bool, g *guard) *tls.Config {
 		// certificate below, not by a chain. TLS still checks that the
 		// client holds the certificate's key.
 		ClientAuth: tls.RequireAnyClientCert,
-		// Without resumption every connection presents its certificate.
-		SessionTicketsDisabled: true,
 	}
+	// A resumed session presents no certificate: its ticket carries the
+	// client's ID, checked against allow when the ticket comes back, before
+	// any early data is taken (session.go). crypto/tls then calls
+	// VerifyConnection with the ticket's certificate too.
+	t := newTicketer(allow)
+	conf.WrapSession, conf.UnwrapSession = t.wrap, t.unwrap
 	verify := func(addr net.Addr) func(tls.ConnectionState) error {
 		return func(cs tls.ConnectionState) error {
 			peer, err := peerIDOf(cs)

@@ -31,6 +31,36 @@ type echoServer struct {
 func serveEcho(tb testing.TB, l *transport.Listener) *echoServer {
 	tb.Helper()
 	srv := &echoServer{}
+	serveConns(tb, l, func(g *errgroup.Group, c *transport.Conn) error {
+		srv.mu.Lock()
+		srv.peers = append(srv.peers, c.PeerID())
+		srv.mu.Unlock()
+		defer c.Close()
+		for {
+			s, err := c.AcceptStream(context.Background())
+			if err != nil {
+				return nil // the connection ended
+			}
+			srv.mu.Lock()
+			srv.streams++
+			srv.mu.Unlock()
+			g.Go(func() error {
+				if _, err := io.Copy(s, s); err != nil {
+					return nil // the client went away mid-stream
+				}
+				return s.Close()
+			})
+		}
+	})
+	return srv
+}
+
+// serveConns accepts connections on l until it is closed, handling each
+// in a goroutine of g. The test's end closes l (which ends every
+// connection), then waits for the handlers. Registered after Listen's
+// cleanup, that runs first.
+func serveConns(tb testing.TB, l *transport.Listener, handle func(g *errgroup.Group, c *transport.Conn) error) {
+	tb.Helper()
 	var g errgroup.Group
 	g.Go(func() error {
 		for {
@@ -41,31 +71,9 @@ func serveEcho(tb testing.TB, l *transport.Listener) *echoServer {
 			if err != nil {
 				return err
 			}
-			srv.mu.Lock()
-			srv.peers = append(srv.peers, c.PeerID())
-			srv.mu.Unlock()
-			g.Go(func() error {
-				defer c.Close()
-				for {
-					s, err := c.AcceptStream(context.Background())
-					if err != nil {
-						return nil // the connection ended
-					}
-					srv.mu.Lock()
-					srv.streams++
-					srv.mu.Unlock()
-					g.Go(func() error {
-						if _, err := io.Copy(s, s); err != nil {
-							return nil // the client went away mid-stream
-						}
-						return s.Close()
-					})
-				}
-			})
+			g.Go(func() error { return handle(&g, c) })
 		}
 	})
-	// Registered after Listen's cleanup, so it runs first: close the
-	// listener (which ends every connection), then wait for the handlers.
 	tb.Cleanup(func() {
 		if err := l.Close(); err != nil {
 			tb.Error(err)
@@ -74,7 +82,6 @@ func serveEcho(tb testing.TB, l *transport.Listener) *echoServer {
 			tb.Error(err)
 		}
 	})
-	return srv
 }
 
 // seen reports what reached the server application so far.

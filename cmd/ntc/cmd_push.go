@@ -197,8 +197,13 @@ func runPush(ctx context.Context, g *globals, o pushOptions, paths []string) err
 	dctx, dcancel := context.WithCancel(ctx)
 	defer dcancel()
 	dch := make(chan dialed, 1)
+	// The control connection resumes the session of the last push (its
+	// ticket in NTC_HOME/sessions). Early data (hello and offer in the
+	// first packet) waits for the receiver's handshake confirmation and
+	// quic-go's fix (transport.Config.EarlyData).
+	sessions := transport.NewSessionStore(filepath.Join(g.home(), "sessions"))
 	go func() {
-		c, err := transport.Dial(dctx, o.to, id, peer, transport.Config{})
+		c, err := transport.Dial(dctx, o.to, id, peer, transport.Config{Sessions: sessions})
 		dch <- dialed{c, err}
 	}()
 	defer func() {

@@ -9,6 +9,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/ntc-project/ntc/transport"
 )
 
 // ntc runs one command line in-process and returns its exit code and output.
@@ -179,5 +181,17 @@ func TestDemoRuns(t *testing.T) {
 	}
 	if res.PushSecondBytes == 0 || res.PushSecondBytes > res.PushFirstBytes/4 || res.PushSecondBytes > uint64(2*res.ChangedBytes)+64<<10 {
 		t.Fatalf("demo pushes: %d then %d bytes on the wire for %d changed", res.PushFirstBytes, res.PushSecondBytes, res.ChangedBytes)
+	}
+}
+
+func TestNoIdentitySaysRunInit(t *testing.T) {
+	t.Setenv("NTC_HOME", t.TempDir())
+	peer, err := transport.GenerateIdentity()
+	if err != nil {
+		t.Fatal(err)
+	}
+	code, _, errs := ntc(t, t.Context(), "push", "disk.img", "--to", "127.0.0.1:1", "--peer", peer.ID().String())
+	if code != exitError || !strings.Contains(errs, "no identity found") || !strings.Contains(errs, "run 'ntc init'") {
+		t.Fatalf("exit %d, stderr %q; want exit %d saying to run 'ntc init'", code, errs, exitError)
 	}
 }

@@ -8,7 +8,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
+	"sync"
 	"testing"
+	"time"
 
 	"golang.org/x/sync/errgroup"
 
@@ -155,6 +158,146 @@ func StreamThroughput(b *testing.B, from, to *transport.Conn, size int64) {
 	for b.Loop() {
 		if err := MoveBytes(b.Context(), from, to, size); err != nil {
 			b.Fatal(err)
+		}
+	}
+}
+
+// Delay forwards UDP datagrams between clients and the server at addr
+// on loopback, holding each oneWay in each direction (a path with a round
+// trip of twice oneWay, no loss, no rate limit), and returns the address
+// clients dial instead. It stops when the test ends.
+func Delay(tb testing.TB, server net.Addr, oneWay time.Duration) net.Addr {
+	tb.Helper()
+	front, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	var (
+		mu    sync.Mutex
+		backs = map[string]*net.UDPConn{} // one socket towards the server per client
+		wg    sync.WaitGroup
+	)
+	later := func(f func()) {
+		wg.Add(1)
+		time.AfterFunc(oneWay, func() { defer wg.Done(); f() })
+	}
+	wg.Go(func() {
+		buf := make([]byte, 64<<10)
+		for {
+			n, client, err := front.ReadFromUDP(buf)
+			if err != nil {
+				return
+			}
+			p := append([]byte(nil), buf[:n]...)
+			mu.Lock()
+			back := backs[client.String()]
+			if back == nil {
+				if back, err = net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)}); err != nil {
+					mu.Unlock()
+					return
+				}
+				backs[client.String()] = back
+				wg.Go(func() {
+					buf := make([]byte, 64<<10)
+					for {
+						n, _, err := back.ReadFromUDP(buf)
+						if err != nil {
+							return
+						}
+						p := append([]byte(nil), buf[:n]...)
+						later(func() { _, _ = front.WriteToUDP(p, client) })
+					}
+				})
+			}
+			mu.Unlock()
+			later(func() { _, _ = back.WriteTo(p, server) })
+		}
+	})
+	tb.Cleanup(func() {
+		front.Close()
+		mu.Lock()
+		for _, b := range backs {
+			b.Close()
+		}
+		mu.Unlock()
+		wg.Wait()
+	})
+	return front.LocalAddr()
+}
+
+// A Recorder forwards a client's datagrams to a server and drops the
+// server's answers (so no handshake through it completes), keeping what
+// the client sent so that a test can send it again as an attacker would.
+type Recorder struct {
+	pc     *net.UDPConn
+	server net.Addr
+	mu     sync.Mutex
+	sent   [][]byte
+	frozen bool
+}
+
+// Record starts a Recorder in front of the server at addr. It stops when
+// the test ends.
+func Record(tb testing.TB, server net.Addr) *Recorder {
+	tb.Helper()
+	pc, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	up, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	r := &Recorder{pc: pc, server: server}
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		buf := make([]byte, 64<<10)
+		for {
+			n, _, err := pc.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			p := append([]byte(nil), buf[:n]...)
+			r.mu.Lock()
+			if !r.frozen {
+				r.sent = append(r.sent, p)
+			}
+			r.mu.Unlock()
+			_, _ = up.WriteTo(p, server)
+		}
+	})
+	tb.Cleanup(func() {
+		pc.Close()
+		up.Close()
+		wg.Wait()
+	})
+	return r
+}
+
+// Addr is where clients dial.
+func (r *Recorder) Addr() net.Addr { return r.pc.LocalAddr() }
+
+// Freeze stops recording (datagrams are still forwarded).
+func (r *Recorder) Freeze() {
+	r.mu.Lock()
+	r.frozen = true
+	r.mu.Unlock()
+}
+
+// Replay sends everything recorded to the server again, from a fresh
+// socket.
+func (r *Recorder) Replay(tb testing.TB) {
+	tb.Helper()
+	u, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	defer u.Close()
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, p := range r.sent {
+		if _, err := u.WriteTo(p, r.server); err != nil {
+			tb.Fatal(err)
 		}
 	}
 }
