@@ -25,6 +25,7 @@ var hints = []struct {
 	{capture.ErrOldManifest, "take a new checkpoint with this ntc ('ntc checkpoint') and push it"},
 	{capture.ErrOverlayDir, "give an overlay directory on the same host with --overlay-dir"},
 	{capture.ErrNotConverging, "try --method background-snapshot"},
+	{transport.ErrNoIdentity, "run 'ntc init' to create this node's identity"},
 	{transport.ErrPeerNotAllowed, "on the receiver, allow this node: ntc serve ... --allow ID ('ntc id' here prints it)"},
 	{replicate.ErrNoCheckpoint, "take one with 'ntc checkpoint --out DIR --name SET'"},
 	{resume.ErrNoCheckpoint, "is it a checkpoint pushed with 'ntc push --checkpoint'?"},

@@ -14,8 +14,6 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
-
-	"github.com/ntc-project/ntc/transport"
 )
 
 // Exit codes.
@@ -47,9 +45,6 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	case errors.As(err, new(usageError)):
 		fmt.Fprintf(stderr, "ntc: %v\nRun 'ntc --help' for usage.\n", err)
 		return exitUsage
-	case errors.Is(err, transport.ErrNoIdentity):
-		fmt.Fprintf(stderr, "ntc: %v: run 'ntc init' to create this node's identity\n", err)
-		return exitError
 	default:
 		fmt.Fprintf(stderr, "ntc: %v\n%s", err, hint(err))
 		return exitError
