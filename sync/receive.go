@@ -34,21 +34,32 @@ type incoming struct {
 	stage    *staging // images written as their chunks arrive
 	acct     *account
 	maxChunk int64 // the largest chunk the offer's parameters allow
+	// damaged are the stored chunks found damaged while reading them
+	// (patch bases, image files being written): see heal.go.
+	damaged damagedSet
 }
 
 // push is one push being served on a control stream.
 type push struct {
-	r      *Receiver
-	conn   *transport.Conn
-	rd     *frameReader
-	w      *frameWriter
-	set    string
-	cands  candidates
-	cur    *repo.Version // the common base, nil when there is none
-	b      base
-	sess   *session
-	in     incoming
-	baseIx map[string]*chunk.Index
+	r    *Receiver
+	conn *transport.Conn
+	rd   *frameReader
+	w    *frameWriter
+	set  string
+	// version is the sender's protocol version.
+	version uint64
+	cands   candidates
+	cur     *repo.Version // the common base, nil when there is none
+	b       base
+	sess    *session
+	in      incoming
+	baseIx  map[string]*chunk.Index
+	// round is the last round of wants; heldAtStart says, by new chunk,
+	// whether the store held it when the push began (the others arrive
+	// in it); healed counts the chunks asked for again (heal.go).
+	round       uint64
+	heldAtStart []bool
+	healed      int
 }
 
 func (r *Receiver) serve(ctx context.Context, cancel context.CancelFunc, conn *transport.Conn, rd *frameReader, w *frameWriter) error {
@@ -83,6 +94,9 @@ func (r *Receiver) serve(ctx context.Context, cancel context.CancelFunc, conn *t
 	if err := p.fetch(ctx); err != nil {
 		return err
 	}
+	if err := p.healNoted(ctx); err != nil {
+		return err
+	}
 	return p.commit(ctx, v)
 }
 
@@ -102,7 +116,7 @@ func (p *push) handshake() error {
 	if err := CheckName(h.set); err != nil {
 		return err
 	}
-	p.set = h.set
+	p.set, p.version = h.set, h.version
 	if b, err = p.rd.expect(msgCandidate); err != nil {
 		return err
 	}
@@ -346,6 +360,7 @@ func (p *push) stage() error {
 }
 
 // fetch asks for what is missing, round after round, until nothing is.
+// The first call records what the store held before the push.
 func (p *push) fetch(ctx context.Context) error {
 	in := &p.in
 	have := make([]atomic.Bool, len(in.news))
@@ -356,7 +371,13 @@ func (p *push) fetch(ctx context.Context) error {
 		}
 		have[i].Store(ok)
 	}
-	for round := uint64(1); ; round++ {
+	if p.heldAtStart == nil {
+		p.heldAtStart = make([]bool, len(in.news))
+		for i := range have {
+			p.heldAtStart[i] = have[i].Load()
+		}
+	}
+	for first := p.round + 1; ; {
 		bitmap := make([]byte, (len(in.news)+7)/8)
 		missing := 0
 		for i := range in.news {
@@ -368,9 +389,11 @@ func (p *push) fetch(ctx context.Context) error {
 		if missing == 0 {
 			return nil
 		}
-		if round > maxRounds {
+		p.round++
+		if p.round-first >= maxRounds {
 			return ErrBadChunks
 		}
+		round := p.round
 		if err := p.w.write(msgWant, want{round: round, bitmap: bitmap}.encode()); err != nil {
 			return err
 		}
@@ -426,7 +449,7 @@ func (p *push) commit(ctx context.Context, v *repo.Version) error {
 		r.logf("%s %d (%s) from %s is stored but not current: %v; 'ntc push --force' from the sender makes it current",
 			p.set, c.Version.Seq, v.Digest.Short(), peer, err)
 	} else {
-		if err := r.Repo.materialize(ctx, p.set, c.Head.Seq, in.stage); err != nil {
+		if err := p.materialize(ctx, c.Head.Seq); err != nil {
 			return err
 		}
 		if v.Node == peer.String() && len(in.offer.meta) > 0 {

@@ -622,6 +622,9 @@ func (r *Receiver) readData(ctx context.Context, ds dataStream, in *incoming, bi
 				return fmt.Errorf("%w: a patch for an image without a base", ErrMalformed)
 			}
 			if data, err = applyPatch(m.data, nc.entry.Offset, nc.entry.Length, base, dec, buf[:0]); err != nil {
+				// A damaged base chunk of the store's is healed later
+				// (heal.go); the chunk is asked for whole meanwhile.
+				in.damaged.note(err)
 				r.logf("chunk %s: %v", nc.entry.ID.Short(), err)
 				damaged.Add(1)
 				continue

@@ -94,6 +94,9 @@ type Result struct {
 	Patched int `json:"chunks_patched"`
 	// Grouped counts chunks sent compressed together with others.
 	Grouped int `json:"chunks_grouped,omitempty"`
+	// Healed counts chunks the receiver asked for again because its
+	// stored copy was damaged (they are in ChunksSent too).
+	Healed int `json:"chunks_healed,omitempty"`
 	// Compressed is how many chunk bytes were compressed at each zstd
 	// level (its name), as the data streams chose them.
 	Compressed map[string]int64 `json:"compressed,omitempty"`
@@ -184,6 +187,10 @@ type pushing struct {
 	patchable [][]chunk.Range // by image: the changed ranges, when patches apply
 	conns     []*transport.Conn
 	lim       *limiter
+	// entryOf finds the version's chunks by ID, listed says which are
+	// among news: both made when the receiver first asks to heal.
+	entryOf map[chunk.ID]newChunk
+	listed  map[chunk.ID]bool
 }
 
 // record records v in the sender's repository (see local), unless it was
@@ -375,6 +382,10 @@ func (p *pushing) reply(ctx context.Context) (*Result, error) {
 			return p.committed(b)
 		case msgWant:
 			if err := p.sendWanted(ctx, b); err != nil {
+				return nil, err
+			}
+		case msgHeal:
+			if err := p.healChunks(b); err != nil {
 				return nil, err
 			}
 		default:

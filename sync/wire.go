@@ -28,7 +28,8 @@ const (
 	msgData      = 13 // S→R: first frame of a data stream: its round
 	msgCandidate = 14 // S→R after hello: force flag, the sender's versions of the set
 	msgChunks    = 15 // S→R on a data stream: chunks compressed together
-	// 16 and 17 are a hand-off's msgResume and msgResumed (handoff.go).
+	// 16 and 17 are a hand-off's msgResume and msgResumed (handoff.go),
+	// 18 a heal's msgHeal (heal.go).
 )
 
 // maxStreams bounds the data streams of one round.
@@ -38,10 +39,12 @@ const (
 	helloMagic = "NTC-SYNC"
 	// protocolVersion 2: versions have digests and parents; the base is
 	// the newest version both sides hold. 3: data streams may carry
-	// groups of chunks compressed together (msgChunks).
-	protocolVersion = 3
+	// groups of chunks compressed together (msgChunks). 4: a receiver
+	// may ask again for chunks its store holds damaged (msgHeal).
+	protocolVersion = 4
 	// minProtocolVersion is the oldest sender's protocol a receiver
-	// serves: 3 only adds groups, which a protocol 2 sender never sends.
+	// serves: 3 only adds groups, which a protocol 2 sender never sends,
+	// and 4 heals, which a receiver asks of senders of 4 only.
 	minProtocolVersion = 2
 	// maxFrame bounds any frame; an offer for a 16 TiB image at 16 KiB
 	// chunks would exceed it, and is sent as several frames.
