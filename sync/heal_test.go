@@ -3,6 +3,7 @@ package sync
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
@@ -48,7 +49,7 @@ func checkStore(t *testing.T, r *Repo) *chunk.CheckReport {
 			if err != nil {
 				t.Fatal(err)
 			}
-			o := chunk.Owner{Name: si.Set}
+			o := chunk.Owner{Name: fmt.Sprintf("%s v%d", si.Set, seq)}
 			for _, im := range m.Images {
 				x, err := r.Index(si.Set, seq, im.Name)
 				if err != nil {
@@ -221,7 +222,7 @@ func TestHealAsksOnlyForTheVersionsChunks(t *testing.T) {
 }
 
 // FuzzDecodeHeal: a heal decodes without panicking, within its bound, and
-// encodes back to what it was.
+// decodes again from its encoding to the same chunks.
 func FuzzDecodeHeal(f *testing.F) {
 	f.Add(encodeHeal([]chunk.ID{{1}}))
 	f.Add(encodeHeal([]chunk.ID{{1}, {2}, {3}}))
@@ -233,8 +234,47 @@ func FuzzDecodeHeal(f *testing.F) {
 		if len(ids) == 0 || len(ids) > maxHealIDs {
 			t.Fatalf("%d chunks accepted", len(ids))
 		}
-		if !bytes.Equal(encodeHeal(ids), b) {
-			t.Fatal("re-encoding differs")
+		if again, err := decodeHeal(encodeHeal(ids)); err != nil || !slices.Equal(again, ids) {
+			t.Fatalf("re-decode: %v, %v", again, err)
 		}
 	})
+}
+
+// TestDamagedPatchBaseIsSetAside: a chunk sent as a patch against a
+// stored chunk that is damaged is asked for whole, and the damaged chunk,
+// which the new version no longer holds, is set aside: the version the
+// push makes is whole, the one that held the chunk is reported as missing
+// it.
+func TestDamagedPatchBaseIsSetAside(t *testing.T) {
+	p := newPeers(t)
+	ctx := t.Context()
+	r := rand.New(rand.NewPCG(21, 2))
+	disk := randomData(r, 4<<20)
+	images := map[string][]byte{"disk": disk}
+	s := &Sender{StateDir: t.TempDir()}
+	v1 := imageVersion(t, "vm", images)
+	if _, err := p.push(t, ctx, s, v1); err != nil {
+		t.Fatal(err)
+	}
+	<-p.errs
+	e := v1.Images[0].Index.Entries[len(v1.Images[0].Index.Entries)/2]
+	flipStored(t, p.repo.Dir(), e.ID)
+
+	off := e.Offset + e.Length/2
+	copy(disk[off:off+4096], randomData(r, 4096))
+	v2 := imageVersion(t, "vm", images)
+	v2.Images[0].Base, v2.Images[0].Changed = v1.Images[0].Index, []chunk.Range{{Off: off, Len: 4096}}
+	res, err := p.push(t, ctx, s, v2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	<-p.errs
+	if res.Rounds != 2 || res.Healed != 0 {
+		t.Fatalf("%d rounds, %d healed; want 2 (the patched chunk asked again whole), none healed", res.Rounds, res.Healed)
+	}
+	assertMaterialized(t, p.repo, "vm", images)
+	rep := checkStore(t, p.repo)
+	if !slices.Equal(rep.Missing, []chunk.ID{e.ID}) || len(rep.Damaged) != 0 || !slices.Equal(rep.BrokenNames(), []string{"vm v1"}) {
+		t.Fatalf("after the push: %+v; want the damaged base chunk set aside, version 1 alone broken", rep)
+	}
 }
