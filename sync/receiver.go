@@ -263,9 +263,12 @@ func (r *Receiver) Serve(ctx context.Context, conn *transport.Conn) error {
 		return err
 	}
 	w := newFrameWriterSize(ss, ctrlBufSize)
-	if err == nil && typ[0] == msgResume {
+	switch {
+	case err == nil && typ[0] == msgResume:
 		err = r.serveResume(ctx, cancel, conn, rd, w)
-	} else {
+	case err == nil && typ[0] == msgStatus:
+		err = r.serveStatus(rd, w)
+	default:
 		err = r.serve(ctx, cancel, conn, rd, w)
 	}
 	if err != nil {

@@ -141,14 +141,11 @@ func (s *Sender) Push(ctx context.Context, conn *transport.Conn, v *Version) (*R
 	if p.pruneAfter {
 		defer s.prune(context.WithoutCancel(ctx), p.nr, v.Set)
 	}
-	ctrl, err := conn.OpenStream(ctx)
+	ctrl, done, err := openControl(ctx, conn)
 	if err != nil {
-		return nil, fmt.Errorf("open control stream: %w", err)
+		return nil, err
 	}
-	defer ctrl.Close()
-	// Closing the stream unblocks reads when ctx ends.
-	stop := context.AfterFunc(ctx, func() { ctrl.Cancel(transport.ErrShuttingDown) })
-	defer stop()
+	defer done()
 	p.ctrl, p.w, p.rd = ctrl, newFrameWriter(ctrl), newFrameReader(ctrl)
 	defer func() { p.extra.close() }()
 	if err := p.open(ctx); err != nil {
