@@ -93,6 +93,7 @@ Examples:
   ntc status
   ntc status vm --json
   ntc status --peer home
+  ntc status --peer home.example:7400
   ntc status --peer TYA6ZIM-...@home.example:7400
   ntc status --store /var/lib/ntc/repo --local`,
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -101,7 +102,7 @@ Examples:
 		},
 	}
 	cmd.Flags().String("store", "", "also list what this receiver's repository holds")
-	cmd.Flags().StringArrayVar(&o.peers, "peer", nil, "ask this peer: its name in the configuration, or ID@HOST:PORT (repeatable; default: every peer of the configuration)")
+	cmd.Flags().StringArrayVar(&o.peers, "peer", nil, "ask this peer: its name or address in the configuration, or ID@HOST:PORT (repeatable; default: every peer of the configuration)")
 	cmd.Flags().BoolVar(&o.local, "local", false, "ask no peer: only what this node records and holds")
 	g.bind(cmd, "serve.store", "store")
 	return cmd
@@ -178,8 +179,9 @@ func localStatus(g *globals, store string, sets []string, now time.Time, out *st
 	return nil
 }
 
-// statusPeers resolves --peer: names of the configuration or ID@HOST:PORT;
-// none: every peer of the configuration.
+// statusPeers resolves --peer: names of the configuration, the address
+// of one of its peers, or ID@HOST:PORT; none: every peer of the
+// configuration.
 func (g *globals) statusPeers(args []string) ([]peer, error) {
 	if len(args) == 0 {
 		args = g.sortedNames("peers")
@@ -194,6 +196,9 @@ func (g *globals) statusPeers(args []string) ([]peer, error) {
 			out = append(out, peer{Name: addr, Addr: addr, ID: pid})
 			continue
 		}
+		if name := g.peerAt(a); name != "" {
+			a = name
+		}
 		p, err := g.peerNamed(a)
 		if err != nil {
 			return nil, err
@@ -201,6 +206,17 @@ func (g *globals) statusPeers(args []string) ([]peer, error) {
 		out = append(out, p)
 	}
 	return out, nil
+}
+
+// peerAt returns the name of the configuration's peer at address addr,
+// or "".
+func (g *globals) peerAt(addr string) string {
+	for _, name := range g.sortedNames("peers") {
+		if g.v.GetString("peers."+name+".addr") == addr {
+			return name
+		}
+	}
+	return ""
 }
 
 // peerStatusTimeout bounds how long status waits for one peer.

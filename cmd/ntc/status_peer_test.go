@@ -45,7 +45,7 @@ func TestStatusAtPeers(t *testing.T) {
 		}
 		return st, stderr.String(), err
 	}
-	for _, args := range [][]string{{"--peer", "home"}, {"--peer", home.id + "@" + addr}, nil} {
+	for _, args := range [][]string{{"--peer", "home"}, {"--peer", addr}, {"--peer", home.id + "@" + addr}, nil} {
 		st, errs, err := status(office, args...)
 		if err != nil || len(st.Peers) != 1 {
 			t.Fatalf("status %v: %v, %s, %+v", args, err, errs, st)
