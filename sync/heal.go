@@ -14,8 +14,10 @@ import (
 // Healing. A chunk the receiver's store holds may fail verification when
 // the receiver reads it during a push: as the base of a patch, or to write
 // the version's image files. The receiver then sets it aside (the store
-// forgets it, so that later offers ask for it again) and, when the version
-// being pushed holds it, asks the sender for it within the same push:
+// forgets it, so that later pushes send it again) and, when the version
+// being pushed holds it, asks the sender for it within the same push. A
+// chunk of the version the store lacks (set aside before) is asked for
+// the same way, also when the offer does not list it:
 //
 //	R→S msgHeal   IDs of chunks of the version; both sides append those
 //	              not among the offer's new chunks to that list, in order
@@ -114,14 +116,41 @@ func (d *damagedSet) take() []chunk.ID {
 	return out
 }
 
-// healNoted heals the stored chunks found damaged so far (as patch bases)
-// that the version holds; those it does not hold are only set aside.
-func (p *push) healNoted(ctx context.Context) error {
-	ids := p.in.damaged.take()
-	if len(ids) == 0 || p.version < healProtocol {
+// healHeld heals, before the version is committed, the stored chunks
+// found damaged so far (as patch bases) and the chunks of the version the
+// store lacks although the offer does not list them (the base holds
+// them): chunks set aside before, by a push that could not heal them or by
+// 'ntc check'. Damaged chunks the version does not hold are only set
+// aside.
+func (p *push) healHeld(ctx context.Context) error {
+	if p.version < healProtocol {
 		// An older sender cannot send them again: the chunks asked for
 		// whole instead of as patches are in, and the version is whole
 		// unless its image files need the damaged chunks (materialize).
+		p.in.damaged.take()
+		return nil
+	}
+	listed := make(map[chunk.ID]bool, len(p.in.news))
+	for _, nc := range p.in.news {
+		listed[nc.entry.ID] = true
+	}
+	for _, x := range p.in.index {
+		for _, e := range x.Entries {
+			if e.Zero || listed[e.ID] {
+				continue
+			}
+			listed[e.ID] = true
+			ok, err := p.r.Repo.store.Has(ctx, e.ID)
+			if err != nil {
+				return err
+			}
+			if !ok {
+				p.in.damaged.add(e.ID)
+			}
+		}
+	}
+	ids := p.in.damaged.take()
+	if len(ids) == 0 {
 		return nil
 	}
 	return p.heal(ctx, ids)

@@ -240,23 +240,33 @@ func FuzzDecodeHeal(f *testing.F) {
 	})
 }
 
+// pushedOnce pushes a 4 MiB random image as version 1 of set vm and
+// returns the peers, the sender, the random source, the version and its
+// images.
+func pushedOnce(t *testing.T, seed uint64) (*peers, *Sender, *rand.Rand, *Version, map[string][]byte) {
+	t.Helper()
+	p := newPeers(t)
+	r := rand.New(rand.NewPCG(seed, 2))
+	images := map[string][]byte{"disk": randomData(r, 4<<20)}
+	s := &Sender{StateDir: t.TempDir()}
+	v1 := imageVersion(t, "vm", images)
+	if _, err := p.push(t, t.Context(), s, v1); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-p.errs; err != nil {
+		t.Fatal(err)
+	}
+	return p, s, r, v1, images
+}
+
 // TestDamagedPatchBaseIsSetAside: a chunk sent as a patch against a
 // stored chunk that is damaged is asked for whole, and the damaged chunk,
 // which the new version no longer holds, is set aside: the version the
 // push makes is whole, the one that held the chunk is reported as missing
 // it.
 func TestDamagedPatchBaseIsSetAside(t *testing.T) {
-	p := newPeers(t)
-	ctx := t.Context()
-	r := rand.New(rand.NewPCG(21, 2))
-	disk := randomData(r, 4<<20)
-	images := map[string][]byte{"disk": disk}
-	s := &Sender{StateDir: t.TempDir()}
-	v1 := imageVersion(t, "vm", images)
-	if _, err := p.push(t, ctx, s, v1); err != nil {
-		t.Fatal(err)
-	}
-	<-p.errs
+	p, s, r, v1, images := pushedOnce(t, 21)
+	ctx, disk := t.Context(), images["disk"]
 	e := v1.Images[0].Index.Entries[len(v1.Images[0].Index.Entries)/2]
 	flipStored(t, p.repo.Dir(), e.ID)
 
@@ -276,5 +286,42 @@ func TestDamagedPatchBaseIsSetAside(t *testing.T) {
 	rep := checkStore(t, p.repo)
 	if !slices.Equal(rep.Missing, []chunk.ID{e.ID}) || len(rep.Damaged) != 0 || !slices.Equal(rep.BrokenNames(), []string{"vm v1"}) {
 		t.Fatalf("after the push: %+v; want the damaged base chunk set aside, version 1 alone broken", rep)
+	}
+}
+
+// TestSetAsideChunkIsFetchedAgain: a chunk the store set aside (as 'ntc
+// check' does with a damaged one) is sent again by the next push of a
+// version that holds it, although the offer does not list it (its base
+// holds it) and the image file is not rewritten where it lies.
+func TestSetAsideChunkIsFetchedAgain(t *testing.T) {
+	p, s, r, v1, images := pushedOnce(t, 34)
+	ctx, disk := t.Context(), images["disk"]
+	e := v1.Images[0].Index.Entries[3]
+	st, err := chunk.OpenPackStore(p.repo.Dir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	st.Forget(e.ID)
+	if err := st.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if rep := checkStore(t, p.repo); !slices.Equal(rep.Missing, []chunk.ID{e.ID}) {
+		t.Fatalf("the set-aside chunk is not missing: %+v", rep)
+	}
+	// A change far from the chunk: the offer lists only the changed ones.
+	copy(disk[len(disk)-8192:], randomData(r, 8192))
+	v2 := imageVersion(t, "vm", images)
+	res, err := p.push(t, ctx, s, v2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	<-p.errs
+	changed := newChunkBytes(t, v1, v2)
+	if res.Healed != 1 || res.ChunkBytes != changed+e.Length {
+		t.Fatalf("healed %d, sent %d chunk bytes; want the set-aside chunk (%d bytes) besides the %d changed", res.Healed, res.ChunkBytes, e.Length, changed)
+	}
+	assertMaterialized(t, p.repo, "vm", images)
+	if rep := checkStore(t, p.repo); !rep.OK() {
+		t.Fatalf("the store is not whole: %+v", rep)
 	}
 }

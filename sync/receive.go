@@ -94,7 +94,7 @@ func (r *Receiver) serve(ctx context.Context, cancel context.CancelFunc, conn *t
 	if err := p.fetch(ctx); err != nil {
 		return err
 	}
-	if err := p.healNoted(ctx); err != nil {
+	if err := p.healHeld(ctx); err != nil {
 		return err
 	}
 	return p.commit(ctx, v)
