@@ -220,8 +220,8 @@ func (p *push) heal(ctx context.Context, ids []chunk.ID) error {
 	}
 	for _, id := range ids {
 		st.Forget(id)
-		p.r.logf("%s: stored chunk %s is damaged: set aside", p.set, id.Short())
 	}
+	p.r.logf("%s: %d stored chunks damaged or missing (%s first): set aside, asking the sender for those of the version", p.set, len(ids), ids[0].Short())
 	in := &p.in
 	if p.version < healProtocol {
 		return fmt.Errorf("%w: the sender's ntc is too old to send them again: upgrade it", ErrDamagedStore)
