@@ -267,11 +267,17 @@ func askPeer(ctx context.Context, id *transport.Identity, p peer, sets []string)
 		return nil, fmt.Errorf("connect to %s: %w", p.Addr, err)
 	}
 	defer c.Close()
+	var st *ntcsync.PeerStatus
 	if len(sets) > 0 && len(sets) <= 64 {
-		return ntcsync.RequestStatus(ctx, c, sets...)
+		st, err = ntcsync.RequestStatus(ctx, c, sets...)
+	} else {
+		st, err = ntcsync.RequestStatus(ctx, c)
 	}
-	st, err := ntcsync.RequestStatus(ctx, c)
-	if err != nil || len(sets) == 0 {
+	if re := (*ntcsync.RemoteError)(nil); errors.As(err, &re) && errors.Is(err, ntcsync.ErrMalformed) {
+		// A serve older than status requests took it for a push.
+		return nil, fmt.Errorf("%w: the peer's ntc may be too old to answer a status request: upgrade it", err)
+	}
+	if err != nil || len(sets) == 0 || len(sets) <= 64 {
 		return st, err
 	}
 	st.Sets = slices.DeleteFunc(st.Sets, func(s ntcsync.SetStatus) bool { return !slices.Contains(sets, s.Set) })
