@@ -25,9 +25,9 @@
 // the sender's head of the set, or the head itself when the images and
 // metadata are the head's. The sender opens the control stream and says
 // hello (magic, protocol version, set name; a receiver answers another
-// protocol version than 2 or 3 with the version error, "upgrade ntc on
+// protocol version than 2 to 4 with the version error, "upgrade ntc on
 // both sides"; protocol 3 only adds groups of chunks, which a protocol 2
-// sender never sends),
+// sender never sends, and 4 heals, which a receiver asks of 4 only),
 // then its candidates: a force flag and the digests of its versions of the
 // set, newest first (at most 64). The receiver answers with its base: the
 // newest candidate it holds (repo.Repo.Newest: its number there, digest
@@ -76,6 +76,15 @@
 // receiver answers committed (the version's number there, its current
 // version's digest, whether it diverged); the sender records what the
 // peer acknowledged.
+//
+// A chunk the receiver's store holds that fails verification while the
+// push reads it (a patch's base, an image file being written) is set
+// aside and, from a protocol 4 sender, asked for again within the push:
+// heal frames name such chunks of the version, both sides append those
+// not listed yet to the list of new chunks, and a round wants them
+// (heal.go). A peer may also ask what the receiver holds, instead of
+// pushing: a status frame, answered with the sets' current versions
+// (status.go); a hand-off's resume request is the third such first frame.
 //
 // Errors travel as codes in an error frame (errors.go), never as text. A
 // malformed frame also closes the connection with transport's protocol

@@ -54,6 +54,7 @@ var codes = [...]struct {
 	{codeDigest, ErrDigestMismatch},
 	{codeResumeRefused, ErrResumeRefused},
 	{codeNotCurrent, ErrNotCurrent},
+	{codeDamagedStore, ErrDamagedStore},
 }
 
 // codeOf maps a local error to the code sent to the peer.

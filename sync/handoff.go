@@ -98,37 +98,16 @@ func (s *Sender) RequestResume(ctx context.Context, conn *transport.Conn, set st
 	if err := CheckName(set); err != nil {
 		return nil, err
 	}
-	ctrl, err := conn.OpenStream(ctx)
+	p, err := ask(ctx, conn, msgResume, resumeRequest{set: set, digest: d}.encode(), msgResumed, 0, "the receiver to resume "+set)
 	if err != nil {
-		return nil, fmt.Errorf("open control stream: %w", err)
+		return nil, err
 	}
-	defer ctrl.Close()
-	stop := context.AfterFunc(ctx, func() { ctrl.Cancel(transport.ErrShuttingDown) })
-	defer stop()
-	w, rd := newFrameWriter(ctrl), newFrameReader(ctrl)
-	if err := w.write(msgResume, resumeRequest{set: set, digest: d}.encode()); err != nil {
-		return nil, ctxErr(ctx, err)
-	}
-	if err := w.flush(); err != nil {
-		return nil, ctxErr(ctx, err)
-	}
-	typ, p, err := rd.read()
+	r, err := decodeResumed(p)
 	if err != nil {
-		return nil, ctxErr(ctx, fmt.Errorf("waiting for the receiver to resume %s: %w", set, unexpected(err)))
+		return nil, err
 	}
-	switch typ {
-	case msgResumed:
-		r, err := decodeResumed(p)
-		if err != nil {
-			return nil, err
-		}
-		r.Set = set
-		return &r, nil
-	case msgError:
-		return nil, decodeError(p)
-	default:
-		return nil, fmt.Errorf("%w: unexpected frame type %d", ErrMalformed, typ)
-	}
+	r.Set = set
+	return &r, nil
 }
 
 // serveResume answers a resume request (its frame is next on rd).

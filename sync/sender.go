@@ -94,6 +94,9 @@ type Result struct {
 	Patched int `json:"chunks_patched"`
 	// Grouped counts chunks sent compressed together with others.
 	Grouped int `json:"chunks_grouped,omitempty"`
+	// Healed counts chunks the receiver asked for again because its
+	// stored copy was damaged (they are in ChunksSent too).
+	Healed int `json:"chunks_healed,omitempty"`
 	// Compressed is how many chunk bytes were compressed at each zstd
 	// level (its name), as the data streams chose them.
 	Compressed map[string]int64 `json:"compressed,omitempty"`
@@ -119,129 +122,214 @@ func (s *Sender) logf(format string, args ...any) {
 // it. v is first recorded in the sender's repository (see local). When the
 // receiver keeps it without making it current, the Result says so and the
 // error matches repo.ErrDiverged.
+//
+// A push goes through these phases: record (the version in the sender's
+// repository), open (hello, candidates and, when the sender knows what the
+// receiver holds, the offer at once), base (the receiver's answer, and the
+// offer again against it when the first one missed), connect (data
+// connections when enough will travel), then reply: rounds of wanted
+// chunks until the receiver commits.
 func (s *Sender) Push(ctx context.Context, conn *transport.Conn, v *Version) (*Result, error) {
-	start := time.Now()
 	if err := v.check(); err != nil {
 		return nil, err
 	}
-	v = v.mergeZeroRuns()
-	res := &Result{Set: v.Set}
-	nr, err := s.nodes()
+	p := &pushing{s: s, conn: conn, v: v.mergeZeroRuns(), start: time.Now()}
+	p.res = &Result{Set: v.Set}
+	if err := p.record(ctx); err != nil {
+		return nil, err
+	}
+	if p.pruneAfter {
+		defer s.prune(context.WithoutCancel(ctx), p.nr, v.Set)
+	}
+	ctrl, done, err := openControl(ctx, conn)
 	if err != nil {
 		return nil, err
 	}
-	lv := v.Recorded
-	if lv == nil {
-		if lv, err = s.local(ctx, nr, v); err != nil {
-			return nil, err
+	defer done()
+	p.ctrl, p.w, p.rd = ctrl, newFrameWriter(ctrl), newFrameReader(ctrl)
+	defer func() { p.extra.close() }()
+	if err := p.open(ctx); err != nil {
+		return nil, err
+	}
+	if err := p.base(ctx); err != nil {
+		return nil, err
+	}
+	if err := p.connect(ctx); err != nil {
+		return nil, err
+	}
+	return p.reply(ctx)
+}
+
+// pushing is one push in progress, as the sender runs it.
+type pushing struct {
+	s     *Sender
+	conn  *transport.Conn
+	v     *Version
+	start time.Time
+	res   *Result
+
+	nr         *repo.Repo    // the sender's repository, nil without StateDir
+	lv         *repo.Version // v as recorded there
+	pruneAfter bool
+
+	ctrl  *transport.Stream
+	w     *frameWriter
+	rd    *frameReader
+	cands []repo.Digest
+	pre   *prepared // the offer the receiver takes
+	extra *dialing
+	b     base
+
+	news      []newChunk
+	patchable [][]chunk.Range // by image: the changed ranges, when patches apply
+	conns     []*transport.Conn
+	lim       *limiter
+	// entryOf finds the version's chunks by ID, listed says which are
+	// among news: both made when the receiver first asks to heal.
+	entryOf map[chunk.ID]newChunk
+	listed  map[chunk.ID]bool
+}
+
+// record records v in the sender's repository (see local), unless it was
+// recorded already.
+func (p *pushing) record(ctx context.Context) error {
+	s, v := p.s, p.v
+	var err error
+	if p.nr, err = s.nodes(); err != nil {
+		return err
+	}
+	p.lv = v.Recorded
+	if p.lv == nil {
+		if p.lv, err = s.local(ctx, p.nr, v); err != nil {
+			return err
 		}
-		defer s.prune(context.WithoutCancel(ctx), nr, v.Set)
-	} else if nr == nil {
-		return nil, errors.New("push a recorded version: the sender has no repository (StateDir)")
+		p.pruneAfter = true
+	} else if p.nr == nil {
+		return errors.New("push a recorded version: the sender has no repository (StateDir)")
 	}
-	res.Digest, res.Parent = lv.Digest, lv.Parent
-	ctrl, err := conn.OpenStream(ctx)
-	if err != nil {
-		return nil, fmt.Errorf("open control stream: %w", err)
+	p.res.Digest, p.res.Parent = p.lv.Digest, p.lv.Parent
+	return nil
+}
+
+// open sends hello and the candidate bases, and offers at once against the
+// version the receiver last acknowledged to this sender (or against
+// nothing, when the sender holds no other version of the set): when it is
+// still the newest both hold, as it usually is, the offer costs no round
+// trip of its own. Otherwise the receiver's answer names the base first:
+// an offer of every entry would cost more than the round trip. A sender
+// without a repository learns the receiver's head first.
+func (p *pushing) open(ctx context.Context) error {
+	s, v := p.s, p.v
+	if err := p.w.write(msgHello, hello{version: protocolVersion, set: v.Set}.encode()); err != nil {
+		return ctxErr(ctx, err)
 	}
-	defer ctrl.Close()
-	// Closing the stream unblocks reads when ctx ends.
-	stop := context.AfterFunc(ctx, func() { ctrl.Cancel(transport.ErrShuttingDown) })
-	defer stop()
-	w := newFrameWriter(ctrl)
-	rd := newFrameReader(ctrl)
-	if err := w.write(msgHello, hello{version: protocolVersion, set: v.Set}.encode()); err != nil {
-		return nil, ctxErr(ctx, err)
+	p.cands = candidateDigests(p.nr, v.Set, p.lv)
+	if err := p.w.write(msgCandidate, candidates{force: s.Force, digests: p.cands}.encode()); err != nil {
+		return ctxErr(ctx, err)
 	}
-	cands := candidateDigests(nr, v.Set, lv)
-	if err := w.write(msgCandidate, candidates{force: s.Force, digests: cands}.encode()); err != nil {
-		return nil, ctxErr(ctx, err)
-	}
-	// Offer at once against the version the receiver last acknowledged to
-	// this sender (or against nothing, when the sender holds no other
-	// version of the set): when it is still the newest both hold, as it
-	// usually is, the offer costs no round trip of its own. Otherwise the
-	// receiver's answer names the base first: an offer of every entry
-	// would cost more than the round trip. A sender without a repository
-	// learns the receiver's head first.
-	var pre *prepared
-	assumed, assumedIdx := s.assumedBase(nr, conn.PeerID(), v.Set)
-	if nr != nil && (assumedIdx != nil || len(cands) == 1) {
-		if pre, err = s.prepareOffer(nr, v, lv, assumed, assumedIdx); err != nil {
-			return nil, err
+	assumed, assumedIdx := s.assumedBase(p.nr, p.conn.PeerID(), v.Set)
+	if p.nr == nil || (assumedIdx == nil && len(p.cands) != 1) {
+		if err := p.w.flush(); err != nil {
+			return ctxErr(ctx, err)
 		}
-		if err := pre.send(w); err != nil {
-			return nil, ctxErr(ctx, err)
-		}
-	} else if err := w.flush(); err != nil {
-		return nil, ctxErr(ctx, err)
+		return nil
+	}
+	var err error
+	if p.pre, err = s.prepareOffer(p.nr, v, p.lv, assumed, assumedIdx); err != nil {
+		return err
+	}
+	if err := p.pre.send(p.w); err != nil {
+		return ctxErr(ctx, err)
 	}
 	// Data connections' handshakes overlap the offer's round trip when
 	// enough chunks will probably travel.
-	var extra *dialing
-	defer func() { extra.close() }()
-	if pre != nil && s.wantsExtra(conn, newBytes(listNew(pre.ops, pre.results))) {
-		extra = s.startDial(ctx, conn)
+	if s.wantsExtra(p.conn, newBytes(listNew(p.pre.ops, p.pre.results))) {
+		p.extra = s.startDial(ctx, p.conn)
 	}
-	p, err := rd.expect(msgBase)
+	return nil
+}
+
+// base reads the receiver's base and, when the offer sent missed it (or
+// none was sent), offers again against it.
+func (p *pushing) base(ctx context.Context) error {
+	s, v, res := p.s, p.v, p.res
+	b, err := p.rd.expect(msgBase)
 	if err != nil {
-		return nil, ctxErr(ctx, fmt.Errorf("handshake: %w", err))
+		return ctxErr(ctx, fmt.Errorf("handshake: %w", err))
 	}
-	b, err := decodeBase(p)
-	if err != nil {
-		return nil, err
+	if p.b, err = decodeBase(b); err != nil {
+		return err
 	}
-	res.Base, res.Head = b.digest, b.head
-	if nr == nil {
-		lv.Parent = b.head
-		if err := lv.Seal(idxOf(v), v.Meta); err != nil {
-			return nil, err
+	res.Base, res.Head = p.b.digest, p.b.head
+	if p.nr == nil {
+		p.lv.Parent = p.b.head
+		if err := p.lv.Seal(idxOf(v), v.Meta); err != nil {
+			return err
 		}
-		res.Digest, res.Parent = lv.Digest, lv.Parent
+		res.Digest, res.Parent = p.lv.Digest, p.lv.Parent
 	}
-	if pre == nil || !pre.matches(b) {
+	if p.pre == nil || !p.pre.matches(p.b) {
 		// The receiver ignores that offer: offer again against the base
 		// it named, with its indexes from the sender's repository (or
 		// fetched once, if the sender lost them).
-		var held map[string]*chunk.Index
-		if nr != nil && !b.digest.IsZero() {
-			if bv, err := nr.ByDigest(v.Set, b.digest); err == nil {
-				held = indexesOf(nr, bv)
-			}
+		baseOf, err := p.baseIndexes(ctx)
+		if err != nil {
+			return err
 		}
-		baseOf := map[string]*chunk.Index{}
-		for _, ref := range b.images {
-			if !hasImage(v, ref.name) {
-				continue
-			}
-			x := held[ref.name]
-			if x != nil {
-				if d, _, err := indexDigest(x); err != nil || d != ref.digest {
-					x = nil
-				}
-			}
-			if x == nil {
-				if x, err = fetchIndex(ctx, w, rd, ref); err != nil {
-					return nil, err
-				}
-				res.IndexFetched = true
-			}
-			baseOf[ref.name] = x
+		if p.pre, err = s.prepareOffer(p.nr, v, p.lv, p.b, baseOf); err != nil {
+			return err
 		}
-		if pre, err = s.prepareOffer(nr, v, lv, b, baseOf); err != nil {
-			return nil, err
-		}
-		if err := pre.send(w); err != nil {
-			return nil, ctxErr(ctx, err)
+		if err := p.pre.send(p.w); err != nil {
+			return ctxErr(ctx, err)
 		}
 	}
-	o, allOps, results := pre.offer, pre.ops, pre.results
-	res.ImageBytes, res.ChangedBytes = pre.imageBytes, pre.changedBytes
+	res.ImageBytes, res.ChangedBytes = p.pre.imageBytes, p.pre.changedBytes
+	p.news = listNew(p.pre.ops, p.pre.results)
+	res.NewChunks = len(p.news)
+	p.patchable = p.patchRanges()
+	s.logf("offered %s %s (base %s): %d images, %d new chunks", v.Set, p.lv.Digest.Short(), digestName(p.pre.offer.base), len(v.Images), len(p.news))
+	return nil
+}
 
-	// Patches need the receiver to hold exactly the version the changed
-	// ranges are relative to.
-	patchable := make([][]chunk.Range, len(v.Images))
-	for i, im := range v.Images {
+// baseIndexes returns the indexes of the receiver's base images that v
+// has too: from the sender's repository, or fetched from the receiver.
+func (p *pushing) baseIndexes(ctx context.Context) (map[string]*chunk.Index, error) {
+	var held map[string]*chunk.Index
+	if p.nr != nil && !p.b.digest.IsZero() {
+		if bv, err := p.nr.ByDigest(p.v.Set, p.b.digest); err == nil {
+			held = indexesOf(p.nr, bv)
+		}
+	}
+	baseOf := map[string]*chunk.Index{}
+	for _, ref := range p.b.images {
+		if !hasImage(p.v, ref.name) {
+			continue
+		}
+		x := held[ref.name]
+		if x != nil {
+			if d, _, err := indexDigest(x); err != nil || d != ref.digest {
+				x = nil
+			}
+		}
+		if x == nil {
+			var err error
+			if x, err = fetchIndex(ctx, p.w, p.rd, ref); err != nil {
+				return nil, err
+			}
+			p.res.IndexFetched = true
+		}
+		baseOf[ref.name] = x
+	}
+	return baseOf, nil
+}
+
+// patchRanges returns, by image, the changed ranges against which chunks
+// may be sent as patches: patches need the receiver to hold exactly the
+// version the changed ranges are relative to.
+func (p *pushing) patchRanges() [][]chunk.Range {
+	o := p.pre.offer
+	patchable := make([][]chunk.Range, len(p.v.Images))
+	for i, im := range p.v.Images {
 		if im.Base == nil || im.Changed == nil || !o.images[i].based {
 			continue
 		}
@@ -249,88 +337,116 @@ func (s *Sender) Push(ctx context.Context, conn *transport.Conn, v *Version) (*R
 			patchable[i] = chunk.NormalizeRanges(im.Changed, max(im.Index.Size, im.Base.Size))
 		}
 	}
-	news := listNew(allOps, results)
-	res.NewChunks = len(news)
-	s.logf("offered %s %s (base %s): %d images, %d new chunks", v.Set, lv.Digest.Short(), digestName(o.base), len(v.Images), len(news))
+	return patchable
+}
 
-	conns := []*transport.Conn{conn}
-	if s.wantsExtra(conn, newBytes(news)) {
-		if extra == nil {
-			extra = s.startDial(ctx, conn)
+// connect adds data connections when enough chunks will travel, and the
+// rate limiter over all of them.
+func (p *pushing) connect(ctx context.Context) error {
+	s := p.s
+	p.conns = []*transport.Conn{p.conn}
+	if s.wantsExtra(p.conn, newBytes(p.news)) {
+		if p.extra == nil {
+			p.extra = s.startDial(ctx, p.conn)
 		}
-		more, err := extra.wait()
+		more, err := p.extra.wait()
 		if err != nil {
-			return nil, err
+			return err
 		}
-		conns = append(conns, more...)
+		p.conns = append(p.conns, more...)
 	}
-	lim := newLimiter(s.BytesPerSec, func() uint64 {
+	p.lim = newLimiter(s.BytesPerSec, func() uint64 {
 		var n uint64
-		for _, c := range conns {
+		for _, c := range p.conns {
 			n += c.QUIC().ConnectionStats().BytesSent
 		}
 		return n
 	})
+	return nil
+}
+
+// reply serves the receiver's wants until it commits the version.
+func (p *pushing) reply(ctx context.Context) (*Result, error) {
 	for {
-		typ, p, err := rd.read()
+		typ, b, err := p.rd.read()
 		if err != nil {
 			return nil, ctxErr(ctx, fmt.Errorf("waiting for the receiver: %w", unexpected(err)))
 		}
 		switch typ {
 		case msgError:
-			return nil, decodeError(p)
+			return nil, decodeError(b)
 		case msgCommitted:
-			c, err := decodeCommitted(p)
-			if err != nil {
-				return nil, err
-			}
-			res.Version, res.Head, res.Diverged = c.version, c.head, c.diverged
-			if err := s.remember(conn.PeerID(), v.Set, c.version, lv.Digest); err != nil {
-				return nil, fmt.Errorf("pushed, but could not record it locally: %w", err)
-			}
-			res.DurationMS = time.Since(start).Milliseconds()
-			res.Connections = len(conns)
-			for _, c := range conns {
-				st := c.QUIC().ConnectionStats()
-				res.BytesUp += st.BytesSent
-				res.BytesDown += st.BytesReceived
-				res.BytesLost += st.BytesLost
-			}
-			if c.diverged {
-				return res, fmt.Errorf("%s: the receiver kept version %d (%s) but did not make it current: its current version %s is not an ancestor (both copies ran since their common base): %w; to make this one current, push again with --force",
-					v.Set, c.version, lv.Digest.Short(), c.head.Short(), repo.ErrDiverged)
-			}
-			return res, nil
+			return p.committed(b)
 		case msgWant:
-			wt, err := decodeWant(p)
-			if err != nil {
+			if err := p.sendWanted(ctx, b); err != nil {
 				return nil, err
 			}
-			if len(wt.bitmap) != (len(news)+7)/8 {
-				return nil, fmt.Errorf("%w: want bitmap of %d bytes for %d chunks", ErrMalformed, len(wt.bitmap), len(news))
-			}
-			res.Rounds++
-			if wt.round > 1 {
-				patchable = make([][]chunk.Range, len(v.Images)) // whole chunks when asked again
-			}
-			if err := s.sendRound(ctx, conns, b.session, w, v, news, wt, lim, patchable, res); err != nil {
-				var se sourceError
-				if errors.As(err, &se) {
-					return nil, se.err // this side's failure: the receiver only saw the push end
-				}
-				if ctx.Err() == nil {
-					// The receiver may have stopped the round: its reason
-					// is on the control stream.
-					if rerr := readPeerError(ctrl, rd); rerr != nil {
-						return nil, rerr
-					}
-				}
-				return nil, ctxErr(ctx, err)
+		case msgHeal:
+			if err := p.healChunks(b); err != nil {
+				return nil, err
 			}
 		default:
 			return nil, fmt.Errorf("%w: unexpected frame type %d", ErrMalformed, typ)
 		}
 	}
+}
+
+// committed records the receiver's acknowledgement and completes the
+// result.
+func (p *pushing) committed(b []byte) (*Result, error) {
+	c, err := decodeCommitted(b)
+	if err != nil {
+		return nil, err
+	}
+	res, v := p.res, p.v
+	res.Version, res.Head, res.Diverged = c.version, c.head, c.diverged
+	if err := p.s.remember(p.conn.PeerID(), v.Set, c.version, p.lv.Digest); err != nil {
+		return nil, fmt.Errorf("pushed, but could not record it locally: %w", err)
+	}
+	res.DurationMS = time.Since(p.start).Milliseconds()
+	res.Connections = len(p.conns)
+	for _, c := range p.conns {
+		st := c.QUIC().ConnectionStats()
+		res.BytesUp += st.BytesSent
+		res.BytesDown += st.BytesReceived
+		res.BytesLost += st.BytesLost
+	}
+	if c.diverged {
+		return res, fmt.Errorf("%s: the receiver kept version %d (%s) but did not make it current: its current version %s is not an ancestor (both copies ran since their common base): %w; to make this one current, push again with --force",
+			v.Set, c.version, p.lv.Digest.Short(), c.head.Short(), repo.ErrDiverged)
+	}
+	return res, nil
+}
+
+// sendWanted sends one round of the chunks the receiver wants.
+func (p *pushing) sendWanted(ctx context.Context, b []byte) error {
+	wt, err := decodeWant(b)
+	if err != nil {
+		return err
+	}
+	if len(wt.bitmap) != (len(p.news)+7)/8 {
+		return fmt.Errorf("%w: want bitmap of %d bytes for %d chunks", ErrMalformed, len(wt.bitmap), len(p.news))
+	}
+	p.res.Rounds++
+	if wt.round > 1 {
+		p.patchable = make([][]chunk.Range, len(p.v.Images)) // whole chunks when asked again
+	}
+	err = p.s.sendRound(ctx, p.conns, p.b.session, p.w, p.v, p.news, wt, p.lim, p.patchable, p.res)
+	if err == nil {
+		return nil
+	}
+	var se sourceError
+	if errors.As(err, &se) {
+		return se.err // this side's failure: the receiver only saw the push end
+	}
+	if ctx.Err() == nil {
+		// The receiver may have stopped the round: its reason is on the
+		// control stream.
+		if rerr := readPeerError(p.ctrl, p.rd); rerr != nil {
+			return rerr
+		}
+	}
+	return ctxErr(ctx, err)
 }
 
 // prepared is an offer ready to send.

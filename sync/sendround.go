@@ -17,7 +17,10 @@ import (
 // them whatever the path.
 const smallRound = 8 << 20
 
-// sendRound sends the wanted chunks over parallel data streams.
+// sendRound sends the wanted chunks over parallel data streams: it
+// announces the streams, chooses how to compress (plan), runs the streams
+// (each takes batches of the wanted chunks in turn) and adds what they
+// sent to res.
 func (s *Sender) sendRound(ctx context.Context, conns []*transport.Conn, session token, w *frameWriter, v *Version, news []newChunk, wt want, lim *limiter, patchable [][]chunk.Range, res *Result) error {
 	var todo []int
 	for i := range news {
@@ -36,121 +39,158 @@ func (s *Sender) sendRound(ctx context.Context, conns []*transport.Conn, session
 	if err := w.flush(); err != nil {
 		return err
 	}
-	var next atomic.Int64
-	var encs encoders
-	defer encs.close()
-	rtt := conns[0].QUIC().ConnectionStats().MinRTT
-	first, top := levelRange(rtt, s.BytesPerSec)
-	// On a short path the receiver's CPU is more likely the limit than
-	// the link: it would only pay to compress each chunk of a group again.
-	// A small round costs little CPU either way: its chunks (a few pages
-	// and disk blocks, the daily case) go together at the best level.
+	rp := &roundPlan{s: s, v: v, news: news, todo: todo, wt: wt, session: session, lim: lim, patchable: patchable}
+	defer rp.encs.close()
+	rp.plan(conns[0].QUIC().ConnectionStats().MinRTT)
+	g, gctx := errgroup.WithContext(ctx)
+	for i := range streams {
+		conn := conns[i%len(conns)]
+		g.Go(func() error { return rp.stream(gctx, conn) })
+	}
+	err := g.Wait()
+	rp.stats.addTo(res)
+	return err
+}
+
+// roundPlan is a round being sent: the wanted chunks (todo, ordinals into
+// news), how they are compressed, and what the streams sent.
+type roundPlan struct {
+	s         *Sender
+	v         *Version
+	news      []newChunk
+	todo      []int
+	wt        want
+	session   token
+	lim       *limiter
+	patchable [][]chunk.Range
+
+	next       atomic.Int64 // the next batch's first index into todo
+	encs       encoders
+	first, top int // zstd levels: the one to start at, the best to go to
+	groups     bool
+	stats      roundStats
+}
+
+// plan chooses the compression levels and whether chunks are grouped.
+// On a short path the receiver's CPU is more likely the limit than the
+// link: it would only pay to compress each chunk of a group again. A small
+// round costs little CPU either way: its chunks (a few pages and disk
+// blocks, the daily case) go together at the best level.
+func (rp *roundPlan) plan(rtt time.Duration) {
+	s := rp.s
+	rp.first, rp.top = levelRange(rtt, s.BytesPerSec)
 	var todoBytes int64
-	for _, i := range todo {
-		todoBytes += news[i].entry.Length
+	for _, i := range rp.todo {
+		todoBytes += rp.news[i].entry.Length
 	}
 	if s.Wanted != nil {
 		s.Wanted(todoBytes)
 	}
 	small := todoBytes <= smallRound
 	if small {
-		first, top = len(levels)-1, len(levels)-1
+		rp.first, rp.top = len(levels)-1, len(levels)-1
 	}
 	if s.level != nil {
-		first = *s.level
+		rp.first = *s.level
 	}
-	groups := rtt >= extraConnsRTT || small
+	rp.groups = rtt >= extraConnsRTT || small
 	if s.groups != nil {
-		groups = *s.groups
+		rp.groups = *s.groups
 	}
-	var stats roundStats
-	g, gctx := errgroup.WithContext(ctx)
-	for i := range streams {
-		conn := conns[i%len(conns)]
-		g.Go(func() error {
-			st, err := conn.OpenStream(gctx)
-			if err != nil {
-				return fmt.Errorf("open data stream: %w", err)
-			}
-			stop := context.AfterFunc(gctx, func() { st.Cancel(transport.ErrShuttingDown) })
-			defer stop()
-			ds := &dataSender{s: s, ctx: gctx, lim: lim, encs: &encs, ctl: levelCtl{level: first, top: top}, groups: groups, stats: &stats}
-			if ds.enc, err = encs.get(first); err != nil {
-				return err
-			}
-			ds.fw = newFrameWriter(st)
-			if err := ds.fw.write(msgData, dataHeader{round: wt.round, session: session}.encode()); err != nil {
-				return err
-			}
-			if err := ds.fw.flush(); err != nil {
-				return err
-			}
-			var rbuf []byte
-			for {
-				k := int(next.Add(sendBatch) - sendBatch)
-				if k >= len(todo) {
-					break
-				}
-				batch := make([]newChunk, 0, sendBatch)
-				for _, i := range todo[k:min(k+sendBatch, len(todo))] {
-					batch = append(batch, news[i])
-				}
-				var total int64
-				for _, nc := range batch {
-					total += nc.entry.Length
-				}
-				if int64(cap(rbuf)) < total {
-					rbuf = make([]byte, total)
-				}
-				buf := rbuf[:total]
-				datas, err := readBatch(gctx, v, batch, &buf)
-				if err != nil {
-					return sourceError{err}
-				}
-				for j, nc := range batch {
-					data := datas[j]
-					// The receiver verifies every chunk; a chunk it refused
-					// is asked for again, and checked here first then.
-					if wt.round > 1 && !s.unverified {
-						if err := chunk.Verify(nc.entry.ID, data, v.Images[nc.image].Name); err != nil {
-							return sourceError{fmt.Errorf("the image changed since it was indexed (index it again): %w", err)}
-						}
-					}
-					if err := ds.chunk(uint64(todo[k+j]), nc.entry, data, patchable[nc.image]); err != nil {
-						return err
-					}
-				}
-				if err := ds.endBatch(); err != nil {
-					return err
-				}
-			}
-			if err := ds.fw.flush(); err != nil {
-				return err
-			}
-			return st.Close()
-		})
+}
+
+// stream opens one data stream on conn and sends batches of the wanted
+// chunks over it until none is left.
+func (rp *roundPlan) stream(ctx context.Context, conn *transport.Conn) error {
+	st, err := conn.OpenStream(ctx)
+	if err != nil {
+		return fmt.Errorf("open data stream: %w", err)
 	}
-	err := g.Wait()
-	res.ChunksSent += int(stats.chunks.Load())
-	res.ChunkBytes += stats.bytes.Load()
-	res.DataBytes += stats.data.Load()
-	res.Patched += int(stats.patched.Load())
-	res.Grouped += int(stats.grouped.Load())
-	for l := range stats.levelBytes {
-		if n := stats.levelBytes[l].Load(); n > 0 {
-			if res.Compressed == nil {
-				res.Compressed = map[string]int64{}
-			}
-			res.Compressed[levels[l].String()] += n
+	stop := context.AfterFunc(ctx, func() { st.Cancel(transport.ErrShuttingDown) })
+	defer stop()
+	ds := &dataSender{s: rp.s, ctx: ctx, lim: rp.lim, encs: &rp.encs, ctl: levelCtl{level: rp.first, top: rp.top}, groups: rp.groups, stats: &rp.stats}
+	if ds.enc, err = rp.encs.get(rp.first); err != nil {
+		return err
+	}
+	ds.fw = newFrameWriter(st)
+	if err := ds.fw.write(msgData, dataHeader{round: rp.wt.round, session: rp.session}.encode()); err != nil {
+		return err
+	}
+	if err := ds.fw.flush(); err != nil {
+		return err
+	}
+	var rbuf []byte
+	for {
+		k := int(rp.next.Add(sendBatch) - sendBatch)
+		if k >= len(rp.todo) {
+			break
+		}
+		if err := rp.batch(ds, k, &rbuf); err != nil {
+			return err
 		}
 	}
-	return err
+	if err := ds.fw.flush(); err != nil {
+		return err
+	}
+	return st.Close()
+}
+
+// batch reads and sends the wanted chunks todo[k:k+sendBatch] on ds, with
+// rbuf as the read buffer.
+func (rp *roundPlan) batch(ds *dataSender, k int, rbuf *[]byte) error {
+	batch := make([]newChunk, 0, sendBatch)
+	for _, i := range rp.todo[k:min(k+sendBatch, len(rp.todo))] {
+		batch = append(batch, rp.news[i])
+	}
+	var total int64
+	for _, nc := range batch {
+		total += nc.entry.Length
+	}
+	if int64(cap(*rbuf)) < total {
+		*rbuf = make([]byte, total)
+	}
+	buf := (*rbuf)[:total]
+	datas, err := readBatch(ds.ctx, rp.v, batch, &buf)
+	if err != nil {
+		return sourceError{err}
+	}
+	for j, nc := range batch {
+		data := datas[j]
+		// The receiver verifies every chunk; a chunk it refused is asked
+		// for again, and checked here first then.
+		if rp.wt.round > 1 && !rp.s.unverified {
+			if err := chunk.Verify(nc.entry.ID, data, rp.v.Images[nc.image].Name); err != nil {
+				return sourceError{fmt.Errorf("the image changed since it was indexed (index it again): %w", err)}
+			}
+		}
+		if err := ds.chunk(uint64(rp.todo[k+j]), nc.entry, data, rp.patchable[nc.image]); err != nil {
+			return err
+		}
+	}
+	return ds.endBatch()
 }
 
 // roundStats counts what a round's data streams sent.
 type roundStats struct {
 	chunks, bytes, data, patched, grouped atomic.Int64
 	levelBytes                            [len(levels)]atomic.Int64
+}
+
+// addTo adds what was sent to res.
+func (st *roundStats) addTo(res *Result) {
+	res.ChunksSent += int(st.chunks.Load())
+	res.ChunkBytes += st.bytes.Load()
+	res.DataBytes += st.data.Load()
+	res.Patched += int(st.patched.Load())
+	res.Grouped += int(st.grouped.Load())
+	for l := range st.levelBytes {
+		if n := st.levelBytes[l].Load(); n > 0 {
+			if res.Compressed == nil {
+				res.Compressed = map[string]int64{}
+			}
+			res.Compressed[levels[l].String()] += n
+		}
+	}
 }
 
 // dataSender writes one data stream's chunks: patches, chunks compressed

@@ -2,6 +2,7 @@ package sync
 
 import (
 	"bufio"
+	"context"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -9,6 +10,7 @@ import (
 	"math"
 
 	"github.com/ntc-project/ntc/chunk"
+	"github.com/ntc-project/ntc/transport"
 )
 
 // Frame types. The values are part of the wire protocol: add, never renumber.
@@ -28,7 +30,9 @@ const (
 	msgData      = 13 // S→R: first frame of a data stream: its round
 	msgCandidate = 14 // S→R after hello: force flag, the sender's versions of the set
 	msgChunks    = 15 // S→R on a data stream: chunks compressed together
-	// 16 and 17 are a hand-off's msgResume and msgResumed (handoff.go).
+	// 16 and 17 are a hand-off's msgResume and msgResumed (handoff.go),
+	// 18 a heal's msgHeal (heal.go), 19 and 20 a status request's msgStatus
+	// and msgSets (status.go).
 )
 
 // maxStreams bounds the data streams of one round.
@@ -38,10 +42,12 @@ const (
 	helloMagic = "NTC-SYNC"
 	// protocolVersion 2: versions have digests and parents; the base is
 	// the newest version both sides hold. 3: data streams may carry
-	// groups of chunks compressed together (msgChunks).
-	protocolVersion = 3
+	// groups of chunks compressed together (msgChunks). 4: a receiver
+	// may ask again for chunks its store holds damaged (msgHeal).
+	protocolVersion = 4
 	// minProtocolVersion is the oldest sender's protocol a receiver
-	// serves: 3 only adds groups, which a protocol 2 sender never sends.
+	// serves: 3 only adds groups, which a protocol 2 sender never sends,
+	// and 4 heals, which a receiver asks of senders of 4 only.
 	minProtocolVersion = 2
 	// maxFrame bounds any frame; an offer for a 16 TiB image at 16 KiB
 	// chunks would exceed it, and is sent as several frames.
@@ -205,6 +211,45 @@ func (f *frameReader) expect(want byte) ([]byte, error) {
 	}
 	if typ != want {
 		return nil, fmt.Errorf("%w: got frame type %d, want %d", ErrMalformed, typ, want)
+	}
+	return p, nil
+}
+
+// openControl opens a control stream on conn, cancelled when ctx ends
+// (which unblocks its reads); done closes it.
+func openControl(ctx context.Context, conn *transport.Conn) (_ *transport.Stream, done func(), _ error) {
+	ctrl, err := conn.OpenStream(ctx)
+	if err != nil {
+		return nil, nil, fmt.Errorf("open control stream: %w", err)
+	}
+	stop := context.AfterFunc(ctx, func() { ctrl.Cancel(transport.ErrShuttingDown) })
+	return ctrl, func() { stop(); ctrl.Close() }, nil
+}
+
+// ask sends one request frame (typ, payload) on a new control stream of
+// conn and returns the payload of the answer, a frame of type answer of at
+// most limit bytes (0: maxFrame); an error frame becomes its error. what
+// names the request in errors.
+func ask(ctx context.Context, conn *transport.Conn, typ byte, payload []byte, answer byte, limit int, what string) ([]byte, error) {
+	ctrl, done, err := openControl(ctx, conn)
+	if err != nil {
+		return nil, err
+	}
+	defer done()
+	w, rd := newFrameWriter(ctrl), newFrameReader(ctrl)
+	rd.limit = limit
+	if err := w.write(typ, payload); err != nil {
+		return nil, ctxErr(ctx, err)
+	}
+	if err := w.flush(); err != nil {
+		return nil, ctxErr(ctx, err)
+	}
+	p, err := rd.expect(answer)
+	if re := (*RemoteError)(nil); errors.As(err, &re) {
+		return nil, err // the receiver's answer: why not
+	}
+	if err != nil {
+		return nil, ctxErr(ctx, fmt.Errorf("waiting for %s: %w", what, err))
 	}
 	return p, nil
 }

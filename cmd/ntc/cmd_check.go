@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -10,11 +11,15 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/ntc-project/ntc/chunk"
+	"github.com/ntc-project/ntc/repo"
 	ntcsync "github.com/ntc-project/ntc/sync"
 )
 
 type checkOptions struct {
 	readData bool
+	// setAside has the store forget the damaged chunks found, so that the
+	// next push of a version holding them sends them again.
+	setAside bool
 	subset   string
 }
 
@@ -34,11 +39,17 @@ same tenth each time for the same percentage.
 It reads only, and can run while 'ntc serve' or 'ntc replicate' writes the
 repository. It names each damaged version and why, and exits with status 1
 when it found any: a damaged receiver's copy is healed by pushing again
-(the sender resends what is missing).
+(the sender resends what is missing). With --set-aside the store of a
+receiver's repository also forgets the damaged chunks found (their bytes stay
+in the packs until a collection rewrites them), so that the next push of any
+version that holds them sends them again, as a receiver does itself with a
+damaged chunk it reads during a push; this writes the store, and waits for a
+push in progress to end.
 
 Examples:
   ntc check ~/vms
   ntc check ~/vms --read-data
+  ntc check ~/vms --read-data --set-aside
   ntc check /srv/ckpt/vm --read-data-subset 5% --json`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -48,6 +59,7 @@ Examples:
 	f := cmd.Flags()
 	f.BoolVar(&o.readData, "read-data", false, "read every chunk and verify its content")
 	f.StringVar(&o.subset, "read-data-subset", "", "read only this share of the chunks: 10%, 0.1")
+	f.BoolVar(&o.setAside, "set-aside", false, "have the store forget the damaged chunks found, so that the next push sends them again")
 	return cmd
 }
 
@@ -67,8 +79,18 @@ func parseShare(s string) (float64, error) {
 	return f, nil
 }
 
+// checkJSON is 'ntc check --json'.
+type checkJSON struct {
+	*chunk.CheckReport
+	// SetAside counts the damaged chunks the store forgot (--set-aside).
+	SetAside int `json:"set_aside,omitempty"`
+}
+
 func runCheck(cmd *cobra.Command, g *globals, dir string, o checkOptions) error {
 	opt := chunk.CheckOptions{ReadData: o.readData || o.subset != ""}
+	if o.setAside && !opt.ReadData {
+		return usagef("--set-aside needs --read-data (or --read-data-subset): damage is found by reading the chunks")
+	}
 	if o.subset != "" {
 		f, err := parseShare(o.subset)
 		if err != nil {
@@ -101,8 +123,16 @@ func runCheck(cmd *cobra.Command, g *globals, dir string, o checkOptions) error 
 	if err != nil {
 		return err
 	}
+	out := checkJSON{CheckReport: rep}
+	if o.setAside && len(rep.Damaged) > 0 {
+		st.Close()
+		if err := setAside(cmd.Context(), dir, rep.Damaged); err != nil {
+			return err
+		}
+		out.SetAside = len(rep.Damaged)
+	}
 	if g.json {
-		if err := writeJSON(g.stdout, rep); err != nil {
+		if err := writeJSON(g.stdout, out); err != nil {
 			return err
 		}
 	} else {
@@ -117,12 +147,35 @@ func runCheck(cmd *cobra.Command, g *globals, dir string, o checkOptions) error 
 		if len(rep.Missing)+len(rep.Damaged) > 0 {
 			fmt.Fprintf(g.stdout, "%d chunks missing, %d damaged\n", len(rep.Missing), len(rep.Damaged))
 		}
+		if out.SetAside > 0 {
+			fmt.Fprintf(g.stdout, "set %d damaged chunks aside: the next push of a version that holds them sends them again\n", out.SetAside)
+		}
 	}
 	if !rep.OK() {
 		return fmt.Errorf("%d of %d versions in %s are damaged; push them again from the sender to heal the receiver's copy", len(rep.Broken), rep.Owners, dir)
 	}
 	if !g.json {
 		fmt.Fprintln(g.stdout, "no errors")
+	}
+	return nil
+}
+
+// setAside has the chunk store of the receiver's repository in dir forget
+// the damaged chunks ids, waiting for a push in progress to end.
+func setAside(ctx context.Context, dir string, ids []chunk.ID) error {
+	nodes, err := repo.OpenExisting(dir)
+	if err != nil {
+		return err
+	}
+	st, err := nodes.OpenStore(ctx)
+	if err != nil {
+		return fmt.Errorf("set the damaged chunks aside: %w", err)
+	}
+	for _, id := range ids {
+		st.Forget(id)
+	}
+	if err := st.Close(); err != nil {
+		return fmt.Errorf("set the damaged chunks aside: %w", err)
 	}
 	return nil
 }

@@ -300,6 +300,9 @@ func runPush(ctx context.Context, g *globals, o pushOptions, paths []string) err
 		humanBytes(res.ImageBytes), len(v.Images), humanBytes(res.ChangedBytes), base)
 	fmt.Fprintf(g.stdout, "  sent %d chunks (%s, %s compressed); %s on the wire in all\n",
 		res.ChunksSent, humanBytes(res.ChunkBytes), humanBytes(res.DataBytes), humanBytes(int64(out.BytesSent)))
+	if res.Healed > 0 {
+		fmt.Fprintf(g.stdout, "  %d chunks sent again: the receiver's stored copy was damaged (see its log)\n", res.Healed)
+	}
 	return nil
 }
 

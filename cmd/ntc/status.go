@@ -159,3 +159,54 @@ func humanRate(bps float64) string {
 		return fmt.Sprintf("%.0f kbit/s", bits/1e3)
 	}
 }
+
+// printStatus writes the status in words, as of now.
+func printStatus(g *globals, out statusJSON, store string, now time.Time) {
+	if len(out.Replicating) == 0 && len(out.Received) == 0 && len(out.Peers) == 0 {
+		fmt.Fprintf(g.stdout, "nothing replicates from this node (no 'ntc replicate' has run as %s)\n", g.home())
+		if store == "" {
+			fmt.Fprintln(g.stdout, "give --store DIR to see what a receiver holds, --peer to ask a peer")
+		}
+		return
+	}
+	for _, r := range out.Replicating {
+		fmt.Fprint(g.stdout, r.describe(now))
+	}
+	for _, r := range out.Received {
+		fmt.Fprintf(g.stdout, "%s received: version %d of %s (%s ago), %d kept\n", r.Set, r.Version,
+			r.Received.Local().Format(time.DateTime), time.Duration(r.AgeMS*float64(time.Millisecond)).Round(time.Second), r.Versions)
+	}
+	for _, p := range out.Peers {
+		fmt.Fprint(g.stdout, p.describe())
+	}
+}
+
+// describe is a peer's answer in words.
+func (p peerStatusJSON) describe() string {
+	var b strings.Builder
+	where := p.Peer
+	if p.Addr != p.Peer {
+		where += ", " + p.Addr
+	}
+	if p.Error != "" {
+		fmt.Fprintf(&b, "at %s: no answer: %s\n", where, p.Error)
+		return b.String()
+	}
+	fmt.Fprintf(&b, "at %s (answered in %.0f ms): %s\n", where, p.LatencyMS, plural(len(p.Sets), "set"))
+	for _, s := range p.Sets {
+		from := s.SenderName
+		if from == "" {
+			from = s.Sender
+		}
+		if from != "" {
+			from = " from " + from
+		}
+		fmt.Fprintf(&b, "  %s: version %d of %s (%s old)%s, %s kept", s.Set, s.Version, s.Created.Local().Format(time.DateTime),
+			(time.Duration(s.AgeMS) * time.Millisecond).Round(100*time.Millisecond), from, plural(int(s.Versions), "version"))
+		if s.Diverged > 0 {
+			fmt.Fprintf(&b, ", %d diverged", s.Diverged)
+		}
+		b.WriteString("\n")
+	}
+	return b.String()
+}

@@ -34,7 +34,7 @@ func TestStatusRecordsRounds(t *testing.T) {
 	g := newGlobals(&out, &bytes.Buffer{})
 	g.v.Set("home", home)
 	g.json = true
-	if err := runStatus(g, "", nil, now); err != nil {
+	if err := runStatus(t.Context(), g, statusOptions{}, nil, now); err != nil {
 		t.Fatal(err)
 	}
 	var got statusJSON
@@ -53,7 +53,7 @@ func TestStatusRecordsRounds(t *testing.T) {
 
 	out.Reset()
 	g.json = false
-	if err := runStatus(g, "", []string{"vm"}, now); err != nil {
+	if err := runStatus(t.Context(), g, statusOptions{}, []string{"vm"}, now); err != nil {
 		t.Fatal(err)
 	}
 	for _, want := range []string{"vm -> home:7400 (replicating every 5s", "a failure now loses 9.5s", "last round 2 at", "failed (1 in a row)", "last error", "no recent network activity"} {
@@ -66,7 +66,7 @@ func TestStatusRecordsRounds(t *testing.T) {
 	st.record(ok, roundJSON(ok), commit)
 	writeStatus(home, st)
 	out.Reset()
-	runStatus(g, "", nil, now)
+	runStatus(t.Context(), g, statusOptions{}, nil, now)
 	if !strings.Contains(out.String(), "paused 11 ms, sent 2.0 MiB in 2.0 s (8.4 Mbit/s), lag 1.5 s") {
 		t.Errorf("after a good round: %s", out.String())
 	}
@@ -76,7 +76,7 @@ func TestStatusRecordsRounds(t *testing.T) {
 	st.Stopped, st.StopErr = &stopped, "the guest is gone"
 	writeStatus(home, st)
 	out.Reset()
-	runStatus(g, "", nil, now)
+	runStatus(t.Context(), g, statusOptions{}, nil, now)
 	if !strings.Contains(out.String(), "stopped") || !strings.Contains(out.String(), "the guest is gone") {
 		t.Errorf("stopped replicate: %s", out.String())
 	}
