@@ -101,26 +101,24 @@ func runDemo(ctx context.Context, g *globals, o demoOptions) error {
 	if err := bench.WriteMixed(imgPath, size, uint64(size)); err != nil {
 		return fmt.Errorf("demo image: %w", err)
 	}
-	p := chunk.DefaultCDC()
-	full := func(label string) (*chunk.Index, chunk.ScanStats, time.Duration, error) {
-		img, err := chunk.OpenFile(imgPath)
-		if err != nil {
-			return nil, chunk.ScanStats{}, 0, err
-		}
-		defer img.Close()
+	// index indexes the image as 'ntc push' does: in full, or given the
+	// index of before and the ranges written since, only around them.
+	index := func(label string, prev *chunk.Index, changed []chunk.Range) (*ntcsync.FileImage, time.Duration, error) {
 		bar := g.newProgress(label, size)
 		defer bar.Done()
 		t0 := time.Now()
-		x, st, err := chunk.Build(ctx, img, p, chunk.Options{Progress: bar.Add})
-		return x, st, time.Since(t0), err
+		f, err := ntcsync.IndexFile(ctx, imgPath, "disk.img", prev, changed, bar.Add)
+		return f, time.Since(t0), err
 	}
-	v1, st, d, err := full("indexing")
+	first, d, err := index("indexing", nil, nil)
 	if err != nil {
 		return err
 	}
+	defer first.Close()
+	v1 := first.Index
 	s1 := v1.Stats()
 	say("2. full index: %d chunks, %s zero (never read from the sparse file, never sent); read %s in %s (%s)",
-		s1.Chunks, humanBytes(s1.ZeroBytes), humanBytes(st.BytesRead), d.Round(time.Millisecond), rate(st.BytesRead, d))
+		s1.Chunks, humanBytes(s1.ZeroBytes), humanBytes(first.BytesRead), d.Round(time.Millisecond), rate(first.BytesRead, d))
 
 	nodes, err := newDemoNodes()
 	if err != nil {
@@ -132,12 +130,7 @@ func runDemo(ctx context.Context, g *globals, o demoOptions) error {
 	}
 	defer recv.stop()
 	sender := &ntcsync.Sender{StateDir: filepath.Join(dir, "office"), Node: nodes.office.ID().String(), Dial: recv.dialer(nodes.office)}
-	first, err := chunk.OpenFile(imgPath)
-	if err != nil {
-		return err
-	}
-	res1, err := pushDemoImage(ctx, sender, ntcsync.Image{Name: "disk.img", Index: v1, Source: ntcsync.ReaderSource{R: first}})
-	first.Close()
+	res1, err := pushDemoImage(ctx, sender, first.Image)
 	if err != nil {
 		return err
 	}
@@ -155,27 +148,23 @@ func runDemo(ctx context.Context, g *globals, o demoOptions) error {
 	}
 	say("4. the guest rewrote %d scattered 64 KiB extents (%s, 1%%)", len(changed), humanBytes(changedBytes))
 
-	v2full, stFull, dFull, err := full("re-indexing")
+	full, dFull, err := index("re-indexing", nil, nil)
 	if err != nil {
 		return err
 	}
-	say("5. full re-index:        read %s in %s", humanBytes(stFull.BytesRead), dFull.Round(time.Millisecond))
+	full.Close()
+	say("5. full re-index:        read %s in %s", humanBytes(full.BytesRead), dFull.Round(time.Millisecond))
 
-	img, err := chunk.OpenFile(imgPath)
+	inc, dInc, err := index("re-indexing the changes", v1, changed)
 	if err != nil {
 		return err
 	}
-	defer img.Close()
-	t0 := time.Now()
-	v2, stInc, err := chunk.Reindex(ctx, v1, img, changed, chunk.Options{})
-	dInc := time.Since(t0)
-	if err != nil {
-		return err
-	}
-	identical := v2.Equal(v2full)
+	defer inc.Close()
+	v2 := inc.Index
+	identical := v2.Equal(full.Index)
 	say("6. incremental re-index: read %s in %s (%.1f%% of the image, %.1f%% of the time); identical to the full one: %v",
-		humanBytes(stInc.BytesRead), dInc.Round(time.Millisecond),
-		100*float64(stInc.BytesRead)/float64(size), 100*float64(dInc)/float64(dFull), identical)
+		humanBytes(inc.BytesRead), dInc.Round(time.Millisecond),
+		100*float64(inc.BytesRead)/float64(size), 100*float64(dInc)/float64(dFull), identical)
 	diff, err := chunk.Compare(v1, v2)
 	if err != nil {
 		return err
@@ -185,7 +174,9 @@ func runDemo(ctx context.Context, g *globals, o demoOptions) error {
 	if !identical {
 		return fmt.Errorf("the incremental index differs from the full one: please report this bug")
 	}
-	res2, err := pushDemoImage(ctx, sender, ntcsync.Image{Name: "disk.img", Index: v2, Source: ntcsync.ReaderSource{R: img}, Base: v1, Changed: changed})
+	// The push sends the new chunks as patches against the receiver's
+	// copy (inc.Base, inc.Changed).
+	res2, err := pushDemoImage(ctx, sender, inc.Image)
 	if err != nil {
 		return err
 	}
@@ -207,7 +198,7 @@ func runDemo(ctx context.Context, g *globals, o demoOptions) error {
 	if g.json {
 		return writeJSON(g.stdout, demoJSON{
 			ImageBytes: size, ChangedBytes: changedBytes,
-			FullMS: ms(dFull), FullRead: stFull.BytesRead, IncrementalMS: ms(dInc), IncrementalRead: stInc.BytesRead,
+			FullMS: ms(dFull), FullRead: full.BytesRead, IncrementalMS: ms(dInc), IncrementalRead: inc.BytesRead,
 			Identical: identical, Diff: diff, PushFirstBytes: pushed[0], PushSecondBytes: pushed[1],
 		})
 	}
