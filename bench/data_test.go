@@ -43,7 +43,7 @@ func TestWriteRandomIsItsSeed(t *testing.T) {
 // data, the last quarter empty, the same bytes for the same seed.
 func TestWriteMixed(t *testing.T) {
 	dir := t.TempDir()
-	const size = 64 << 20
+	const size = 16 << 20
 	p := filepath.Join(dir, "img")
 	if err := WriteMixed(p, size, 7); err != nil {
 		t.Fatal(err)
