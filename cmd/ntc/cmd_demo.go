@@ -120,11 +120,7 @@ func runDemo(ctx context.Context, g *globals, o demoOptions) error {
 	say("2. full index: %d chunks, %s zero (never read from the sparse file, never sent); read %s in %s (%s)",
 		s1.Chunks, humanBytes(s1.ZeroBytes), humanBytes(first.BytesRead), d.Round(time.Millisecond), rate(first.BytesRead, d))
 
-	nodes, err := newDemoNodes()
-	if err != nil {
-		return err
-	}
-	recv, err := serveDemo(ctx, filepath.Join(dir, "home"), nodes.home, nodes.office)
+	nodes, recv, err := startDemoHome(ctx, dir)
 	if err != nil {
 		return err
 	}
@@ -211,13 +207,20 @@ func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
 // pushes, home receives.
 type demoNodes struct{ office, home *transport.Identity }
 
-func newDemoNodes() (demoNodes, error) {
+// startDemoHome makes the two nodes and starts home's receiver on the
+// repository dir/home, allowing the office.
+func startDemoHome(ctx context.Context, dir string) (demoNodes, *demoReceiver, error) {
 	office, err := transport.GenerateIdentity()
 	if err != nil {
-		return demoNodes{}, err
+		return demoNodes{}, nil, err
 	}
 	home, err := transport.GenerateIdentity()
-	return demoNodes{office: office, home: home}, err
+	if err != nil {
+		return demoNodes{}, nil, err
+	}
+	nodes := demoNodes{office: office, home: home}
+	recv, err := serveDemo(ctx, filepath.Join(dir, "home"), home, office)
+	return nodes, recv, err
 }
 
 // demoReceiver is a node receiving pushes on loopback, served as 'ntc
@@ -370,11 +373,7 @@ func runDemoVM(ctx context.Context, g *globals, o demoOptions) error {
 	}
 	say("   running: tick %d (QMP %s)", vm.LastTick(), vm.QMPPath())
 
-	nodes, err := newDemoNodes()
-	if err != nil {
-		return err
-	}
-	recv, err := serveDemo(ctx, filepath.Join(dir, "home"), nodes.home, nodes.office)
+	nodes, recv, err := startDemoHome(ctx, dir)
 	if err != nil {
 		return err
 	}
