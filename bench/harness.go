@@ -6,7 +6,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"math/rand/v2"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -15,8 +14,6 @@ import (
 	"strings"
 	"syscall"
 	"time"
-
-	"github.com/klauspost/compress/zstd"
 
 	"github.com/ntc-project/ntc/internal/procstat"
 )
@@ -178,79 +175,6 @@ func (n *Node) PushVia(ctx context.Context, wrap []string, addr, peer string, ar
 		r.MaxRSS = maxRSS(c.ProcessState)
 	}
 	return &r, nil
-}
-
-// WriteRandom writes size incompressible bytes to path.
-func WriteRandom(path string, size int64, seed uint64) error {
-	f, err := os.Create(path)
-	if err != nil {
-		return err
-	}
-	r := rand.New(rand.NewPCG(seed, 11))
-	buf := make([]byte, 1<<20)
-	for off := int64(0); off < size; off += int64(len(buf)) {
-		for i := 0; i < len(buf); i += 8 {
-			v := r.Uint64()
-			for k := range 8 {
-				buf[i+k] = byte(v >> (8 * k))
-			}
-		}
-		if _, err := f.Write(buf[:min(int64(len(buf)), size-off)]); err != nil {
-			f.Close()
-			return err
-		}
-	}
-	return f.Close()
-}
-
-// Extent is a changed byte range.
-type Extent struct{ Off, Len int64 }
-
-// RewriteScattered rewrites frac of the file in random extents of n bytes
-// (aligned to n), with fresh random data, and returns them and the
-// zstd-compressed size of their new content (the oracle).
-func RewriteScattered(path string, frac float64, n int64, seed uint64) ([]Extent, int64, error) {
-	f, err := os.OpenFile(path, os.O_RDWR, 0)
-	if err != nil {
-		return nil, 0, err
-	}
-	defer f.Close()
-	fi, err := f.Stat()
-	if err != nil {
-		return nil, 0, err
-	}
-	r := rand.New(rand.NewPCG(seed, 12))
-	slots := int(fi.Size() / n)
-	count := max(1, int(frac*float64(fi.Size())/float64(n)))
-	enc, _ := zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedDefault))
-	defer enc.Close()
-	var all []byte
-	var out []Extent
-	buf := make([]byte, n)
-	for _, s := range r.Perm(slots)[:count] {
-		for i := range buf {
-			buf[i] = byte(r.Uint32())
-		}
-		off := int64(s) * n
-		if _, err := f.WriteAt(buf, off); err != nil {
-			return nil, 0, err
-		}
-		all = append(all, buf...)
-		out = append(out, Extent{off, n})
-	}
-	return out, int64(len(enc.EncodeAll(all, nil))), f.Sync()
-}
-
-// Ranges formats extents for --changed.
-func Ranges(es []Extent) string {
-	var b strings.Builder
-	for i, e := range es {
-		if i > 0 {
-			b.WriteByte(',')
-		}
-		fmt.Fprintf(&b, "%d+%d", e.Off, e.Len)
-	}
-	return b.String()
 }
 
 // Rsync is an rsync daemon serving one writable module.

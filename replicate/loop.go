@@ -32,7 +32,8 @@ type Pushed struct {
 	Version    uint64 // the receiver's version number
 	BytesSent  uint64 // on the wire, both ways
 	ChunksSent int
-	Patched    int // chunks sent as patches
+	Patched    int  // chunks sent as patches
+	Delta      bool // a delta against a version the receiver held
 }
 
 // Pruner removes old checkpoints: it keeps the newest keep and acked (0:

@@ -70,7 +70,7 @@ func (p *Push) Push(ctx context.Context, seq int) (Pushed, error) {
 	if err != nil {
 		return Pushed{}, p.classify(err)
 	}
-	return Pushed{Version: res.Version, BytesSent: res.BytesUp + res.BytesDown, ChunksSent: res.ChunksSent, Patched: res.Patched}, nil
+	return Pushed{Version: res.Version, BytesSent: res.BytesUp + res.BytesDown, ChunksSent: res.ChunksSent, Patched: res.Patched, Delta: !res.Base.IsZero()}, nil
 }
 
 func (p *Push) classify(err error) error {

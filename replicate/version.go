@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"slices"
 
 	"github.com/ntc-project/ntc/capture"
 	"github.com/ntc-project/ntc/chunk"
@@ -75,7 +74,7 @@ func OpenVersion(ctx context.Context, dir, set string, seq int, prev map[string]
 	for _, im := range imgs {
 		si := ntcsync.Image{Name: im.Name, Index: im.Index, Source: src}
 		if p := prev[im.Name]; p != nil && im.Kind == capture.KindDisk {
-			base, changed, ok, err := r.ChangedSince(m, im.Disk.Name, func(x *chunk.Index) bool { return sameIndex(x, p) })
+			base, changed, ok, err := r.ChangedSince(m, im.Disk.Name, p.Equal)
 			if err != nil {
 				return nil, err
 			}
@@ -108,10 +107,4 @@ func AckedCheckpoint(dir, set string, d repo.Digest) (int, error) {
 		return 0, err
 	}
 	return int(v.Seq), nil
-}
-
-// sameIndex reports whether two indexes describe the same image the same
-// way.
-func sameIndex(a, b *chunk.Index) bool {
-	return a.Params == b.Params && a.Size == b.Size && slices.Equal(a.Entries, b.Entries)
 }

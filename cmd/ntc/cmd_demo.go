@@ -4,16 +4,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"math/rand/v2"
 	"os"
 	"path/filepath"
-	"regexp"
-	"strconv"
 	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
 
+	"github.com/ntc-project/ntc/bench"
 	"github.com/ntc-project/ntc/capture"
 	"github.com/ntc-project/ntc/chunk"
 	"github.com/ntc-project/ntc/internal/testguest"
@@ -100,51 +98,45 @@ func runDemo(ctx context.Context, g *globals, o demoOptions) error {
 	}
 	imgPath := filepath.Join(dir, "disk.img")
 	say("1. writing a %s disk image with data, text and empty regions: %s", humanBytes(size), imgPath)
-	r := rand.New(rand.NewPCG(uint64(size), 1))
-	if err := writeDemoImage(imgPath, size, r); err != nil {
-		return err
+	if err := bench.WriteMixed(imgPath, size, uint64(size)); err != nil {
+		return fmt.Errorf("demo image: %w", err)
 	}
-	p := chunk.DefaultCDC()
-	full := func(label string) (*chunk.Index, chunk.ScanStats, time.Duration, error) {
-		img, err := chunk.OpenFile(imgPath)
-		if err != nil {
-			return nil, chunk.ScanStats{}, 0, err
-		}
-		defer img.Close()
+	// index indexes the image as 'ntc push' does: in full, or given the
+	// index of before and the ranges written since, only around them.
+	index := func(label string, prev *chunk.Index, changed []chunk.Range) (*ntcsync.FileImage, time.Duration, error) {
 		bar := g.newProgress(label, size)
 		defer bar.Done()
 		t0 := time.Now()
-		x, st, err := chunk.Build(ctx, img, p, chunk.Options{Progress: bar.Add})
-		return x, st, time.Since(t0), err
+		f, err := ntcsync.IndexFile(ctx, imgPath, "disk.img", prev, changed, bar.Add)
+		return f, time.Since(t0), err
 	}
-	v1, st, d, err := full("indexing")
+	first, d, err := index("indexing", nil, nil)
 	if err != nil {
 		return err
 	}
+	defer first.Close()
+	v1 := first.Index
 	s1 := v1.Stats()
 	say("2. full index: %d chunks, %s zero (never read from the sparse file, never sent); read %s in %s (%s)",
-		s1.Chunks, humanBytes(s1.ZeroBytes), humanBytes(st.BytesRead), d.Round(time.Millisecond), rate(st.BytesRead, d))
+		s1.Chunks, humanBytes(s1.ZeroBytes), humanBytes(first.BytesRead), d.Round(time.Millisecond), rate(first.BytesRead, d))
 
-	recv, err := startDemoReceiver(ctx, dir)
+	nodes, recv, err := startDemoHome(ctx, dir)
 	if err != nil {
 		return err
 	}
 	defer recv.stop()
-	first, err := chunk.OpenFile(imgPath)
+	sender := &ntcsync.Sender{StateDir: filepath.Join(dir, "office"), Node: nodes.office.ID().String(), Dial: recv.dialer(nodes.office)}
+	res1, err := pushDemoImage(ctx, sender, first.Image)
 	if err != nil {
 		return err
 	}
-	res1, wire1, err := recv.push(ctx, ntcsync.Image{Name: "disk.img", Index: v1, Source: ntcsync.ReaderSource{R: first}})
-	first.Close()
-	if err != nil {
-		return err
-	}
+	wire1 := res1.BytesUp + res1.BytesDown
 	say("3. pushed it to a receiver on loopback over QUIC (version %d): %s on the wire for %s of data",
 		res1.Version, humanBytes(int64(wire1)), humanBytes(s1.DataBytes))
 
-	changed, err := rewriteExtents(imgPath, size, r)
+	changed, _, err := bench.RewriteScattered(imgPath, 0.01, 64<<10, uint64(size)+1)
 	if err != nil {
-		return err
+		return fmt.Errorf("change the demo image: %w", err)
 	}
 	var changedBytes int64
 	for _, c := range changed {
@@ -152,27 +144,23 @@ func runDemo(ctx context.Context, g *globals, o demoOptions) error {
 	}
 	say("4. the guest rewrote %d scattered 64 KiB extents (%s, 1%%)", len(changed), humanBytes(changedBytes))
 
-	v2full, stFull, dFull, err := full("re-indexing")
+	full, dFull, err := index("re-indexing", nil, nil)
 	if err != nil {
 		return err
 	}
-	say("5. full re-index:        read %s in %s", humanBytes(stFull.BytesRead), dFull.Round(time.Millisecond))
+	full.Close()
+	say("5. full re-index:        read %s in %s", humanBytes(full.BytesRead), dFull.Round(time.Millisecond))
 
-	img, err := chunk.OpenFile(imgPath)
+	inc, dInc, err := index("re-indexing the changes", v1, changed)
 	if err != nil {
 		return err
 	}
-	defer img.Close()
-	t0 := time.Now()
-	v2, stInc, err := chunk.Reindex(ctx, v1, img, changed, chunk.Options{})
-	dInc := time.Since(t0)
-	if err != nil {
-		return err
-	}
-	identical := equalEntries(v2, v2full)
+	defer inc.Close()
+	v2 := inc.Index
+	identical := v2.Equal(full.Index)
 	say("6. incremental re-index: read %s in %s (%.1f%% of the image, %.1f%% of the time); identical to the full one: %v",
-		humanBytes(stInc.BytesRead), dInc.Round(time.Millisecond),
-		100*float64(stInc.BytesRead)/float64(size), 100*float64(dInc)/float64(dFull), identical)
+		humanBytes(inc.BytesRead), dInc.Round(time.Millisecond),
+		100*float64(inc.BytesRead)/float64(size), 100*float64(dInc)/float64(dFull), identical)
 	diff, err := chunk.Compare(v1, v2)
 	if err != nil {
 		return err
@@ -182,10 +170,13 @@ func runDemo(ctx context.Context, g *globals, o demoOptions) error {
 	if !identical {
 		return fmt.Errorf("the incremental index differs from the full one: please report this bug")
 	}
-	res2, wire2, err := recv.push(ctx, ntcsync.Image{Name: "disk.img", Index: v2, Source: ntcsync.ReaderSource{R: img}, Base: v1, Changed: changed})
+	// The push sends the new chunks as patches against the receiver's
+	// copy (inc.Base, inc.Changed).
+	res2, err := pushDemoImage(ctx, sender, inc.Image)
 	if err != nil {
 		return err
 	}
+	wire2 := res2.BytesUp + res2.BytesDown
 	say("8. pushed version %d with its changed ranges: %s on the wire (%d chunks, %d as patches) for %s changed",
 		res2.Version, humanBytes(int64(wire2)), res2.ChunksSent, res2.Patched, humanBytes(changedBytes))
 	pushed := [2]uint64{wire1, wire2}
@@ -203,7 +194,7 @@ func runDemo(ctx context.Context, g *globals, o demoOptions) error {
 	if g.json {
 		return writeJSON(g.stdout, demoJSON{
 			ImageBytes: size, ChangedBytes: changedBytes,
-			FullMS: ms(dFull), FullRead: stFull.BytesRead, IncrementalMS: ms(dInc), IncrementalRead: stInc.BytesRead,
+			FullMS: ms(dFull), FullRead: full.BytesRead, IncrementalMS: ms(dInc), IncrementalRead: inc.BytesRead,
 			Identical: identical, Diff: diff, PushFirstBytes: pushed[0], PushSecondBytes: pushed[1],
 		})
 	}
@@ -212,108 +203,43 @@ func runDemo(ctx context.Context, g *globals, o demoOptions) error {
 
 func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
 
-func equalEntries(a, b *chunk.Index) bool {
-	if a.Size != b.Size || len(a.Entries) != len(b.Entries) {
-		return false
-	}
-	for i := range a.Entries {
-		if a.Entries[i] != b.Entries[i] {
-			return false
-		}
-	}
-	return true
-}
+// demoNodes are the demo's two nodes, both in this process: the office
+// pushes, home receives.
+type demoNodes struct{ office, home *transport.Identity }
 
-// writeDemoImage writes a sparse image: a quarter left as holes, the rest in
-// 1 MiB regions of random data, repetitive text and zeros.
-func writeDemoImage(path string, size int64, r *rand.Rand) error {
-	f, err := os.Create(path)
-	if err != nil {
-		return fmt.Errorf("create demo image: %w", err)
-	}
-	if err := f.Truncate(size); err != nil {
-		f.Close()
-		return fmt.Errorf("create demo image: %w", err)
-	}
-	buf := make([]byte, 1<<20)
-	words := []string{"office", "home", "checkpoint", "resume", "chunk", "guest", "disk", "page"}
-	for off := int64(0); off < size*3/4; off += int64(len(buf)) {
-		switch r.IntN(4) {
-		case 0:
-			continue // a hole
-		case 1: // log-like text
-			n := 0
-			for n < len(buf) {
-				line := fmt.Sprintf("%d %s %s %x\n", r.IntN(1e6), words[r.IntN(len(words))], words[r.IntN(len(words))], r.Uint32())
-				n += copy(buf[n:], line)
-			}
-		default:
-			for i := range buf {
-				buf[i] = byte(r.Uint32())
-			}
-		}
-		if _, err := f.WriteAt(buf[:min(int64(len(buf)), size-off)], off); err != nil {
-			f.Close()
-			return fmt.Errorf("write demo image: %w", err)
-		}
-	}
-	return f.Close()
-}
-
-// rewriteExtents overwrites 1% of the image in random 64 KiB extents.
-func rewriteExtents(path string, size int64, r *rand.Rand) ([]chunk.Range, error) {
-	f, err := os.OpenFile(path, os.O_RDWR, 0)
-	if err != nil {
-		return nil, fmt.Errorf("change demo image: %w", err)
-	}
-	const ext = 64 << 10
-	buf := make([]byte, ext)
-	n := int(size / 100 / ext)
-	var out []chunk.Range
-	for _, slot := range r.Perm(int(size / ext))[:max(n, 1)] {
-		for i := range buf {
-			buf[i] = byte(r.Uint32())
-		}
-		off := int64(slot) * ext
-		if _, err := f.WriteAt(buf, off); err != nil {
-			f.Close()
-			return nil, fmt.Errorf("change demo image: %w", err)
-		}
-		out = append(out, chunk.Range{Off: off, Len: ext})
-	}
-	return out, f.Close()
-}
-
-// demoReceiver is a receiver on loopback in this process, and a sender
-// with its own identity allowed to push to it.
-type demoReceiver struct {
-	office, home *transport.Identity
-	repo         *ntcsync.Repo
-	l            *transport.Listener
-	sender       *ntcsync.Sender
-	stop         func()
-}
-
-func startDemoReceiver(ctx context.Context, dir string) (*demoReceiver, error) {
+// startDemoHome makes the two nodes and starts home's receiver on the
+// repository dir/home, allowing the office.
+func startDemoHome(ctx context.Context, dir string) (demoNodes, *demoReceiver, error) {
 	office, err := transport.GenerateIdentity()
 	if err != nil {
-		return nil, err
+		return demoNodes{}, nil, err
 	}
 	home, err := transport.GenerateIdentity()
 	if err != nil {
-		return nil, err
+		return demoNodes{}, nil, err
 	}
-	return serveDemo(ctx, filepath.Join(dir, "home"), office, home, filepath.Join(dir, "office"))
+	nodes := demoNodes{office: office, home: home}
+	recv, err := serveDemo(ctx, filepath.Join(dir, "home"), home, office)
+	return nodes, recv, err
 }
 
-// serveDemo starts a receiver as node home on the repository in dir,
-// allowing office, whose sender keeps its state in senderState.
-func serveDemo(ctx context.Context, dir string, office, home *transport.Identity, senderState string) (*demoReceiver, error) {
+// demoReceiver is a node receiving pushes on loopback, served as 'ntc
+// serve' serves them (sync.Receiver.ServeListener).
+type demoReceiver struct {
+	id   *transport.Identity
+	repo *ntcsync.Repo
+	addr string
+	stop func()
+}
+
+// serveDemo starts a receiver as node id on the repository in dir,
+// allowing from.
+func serveDemo(ctx context.Context, dir string, id, from *transport.Identity) (*demoReceiver, error) {
 	repo, err := ntcsync.OpenRepo(dir)
 	if err != nil {
 		return nil, err
 	}
-	l, err := transport.Listen("127.0.0.1:0", home, transport.AllowIDs(office.ID()), transport.Config{})
+	l, err := transport.Listen("127.0.0.1:0", id, transport.AllowIDs(from.ID()), transport.Config{})
 	if err != nil {
 		repo.Close()
 		return nil, err
@@ -324,32 +250,36 @@ func serveDemo(ctx context.Context, dir string, office, home *transport.Identity
 		defer close(served)
 		(&ntcsync.Receiver{Repo: repo}).ServeListener(sctx, l)
 	}()
-	d := &demoReceiver{office: office, home: home, repo: repo, l: l,
-		sender: &ntcsync.Sender{StateDir: senderState, Node: office.ID().String()}}
-	d.stop = func() {
+	return &demoReceiver{id: id, repo: repo, addr: l.Addr().String(), stop: func() {
 		cancel()
 		l.Close()
 		<-served
 		repo.Close()
+	}}, nil
+}
+
+// dialer connects node from to the receiver.
+func (r *demoReceiver) dialer(from *transport.Identity) func(context.Context) (*transport.Conn, error) {
+	return func(ctx context.Context) (*transport.Conn, error) {
+		return transport.Dial(ctx, r.addr, from, r.id.ID(), transport.Config{})
 	}
-	return d, nil
 }
 
-// push sends one version of the image and returns the bytes on the wire.
-func (d *demoReceiver) push(ctx context.Context, im ntcsync.Image) (*ntcsync.Result, uint64, error) {
-	return d.pushVersion(ctx, &ntcsync.Version{Set: "demo", Images: []ntcsync.Image{im}})
+// pushCheckpoint pushes the current checkpoint of set in node from's
+// repository dir to the receiver, as 'ntc replicate' does.
+func (r *demoReceiver) pushCheckpoint(ctx context.Context, from *transport.Identity, dir, set string) (replicate.Pushed, error) {
+	p := &replicate.Push{Dir: dir, Set: set, Self: from.ID(), Peer: r.id.ID(), Dial: r.dialer(from)}
+	return p.Push(ctx, 0)
 }
 
-// pushVersion sends v and returns the bytes on the wire.
-func (d *demoReceiver) pushVersion(ctx context.Context, v *ntcsync.Version) (*ntcsync.Result, uint64, error) {
-	conn, err := transport.Dial(ctx, d.l.Addr().String(), d.office, d.home.ID(), transport.Config{})
+// pushDemoImage pushes im as the next version of set demo.
+func pushDemoImage(ctx context.Context, s *ntcsync.Sender, im ntcsync.Image) (*ntcsync.Result, error) {
+	conn, err := s.Dial(ctx)
 	if err != nil {
-		return nil, 0, err
+		return nil, err
 	}
 	defer conn.Close()
-	res, err := d.sender.Push(ctx, conn, v)
-	st := conn.QUIC().ConnectionStats()
-	return res, st.BytesSent + st.BytesReceived, err
+	return s.Push(ctx, conn, &ntcsync.Version{Set: "demo", Images: []ntcsync.Image{im}})
 }
 
 // demoVMJSON is demo --vm's --json summary.
@@ -443,14 +373,13 @@ func runDemoVM(ctx context.Context, g *globals, o demoOptions) error {
 	}
 	say("   running: tick %d (QMP %s)", vm.LastTick(), vm.QMPPath())
 
-	recv, err := startDemoReceiver(ctx, dir)
+	nodes, recv, err := startDemoHome(ctx, dir)
 	if err != nil {
 		return err
 	}
 	defer recv.stop()
 	// The office's node repository: its checkpoints, and what it pushed.
 	repo := filepath.Join(dir, "office-repo")
-	recv.sender.StateDir = repo
 	const set = "office-vm"
 	for i := 1; i <= 2; i++ {
 		if i == 2 {
@@ -461,22 +390,22 @@ func runDemoVM(ctx context.Context, g *globals, o demoOptions) error {
 		// The last tick the guest printed before the checkpoint's instant
 		// (the checkpoint itself takes a few seconds more to store).
 		tick := vm.LastTick()
-		res, err := capture.Checkpoint(ctx, capture.Config{QMP: vm.QMPPath(), Dir: repo, Set: set, Node: recv.office.ID().String()})
+		res, err := capture.Checkpoint(ctx, capture.Config{QMP: vm.QMPPath(), Dir: repo, Set: set, Node: nodes.office.ID().String()})
 		if err != nil {
 			return err
 		}
-		pr, wire, err := recv.pushCheckpoint(ctx, set)
+		pr, err := recv.pushCheckpoint(ctx, nodes.office, repo, set)
 		if err != nil {
 			return err
 		}
-		c := demoCheckpoint{Seq: res.Manifest.Seq, GuestPauseMS: res.Stats.GuestPauseMS, WireBytes: wire, ChunksSent: pr.ChunksSent, Tick: tick}
+		c := demoCheckpoint{Seq: res.Manifest.Seq, GuestPauseMS: res.Stats.GuestPauseMS, WireBytes: pr.BytesSent, ChunksSent: pr.ChunksSent, Tick: tick}
 		out.Checkpoints = append(out.Checkpoints, c)
 		what := "everything (first push)"
 		if i == 2 {
 			what = fmt.Sprintf("only what changed (%s of RAM pages new, %s of disk written)", humanBytes(res.Stats.RAMBytesNew), humanBytes(res.Stats.DiskBytesChanged))
 		}
 		say("%d. live checkpoint %d at tick %d: guest paused %.1f ms; pushed over QUIC to a receiver on loopback: %s on the wire, %s",
-			i+1, c.Seq, tick, c.GuestPauseMS, humanBytes(int64(wire)), what)
+			i+1, c.Seq, tick, c.GuestPauseMS, humanBytes(int64(c.WireBytes)), what)
 	}
 	if err := vm.Stop(bctx); err != nil {
 		return fmt.Errorf("demo: %w", err)
@@ -505,21 +434,18 @@ func runDemoVM(ctx context.Context, g *globals, o demoOptions) error {
 	say("5. resumed the received checkpoint (disk at tick %d) in %.2f s: %s migration stream rebuilt from the received images, NIC link down",
 		out.CheckpointTick, resumeTime.Seconds(), humanBytes(cp.Timings.StreamBytes))
 
-	lines, err := awaitTicks(ctx, cp, 3)
+	lines, ticks, err := copyTicks(ctx, cp, 3)
 	if err != nil {
 		return err
 	}
+	out.CopyTicks = ticks
 	for _, l := range lines {
-		if m := demoTick.FindStringSubmatch(l); m != nil {
-			n, _ := strconv.Atoi(m[1])
-			out.CopyTicks = append(out.CopyTicks, n)
-		}
 		if strings.Contains(l, "Linux version") || strings.HasPrefix(l, "ntc: ready") {
 			out.Booted = true
 		}
 	}
 	say("6. the copy's console (%s): %s", cp.Plan.SerialLog, strings.Join(lines, " | "))
-	if out.Back, err = demoWayBack(ctx, cp, recv, repo, set, len(lines)); err != nil {
+	if out.Back, err = demoWayBack(ctx, cp, nodes, recv, repo, set, len(ticks)); err != nil {
 		return fmt.Errorf("demo: the way back: %w", err)
 	}
 	first := out.Checkpoints[0].WireBytes
@@ -542,89 +468,55 @@ func runDemoVM(ctx context.Context, g *globals, o demoOptions) error {
 	return nil
 }
 
-var demoTick = regexp.MustCompile(`^tick (\d+)$`)
-
-// awaitTicks waits until the copy's serial log shows n tick lines and
-// returns its lines. Nothing announces a line QEMU writes to the file, so
-// it is read again every 100 ms.
-func awaitTicks(ctx context.Context, cp *resume.VM, n int) ([]string, error) {
+// copyTicks waits until the copy's serial console shows n ticks and
+// returns its lines and ticks.
+func copyTicks(ctx context.Context, cp *resume.VM, n int) ([]string, []int, error) {
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
 	defer cancel()
-	t := time.NewTicker(100 * time.Millisecond)
-	defer t.Stop()
-	for {
-		b, err := os.ReadFile(cp.Plan.SerialLog)
-		if err != nil && !errors.Is(err, os.ErrNotExist) {
-			return nil, err
-		}
-		var lines []string
-		ticks := 0
-		for _, l := range strings.Split(strings.ReplaceAll(string(b), "\r", ""), "\n") {
-			if l != "" {
-				lines = append(lines, l)
-			}
-			if demoTick.MatchString(l) {
-				ticks++
-			}
-		}
-		if ticks >= n {
-			return lines, nil
-		}
-		select {
-		case <-cp.Exited():
-			return nil, fmt.Errorf("demo: the copy exited: %v (see %s)", cp.ExitErr(), cp.Plan.Log)
-		case <-ctx.Done():
-			return nil, fmt.Errorf("demo: the copy printed %d ticks: %w", ticks, ctx.Err())
-		case <-t.C:
-		}
+	lines, ticks, err := testguest.WaitSerialTicks(ctx, cp.Plan.SerialLog, n, cp.Exited())
+	if errors.Is(err, testguest.ErrSerialEnded) {
+		return nil, nil, fmt.Errorf("demo: the copy exited: %v (see %s): %w", cp.ExitErr(), cp.Plan.Log, err)
 	}
-}
-
-// pushCheckpoint pushes the current checkpoint of set in the sender's
-// node repository, and returns the bytes on the wire.
-func (d *demoReceiver) pushCheckpoint(ctx context.Context, set string) (*ntcsync.Result, uint64, error) {
-	_, prev := d.sender.LastAcked(d.home.ID(), set)
-	cv, err := replicate.OpenVersion(ctx, d.sender.StateDir, set, 0, prev)
 	if err != nil {
-		return nil, 0, err
+		return nil, nil, fmt.Errorf("demo: the copy's console: %w", err)
 	}
-	defer cv.Close()
-	return d.pushVersion(ctx, cv.Sync)
+	return lines, ticks, nil
 }
 
-// demoWayBack lets the copy at home work on for a few ticks, checkpoints it
-// into home's repository (the copy continues the set there: capture.Adopt)
-// and pushes that checkpoint back to a receiver on the office's repository
-// officeRepo, which holds the version home started from.
-func demoWayBack(ctx context.Context, cp *resume.VM, recv *demoReceiver, officeRepo, set string, seen int) (demoBack, error) {
+// demoWayBack lets the copy at home work on for two more ticks than the
+// seen ones, checkpoints it into home's repository (the copy continues the
+// set there: capture.Adopt) and pushes that checkpoint back to a receiver
+// on the office's repository officeRepo, which holds the version home
+// started from.
+func demoWayBack(ctx context.Context, cp *resume.VM, nodes demoNodes, home *demoReceiver, officeRepo, set string, seen int) (demoBack, error) {
 	var b demoBack
-	homeRepo := recv.repo.Dir()
-	cur, err := recv.repo.Current(set)
+	homeRepo := home.repo.Dir()
+	cur, err := home.repo.Current(set)
 	if err != nil {
 		return b, err
 	}
-	if err := capture.Adopt(ctx, cp.Session(), homeRepo, set, int(cur.Version), recv.home.ID().String()); err != nil {
+	if err := capture.Adopt(ctx, cp.Session(), homeRepo, set, int(cur.Version), nodes.home.ID().String()); err != nil {
 		return b, err
 	}
-	if _, err := awaitTicks(ctx, cp, seen+2); err != nil {
+	if _, _, err := copyTicks(ctx, cp, seen+2); err != nil {
 		return b, err
 	}
-	res, err := capture.Checkpoint(ctx, capture.Config{QMP: cp.Plan.QMP, Dir: homeRepo, Set: set, Node: recv.home.ID().String()})
+	res, err := capture.Checkpoint(ctx, capture.Config{QMP: cp.Plan.QMP, Dir: homeRepo, Set: set, Node: nodes.home.ID().String()})
 	if err != nil {
 		return b, err
 	}
 	b.Seq, b.DiskMode, b.DiskBytesRead = res.Manifest.Seq, res.Stats.DiskMode, res.Stats.DiskBytesRead
 	// The office receives into the repository it checkpointed into; home
 	// pushes from its own.
-	office, err := serveDemo(ctx, officeRepo, recv.home, recv.office, homeRepo)
+	office, err := serveDemo(ctx, officeRepo, nodes.office, nodes.home)
 	if err != nil {
 		return b, err
 	}
 	defer office.stop()
-	pr, wire, err := office.pushCheckpoint(ctx, set)
+	pr, err := office.pushCheckpoint(ctx, nodes.home, homeRepo, set)
 	if err != nil {
 		return b, err
 	}
-	b.WireBytes, b.ChunksSent, b.Base = wire, pr.ChunksSent, !pr.Base.IsZero()
+	b.WireBytes, b.ChunksSent, b.Base = pr.BytesSent, pr.ChunksSent, pr.Delta
 	return b, nil
 }
