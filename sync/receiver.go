@@ -384,11 +384,11 @@ func (r *Receiver) serve(ctx context.Context, cancel context.CancelFunc, conn *t
 	defer unlock()
 	// The common base: the newest of the sender's versions this
 	// repository holds.
-	cur, err := r.Repo.nodes.Newest(h.set, cands.digests)
+	cur, err := r.Repo.nodes.Newest(ctx, h.set, cands.digests)
 	if err != nil {
 		return err
 	}
-	head, err := r.Repo.nodes.Head(h.set)
+	head, err := r.Repo.nodes.Head(ctx, h.set)
 	if err != nil {
 		return err
 	}
@@ -595,7 +595,7 @@ func (r *Receiver) serve(ctx context.Context, cancel context.CancelFunc, conn *t
 		}
 	}
 	tSync := time.Since(t0)
-	force := cands.force || r.continuesOwn(h.set, v, conn.PeerID())
+	force := cands.force || r.continuesOwn(ctx, h.set, v, conn.PeerID())
 	c, err := r.Repo.nodes.Commit(ctx, v, in.index, in.offer.meta, repo.CommitOptions{Force: force, Lineage: in.offer.links})
 	diverged := errors.Is(err, repo.ErrDiverged)
 	if err != nil && !diverged {
@@ -1038,11 +1038,11 @@ func baseName(v *repo.Version) string {
 // directory) pushing again what it pushed before. Such a version follows
 // the current one when that one is the same node's: nothing else ran on
 // the set since. Another node's current version is never replaced so.
-func (r *Receiver) continuesOwn(set string, v *repo.Version, peer transport.ID) bool {
+func (r *Receiver) continuesOwn(ctx context.Context, set string, v *repo.Version, peer transport.ID) bool {
 	if !v.Parent.IsZero() || v.Node != peer.String() {
 		return false
 	}
-	head, err := r.Repo.nodes.Head(set)
+	head, err := r.Repo.nodes.Head(ctx, set)
 	return err == nil && head != nil && head.Node == v.Node
 }
 

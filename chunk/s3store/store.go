@@ -95,7 +95,7 @@ type packBuf struct {
 	done chan struct{}    // closed when its upload has ended
 }
 
-var _ chunk.Store = (*Store)(nil)
+var _ chunk.WriteStore = (*Store)(nil)
 
 // Open opens the store cfg names, reading the listings of every pack in
 // it (from the cache when it has them).
