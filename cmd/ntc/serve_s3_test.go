@@ -1,0 +1,261 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/ntc-project/ntc/internal/s3test"
+)
+
+// s3Store starts an S3 server (versitygw, or the one the environment
+// names: see package s3test), makes a bucket and points the ntc processes
+// this test starts at it the standard AWS way. It returns the
+// repository's URL.
+func s3Store(t *testing.T) string {
+	t.Helper()
+	srv := s3test.Start(t)
+	for _, kv := range append(s3Env(srv), "AWS_EC2_METADATA_DISABLED=true") {
+		k, v, _ := strings.Cut(kv, "=")
+		t.Setenv(k, v)
+	}
+	return "s3://" + srv.NewBucket(t) + "/repo"
+}
+
+// lsStore runs 'ntc ls --json' on store as n.
+func lsStore(t *testing.T, n node, store string) map[string]lsJSON {
+	t.Helper()
+	out, err := n.cmd(t.Context(), "--json", "ls", "--store", store).Output()
+	if err != nil {
+		t.Fatalf("ls %s: %v: %s", store, err, stderrOf(err))
+	}
+	var sets []lsJSON
+	if err := json.Unmarshal(out, &sets); err != nil {
+		t.Fatalf("ls printed %q: %v", out, err)
+	}
+	m := map[string]lsJSON{}
+	for _, s := range sets {
+		m[s.Set] = s
+	}
+	return m
+}
+
+// restoreFrom restores image of version v (0: the current one) of set
+// from store as n and returns its bytes.
+func restoreFrom(t *testing.T, n node, store, set, image string, v uint64) []byte {
+	t.Helper()
+	to := filepath.Join(t.TempDir(), "restored")
+	args := []string{"restore", set, "--store", store, "--image", image, "--to", to}
+	if v != 0 {
+		args = append(args, "--version", fmt.Sprint(v))
+	}
+	if out, err := n.cmd(t.Context(), args...).CombinedOutput(); err != nil {
+		t.Fatalf("restore %s v%d: %v: %s", set, v, err, out)
+	}
+	b, err := os.ReadFile(to)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// scramble rewrites n scattered 64 KiB extents of data and returns them
+// as push's --changed takes them, and how many bytes changed.
+func scramble(data []byte, n int, seed uint64) (string, int64) {
+	r := rand.New(rand.NewPCG(seed, seed))
+	var ranges []string
+	for _, slot := range r.Perm(len(data) / (64 << 10))[:n] {
+		off := slot * 64 << 10
+		for i := off; i < off+64<<10; i++ {
+			data[i] = byte(r.Uint32())
+		}
+		ranges = append(ranges, fmt.Sprintf("%d+64K", off))
+	}
+	return strings.Join(ranges, ","), int64(n) << 16
+}
+
+// TestServeS3: 'ntc serve --store s3://…' receives a push into the
+// bucket, then a second that sends only what changed (bytes counted);
+// ls lists both versions, restore gives back each byte for byte, and the
+// receiver wrote no image file (they are materialised on demand).
+func TestServeS3(t *testing.T) {
+	url := s3Store(t)
+	office, home := newNode(t), newNode(t)
+	addr, _ := serve(t, home, url, office.id)
+	img := filepath.Join(t.TempDir(), "disk.img")
+	data := randomFile(t, img, 16<<20, 11)
+	orig := slices.Clone(data)
+
+	res, err := push(t, t.Context(), office, addr, home.id, img)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Version != 1 || res.ChunkBytes != 16<<20 {
+		t.Fatalf("first push: %+v", res)
+	}
+	ranges, changed := scramble(data, 3, 12)
+	if err := os.WriteFile(img, data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	res, err = push(t, t.Context(), office, addr, home.id, img, "--changed", ranges)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Version != 2 || res.ChunkBytes > 2*changed || res.BytesSent > uint64(3*changed) {
+		t.Fatalf("second push sent %d chunk bytes and %d on the wire for %d changed: %+v", res.ChunkBytes, res.BytesSent, changed, res)
+	}
+
+	sets := lsStore(t, office, url)
+	s := sets["disk.img"]
+	if len(sets) != 1 || !slices.Equal(s.Versions, []uint64{1, 2}) || s.Current == nil || s.Current.Version != 2 || s.Current.Base != 1 {
+		t.Fatalf("ls: %+v", sets)
+	}
+	if got := restoreFrom(t, office, url, "disk.img", "disk.img", 1); !bytes.Equal(got, orig) {
+		t.Fatal("version 1 restored from the bucket differs from the first push")
+	}
+	if got := restoreFrom(t, office, url, "disk.img", "disk.img", 0); !bytes.Equal(got, data) {
+		t.Fatal("the current version restored from the bucket differs from the second push")
+	}
+	images, _ := filepath.Glob(filepath.Join(home.home, "cache", "s3", "*", "repo", "sets", "*", "images", "*"))
+	if len(images) != 0 {
+		t.Fatalf("the S3 receiver wrote image files: %v", images)
+	}
+}
+
+// TestServeS3TwoReceivers: two serves on one bucket receive pushes of two
+// sets at once, then each set's next version through the other receiver
+// (a delta against a version the other one committed): every version is
+// committed, and each set restores as pushed.
+func TestServeS3TwoReceivers(t *testing.T) {
+	url := s3Store(t)
+	a, b, home1, home2 := newNode(t), newNode(t), newNode(t), newNode(t)
+	addr1, _ := serve(t, home1, url, a.id, b.id)
+	addr2, _ := serve(t, home2, url, a.id, b.id)
+	type sender struct {
+		n    node
+		img  string
+		data []byte
+	}
+	senders := []*sender{{n: a, img: filepath.Join(t.TempDir(), "a.img")}, {n: b, img: filepath.Join(t.TempDir(), "b.img")}}
+	for i, s := range senders {
+		s.data = randomFile(t, s.img, 8<<20, uint64(20+i))
+	}
+	// pushAll pushes each sender's image through the receivers given, at
+	// once, and returns what each push did.
+	pushAll := func(addrs, ids []string, args func(i int) []string) []pushJSON {
+		t.Helper()
+		out := make([]pushJSON, len(senders))
+		errs := make(chan error, len(senders))
+		for i, s := range senders {
+			go func() {
+				var err error
+				out[i], err = push(t, t.Context(), s.n, addrs[i], ids[i], append([]string{s.img}, args(i)...)...)
+				errs <- err
+			}()
+		}
+		for range senders {
+			if err := <-errs; err != nil {
+				t.Fatal(err)
+			}
+		}
+		return out
+	}
+	res := pushAll([]string{addr1, addr2}, []string{home1.id, home2.id}, func(int) []string { return nil })
+	for i, r := range res {
+		if r.Version != 1 || r.ChunkBytes != 8<<20 {
+			t.Fatalf("first push of sender %d: %+v", i, r)
+		}
+	}
+	changed := make([]string, len(senders))
+	for i, s := range senders {
+		changed[i], _ = scramble(s.data, 2, uint64(30+i))
+		if err := os.WriteFile(s.img, s.data, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	res = pushAll([]string{addr2, addr1}, []string{home2.id, home1.id}, func(i int) []string { return []string{"--changed", changed[i]} })
+	for i, r := range res {
+		if r.Version != 2 || r.ChunkBytes > 4*64<<10 {
+			t.Fatalf("second push of sender %d, through the other receiver: %+v", i, r)
+		}
+	}
+	sets := lsStore(t, a, url)
+	for _, s := range senders {
+		name := filepath.Base(s.img)
+		if si := sets[name]; !slices.Equal(si.Versions, []uint64{1, 2}) || si.Current == nil || si.Current.Version != 2 {
+			t.Fatalf("ls %s: %+v", name, sets[name])
+		}
+		if got := restoreFrom(t, a, url, name, name, 0); !bytes.Equal(got, s.data) {
+			t.Fatalf("%s restored from the bucket differs from its last push", name)
+		}
+	}
+}
+
+// TestServeS3KilledMidPush: the S3 receiver killed (SIGKILL) mid-push
+// leaves the previous version current and whole; a new receiver on the
+// same bucket takes the push again, without what reached the bucket.
+func TestServeS3KilledMidPush(t *testing.T) {
+	url := s3Store(t)
+	office, home := newNode(t), newNode(t)
+	addr, srv := serve(t, home, url, office.id)
+	img := filepath.Join(t.TempDir(), "disk.img")
+	data := randomFile(t, img, 32<<20, 40)
+	if _, err := push(t, t.Context(), office, addr, home.id, img); err != nil {
+		t.Fatal(err)
+	}
+	orig := slices.Clone(data)
+	r := rand.New(rand.NewPCG(41, 41))
+	for i := range data[:24<<20] {
+		data[i] = byte(r.Uint32())
+	}
+	if err := os.WriteFile(img, data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	// The receiver keeps what it uploads in its cache: a pack there is a
+	// pack in the bucket (16 MiB: the first of the push's two).
+	cached := func() int64 {
+		dirs, _ := filepath.Glob(filepath.Join(home.home, "cache", "s3", "*", "store", "chunks"))
+		var n int64
+		for _, d := range dirs {
+			n += storeBytes(d)
+		}
+		return n
+	}
+	before := cached()
+	c := office.cmd(context.Background(), "push", img, "--to", addr, "--peer", home.id, "--bwlimit", "20Mbit")
+	if err := c.Start(); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 60*time.Second, func() bool { return cached() > before+8<<20 })
+	srv.Process.Kill()
+	c.Process.Signal(os.Interrupt)
+	if err := c.Wait(); err == nil {
+		t.Fatal("push succeeded though the receiver was killed")
+	}
+	if s := lsStore(t, office, url)["disk.img"]; !slices.Equal(s.Versions, []uint64{1}) || s.Current == nil || s.Current.Version != 1 {
+		t.Fatalf("after the receiver was killed: %+v", s)
+	}
+	if got := restoreFrom(t, office, url, "disk.img", "disk.img", 0); !bytes.Equal(got, orig) {
+		t.Fatal("version 1 is not intact after the receiver was killed mid-push")
+	}
+
+	addr2, _ := serve(t, home, url, office.id)
+	res, err := push(t, t.Context(), office, addr2, home.id, img)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Version != 2 || res.ChunkBytes > 12<<20 {
+		t.Fatalf("the push again sent %d chunk bytes of 24 MiB changed, %d MiB of which reached the bucket: %+v", res.ChunkBytes, (cached()-before)>>20, res)
+	}
+	if got := restoreFrom(t, office, url, "disk.img", "disk.img", 0); !bytes.Equal(got, data) {
+		t.Fatal("version 2 restored from the bucket differs from the push")
+	}
+}
