@@ -349,6 +349,11 @@ func (s *Store) Get(ctx context.Context, id chunk.ID) ([]byte, error) {
 	}
 	where := s.b.url(packKey(name))
 	body, err := s.b.getRange(ctx, packKey(name), l.off, int64(l.length))
+	if errors.Is(err, ErrNotFound) {
+		// A pack listed but gone (lost, or collected since the map was
+		// read): the chunk is not held.
+		return nil, fmt.Errorf("get chunk %s: %w: %w", id.Short(), chunk.ErrChunkMissing, err)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("get chunk %s: %w", id.Short(), err)
 	}

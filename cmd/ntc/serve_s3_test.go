@@ -16,14 +16,20 @@ import (
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
 
+	"github.com/ntc-project/ntc/chunk"
 	"github.com/ntc-project/ntc/internal/s3test"
 )
 
-// s3Store starts an S3 server (versitygw, or the one the environment
-// names: see package s3test), makes a bucket and points the ntc processes
-// this test starts at it the standard AWS way. It returns the
-// repository's URL, and a function that counts the packs in it.
-func s3Store(t *testing.T) (url string, packs func() int) {
+// s3Bed is an S3 server (versitygw, or the one the environment names:
+// see package s3test) with a bucket, which the ntc processes the test
+// starts reach the standard AWS way.
+type s3Bed struct {
+	srv    *s3test.Server
+	bucket string
+	url    string // the repository: s3://BUCKET/repo
+}
+
+func newS3Bed(t *testing.T) *s3Bed {
 	t.Helper()
 	srv := s3test.Start(t)
 	for _, kv := range append(s3Env(srv), "AWS_EC2_METADATA_DISABLED=true") {
@@ -31,14 +37,21 @@ func s3Store(t *testing.T) (url string, packs func() int) {
 		t.Setenv(k, v)
 	}
 	bucket := srv.NewBucket(t)
-	packs = func() int {
-		out, err := srv.Client().ListObjectsV2(t.Context(), &s3.ListObjectsV2Input{Bucket: aws.String(bucket), Prefix: aws.String("repo/packs/")})
-		if err != nil {
-			t.Fatal(err)
-		}
-		return len(out.Contents)
+	return &s3Bed{srv: srv, bucket: bucket, url: "s3://" + bucket + "/repo"}
+}
+
+// packs lists the keys of the repository's packs.
+func (b *s3Bed) packs(t *testing.T) []string {
+	t.Helper()
+	out, err := b.srv.Client().ListObjectsV2(t.Context(), &s3.ListObjectsV2Input{Bucket: aws.String(b.bucket), Prefix: aws.String("repo/packs/")})
+	if err != nil {
+		t.Fatal(err)
 	}
-	return "s3://" + bucket + "/repo", packs
+	var keys []string
+	for _, o := range out.Contents {
+		keys = append(keys, aws.ToString(o.Key))
+	}
+	return keys
 }
 
 // lsStore runs 'ntc ls --json' on store as n.
@@ -98,7 +111,8 @@ func scramble(data []byte, n int, seed uint64) (string, int64) {
 // ls lists both versions, restore gives back each byte for byte, and the
 // receiver wrote no image file (they are materialised on demand).
 func TestServeS3(t *testing.T) {
-	url, _ := s3Store(t)
+	bed := newS3Bed(t)
+	url := bed.url
 	office, home := newNode(t), newNode(t)
 	addr, _ := serve(t, home, url, office.id)
 	img := filepath.Join(t.TempDir(), "disk.img")
@@ -139,6 +153,32 @@ func TestServeS3(t *testing.T) {
 	if len(images) != 0 {
 		t.Fatalf("the S3 receiver wrote image files: %v", images)
 	}
+
+	// check reads every chunk back from the bucket; a pack lost from
+	// it makes both versions damaged.
+	rep, err := checkStore(t, office, url)
+	if err != nil || rep.Owners != 2 || rep.Read != rep.Chunks || rep.Chunks < 256 {
+		t.Fatalf("check: %+v, %v", rep, err)
+	}
+	lost := &s3.DeleteObjectInput{Bucket: aws.String(bed.bucket), Key: aws.String(bed.packs(t)[0])}
+	if _, err := bed.srv.Client().DeleteObject(t.Context(), lost); err != nil {
+		t.Fatal(err)
+	}
+	rep, err = checkStore(t, office, url)
+	if err == nil || len(rep.Broken) != 2 || len(rep.Damaged)+len(rep.Missing) == 0 {
+		t.Fatalf("check after a pack was lost: %+v, %v", rep, err)
+	}
+}
+
+// checkStore runs 'ntc check --read-data --json' on store as n.
+func checkStore(t *testing.T, n node, store string) (chunk.CheckReport, error) {
+	t.Helper()
+	var rep chunk.CheckReport
+	out, err := n.cmd(t.Context(), "--json", "check", store, "--read-data").Output()
+	if jerr := json.Unmarshal(out, &rep); jerr != nil {
+		t.Fatalf("check printed %q (%v): %v", out, err, jerr)
+	}
+	return rep, err
 }
 
 // TestServeS3TwoReceivers: two serves on one bucket receive pushes of two
@@ -146,7 +186,7 @@ func TestServeS3(t *testing.T) {
 // (a delta against a version the other one committed): every version is
 // committed, and each set restores as pushed.
 func TestServeS3TwoReceivers(t *testing.T) {
-	url, _ := s3Store(t)
+	url := newS3Bed(t).url
 	a, b, home1, home2 := newNode(t), newNode(t), newNode(t), newNode(t)
 	addr1, _ := serve(t, home1, url, a.id, b.id)
 	addr2, _ := serve(t, home2, url, a.id, b.id)
@@ -214,7 +254,8 @@ func TestServeS3TwoReceivers(t *testing.T) {
 // leaves the previous version current and whole; a new receiver on the
 // same bucket takes the push again, without what reached the bucket.
 func TestServeS3KilledMidPush(t *testing.T) {
-	url, packs := s3Store(t)
+	bed := newS3Bed(t)
+	url := bed.url
 	office, home := newNode(t), newNode(t)
 	addr, srv := serve(t, home, url, office.id)
 	img := filepath.Join(t.TempDir(), "disk.img")
@@ -232,12 +273,12 @@ func TestServeS3KilledMidPush(t *testing.T) {
 	}
 	// Killed once a pack of the push (16 MiB, the first of two) is in
 	// the bucket.
-	before := packs()
+	before := len(bed.packs(t))
 	c := office.cmd(context.Background(), "push", img, "--to", addr, "--peer", home.id, "--bwlimit", "20Mbit")
 	if err := c.Start(); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 60*time.Second, func() bool { return packs() > before })
+	waitFor(t, 60*time.Second, func() bool { return len(bed.packs(t)) > before })
 	srv.Process.Kill()
 	c.Process.Signal(os.Interrupt)
 	if err := c.Wait(); err == nil {

@@ -142,3 +142,32 @@ func (g *globals) openReadRepo(ctx context.Context, store string) (*ntcsync.Repo
 	}
 	return r.Repo, r, nil
 }
+
+// checkS3 opens a repository on S3 to check: the owners are its versions,
+// and the store its chunks, read without a cache (what is checked is the
+// bucket, not a copy on this disk).
+func (g *globals) checkS3(ctx context.Context, url string) ([]chunk.Owner, *s3store.Store, error) {
+	st, err := openS3(ctx, url, g.v.GetString("s3.endpoint"))
+	if err != nil {
+		return nil, nil, err
+	}
+	// The versions are read into nothing: a repository's image cache is
+	// written only by Materialize.
+	dir, err := os.MkdirTemp("", "ntc-check-")
+	if err != nil {
+		st.Close()
+		return nil, nil, err
+	}
+	defer os.RemoveAll(dir)
+	r, err := ntcsync.OpenRepoOn(dir, s3repo.New(s3versions.New(st)))
+	if err != nil {
+		st.Close()
+		return nil, nil, err
+	}
+	owners, err := repoOwners(r)
+	if err != nil {
+		st.Close()
+		return nil, nil, err
+	}
+	return owners, st, nil
+}
