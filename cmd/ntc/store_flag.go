@@ -11,6 +11,7 @@ import (
 	"github.com/spf13/cobra"
 	"golang.org/x/sys/unix"
 
+	"github.com/ntc-project/ntc/capture"
 	"github.com/ntc-project/ntc/chunk"
 	"github.com/ntc-project/ntc/chunk/s3store"
 	"github.com/ntc-project/ntc/repo/s3repo"
@@ -29,6 +30,9 @@ type s3Repo struct {
 	*ntcsync.Repo
 	store   *s3store.Store
 	release func() // the cache
+	// tempCache: another process holds the repository's cache; this one
+	// is removed at Close.
+	tempCache bool
 }
 
 // Close closes the repository and its store (uploading what is pending)
@@ -54,7 +58,7 @@ func (g *globals) openS3Repo(ctx context.Context, url, endpoint string) (*s3Repo
 	if _, _, err := s3store.ParseURL(url); err != nil {
 		return nil, usagef("%v", err)
 	}
-	cache, release, err := g.s3Cache(url)
+	cache, temp, release, err := g.s3Cache(url)
 	if err != nil {
 		return nil, err
 	}
@@ -71,34 +75,34 @@ func (g *globals) openS3Repo(ctx context.Context, url, endpoint string) (*s3Repo
 		release()
 		return nil, err
 	}
-	return &s3Repo{Repo: r, store: st, release: release}, nil
+	return &s3Repo{Repo: r, store: st, release: release, tempCache: temp}, nil
 }
 
 // s3Cache takes the cache directory of the repository at url, or, when
 // another process holds it, a temporary one.
-func (g *globals) s3Cache(url string) (dir string, release func(), err error) {
+func (g *globals) s3Cache(url string) (dir string, temp bool, release func(), err error) {
 	bucket, _, _ := s3store.ParseURL(url)
 	base := filepath.Join(g.home(), "cache", "s3")
 	dir = filepath.Join(base, bucket+"-"+chunk.Sum([]byte(url)).Short())
 	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return "", nil, fmt.Errorf("cache of %s: %w", url, err)
+		return "", false, nil, fmt.Errorf("cache of %s: %w", url, err)
 	}
 	lock, err := os.OpenFile(filepath.Join(dir, "lock"), os.O_CREATE|os.O_RDWR, 0o600)
 	if err != nil {
-		return "", nil, fmt.Errorf("cache of %s: %w", url, err)
+		return "", false, nil, fmt.Errorf("cache of %s: %w", url, err)
 	}
 	if err := unix.Flock(int(lock.Fd()), unix.LOCK_EX|unix.LOCK_NB); err == nil {
-		return dir, func() { lock.Close() }, nil
+		return dir, false, func() { lock.Close() }, nil
 	} else if !errors.Is(err, unix.EWOULDBLOCK) {
 		lock.Close()
-		return "", nil, fmt.Errorf("lock the cache %s: %w", dir, err)
+		return "", false, nil, fmt.Errorf("lock the cache %s: %w", dir, err)
 	}
 	lock.Close()
 	tmp, err := os.MkdirTemp(base, "tmp-")
 	if err != nil {
-		return "", nil, fmt.Errorf("cache of %s: %w", url, err)
+		return "", false, nil, fmt.Errorf("cache of %s: %w", url, err)
 	}
-	return tmp, func() { os.RemoveAll(tmp) }, nil
+	return tmp, true, func() { os.RemoveAll(tmp) }, nil
 }
 
 // openServeRepo opens what serve receives into: the repository in a
@@ -170,4 +174,45 @@ func (g *globals) checkS3(ctx context.Context, url string) ([]chunk.Owner, *s3st
 		return nil, nil, err
 	}
 	return owners, st, nil
+}
+
+// openResumeRepo opens the repository a copy of set resumes from. One on
+// S3 first writes the images of set's current version into its cache
+// ($NTC_HOME/cache/s3/…), from which the copy runs: downloaded in a few
+// large requests, and after an earlier resume here only what changed.
+func (g *globals) openResumeRepo(ctx context.Context, store, set string) (*ntcsync.Repo, func() error, error) {
+	if !isS3(store) {
+		r, err := ntcsync.OpenRepoForReading(store)
+		if err != nil {
+			return nil, nil, err
+		}
+		return r, r.Close, nil
+	}
+	r, err := g.openS3Repo(ctx, store, g.v.GetString("s3.endpoint"))
+	if err != nil {
+		return nil, nil, err
+	}
+	if r.tempCache {
+		r.Close()
+		return nil, nil, fmt.Errorf("another ntc process (a serve of %s?) uses this node's cache of it, where a copy runs from: resume with another NTC_HOME", store)
+	}
+	cur, err := r.Current(set)
+	if err == nil && cur != nil {
+		err = r.Materialize(ctx, set, cur.Version)
+	}
+	if err != nil {
+		r.Close()
+		return nil, nil, fmt.Errorf("resume %s from %s: %w", set, store, err)
+	}
+	return r.Repo, r.Close, nil
+}
+
+// adopt is capture.Adopt for a copy resumed from a repository directory.
+// A copy resumed from a bucket is nobody's set here: its checkpoints start
+// a node repository of their own.
+func adopt(ctx context.Context, sess *capture.Session, store, set string, seq int, node string) error {
+	if isS3(store) {
+		return nil
+	}
+	return capture.Adopt(ctx, sess, store, set, seq, node)
 }
