@@ -76,7 +76,7 @@ func benchPushS3(b *testing.B, rate int64) {
 		cache := b.TempDir()
 		st, err := s3store.Open(b.Context(), s3store.Config{URL: fmt.Sprintf("s3://%s/run%d", bucket, n), Endpoint: srv.Endpoint,
 			PathStyle: true, Region: srv.Region, Credentials: srv.Credentials(),
-			CacheDir: filepath.Join(cache, "store")})
+			CacheDir: filepath.Join(cache, "store"), CacheWrites: true})
 		if err != nil {
 			b.Fatal(err)
 		}

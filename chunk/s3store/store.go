@@ -507,7 +507,10 @@ func (s *Store) upload(ctx context.Context, p *packBuf) error {
 	if s.cache != nil && s.cacheWrite {
 		for _, r := range p.recs {
 			body := p.data[r.off : r.off+int64(r.length)]
-			if data, err := s.decode(r.id, r.codec, body, "a pack uploaded"); err == nil {
+			if r.codec != chunk.CodecZstd {
+				// Verified when it was put: kept as it is.
+				_ = s.cache.PutVerified(ctx, r.id, body, nil, true)
+			} else if data, err := s.decode(r.id, r.codec, body, "a pack uploaded"); err == nil {
 				s.keep(ctx, r.id, data, r.codec, body)
 			}
 		}

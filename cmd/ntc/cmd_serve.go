@@ -80,7 +80,8 @@ Examples:
 --store s3://BUCKET/PREFIX keeps the repository in an S3 bucket instead
 (credentials as for 'ntc pull'): several serves, on several machines, may
 receive into one bucket. Images are then written on demand ('ntc restore',
-'ntc resume') under $NTC_HOME/cache/s3/, which also keeps the chunks read.`,
+'ntc resume') under $NTC_HOME/cache/s3/, which also keeps the chunks read
+and written.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			o.listen = g.v.GetString("serve.listen")

@@ -47,11 +47,10 @@ func (r *s3Repo) Close() error {
 }
 
 // openS3Repo opens the repository on S3 at url to receive into and read,
-// with a local cache under $NTC_HOME/cache/s3/: the chunks it reads (so
-// a delta's base and a resume's images are downloaded once) and the
-// images it materialises. The chunks a receiver writes are not kept
-// there: keeping them cost a third of its speed (BenchmarkPushS3), and a
-// push needs few of them back. One process uses a cache at a
+// with a local cache under $NTC_HOME/cache/s3/: the chunks it reads and
+// writes (so a delta's base, which a receiver reads chunk by chunk, and a
+// resume's images are not downloaded again), and the images it
+// materialises. One process uses a cache at a
 // time: when another has it (a serve of the same bucket), a reader gets
 // a temporary cache of its own, removed when it closes.
 func (g *globals) openS3Repo(ctx context.Context, url, endpoint string) (*s3Repo, error) {
@@ -64,7 +63,7 @@ func (g *globals) openS3Repo(ctx context.Context, url, endpoint string) (*s3Repo
 	}
 	pathStyle := endpoint != "" || os.Getenv("AWS_ENDPOINT_URL") != "" || os.Getenv("AWS_ENDPOINT_URL_S3") != ""
 	st, err := s3store.Open(ctx, s3store.Config{URL: url, Endpoint: endpoint, PathStyle: pathStyle,
-		CacheDir: filepath.Join(cache, "store")})
+		CacheDir: filepath.Join(cache, "store"), CacheWrites: true})
 	if err != nil {
 		release()
 		return nil, err
