@@ -303,3 +303,32 @@ func TestServeS3KilledMidPush(t *testing.T) {
 		t.Fatal("version 2 restored from the bucket differs from the push")
 	}
 }
+
+// TestServeS3Keep: an S3 receiver with --keep 1 removes the older version
+// from the set's head after the next push; the kept one restores whole.
+func TestServeS3Keep(t *testing.T) {
+	url := newS3Bed(t).url
+	office, home := newNode(t), newNode(t)
+	addr, _ := serveWith(t, home, url, []string{"--keep", "1"}, office.id)
+	img := filepath.Join(t.TempDir(), "disk.img")
+	data := randomFile(t, img, 4<<20, 50)
+	for i := range 2 {
+		if i == 1 {
+			scramble(data, 4, 51)
+			if err := os.WriteFile(img, data, 0o644); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if _, err := push(t, t.Context(), office, addr, home.id, img); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// The receiver prunes after it answered the push.
+	waitFor(t, 30*time.Second, func() bool { return len(lsStore(t, office, url)["disk.img"].Versions) == 1 })
+	if s := lsStore(t, office, url)["disk.img"]; !slices.Equal(s.Versions, []uint64{2}) || s.Current == nil || s.Current.Version != 2 {
+		t.Fatalf("ls after two pushes with --keep 1: %+v", s)
+	}
+	if got := restoreFrom(t, office, url, "disk.img", "disk.img", 0); !bytes.Equal(got, data) {
+		t.Fatal("the kept version restored from the bucket differs from the push")
+	}
+}
