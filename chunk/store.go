@@ -43,3 +43,20 @@ func Verify(id ID, data []byte, where string) error {
 	}
 	return nil
 }
+
+// WriteStore is a Store that a receiver writes into: chunks it has just
+// verified go in without a second hash, and Sync makes what was put
+// durable. A push commits a version only after Sync. A local pack store
+// (PackStore) and a bucket (chunk/s3store) are WriteStores.
+type WriteStore interface {
+	Store
+	// PutVerified is Put for a chunk the caller has verified against id;
+	// zstd, if not nil, is data compressed with zstd, and raw says data is
+	// known not to compress.
+	PutVerified(ctx context.Context, id ID, data, zstd []byte, raw bool) error
+	// Sync returns once every chunk put so far is durable, or the error
+	// that kept one from being stored.
+	Sync(ctx context.Context) error
+}
+
+var _ WriteStore = (*PackStore)(nil)

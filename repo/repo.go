@@ -350,23 +350,8 @@ type Committed struct {
 // filled in). Committing a version the set already holds changes nothing
 // but may move the head to it (a fast-forward, or Force).
 func (r *Repo) Commit(ctx context.Context, v *Version, idx []*chunk.Index, meta []byte, opt CommitOptions) (*Committed, error) {
-	if err := v.Verify(); err != nil {
+	if err := v.Matches(idx, meta); err != nil {
 		return nil, err
-	}
-	if len(idx) != len(v.Images) {
-		return nil, fmt.Errorf("commit %s: %d indexes for %d images: %w", v.Set, len(idx), len(v.Images), ErrBadVersion)
-	}
-	for i, x := range idx {
-		d, _, err := IndexDigest(x)
-		if err != nil {
-			return nil, err
-		}
-		if d != v.Images[i].Index {
-			return nil, fmt.Errorf("commit %s: image %s's index does not match the version: %w", v.Set, v.Images[i].Name, ErrBadVersion)
-		}
-	}
-	if metaDigest(meta) != v.Meta {
-		return nil, fmt.Errorf("commit %s: metadata does not match the version: %w", v.Set, ErrBadVersion)
 	}
 	unlock, err := r.lock(ctx)
 	if err != nil {

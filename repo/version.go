@@ -216,3 +216,28 @@ func CheckName(s string) error {
 	}
 	return nil
 }
+
+// Matches checks that v is well formed and that idx (one index per image,
+// in the order of v.Images) and meta are the content its digest covers:
+// what a commit, wherever it stores the version, checks first.
+func (v *Version) Matches(idx []*chunk.Index, meta []byte) error {
+	if err := v.Verify(); err != nil {
+		return err
+	}
+	if len(idx) != len(v.Images) {
+		return fmt.Errorf("commit %s: %d indexes for %d images: %w", v.Set, len(idx), len(v.Images), ErrBadVersion)
+	}
+	for i, x := range idx {
+		d, _, err := IndexDigest(x)
+		if err != nil {
+			return err
+		}
+		if d != v.Images[i].Index {
+			return fmt.Errorf("commit %s: image %s's index does not match the version: %w", v.Set, v.Images[i].Name, ErrBadVersion)
+		}
+	}
+	if metaDigest(meta) != v.Meta {
+		return fmt.Errorf("commit %s: metadata does not match the version: %w", v.Set, ErrBadVersion)
+	}
+	return nil
+}

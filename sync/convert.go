@@ -40,7 +40,7 @@ type oldManifest struct {
 // short is finished by the next open (what is left of the old versions is
 // always the oldest ones, so their digests come out the same).
 func (r *Repo) convert(ctx context.Context) error {
-	sets, err := r.nodes.Sets()
+	sets, err := r.local.Sets()
 	if err != nil {
 		return err
 	}
@@ -81,7 +81,7 @@ func (r *Repo) convertSet(ctx context.Context, set string) error {
 		if err != nil {
 			return err
 		}
-		if _, err := r.nodes.Commit(ctx, v, idx, meta, repo.CommitOptions{Force: true, Seq: n}); err != nil {
+		if _, err := r.local.Commit(ctx, v, idx, meta, repo.CommitOptions{Force: true, Seq: n}); err != nil {
 			// Committed before a crash: the same digest, so Existed.
 			return err
 		}
@@ -93,7 +93,7 @@ func (r *Repo) convertSet(ctx context.Context, set string) error {
 		if err != nil || !strings.HasPrefix(name, "v") {
 			return fmt.Errorf("CURRENT holds %q, want a version like v000001", name)
 		}
-		if err := r.nodes.SetHead(ctx, set, n); err != nil {
+		if err := r.local.SetHead(ctx, set, n); err != nil {
 			return err
 		}
 	}

@@ -135,7 +135,7 @@ func (r *Receiver) serveResume(ctx context.Context, cancel context.CancelFunc, c
 		return err
 	}
 	defer unlock()
-	head, err := r.Repo.nodes.Head(req.set)
+	head, err := r.Repo.nodes.Head(ctx, req.set)
 	if err != nil {
 		return err
 	}

@@ -434,7 +434,7 @@ func TestOldLayoutIsConverted(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	half := &Repo{dir: dir2, nodes: nodes}
+	half := newDirRepo(dir2, nodes)
 	var parent repo.Digest
 	for _, n := range []uint64{3, 5} {
 		v, x, meta, err := half.readOldVersion("vm", n, parent)

@@ -19,18 +19,18 @@ func (r *Repo) prune(ctx context.Context, set string, p repo.Policy) ([]uint64, 
 	if p.IsZero() {
 		return nil, nil
 	}
-	vs, err := r.nodes.Versions(set)
+	vs, err := r.nodes.Versions(ctx, set)
 	if err != nil {
 		return nil, err
 	}
-	head, err := r.nodes.Head(set)
+	head, err := r.nodes.Head(ctx, set)
 	if err != nil {
 		return nil, err
 	}
 	st := r.readState(set)
 	// The tips of copies that ran apart stay until someone chooses.
 	tips := map[uint64]bool{}
-	div, err := r.nodes.Diverged(set)
+	div, err := r.nodes.Diverged(ctx, set)
 	if err != nil {
 		return nil, err
 	}

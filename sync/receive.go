@@ -178,10 +178,10 @@ func (p *push) admit(ctx context.Context, cancel context.CancelFunc) (_ func(), 
 // both to the sender.
 func (p *push) sendBase(ctx context.Context) (unregister func(), err error) {
 	r := p.r
-	if p.cur, err = r.Repo.nodes.Newest(p.set, p.cands.digests); err != nil {
+	if p.cur, err = r.Repo.nodes.Newest(ctx, p.set, p.cands.digests); err != nil {
 		return nil, err
 	}
-	head, err := r.Repo.nodes.Head(p.set)
+	head, err := r.Repo.nodes.Head(ctx, p.set)
 	if err != nil {
 		return nil, err
 	}
@@ -437,7 +437,7 @@ func (p *push) commit(ctx context.Context, v *repo.Version) error {
 		return err
 	}
 	tSync := time.Since(t0)
-	force := p.cands.force || r.continuesOwn(p.set, v, peer)
+	force := p.cands.force || r.continuesOwn(ctx, p.set, v, peer)
 	c, err := r.Repo.nodes.Commit(ctx, v, in.index, in.offer.meta, repo.CommitOptions{Force: force, Lineage: in.offer.links})
 	diverged := errors.Is(err, repo.ErrDiverged)
 	if err != nil && !diverged {

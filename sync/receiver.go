@@ -728,11 +728,11 @@ func baseName(v *repo.Version) string {
 // directory) pushing again what it pushed before. Such a version follows
 // the current one when that one is the same node's: nothing else ran on
 // the set since. Another node's current version is never replaced so.
-func (r *Receiver) continuesOwn(set string, v *repo.Version, peer transport.ID) bool {
+func (r *Receiver) continuesOwn(ctx context.Context, set string, v *repo.Version, peer transport.ID) bool {
 	if !v.Parent.IsZero() || v.Node != peer.String() {
 		return false
 	}
-	head, err := r.Repo.nodes.Head(set)
+	head, err := r.Repo.nodes.Head(ctx, set)
 	return err == nil && head != nil && head.Node == v.Node
 }
 

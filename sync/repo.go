@@ -3,7 +3,6 @@ package sync
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -37,14 +36,24 @@ import (
 // a collection needs it, and a checkpoint waits for it meanwhile.
 // A repository an older ntc wrote (DIR/sets/SET/v000042/manifest.json and
 // CURRENT) is converted when it is opened, keeping its version numbers.
+//
+// A Repo may keep its versions and chunks elsewhere (OpenRepoOn: in an S3
+// bucket, repo/s3repo); DIR is then a local cache that holds only the
+// images materialised on demand (Materialize), not at each commit.
 type Repo struct {
 	dir   string
-	nodes *repo.Repo
+	nodes Versions
+	local *repo.Repo // the node repository in dir; nil when nodes are elsewhere
+	// onDemand: images are materialised when asked for, not at each
+	// commit (a repository elsewhere: its receivers share it, and its
+	// local disk is a cache).
+	onDemand bool
 
 	// store is open while users > 0 (pushes in progress, a collection).
-	storeMu gosync.Mutex
-	store   *chunk.PackStore
-	users   int
+	storeMu    gosync.Mutex
+	store      chunk.WriteStore
+	closeStore func() error
+	users      int
 
 	mu    gosync.Mutex
 	locks map[string]*setLock
@@ -114,11 +123,34 @@ func OpenRepo(dir string) (*Repo, error) {
 	if err != nil {
 		return nil, err
 	}
-	r := &Repo{dir: dir, nodes: nodes, locks: map[string]*setLock{}}
+	r := newDirRepo(dir, nodes)
 	if err := r.convert(context.Background()); err != nil {
 		return nil, err
 	}
 	return r, nil
+}
+
+func newDirRepo(dir string, nodes *repo.Repo) *Repo {
+	r := &Repo{dir: dir, local: nodes, locks: map[string]*setLock{}}
+	r.nodes = dirVersions{nodes: nodes, files: r}
+	return r
+}
+
+// OpenRepoOn opens a repository whose versions and chunks v keeps (one in
+// an S3 bucket: repo/s3repo), to receive versions into and to read them.
+// cache is a local directory, created if needed, where images are
+// materialised when asked for (Materialize); several processes may
+// receive into the same v, each with its own cache.
+func OpenRepoOn(cache string, v Versions) (*Repo, error) {
+	for _, d := range []string{cache, filepath.Join(cache, "sets")} {
+		if err := os.MkdirAll(d, 0o700); err != nil {
+			return nil, fmt.Errorf("open repository cache: %w", err)
+		}
+		if err := os.Chmod(d, 0o700); err != nil {
+			return nil, fmt.Errorf("open repository cache: %w", err)
+		}
+	}
+	return &Repo{dir: cache, nodes: v, onDemand: true, locks: map[string]*setLock{}}, nil
 }
 
 // OpenRepoForReading opens the repository in dir to list and read its
@@ -132,7 +164,7 @@ func OpenRepoForReading(dir string) (*Repo, error) {
 	if err != nil {
 		return nil, err
 	}
-	r := &Repo{dir: dir, nodes: nodes, locks: map[string]*setLock{}}
+	r := newDirRepo(dir, nodes)
 	if err := r.convert(context.Background()); err != nil {
 		return nil, err
 	}
@@ -149,17 +181,18 @@ func (r *Repo) Close() error {
 	if r.store == nil {
 		return nil
 	}
-	err := r.store.Close()
-	r.store, r.users = nil, 0
+	err := r.closeStore()
+	r.store, r.closeStore, r.users = nil, nil, 0
 	return err
 }
 
-// Store returns the repository's chunk store while a push or a collection
-// has it open, nil otherwise.
+// Store returns the repository's pack store while a push or a collection
+// has it open, nil otherwise, and nil for a repository kept elsewhere.
 func (r *Repo) Store() *chunk.PackStore {
 	r.storeMu.Lock()
 	defer r.storeMu.Unlock()
-	return r.store
+	ps, _ := r.store.(*chunk.PackStore)
+	return ps
 }
 
 // holdStore opens the chunk store for writing, or keeps it open, until
@@ -169,7 +202,7 @@ func (r *Repo) holdStore(ctx context.Context) (release func(), err error) {
 	r.storeMu.Lock()
 	defer r.storeMu.Unlock()
 	if r.users == 0 {
-		if r.store, err = r.nodes.OpenStore(ctx); err != nil {
+		if r.store, r.closeStore, err = r.nodes.OpenStore(ctx); err != nil {
 			return nil, fmt.Errorf("open the chunk store: %w", err)
 		}
 	}
@@ -180,8 +213,8 @@ func (r *Repo) holdStore(ctx context.Context) (release func(), err error) {
 			r.storeMu.Lock()
 			defer r.storeMu.Unlock()
 			if r.users--; r.users == 0 {
-				r.store.Close()
-				r.store = nil
+				r.closeStore()
+				r.store, r.closeStore = nil, nil
 			}
 		})
 	}, nil
@@ -190,8 +223,17 @@ func (r *Repo) holdStore(ctx context.Context) (release func(), err error) {
 // Dir returns the repository's directory.
 func (r *Repo) Dir() string { return r.dir }
 
-// Nodes returns the node repository that holds the versions.
-func (r *Repo) Nodes() *repo.Repo { return r.nodes }
+// Nodes returns the node repository that holds the versions, nil when
+// they are kept elsewhere (OpenRepoOn).
+func (r *Repo) Nodes() *repo.Repo { return r.local }
+
+// Versions returns where the versions are kept.
+func (r *Repo) Versions() Versions { return r.nodes }
+
+// readCtx is the context of the reading methods (Current, Manifest,
+// Index, Meta, List) that take none: they predate repositories kept
+// elsewhere, whose reads are requests.
+func readCtx() context.Context { return context.TODO() }
 
 // lockWait is how long a push waits for another push of the same set
 // before giving up as busy.
@@ -242,16 +284,7 @@ func (r *Repo) Current(set string) (*Manifest, error) {
 	if err := CheckName(set); err != nil {
 		return nil, err
 	}
-	// HEAD is checked here (a regular file inside the repository, small);
-	// package repo reads it.
-	_, err := r.openStat(path.Join("sets", set, "HEAD"), maxCurrentFile)
-	if errors.Is(err, os.ErrNotExist) {
-		return nil, nil
-	}
-	if err != nil {
-		return nil, fmt.Errorf("read current version of %s: %w", set, err)
-	}
-	h, err := r.nodes.Head(set)
+	h, err := r.nodes.Head(readCtx(), set)
 	if err != nil || h == nil {
 		return nil, err
 	}
@@ -263,10 +296,7 @@ func (r *Repo) Manifest(set string, v uint64) (*Manifest, error) {
 	if err := CheckName(set); err != nil {
 		return nil, err
 	}
-	if _, err := r.openStat(path.Join(versionPath(set, v), "version.json"), maxManifestFile); err != nil {
-		return nil, fmt.Errorf("read version %d of %s: %w", v, set, err)
-	}
-	rv, err := r.nodes.Version(set, v)
+	rv, err := r.nodes.Version(readCtx(), set, v)
 	if err != nil {
 		return nil, err
 	}
@@ -294,7 +324,7 @@ func (r *Repo) manifestOf(v *repo.Version, seqOf map[repo.Digest]uint64) (*Manif
 	if !v.Parent.IsZero() {
 		if seqOf != nil {
 			m.Base = seqOf[v.Parent]
-		} else if p, err := r.nodes.ByDigest(v.Set, v.Parent); err == nil {
+		} else if p, err := r.nodes.ByDigest(readCtx(), v.Set, v.Parent); err == nil {
 			m.Base = p.Seq
 		}
 	}
@@ -317,7 +347,7 @@ func (r *Repo) Index(set string, v uint64, image string) (*chunk.Index, error) {
 	if err := CheckName(set); err != nil {
 		return nil, err
 	}
-	return r.readIndex(path.Join(versionPath(set, v), image+".idx"))
+	return r.nodes.Index(readCtx(), set, v, image)
 }
 
 // Meta returns the metadata the sender attached to a version.
@@ -325,11 +355,7 @@ func (r *Repo) Meta(set string, v uint64) ([]byte, error) {
 	if err := CheckName(set); err != nil {
 		return nil, err
 	}
-	b, err := r.readFile(path.Join(versionPath(set, v), "meta"), maxMeta)
-	if errors.Is(err, os.ErrNotExist) {
-		return nil, nil
-	}
-	return b, err
+	return r.nodes.Meta(readCtx(), set, v)
 }
 
 // ImagePath is where the current version's image is materialized.
@@ -349,7 +375,8 @@ type SetInfo struct {
 
 // List returns every set with its committed versions.
 func (r *Repo) List() ([]SetInfo, error) {
-	sets, err := r.nodes.Sets()
+	ctx := readCtx()
+	sets, err := r.nodes.Sets(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -357,7 +384,7 @@ func (r *Repo) List() ([]SetInfo, error) {
 	for _, set := range sets {
 		// An unreadable set must not look empty: the garbage collector
 		// would drop its chunks.
-		vs, err := r.nodes.Versions(set)
+		vs, err := r.nodes.Versions(ctx, set)
 		if err != nil {
 			return nil, fmt.Errorf("list versions of %s: %w", set, err)
 		}
@@ -367,7 +394,7 @@ func (r *Repo) List() ([]SetInfo, error) {
 			si.Versions = append(si.Versions, v.Seq)
 			seqOf[v.Digest] = v.Seq
 		}
-		h, err := r.nodes.Head(set)
+		h, err := r.nodes.Head(ctx, set)
 		if err != nil {
 			return nil, err
 		}
@@ -376,7 +403,7 @@ func (r *Repo) List() ([]SetInfo, error) {
 				return nil, err
 			}
 		}
-		div, err := r.nodes.Diverged(set)
+		div, err := r.nodes.Diverged(ctx, set)
 		if err != nil {
 			return nil, err
 		}
@@ -412,7 +439,7 @@ func (r *Repo) Materialize(ctx context.Context, set string, v uint64) error {
 		return err
 	}
 	defer release()
-	return r.materialize(ctx, set, v, nil)
+	return r.materializeNow(ctx, set, v, nil)
 }
 
 func (r *Repo) statePath(set string) string {
@@ -439,8 +466,16 @@ func (r *Repo) writeState(set string, st materializeState) error {
 func (r *Repo) materializedVersion(set string) uint64 { return r.readState(set).Version }
 
 // materialize is Materialize with the images staged while the push
-// arrived put in place instead of written again.
+// arrived put in place instead of written again. A repository whose
+// images are materialised on demand writes none at a commit.
 func (r *Repo) materialize(ctx context.Context, set string, v uint64, stg *staging) error {
+	if r.onDemand && stg == nil {
+		return nil
+	}
+	return r.materializeNow(ctx, set, v, stg)
+}
+
+func (r *Repo) materializeNow(ctx context.Context, set string, v uint64, stg *staging) error {
 	dir := filepath.Join(r.dir, "sets", set, "images")
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return fmt.Errorf("materialize: %w", err)
@@ -474,11 +509,23 @@ func (r *Repo) materialize(ctx context.Context, set string, v uint64, stg *stagi
 			// A missing base index or image file means a full write.
 			prev, _ = r.Index(set, from, im.Name)
 		}
+		if p, ok := r.store.(prefetcher); ok && prev == nil {
+			// A whole image from a bucket: in a few large requests.
+			if err := p.Prefetch(ctx, chunk.IDs(next)); err != nil {
+				return fmt.Errorf("materialize %s/%s: %w", set, im.Name, err)
+			}
+		}
 		if err := r.materializeImage(ctx, filepath.Join(dir, im.Name), prev, next); err != nil {
 			return fmt.Errorf("materialize %s/%s: %w", set, im.Name, err)
 		}
 	}
 	return writeState(materializeState{Version: v})
+}
+
+// prefetcher is a store that fetches many chunks in a few requests (a
+// bucket's, into its local cache).
+type prefetcher interface {
+	Prefetch(ctx context.Context, ids []chunk.ID) error
 }
 
 func (r *Repo) materializeImage(ctx context.Context, path string, prev, next *chunk.Index) error {

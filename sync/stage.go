@@ -35,8 +35,12 @@ type stagedFile struct {
 }
 
 // stage prepares staged files for the images of version idx (named names)
-// of set that would otherwise be written whole.
+// of set that would otherwise be written whole; nil where images are
+// materialised on demand.
 func (r *Repo) stage(set string, names []string, idx []*chunk.Index) (*staging, error) {
+	if r.onDemand {
+		return nil, nil // images are written when asked for, not at commits
+	}
 	dir := filepath.Join(r.dir, "sets", set, "images")
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("stage images: %w", err)

@@ -38,6 +38,12 @@ func newPeersWith(t testing.TB, setup func(*Receiver)) *peers {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { repo.Close() })
+	return newPeersOn(t, repo, setup)
+}
+
+// newPeersOn is newPeersWith receiving into repo.
+func newPeersOn(t testing.TB, repo *Repo, setup func(*Receiver)) *peers {
+	t.Helper()
 	srv, cli := transporttest.Identity(t), transporttest.Identity(t)
 	l := transporttest.Listen(t, srv, transport.AllowIDs(cli.ID()), transport.Config{})
 	p := &peers{repo: repo, addr: l.Addr().String(), srvID: srv.ID(), client: cli, errs: make(chan error, 100)}

@@ -95,7 +95,7 @@ type packBuf struct {
 	done chan struct{}    // closed when its upload has ended
 }
 
-var _ chunk.Store = (*Store)(nil)
+var _ chunk.WriteStore = (*Store)(nil)
 
 // Open opens the store cfg names, reading the listings of every pack in
 // it (from the cache when it has them).
@@ -349,6 +349,11 @@ func (s *Store) Get(ctx context.Context, id chunk.ID) ([]byte, error) {
 	}
 	where := s.b.url(packKey(name))
 	body, err := s.b.getRange(ctx, packKey(name), l.off, int64(l.length))
+	if errors.Is(err, ErrNotFound) {
+		// A pack listed but gone (lost, or collected since the map was
+		// read): the chunk is not held.
+		return nil, fmt.Errorf("get chunk %s: %w: %w", id.Short(), chunk.ErrChunkMissing, err)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("get chunk %s: %w", id.Short(), err)
 	}
@@ -502,7 +507,10 @@ func (s *Store) upload(ctx context.Context, p *packBuf) error {
 	if s.cache != nil && s.cacheWrite {
 		for _, r := range p.recs {
 			body := p.data[r.off : r.off+int64(r.length)]
-			if data, err := s.decode(r.id, r.codec, body, "a pack uploaded"); err == nil {
+			if r.codec != chunk.CodecZstd {
+				// Verified when it was put: kept as it is.
+				_ = s.cache.PutVerified(ctx, r.id, body, nil, true)
+			} else if data, err := s.decode(r.id, r.codec, body, "a pack uploaded"); err == nil {
 				s.keep(ctx, r.id, data, r.codec, body)
 			}
 		}

@@ -26,7 +26,7 @@ type checkOptions struct {
 func newCheckCommand(g *globals) *cobra.Command {
 	var o checkOptions
 	cmd := &cobra.Command{
-		Use:   "check DIR",
+		Use:   "check DIR|s3://BUCKET/PREFIX",
 		Short: "Verify a repository: every version readable, every chunk it needs present (and intact)",
 		Long: `Check verifies a repository: a receiver's ('ntc serve --store DIR') or a
 checkpoint repository ('ntc checkpoint --out DIR'). Every version's (or
@@ -50,7 +50,8 @@ Examples:
   ntc check ~/vms
   ntc check ~/vms --read-data
   ntc check ~/vms --read-data --set-aside
-  ntc check /srv/ckpt/vm --read-data-subset 5% --json`,
+  ntc check /srv/ckpt/vm --read-data-subset 5% --json
+  ntc check s3://vms/office --read-data`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return runCheck(cmd, g, args[0], o)
@@ -60,6 +61,7 @@ Examples:
 	f.BoolVar(&o.readData, "read-data", false, "read every chunk and verify its content")
 	f.StringVar(&o.subset, "read-data-subset", "", "read only this share of the chunks: 10%, 0.1")
 	f.BoolVar(&o.setAside, "set-aside", false, "have the store forget the damaged chunks found, so that the next push sends them again")
+	addS3EndpointFlag(g, cmd)
 	return cmd
 }
 
@@ -107,6 +109,8 @@ func runCheck(cmd *cobra.Command, g *globals, dir string, o checkOptions) error 
 		err error
 	)
 	switch {
+	case isS3(dir):
+		owners, st, err = g.checkS3(cmd.Context(), dir)
 	case isDir(filepath.Join(dir, "sets")):
 		owners, err = receiverOwners(dir)
 		if err == nil {
@@ -196,6 +200,11 @@ func receiverOwners(dir string) ([]chunk.Owner, error) {
 	if err != nil {
 		return nil, err
 	}
+	return repoOwners(repo)
+}
+
+// repoOwners lists every version of every set of repo with its indexes.
+func repoOwners(repo *ntcsync.Repo) ([]chunk.Owner, error) {
 	sets, err := repo.List()
 	if err != nil {
 		return nil, err

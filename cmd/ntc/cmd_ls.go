@@ -9,13 +9,14 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/ntc-project/ntc/chunk"
+	"github.com/ntc-project/ntc/repo"
 	ntcsync "github.com/ntc-project/ntc/sync"
 )
 
 func newLsCommand(g *globals) *cobra.Command {
 	var store string
 	cmd := &cobra.Command{
-		Use:   "ls --store DIR",
+		Use:   "ls --store DIR|s3://BUCKET/PREFIX",
 		Short: "List the sets and versions a repository holds",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -23,9 +24,12 @@ func newLsCommand(g *globals) *cobra.Command {
 			if store == "" {
 				return usagef("ls needs --store DIR")
 			}
-			repo, err := ntcsync.OpenRepoForReading(store)
+			repo, s3r, err := g.openReadRepo(cmd.Context(), store)
 			if err != nil {
 				return err
+			}
+			if s3r != nil {
+				defer s3r.Close()
 			}
 			sets, err := repo.List()
 			if err != nil {
@@ -37,7 +41,9 @@ func newLsCommand(g *globals) *cobra.Command {
 			if len(sets) == 0 {
 				fmt.Fprintf(g.stdout, "%s holds nothing yet\n", store)
 			}
-			if chunks, bytes, err := storeUsage(store); err == nil && chunks > 0 {
+			if s3r != nil {
+				fmt.Fprintf(g.stdout, "chunk store: %d chunks in %d packs\n", s3r.store.Len(), s3r.store.Packs())
+			} else if chunks, bytes, err := storeUsage(store); err == nil && chunks > 0 {
 				fmt.Fprintf(g.stdout, "chunk store: %d chunks, %s in pack files\n", chunks, humanBytes(bytes))
 			}
 			for _, s := range sets {
@@ -56,7 +62,8 @@ func newLsCommand(g *globals) *cobra.Command {
 						fmt.Fprintf(g.stdout, "    %-24s %10s  %s\n", im.Name, humanBytes(im.Size), path)
 					}
 				}
-				if rn, err := repo.Nodes().Runner(s.Set); err == nil && rn != nil && rn.Node != "" {
+				// A repository on S3 records no runner (Nodes is nil).
+				if rn, err := runnerOf(repo, s.Set); err == nil && rn != nil && rn.Node != "" {
 					fmt.Fprintf(g.stdout, "  runs at %s (since %s, from %s)\n", rn.Node, rn.Since.Local().Format(time.DateTime), rn.Version.Short())
 				}
 				for _, d := range s.Diverged {
@@ -66,8 +73,9 @@ func newLsCommand(g *globals) *cobra.Command {
 			return nil
 		},
 	}
-	cmd.Flags().StringVar(&store, "store", "", "repository directory")
+	cmd.Flags().StringVar(&store, "store", "", "repository directory, or s3://BUCKET/PREFIX")
 	g.bind(cmd, "serve.store", "store")
+	addS3EndpointFlag(g, cmd)
 	return cmd
 }
 
@@ -125,4 +133,13 @@ func storeUsage(dir string) (chunks int, bytes int64, err error) {
 		}
 	}
 	return st.Len(), bytes, nil
+}
+
+// runnerOf returns who runs set as the repository records it: nil for a
+// repository on S3, which records no runner.
+func runnerOf(r *ntcsync.Repo, set string) (*repo.Runner, error) {
+	if r.Nodes() == nil {
+		return nil, nil
+	}
+	return r.Nodes().Runner(set)
 }

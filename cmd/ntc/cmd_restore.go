@@ -14,8 +14,9 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/ntc-project/ntc/chunk"
+	"github.com/ntc-project/ntc/chunk/s3store"
 	"github.com/ntc-project/ntc/internal/atomicfile"
-	ntcsync "github.com/ntc-project/ntc/sync"
+	ntcrepo "github.com/ntc-project/ntc/repo"
 )
 
 type restoreOptions struct {
@@ -61,13 +62,14 @@ Examples:
 		},
 	}
 	f := cmd.Flags()
-	f.StringVar(&o.store, "store", "", "repository directory")
+	f.StringVar(&o.store, "store", "", "repository directory, or s3://BUCKET/PREFIX")
 	f.Uint64Var(&o.version, "version", 0, "version (or checkpoint) number; default: the current one")
 	f.StringVar(&o.image, "image", "", "image name (see 'ntc ls')")
 	f.StringVar(&o.to, "to", "", "file to write")
 	f.StringVar(&o.format, "format", "raw", "raw (sparse) or qcow2")
 	f.BoolVar(&o.force, "force", false, "replace FILE if it exists")
 	g.bind(cmd, "serve.store", "store")
+	addS3EndpointFlag(g, cmd)
 	return cmd
 }
 
@@ -92,7 +94,7 @@ func runRestore(ctx context.Context, g *globals, set string, o restoreOptions) e
 	if _, err := os.Lstat(o.to); err == nil && !o.force {
 		return usagef("%s exists: give --force to replace it, or another --to", o.to)
 	}
-	x, st, version, err := openRestoreImage(set, o)
+	x, st, version, err := openRestoreImage(ctx, g, set, o)
 	if err != nil {
 		return err
 	}
@@ -112,14 +114,23 @@ type readStore interface {
 	Close() error
 }
 
-// openRestoreImage finds the image's index and the store holding its chunks.
-func openRestoreImage(set string, o restoreOptions) (*chunk.Index, readStore, uint64, error) {
+// openRestoreImage finds the image's index and the store holding its
+// chunks: a repository on S3 fetches them into its cache first, with a
+// few large GETs.
+func openRestoreImage(ctx context.Context, g *globals, set string, o restoreOptions) (x *chunk.Index, st readStore, version uint64, err error) {
 	if set == "" {
 		return nil, nil, 0, usagef("name the SET to restore from ('ntc ls --store %s' lists them)", o.store)
 	}
-	repo, err := ntcsync.OpenRepoForReading(o.store)
+	repo, s3r, err := g.openReadRepo(ctx, o.store)
 	if err != nil {
 		return nil, nil, 0, err
+	}
+	if s3r != nil {
+		defer func() {
+			if err != nil {
+				s3r.Close()
+			}
+		}()
 	}
 	m, err := repo.Current(set)
 	if o.version != 0 {
@@ -131,8 +142,8 @@ func openRestoreImage(set string, o restoreOptions) (*chunk.Index, readStore, ui
 	if err != nil {
 		return nil, nil, 0, err
 	}
-	x, err := repo.Index(set, m.Version, o.image)
-	if errors.Is(err, fs.ErrNotExist) {
+	x, err = repo.Index(set, m.Version, o.image)
+	if errors.Is(err, fs.ErrNotExist) || errors.Is(err, ntcrepo.ErrNotFound) {
 		var names []string
 		for _, im := range m.Images {
 			names = append(names, im.Name)
@@ -142,12 +153,26 @@ func openRestoreImage(set string, o restoreOptions) (*chunk.Index, readStore, ui
 	if err != nil {
 		return nil, nil, 0, err
 	}
-	st, err := chunk.OpenPackStoreReadOnly(o.store)
+	if s3r != nil {
+		if err := s3r.store.Prefetch(ctx, chunk.IDs(x)); err != nil {
+			return nil, nil, 0, err
+		}
+		return x, s3ReadStore{s3r.store, s3r}, m.Version, nil
+	}
+	ps, err := chunk.OpenPackStoreReadOnly(o.store)
 	if err != nil {
 		return nil, nil, 0, err
 	}
-	return x, st, m.Version, nil
+	return x, ps, m.Version, nil
 }
+
+// s3ReadStore reads a repository on S3's chunks until Close closes it.
+type s3ReadStore struct {
+	*s3store.Store
+	r *s3Repo
+}
+
+func (s s3ReadStore) Close() error { return s.r.Close() }
 
 // writeRestored writes the image to path atomically, raw and sparse or
 // converted to qcow2.

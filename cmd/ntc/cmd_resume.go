@@ -105,7 +105,7 @@ Examples:
 		},
 	}
 	f := cmd.Flags()
-	f.String("store", "", "the receiver's repository directory (ntc serve --store)")
+	f.String("store", "", "the receiver's repository directory (ntc serve --store), or s3://BUCKET/PREFIX")
 	f.String("name", "", "the set to resume (the checkpoint repository's name when pushed)")
 	f.String("workdir", "", "where the copy's disk overlays, sockets and logs go (default: $NTC_HOME/resume/SET; NTC_HOME defaults to ~/.local/state/ntc)")
 	f.String("network", string(resume.NetworkOff), "the copy's network links: off (set down before it runs) or on")
@@ -121,6 +121,7 @@ Examples:
 	f.StringVar(&o.connect, "connect", "", "the libvirt connection for --libvirt (default qemu:///system)")
 	f.BoolVar(&o.persistent, "persistent", false, "with --libvirt: also define the copy in libvirt, so that it outlives a shutdown")
 	g.bind(cmd, "resume.store", "store")
+	addS3EndpointFlag(g, cmd)
 	g.bind(cmd, "resume.name", "name")
 	g.bind(cmd, "resume.workdir", "workdir")
 	g.bind(cmd, "resume.network", "network")
@@ -338,7 +339,7 @@ func receivedManifest(r *ntcsync.Repo, set string) (*capture.Manifest, error) {
 // o.store as a running copy, and makes it the set's guest here
 // (capture.Adopt), unless another node runs the set (without o.force).
 func startCopy(ctx context.Context, g *globals, o resumeOptions, network resume.Network) (*resume.VM, *ntcsync.Manifest, error) {
-	cur, images, work, manifest, err := copySource(g, o)
+	cur, images, work, manifest, err := copySource(ctx, g, o)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -363,7 +364,7 @@ func startCopy(ctx context.Context, g *globals, o resumeOptions, network resume.
 	}
 	// The copy continues the set: its checkpoints into this repository
 	// follow the version it was resumed from and read only what it wrote.
-	if err := capture.Adopt(ctx, vm.Session(), o.store, o.name, int(cur.Version), self); err != nil {
+	if err := adopt(ctx, vm.Session(), o.store, o.name, int(cur.Version), self); err != nil {
 		fmt.Fprintf(g.stderr, "ntc: %v: the copy's first checkpoint will read its disks in full\n", err)
 	}
 	return vm, cur, nil
@@ -372,12 +373,12 @@ func startCopy(ctx context.Context, g *globals, o resumeOptions, network resume.
 // copySource finds what a copy of set o.name resumes from: the current
 // version, its images and manifest, and the work directory; it refuses
 // a set another node runs (unless o.force).
-func copySource(g *globals, o resumeOptions) (cur *ntcsync.Manifest, images, work string, manifest *capture.Manifest, err error) {
-	repo, err := ntcsync.OpenRepoForReading(o.store)
+func copySource(ctx context.Context, g *globals, o resumeOptions) (cur *ntcsync.Manifest, images, work string, manifest *capture.Manifest, err error) {
+	repo, closeRepo, err := g.openResumeRepo(ctx, o.store, o.name)
 	if err != nil {
 		return nil, "", "", nil, err
 	}
-	defer repo.Close()
+	defer closeRepo()
 	if cur, err = repo.Current(o.name); err != nil {
 		return nil, "", "", nil, err
 	}
@@ -385,7 +386,7 @@ func copySource(g *globals, o resumeOptions) (cur *ntcsync.Manifest, images, wor
 		return nil, "", "", nil, fmt.Errorf("%s holds no set %q: 'ntc ls --store %s' lists what was received", o.store, o.name, o.store)
 	}
 	self := g.nodeName()
-	if rn, err := repo.Nodes().Runner(o.name); err != nil {
+	if rn, err := runnerOf(repo, o.name); err != nil {
 		return nil, "", "", nil, err
 	} else if rn != nil && rn.Node != "" && rn.Node != self && !o.force {
 		return nil, "", "", nil, fmt.Errorf("%s runs at node %s (since %s, from version %s): a copy here would run beside it; "+
@@ -412,7 +413,7 @@ func resumeLibvirt(ctx context.Context, g *globals, o resumeOptions, network res
 	if o.qemu != "" || o.user != "" || o.bios != "" || o.detach {
 		return usagef("--libvirt: libvirt picks the QEMU binary and its user, and the domain outlives ntc: --qemu, --user, --bios and --detach do not apply")
 	}
-	cur, images, work, manifest, err := copySource(g, o)
+	cur, images, work, manifest, err := copySource(ctx, g, o)
 	if err != nil {
 		return err
 	}

@@ -75,7 +75,13 @@ Examples:
   ntc serve --listen :7400 --store ~/vms --allow TYA6ZIM-V6MAQKO-...
   ntc serve --listen :7400 --store ~/vms --allow TYA6ZIM-V6MAQKO-... --keep 10
 
-'ntc ls --store DIR' lists what was received.`,
+'ntc ls --store DIR' lists what was received.
+
+--store s3://BUCKET/PREFIX keeps the repository in an S3 bucket instead
+(credentials as for 'ntc pull'): several serves, on several machines, may
+receive into one bucket. Images are then written on demand ('ntc restore',
+'ntc resume') under $NTC_HOME/cache/s3/, which also keeps the chunks read
+and written.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			o.listen = g.v.GetString("serve.listen")
@@ -99,7 +105,9 @@ Examples:
 	}
 	f := cmd.Flags()
 	f.String("listen", ":7400", "UDP address to listen on")
-	f.String("store", "", "repository directory (created if needed)")
+	f.String("store", "", "repository directory (created if needed), or s3://BUCKET/PREFIX")
+	f.String("s3-endpoint", "", "URL of an S3 server other than AWS, for --store s3://… (default: $AWS_ENDPOINT_URL)")
+	g.bind(cmd, "s3.endpoint", "s3-endpoint")
 	f.StringArrayVar(&o.allow, "allow", nil, "node ID (or peer name from the configuration) allowed to push (repeatable; or serve.allow)")
 	f.StringArrayVar(&o.resumeAllow, "resume-allow", nil, "node ID or peer name that may hand a VM over and have it resumed here (repeatable; or serve.resume-allow; default: none)")
 	g.bind(cmd, "serve.listen", "listen")
@@ -186,11 +194,11 @@ func runServe(ctx context.Context, g *globals, o serveOptions) error {
 	defer l.Close()
 	// The repository is created only once serve can listen: a serve that
 	// cannot bind leaves nothing behind.
-	repo, err := ntcsync.OpenRepo(o.store)
+	repo, closeRepo, err := g.openServeRepo(ctx, o.store, len(resumers))
 	if err != nil {
 		return err
 	}
-	defer repo.Close()
+	defer closeRepo()
 	if g.json {
 		writeJSONLine(g.stdout, listeningJSON{Event: "listening", Addr: l.Addr().String(), ID: id.ID().String(), Store: o.store})
 	} else {

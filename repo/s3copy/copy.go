@@ -62,6 +62,24 @@ func Record(v *repo.Version) ([]byte, error) {
 	return json.Marshal(&c)
 }
 
+// Encode returns version v, with its indexes (one per image, in the
+// order of v.Images) and metadata, as s3versions.Sets.Commit stores it.
+func Encode(v *repo.Version, idx []*chunk.Index, meta []byte) (s3versions.Version, error) {
+	sv := s3versions.Version{Digest: chunk.ID(v.Digest), Parent: chunk.ID(v.Parent), Meta: meta}
+	var err error
+	if sv.Record, err = Record(v); err != nil {
+		return sv, err
+	}
+	for i, x := range idx {
+		_, b, err := repo.IndexDigest(x)
+		if err != nil {
+			return sv, err
+		}
+		sv.Indexes = append(sv.Indexes, s3versions.Index{Name: v.Images[i].Name, Data: b})
+	}
+	return sv, nil
+}
+
 // DecodeRecord decodes a version's record as Record wrote it, and checks
 // that it is the version of set with the digest and parent a head lists
 // and that its digest is its content's.
@@ -116,16 +134,9 @@ func Upload(ctx context.Context, src *repo.Repo, chunks chunkGetter, dst *s3vers
 	if err := send(ctx, ids); err != nil {
 		return st, fmt.Errorf("upload %s %s to %s: %w", set, v.Digest.Short(), store.URL(), err)
 	}
-	sv := s3versions.Version{Digest: chunk.ID(v.Digest), Parent: chunk.ID(v.Parent), Meta: meta}
-	if sv.Record, err = Record(v); err != nil {
+	sv, err := Encode(v, idx, meta)
+	if err != nil {
 		return st, err
-	}
-	for i, x := range idx {
-		_, b, err := repo.IndexDigest(x)
-		if err != nil {
-			return st, err
-		}
-		sv.Indexes = append(sv.Indexes, s3versions.Index{Name: v.Images[i].Name, Data: b})
 	}
 	links, err := src.Ancestry(set, v.Parent, maxLineage)
 	if err != nil {
@@ -140,7 +151,7 @@ func Upload(ctx context.Context, src *repo.Repo, chunks chunkGetter, dst *s3vers
 		if err != nil {
 			return st, err
 		}
-		ff := fastForward(h, v, known)
+		ff := FastForward(h, v, known)
 		if e, ok := h.ByDigest(sv.Digest); ok {
 			st.Existed, st.Seq = true, e.Seq
 			err := finishExisting(ctx, dst, h, e, ff || opt.Force, &st)
@@ -190,10 +201,10 @@ func divergedUnless(current bool, set string, v *repo.Version) error {
 		set, v.Digest.Short(), v.Node, repo.ErrDiverged)
 }
 
-// fastForward reports whether committing v to the set whose head is h
+// FastForward reports whether committing v to the set whose head is h
 // moves the current version: h has none, or it is an ancestor of v by the
 // parent links the head lists or known gives.
-func fastForward(h *s3versions.Head, v *repo.Version, known map[repo.Digest]repo.Digest) bool {
+func FastForward(h *s3versions.Head, v *repo.Version, known map[repo.Digest]repo.Digest) bool {
 	cur, ok := h.CurrentEntry()
 	if !ok {
 		return true
@@ -372,7 +383,7 @@ func Download(ctx context.Context, src *s3versions.Sets, set string, seq uint64,
 		}
 		return Stats{}, fmt.Errorf("%s has %s of %s: %w", src.Store().URL(), what, set, repo.ErrNotFound)
 	}
-	v, idx, meta, err := readRemote(ctx, src, h, e)
+	v, idx, meta, err := ReadVersion(ctx, src, h, e)
 	if err != nil {
 		return Stats{}, err
 	}
@@ -421,9 +432,9 @@ func Download(ctx context.Context, src *s3versions.Sets, set string, seq uint64,
 	return st, err
 }
 
-// readRemote reads the version e of the head h and checks that its record,
+// ReadVersion reads the version e of the head h and checks that its record,
 // indexes and metadata are what its digest says.
-func readRemote(ctx context.Context, src *s3versions.Sets, h *s3versions.Head, e s3versions.Entry) (*repo.Version, []*chunk.Index, []byte, error) {
+func ReadVersion(ctx context.Context, src *s3versions.Sets, h *s3versions.Head, e s3versions.Entry) (*repo.Version, []*chunk.Index, []byte, error) {
 	bad := func(format string, a ...any) error {
 		return fmt.Errorf("version %d of %s in %s: %s: %w", e.Seq, h.Set, src.Store().URL(), fmt.Sprintf(format, a...), repo.ErrBadVersion)
 	}
