@@ -8,6 +8,7 @@ import (
 	"io/fs"
 	"os"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/digitalocean/go-qemu/qmp"
@@ -20,6 +21,8 @@ var (
 	// ErrQMPBusy: QEMU accepted the connection but another client holds its
 	// QMP socket (QEMU serves one client at a time).
 	ErrQMPBusy = errors.New("QMP socket held by another client")
+	// ErrExited: the QEMU whose socket DialStarting waited for exited.
+	ErrExited = errors.New("QEMU exited")
 	// ErrDisconnected: the QMP connection ended (QEMU exited or closed it).
 	ErrDisconnected = errors.New("QMP connection lost")
 	// ErrNoSocket: nothing is at the QMP socket's path.
@@ -336,4 +339,28 @@ func (s *Session) EventMark() int { return s.events.Mark() }
 // connection is lost.
 func (s *Session) WaitEvent(ctx context.Context, from int, match func(Event) bool) (Event, int, error) {
 	return s.events.Wait(ctx, from, match)
+}
+
+// DialStarting is Dial for a QEMU this program just started: QEMU
+// announces its QMP socket no other way than by creating it, and the file
+// exists from bind() on, before QEMU listens, when connecting is refused.
+// So while the socket is missing or refuses, DialStarting tries again every
+// 10 ms, until it connects, ctx ends, or exited is closed (the QEMU ended:
+// ErrExited).
+func DialStarting(ctx context.Context, path string, opts DialOptions, exited <-chan struct{}) (*Session, error) {
+	t := time.NewTicker(10 * time.Millisecond)
+	defer t.Stop()
+	for {
+		s, err := Dial(ctx, path, opts)
+		if err == nil || !(errors.Is(err, ErrNoSocket) || errors.Is(err, syscall.ECONNREFUSED)) {
+			return s, err
+		}
+		select {
+		case <-exited:
+			return nil, fmt.Errorf("QMP socket %s: %w", path, ErrExited)
+		case <-ctx.Done():
+			return nil, fmt.Errorf("wait for QEMU's QMP socket %s: %w (last: %v)", path, ctx.Err(), err)
+		case <-t.C:
+		}
+	}
 }

@@ -512,33 +512,21 @@ func privateFile(path string, flag int) error {
 	return f.Close()
 }
 
-// dial waits for QEMU's control socket and connects to it. QEMU announces
-// the socket no other way, so until it exists the check repeats every
-// 10 ms.
+// dial waits for QEMU's control socket and connects to it.
 func (vm *VM) dial(ctx context.Context) (*qemu.Session, error) {
-	t := time.NewTicker(10 * time.Millisecond)
-	defer t.Stop()
-	for {
-		if _, err := os.Stat(vm.Plan.Control); err == nil {
-			s, err := qemu.Dial(ctx, vm.Plan.Control, qemu.DialOptions{})
-			if err == nil {
-				return s, nil
-			}
-			select {
-			case <-vm.done:
-				return nil, vm.exitError("start")
-			default:
-			}
-			return nil, fmt.Errorf("resume: %w", err)
-		}
+	s, err := qemu.DialStarting(ctx, vm.Plan.Control, qemu.DialOptions{}, vm.done)
+	switch {
+	case errors.Is(err, qemu.ErrExited):
+		return nil, vm.exitError("start")
+	case err != nil:
 		select {
 		case <-vm.done:
 			return nil, vm.exitError("start")
-		case <-ctx.Done():
-			return nil, fmt.Errorf("resume: wait for QEMU's QMP socket: %w", ctx.Err())
-		case <-t.C:
+		default:
 		}
+		return nil, fmt.Errorf("resume: %w", err)
 	}
+	return s, nil
 }
 
 // migrate feeds QEMU the stream through a pipe (getfd, migrate-incoming

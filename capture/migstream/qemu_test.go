@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"os"
 	"os/exec"
 	"path/filepath"
 	"reflect"
@@ -77,21 +76,9 @@ func startQEMU(tb testing.TB, extra ...string) *qemuVM {
 		}
 		child.Kill()
 	})
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		if _, err = os.Stat(sock); err == nil {
-			break
-		}
-		select {
-		case <-child.Done():
-			tb.Fatalf("QEMU exited at start: %s", q.out)
-		case <-time.After(20 * time.Millisecond):
-		}
-		if time.Now().After(deadline) {
-			tb.Fatalf("QMP socket: %v; QEMU said: %s", err, q.out)
-		}
-	}
-	if q.s, err = qemu.Dial(context.Background(), sock, qemu.DialOptions{ConnectTimeout: 10 * time.Second}); err != nil {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if q.s, err = qemu.DialStarting(ctx, sock, qemu.DialOptions{ConnectTimeout: 10 * time.Second}, child.Done()); err != nil {
 		tb.Fatalf("%v; QEMU said: %s", err, q.out)
 	}
 	return q
