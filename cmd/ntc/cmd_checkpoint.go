@@ -3,6 +3,7 @@ package main
 import (
 	"cmp"
 	"context"
+	"errors"
 	"fmt"
 	"time"
 
@@ -73,6 +74,9 @@ func (o *guestOptions) config(g *globals) (capture.Config, error) {
 	if o.out == "" {
 		return capture.Config{}, usagef("--out DIR is required: this node's repository (created if needed)")
 	}
+	if isS3(o.out) {
+		return capture.Config{}, usagef("--out %s: a guest's checkpoints go to a directory of this node (its overlays and bookkeeping live there); 'ntc checkpoint --out s3://…' uploads each one, or push to an 'ntc serve --store s3://…'", o.out)
+	}
 	set := cmp.Or(o.name, o.domain, capture.DefaultSet)
 	if err := capture.CheckName(set); err != nil {
 		return capture.Config{}, usagef("--name %q: %v", set, err)
@@ -112,7 +116,11 @@ chunks, DIR/sets/SET/versions/NNNNNN one index per disk, RAM block, the
 device state and the stream description, with the checkpoint's manifest as
 the version's metadata, committed once its chunks are durable. Each version
 records its parent (the set's current version) and this node, so that a
-push later finds the newest version both sides hold.
+push later finds the newest version both sides hold. With --out
+s3://BUCKET/PREFIX the checkpoint goes into this node's repository (the
+configuration's repo key, or $NTC_HOME/repo) and its version is then uploaded
+to the bucket as 'ntc upload' does: only the chunks the bucket lacks
+(--s3-endpoint or s3.endpoint for a store other than AWS).
 
 QEMU must offer a QMP socket ntc can use (-qmp unix:SOCKET,server=on,wait=off;
 QEMU serves one QMP client at a time, so give ntc its own socket if something
@@ -148,6 +156,7 @@ Examples:
   ntc checkpoint --qmp /run/vm/qmp.sock --out /srv/ntc --name web
   ntc checkpoint --qmp /run/vm/qmp.sock --out /srv/ntc --name web --json
   ntc checkpoint --domain web --out /srv/ntc                  set "web", through libvirt
+  ntc checkpoint --qmp vm.sock --out s3://vms/office --name web   into $NTC_HOME/repo, then the bucket
   ntc checkpoint --qmp vm.sock --out /srv/ntc --overlay-dir /var/lib/vm/overlays -v
   NTC_CHECKPOINT_OUT=/srv/ntc ntc checkpoint --qmp vm.sock`,
 		Args: cobra.NoArgs,
@@ -157,6 +166,7 @@ Examples:
 		},
 	}
 	o.addFlags(g, cmd)
+	addS3EndpointFlag(g, cmd)
 	f := cmd.Flags()
 	f.DurationVar(&o.downtime, "downtime", 20*time.Millisecond, "final pause the precopy method aims at")
 	f.BoolVar(&o.noCommit, "no-commit", false, "keep earlier overlays instead of merging them into the disk")
@@ -174,9 +184,21 @@ type checkpointJSON struct {
 	Digest repo.Digest `json:"digest"`
 	capture.Stats
 	Method string `json:"method"`
+	// Uploaded is the version's upload, for --out s3://BUCKET/PREFIX.
+	Uploaded *copiedJSON `json:"uploaded,omitempty"`
 }
 
 func runCheckpoint(ctx context.Context, g *globals, o checkpointOptions) error {
+	// A checkpoint "into a bucket" is taken into the node repository (the
+	// guest's overlays and the set's bookkeeping live there), then its
+	// version uploaded: only the chunks the bucket lacks.
+	bucket := ""
+	if isS3(o.out) {
+		if o.release {
+			return usagef("--release takes no checkpoint: it needs no --out")
+		}
+		bucket, o.out = o.out, g.repoDir()
+	}
 	cfg, err := o.config(g)
 	if err != nil {
 		return err
@@ -206,8 +228,23 @@ func runCheckpoint(ctx context.Context, g *globals, o checkpointOptions) error {
 		Seq: m.Seq, Parent: m.Parent, Set: cfg.Set, Repo: cfg.Dir, Digest: res.Version.Digest,
 		Stats: res.Stats, Method: string(m.Method),
 	}
+	var upErr error
+	if bucket != "" {
+		t0 := time.Now()
+		co := copyOptions{url: bucket, version: uint64(m.Seq), endpoint: g.v.GetString("s3.endpoint")}
+		stats, err := upload(ctx, cfg.Dir, cfg.Set, co)
+		if err != nil && !errors.Is(err, repo.ErrDiverged) {
+			return fmt.Errorf("checkpoint %d of %s is in %s, but its upload to %s failed (run 'ntc upload %s --to %s' to retry): %w",
+				m.Seq, cfg.Set, cfg.Dir, bucket, cfg.Set, bucket, err)
+		}
+		c := copiedOf(stats, time.Since(t0), bucket)
+		out.Uploaded, upErr = &c, err
+	}
 	if g.json {
-		return writeJSON(g.stdout, out)
+		if err := writeJSON(g.stdout, out); err != nil {
+			return err
+		}
+		return upErr
 	}
 	st := res.Stats
 	w := g.stdout
@@ -237,5 +274,11 @@ func runCheckpoint(ctx context.Context, g *globals, o checkpointOptions) error {
 		fmt.Fprintf(w, "  could not merge old overlays (the next checkpoint retries): %s\n", st.CommitError)
 	}
 	fmt.Fprintf(w, "  version %d of %s in %s (%s)\n", m.Seq, cfg.Set, cfg.Dir, res.Version.Digest.Short())
+	if out.Uploaded != nil {
+		printCopied(g, "  uploaded", *out.Uploaded)
+	}
+	if upErr != nil {
+		return fmt.Errorf("%w: kept beside the bucket's current version ('ntc upload %s --to %s --force' makes it current)", upErr, cfg.Set, bucket)
+	}
 	return nil
 }

@@ -56,28 +56,34 @@ func runUpload(ctx context.Context, g *globals, set string, o copyOptions) error
 		return usagef("set %q: %v", set, err)
 	}
 	start := time.Now()
-	dir := g.repoDir()
-	r, err := ntcsync.OpenRepoForReading(dir)
-	if err != nil {
-		return err
-	}
-	defer r.Close()
-	chunks, err := chunk.OpenPackStoreReadOnly(dir)
-	if err != nil {
-		return err
-	}
-	defer chunks.Close()
-	st, err := openS3(ctx, o.url, o.endpoint)
-	if err != nil {
-		return err
-	}
-	stats, err := s3copy.Upload(ctx, r.Nodes(), chunks, s3versions.New(st), set, o.version, s3copy.Options{Force: o.force})
-	if cerr := st.Close(); err == nil && cerr != nil {
-		err = fmt.Errorf("upload: %w", cerr)
-	}
+	stats, err := upload(ctx, g.repoDir(), set, o)
 	if err != nil && !errors.Is(err, repo.ErrDiverged) {
 		return err
 	}
 	out := copiedOf(stats, time.Since(start), o.url)
 	return finishCopy(g, "uploaded", out, err, fmt.Sprintf("'ntc upload %s --to %s --force' makes it current in the bucket", set, o.url))
+}
+
+// upload copies version o.version of set (0: the current one) from the node
+// repository in dir to the bucket at o.url.
+func upload(ctx context.Context, dir, set string, o copyOptions) (s3copy.Stats, error) {
+	r, err := ntcsync.OpenRepoForReading(dir)
+	if err != nil {
+		return s3copy.Stats{}, err
+	}
+	defer r.Close()
+	chunks, err := chunk.OpenPackStoreReadOnly(dir)
+	if err != nil {
+		return s3copy.Stats{}, err
+	}
+	defer chunks.Close()
+	st, err := openS3(ctx, o.url, o.endpoint)
+	if err != nil {
+		return s3copy.Stats{}, err
+	}
+	stats, err := s3copy.Upload(ctx, r.Nodes(), chunks, s3versions.New(st), set, o.version, s3copy.Options{Force: o.force})
+	if cerr := st.Close(); err == nil && cerr != nil {
+		err = fmt.Errorf("upload: %w", cerr)
+	}
+	return stats, err
 }
