@@ -944,7 +944,7 @@ func endHandoff(ctx context.Context, cfg Config, do func(*qemu.Session) error) e
 	if err := do(s); err != nil {
 		return err
 	}
-	return clearPaused(cfg.Dir, cmpOr(cfg.Set, DefaultSet))
+	return clearPaused(cfg.Dir, cmp.Or(cfg.Set, DefaultSet))
 }
 
 // instantPrecopy is the precopy method: a live migration sends RAM while
