@@ -24,6 +24,7 @@ var hints = []struct {
 	{capture.ErrOldRepository, "take a new checkpoint into another directory (ntc checkpoint --out NEWDIR), which starts a node repository"},
 	{capture.ErrOldManifest, "take a new checkpoint with this ntc ('ntc checkpoint') and push it"},
 	{capture.ErrOverlayDir, "give an overlay directory on the same host with --overlay-dir"},
+	{capture.ErrLayerNotPlain, "rewrite the image as an uncompressed qcow2 (qemu-img convert -O qcow2) and run the guest on the copy before checkpointing it"},
 	{capture.ErrNotConverging, "try --method background-snapshot"},
 	{transport.ErrNoIdentity, "run 'ntc init' to create this node's identity"},
 	{transport.ErrPeerNotAllowed, "on the receiver, allow this node: ntc serve ... --allow ID ('ntc id' here prints it)"},

@@ -21,6 +21,7 @@ func TestHint(t *testing.T) {
 	}{
 		{fmt.Errorf("checkpoint: %w", fmt.Errorf("%w at /x.sock", qemu.ErrNoSocket)), []string{"--qmp SOCKET"}},
 		{fmt.Errorf("x: %w", capture.ErrNotConverging), []string{"--method background-snapshot"}},
+		{fmt.Errorf("layer: %w: %w", capture.ErrLayerNotPlain, capture.ErrUnsupported), []string{"qemu-img convert -O qcow2"}},
 		{fmt.Errorf("resume: %w", resume.ErrLoadTimeout), []string{"--load-timeout"}},
 		{fmt.Errorf("kernel and initrd: %w; %w", resume.ErrNeedKernel, resume.ErrNeedInitrd), []string{"--kernel PATH", "--initrd PATH"}},
 		{errors.New("something else"), nil},
