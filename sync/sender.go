@@ -306,12 +306,7 @@ func (p *pushing) baseIndexes(ctx context.Context) (map[string]*chunk.Index, err
 			continue
 		}
 		x := held[ref.name]
-		if x != nil {
-			if d, _, err := indexDigest(x); err != nil || d != ref.digest {
-				x = nil
-			}
-		}
-		if x == nil {
+		if x == nil || !indexIs(x, ref.digest) {
 			var err error
 			if x, err = fetchIndex(ctx, p.w, p.rd, ref); err != nil {
 				return nil, err
@@ -333,7 +328,7 @@ func (p *pushing) patchRanges() [][]chunk.Range {
 		if im.Base == nil || im.Changed == nil || !o.images[i].based {
 			continue
 		}
-		if d, _, err := indexDigest(im.Base.MergeZeroRuns()); err == nil && d == o.images[i].baseDigest && im.Base.Params == im.Index.Params {
+		if im.Base.Params == im.Index.Params && indexIs(im.Base.MergeZeroRuns(), o.images[i].baseDigest) {
 			patchable[i] = chunk.NormalizeRanges(im.Changed, max(im.Index.Size, im.Base.Size))
 		}
 	}
@@ -461,16 +456,8 @@ type prepared struct {
 // assumedBase is the version peer last acknowledged, as a base, with its
 // indexes from the sender's repository; nothing when it knows of none.
 func (s *Sender) assumedBase(nr *repo.Repo, peer transport.ID, set string) (base, map[string]*chunk.Index) {
-	st := s.readAck(peer, set)
-	if nr == nil || st.Digest.IsZero() {
-		return base{}, nil
-	}
-	bv, err := nr.ByDigest(set, st.Digest)
-	if err != nil {
-		return base{}, nil
-	}
-	idx := indexesOf(nr, bv)
-	if idx == nil {
+	st, bv, idx := s.acked(nr, peer, set)
+	if bv == nil {
 		return base{}, nil
 	}
 	b := base{version: st.Version, digest: bv.Digest}
@@ -521,6 +508,12 @@ func (s *Sender) prepareOffer(nr *repo.Repo, v *Version, lv *repo.Version, b bas
 		}
 	}
 	return p, nil
+}
+
+// indexIs reports whether x is the index digest d names.
+func indexIs(x *chunk.Index, d chunk.ID) bool {
+	got, _, err := indexDigest(x)
+	return err == nil && got == d
 }
 
 // digestName names a digest for the log.
