@@ -80,7 +80,7 @@ func (p *Push) classify(err error) error {
 	switch {
 	case errors.Is(err, transport.ErrPeerNotAllowed):
 		return Permanent(fmt.Errorf("%w: the receiver must allow this node, %s", err, p.Self))
-	case errors.Is(err, transport.ErrVersionMismatch), errors.Is(err, ntcsync.ErrVersionMismatch),
+	case errors.Is(err, transport.ErrVersionMismatch), // sync's too
 		errors.Is(err, ntcsync.ErrBadName), errors.Is(err, ntcsync.ErrBadChunks):
 		return Permanent(err)
 	case errors.Is(err, repo.ErrDiverged):

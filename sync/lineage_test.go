@@ -508,9 +508,10 @@ func TestPolicyThinsVersions(t *testing.T) {
 	}
 }
 
-// TestOlderPeerIsToldToUpgrade: a sender of protocol 1 is refused with the
-// version error, which says to upgrade ntc on both sides.
-func TestOlderPeerIsToldToUpgrade(t *testing.T) {
+// TestOlderPeerGetsVersionError: a sender of protocol 1 is refused with the
+// version error, the same condition as transport's (which the command line
+// tells to upgrade ntc on both sides).
+func TestOlderPeerGetsVersionError(t *testing.T) {
 	p := newPeers(t)
 	c, err := transport.Dial(t.Context(), p.addr, p.client, p.srvID, transport.Config{})
 	if err != nil {
@@ -533,8 +534,8 @@ func TestOlderPeerIsToldToUpgrade(t *testing.T) {
 		t.Fatalf("answer to a protocol 1 hello: frame %d, %v", typ, err)
 	}
 	err = decodeError(payload)
-	if !errors.Is(err, ErrVersionMismatch) || !strings.Contains(err.Error(), "upgrade ntc on both sides") {
-		t.Fatalf("got %v, want %v", err, ErrVersionMismatch)
+	if !errors.Is(err, ErrVersionMismatch) || !errors.Is(err, transport.ErrVersionMismatch) {
+		t.Fatalf("got %v, want %v matching transport.ErrVersionMismatch", err, ErrVersionMismatch)
 	}
 }
 

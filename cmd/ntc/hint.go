@@ -9,6 +9,7 @@ import (
 	"github.com/ntc-project/ntc/replicate"
 	"github.com/ntc-project/ntc/repo"
 	"github.com/ntc-project/ntc/resume"
+	ntcsync "github.com/ntc-project/ntc/sync"
 	"github.com/ntc-project/ntc/transport"
 )
 
@@ -28,6 +29,11 @@ var hints = []struct {
 	{capture.ErrNotConverging, "try --method background-snapshot"},
 	{transport.ErrNoIdentity, "run 'ntc init' to create this node's identity"},
 	{transport.ErrPeerNotAllowed, "on the receiver, allow this node: ntc serve ... --allow ID ('ntc id' here prints it)"},
+	{transport.ErrVersionMismatch, "upgrade ntc on both sides"},
+	{ntcsync.ErrBusy, "try again when the other push of the set ends"},
+	{ntcsync.ErrNoSpace, "free space on the receiver and push again"},
+	{ntcsync.ErrBadChunks, "check the sender's disk and memory"},
+	{ntcsync.ErrRemoteInternal, "the receiver's log (ntc serve) says why"},
 	{replicate.ErrNoCheckpoint, "take one with 'ntc checkpoint --out DIR --name SET'"},
 	{resume.ErrNoCheckpoint, "is it a checkpoint pushed with 'ntc push --checkpoint'?"},
 	{resume.ErrNoQEMU, "install it, or name a QEMU with --qemu (resume.qemu in the configuration)"},

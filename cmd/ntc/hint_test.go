@@ -10,6 +10,7 @@ import (
 	"github.com/ntc-project/ntc/capture"
 	"github.com/ntc-project/ntc/qemu"
 	"github.com/ntc-project/ntc/resume"
+	ntcsync "github.com/ntc-project/ntc/sync"
 )
 
 // TestHint: a library's error, however wrapped, gets the command line's
@@ -24,6 +25,8 @@ func TestHint(t *testing.T) {
 		{fmt.Errorf("layer: %w: %w", capture.ErrLayerNotPlain, capture.ErrUnsupported), []string{"qemu-img convert -O qcow2"}},
 		{fmt.Errorf("resume: %w", resume.ErrLoadTimeout), []string{"--load-timeout"}},
 		{fmt.Errorf("kernel and initrd: %w; %w", resume.ErrNeedKernel, resume.ErrNeedInitrd), []string{"--kernel PATH", "--initrd PATH"}},
+		{fmt.Errorf("push: %w", ntcsync.ErrVersionMismatch), []string{"upgrade ntc on both sides"}},
+		{fmt.Errorf("push: %w", ntcsync.ErrNoSpace), []string{"free space on the receiver"}},
 		{errors.New("something else"), nil},
 	} {
 		got := hint(tc.err)
