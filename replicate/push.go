@@ -23,7 +23,7 @@ type Push struct {
 	// Streams, Conns and BytesPerSec are sync.Sender's.
 	Streams, Conns int
 	BytesPerSec    int64
-	// Logger, if set, gets what the sender does (debug).
+	// Logger, if set, gets what the sender does (sync.Sender.Logger).
 	Logger *slog.Logger
 }
 
@@ -32,15 +32,7 @@ var _ Pusher = (*Push)(nil)
 func (p *Push) sender() *ntcsync.Sender {
 	// A new Sender per push: it caches the indexes it reads, which would
 	// otherwise grow with every version.
-	return &ntcsync.Sender{StateDir: p.Dir, Node: p.Self.String(), Streams: p.Streams, Conns: p.Conns, BytesPerSec: p.BytesPerSec, Dial: p.Dial, Log: p.senderLog()}
-}
-
-// senderLog is sync.Sender's printf-style hook on Logger.
-func (p *Push) senderLog() func(format string, args ...any) {
-	if p.Logger == nil {
-		return nil
-	}
-	return func(format string, args ...any) { p.Logger.Debug(fmt.Sprintf(format, args...)) }
+	return &ntcsync.Sender{StateDir: p.Dir, Node: p.Self.String(), Streams: p.Streams, Conns: p.Conns, BytesPerSec: p.BytesPerSec, Dial: p.Dial, Logger: p.Logger}
 }
 
 // Acked returns the checkpoint the receiver last committed from this

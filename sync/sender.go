@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"time"
 
 	"github.com/ntc-project/ntc/chunk"
@@ -42,8 +43,8 @@ type Sender struct {
 	// chunk bytes the receiver asks for, at the start of each round.
 	Progress func(n int64)
 	Wanted   func(n int64)
-	// Log, if set, is told what happens.
-	Log func(format string, args ...any)
+	// Logger, if set, is told what happens; nil discards.
+	Logger *slog.Logger
 
 	// connsFrom replaces extraConnsFrom when set; connsAnyRTT uses extra
 	// connections whatever the round trip (tests run on loopback).
@@ -112,10 +113,15 @@ type Result struct {
 	BytesLost   uint64 `json:"bytes_lost"`
 }
 
-func (s *Sender) logf(format string, args ...any) {
-	if s.Log != nil {
-		s.Log(format, args...)
+// log is s.Logger, or a logger that discards.
+func (s *Sender) log() *slog.Logger { return orDiscard(s.Logger) }
+
+// orDiscard is l, or a logger that discards when l is nil.
+func orDiscard(l *slog.Logger) *slog.Logger {
+	if l == nil {
+		return slog.New(slog.DiscardHandler)
 	}
+	return l
 }
 
 // Push sends version v over conn and returns when the receiver committed
@@ -287,7 +293,7 @@ func (p *pushing) base(ctx context.Context) error {
 	p.news = listNew(p.pre.ops, p.pre.results)
 	res.NewChunks = len(p.news)
 	p.patchable = p.patchRanges()
-	s.logf("offered %s %s (base %s): %d images, %d new chunks", v.Set, p.lv.Digest.Short(), digestName(p.pre.offer.base), len(v.Images), len(p.news))
+	s.log().Info("offered", "set", v.Set, "digest", p.lv.Digest.Short(), "base", digestName(p.pre.offer.base), "images", len(v.Images), "new_chunks", len(p.news))
 	return nil
 }
 

@@ -41,7 +41,7 @@ func newPeersWith(t testing.TB, setup func(*Receiver)) *peers {
 	srv, cli := transporttest.Identity(t), transporttest.Identity(t)
 	l := transporttest.Listen(t, srv, transport.AllowIDs(cli.ID()), transport.Config{})
 	p := &peers{repo: repo, addr: l.Addr().String(), srvID: srv.ID(), client: cli, errs: make(chan error, 100)}
-	rcv := &Receiver{Repo: repo, Log: t.Logf}
+	rcv := &Receiver{Repo: repo, Logger: testLogger(t, nil)}
 	if setup != nil {
 		setup(rcv)
 	}

@@ -185,9 +185,7 @@ func runPush(ctx context.Context, g *globals, o pushOptions, paths []string) err
 		Dial: func(ctx context.Context) (*transport.Conn, error) {
 			return transport.Dial(ctx, o.to, id, peer, transport.Config{})
 		}}
-	if g.verbose {
-		s.Log = func(f string, a ...any) { fmt.Fprintf(g.stderr, f+"\n", a...) }
-	}
+	s.Logger = g.verboseLogger()
 	start := time.Now()
 	// Connect while indexing: the handshake's round trips overlap the work.
 	type dialed struct {
