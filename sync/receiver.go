@@ -32,6 +32,9 @@ type Receiver struct {
 	// Logger, if set, is told about each push (info), each problem (warn,
 	// error) and each round (debug); nil discards.
 	Logger *slog.Logger
+	// Served, if set, is called as each connection ServeListener accepted
+	// is served, with what Serve returned (tests wait on it).
+	Served func(err error)
 	// Refused, if set, is told instead of Logger about each push or
 	// connection that ended in an error, with the peer and its address
 	// (a peer may cause many: rate limit what it prints).
@@ -771,7 +774,10 @@ func (r *Receiver) ServeListener(ctx context.Context, l *transport.Listener) err
 		}
 		wg.Go(func() {
 			defer c.Close()
-			r.Serve(ctx, c)
+			err := r.Serve(ctx, c)
+			if r.Served != nil {
+				r.Served(err)
+			}
 		})
 	}
 }

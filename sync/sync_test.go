@@ -49,23 +49,13 @@ func newPeersWith(t testing.TB, setup func(*Receiver)) *peers {
 	return p
 }
 
-// serveAll serves every connection l accepts with rcv until the test
-// ends, telling done how each ended.
+// serveAll serves every connection l accepts with rcv (ServeListener)
+// until the test ends, telling done how each ended.
 func serveAll(t testing.TB, l *transport.Listener, rcv *Receiver, done func(error)) {
 	ctx, cancel := context.WithCancel(context.Background())
+	rcv.Served = done
 	var wg gosync.WaitGroup
-	wg.Go(func() {
-		for {
-			c, err := l.Accept(ctx)
-			if err != nil {
-				return
-			}
-			wg.Go(func() {
-				done(rcv.Serve(ctx, c))
-				c.Close()
-			})
-		}
-	})
+	wg.Go(func() { rcv.ServeListener(ctx, l) })
 	t.Cleanup(func() { cancel(); wg.Wait() })
 }
 
