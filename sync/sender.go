@@ -78,7 +78,8 @@ type Result struct {
 	// Diverged is set when the receiver kept the version without making
 	// it current (Push then returns an error matching repo.ErrDiverged).
 	Diverged bool `json:"diverged,omitempty"`
-	// ImageBytes is the total size of the version's images.
+	// Images counts the version's images, ImageBytes is their total size.
+	Images     int   `json:"images"`
 	ImageBytes int64 `json:"image_bytes"`
 	// ChangedBytes is the size of the entries that differ from the
 	// receiver's previous version.
@@ -289,7 +290,7 @@ func (p *pushing) base(ctx context.Context) error {
 			return ctxErr(ctx, err)
 		}
 	}
-	res.ImageBytes, res.ChangedBytes = p.pre.imageBytes, p.pre.changedBytes
+	res.Images, res.ImageBytes, res.ChangedBytes = len(v.Images), p.pre.imageBytes, p.pre.changedBytes
 	p.news = listNew(p.pre.ops, p.pre.results)
 	res.NewChunks = len(p.news)
 	p.patchable = p.patchRanges()

@@ -28,6 +28,7 @@ var hints = []struct {
 	{capture.ErrLayerNotPlain, "rewrite the image as an uncompressed qcow2 (qemu-img convert -O qcow2) and run the guest on the copy before checkpointing it"},
 	{capture.ErrNotConverging, "try --method background-snapshot"},
 	{transport.ErrNoIdentity, "run 'ntc init' to create this node's identity"},
+	{transport.ErrNoAnswer, "check that 'ntc serve' runs there and listens on that port, and that UDP gets through (a firewall)"},
 	{transport.ErrPeerNotAllowed, "on the receiver, allow this node: ntc serve ... --allow ID ('ntc id' here prints it)"},
 	{transport.ErrVersionMismatch, "upgrade ntc on both sides"},
 	{ntcsync.ErrBusy, "try again when the other push of the set ends"},
