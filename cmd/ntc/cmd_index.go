@@ -151,7 +151,7 @@ func runIndex(ctx context.Context, g *globals, o indexOptions, path string) erro
 	}
 	res := indexJSON{
 		Image: path, Index: out, Params: p.String(), ImageBytes: x.Size, BytesRead: st.BytesRead,
-		DurationMS: float64(elapsed.Microseconds()) / 1000, Mode: mode, Stats: x.Stats(), ReusedEntries: st.ReusedEntries,
+		DurationMS: ms(elapsed), Mode: mode, Stats: x.Stats(), ReusedEntries: st.ReusedEntries,
 	}
 	if prev != nil {
 		d, err := chunk.Compare(prev, x)

@@ -30,6 +30,10 @@ func (g *globals) verboseLogger() *slog.Logger {
 	return slog.New(slog.NewTextHandler(g.stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
 }
 
+// ms is d in milliseconds, to the microsecond: the unit of the *_ms
+// fields ntc prints.
+func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
+
 // writeJSONLine writes v as one line, for streams of events.
 func writeJSONLine(w io.Writer, v any) error {
 	return json.NewEncoder(w).Encode(v)
