@@ -239,7 +239,7 @@ func runNTC(ctx context.Context, cfg Config, l *link.Link, sc *Scenario, dir str
 	res, err := office.PushVia(ctx, l.A().Wrap(), srv.Addr, home.ID, append(args, cfg.PushArgs...)...)
 	rss, cpu := srv.StopUsage()
 	for _, line := range strings.Split(srv.Log(), "\n") {
-		if strings.Contains(line, "round ") || strings.Contains(line, "committed ") {
+		if strings.Contains(line, `msg="round received"`) || strings.Contains(line, "msg=committed ") {
 			c.ReceiverLog = append(c.ReceiverLog, line)
 		}
 	}

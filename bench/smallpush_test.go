@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"flag"
 	"fmt"
+	"log/slog"
 	"net"
 	"os"
 	"os/exec"
@@ -168,11 +169,7 @@ func pushInProcess(ctx context.Context, home, addr string, peer transport.ID, im
 		Dial: func(ctx context.Context) (*transport.Conn, error) {
 			return transport.Dial(ctx, addr, id, peer, transport.Config{})
 		},
-		Log: func(f string, a ...any) {
-			if strings.HasPrefix(f, "offered") {
-				p.offered = time.Now()
-			}
-		}}
+		Logger: slog.New(onMessage{msg: "offered", do: func() { p.offered = time.Now() }})}
 	name := filepath.Base(img)
 	_, prev := s.LastAcked(peer, name)
 	var changed []chunk.Range
@@ -205,31 +202,30 @@ func matchReceiverLog(log string, runs []*pushPhases) error {
 	sc := bufio.NewScanner(strings.NewReader(log))
 	for sc.Scan() {
 		var l struct {
-			Time time.Time `json:"time"`
-			Msg  string    `json:"msg"`
+			Time   time.Time     `json:"time"`
+			Msg    string        `json:"msg"`
+			Digest string        `json:"digest"`
+			Took   time.Duration `json:"took"`
+			// committed's phases
+			StoreSynced   time.Duration `json:"store_synced_in"`
+			Committed     time.Duration `json:"committed_in"`
+			ImagesWritten time.Duration `json:"images_written_in"`
 		}
 		if json.Unmarshal(sc.Bytes(), &l) != nil {
 			continue
 		}
-		f := strings.Fields(l.Msg)
 		switch {
-		case strings.HasPrefix(l.Msg, "push of ") && len(f) > 3:
-			cur = byDigest[f[3]]
+		case l.Msg == "push offered":
+			cur = byDigest[l.Digest]
 			if cur != nil {
 				cur.rcvOffer = l.Time
 			}
-		case cur != nil && strings.HasPrefix(l.Msg, "round ") && len(f) > 6:
+		case cur != nil && l.Msg == "round received":
 			cur.rcvData = l.Time
-			cur.round, _ = time.ParseDuration(f[6])
-		case cur != nil && strings.HasPrefix(l.Msg, "committed "):
+			cur.round = l.Took
+		case cur != nil && l.Msg == "committed":
 			cur.rcvCommit = l.Time
-			// committed SET vN DIGEST (store synced in A, committed in B, images written in C)
-			var a, c, d string
-			if _, err := fmt.Sscanf(strings.Join(f[4:], " "), "(store synced in %s committed in %s images written in %s", &a, &c, &d); err == nil {
-				cur.storeSync, _ = time.ParseDuration(strings.TrimSuffix(a, ","))
-				cur.commit, _ = time.ParseDuration(strings.TrimSuffix(c, ","))
-				cur.materialise, _ = time.ParseDuration(strings.TrimSuffix(d, ")"))
-			}
+			cur.storeSync, cur.commit, cur.materialise = l.StoreSynced, l.Committed, l.ImagesWritten
 			cur = nil
 		}
 	}
@@ -357,15 +353,30 @@ func offerTimes(log string) map[string]time.Time {
 	sc := bufio.NewScanner(strings.NewReader(log))
 	for sc.Scan() {
 		var l struct {
-			Time time.Time `json:"time"`
-			Msg  string    `json:"msg"`
+			Time   time.Time `json:"time"`
+			Msg    string    `json:"msg"`
+			Digest string    `json:"digest"`
 		}
-		if json.Unmarshal(sc.Bytes(), &l) != nil || !strings.HasPrefix(l.Msg, "push of ") {
-			continue
-		}
-		if f := strings.Fields(l.Msg); len(f) > 3 {
-			out[f[3]] = l.Time
+		if json.Unmarshal(sc.Bytes(), &l) == nil && l.Msg == "push offered" {
+			out[l.Digest] = l.Time
 		}
 	}
 	return out
+}
+
+// onMessage is a log handler that calls do at each record whose message is
+// msg, and drops every record.
+type onMessage struct {
+	msg string
+	do  func()
+}
+
+func (h onMessage) Enabled(context.Context, slog.Level) bool { return true }
+func (h onMessage) WithAttrs([]slog.Attr) slog.Handler       { return h }
+func (h onMessage) WithGroup(string) slog.Handler            { return h }
+func (h onMessage) Handle(_ context.Context, r slog.Record) error {
+	if r.Message == h.msg {
+		h.do()
+	}
+	return nil
 }

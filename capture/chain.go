@@ -100,8 +100,8 @@ func OpenChain(ctx context.Context, path, format string) (c *Chain, err error) {
 				return nil, fmt.Errorf("qemu-img map of %s: depth %d in a chain of %d layers", path, e.Depth, len(infos))
 			}
 			if e.Offset == nil {
-				return nil, fmt.Errorf("%s: guest range %d+%d is stored without a plain file offset (compressed or encrypted clusters): %w; "+
-					"rewrite the image uncompressed (qemu-img convert -O qcow2) before checkpointing it", infos[e.Depth].Filename, e.Start, e.Length, ErrUnsupported)
+				return nil, fmt.Errorf("%s: guest range %d+%d is stored without a plain file offset (compressed or encrypted clusters): %w: %w",
+					infos[e.Depth].Filename, e.Start, e.Length, ErrLayerNotPlain, ErrUnsupported)
 			}
 			x.host = *e.Offset
 			if c.files[e.Depth] == nil {
@@ -160,7 +160,7 @@ func chainInfo(ctx context.Context, path, format string) ([]imageInfo, error) {
 func checkLayer(file, format string, encrypted bool) error {
 	switch {
 	case format != "qcow2" && format != "raw":
-		return fmt.Errorf("disk layer %s has format %s: %w (ntc reads qcow2 and raw layers; convert it with qemu-img convert -O qcow2)", file, format, ErrUnsupported)
+		return fmt.Errorf("disk layer %s has format %s (ntc reads qcow2 and raw layers): %w: %w", file, format, ErrLayerNotPlain, ErrUnsupported)
 	case encrypted:
 		return fmt.Errorf("disk layer %s is encrypted: %w", file, ErrUnsupported)
 	}

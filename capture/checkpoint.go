@@ -944,7 +944,7 @@ func endHandoff(ctx context.Context, cfg Config, do func(*qemu.Session) error) e
 	if err := do(s); err != nil {
 		return err
 	}
-	return clearPaused(cfg.Dir, cmpOr(cfg.Set, DefaultSet))
+	return clearPaused(cfg.Dir, cmp.Or(cfg.Set, DefaultSet))
 }
 
 // instantPrecopy is the precopy method: a live migration sends RAM while
@@ -1151,9 +1151,8 @@ func (c *checkpointer) indexDisk(ctx context.Context, p *diskPlan) error {
 	}
 	defer img.Close()
 	opts := chunk.Options{Workers: c.cfg.Workers, Chunk: c.storeChunk(ctx)}
-	var st chunk.ScanStats
+	var changed []chunk.Range
 	if p.prevIndex != nil {
-		var changed []chunk.Range
 		for _, ov := range p.changed {
 			ext, err := LayerExtents(ctx, ov.File)
 			if err != nil {
@@ -1167,12 +1166,12 @@ func (c *checkpointer) indexDisk(ctx context.Context, p *diskPlan) error {
 			p.delta += r.Len
 		}
 		c.log().Debug("reading what changed", "disk", p.live.Name, "bytes", p.delta, "since", c.prev.Seq)
-		p.index, st, err = chunk.Reindex(ctx, p.prevIndex, img, changed, opts)
 	} else {
 		p.delta = img.Size()
 		c.log().Debug("reading the disk in full", "disk", p.live.Name, "bytes", img.Size())
-		p.index, st, err = chunk.Build(ctx, img, c.cfg.Params, opts)
 	}
+	var st chunk.ScanStats
+	p.index, st, err = chunk.Update(ctx, img, c.cfg.Params, p.prevIndex, changed, opts)
 	if err != nil {
 		return err
 	}

@@ -31,17 +31,14 @@
 //     (QEMU reads a byte of every page of guest RAM, ram_write_tracking_prepare,
 //     before its own stop, which ntc's stop puts inside the pause: the disks
 //     must be snapshotted at the same instant) and the write protection of
-//     every page (userfaultfd). With 4 KiB pages that is 65,536 pages per
-//     256 MiB and about 300 ms of pause on the project's machines, every
-//     time: perf puts it in the touch loop and in TLB flushes of the
-//     write-protect ioctls, and the guest kernel counts no page faults
-//     there (the machines run under a paravirtualizing hypervisor, PVM,
-//     where both cost exits). On 2 MiB huge pages it is 128 pages (10-15
-//     ms): scripts/deps.sh reserves huge pages and the demo's guest uses
-//     them. Shared 4 KiB RAM (share=on) is in between (about 40 ms).
-//     MethodAuto (the default) takes a background snapshot when guest RAM
-//     is on huge pages (x-query-ramblock) and precopy otherwise (27-44 ms), except under TCG on QEMU before 9.0,
-//     whose precopy misses guest writes (dirty bitmap cleared without
+//     every page (userfaultfd), so the pause grows with the number of
+//     pages: 65,536 per 256 MiB with 4 KiB pages, 128 with 2 MiB huge
+//     pages (scripts/deps.sh reserves huge pages and the demo's guest uses
+//     them; bench/README.md, "Measured figures the package docs rely on",
+//     has the pauses). MethodAuto (the default) takes a background
+//     snapshot when guest RAM is on huge pages (x-query-ramblock) and
+//     precopy otherwise, except under TCG on QEMU before 9.0, whose
+//     precopy misses guest writes (dirty bitmap cleared without
 //     re-arming the TLB's dirty tracking; fixed by QEMU commit 03bfc2188f):
 //     there it always takes a background snapshot, since stale kernel pages
 //     made restored guests panic. A background snapshot whose stream
@@ -131,7 +128,7 @@
 //
 // It does not send anything anywhere (sync does), resume guests elsewhere
 // (resume does), or start QEMU. It needs QEMU 6.0 or later (7.2 is what it
-// was measured on); MethodBackground also needs userfaultfd write-protect
+// is tested with); MethodBackground also needs userfaultfd write-protect
 // (root, or vm.unprivileged_userfaultfd=1). It reads qcow2 and raw layers
 // only, not compressed or encrypted clusters, nor disks on network
 // protocols (ErrUnsupported, before the guest is touched). Read-only media

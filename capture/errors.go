@@ -11,6 +11,10 @@ var (
 	// ErrUnsupported: the QEMU or its configuration lacks something a
 	// checkpoint needs (background-snapshot, a disk layout ntc can read).
 	ErrUnsupported = errors.New("unsupported by ntc checkpoint")
+	// ErrLayerNotPlain: a disk layer is in a format ntc does not read in
+	// place (not qcow2 or raw) or holds compressed clusters; it comes
+	// wrapped with ErrUnsupported.
+	ErrLayerNotPlain = errors.New("disk layer is not plain qcow2 or raw")
 	// ErrBusy: another ntc checkpoint or a migration is in progress.
 	ErrBusy = errors.New("busy")
 	// ErrOldRepository: the directory is a checkpoint repository of an

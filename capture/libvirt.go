@@ -72,6 +72,7 @@ package capture
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/json"
 	"encoding/xml"
@@ -178,7 +179,7 @@ func (cfg *Config) dial(ctx context.Context) (*qemu.Session, error) {
 // target names what cfg checkpoints, for messages.
 func (cfg *Config) target() string {
 	if cfg.Domain != "" {
-		uri := cmpOr(cfg.Connect, DefaultLibvirtURI)
+		uri := cmp.Or(cfg.Connect, DefaultLibvirtURI)
 		return fmt.Sprintf("libvirt domain %s at %s", cfg.Domain, uri)
 	}
 	return cfg.QMP
@@ -195,13 +196,6 @@ func (cfg *Config) checkTarget() error {
 		return errors.New("checkpoint: a libvirt connection URI without a domain")
 	}
 	return nil
-}
-
-func cmpOr(s, def string) string {
-	if s == "" {
-		return def
-	}
-	return s
 }
 
 // libvirtSocket returns the unix socket of the local libvirt daemon for
@@ -880,11 +874,11 @@ type backingStore struct {
 // chain lists the disk's image files, top first, as libvirt records them.
 func (d *domainDisk) chain() []string {
 	var out []string
-	if f := cmpOr(d.Source.File, d.Source.Dev); f != "" {
+	if f := cmp.Or(d.Source.File, d.Source.Dev); f != "" {
 		out = append(out, f)
 	}
 	for b := d.Backing; b != nil; b = b.Backing {
-		if f := cmpOr(b.Source.File, b.Source.Dev); f != "" {
+		if f := cmp.Or(b.Source.File, b.Source.Dev); f != "" {
 			out = append(out, f)
 		}
 	}

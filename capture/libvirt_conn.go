@@ -1,6 +1,7 @@
 package capture
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"time"
@@ -21,7 +22,7 @@ type LibvirtConn struct {
 // or qemu:///session; "" for DefaultLibvirtURI), within timeout (0: the
 // default connect timeout) or until ctx ends.
 func DialLibvirt(ctx context.Context, uri string, timeout time.Duration) (*LibvirtConn, error) {
-	uri = cmpOr(uri, DefaultLibvirtURI)
+	uri = cmp.Or(uri, DefaultLibvirtURI)
 	if timeout <= 0 {
 		timeout = qemu.DefaultConnectTimeout
 	}

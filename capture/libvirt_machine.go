@@ -162,7 +162,7 @@ func (a *domainAddress) pci(root string) (bus, addr string, ok bool) {
 	}
 	b, err1 := strconv.ParseUint(strings.TrimPrefix(a.Bus, "0x"), 16, 8)
 	s, err2 := strconv.ParseUint(strings.TrimPrefix(a.Slot, "0x"), 16, 8)
-	f, err3 := strconv.ParseUint(strings.TrimPrefix(cmpOr(a.Function, "0x0"), "0x"), 16, 8)
+	f, err3 := strconv.ParseUint(strings.TrimPrefix(cmp.Or(a.Function, "0x0"), "0x"), 16, 8)
 	if err1 != nil || err2 != nil || err3 != nil || s > 31 || f > 7 {
 		return "", "", false
 	}
@@ -424,7 +424,7 @@ func describeDomainDevice(m *Machine, dev domainDevice, root string, unsupported
 	kind := dev.XMLName.Local
 	add := func(d Device, ok bool) {
 		if !ok {
-			unsupported("%s %s without a PCI address", kind, cmpOr(dev.Alias.Name, dev.Model))
+			unsupported("%s %s without a PCI address", kind, cmp.Or(dev.Alias.Name, dev.Model))
 			return
 		}
 		m.Devices = append(m.Devices, d)
@@ -435,7 +435,7 @@ func describeDomainDevice(m *Machine, dev domainDevice, root string, unsupported
 	case "disk":
 		switch {
 		case dev.Device != "disk" || dev.ReadOnly != nil:
-			unsupported("disk %s (%s, read-only media)", dev.Target.Dev, cmpOr(dev.Device, "disk"))
+			unsupported("disk %s (%s, read-only media)", dev.Target.Dev, cmp.Or(dev.Device, "disk"))
 		case dev.Target.Bus != "virtio":
 			unsupported("disk %s on bus %s", dev.Target.Dev, dev.Target.Bus)
 		default:
@@ -450,7 +450,7 @@ func describeDomainDevice(m *Machine, dev domainDevice, root string, unsupported
 		case dev.Type == "pci" && dev.Model == "pcie-root-port":
 			// A PCIe root port: its id ("pci.N") names the bus it
 			// provides; chassis and port as libvirt passes them.
-			drv := cmpOr(dev.ModelElem.Name, "pcie-root-port")
+			drv := cmp.Or(dev.ModelElem.Name, "pcie-root-port")
 			if drv != "pcie-root-port" && drv != "ioh3420" {
 				unsupported("pcie-root-port model %s", drv)
 				return
@@ -504,7 +504,7 @@ func describeDomainDevice(m *Machine, dev domainDevice, root string, unsupported
 		}
 		add(d, ok)
 	case "serial":
-		if t := cmpOr(dev.Target.Type, "isa-serial"); t != "isa-serial" {
+		if t := cmp.Or(dev.Target.Type, "isa-serial"); t != "isa-serial" {
 			unsupported("serial target %s", t)
 			return
 		}

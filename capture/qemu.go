@@ -370,16 +370,30 @@ func snapshotAction(node, overlay string) map[string]any {
 // commit merges the layers above base up to and including top into base,
 // live, and waits for the job to end. top must not be the active layer.
 func commit(ctx context.Context, s *qemu.Session, device, top, base, job string) error {
+	return commitJob(ctx, s, device, top, base, job, false)
+}
+
+// commitJob runs block-commit job (top into base) and waits for it to
+// end. For an active commit (top the active layer), it completes the job
+// once QEMU says it is ready, which makes base the active layer again.
+func commitJob(ctx context.Context, s *qemu.Session, device, top, base, job string, active bool) error {
 	mark := s.EventMark()
 	args := map[string]any{"job-id": job, "device": device, "top-node": top, "base-node": base}
 	if err := s.Run(ctx, "block-commit", args, nil); err != nil {
 		return err
 	}
-	ev, _, err := s.WaitEvent(ctx, mark, func(e qemu.Event) bool {
-		return (e.Name == "BLOCK_JOB_COMPLETED" || e.Name == "BLOCK_JOB_CANCELLED") && e.String("device") == job
-	})
+	ev, err := waitCommitJob(ctx, s, mark, job, active)
 	if err != nil {
-		return fmt.Errorf("wait for block-commit job %s: %w", job, err)
+		return err
+	}
+	if ev.Name == "BLOCK_JOB_READY" {
+		mark = s.EventMark()
+		if err := s.Run(ctx, "block-job-complete", map[string]any{"device": job}, nil); err != nil {
+			return fmt.Errorf("complete block-commit job %s: %w", job, err)
+		}
+		if ev, err = waitCommitJob(ctx, s, mark, job, false); err != nil {
+			return err
+		}
 	}
 	if ev.Name == "BLOCK_JOB_CANCELLED" {
 		return fmt.Errorf("block-commit job %s was cancelled", job)
@@ -390,7 +404,20 @@ func commit(ctx context.Context, s *qemu.Session, device, top, base, job string)
 	return nil
 }
 
-// waitRunning polls until no migration is under way, for at most d.
+// waitCommitJob waits from mark for job's end (BLOCK_JOB_COMPLETED or
+// BLOCK_JOB_CANCELLED) or, with ready, for it to be ready.
+func waitCommitJob(ctx context.Context, s *qemu.Session, mark int, job string, ready bool) (qemu.Event, error) {
+	ev, _, err := s.WaitEvent(ctx, mark, func(e qemu.Event) bool {
+		return (e.Name == "BLOCK_JOB_COMPLETED" || e.Name == "BLOCK_JOB_CANCELLED" || ready && e.Name == "BLOCK_JOB_READY") &&
+			e.String("device") == job
+	})
+	if err != nil {
+		return ev, fmt.Errorf("wait for block-commit job %s: %w", job, err)
+	}
+	return ev, nil
+}
+
+// waitMigrationIdle polls until no migration is under way, for at most d.
 func waitMigrationIdle(ctx context.Context, s *qemu.Session, d time.Duration) error {
 	deadline := time.Now().Add(d)
 	for {

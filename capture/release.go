@@ -1,6 +1,7 @@
 package capture
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -32,7 +33,7 @@ func Release(ctx context.Context, cfg Config) (*Released, error) {
 	if err := cfg.checkTarget(); err != nil {
 		return nil, err
 	}
-	set := cmpOr(cfg.Set, DefaultSet)
+	set := cmp.Or(cfg.Set, DefaultSet)
 	if err := CheckName(set); err != nil {
 		return nil, err
 	}
@@ -126,33 +127,5 @@ func findDisk(disks []liveDisk, name string) *liveDisk {
 // into base and makes base the active layer again: block-commit of the
 // active layer, then block-job-complete once it is ready.
 func activeCommit(ctx context.Context, s *qemu.Session, top, base, job string) error {
-	mark := s.EventMark()
-	args := map[string]any{"job-id": job, "device": top, "top-node": top, "base-node": base}
-	if err := s.Run(ctx, "block-commit", args, nil); err != nil {
-		return err
-	}
-	ev, _, err := s.WaitEvent(ctx, mark, func(e qemu.Event) bool {
-		return (e.Name == "BLOCK_JOB_READY" || e.Name == "BLOCK_JOB_COMPLETED" || e.Name == "BLOCK_JOB_CANCELLED") && e.String("device") == job
-	})
-	if err != nil {
-		return fmt.Errorf("wait for block-commit job %s: %w", job, err)
-	}
-	if ev.Name == "BLOCK_JOB_READY" {
-		mark = s.EventMark()
-		if err := s.Run(ctx, "block-job-complete", map[string]any{"device": job}, nil); err != nil {
-			return fmt.Errorf("complete block-commit job %s: %w", job, err)
-		}
-		if ev, _, err = s.WaitEvent(ctx, mark, func(e qemu.Event) bool {
-			return (e.Name == "BLOCK_JOB_COMPLETED" || e.Name == "BLOCK_JOB_CANCELLED") && e.String("device") == job
-		}); err != nil {
-			return fmt.Errorf("wait for block-commit job %s: %w", job, err)
-		}
-	}
-	if ev.Name == "BLOCK_JOB_CANCELLED" {
-		return fmt.Errorf("block-commit job %s was cancelled", job)
-	}
-	if msg := ev.String("error"); msg != "" {
-		return fmt.Errorf("block-commit job %s: %s", job, msg)
-	}
-	return nil
+	return commitJob(ctx, s, top, top, base, job, true)
 }

@@ -118,7 +118,7 @@ func OpenRepositoryForReading(dir, set string) (*Repository, error) {
 // from everything else.
 func refuseOldLayout(dir string) error {
 	if _, err := os.Stat(filepath.Join(dir, "checkpoints")); err == nil {
-		return fmt.Errorf("%s: %w (one VM, its own store): take new checkpoints into another directory", dir, ErrOldRepository)
+		return fmt.Errorf("%s: %w (one VM, its own store)", dir, ErrOldRepository)
 	}
 	return nil
 }
@@ -403,3 +403,17 @@ func (r *Repository) removeChanges() error {
 
 // created is when a manifest records a checkpoint: whole seconds, UTC.
 func created() time.Time { return time.Now().UTC().Truncate(time.Second) }
+
+// storeSource serves RAM page images from the store.
+type storeSource map[string]*chunk.StoreImage
+
+func (s storeSource) Block(name string, length int64) (io.ReaderAt, error) {
+	img, ok := s[name]
+	if !ok {
+		return nil, fmt.Errorf("no RAM image for block %q in the checkpoint", name)
+	}
+	if img.Size() < length {
+		return nil, fmt.Errorf("RAM image of block %q holds %d bytes, want %d", name, img.Size(), length)
+	}
+	return img, nil
+}

@@ -306,3 +306,15 @@ func listHoles(ctx context.Context, img Image) ([]Range, error) {
 	}
 	return hl.Holes(ctx)
 }
+
+// Update indexes img anew: without prev, in full with parameters p
+// (Build); with prev, the index of img's previous version, only around the
+// ranges changed since (Reindex: the result has prev's parameters, and an
+// empty changed means nothing changed). Capture, push and 'ntc index' all
+// index this way.
+func Update(ctx context.Context, img Image, p Params, prev *Index, changed []Range, opt Options) (*Index, ScanStats, error) {
+	if prev != nil {
+		return Reindex(ctx, prev, img, changed, opt)
+	}
+	return Build(ctx, img, p, opt)
+}

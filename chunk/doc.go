@@ -31,8 +31,8 @@
 //     the order they were made) for one writing process; any number of
 //     ReadOnlyPackStores read beside it. Close writes a sidecar per pack
 //     (pack-NNNNNN.hdr: the records it maps, checksummed), so that opening
-//     reads those instead of every pack (a 1 GiB store: 0.09 s against 1.3 s
-//     from a cold cache); what a sidecar does not cover is scanned.
+//     reads those instead of every pack (bench/README.md has the
+//     difference); what a sidecar does not cover is scanned.
 //   - Compaction gives back the space of chunks no longer wanted: the caller
 //     says which chunks to keep, and a PackStore's Compact drops the rest.
 //     A record is live if its chunk is kept and the map points to it; a pack

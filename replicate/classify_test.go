@@ -33,7 +33,8 @@ func TestReplicatePushClassify(t *testing.T) {
 	}{
 		{"refused", fmt.Errorf("push: %w", &transport.WireError{Code: transport.CodePeerNotAllowed, Remote: true}), true, "allow this node, " + self.ID().String()},
 		{"another node", &transport.PeerMismatchError{}, true, "expected"},
-		{"protocol", fmt.Errorf("x: %w", ntcsync.ErrVersionMismatch), true, "upgrade"},
+		{"protocol", fmt.Errorf("x: %w", ntcsync.ErrVersionMismatch), true, "protocol version"},
+		{"transport version", fmt.Errorf("x: %w", &transport.WireError{Code: transport.CodeVersionMismatch, Remote: true}), true, ""},
 		{"receiver busy", fmt.Errorf("x: %w", ntcsync.ErrBusy), false, ""},
 		{"receiver gone", fmt.Errorf("x: %w", &transport.WireError{Code: transport.CodeShuttingDown, Remote: true}), false, ""},
 		{"timeout", context.DeadlineExceeded, false, ""},

@@ -23,7 +23,7 @@ type Push struct {
 	// Streams, Conns and BytesPerSec are sync.Sender's.
 	Streams, Conns int
 	BytesPerSec    int64
-	// Logger, if set, gets what the sender does (debug).
+	// Logger, if set, gets what the sender does (sync.Sender.Logger).
 	Logger *slog.Logger
 }
 
@@ -32,15 +32,7 @@ var _ Pusher = (*Push)(nil)
 func (p *Push) sender() *ntcsync.Sender {
 	// A new Sender per push: it caches the indexes it reads, which would
 	// otherwise grow with every version.
-	return &ntcsync.Sender{StateDir: p.Dir, Node: p.Self.String(), Streams: p.Streams, Conns: p.Conns, BytesPerSec: p.BytesPerSec, Dial: p.Dial, Log: p.senderLog()}
-}
-
-// senderLog is sync.Sender's printf-style hook on Logger.
-func (p *Push) senderLog() func(format string, args ...any) {
-	if p.Logger == nil {
-		return nil
-	}
-	return func(format string, args ...any) { p.Logger.Debug(fmt.Sprintf(format, args...)) }
+	return &ntcsync.Sender{StateDir: p.Dir, Node: p.Self.String(), Streams: p.Streams, Conns: p.Conns, BytesPerSec: p.BytesPerSec, Dial: p.Dial, Logger: p.Logger}
 }
 
 // Acked returns the checkpoint the receiver last committed from this
@@ -54,24 +46,54 @@ func (p *Push) Acked(ctx context.Context) (int, error) {
 // speaks another protocol version, or a checkpoint that cannot be read or
 // keeps arriving damaged are Permanent.
 func (p *Push) Push(ctx context.Context, seq int) (Pushed, error) {
-	s := p.sender()
-	_, prev := s.LastAcked(p.Peer, p.Set)
-	v, err := OpenVersion(ctx, p.Dir, p.Set, seq, prev)
-	if err != nil {
-		return Pushed{}, Permanent(err)
-	}
-	defer v.Close()
-	conn, err := p.Dial(ctx)
-	if err != nil {
-		return Pushed{}, p.classify(fmt.Errorf("connect: %w", err))
-	}
-	defer conn.Close()
-	res, err := s.Push(ctx, conn, v.Sync)
-	if err != nil {
+	res, _, err := PushCheckpoint(ctx, p.sender(), p.Peer, p.Dir, p.Set, seq, p.Dial)
+	var open *openError
+	switch {
+	case errors.As(err, &open):
+		return Pushed{}, Permanent(open.err)
+	case err != nil:
 		return Pushed{}, p.classify(err)
 	}
 	return Pushed{Version: res.Version, BytesSent: res.BytesUp + res.BytesDown, ChunksSent: res.ChunksSent, Patched: res.Patched, Delta: !res.Base.IsZero()}, nil
 }
+
+// PushCheckpoint pushes checkpoint seq (0: the current one) of set in the
+// node repository dir with s (whose StateDir is dir) to peer, over the
+// connection dial opens once the checkpoint is open, and closes it. The
+// disks whose writes since peer's copy are known send their new chunks as
+// patches (s.Logger is told which, debug). It returns what sync says of the
+// push and the checkpoint pushed.
+func PushCheckpoint(ctx context.Context, s *ntcsync.Sender, peer transport.ID, dir, set string, seq int,
+	dial func(context.Context) (*transport.Conn, error)) (*ntcsync.Result, int, error) {
+	// Before anything reads dir as the sender's repository (which would
+	// create one there).
+	if _, err := repo.OpenExisting(dir); err != nil {
+		return nil, 0, &openError{err} // repo.ErrNotRepo
+	}
+	_, prev := s.LastAcked(peer, set)
+	v, err := OpenVersion(ctx, dir, set, seq, prev)
+	if err != nil {
+		return nil, 0, &openError{err}
+	}
+	defer v.Close()
+	if len(v.Patched) > 0 && s.Logger != nil {
+		s.Logger.Debug("the writes since the receiver's checkpoint are known: changed chunks may travel as patches", "disks", v.Patched)
+	}
+	conn, err := dial(ctx)
+	if err != nil {
+		return nil, v.Seq, fmt.Errorf("connect: %w", err)
+	}
+	defer conn.Close()
+	res, err := s.Push(ctx, conn, v.Sync)
+	return res, v.Seq, err
+}
+
+// openError is a checkpoint that could not be opened to push: it does not
+// get better by trying again.
+type openError struct{ err error }
+
+func (e *openError) Error() string { return e.err.Error() }
+func (e *openError) Unwrap() error { return e.err }
 
 func (p *Push) classify(err error) error {
 	if _, ok := errors.AsType[*transport.PeerMismatchError](err); ok {
@@ -80,7 +102,7 @@ func (p *Push) classify(err error) error {
 	switch {
 	case errors.Is(err, transport.ErrPeerNotAllowed):
 		return Permanent(fmt.Errorf("%w: the receiver must allow this node, %s", err, p.Self))
-	case errors.Is(err, transport.ErrVersionMismatch), errors.Is(err, ntcsync.ErrVersionMismatch),
+	case errors.Is(err, transport.ErrVersionMismatch), // sync's too
 		errors.Is(err, ntcsync.ErrBadName), errors.Is(err, ntcsync.ErrBadChunks):
 		return Permanent(err)
 	case errors.Is(err, repo.ErrDiverged):

@@ -35,12 +35,43 @@ func (s *Sender) ackPath(peer transport.ID, set string) string {
 // readAck returns what the sender recorded of peer's copy of set (the zero
 // state when nothing, or nothing readable, is recorded).
 func (s *Sender) readAck(peer transport.ID, set string) ackState {
-	var st ackState
-	b, err := os.ReadFile(s.ackPath(peer, set))
-	if err != nil || json.Unmarshal(b, &st) != nil {
+	st, err := readAckFile(s.ackPath(peer, set))
+	if err != nil {
 		return ackState{}
 	}
 	return st
+}
+
+// readAckFile reads one ack file.
+func readAckFile(path string) (ackState, error) {
+	var st ackState
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return ackState{}, err
+	}
+	if err := json.Unmarshal(b, &st); err != nil {
+		return ackState{}, fmt.Errorf("read %s: %w", path, err)
+	}
+	return st, nil
+}
+
+// acked returns what peer last acknowledged of set and, when the sender's
+// repository nr still holds that version, the version and its indexes by
+// image name (nil otherwise).
+func (s *Sender) acked(nr *repo.Repo, peer transport.ID, set string) (ackState, *repo.Version, map[string]*chunk.Index) {
+	st := s.readAck(peer, set)
+	if nr == nil || st.Digest.IsZero() {
+		return st, nil, nil
+	}
+	v, err := nr.ByDigest(set, st.Digest)
+	if err != nil {
+		return st, nil, nil
+	}
+	idx := indexesOf(nr, v)
+	if idx == nil {
+		return st, nil, nil
+	}
+	return st, v, idx
 }
 
 // nodes opens the sender's repository (nil without StateDir).
@@ -69,16 +100,12 @@ func indexesOf(nr *repo.Repo, v *repo.Version) map[string]*chunk.Index {
 // sender (its number on the peer), and its indexes by image name (nil if
 // unknown).
 func (s *Sender) LastAcked(peer transport.ID, set string) (uint64, map[string]*chunk.Index) {
-	st := s.readAck(peer, set)
 	nr, err := s.nodes()
-	if err != nil || nr == nil || st.Digest.IsZero() {
-		return st.Version, nil
-	}
-	v, err := nr.ByDigest(set, st.Digest)
 	if err != nil {
-		return st.Version, nil
+		nr = nil
 	}
-	return st.Version, indexesOf(nr, v)
+	st, _, idx := s.acked(nr, peer, set)
+	return st.Version, idx
 }
 
 // local returns the version to push for v, committed to the sender's
@@ -186,9 +213,8 @@ func (s *Sender) prune(ctx context.Context, nr *repo.Repo, set string) {
 	named := map[repo.Digest]bool{}
 	acks, _ := filepath.Glob(filepath.Join(s.StateDir, "peers", "*", set+".json"))
 	for _, p := range acks {
-		var st ackState
-		b, err := os.ReadFile(p)
-		if err != nil || json.Unmarshal(b, &st) != nil {
+		st, err := readAckFile(p)
+		if err != nil {
 			return // unsure what is named: keep everything
 		}
 		named[st.Digest] = true

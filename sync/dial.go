@@ -26,10 +26,8 @@ const extraConnsRTT = 10 * time.Millisecond
 // (at most Conns). Under random loss a connection's congestion window
 // carries about a segment per round trip divided by the square root of
 // the loss rate, so a longer path needs proportionally more connections
-// for the same rate. Measured over bench's wan (100 Mbit/s, 80 ms, 0.5%
-// loss), same runs' rsync -z beside: 4 connections moved the Debian
-// update in 33.1 s (rsync -z 17.3 s), 8 connections in 16.0 s (16.7 s);
-// on dsl (20 Mbit/s, 40 ms, 0.1%) 4 connections already fill the link.
+// for the same rate (bench/README.md has the measurements over bench's
+// wan and dsl links).
 const connPerRTT = 10 * time.Millisecond
 
 // dataConns is how many connections carry a push's data over conn.

@@ -25,8 +25,8 @@
 // the sender's head of the set, or the head itself when the images and
 // metadata are the head's. The sender opens the control stream and says
 // hello (magic, protocol version, set name; a receiver answers another
-// protocol version than 2 to 4 with the version error, "upgrade ntc on
-// both sides"; protocol 3 only adds groups of chunks, which a protocol 2
+// protocol version than 2 to 4 with the version error (ErrVersionMismatch,
+// which matches transport.ErrVersionMismatch); protocol 3 only adds groups of chunks, which a protocol 2
 // sender never sends, and 4 heals, which a receiver asks of 4 only),
 // then its candidates: a force flag and the digests of its versions of the
 // set, newest first (at most 64). The receiver answers with its base: the
@@ -163,6 +163,9 @@
 // file over what 1<<24 entries take, a version over 4 MiB, metadata over
 // 1 MiB).
 //
-// The package does not index images (chunk does), open connections
-// (transport does) or print anything.
+// The package does not cut images into chunks (chunk does; IndexFile only
+// calls chunk's indexers, in full or around changed ranges), implement the
+// QUIC handshake or identities (transport does; a push dials its extra
+// data connections through Sender.Dial, which the caller gives), or print
+// anything (it logs to the *slog.Logger it is given).
 package sync

@@ -4,6 +4,8 @@ import (
 	"errors"
 	"fmt"
 	"syscall"
+
+	"github.com/ntc-project/ntc/transport"
 )
 
 // Sync error codes, sent in error frames on the control stream. They are
@@ -25,14 +27,20 @@ const (
 	codeDigest     = 13
 )
 
-// Conditions a push can end with; match them with errors.Is.
+// Conditions a push can end with; match them with errors.Is. They say
+// what happened; what to do about it is the caller's to say.
 var (
-	ErrRemoteInternal  = errors.New("the receiver failed (see its log)")
-	ErrVersionMismatch = errors.New("the other side speaks another sync protocol version: upgrade ntc on both sides")
+	ErrRemoteInternal = errors.New("the receiver failed")
+	// ErrVersionMismatch: the peer speaks another sync protocol version.
+	// It matches transport.ErrVersionMismatch too: one condition, whichever
+	// layer found it.
+	ErrVersionMismatch = fmt.Errorf("the other side speaks another sync protocol version: %w", transport.ErrVersionMismatch)
 	ErrDigestMismatch  = errors.New("the version's content does not match the digest it was offered under")
-	ErrBusy            = errors.New("another push of this set is in progress on the receiver: try again when it ends")
-	ErrNoSpace         = errors.New("the receiver's disk is full: free space there and push again (its previous version is intact)")
-	ErrBadChunks       = errors.New("chunks kept arriving damaged: check the sender's disk and memory")
+	ErrBusy            = errors.New("another push of this set is in progress on the receiver")
+	// ErrNoSpace: the receiver's disk is full; its previous version is
+	// intact.
+	ErrNoSpace         = errors.New("the receiver's disk is full (its previous version is intact)")
+	ErrBadChunks       = errors.New("chunks kept arriving damaged")
 	ErrRemoteCancelled = errors.New("the other side stopped")
 	ErrUnknownImage    = errors.New("asked for an image the receiver does not hold")
 )

@@ -155,7 +155,7 @@ func (r *Receiver) serveResume(ctx context.Context, cancel context.CancelFunc, c
 	if len(res.Detail) > maxResumedDetail {
 		res.Detail = res.Detail[:maxResumedDetail]
 	}
-	r.logf("resumed %s v%d for %s: pid %d", req.set, head.Seq, conn.PeerID(), res.PID)
+	r.log().Info("resumed", "set", req.set, "version", head.Seq, "peer", conn.PeerID(), "pid", res.PID)
 	if err := w.write(msgResumed, res.encode()); err != nil {
 		return err
 	}

@@ -25,7 +25,7 @@ func TestRequestResume(t *testing.T) {
 	)
 	l := transporttest.Listen(t, b.id, transport.AllowIDs(a.id.ID()), transport.Config{})
 	b.addr = l.Addr().String()
-	rcv := &Receiver{Repo: b.repo, Log: t.Logf}
+	rcv := &Receiver{Repo: b.repo, Logger: testLogger(t, nil)}
 	rcv.Resume = func(ctx context.Context, peer transport.ID, set string, version uint64) (Resumed, error) {
 		if peer != a.id.ID() || !allowed.Load() {
 			return Resumed{}, ErrResumeRefused

@@ -166,7 +166,7 @@ func (p *push) materialize(ctx context.Context, seq uint64) error {
 		if err == nil || !p.in.damaged.note(err) && !errors.Is(err, chunk.ErrChunkMissing) || heals == maxHeals {
 			return err
 		}
-		p.r.logf("%s: %v; checking the version's other stored chunks", p.set, err)
+		p.r.log().Warn("stored chunk damaged; checking the version's other stored chunks", "set", p.set, "err", err)
 		if err := p.verifyHeld(ctx); err != nil {
 			return err
 		}
@@ -221,7 +221,7 @@ func (p *push) heal(ctx context.Context, ids []chunk.ID) error {
 	for _, id := range ids {
 		st.Forget(id)
 	}
-	p.r.logf("%s: %d stored chunks damaged or missing (%s first): set aside, asking the sender for those of the version", p.set, len(ids), ids[0].Short())
+	p.r.log().Warn("stored chunks damaged or missing: set aside, asking the sender for those of the version", "set", p.set, "chunks", len(ids), "first", ids[0].Short())
 	in := &p.in
 	if p.version < healProtocol {
 		return fmt.Errorf("%w: the sender's ntc is too old to send them again: upgrade it", ErrDamagedStore)
@@ -303,6 +303,6 @@ func (p *pushing) healChunks(b []byte) error {
 		}
 	}
 	p.res.Healed += len(ids)
-	p.s.logf("the receiver's copy of %d chunks is damaged: sending them again", len(ids))
+	p.s.log().Warn("the receiver's copy of chunks is damaged: sending them again", "chunks", len(ids))
 	return nil
 }

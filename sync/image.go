@@ -22,7 +22,7 @@ func (f *FileImage) Close() error { return f.file.Close() }
 // IndexFile opens the image file at path and indexes it as image name: in
 // full with the default chunking, or, when prev (the index the receiver
 // holds of it) and changed (the ranges written since) are given, only
-// around the changes (chunk.Reindex), the new chunks then travelling as
+// around the changes (chunk.Update), the new chunks then travelling as
 // patches against the receiver's copy. progress, if set, is told the bytes
 // read as they are.
 func IndexFile(ctx context.Context, path, name string, prev *chunk.Index, changed []chunk.Range, progress func(int64)) (*FileImage, error) {
@@ -32,13 +32,13 @@ func IndexFile(ctx context.Context, path, name string, prev *chunk.Index, change
 	}
 	opt := chunk.Options{Progress: progress}
 	f := &FileImage{Image: Image{Name: name, Source: ReaderSource{R: img}}, file: img}
-	var st chunk.ScanStats
-	if prev != nil && changed != nil {
-		f.Index, st, err = chunk.Reindex(ctx, prev, img, changed, opt)
-		f.Base, f.Changed = prev, changed
+	if prev == nil || changed == nil {
+		prev = nil // unknown changes: index in full
 	} else {
-		f.Index, st, err = chunk.Build(ctx, img, chunk.DefaultCDC(), opt)
+		f.Base, f.Changed = prev, changed
 	}
+	var st chunk.ScanStats
+	f.Index, st, err = chunk.Update(ctx, img, chunk.DefaultCDC(), prev, changed, opt)
 	if err != nil {
 		img.Close()
 		return nil, fmt.Errorf("index %s: %w", path, err)

@@ -9,7 +9,6 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
-	gosync "sync"
 	"testing"
 	"time"
 
@@ -27,8 +26,7 @@ type node struct {
 	repo   *Repo
 	addr   string
 	sender *Sender
-	logMu  gosync.Mutex
-	log    []string
+	log    logLines
 }
 
 func newNode(t *testing.T) *node {
@@ -48,19 +46,8 @@ func (n *node) serve(t *testing.T, peer *node) {
 	t.Helper()
 	l := transporttest.Listen(t, n.id, transport.AllowIDs(peer.id.ID()), transport.Config{})
 	n.addr = l.Addr().String()
-	rcv := &Receiver{Repo: n.repo, Log: func(f string, a ...any) {
-		n.logMu.Lock()
-		n.log = append(n.log, fmt.Sprintf(f, a...))
-		n.logMu.Unlock()
-		t.Logf(f, a...)
-	}}
+	rcv := &Receiver{Repo: n.repo, Logger: testLogger(t, &n.log)}
 	serveAll(t, l, rcv, func(error) {})
-}
-
-func (n *node) logged(s string) bool {
-	n.logMu.Lock()
-	defer n.logMu.Unlock()
-	return slices.ContainsFunc(n.log, func(l string) bool { return strings.Contains(l, s) })
 }
 
 // push sends v from n to peer and returns the result and the bytes that
@@ -282,7 +269,7 @@ func TestDivergenceIsKeptNotCurrent(t *testing.T) {
 	if !strings.Contains(err.Error(), "--force") {
 		t.Errorf("the sender's error does not say what to do: %v", err)
 	}
-	if !other.logged("is stored but not current") {
+	if !other.log.has("stored but not current") {
 		t.Error("the receiver did not log the divergence")
 	}
 	assertMaterialized(t, home.repo, set, map[string][]byte{"disk": da})
@@ -508,9 +495,10 @@ func TestPolicyThinsVersions(t *testing.T) {
 	}
 }
 
-// TestOlderPeerIsToldToUpgrade: a sender of protocol 1 is refused with the
-// version error, which says to upgrade ntc on both sides.
-func TestOlderPeerIsToldToUpgrade(t *testing.T) {
+// TestOlderPeerGetsVersionError: a sender of protocol 1 is refused with the
+// version error, the same condition as transport's (which the command line
+// tells to upgrade ntc on both sides).
+func TestOlderPeerGetsVersionError(t *testing.T) {
 	p := newPeers(t)
 	c, err := transport.Dial(t.Context(), p.addr, p.client, p.srvID, transport.Config{})
 	if err != nil {
@@ -533,8 +521,8 @@ func TestOlderPeerIsToldToUpgrade(t *testing.T) {
 		t.Fatalf("answer to a protocol 1 hello: frame %d, %v", typ, err)
 	}
 	err = decodeError(payload)
-	if !errors.Is(err, ErrVersionMismatch) || !strings.Contains(err.Error(), "upgrade ntc on both sides") {
-		t.Fatalf("got %v, want %v", err, ErrVersionMismatch)
+	if !errors.Is(err, ErrVersionMismatch) || !errors.Is(err, transport.ErrVersionMismatch) {
+		t.Fatalf("got %v, want %v matching transport.ErrVersionMismatch", err, ErrVersionMismatch)
 	}
 }
 

@@ -20,7 +20,7 @@ func TestServeListener(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	rcv := &Receiver{Repo: b.repo, Keep: keep, Log: t.Logf}
+	rcv := &Receiver{Repo: b.repo, Keep: keep, Logger: testLogger(t, nil)}
 	ctx, cancel := context.WithCancel(t.Context())
 	done := make(chan error, 1)
 	go func() { done <- rcv.ServeListener(ctx, l) }()

@@ -1,7 +1,6 @@
 package sync
 
 import (
-	"context"
 	"errors"
 	"math/rand/v2"
 	"os"
@@ -30,20 +29,7 @@ func TestFullDiskKeepsThePreviousVersion(t *testing.T) {
 	t.Cleanup(func() { repo.Close() })
 	srv, cli := transporttest.Identity(t), transporttest.Identity(t)
 	l := transporttest.Listen(t, srv, transport.AllowIDs(cli.ID()), transport.Config{})
-	ctx, cancel := context.WithCancel(t.Context())
-	defer cancel()
-	go func() {
-		for {
-			c, err := l.Accept(ctx)
-			if err != nil {
-				return
-			}
-			go func() {
-				(&Receiver{Repo: repo}).Serve(ctx, c)
-				c.Close()
-			}()
-		}
-	}()
+	serveAll(t, l, &Receiver{Repo: repo}, func(error) {})
 	p := &peers{repo: repo, addr: l.Addr().String(), srvID: srv.ID(), client: cli}
 	r := rand.New(rand.NewPCG(6, 6))
 	small := map[string][]byte{"disk": randomData(r, 1<<20)}

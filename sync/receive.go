@@ -344,7 +344,7 @@ func (p *push) seal() (*repo.Version, error) {
 	if v.Digest != in.offer.digest {
 		return nil, fmt.Errorf("%w: offered as %s, its content is %s", ErrDigestMismatch, in.offer.digest.Short(), v.Digest.Short())
 	}
-	p.r.logf("push of %s %s from %s (base %s): %d images, %d new chunks offered", p.set, v.Digest.Short(), p.conn.PeerID(), baseName(p.cur), len(in.index), len(in.news))
+	p.r.log().Info("push offered", "set", p.set, "digest", v.Digest.Short(), "peer", p.conn.PeerID(), "base", baseName(p.cur), "images", len(in.index), "new_chunks", len(in.news))
 	return v, nil
 }
 
@@ -404,7 +404,7 @@ func (p *push) fetch(ctx context.Context) error {
 		if err := p.r.receiveRound(ctx, p.sess, p.rd, in, round, bitmap, have); err != nil {
 			return err
 		}
-		p.r.logf("round %d: received %d chunks in %s", round, missing, time.Since(t0).Round(time.Millisecond))
+		p.r.log().Info("round received", "round", round, "chunks", missing, "took", time.Since(t0).Round(time.Millisecond))
 	}
 }
 
@@ -446,8 +446,8 @@ func (p *push) commit(ctx context.Context, v *repo.Version) error {
 	tCommit := time.Since(t0)
 	if diverged {
 		// Kept beside the current version, which stays as it is.
-		r.logf("%s %d (%s) from %s is stored but not current: %v; 'ntc push --force' from the sender makes it current",
-			p.set, c.Version.Seq, v.Digest.Short(), peer, err)
+		r.log().Warn("version stored but not current: a forced push from the sender makes it current",
+			"set", p.set, "version", c.Version.Seq, "digest", v.Digest.Short(), "peer", peer, "err", err)
 	} else {
 		if err := p.materialize(ctx, c.Head.Seq); err != nil {
 			return err
@@ -455,11 +455,12 @@ func (p *push) commit(ctx context.Context, v *repo.Version) error {
 		if v.Node == peer.String() && len(in.offer.meta) > 0 {
 			// The sender checkpointed this version: its machine runs there.
 			if err := r.Repo.nodes.SetRunner(ctx, p.set, v.Node, v.Digest); err != nil {
-				r.logf("%s: record who runs it: %v", p.set, err)
+				r.log().Warn("record who runs the set", "set", p.set, "err", err)
 			}
 		}
-		r.logf("committed %s v%d %s (store synced in %s, committed in %s, images written in %s)", p.set, c.Version.Seq, v.Digest.Short(),
-			tSync.Round(time.Millisecond), (tCommit - tSync).Round(time.Millisecond), (time.Since(t0) - tCommit).Round(time.Millisecond))
+		r.log().Info("committed", "set", p.set, "version", c.Version.Seq, "digest", v.Digest.Short(),
+			"store_synced_in", tSync.Round(time.Millisecond), "committed_in", (tCommit - tSync).Round(time.Millisecond),
+			"images_written_in", (time.Since(t0) - tCommit).Round(time.Millisecond))
 	}
 	if err := p.w.write(msgCommitted, committed{version: c.Version.Seq, head: c.Head.Digest, diverged: diverged}.encode()); err != nil {
 		return err
@@ -468,9 +469,9 @@ func (p *push) commit(ctx context.Context, v *repo.Version) error {
 		return err
 	}
 	if removed, err := r.Repo.prune(ctx, p.set, r.Keep); err != nil {
-		r.logf("%v", err) // the push is committed all the same
+		r.log().Error("remove old versions", "set", p.set, "err", err) // the push is committed all the same
 	} else if len(removed) > 0 {
-		r.logf("removed %s versions %v (keeping %s)", p.set, removed, r.Keep)
+		r.log().Info("removed versions", "set", p.set, "versions", removed, "keep", r.Keep)
 		r.collectWanted.Store(true)
 	}
 	return nil

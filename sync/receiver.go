@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	gosync "sync"
 	"sync/atomic"
@@ -28,9 +29,13 @@ const maxRounds = 3
 // Receiver serves pushes into a repository.
 type Receiver struct {
 	Repo *Repo
-	// Log, if set, is told about each push and each problem.
-	Log func(format string, args ...any)
-	// Refused, if set, is told instead of Log about each push or
+	// Logger, if set, is told about each push (info), each problem (warn,
+	// error) and each round (debug); nil discards.
+	Logger *slog.Logger
+	// Served, if set, is called as each connection ServeListener accepted
+	// is served, with what Serve returned (tests wait on it).
+	Served func(err error)
+	// Refused, if set, is told instead of Logger about each push or
 	// connection that ended in an error, with the peer and its address
 	// (a peer may cause many: rate limit what it prints).
 	Refused func(peer transport.ID, addr net.Addr, err error)
@@ -220,14 +225,11 @@ func (r *Receiver) refused(conn *transport.Conn, err error) {
 		r.Refused(conn.PeerID(), conn.RemoteAddr(), err)
 		return
 	}
-	r.logf("push from %s (%s): %v", conn.PeerID(), conn.RemoteAddr(), err)
+	r.log().Warn("push failed", "peer", conn.PeerID(), "addr", conn.RemoteAddr(), "err", err)
 }
 
-func (r *Receiver) logf(format string, args ...any) {
-	if r.Log != nil {
-		r.Log(format, args...)
-	}
-}
+// log is r.Logger, or a logger that discards.
+func (r *Receiver) log() *slog.Logger { return orDiscard(r.Logger) }
 
 // Serve handles one connection: one push. Errors are reported to the peer
 // as codes and returned; the caller goes on serving other connections.
@@ -311,12 +313,12 @@ func (r *Receiver) CollectIfWanted(ctx context.Context) {
 		r.collectWanted.Store(true)
 	case err != nil:
 		r.collectWanted.Store(true)
-		r.logf("%v", err)
+		r.log().Error("collect garbage", "err", err)
 	default:
 		r.collected.Store(true)
 		if st.ChunksDropped > 0 || st.PacksRemoved > 0 {
-			r.logf("collected garbage in %s: %d chunks dropped, %d packs removed (%d rewritten), %d bytes freed",
-				time.Since(t0).Round(time.Millisecond), st.ChunksDropped, st.PacksRemoved, st.PacksRewritten, st.BytesFreed)
+			r.log().Info("collected garbage", "took", time.Since(t0).Round(time.Millisecond), "chunks_dropped", st.ChunksDropped,
+				"packs_removed", st.PacksRemoved, "packs_rewritten", st.PacksRewritten, "bytes_freed", st.BytesFreed)
 		}
 	}
 }
@@ -504,7 +506,7 @@ func (r *Receiver) receiveRound(ctx context.Context, sess *session, rd *frameRea
 		return err
 	}
 	if n := damaged.Load(); n > 0 {
-		r.logf("round %d: refused %d damaged chunks; asking again", round, n)
+		r.log().Warn("refused damaged chunks; asking again", "round", round, "chunks", n)
 	}
 	return nil
 }
@@ -575,7 +577,7 @@ func (r *Receiver) readData(ctx context.Context, ds dataStream, in *incoming, bi
 	}
 	store := func(ordinal uint64, id chunk.ID, data, comp []byte, raw bool) error {
 		if err := chunk.Verify(id, data, "received from the sender"); err != nil {
-			r.logf("refused %v", err)
+			r.log().Warn("refused chunk", "err", err)
 			damaged.Add(1)
 			return nil
 		}
@@ -628,19 +630,19 @@ func (r *Receiver) readData(ctx context.Context, ds dataStream, in *incoming, bi
 				// A damaged base chunk of the store's is healed later
 				// (heal.go); the chunk is asked for whole meanwhile.
 				in.damaged.note(err)
-				r.logf("chunk %s: %v", nc.entry.ID.Short(), err)
+				r.log().Warn("refused chunk", "chunk", nc.entry.ID.Short(), "err", err)
 				damaged.Add(1)
 				continue
 			}
 		} else if m.codec == codecZstd {
 			if !zstdFits(m.data, nc.entry.Length) {
-				r.logf("chunk %s: does not declare its %d bytes", nc.entry.ID.Short(), nc.entry.Length)
+				r.log().Warn("refused chunk: it does not declare its size", "chunk", nc.entry.ID.Short(), "bytes", nc.entry.Length)
 				damaged.Add(1)
 				continue
 			}
 			out, err := dec.DecodeAll(m.data, buf[:0])
 			if err != nil || int64(len(out)) != nc.entry.Length {
-				r.logf("chunk %s: does not decompress to its %d bytes", nc.entry.ID.Short(), nc.entry.Length)
+				r.log().Warn("refused chunk: it does not decompress to its size", "chunk", nc.entry.ID.Short(), "bytes", nc.entry.Length)
 				damaged.Add(1)
 				continue
 			}
@@ -677,7 +679,7 @@ func (r *Receiver) readGroup(p []byte, take func(uint64) (newChunk, error), grow
 		return fmt.Errorf("%w: a group of %d bytes of chunks", ErrMalformed, total)
 	}
 	if !zstdFits(m.data, total) {
-		r.logf("group of %d chunks: does not declare its %d bytes", len(ncs), total)
+		r.log().Warn("refused group of chunks: it does not declare its size", "chunks", len(ncs), "bytes", total)
 		damaged.Add(int64(len(ncs)))
 		return nil
 	}
@@ -687,7 +689,7 @@ func (r *Receiver) readGroup(p []byte, take func(uint64) (newChunk, error), grow
 	}
 	out, err := dec.DecodeAll(m.data, buf)
 	if err != nil || int64(len(out)) != total {
-		r.logf("group of %d chunks: does not decompress to its %d bytes", len(ncs), total)
+		r.log().Warn("refused group of chunks: it does not decompress to its size", "chunks", len(ncs), "bytes", total)
 		damaged.Add(int64(len(ncs)))
 		return nil
 	}
@@ -772,7 +774,10 @@ func (r *Receiver) ServeListener(ctx context.Context, l *transport.Listener) err
 		}
 		wg.Go(func() {
 			defer c.Close()
-			r.Serve(ctx, c)
+			err := r.Serve(ctx, c)
+			if r.Served != nil {
+				r.Served(err)
+			}
 		})
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"time"
 
 	"github.com/ntc-project/ntc/chunk"
@@ -42,8 +43,8 @@ type Sender struct {
 	// chunk bytes the receiver asks for, at the start of each round.
 	Progress func(n int64)
 	Wanted   func(n int64)
-	// Log, if set, is told what happens.
-	Log func(format string, args ...any)
+	// Logger, if set, is told what happens; nil discards.
+	Logger *slog.Logger
 
 	// connsFrom replaces extraConnsFrom when set; connsAnyRTT uses extra
 	// connections whatever the round trip (tests run on loopback).
@@ -77,7 +78,8 @@ type Result struct {
 	// Diverged is set when the receiver kept the version without making
 	// it current (Push then returns an error matching repo.ErrDiverged).
 	Diverged bool `json:"diverged,omitempty"`
-	// ImageBytes is the total size of the version's images.
+	// Images counts the version's images, ImageBytes is their total size.
+	Images     int   `json:"images"`
 	ImageBytes int64 `json:"image_bytes"`
 	// ChangedBytes is the size of the entries that differ from the
 	// receiver's previous version.
@@ -112,10 +114,15 @@ type Result struct {
 	BytesLost   uint64 `json:"bytes_lost"`
 }
 
-func (s *Sender) logf(format string, args ...any) {
-	if s.Log != nil {
-		s.Log(format, args...)
+// log is s.Logger, or a logger that discards.
+func (s *Sender) log() *slog.Logger { return orDiscard(s.Logger) }
+
+// orDiscard is l, or a logger that discards when l is nil.
+func orDiscard(l *slog.Logger) *slog.Logger {
+	if l == nil {
+		return slog.New(slog.DiscardHandler)
 	}
+	return l
 }
 
 // Push sends version v over conn and returns when the receiver committed
@@ -283,11 +290,11 @@ func (p *pushing) base(ctx context.Context) error {
 			return ctxErr(ctx, err)
 		}
 	}
-	res.ImageBytes, res.ChangedBytes = p.pre.imageBytes, p.pre.changedBytes
+	res.Images, res.ImageBytes, res.ChangedBytes = len(v.Images), p.pre.imageBytes, p.pre.changedBytes
 	p.news = listNew(p.pre.ops, p.pre.results)
 	res.NewChunks = len(p.news)
 	p.patchable = p.patchRanges()
-	s.logf("offered %s %s (base %s): %d images, %d new chunks", v.Set, p.lv.Digest.Short(), digestName(p.pre.offer.base), len(v.Images), len(p.news))
+	s.log().Info("offered", "set", v.Set, "digest", p.lv.Digest.Short(), "base", digestName(p.pre.offer.base), "images", len(v.Images), "new_chunks", len(p.news))
 	return nil
 }
 
@@ -306,12 +313,7 @@ func (p *pushing) baseIndexes(ctx context.Context) (map[string]*chunk.Index, err
 			continue
 		}
 		x := held[ref.name]
-		if x != nil {
-			if d, _, err := indexDigest(x); err != nil || d != ref.digest {
-				x = nil
-			}
-		}
-		if x == nil {
+		if x == nil || !indexIs(x, ref.digest) {
 			var err error
 			if x, err = fetchIndex(ctx, p.w, p.rd, ref); err != nil {
 				return nil, err
@@ -333,7 +335,7 @@ func (p *pushing) patchRanges() [][]chunk.Range {
 		if im.Base == nil || im.Changed == nil || !o.images[i].based {
 			continue
 		}
-		if d, _, err := indexDigest(im.Base.MergeZeroRuns()); err == nil && d == o.images[i].baseDigest && im.Base.Params == im.Index.Params {
+		if im.Base.Params == im.Index.Params && indexIs(im.Base.MergeZeroRuns(), o.images[i].baseDigest) {
 			patchable[i] = chunk.NormalizeRanges(im.Changed, max(im.Index.Size, im.Base.Size))
 		}
 	}
@@ -461,16 +463,8 @@ type prepared struct {
 // assumedBase is the version peer last acknowledged, as a base, with its
 // indexes from the sender's repository; nothing when it knows of none.
 func (s *Sender) assumedBase(nr *repo.Repo, peer transport.ID, set string) (base, map[string]*chunk.Index) {
-	st := s.readAck(peer, set)
-	if nr == nil || st.Digest.IsZero() {
-		return base{}, nil
-	}
-	bv, err := nr.ByDigest(set, st.Digest)
-	if err != nil {
-		return base{}, nil
-	}
-	idx := indexesOf(nr, bv)
-	if idx == nil {
+	st, bv, idx := s.acked(nr, peer, set)
+	if bv == nil {
 		return base{}, nil
 	}
 	b := base{version: st.Version, digest: bv.Digest}
@@ -521,6 +515,12 @@ func (s *Sender) prepareOffer(nr *repo.Repo, v *Version, lv *repo.Version, b bas
 		}
 	}
 	return p, nil
+}
+
+// indexIs reports whether x is the index digest d names.
+func indexIs(x *chunk.Index, d chunk.ID) bool {
+	got, _, err := indexDigest(x)
+	return err == nil && got == d
 }
 
 // digestName names a digest for the log.

@@ -47,7 +47,7 @@ func newPeersOn(t testing.TB, repo *Repo, setup func(*Receiver)) *peers {
 	srv, cli := transporttest.Identity(t), transporttest.Identity(t)
 	l := transporttest.Listen(t, srv, transport.AllowIDs(cli.ID()), transport.Config{})
 	p := &peers{repo: repo, addr: l.Addr().String(), srvID: srv.ID(), client: cli, errs: make(chan error, 100)}
-	rcv := &Receiver{Repo: repo, Log: t.Logf}
+	rcv := &Receiver{Repo: repo, Logger: testLogger(t, nil)}
 	if setup != nil {
 		setup(rcv)
 	}
@@ -55,23 +55,13 @@ func newPeersOn(t testing.TB, repo *Repo, setup func(*Receiver)) *peers {
 	return p
 }
 
-// serveAll serves every connection l accepts with rcv until the test
-// ends, telling done how each ended.
+// serveAll serves every connection l accepts with rcv (ServeListener)
+// until the test ends, telling done how each ended.
 func serveAll(t testing.TB, l *transport.Listener, rcv *Receiver, done func(error)) {
 	ctx, cancel := context.WithCancel(context.Background())
+	rcv.Served = done
 	var wg gosync.WaitGroup
-	wg.Go(func() {
-		for {
-			c, err := l.Accept(ctx)
-			if err != nil {
-				return
-			}
-			wg.Go(func() {
-				done(rcv.Serve(ctx, c))
-				c.Close()
-			})
-		}
-	})
+	wg.Go(func() { rcv.ServeListener(ctx, l) })
 	t.Cleanup(func() { cancel(); wg.Wait() })
 }
 

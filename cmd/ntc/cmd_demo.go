@@ -201,8 +201,6 @@ func runDemo(ctx context.Context, g *globals, o demoOptions) error {
 	return nil
 }
 
-func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
-
 // demoNodes are the demo's two nodes, both in this process: the office
 // pushes, home receives.
 type demoNodes struct{ office, home *transport.Identity }

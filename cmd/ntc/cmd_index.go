@@ -118,13 +118,11 @@ func runIndex(ctx context.Context, g *globals, o indexOptions, path string) erro
 	opt := chunk.Options{Workers: o.workers, Progress: bar.Add}
 	start := time.Now()
 	var (
-		x    *chunk.Index
-		st   chunk.ScanStats
-		mode = "full"
+		base    *chunk.Index // with the changed ranges: index around them
+		changed []chunk.Range
+		mode    = "full"
 	)
-	switch {
-	case o.changed != "" || o.readonly != "":
-		var changed []chunk.Range
+	if o.changed != "" || o.readonly != "" {
 		if o.changed != "" {
 			changed, err = chunk.ParseRanges(o.changed)
 		} else {
@@ -136,11 +134,9 @@ func runIndex(ctx context.Context, g *globals, o indexOptions, path string) erro
 			bar.Done()
 			return usageError{err}
 		}
-		mode = "incremental"
-		x, st, err = chunk.Reindex(ctx, prev, img, changed, opt)
-	default:
-		x, st, err = chunk.Build(ctx, img, p, opt)
+		mode, base = "incremental", prev
 	}
+	x, st, err := chunk.Update(ctx, img, p, base, changed, opt)
 	bar.Done()
 	if err != nil {
 		return fmt.Errorf("index %s: %w", path, err)
@@ -151,7 +147,7 @@ func runIndex(ctx context.Context, g *globals, o indexOptions, path string) erro
 	}
 	res := indexJSON{
 		Image: path, Index: out, Params: p.String(), ImageBytes: x.Size, BytesRead: st.BytesRead,
-		DurationMS: float64(elapsed.Microseconds()) / 1000, Mode: mode, Stats: x.Stats(), ReusedEntries: st.ReusedEntries,
+		DurationMS: ms(elapsed), Mode: mode, Stats: x.Stats(), ReusedEntries: st.ReusedEntries,
 	}
 	if prev != nil {
 		d, err := chunk.Compare(prev, x)

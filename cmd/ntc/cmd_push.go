@@ -180,14 +180,17 @@ func runPush(ctx context.Context, g *globals, o pushOptions, paths []string) err
 	if o.checkpoint != "" {
 		state = o.checkpoint
 	}
+	// Every connection resumes the session of the last push (its ticket in
+	// NTC_HOME/sessions). Early data (hello and offer in the first packet)
+	// waits for the receiver's handshake confirmation and quic-go's fix
+	// (transport.Config.EarlyData).
+	sessions := transport.NewSessionStore(filepath.Join(g.home(), "sessions"))
 	s := &ntcsync.Sender{StateDir: state, Node: id.ID().String(), Force: o.force,
 		Streams: o.streams, BytesPerSec: rate, Conns: o.conns,
 		Dial: func(ctx context.Context) (*transport.Conn, error) {
-			return transport.Dial(ctx, o.to, id, peer, transport.Config{})
+			return transport.Dial(ctx, o.to, id, peer, transport.Config{Sessions: sessions})
 		}}
-	if g.verbose {
-		s.Log = func(f string, a ...any) { fmt.Fprintf(g.stderr, f+"\n", a...) }
-	}
+	s.Logger = g.verboseLogger()
 	start := time.Now()
 	// Connect while indexing: the handshake's round trips overlap the work.
 	type dialed struct {
@@ -197,13 +200,8 @@ func runPush(ctx context.Context, g *globals, o pushOptions, paths []string) err
 	dctx, dcancel := context.WithCancel(ctx)
 	defer dcancel()
 	dch := make(chan dialed, 1)
-	// The control connection resumes the session of the last push (its
-	// ticket in NTC_HOME/sessions). Early data (hello and offer in the
-	// first packet) waits for the receiver's handshake confirmation and
-	// quic-go's fix (transport.Config.EarlyData).
-	sessions := transport.NewSessionStore(filepath.Join(g.home(), "sessions"))
 	go func() {
-		c, err := transport.Dial(dctx, o.to, id, peer, transport.Config{Sessions: sessions})
+		c, err := s.Dial(dctx)
 		dch <- dialed{c, err}
 	}()
 	defer func() {
@@ -212,26 +210,24 @@ func runPush(ctx context.Context, g *globals, o pushOptions, paths []string) err
 			d.conn.Close()
 		}
 	}()
+	connect := func(context.Context) (*transport.Conn, error) {
+		d := <-dch
+		dch <- d // for the deferred close
+		if d.err != nil {
+			return nil, fmt.Errorf("connect to %s: %w", o.to, d.err)
+		}
+		return d.conn, nil
+	}
+	if o.checkpoint != "" {
+		bar := g.newProgress("sending", 0)
+		s.Progress, s.Wanted = bar.Add, bar.AddTotal
+		res, ckpt, err := replicate.PushCheckpoint(ctx, s, peer, o.checkpoint, set, o.seq, connect)
+		bar.Done()
+		return printPush(g, o, set, res, err, pushJSON{Checkpoint: ckpt}, start)
+	}
 	v := &ntcsync.Version{Set: set}
 	_, prev := s.LastAcked(peer, set)
-	if o.checkpoint != "" {
-		if _, err := os.Stat(filepath.Join(o.checkpoint, "sets")); err != nil {
-			return fmt.Errorf("--checkpoint %s: not a repository 'ntc checkpoint --out' wrote (%w)", o.checkpoint, err)
-		}
-	}
 	var read int64
-	var ckpt int
-	if o.checkpoint != "" {
-		cv, err := replicate.OpenVersion(ctx, o.checkpoint, set, o.seq, prev)
-		if err != nil {
-			return err
-		}
-		defer cv.Close()
-		v, ckpt = cv.Sync, cv.Seq
-		if g.verbose && len(cv.Patched) > 0 {
-			fmt.Fprintf(g.stderr, "ntc: %v: the writes since the receiver's checkpoint are known: changed chunks may travel as patches\n", cv.Patched)
-		}
-	}
 	var changed []chunk.Range
 	if o.changed != "" {
 		if changed, err = chunk.ParseRanges(o.changed); err != nil {
@@ -255,27 +251,27 @@ func runPush(ctx context.Context, g *globals, o pushOptions, paths []string) err
 		v.Images = append(v.Images, fimg.Image)
 	}
 	indexed := time.Since(start)
-
-	d := <-dch
-	dch <- d // for the deferred close
-	if d.err != nil {
-		if errors.Is(d.err, transport.ErrNoAnswer) {
-			return fmt.Errorf("connect to %s: %w: check that 'ntc serve' runs there and listens on that port, and that UDP gets through (a firewall)", o.to, d.err)
-		}
-		return fmt.Errorf("connect to %s: %w", o.to, d.err)
+	conn, err := connect(ctx)
+	if err != nil {
+		return err
 	}
-	conn := d.conn
 	bar := g.newProgress("sending", 0)
 	s.Progress, s.Wanted = bar.Add, bar.AddTotal
 	res, err := s.Push(ctx, conn, v)
 	bar.Done()
+	return printPush(g, o, set, res, err, pushJSON{IndexMS: indexed.Milliseconds(), BytesRead: read}, start)
+}
+
+// printPush prints what push did (out holds what the caller measured
+// besides res) and returns push's error: a push that diverged still
+// prints its result with --json.
+func printPush(g *globals, o pushOptions, set string, res *ntcsync.Result, err error, out pushJSON, start time.Time) error {
 	if err != nil && !(errors.Is(err, repo.ErrDiverged) && g.json && res != nil) {
 		return fmt.Errorf("push %s to %s: %w", set, o.to, err)
 	}
 	total := time.Since(start)
-	out := pushJSON{Result: res, BytesSent: res.BytesUp + res.BytesDown,
-		IndexMS: indexed.Milliseconds(), BytesRead: read, DurationMS: total.Milliseconds(), PeakRSS: procstat.PeakRSS(0),
-		Checkpoint: ckpt}
+	out.Result, out.BytesSent = res, res.BytesUp+res.BytesDown
+	out.DurationMS, out.PeakRSS = total.Milliseconds(), procstat.PeakRSS(0)
 	if d := time.Duration(res.DurationMS) * time.Millisecond; d > 0 {
 		out.RateMbit = float64(res.BytesUp) * 8 / d.Seconds() / 1e6
 	}
@@ -289,15 +285,15 @@ func runPush(ctx context.Context, g *globals, o pushOptions, paths []string) err
 		return nil
 	}
 	fmt.Fprintf(g.stdout, "pushed %s v%d (%s) to %s in %s\n", set, res.Version, res.Digest.Short(), o.to, total.Round(time.Millisecond))
-	if ckpt != 0 {
-		fmt.Fprintf(g.stdout, "  checkpoint %d of %s\n", ckpt, o.checkpoint)
+	if out.Checkpoint != 0 {
+		fmt.Fprintf(g.stdout, "  checkpoint %d of %s\n", out.Checkpoint, o.checkpoint)
 	}
 	base := "no version in common"
 	if !res.Base.IsZero() {
 		base = "common version " + res.Base.Short()
 	}
 	fmt.Fprintf(g.stdout, "  %s in %d images; %s changed since the %s\n",
-		humanBytes(res.ImageBytes), len(v.Images), humanBytes(res.ChangedBytes), base)
+		humanBytes(res.ImageBytes), res.Images, humanBytes(res.ChangedBytes), base)
 	fmt.Fprintf(g.stdout, "  sent %d chunks (%s, %s compressed); %s on the wire in all\n",
 		res.ChunksSent, humanBytes(res.ChunkBytes), humanBytes(res.DataBytes), humanBytes(int64(out.BytesSent)))
 	if res.Healed > 0 {

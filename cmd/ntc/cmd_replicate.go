@@ -247,7 +247,6 @@ func runReplicate(ctx context.Context, g *globals, o replicateOptions) error {
 // reportRound prints a round: a JSON line with --json, a line of status on
 // a terminal, and a failed round's error always.
 func reportRound(g *globals, r replicate.Round, status bool) {
-	msf := func(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
 	if g.json {
 		writeJSONLine(g.stdout, roundJSON(r))
 	}
@@ -262,18 +261,17 @@ func reportRound(g *globals, r replicate.Round, status bool) {
 	}
 	if status {
 		fmt.Fprintf(g.stdout, "%s  checkpoint %d -> v%d: paused %.0f ms, sent %s (%d chunks), lag %.1f s, round %.1f s\n",
-			r.Start.Format("15:04:05"), r.Seq, r.Version, msf(r.GuestPause), humanBytes(int64(r.BytesSent)), r.ChunksSent,
+			r.Start.Format("15:04:05"), r.Seq, r.Version, ms(r.GuestPause), humanBytes(int64(r.BytesSent)), r.ChunksSent,
 			r.Lag.Seconds(), r.Duration.Seconds())
 	}
 }
 
 // roundJSON is a round as --json prints it.
 func roundJSON(r replicate.Round) replicateJSON {
-	msf := func(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
 	out := replicateJSON{
-		Round: r.N, Start: r.Start, Seq: r.Seq, Version: r.Version, Committed: r.Committed, GuestPauseMS: msf(r.GuestPause),
-		BytesSent: r.BytesSent, ChunksSent: r.ChunksSent, Patched: r.Patched, LagMS: msf(r.Lag),
-		DurationMS: msf(r.Duration), CheckpointMS: msf(r.CheckpointTime), Acked: r.Acked, Pruned: r.Pruned, Failures: r.Failures, NextMS: msf(r.Next),
+		Round: r.N, Start: r.Start, Seq: r.Seq, Version: r.Version, Committed: r.Committed, GuestPauseMS: ms(r.GuestPause),
+		BytesSent: r.BytesSent, ChunksSent: r.ChunksSent, Patched: r.Patched, LagMS: ms(r.Lag),
+		DurationMS: ms(r.Duration), CheckpointMS: ms(r.CheckpointTime), Acked: r.Acked, Pruned: r.Pruned, Failures: r.Failures, NextMS: ms(r.Next),
 	}
 	if r.Err != nil {
 		out.Error = r.Err.Error()

@@ -204,7 +204,7 @@ func runServe(ctx context.Context, g *globals, o serveOptions) error {
 	} else {
 		fmt.Fprintf(g.stdout, "serving %s on %s as %s (%d peers allowed)\n", o.store, l.Addr(), id.ID(), len(allowed))
 	}
-	rcv := &ntcsync.Receiver{Repo: repo, Log: logger.Printf, Keep: keep, Limits: lim, Refused: refusals.push}
+	rcv := &ntcsync.Receiver{Repo: repo, Logger: lg, Keep: keep, Limits: lim, Refused: refusals.push}
 	if len(resumers) > 0 {
 		rcv.Resume = g.resumer(o.store, resumers)
 	}

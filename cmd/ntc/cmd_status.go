@@ -154,7 +154,7 @@ func localStatus(g *globals, store string, sets []string, now time.Time, out *st
 		}
 		r := replicatingJSON{replicateStatus: *s, Running: s.running()}
 		if s.HeldInstant != nil {
-			r.LosesMS = float64(now.Sub(*s.HeldInstant).Microseconds()) / 1000
+			r.LosesMS = ms(now.Sub(*s.HeldInstant))
 		}
 		out.Replicating = append(out.Replicating, r)
 	}
@@ -239,14 +239,14 @@ func askPeers(ctx context.Context, g *globals, peers []peer, sets []string) []pe
 		wg.Go(func() {
 			t0 := time.Now()
 			st, err := askPeer(ctx, id, p, sets)
-			out[i].LatencyMS = float64(time.Since(t0).Microseconds()) / 1000
+			out[i].LatencyMS = ms(time.Since(t0))
 			if err != nil {
 				out[i].Error = err.Error()
 				return
 			}
 			out[i].Now = &st.Now
 			for _, s := range st.Sets {
-				out[i].Sets = append(out[i].Sets, peerSetJSON{SetStatus: s, AgeMS: float64(st.Now.Sub(s.Created).Microseconds()) / 1000,
+				out[i].Sets = append(out[i].Sets, peerSetJSON{SetStatus: s, AgeMS: ms(st.Now.Sub(s.Created)),
 					SenderName: g.nodeCalled(s.Sender, id.ID())})
 			}
 		})

@@ -175,9 +175,7 @@ func runSync(ctx context.Context, g *globals, o syncOptions, vm string) error {
 	out := syncJSON{VM: vm, Peer: p.Name, Seq: res.Manifest.Seq, Digest: res.Version.Digest, Handoff: o.handoff,
 		GuestPauseMS: res.Stats.GuestPauseMS}
 
-	if g.verbose {
-		s.Log = func(f string, a ...any) { fmt.Fprintf(g.stderr, f+"\n", a...) }
-	}
+	s.Logger = g.verboseLogger()
 	_, prev := s.LastAcked(p.ID, vm)
 	v, err := replicate.OpenVersion(ctx, cfg.Dir, vm, res.Manifest.Seq, prev)
 	if err != nil {

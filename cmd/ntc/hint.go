@@ -9,6 +9,7 @@ import (
 	"github.com/ntc-project/ntc/replicate"
 	"github.com/ntc-project/ntc/repo"
 	"github.com/ntc-project/ntc/resume"
+	ntcsync "github.com/ntc-project/ntc/sync"
 	"github.com/ntc-project/ntc/transport"
 )
 
@@ -24,9 +25,16 @@ var hints = []struct {
 	{capture.ErrOldRepository, "take a new checkpoint into another directory (ntc checkpoint --out NEWDIR), which starts a node repository"},
 	{capture.ErrOldManifest, "take a new checkpoint with this ntc ('ntc checkpoint') and push it"},
 	{capture.ErrOverlayDir, "give an overlay directory on the same host with --overlay-dir"},
+	{capture.ErrLayerNotPlain, "rewrite the image as an uncompressed qcow2 (qemu-img convert -O qcow2) and run the guest on the copy before checkpointing it"},
 	{capture.ErrNotConverging, "try --method background-snapshot"},
 	{transport.ErrNoIdentity, "run 'ntc init' to create this node's identity"},
+	{transport.ErrNoAnswer, "check that 'ntc serve' runs there and listens on that port, and that UDP gets through (a firewall)"},
 	{transport.ErrPeerNotAllowed, "on the receiver, allow this node: ntc serve ... --allow ID ('ntc id' here prints it)"},
+	{transport.ErrVersionMismatch, "upgrade ntc on both sides"},
+	{ntcsync.ErrBusy, "try again when the other push of the set ends"},
+	{ntcsync.ErrNoSpace, "free space on the receiver and push again"},
+	{ntcsync.ErrBadChunks, "check the sender's disk and memory"},
+	{ntcsync.ErrRemoteInternal, "the receiver's log (ntc serve) says why"},
 	{replicate.ErrNoCheckpoint, "take one with 'ntc checkpoint --out DIR --name SET'"},
 	{resume.ErrNoCheckpoint, "is it a checkpoint pushed with 'ntc push --checkpoint'?"},
 	{resume.ErrNoQEMU, "install it, or name a QEMU with --qemu (resume.qemu in the configuration)"},

@@ -3,13 +3,17 @@ package main
 import (
 	"errors"
 	"fmt"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 
 	"github.com/ntc-project/ntc/capture"
 	"github.com/ntc-project/ntc/qemu"
+	"github.com/ntc-project/ntc/repo"
 	"github.com/ntc-project/ntc/resume"
+	ntcsync "github.com/ntc-project/ntc/sync"
+	"github.com/ntc-project/ntc/transport"
 )
 
 // TestHint: a library's error, however wrapped, gets the command line's
@@ -21,8 +25,13 @@ func TestHint(t *testing.T) {
 	}{
 		{fmt.Errorf("checkpoint: %w", fmt.Errorf("%w at /x.sock", qemu.ErrNoSocket)), []string{"--qmp SOCKET"}},
 		{fmt.Errorf("x: %w", capture.ErrNotConverging), []string{"--method background-snapshot"}},
+		{fmt.Errorf("layer: %w: %w", capture.ErrLayerNotPlain, capture.ErrUnsupported), []string{"qemu-img convert -O qcow2"}},
 		{fmt.Errorf("resume: %w", resume.ErrLoadTimeout), []string{"--load-timeout"}},
 		{fmt.Errorf("kernel and initrd: %w; %w", resume.ErrNeedKernel, resume.ErrNeedInitrd), []string{"--kernel PATH", "--initrd PATH"}},
+		{fmt.Errorf("push: %w", ntcsync.ErrVersionMismatch), []string{"upgrade ntc on both sides"}},
+		{fmt.Errorf("push: %w", ntcsync.ErrNoSpace), []string{"free space on the receiver"}},
+		{fmt.Errorf("connect to h:1: %w", transport.ErrNoAnswer), []string{"'ntc serve' runs there"}},
+		{fmt.Errorf("push: %w", fmt.Errorf("open repository d: %w", repo.ErrNotRepo)), []string{"'ntc checkpoint --out'"}},
 		{errors.New("something else"), nil},
 	} {
 		got := hint(tc.err)
@@ -43,5 +52,22 @@ func TestHintPrinted(t *testing.T) {
 	code, _, errs := ntc(t, t.Context(), "checkpoint", "--qmp", filepath.Join(dir, "nope.sock"), "--out", filepath.Join(dir, "repo"))
 	if code != exitError || !strings.Contains(errs, "no QMP socket at") || !strings.Contains(errs, "\nhint: give the running QEMU's QMP socket with --qmp SOCKET\n") {
 		t.Errorf("exit %d, stderr %q; want the error and the --qmp hint", code, errs)
+	}
+}
+
+// TestPushCheckpointNotARepository: push --checkpoint of a directory that
+// is no node repository says so once, with the hint, and leaves the
+// directory as it was (reading what the receiver acknowledged would have
+// made a repository of it).
+func TestPushCheckpointNotARepository(t *testing.T) {
+	office, home := newNode(t), newNode(t)
+	dir := t.TempDir()
+	_, err := push(t, t.Context(), office, "127.0.0.1:9", home.id, "--checkpoint", dir)
+	if err == nil || !strings.Contains(err.Error(), repo.ErrNotRepo.Error()) ||
+		strings.Count(err.Error(), "hint: ") != 1 || !strings.Contains(err.Error(), "'ntc checkpoint --out'") {
+		t.Fatalf("push --checkpoint of an empty directory: %v; want ErrNotRepo and its hint, once", err)
+	}
+	if left, _ := os.ReadDir(dir); len(left) != 0 {
+		t.Errorf("the directory holds %d entries after the refused push, want none", len(left))
 	}
 }

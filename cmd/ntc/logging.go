@@ -1,9 +1,6 @@
 package main
 
-import (
-	"fmt"
-	"log/slog"
-)
+import "log/slog"
 
 // Log formats of the services' logs (--log-format).
 const (
@@ -30,10 +27,4 @@ func (g *globals) logger(component string) (*slog.Logger, error) {
 		return nil, usagef("--log-format %q: want %s or %s", g.logFormat, logText, logJSON)
 	}
 	return slog.New(h).With("component", component), nil
-}
-
-// printfTo adapts a logger to the printf-style hooks of the libraries
-// (Receiver.Log, Sender.Log): each call is one info event.
-func printfTo(l *slog.Logger) func(format string, args ...any) {
-	return func(format string, args ...any) { l.Info(fmt.Sprintf(format, args...)) }
 }

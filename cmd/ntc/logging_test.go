@@ -35,7 +35,7 @@ func TestLoggerFormats(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		printfTo(l)("pushed %s v%d", "vm", 3)
+		l.Info("pushed vm v3")
 		tc.check(t, strings.TrimSpace(stderr.String()))
 	}
 	g := newGlobals(&bytes.Buffer{}, &bytes.Buffer{})

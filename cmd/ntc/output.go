@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"strings"
 	"sync"
@@ -18,6 +19,20 @@ func writeJSON(w io.Writer, v any) error {
 	enc.SetIndent("", "  ")
 	return enc.Encode(v)
 }
+
+// verboseLogger is the log of a one-shot command's libraries: with
+// --verbose every event (debug and up) as text on standard error, else nil
+// (nothing).
+func (g *globals) verboseLogger() *slog.Logger {
+	if !g.verbose {
+		return nil
+	}
+	return slog.New(slog.NewTextHandler(g.stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
+}
+
+// ms is d in milliseconds, to the microsecond: the unit of the *_ms
+// fields ntc prints.
+func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
 
 // writeJSONLine writes v as one line, for streams of events.
 func writeJSONLine(w io.Writer, v any) error {

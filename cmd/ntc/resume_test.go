@@ -134,15 +134,16 @@ func TestResumeCheckpoint(t *testing.T) {
 
 	// The console goes on from the checkpoint: the first tick follows the
 	// one on the received disk, and nothing boots.
-	first := -1
-	for _, l := range waitSerialFile(t, ctx, res.SerialLog, 3) {
+	console, ticks, err := testguest.WaitSerialTicks(ctx, res.SerialLog, 3, nil)
+	if err != nil {
+		t.Fatalf("the copy's serial console: %v: %q", err, console)
+	}
+	for _, l := range console {
 		if strings.Contains(l, "Linux version") || strings.HasPrefix(l, "ntc: ready") {
 			t.Errorf("the copy booted: %q", l)
 		}
-		if m := tickRe.FindStringSubmatch(l); m != nil && first < 0 {
-			first, _ = strconv.Atoi(m[1])
-		}
 	}
+	first := ticks[0]
 	if first != diskTick+1 && first != diskTick {
 		t.Errorf("the copy's first tick is %d; the checkpoint's disk says %d (the original printed %d before, %d after)", first, diskTick, before, after)
 	}
@@ -359,33 +360,18 @@ func TestResumeCheckpoint(t *testing.T) {
 	}
 }
 
+// tickRe is a guest's tick line (resume_libvirt_test.go reads them).
 var tickRe = regexp.MustCompile(`^tick (\d+)$`)
 
 // waitSerialFile waits until the serial log at path holds n tick lines and
-// returns its lines. QEMU writes the file; nothing announces a new line,
-// so it is read again every 50 ms.
+// returns its lines (testguest.WaitSerialTicks).
 func waitSerialFile(t *testing.T, ctx context.Context, path string, n int) []string {
 	t.Helper()
-	tk := time.NewTicker(50 * time.Millisecond)
-	defer tk.Stop()
-	for {
-		b, _ := os.ReadFile(path)
-		lines := strings.Split(strings.ReplaceAll(string(b), "\r", ""), "\n")
-		ticks := 0
-		for _, l := range lines {
-			if tickRe.MatchString(l) {
-				ticks++
-			}
-		}
-		if ticks >= n {
-			return lines
-		}
-		select {
-		case <-ctx.Done():
-			t.Fatalf("the copy's serial console shows %d ticks, want %d: %q", ticks, n, b)
-		case <-tk.C:
-		}
+	lines, _, err := testguest.WaitSerialTicks(ctx, path, n, nil)
+	if err != nil {
+		t.Fatalf("the copy's serial console: %v: %q", err, lines)
 	}
+	return lines
 }
 
 // nicLinkUp reads the LINK_UP bit of a virtio-net device's status field:
