@@ -412,19 +412,34 @@ func resumeLibvirt(ctx context.Context, g *globals, o resumeOptions, network res
 	if o.qemu != "" || o.user != "" || o.bios != "" || o.detach {
 		return usagef("--libvirt: libvirt picks the QEMU binary and its user, and the domain outlives ntc: --qemu, --user, --bios and --detach do not apply")
 	}
-	cur, images, work, manifest, err := copySource(g, o)
+	d, _, err := startLibvirtCopy(ctx, g, o, network)
 	if err != nil {
 		return err
+	}
+	if g.json {
+		return writeJSONLine(g.stdout, d)
+	}
+	fmt.Fprintf(g.stdout, "resumed %s as libvirt domain %s at %s in %.2f s (links down: %s); serial console %s; virsh -c %s destroy %s stops it\n",
+		o.name, d.Name, d.URI, d.Timings.Total.Seconds(), strings.Join(d.LinksDown, ", "), d.Console, d.URI, d.Name)
+	return nil
+}
+
+// startLibvirtCopy is startCopy for a copy run as a libvirt domain named
+// after the set (resume.StartLibvirt), left to libvirt.
+func startLibvirtCopy(ctx context.Context, g *globals, o resumeOptions, network resume.Network) (*resume.LibvirtDomain, *ntcsync.Manifest, error) {
+	cur, images, work, manifest, err := copySource(g, o)
+	if err != nil {
+		return nil, nil, err
 	}
 	d, err := resume.StartLibvirt(ctx, resume.LibvirtConfig{Images: images, Manifest: manifest, WorkDir: work, Name: o.name,
 		Connect: o.connect, Network: network, Kernel: o.kernel, Initrd: o.initrd, Persistent: o.persistent, LoadTimeout: o.loadTimeout})
 	if err != nil {
-		return err
+		return nil, nil, err
 	}
 	// A push that landed meanwhile may have changed what was read.
 	if err := imagesHold(images, cur.Version); err != nil {
 		d.Destroy(context.WithoutCancel(ctx))
-		return fmt.Errorf("%w; the copy was stopped: run resume again", err)
+		return nil, nil, fmt.Errorf("%w; the copy was stopped: run resume again", err)
 	}
 	// As for a plain copy (startCopy): the copy continues the set here.
 	sess, err := capture.DialDomain(ctx, d.URI, d.Name, qemu.DialOptions{})
@@ -435,10 +450,5 @@ func resumeLibvirt(ctx context.Context, g *globals, o resumeOptions, network res
 	if err != nil {
 		fmt.Fprintf(g.stderr, "ntc: %v: the copy's first checkpoint will read its disks in full\n", err)
 	}
-	if g.json {
-		return writeJSONLine(g.stdout, d)
-	}
-	fmt.Fprintf(g.stdout, "resumed %s as libvirt domain %s at %s in %.2f s (links down: %s); serial console %s; virsh -c %s destroy %s stops it\n",
-		o.name, d.Name, d.URI, d.Timings.Total.Seconds(), strings.Join(d.LinksDown, ", "), d.Console, d.URI, d.Name)
-	return nil
+	return d, cur, nil
 }

@@ -107,7 +107,7 @@ func runSync(ctx context.Context, g *globals, o syncOptions, vm string) error {
 	if o.to == "" {
 		return usagef("--to PEER is required: a peer named in the configuration (peers.NAME)")
 	}
-	guest, err := g.vmNamed(vm)
+	guest, err := g.vmNamed(ctx, vm)
 	if err != nil {
 		return err
 	}
@@ -234,9 +234,13 @@ func finishHandoff(ctx context.Context, g *globals, s *ntcsync.Sender, cfg captu
 	out.DowntimeMS = ms(time.Since(paused))
 	crashPoint("before-quit")
 	if err := capture.Quit(ctx, cfg); err != nil {
-		return fmt.Errorf("%s runs at %s now, but stopping the original here failed: %w; stop it yourself (QMP quit): it is paused", cfg.Set, p.Name, err)
+		how := "QMP quit"
+		if cfg.Domain != "" {
+			how = "virsh destroy " + cfg.Domain
+		}
+		return fmt.Errorf("%s runs at %s now, but stopping the original here failed: %w; stop it yourself (%s): it is paused", cfg.Set, p.Name, err, how)
 	}
-	if work := filepath.Dir(cfg.QMP); cfg.QMP != "" && work == filepath.Join(g.home(), "resume", cfg.Set) {
+	if work, ok := g.resumedHere(cfg); ok {
 		// A copy resumed here: its work directory may go when the VM
 		// comes back (serve's resumer).
 		if err := os.WriteFile(filepath.Join(work, handedOffMark), []byte(out.Digest.String()+"\n"), 0o600); err != nil {
@@ -252,6 +256,22 @@ func finishHandoff(ctx context.Context, g *globals, s *ntcsync.Sender, cfg captu
 	}
 	return os.Remove(pendingPath(cfg.Dir, cfg.Set))
 }
+
+// resumedHere returns the work directory of the copy cfg names, if it is
+// one serve's resumer started here (copyWorkDir): a QEMU whose QMP socket
+// is there, or a libvirt domain named after the set with its domain XML
+// there.
+func (g *globals) resumedHere(cfg capture.Config) (string, bool) {
+	work := g.copyWorkDir(cfg.Set)
+	if cfg.Domain != "" {
+		return work, cfg.Domain == cfg.Set && g.v.GetBool("resume.libvirt") && fileExists(filepath.Join(work, libvirtDomainXML))
+	}
+	return work, cfg.QMP != "" && filepath.Dir(cfg.QMP) == work
+}
+
+// libvirtDomainXML is the domain XML in a libvirt copy's work directory
+// (resume.StartLibvirt writes it).
+const libvirtDomainXML = "domain.xml"
 
 // handedOffMark, in a resumed copy's work directory, says that the copy
 // was handed to a peer with its final checkpoint: nothing in the directory
