@@ -42,7 +42,10 @@ of them made it. It is the one command of the daily round trip:
 With --handoff the VM moves: the guest is paused for good for the checkpoint
 (nothing it does after that instant is lost), the version is pushed, PEER is
 asked to resume it (its 'ntc serve' must allow this node: --resume-allow), and
-once the copy runs there the original QEMU here is stopped. If the push or the
+once the copy runs there the original QEMU here is stopped: a libvirt domain
+by libvirt (virsh destroy), so that a persistent one stays defined, shut off.
+PEER resumes the copy as a plain QEMU, or with resume.libvirt in its
+configuration as a libvirt domain named after VM. If the push or the
 resume fails, the original goes on running here: there is never a moment
 without a copy that can run, and never two running. Run it again after a
 failure; it starts over from a new checkpoint.
