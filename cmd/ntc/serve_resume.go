@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"time"
 
 	"github.com/ntc-project/ntc/capture"
 	"github.com/ntc-project/ntc/repo"
@@ -73,7 +74,8 @@ func (g *globals) resumer(store string, allowed []transport.ID) ntcsync.Resumer 
 				d.Destroy(context.WithoutCancel(ctx))
 				return ntcsync.Resumed{}, ntcsync.ErrNotCurrent
 			}
-			return ntcsync.Resumed{Detail: fmt.Sprintf("libvirt domain %s at %s, console %s", d.Name, d.URI, d.SerialLog)}, nil
+			return ntcsync.Resumed{Detail: fmt.Sprintf("libvirt domain %s at %s, console %s; started in %s (disks %s, libvirt's restore %s)",
+				d.Name, d.URI, d.SerialLog, d.Timings.Total.Round(time.Millisecond), d.Timings.DiskCopy.Round(time.Millisecond), d.Timings.Restore.Round(time.Millisecond))}, nil
 		}
 		vm, cur, err := startCopy(ctx, g, o, network)
 		if err != nil {
