@@ -150,7 +150,11 @@ func runSync(ctx context.Context, g *globals, o syncOptions, vm string) error {
 		}
 		os.Remove(pending)
 		if cerr := capture.Continue(context.WithoutCancel(ctx), cfg); cerr != nil {
-			return fmt.Errorf("%w; and resuming the original failed: %v (resume it with QMP 'cont')", err, cerr)
+			how := "QMP 'cont'"
+			if cfg.Domain != "" {
+				how = "virsh resume " + cfg.Domain
+			}
+			return fmt.Errorf("%w; and resuming the original failed: %v (resume it with %s)", err, cerr, how)
 		}
 		return fmt.Errorf("%w; the original runs on here", err)
 	}
