@@ -914,16 +914,6 @@ func (c *checkpointer) instantFinal(ctx context.Context, mark int) (qemu.Event, 
 	}
 }
 
-// Quit stops the QEMU of a guest that was handed off (QMP quit).
-func Quit(ctx context.Context, cfg Config) error {
-	return endHandoff(ctx, cfg, func(s *qemu.Session) error {
-		if err := s.Run(ctx, "quit", nil, nil); err != nil && !errors.Is(err, qemu.ErrDisconnected) {
-			return err
-		}
-		return nil
-	})
-}
-
 // Continue resumes a guest that a Final checkpoint left paused, when the
 // hand-off it was for did not happen.
 func Continue(ctx context.Context, cfg Config) error {

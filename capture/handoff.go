@@ -1,8 +1,11 @@
 package capture
 
 import (
+	"cmp"
+	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -48,4 +51,46 @@ func clearPaused(dir, set string) error {
 		return err
 	}
 	return nil
+}
+
+// Quit stops the QEMU of a guest that was handed off: QMP quit, or for a
+// libvirt domain virDomainDestroy, so that libvirt itself stops it and
+// records why (a QMP quit passed through would look to libvirt like a
+// guest that shut down by itself). A persistent domain stays defined,
+// shut off (destroyed), on the disks its XML names: virsh start boots it
+// again, virsh undefine removes it; a transient one is gone.
+func Quit(ctx context.Context, cfg Config) error {
+	if cfg.Domain != "" {
+		return destroyDomain(ctx, cfg)
+	}
+	return endHandoff(ctx, cfg, func(s *qemu.Session) error {
+		if err := s.Run(ctx, "quit", nil, nil); err != nil && !errors.Is(err, qemu.ErrDisconnected) {
+			return err
+		}
+		return nil
+	})
+}
+
+// destroyDomain stops the handed-off domain cfg.Domain through libvirt
+// (SIGTERM to its QEMU, SIGKILL after libvirt's grace period) and forgets
+// the hand-off's pause. A domain that no longer runs is no error.
+func destroyDomain(ctx context.Context, cfg Config) error {
+	if err := cfg.checkTarget(); err != nil {
+		return err
+	}
+	conn, err := DialLibvirt(ctx, cfg.Connect, cfg.Dial.ConnectTimeout)
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	dom, err := conn.DomainLookupByName(cfg.Domain)
+	if err != nil {
+		return fmt.Errorf("stop %s: %w", cfg.target(), err)
+	}
+	if err := conn.DomainDestroy(dom); err != nil {
+		if active, aerr := conn.DomainIsActive(dom); aerr != nil || active != 0 {
+			return fmt.Errorf("stop %s (virDomainDestroy): %w", cfg.target(), err)
+		}
+	}
+	return clearPaused(cfg.Dir, cmp.Or(cfg.Set, DefaultSet))
 }

@@ -413,28 +413,9 @@ func resumeLibvirt(ctx context.Context, g *globals, o resumeOptions, network res
 	if o.qemu != "" || o.user != "" || o.bios != "" || o.detach {
 		return usagef("--libvirt: libvirt picks the QEMU binary and its user, and the domain outlives ntc: --qemu, --user, --bios and --detach do not apply")
 	}
-	cur, images, work, manifest, err := copySource(ctx, g, o)
+	d, _, err := startLibvirtCopy(ctx, g, o, network)
 	if err != nil {
 		return err
-	}
-	d, err := resume.StartLibvirt(ctx, resume.LibvirtConfig{Images: images, Manifest: manifest, WorkDir: work, Name: o.name,
-		Connect: o.connect, Network: network, Kernel: o.kernel, Initrd: o.initrd, Persistent: o.persistent, LoadTimeout: o.loadTimeout})
-	if err != nil {
-		return err
-	}
-	// A push that landed meanwhile may have changed what was read.
-	if err := imagesHold(images, cur.Version); err != nil {
-		d.Destroy(context.WithoutCancel(ctx))
-		return fmt.Errorf("%w; the copy was stopped: run resume again", err)
-	}
-	// As for a plain copy (startCopy): the copy continues the set here.
-	sess, err := capture.DialDomain(ctx, d.URI, d.Name, qemu.DialOptions{})
-	if err == nil {
-		err = capture.Adopt(ctx, sess, o.store, o.name, int(cur.Version), g.nodeName())
-		sess.Close()
-	}
-	if err != nil {
-		fmt.Fprintf(g.stderr, "ntc: %v: the copy's first checkpoint will read its disks in full\n", err)
 	}
 	if g.json {
 		return writeJSONLine(g.stdout, d)
@@ -442,4 +423,33 @@ func resumeLibvirt(ctx context.Context, g *globals, o resumeOptions, network res
 	fmt.Fprintf(g.stdout, "resumed %s as libvirt domain %s at %s in %.2f s (links down: %s); serial console %s; virsh -c %s destroy %s stops it\n",
 		o.name, d.Name, d.URI, d.Timings.Total.Seconds(), strings.Join(d.LinksDown, ", "), d.Console, d.URI, d.Name)
 	return nil
+}
+
+// startLibvirtCopy is startCopy for a copy run as a libvirt domain named
+// after the set (resume.StartLibvirt), left to libvirt.
+func startLibvirtCopy(ctx context.Context, g *globals, o resumeOptions, network resume.Network) (*resume.LibvirtDomain, *ntcsync.Manifest, error) {
+	cur, images, work, manifest, err := copySource(ctx, g, o)
+	if err != nil {
+		return nil, nil, err
+	}
+	d, err := resume.StartLibvirt(ctx, resume.LibvirtConfig{Images: images, Manifest: manifest, WorkDir: work, Name: o.name,
+		Connect: o.connect, Network: network, Kernel: o.kernel, Initrd: o.initrd, Persistent: o.persistent, LoadTimeout: o.loadTimeout})
+	if err != nil {
+		return nil, nil, err
+	}
+	// A push that landed meanwhile may have changed what was read.
+	if err := imagesHold(images, cur.Version); err != nil {
+		d.Destroy(context.WithoutCancel(ctx))
+		return nil, nil, fmt.Errorf("%w; the copy was stopped: run resume again", err)
+	}
+	// As for a plain copy (startCopy): the copy continues the set here.
+	sess, err := capture.DialDomain(ctx, d.URI, d.Name, qemu.DialOptions{})
+	if err == nil {
+		err = adopt(ctx, sess, o.store, o.name, int(cur.Version), g.nodeName())
+		sess.Close()
+	}
+	if err != nil {
+		fmt.Fprintf(g.stderr, "ntc: %v: the copy's first checkpoint will read its disks in full\n", err)
+	}
+	return d, cur, nil
 }

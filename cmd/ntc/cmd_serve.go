@@ -1,14 +1,11 @@
 package main
 
 import (
-	"cmp"
 	"context"
 	"fmt"
 	"log"
 	"log/slog"
 	"net"
-	"os"
-	"path/filepath"
 	"runtime/debug"
 	"slices"
 	gosync "sync"
@@ -21,7 +18,6 @@ import (
 	"github.com/ntc-project/ntc/internal/ratelimit"
 	"github.com/ntc-project/ntc/internal/sdnotify"
 	"github.com/ntc-project/ntc/repo"
-	"github.com/ntc-project/ntc/resume"
 	ntcsync "github.com/ntc-project/ntc/sync"
 	"github.com/ntc-project/ntc/transport"
 )
@@ -172,6 +168,9 @@ func runServe(ctx context.Context, g *globals, o serveOptions) error {
 		}
 		resumers = append(resumers, id)
 	}
+	if err := g.checkServeResume(len(resumers) > 0); err != nil {
+		return err
+	}
 	lim, tcfg, err := o.limits(len(allowed))
 	if err != nil {
 		return err
@@ -306,72 +305,4 @@ func (r *refusalLog) transport(f transport.Refusal) {
 
 func (r *refusalLog) push(peer transport.ID, addr net.Addr, err error) {
 	r.printf(peer.String(), "push from %s at %s: %v", peer, addr, err)
-}
-
-// resumer resumes a handed-off set for the peers in allowed: the set's
-// current version, with this node's resume settings (resume.* in the
-// configuration: kernel, initrd, QEMU, network, user), detached so that
-// the copy outlives serve.
-func (g *globals) resumer(store string, allowed []transport.ID) ntcsync.Resumer {
-	return func(ctx context.Context, peer transport.ID, set string, version uint64) (ntcsync.Resumed, error) {
-		if !slices.Contains(allowed, peer) {
-			return ntcsync.Resumed{}, ntcsync.ErrResumeRefused
-		}
-		o := resumeOptions{store: store, name: set, detach: true,
-			network: g.v.GetString("resume.network"), qemu: g.v.GetString("resume.qemu"),
-			kernel: g.v.GetString("resume.kernel"), initrd: g.v.GetString("resume.initrd"),
-			bios: g.v.GetString("resume.bios"), user: g.v.GetString("resume.user"),
-			loadTimeout: g.v.GetDuration("resume.load-timeout")}
-		network := resume.Network(cmp.Or(o.network, string(resume.NetworkOff)))
-		if network != resume.NetworkOff && network != resume.NetworkOn {
-			return ntcsync.Resumed{}, fmt.Errorf("resume.network %q: want off or on", o.network)
-		}
-		// The peer hands over what it ran: a copy may start here unless a
-		// third node runs the set.
-		nodes, err := repo.OpenExisting(store)
-		if err != nil {
-			return ntcsync.Resumed{}, err
-		}
-		rn, err := nodes.Runner(set)
-		if err != nil {
-			return ntcsync.Resumed{}, err
-		}
-		if rn != nil && rn.Node != "" && rn.Node != peer.String() && rn.Node != g.nodeName() {
-			return ntcsync.Resumed{}, fmt.Errorf("%s runs at a third node, %s", set, rn.Node)
-		}
-		// Asked again (the hand-off is being run again after a failure):
-		// the copy this node started from that version runs already.
-		work := filepath.Join(g.home(), "resume", set)
-		if cur, err := nodes.Head(set); err == nil && cur != nil && rn != nil && rn.Node == g.nodeName() && rn.Version == cur.Digest {
-			if pid, ok := resume.Running(work); ok {
-				return ntcsync.Resumed{PID: pid, Detail: fmt.Sprintf("pid %d (running already), work directory %s", pid, work)}, nil
-			}
-		}
-		// The copy this node ran before and handed over (its final
-		// checkpoint travelled with the hand-off: handedOffMark), or a
-		// start that never made its copy the set's guest here (serve was
-		// killed while it started it: nothing ran), leaves its work
-		// directory to the new one. A copy that ran here and was not
-		// handed over keeps it: its writes may be nowhere else.
-		ranHere := rn != nil && rn.Node == g.nodeName()
-		if _, running := resume.Running(work); !running && (fileExists(filepath.Join(work, handedOffMark)) || !ranHere) {
-			if err := os.RemoveAll(work); err != nil {
-				return ntcsync.Resumed{}, fmt.Errorf("clear the work directory of the copy handed to %s: %w", peer, err)
-			}
-		}
-		o.force = true
-		vm, cur, err := startCopy(ctx, g, o, network)
-		if err != nil {
-			return ntcsync.Resumed{}, err
-		}
-		if cur.Version != version {
-			vm.Kill()
-			return ntcsync.Resumed{}, ntcsync.ErrNotCurrent
-		}
-		if err := vm.Release(); err != nil {
-			vm.Kill()
-			return ntcsync.Resumed{}, err
-		}
-		return ntcsync.Resumed{PID: vm.PID(), Detail: fmt.Sprintf("pid %d, QMP %s, console %s", vm.PID(), vm.Plan.QMP, vm.Plan.SerialLog)}, nil
-	}
 }

@@ -42,7 +42,10 @@ of them made it. It is the one command of the daily round trip:
 With --handoff the VM moves: the guest is paused for good for the checkpoint
 (nothing it does after that instant is lost), the version is pushed, PEER is
 asked to resume it (its 'ntc serve' must allow this node: --resume-allow), and
-once the copy runs there the original QEMU here is stopped. If the push or the
+once the copy runs there the original QEMU here is stopped: a libvirt domain
+by libvirt (virsh destroy), so that a persistent one stays defined, shut off.
+PEER resumes the copy as a plain QEMU, or with resume.libvirt in its
+configuration as a libvirt domain named after VM. If the push or the
 resume fails, the original goes on running here: there is never a moment
 without a copy that can run, and never two running. Run it again after a
 failure; it starts over from a new checkpoint.
@@ -107,7 +110,7 @@ func runSync(ctx context.Context, g *globals, o syncOptions, vm string) error {
 	if o.to == "" {
 		return usagef("--to PEER is required: a peer named in the configuration (peers.NAME)")
 	}
-	guest, err := g.vmNamed(vm)
+	guest, err := g.vmNamed(ctx, vm)
 	if err != nil {
 		return err
 	}
@@ -147,7 +150,11 @@ func runSync(ctx context.Context, g *globals, o syncOptions, vm string) error {
 		}
 		os.Remove(pending)
 		if cerr := capture.Continue(context.WithoutCancel(ctx), cfg); cerr != nil {
-			return fmt.Errorf("%w; and resuming the original failed: %v (resume it with QMP 'cont')", err, cerr)
+			how := "QMP 'cont'"
+			if cfg.Domain != "" {
+				how = "virsh resume " + cfg.Domain
+			}
+			return fmt.Errorf("%w; and resuming the original failed: %v (resume it with %s)", err, cerr, how)
 		}
 		return fmt.Errorf("%w; the original runs on here", err)
 	}
@@ -232,9 +239,13 @@ func finishHandoff(ctx context.Context, g *globals, s *ntcsync.Sender, cfg captu
 	out.DowntimeMS = ms(time.Since(paused))
 	crashPoint("before-quit")
 	if err := capture.Quit(ctx, cfg); err != nil {
-		return fmt.Errorf("%s runs at %s now, but stopping the original here failed: %w; stop it yourself (QMP quit): it is paused", cfg.Set, p.Name, err)
+		how := "QMP quit"
+		if cfg.Domain != "" {
+			how = "virsh destroy " + cfg.Domain
+		}
+		return fmt.Errorf("%s runs at %s now, but stopping the original here failed: %w; stop it yourself (%s): it is paused", cfg.Set, p.Name, err, how)
 	}
-	if work := filepath.Dir(cfg.QMP); cfg.QMP != "" && work == filepath.Join(g.home(), "resume", cfg.Set) {
+	if work, ok := g.resumedHere(cfg); ok {
 		// A copy resumed here: its work directory may go when the VM
 		// comes back (serve's resumer).
 		if err := os.WriteFile(filepath.Join(work, handedOffMark), []byte(out.Digest.String()+"\n"), 0o600); err != nil {
@@ -250,6 +261,22 @@ func finishHandoff(ctx context.Context, g *globals, s *ntcsync.Sender, cfg captu
 	}
 	return os.Remove(pendingPath(cfg.Dir, cfg.Set))
 }
+
+// resumedHere returns the work directory of the copy cfg names, if it is
+// one serve's resumer started here (copyWorkDir): a QEMU whose QMP socket
+// is there, or a libvirt domain named after the set with its domain XML
+// there.
+func (g *globals) resumedHere(cfg capture.Config) (string, bool) {
+	work := g.copyWorkDir(cfg.Set)
+	if cfg.Domain != "" {
+		return work, cfg.Domain == cfg.Set && g.v.GetBool("resume.libvirt") && fileExists(filepath.Join(work, libvirtDomainXML))
+	}
+	return work, cfg.QMP != "" && filepath.Dir(cfg.QMP) == work
+}
+
+// libvirtDomainXML is the domain XML in a libvirt copy's work directory
+// (resume.StartLibvirt writes it).
+const libvirtDomainXML = "domain.xml"
 
 // handedOffMark, in a resumed copy's work directory, says that the copy
 // was handed to a peer with its final checkpoint: nothing in the directory

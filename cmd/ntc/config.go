@@ -69,6 +69,11 @@ var configKeys = map[string]any{
 	"resume.user":         "",
 	"resume.load-timeout": time.Duration(0),
 
+	"resume.libvirt":     false,
+	"resume.connect":     "",
+	"resume.persistent":  false,
+	"resume.libvirt-dir": "",
+
 	"s3.endpoint": "",
 	"pull.from":   "",
 	"upload.to":   "",
@@ -154,6 +159,8 @@ func describeType(zero any) string {
 		return "a duration with its unit, like 5s or 1m30s"
 	case []string:
 		return "a list"
+	case bool:
+		return "true or false"
 	}
 	return "a single value"
 }

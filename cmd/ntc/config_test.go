@@ -25,6 +25,8 @@ func TestConfigIsDecodedStrictly(t *testing.T) {
 		{name: "word for a number", file: "serve:\n  max-conns: lots\n", says: []string{"serve.max-conns", `"lots"`, "whole number"}},
 		{name: "duration without unit", file: "replicate:\n  every: 5\n", says: []string{"replicate.every", "duration"}},
 		{name: "list for a string", file: "push:\n  to: [a, b]\n", says: []string{"push.to", "single value"}},
+		{name: "word for a switch", file: "resume:\n  libvirt: maybe\n", says: []string{"resume.libvirt", `"maybe"`, "true or false"}},
+		{name: "env switch", env: map[string]string{"NTC_RESUME_PERSISTENT": "sometimes"}, says: []string{"NTC_RESUME_PERSISTENT", "true or false"}},
 		{name: "env number", env: map[string]string{"NTC_PUSH_STREAMS": "four"}, says: []string{`NTC_PUSH_STREAMS = "four"`, "whole number"}},
 		{name: "env duration", env: map[string]string{"NTC_REPLICATE_EVERY": "5"}, says: []string{"NTC_REPLICATE_EVERY", "duration"}},
 		{name: "env over a good file", file: "serve:\n  max-conns: 3\n", env: map[string]string{"NTC_SERVE_MAX_CONNS": "-x"}, says: []string{"NTC_SERVE_MAX_CONNS"}},

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"path/filepath"
 	"slices"
@@ -77,11 +78,18 @@ func (g *globals) peerID(s string) (transport.ID, error) {
 // vmNamed returns the guest name as checkpoint options: the copy of it this
 // node runs, resumed from a version it received (a hand-off, or 'ntc resume'
 // with the default work directory), else the configuration's vms.NAME.
-func (g *globals) vmNamed(name string) (guestOptions, error) {
+func (g *globals) vmNamed(ctx context.Context, name string) (guestOptions, error) {
 	if capture.CheckName(name) == nil {
 		work := filepath.Join(g.home(), "resume", name)
 		if _, ok := resume.Running(work); ok {
 			return guestOptions{qmp: filepath.Join(work, "qmp.sock"), name: name, method: string(capture.MethodAuto)}, nil
+		}
+		// A libvirt copy serve's resumer started (resume.libvirt): the
+		// domain named after the set.
+		if lw := g.copyWorkDir(name); g.v.GetBool("resume.libvirt") && fileExists(filepath.Join(lw, libvirtDomainXML)) {
+			if active, err := domainActive(ctx, g.v.GetString("resume.connect"), name); err == nil && active {
+				return guestOptions{domain: name, connect: g.v.GetString("resume.connect"), name: name, method: string(capture.MethodAuto)}, nil
+			}
 		}
 	}
 	if capture.CheckName(name) != nil || !g.v.IsSet("vms."+name) {

@@ -140,6 +140,7 @@ then the file given by --config (default: $NTC_HOME/ntc.yaml or
 		newVersionCommand(g),
 		newStatusCommand(g),
 		newCheckCommand(g),
+		newForgetCommand(g),
 		newRestoreCommand(g),
 		newPullCommand(g), newUploadCommand(g),
 	)

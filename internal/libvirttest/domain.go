@@ -42,16 +42,21 @@ type DomainOptions struct {
 	// PCIe device behind a pcie-root-port of its own, as virt-manager's
 	// guests have them).
 	Machine string
+	// Persistent defines the domain (virsh define, then start) instead of
+	// creating a transient one: it stays defined after it stops, until
+	// the test ends.
+	Persistent bool
 }
 
 // NICMAC is the MAC address of the NIC DomainOptions.NIC adds.
 const NICMAC = "52:54:00:6e:74:63"
 
-// Domain is a running transient domain.
+// Domain is a running domain, transient unless DomainOptions.Persistent.
 type Domain struct {
-	Name string
-	Dir  string // kernel, initramfs, disk and console socket; 0711 so that libvirt's QEMU user reaches them
-	Disk string // the qcow2 image libvirt was given
+	Name       string
+	Persistent bool
+	Dir        string // kernel, initramfs, disk and console socket; 0711 so that libvirt's QEMU user reaches them
+	Disk       string // the qcow2 image libvirt was given
 
 	console *console
 }
@@ -107,9 +112,10 @@ func xmlEscape(s string) (string, error) {
 	return b.String(), err
 }
 
-// StartDomain creates a transient domain from the test guest, connects to
-// its console and waits for its second tick. The domain is destroyed and
-// its directory removed when tb ends (the end of the console is logged if
+// StartDomain creates a transient domain from the test guest (or defines
+// and starts a persistent one), connects to its console and waits for its
+// second tick. The domain is destroyed (and undefined) and its directory
+// removed when tb ends (the end of the console is logged if
 // tb failed). Call Daemon first.
 func StartDomain(tb testing.TB, opts DomainOptions) *Domain {
 	tb.Helper()
@@ -192,7 +198,15 @@ func startDomain(ctx context.Context, opts DomainOptions) (*Domain, error) {
 	if err := os.WriteFile(xmlPath, []byte(def.String()), 0o600); err != nil {
 		return d, err
 	}
-	if _, err := Virsh(ctx, "create", xmlPath); err != nil {
+	if opts.Persistent {
+		if _, err := Virsh(ctx, "define", xmlPath); err != nil {
+			return d, err
+		}
+		d.Persistent = true
+		if _, err := Virsh(ctx, "start", d.Name); err != nil {
+			return d, err
+		}
+	} else if _, err := Virsh(ctx, "create", xmlPath); err != nil {
 		return d, err
 	}
 	c, err := dialConsole(ctx, sock, testguest.NewConsole())
@@ -216,6 +230,11 @@ func (d *Domain) cleanup(tb testing.TB) {
 	}
 	if st, err := Virsh(ctx, "domstate", d.Name); err == nil && !strings.Contains(st, "shut off") {
 		if _, err := Virsh(ctx, "destroy", d.Name); err != nil {
+			tb.Error(err)
+		}
+	}
+	if d.Persistent {
+		if _, err := Virsh(ctx, "undefine", d.Name); err != nil {
 			tb.Error(err)
 		}
 	}
@@ -322,3 +341,7 @@ func (c *console) waitTick(ctx context.Context, n int) (int, error) {
 }
 
 func (c *console) close() { c.conn.Close(); <-c.ended }
+
+// Console is the guest's serial console as read so far (it outlives a
+// reconnection).
+func (d *Domain) Console() *testguest.Console { return d.console.Console }
