@@ -130,10 +130,10 @@ func runSync(ctx context.Context, g *globals, o syncOptions, vm string) error {
 	cfg.Node, cfg.Final = id.ID().String(), o.handoff
 	dial := func(ctx context.Context) (*transport.Conn, error) {
 		c, err := transport.Dial(ctx, p.Addr, id, p.ID, transport.Config{})
-		if errors.Is(err, transport.ErrNoAnswer) {
-			return nil, fmt.Errorf("connect to %s (%s): %w: check that 'ntc serve' runs there and UDP gets through", p.Name, p.Addr, err)
+		if err != nil {
+			return nil, fmt.Errorf("connect to %s (%s): %w", p.Name, p.Addr, err)
 		}
-		return c, err
+		return c, nil
 	}
 	say := func(format string, a ...any) {
 		if !g.json && isTerminal(g.stderr) {
@@ -183,21 +183,10 @@ func runSync(ctx context.Context, g *globals, o syncOptions, vm string) error {
 		GuestPauseMS: res.Stats.GuestPauseMS}
 
 	s.Logger = g.verboseLogger()
-	_, prev := s.LastAcked(p.ID, vm)
-	v, err := replicate.OpenVersion(ctx, cfg.Dir, vm, res.Manifest.Seq, prev)
-	if err != nil {
-		return undo(err)
-	}
-	defer v.Close()
-	conn, err := dial(ctx)
-	if err != nil {
-		return undo(err)
-	}
-	defer conn.Close()
 	say("pushing checkpoint %d to %s", out.Seq, p.Name)
 	bar := g.newProgress("sending", 0)
 	s.Progress, s.Wanted = bar.Add, bar.AddTotal
-	pr, err := s.Push(ctx, conn, v.Sync)
+	pr, _, err := replicate.PushCheckpoint(ctx, s, p.ID, cfg.Dir, vm, res.Manifest.Seq, dial)
 	bar.Done()
 	if err != nil {
 		return undo(fmt.Errorf("push %s to %s: %w", vm, p.Name, err))
