@@ -520,6 +520,14 @@ func (r *Repo) writeState(set string, st materializeState) error {
 	return atomicfile.WriteBytes(r.statePath(set), 0o600, b)
 }
 
+// ImagesHold reports whether the set's image files hold version v, with
+// no move under way: whether ImagePath names v's images. A repository
+// whose images are written on demand holds them only once Materialize
+// wrote them.
+func (r *Repo) ImagesHold(set string, v uint64) bool {
+	return CheckName(set) == nil && r.readState(set) == materializeState{Version: v}
+}
+
 // materializedVersion is the version the set's image files hold, or were
 // being moved from; 0 when there is none.
 func (r *Repo) materializedVersion(set string) uint64 { return r.readState(set).Version }
