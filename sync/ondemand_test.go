@@ -2,6 +2,7 @@ package sync
 
 import (
 	"bytes"
+	"fmt"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
@@ -206,4 +207,82 @@ func BenchmarkMaterialize(b *testing.B) {
 			v = 3 - v
 		}
 	})
+}
+
+// TestMaterializeBesideCommits: a reader materialises the current version
+// while the receiver commits newer ones into the same repository (a
+// resume beside a running serve): neither waits for the other to fail,
+// and each time the files hold exactly the version asked for.
+func TestMaterializeBesideCommits(t *testing.T) {
+	p := onDemandPeers(t)
+	ctx := t.Context()
+	r := rand.New(rand.NewPCG(15, 15))
+	disk := randomData(r, 2<<20)
+	var mu gosync.Mutex
+	pushed := map[uint64][]byte{}
+	s := &Sender{StateDir: t.TempDir()}
+	// Recorded before the push: the reader may see the version current
+	// before the push returns.
+	pushOne := func() error {
+		mu.Lock()
+		v := uint64(len(pushed) + 1)
+		pushed[v] = bytes.Clone(disk)
+		mu.Unlock()
+		res, err := p.push(t, ctx, s, imageVersion(t, "vm", map[string][]byte{"disk": disk}))
+		if err == nil && res.Version != v {
+			err = fmt.Errorf("pushed version %d, want %d", res.Version, v)
+		}
+		return err
+	}
+	if err := pushOne(); err != nil {
+		t.Fatal(err)
+	}
+	reader, err := OpenRepoForReading(p.repo.Dir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer reader.Close()
+	var pushErr error
+	pushing := make(chan struct{})
+	changes := rand.New(rand.NewPCG(16, 16))
+	go func() {
+		defer close(pushing)
+		for i := range 6 {
+			copy(disk[i*256<<10:], randomData(changes, 32<<10))
+			if pushErr = pushOne(); pushErr != nil {
+				return
+			}
+		}
+	}()
+	for moved := 0; ; moved++ {
+		select {
+		case <-pushing:
+			if pushErr != nil {
+				t.Fatal(pushErr)
+			}
+		default:
+		}
+		cur, err := reader.Current("vm")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := reader.Materialize(ctx, "vm", cur.Version); err != nil {
+			t.Fatalf("materialise v%d beside the commits: %v", cur.Version, err)
+		}
+		got, err := os.ReadFile(reader.ImagePath("vm", "disk"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		mu.Lock()
+		want := pushed[cur.Version]
+		mu.Unlock()
+		if !bytes.Equal(got, want) {
+			t.Fatalf("the files differ from version %d after materialising it", cur.Version)
+		}
+		if cur.Version == 7 {
+			t.Logf("%d moves while 6 versions were committed", moved+1)
+			break
+		}
+	}
+	<-pushing
 }
