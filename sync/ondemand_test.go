@@ -49,8 +49,19 @@ func TestImagesOnDemandWritesNoFilesAtCommit(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer reader.Close()
+	// What a materialiser killed mid-write leaves goes at the next one.
+	left := filepath.Join(p.repo.Dir(), "sets", "vm", "images", ".disk.tmp-killed")
+	if err := os.MkdirAll(filepath.Dir(left), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(left, disk[:4096], 0o600); err != nil {
+		t.Fatal(err)
+	}
 	if err := reader.Materialize(ctx, "vm", 2); err != nil {
 		t.Fatal(err)
+	}
+	if _, err := os.Stat(left); !os.IsNotExist(err) {
+		t.Errorf("a killed materialiser's temporary file is still there (stat: %v)", err)
 	}
 	assertMaterialized(t, reader, "vm", map[string][]byte{"disk": disk, "ram": ram})
 	if st := reader.readState("vm"); st != (materializeState{Version: 2}) {

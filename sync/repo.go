@@ -498,7 +498,17 @@ func (r *Repo) lockImages(ctx context.Context, set string) (unlock func(), err e
 		return nil, fmt.Errorf("lock the images of %s: %w", set, err)
 	}
 	f.Close()
-	return filelock.Lock(ctx, lock, "another process materialising "+set)
+	unlock, err = filelock.Lock(ctx, lock, "another process materialising "+set)
+	if err != nil {
+		return nil, err
+	}
+	// Only materialisers write temporary files here (atomicfile's), so
+	// any now are those of one that was killed.
+	left, _ := filepath.Glob(filepath.Join(dir, ".*.tmp-*"))
+	for _, p := range left {
+		os.Remove(p)
+	}
+	return unlock, nil
 }
 
 func (r *Repo) statePath(set string) string {
