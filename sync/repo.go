@@ -15,6 +15,7 @@ import (
 
 	"github.com/ntc-project/ntc/chunk"
 	"github.com/ntc-project/ntc/internal/atomicfile"
+	"github.com/ntc-project/ntc/internal/filelock"
 	"github.com/ntc-project/ntc/repo"
 )
 
@@ -39,7 +40,9 @@ import (
 //
 // A Repo may keep its versions and chunks elsewhere (OpenRepoOn: in an S3
 // bucket, repo/s3repo); DIR is then a local cache that holds only the
-// images materialised on demand (Materialize), not at each commit.
+// images materialised on demand (Materialize), not at each commit. A
+// repository in a directory may do the same (ImagesOnDemand), so that it
+// does not keep every image twice, in its packs and as files.
 type Repo struct {
 	dir   string
 	nodes Versions
@@ -170,6 +173,14 @@ func OpenRepoForReading(dir string) (*Repo, error) {
 	}
 	return r, nil
 }
+
+// ImagesOnDemand makes the repository's commits write no image files:
+// whoever runs from them (a resume, a hand-off) materialises the version
+// it needs first (Materialize), from the version the files hold. Readers
+// need not know the mode: they materialise whenever images/.state.json
+// does not name their version, which in the default mode it already does.
+// Call it before receiving.
+func (r *Repo) ImagesOnDemand() { r.onDemand = true }
 
 // staleTmp is the age past which an entry of DIR/tmp is left over.
 const staleTmp = 10 * time.Minute
@@ -432,14 +443,72 @@ type materializeState struct {
 // Materialize brings the set's image files to version v: by rewriting only
 // the entries that differ from the version the files hold (I/O in
 // proportion to the change), or by writing them whole when no usable
-// version is there.
+// version is there. Materialisers of a set take turns (images/.lock, across
+// processes: two resumes, a resume and serve's commit or hand-off), and
+// one that finds the files at v already does nothing. A repository in a
+// directory is read through a read-only chunk store, beside a serve that
+// pushes into it; an image file a running copy holds (QEMU's locks) is
+// replaced, never rewritten under it.
 func (r *Repo) Materialize(ctx context.Context, set string, v uint64) error {
+	if err := CheckName(set); err != nil {
+		return err
+	}
+	unlock, err := r.lockImages(ctx, set)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	if st := r.readState(set); st.Version == v && st.Applying == 0 {
+		return nil
+	}
+	if r.local != nil {
+		st, err := chunk.OpenPackStoreReadOnly(r.dir)
+		if err != nil {
+			return fmt.Errorf("materialize %s: %w", set, err)
+		}
+		defer st.Close()
+		return r.materializeNow(ctx, set, v, st, nil)
+	}
 	release, err := r.holdStore(ctx)
 	if err != nil {
 		return err
 	}
 	defer release()
-	return r.materializeNow(ctx, set, v, nil)
+	return r.materializeNow(ctx, set, v, r.heldStore(), nil)
+}
+
+// heldStore is the chunk store holdStore opened.
+func (r *Repo) heldStore() chunk.WriteStore {
+	r.storeMu.Lock()
+	defer r.storeMu.Unlock()
+	return r.store
+}
+
+// lockImages takes the set's images lock (flock of images/.lock), waiting
+// while another materialiser holds it, until ctx ends.
+func (r *Repo) lockImages(ctx context.Context, set string) (unlock func(), err error) {
+	dir := filepath.Join(r.dir, "sets", set, "images")
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("materialize: %w", err)
+	}
+	// Made private first: filelock creates its files world-readable.
+	lock := filepath.Join(dir, ".lock")
+	f, err := os.OpenFile(lock, os.O_RDWR|os.O_CREATE|unix.O_NOFOLLOW, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("lock the images of %s: %w", set, err)
+	}
+	f.Close()
+	unlock, err = filelock.Lock(ctx, lock, "another process materialising "+set)
+	if err != nil {
+		return nil, err
+	}
+	// Only materialisers write temporary files here (atomicfile's), so
+	// any now are those of one that was killed.
+	left, _ := filepath.Glob(filepath.Join(dir, ".*.tmp-*"))
+	for _, p := range left {
+		os.Remove(p)
+	}
+	return unlock, nil
 }
 
 func (r *Repo) statePath(set string) string {
@@ -461,6 +530,14 @@ func (r *Repo) writeState(set string, st materializeState) error {
 	return atomicfile.WriteBytes(r.statePath(set), 0o600, b)
 }
 
+// ImagesHold reports whether the set's image files hold version v, with
+// no move under way: whether ImagePath names v's images. A repository
+// whose images are written on demand holds them only once Materialize
+// wrote them.
+func (r *Repo) ImagesHold(set string, v uint64) bool {
+	return CheckName(set) == nil && r.readState(set) == materializeState{Version: v}
+}
+
 // materializedVersion is the version the set's image files hold, or were
 // being moved from; 0 when there is none.
 func (r *Repo) materializedVersion(set string) uint64 { return r.readState(set).Version }
@@ -472,10 +549,17 @@ func (r *Repo) materialize(ctx context.Context, set string, v uint64, stg *stagi
 	if r.onDemand && stg == nil {
 		return nil
 	}
-	return r.materializeNow(ctx, set, v, stg)
+	unlock, err := r.lockImages(ctx, set)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	return r.materializeNow(ctx, set, v, r.heldStore(), stg)
 }
 
-func (r *Repo) materializeNow(ctx context.Context, set string, v uint64, stg *staging) error {
+// materializeNow moves the image files to v, reading chunks from store;
+// the caller holds the images lock.
+func (r *Repo) materializeNow(ctx context.Context, set string, v uint64, store chunk.Store, stg *staging) error {
 	dir := filepath.Join(r.dir, "sets", set, "images")
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return fmt.Errorf("materialize: %w", err)
@@ -490,12 +574,17 @@ func (r *Repo) materializeNow(ctx context.Context, set string, v uint64, stg *st
 	if from == v && st.Applying == 0 {
 		return nil
 	}
+	if st.Applying != 0 && st.Applying != v {
+		// Interrupted on the way to another version: the files are a mix
+		// of two versions, and no index describes them.
+		from = 0
+	}
 	if err := writeState(materializeState{Version: from, Applying: v}); err != nil {
 		return err
 	}
 	for i, im := range m.Images {
 		if sf := stg.staged(i); sf != nil {
-			if err := sf.finish(ctx, r.store); err != nil {
+			if err := sf.finish(ctx, store); err != nil {
 				return fmt.Errorf("materialize %s/%s: %w", set, im.Name, err)
 			}
 			continue
@@ -509,13 +598,13 @@ func (r *Repo) materializeNow(ctx context.Context, set string, v uint64, stg *st
 			// A missing base index or image file means a full write.
 			prev, _ = r.Index(set, from, im.Name)
 		}
-		if p, ok := r.store.(prefetcher); ok && prev == nil {
+		if p, ok := store.(prefetcher); ok && prev == nil {
 			// A whole image from a bucket: in a few large requests.
 			if err := p.Prefetch(ctx, chunk.IDs(next)); err != nil {
 				return fmt.Errorf("materialize %s/%s: %w", set, im.Name, err)
 			}
 		}
-		if err := r.materializeImage(ctx, filepath.Join(dir, im.Name), prev, next); err != nil {
+		if err := materializeImage(ctx, store, filepath.Join(dir, im.Name), prev, next); err != nil {
 			return fmt.Errorf("materialize %s/%s: %w", set, im.Name, err)
 		}
 	}
@@ -528,13 +617,13 @@ type prefetcher interface {
 	Prefetch(ctx context.Context, ids []chunk.ID) error
 }
 
-func (r *Repo) materializeImage(ctx context.Context, path string, prev, next *chunk.Index) error {
+func materializeImage(ctx context.Context, store chunk.Store, path string, prev, next *chunk.Index) error {
 	f, err := os.OpenFile(path, os.O_RDWR|unix.O_NOFOLLOW, 0)
 	if err != nil || prev == nil {
 		if f != nil {
 			f.Close()
 		}
-		return r.writeWhole(ctx, path, next)
+		return writeWhole(ctx, store, path, next)
 	}
 	defer f.Close()
 	if fi, err := f.Stat(); err != nil || (fi.Size() != prev.Size && fi.Size() != next.Size) || inUse(f) {
@@ -542,7 +631,7 @@ func (r *Repo) materializeImage(ctx context.Context, path string, prev, next *ch
 		// copy on an overlay over it) is replaced, not rewritten: the
 		// process keeps reading the previous version's file.
 		f.Close()
-		return r.writeWhole(ctx, path, next)
+		return writeWhole(ctx, store, path, next)
 	}
 	if err := f.Truncate(next.Size); err != nil {
 		return err
@@ -556,7 +645,7 @@ func (r *Repo) materializeImage(ctx context.Context, path string, prev, next *ch
 		if j < len(prev.Entries) && prev.Entries[j] == e {
 			continue
 		}
-		if err := r.writeEntry(ctx, w, e); err != nil {
+		if err := writeEntry(ctx, store, w, e); err != nil {
 			return err
 		}
 	}
@@ -577,7 +666,7 @@ func inUse(f *os.File) bool {
 }
 
 // writeWhole writes the image to a temporary file and renames it over path.
-func (r *Repo) writeWhole(ctx context.Context, path string, x *chunk.Index) error {
+func writeWhole(ctx context.Context, store chunk.Store, path string, x *chunk.Index) error {
 	return atomicfile.Write(path, 0o600, func(w io.Writer) error {
 		f := w.(*os.File)
 		if err := f.Truncate(x.Size); err != nil {
@@ -588,7 +677,7 @@ func (r *Repo) writeWhole(ctx context.Context, path string, x *chunk.Index) erro
 			if e.Zero {
 				continue
 			}
-			if err := r.writeEntry(ctx, sw, e); err != nil {
+			if err := writeEntry(ctx, store, sw, e); err != nil {
 				return err
 			}
 		}
@@ -625,7 +714,7 @@ func (w *spanWriter) flush() error {
 	return err
 }
 
-func (r *Repo) writeEntry(ctx context.Context, f *spanWriter, e chunk.Entry) error {
+func writeEntry(ctx context.Context, store chunk.Store, f *spanWriter, e chunk.Entry) error {
 	if e.Zero {
 		if err := f.flush(); err != nil {
 			return err
@@ -642,7 +731,7 @@ func (r *Repo) writeEntry(ctx context.Context, f *spanWriter, e chunk.Entry) err
 		}
 		return nil
 	}
-	data, err := r.store.Get(ctx, e.ID)
+	data, err := store.Get(ctx, e.ID)
 	if err != nil {
 		return err
 	}

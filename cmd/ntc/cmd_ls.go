@@ -55,10 +55,7 @@ func newLsCommand(g *globals) *cobra.Command {
 					}
 					fmt.Fprintf(g.stdout, "  current v%d %s, made %s, %s\n", m.Version, m.Digest.Short(), m.Created.Local().Format(time.DateTime), from)
 					for _, im := range m.Images {
-						path := repo.ImagePath(s.Set, im.Name)
-						if _, err := os.Stat(path); err != nil {
-							path = "" // a checkpoint taken here: its images are in the store only
-						}
+						path := imagePathOf(repo, s.Set, m.Version, im.Name)
 						fmt.Fprintf(g.stdout, "    %-24s %10s  %s\n", im.Name, humanBytes(im.Size), path)
 					}
 				}
@@ -97,6 +94,17 @@ type lsImageJSON struct {
 	Path   string `json:"path"`
 }
 
+// imagePathOf is the file that holds image of version v of set, or ""
+// when its images are in the store only: a checkpoint taken here, or a
+// repository whose images are written on demand ('ntc resume' writes
+// them) and hold another version.
+func imagePathOf(repo *ntcsync.Repo, set string, v uint64, image string) string {
+	if !repo.ImagesHold(set, v) {
+		return ""
+	}
+	return repo.ImagePath(set, image)
+}
+
 func lsJSONOf(repo *ntcsync.Repo, sets []ntcsync.SetInfo) []lsJSON {
 	out := make([]lsJSON, 0, len(sets))
 	for _, s := range sets {
@@ -107,7 +115,7 @@ func lsJSONOf(repo *ntcsync.Repo, sets []ntcsync.SetInfo) []lsJSON {
 		if m := s.Current; m != nil {
 			j.Current = &lsVersionJSON{Manifest: *m, Images: []lsImageJSON{}}
 			for _, im := range m.Images {
-				j.Current.Images = append(j.Current.Images, lsImageJSON{ImageManifest: im, Digest: im.Digest.String(), Path: repo.ImagePath(s.Set, im.Name)})
+				j.Current.Images = append(j.Current.Images, lsImageJSON{ImageManifest: im, Digest: im.Digest.String(), Path: imagePathOf(repo, s.Set, m.Version, im.Name)})
 			}
 		}
 		out = append(out, j)

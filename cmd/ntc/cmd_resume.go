@@ -393,6 +393,9 @@ func copySource(ctx context.Context, g *globals, o resumeOptions) (cur *ntcsync.
 			"stop it there, or hand it over with 'ntc sync %s --to ... --handoff' from there; --force resumes here anyway",
 			o.name, rn.Node, rn.Since.Format(time.RFC3339), rn.Version.Short(), o.name)
 	}
+	if err := g.materializeFor(ctx, repo, o.store, o.name, cur.Version); err != nil {
+		return nil, "", "", nil, err
+	}
 	images = filepath.Dir(repo.ImagePath(o.name, resume.ManifestImage))
 	if err := imagesHold(images, cur.Version); err != nil {
 		return nil, "", "", nil, err

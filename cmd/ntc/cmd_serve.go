@@ -67,6 +67,13 @@ copies ran since their common version) is stored but not made current; the
 log says so, 'ntc ls' lists it as diverged, and 'ntc push --force' makes it
 current.
 
+With --images on-demand (serve.images) commits write no image files, so DIR
+keeps each image once, in its packs: 'ntc resume' (and a hand-off) first
+writes the version it runs from the packs, in full the first time and then
+only what changed since the version the files hold; 'ntc restore' reads the
+packs in either mode. The default, --images commit, writes them at each push,
+so a resume starts at once, at the price of a second copy of every image.
+
 Examples:
   ntc serve --listen :7400 --store ~/vms --allow TYA6ZIM-V6MAQKO-...
   ntc serve --listen :7400 --store ~/vms --allow TYA6ZIM-V6MAQKO-... --keep 10
@@ -110,6 +117,8 @@ and written.`,
 	f.String("keep", "0", "versions of each set to keep: N (the newest N), or last=N,hourly=N,daily=N,weekly=N; 0: all")
 	g.bind(cmd, "serve.store", "store")
 	g.bind(cmd, "serve.keep", "keep")
+	f.String("images", imagesAtCommit, "when to write received images as files: commit (each push; a resume starts at once) or on-demand (when a resume needs them: the store keeps each image once)")
+	g.bind(cmd, "serve.images", "images")
 	f.String("max-memory", "256M", "memory ceiling whatever peers send: pushes that would need more wait, then fail")
 	f.Duration("stall-timeout", ntcsync.DefaultLimits.Stall, "end a push whose peer sends (or reads) nothing for this long, releasing its set")
 	f.Int("max-conns", 16, "connections from all peers together")
@@ -193,7 +202,7 @@ func runServe(ctx context.Context, g *globals, o serveOptions) error {
 	defer l.Close()
 	// The repository is created only once serve can listen: a serve that
 	// cannot bind leaves nothing behind.
-	repo, closeRepo, err := g.openServeRepo(ctx, o.store, len(resumers))
+	repo, closeRepo, err := g.openServeRepo(ctx, o.store, len(resumers), g.v.GetString("serve.images"))
 	if err != nil {
 		return err
 	}

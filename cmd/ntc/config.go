@@ -26,6 +26,7 @@ var configKeys = map[string]any{
 
 	"serve.resume-allow": []string(nil),
 	"serve.keep":         "0",
+	"serve.images":       "",
 
 	"serve.max-memory":            "",
 	"serve.stall-timeout":         time.Duration(0),

@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"time"
 
 	"github.com/spf13/cobra"
 	"golang.org/x/sys/unix"
@@ -105,14 +106,28 @@ func (g *globals) s3Cache(url string) (dir string, temp bool, release func(), er
 	return tmp, true, func() { os.RemoveAll(tmp) }, nil
 }
 
+// Values of serve --images: when a repository in a directory writes the
+// image files of the versions it receives.
+const (
+	imagesAtCommit = "commit"    // at each commit (a resume starts at once)
+	imagesOnDemand = "on-demand" // when a resume or hand-off needs them
+)
+
 // openServeRepo opens what serve receives into: the repository in a
 // directory, or on S3 (--store s3://BUCKET/PREFIX, the endpoint from
-// s3.endpoint). A repository on S3 hands no VM over (resumers).
-func (g *globals) openServeRepo(ctx context.Context, store string, resumers int) (*ntcsync.Repo, func() error, error) {
+// s3.endpoint). A repository on S3 hands no VM over (resumers), and
+// writes its images on demand whatever images says.
+func (g *globals) openServeRepo(ctx context.Context, store string, resumers int, images string) (*ntcsync.Repo, func() error, error) {
+	if images != imagesAtCommit && images != imagesOnDemand {
+		return nil, nil, usagef("--images %q: want %s or %s", images, imagesAtCommit, imagesOnDemand)
+	}
 	if !isS3(store) {
 		r, err := ntcsync.OpenRepo(store)
 		if err != nil {
 			return nil, nil, err
+		}
+		if images == imagesOnDemand {
+			r.ImagesOnDemand()
 		}
 		return r, r.Close, nil
 	}
@@ -176,10 +191,8 @@ func (g *globals) checkS3(ctx context.Context, url string) ([]chunk.Owner, *s3st
 	return owners, st, nil
 }
 
-// openResumeRepo opens the repository a copy of set resumes from. One on
-// S3 first writes the images of set's current version into its cache
-// ($NTC_HOME/cache/s3/…), from which the copy runs: downloaded in a few
-// large requests, and after an earlier resume here only what changed.
+// openResumeRepo opens the repository a copy of set resumes from (see
+// materializeFor for its images).
 func (g *globals) openResumeRepo(ctx context.Context, store, set string) (*ntcsync.Repo, func() error, error) {
 	if !isS3(store) {
 		r, err := ntcsync.OpenRepoForReading(store)
@@ -196,15 +209,25 @@ func (g *globals) openResumeRepo(ctx context.Context, store, set string) (*ntcsy
 		r.Close()
 		return nil, nil, fmt.Errorf("another ntc process (a serve of %s?) uses this node's cache of it, where a copy runs from: resume with another NTC_HOME", store)
 	}
-	cur, err := r.Current(set)
-	if err == nil && cur != nil {
-		err = r.Materialize(ctx, set, cur.Version)
-	}
-	if err != nil {
-		r.Close()
-		return nil, nil, fmt.Errorf("resume %s from %s: %w", set, store, err)
-	}
 	return r.Repo, r.Close, nil
+}
+
+// materializeFor writes the image files of version v of set, from which a
+// copy runs, unless they hold it already: a repository that 'ntc serve
+// --images on-demand' receives into, or one on S3 (into its cache,
+// $NTC_HOME/cache/s3/…, downloaded in a few large requests), writes them
+// only now, and after an earlier resume only what changed since. It says
+// on stderr what that cost.
+func (g *globals) materializeFor(ctx context.Context, r *ntcsync.Repo, store, set string, v uint64) error {
+	if r.ImagesHold(set, v) {
+		return nil
+	}
+	start := time.Now()
+	if err := r.Materialize(ctx, set, v); err != nil {
+		return fmt.Errorf("write the images of %s version %d from %s: %w", set, v, store, err)
+	}
+	fmt.Fprintf(g.stderr, "ntc: wrote the images of %s version %d from the store in %.2f s\n", set, v, time.Since(start).Seconds())
+	return nil
 }
 
 // adopt is capture.Adopt for a copy resumed from a repository directory.
