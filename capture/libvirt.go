@@ -409,13 +409,20 @@ func (m *libvirtMonitor) Disconnect() error {
 	m.once.Do(func() {
 		close(m.stop)
 		m.jobs.Wait()
-		if m.cancel != nil {
-			m.cancel()
-		}
 		if !m.connected {
+			if m.cancel != nil {
+				m.cancel()
+			}
 			m.dialer.close()
 			return
 		}
+		// The event subscriptions end after the connection, not before:
+		// cancelled first, go-libvirt deregisters them with RPCs that
+		// libvirtd 9.0 may run on a worker thread while it frees the
+		// closing client's callbacks, and it crashed so (a segfault in
+		// libvirt.so after "could not find event callback ... for
+		// deletion", once in three CI runs). Closing the connection frees
+		// them all in one place.
 		done := make(chan error, 1)
 		go func() { done <- m.l.Disconnect() }()
 		select {
@@ -425,6 +432,7 @@ func (m *libvirtMonitor) Disconnect() error {
 			err = <-done
 		}
 		if m.cancel != nil {
+			m.cancel()
 			<-m.ended
 		}
 	})
