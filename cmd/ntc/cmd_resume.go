@@ -37,6 +37,7 @@ type resumeOptions struct {
 	libvirt     bool
 	connect     string
 	persistent  bool
+	version     uint64 // 0: the set's current version
 }
 
 func newResumeCommand(g *globals) *cobra.Command {
@@ -119,6 +120,7 @@ Examples:
 	f.BoolVar(&o.force, "force", false, "resume even though another node runs the set (two copies would run)")
 	f.BoolVar(&o.libvirt, "libvirt", false, "run the copy as a libvirt domain named SET (virsh list shows it) and exit; --workdir must be reachable by libvirt's QEMU user")
 	f.StringVar(&o.connect, "connect", "", "the libvirt connection for --libvirt (default qemu:///system)")
+	f.Uint64Var(&o.version, "version", 0, "resume this version of the set (ntc ls lists them; default: the current one)")
 	f.BoolVar(&o.persistent, "persistent", false, "with --libvirt: also define the copy in libvirt, so that it outlives a shutdown")
 	g.bind(cmd, "resume.store", "store")
 	addS3EndpointFlag(g, cmd)
@@ -384,6 +386,11 @@ func copySource(ctx context.Context, g *globals, o resumeOptions) (cur *ntcsync.
 	}
 	if cur == nil {
 		return nil, "", "", nil, fmt.Errorf("%s holds no set %q: 'ntc ls --store %s' lists what was received", o.store, o.name, o.store)
+	}
+	if o.version != 0 && o.version != cur.Version {
+		if cur, err = repo.Manifest(o.name, o.version); err != nil {
+			return nil, "", "", nil, fmt.Errorf("version %d of %s: %w ('ntc ls --store %s' lists the versions)", o.version, o.name, err, o.store)
+		}
 	}
 	self := g.nodeName()
 	if rn, err := runnerOf(repo, o.name); err != nil {

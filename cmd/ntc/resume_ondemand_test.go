@@ -147,3 +147,56 @@ func TestResumeFromOnDemandServe(t *testing.T) {
 		t.Errorf("the second resume wrote the images again: %q", errs)
 	}
 }
+
+// TestResumeVersion: of two checkpoints pushed, 'ntc resume --version 1'
+// continues the first: the copy's ticks go on from the first checkpoint's,
+// not the newer one's, and the image files hold version 1 for it.
+func TestResumeVersion(t *testing.T) {
+	guesttest.SkipIfNoQEMU(t)
+	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Minute)
+	defer cancel()
+	office, home := newNode(t), newNode(t)
+	store := t.TempDir()
+	addr, _ := serveWith(t, home, store, nil, office.id)
+	dir, err := os.MkdirTemp("", "ntcv-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	p := pushedGuest{guest: guesttest.Build(t), dir: dir}
+	vm := guesttest.Start(t, testguest.StartOptions{Guest: p.guest, Dir: dir})
+	if _, err := vm.WaitTick(ctx, 2); err != nil {
+		t.Fatal(err)
+	}
+	repo := filepath.Join(t.TempDir(), "office-vm")
+	var before, after [2]int
+	for i := range after {
+		before[i] = vm.LastTick()
+		if code, _, errs := ntc(t, ctx, "checkpoint", "--qmp", vm.QMPPath(), "--out", repo, "--name", "office-vm"); code != 0 {
+			t.Fatalf("checkpoint %d: exit %d: %s", i+1, code, errs)
+		}
+		after[i] = vm.LastTick()
+		if _, err := push(t, ctx, office, addr, home.id, "--checkpoint", repo, "--name", "office-vm"); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := vm.WaitTick(ctx, vm.LastTick()+3); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := vm.Stop(ctx); err != nil {
+		t.Fatal(err)
+	}
+
+	res, _ := p.resumeDetached(t, ctx, home, store, filepath.Join(dir, "v1"), "--version", "1", "--force")
+	first := copyTick(t, ctx, res.SerialLog, 2)
+	t.Logf("checkpoint 1 between ticks %d and %d, checkpoint 2 between %d and %d; the copy of version 1 went on with tick %d",
+		before[0], after[0], before[1], after[1], first)
+	if first < before[0] || first > after[0]+1 || first > before[1] {
+		t.Errorf("the copy of version 1 went on with tick %d; checkpoint 1 was taken between ticks %d and %d, checkpoint 2 after %d",
+			first, before[0], after[0], before[1])
+	}
+	stopCopy(t, ctx, res)
+	if code, _, errs := ntc(t, ctx, "resume", "--store", store, "--name", "office-vm", "--version", "7", "--detach"); code == 0 || !strings.Contains(errs, "version 7") {
+		t.Errorf("resume of a version the set lacks: exit %d: %s", code, errs)
+	}
+}
