@@ -41,7 +41,27 @@ func newS3Bed(t *testing.T) *s3Bed {
 }
 
 // packs lists the keys of the repository's packs.
-func (b *s3Bed) packs(t *testing.T) []string { return b.keys(t, "repo/packs/") }
+// largestPack names the largest pack in the bucket: one of the first
+// push's, whose chunks every later version shares. (Keys sort by name,
+// which says nothing of which push wrote a pack.)
+func (b *s3Bed) largestPack(t *testing.T) string {
+	t.Helper()
+	out, err := b.srv.Client().ListObjectsV2(t.Context(), &s3.ListObjectsV2Input{Bucket: aws.String(b.bucket), Prefix: aws.String("repo/packs/")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var key string
+	var size int64 = -1
+	for _, o := range out.Contents {
+		if aws.ToInt64(o.Size) > size {
+			key, size = aws.ToString(o.Key), aws.ToInt64(o.Size)
+		}
+	}
+	if key == "" {
+		t.Fatal("the bucket holds no pack")
+	}
+	return key
+}
 
 // listings lists the keys of the packs' listings: a pack is stored once
 // its listing is.
@@ -167,7 +187,7 @@ func TestServeS3(t *testing.T) {
 	if err != nil || rep.Owners != 2 || rep.Read != rep.Chunks || rep.Chunks < 256 {
 		t.Fatalf("check: %+v, %v", rep, err)
 	}
-	lost := &s3.DeleteObjectInput{Bucket: aws.String(bed.bucket), Key: aws.String(bed.packs(t)[0])}
+	lost := &s3.DeleteObjectInput{Bucket: aws.String(bed.bucket), Key: aws.String(bed.largestPack(t))}
 	if _, err := bed.srv.Client().DeleteObject(t.Context(), lost); err != nil {
 		t.Fatal(err)
 	}
