@@ -25,4 +25,8 @@ var (
 	// ErrNotConverging: a precopy migration did not reach its last pause
 	// in time: the guest dirties its memory faster than ntc stores it.
 	ErrNotConverging = errors.New("migration does not converge")
+	// ErrNoBackgroundSnapshot: QEMU refused its background snapshot (it
+	// needs userfaultfd write-protect, and none of xbzrle, compress,
+	// multifd or postcopy); it comes wrapped with ErrUnsupported.
+	ErrNoBackgroundSnapshot = errors.New("QEMU cannot take a background snapshot of this guest")
 )

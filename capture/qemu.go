@@ -234,9 +234,9 @@ func setupMigration(ctx context.Context, s *qemu.Session, method Method, downtim
 	if err := s.Run(ctx, "migrate-set-capabilities", map[string]any{"capabilities": set}, nil); err != nil {
 		var ce *qemu.CommandError
 		if errors.As(err, &ce) && bg {
-			return nil, fmt.Errorf("enable QEMU's background snapshot: %w (it cannot be combined with xbzrle, compress, "+
-				"multifd or postcopy: switch those off; it needs userfaultfd write-protect: run QEMU as root or set "+
-				"vm.unprivileged_userfaultfd=1; or use the precopy method): %w", err, ErrUnsupported)
+			return nil, fmt.Errorf("enable QEMU's background snapshot: %w: %w (it needs userfaultfd write-protect, "+
+				"which an unprivileged QEMU has only with vm.unprivileged_userfaultfd=1, and none of xbzrle, compress, "+
+				"multifd or postcopy): %w", err, ErrNoBackgroundSnapshot, ErrUnsupported)
 		}
 		return nil, fmt.Errorf("set up QEMU's migration for a checkpoint: %w", err)
 	}

@@ -40,6 +40,10 @@ const (
 // ErrCorruptIndex reports an index that cannot be decoded or is inconsistent.
 var ErrCorruptIndex = errors.New("corrupt index")
 
+// ErrIndexVersion reports an index in a format version this code does not
+// read (a newer one); it comes wrapped with ErrCorruptIndex.
+var ErrIndexVersion = errors.New("index format version not supported")
+
 // WriteTo encodes the index to w in the format above.
 func (x *Index) WriteTo(w io.Writer) (int64, error) {
 	cw := &countWriter{w: w}
@@ -97,7 +101,7 @@ func DecodeIndex(r io.Reader) (*Index, error) {
 		return nil, fmt.Errorf("%w: not an ntc index (bad magic)", ErrCorruptIndex)
 	}
 	if v := binary.BigEndian.Uint16(hdr[8:]); v != indexVersion {
-		return nil, fmt.Errorf("%w: format version %d, this ntc reads version %d: upgrade ntc", ErrCorruptIndex, v, indexVersion)
+		return nil, fmt.Errorf("%w: %w: version %d, this code reads version %d", ErrCorruptIndex, ErrIndexVersion, v, indexVersion)
 	}
 	x := &Index{Params: Params{
 		Kind:    Kind(hdr[10]),

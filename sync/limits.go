@@ -74,7 +74,7 @@ func (l Limits) withDefaults() Limits {
 }
 
 // ErrLimit reports a push that needs more than the receiver's limits allow.
-var ErrLimit = errors.New("the push exceeds a limit of the receiver (see its log): split it, or raise the limit there")
+var ErrLimit = errors.New("the push exceeds a limit of the receiver")
 
 // ErrStalled reports a peer that stopped sending (or reading) mid-push.
 var ErrStalled = errors.New("the peer stopped making progress")

@@ -8,8 +8,8 @@
 //     checkpoints dials; the receiver listens.
 //   - Identity: a node's Ed25519 private key and the self-signed certificate
 //     for it, kept in the state directory (mode 0700) as [KeyFile] (mode
-//     0600: a key others may read is refused) and [CertFile]. `ntc init` creates them ([LoadOrCreateIdentity]); every
-//     other command loads them ([LoadIdentity]).
+//     0600: a key others may read is refused) and [CertFile]. [LoadOrCreateIdentity] creates them when
+//     they are missing; [LoadIdentity] only loads them.
 //   - ID: the SHA-256 of a node's certificate. It names the node and is what
 //     peers pin. Its text form ([ID.String], [ParseID]) is base32 in groups
 //     of seven with check characters, like a Syncthing device ID.

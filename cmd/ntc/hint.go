@@ -5,6 +5,7 @@ import (
 	"strings"
 
 	"github.com/ntc-project/ntc/capture"
+	"github.com/ntc-project/ntc/chunk"
 	"github.com/ntc-project/ntc/qemu"
 	"github.com/ntc-project/ntc/replicate"
 	"github.com/ntc-project/ntc/repo"
@@ -27,10 +28,13 @@ var hints = []struct {
 	{capture.ErrOverlayDir, "give an overlay directory on the same host with --overlay-dir"},
 	{capture.ErrLayerNotPlain, "rewrite the image as an uncompressed qcow2 (qemu-img convert -O qcow2) and run the guest on the copy before checkpointing it"},
 	{capture.ErrNotConverging, "try --method background-snapshot"},
+	{capture.ErrNoBackgroundSnapshot, "switch off xbzrle, compress, multifd and postcopy; run QEMU as root or set the sysctl vm.unprivileged_userfaultfd=1; or checkpoint with --method precopy"},
+	{chunk.ErrIndexVersion, "a newer ntc wrote it: upgrade ntc here"},
 	{transport.ErrNoIdentity, "run 'ntc init' to create this node's identity"},
 	{transport.ErrNoAnswer, "check that 'ntc serve' runs there and listens on that port, and that UDP gets through (a firewall)"},
 	{transport.ErrPeerNotAllowed, "on the receiver, allow this node: ntc serve ... --allow ID ('ntc id' here prints it)"},
 	{transport.ErrVersionMismatch, "upgrade ntc on both sides"},
+	{ntcsync.ErrLimit, "the receiver's log (ntc serve) names the limit: split the push (fewer images), or raise the limit there"},
 	{ntcsync.ErrBusy, "try again when the other push of the set ends"},
 	{ntcsync.ErrNoSpace, "free space on the receiver and push again"},
 	{ntcsync.ErrBadChunks, "check the sender's disk and memory"},

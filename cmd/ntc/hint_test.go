@@ -9,6 +9,7 @@ import (
 	"testing"
 
 	"github.com/ntc-project/ntc/capture"
+	"github.com/ntc-project/ntc/chunk"
 	"github.com/ntc-project/ntc/qemu"
 	"github.com/ntc-project/ntc/repo"
 	"github.com/ntc-project/ntc/resume"
@@ -27,6 +28,9 @@ func TestHint(t *testing.T) {
 		{fmt.Errorf("x: %w", capture.ErrNotConverging), []string{"--method background-snapshot"}},
 		{fmt.Errorf("layer: %w: %w", capture.ErrLayerNotPlain, capture.ErrUnsupported), []string{"qemu-img convert -O qcow2"}},
 		{fmt.Errorf("resume: %w", resume.ErrLoadTimeout), []string{"--load-timeout"}},
+		{fmt.Errorf("enable: %w: %w", capture.ErrNoBackgroundSnapshot, capture.ErrUnsupported), []string{"--method precopy"}},
+		{fmt.Errorf("read index: %w: %w: version 9", chunk.ErrCorruptIndex, chunk.ErrIndexVersion), []string{"upgrade ntc here"}},
+		{fmt.Errorf("push: %w", ntcsync.ErrLimit), []string{"raise the limit there"}},
 		{fmt.Errorf("kernel and initrd: %w; %w", resume.ErrNeedKernel, resume.ErrNeedInitrd), []string{"--kernel PATH", "--initrd PATH"}},
 		{fmt.Errorf("push: %w", ntcsync.ErrVersionMismatch), []string{"upgrade ntc on both sides"}},
 		{fmt.Errorf("push: %w", ntcsync.ErrNoSpace), []string{"free space on the receiver"}},
