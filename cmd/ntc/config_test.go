@@ -5,6 +5,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/spf13/viper"
 )
 
 // TestConfigIsDecodedStrictly: keys the configuration file may not hold and
@@ -86,6 +88,26 @@ func TestConfigKeysCoverTheFlags(t *testing.T) {
 	for _, b := range g.bindings {
 		if _, ok := configKeys[b.key]; !ok {
 			t.Errorf("%s binds --%s to %q, which configKeys lacks", b.cmd.Name(), b.flag, b.key)
+		}
+	}
+}
+
+// TestExampleConfigHasEveryKey: configs/ntc.example.yaml, which the
+// "unknown key" error points users to, sets every key the configuration
+// may hold (peers, a map of names, by one example).
+func TestExampleConfigHasEveryKey(t *testing.T) {
+	v := viper.New()
+	v.SetConfigFile(filepath.Join("..", "..", "configs", "ntc.example.yaml"))
+	if err := v.ReadInConfig(); err != nil {
+		t.Fatal(err)
+	}
+	has := map[string]bool{}
+	for _, k := range v.AllKeys() {
+		has[k] = true
+	}
+	for k := range configKeys {
+		if !has[k] && !strings.HasPrefix(k, "peers.") {
+			t.Errorf("configs/ntc.example.yaml lacks %s", k)
 		}
 	}
 }
