@@ -6,6 +6,7 @@ import (
 	"html"
 	"io"
 	"math"
+	"slices"
 	"strings"
 	"time"
 )
@@ -68,6 +69,27 @@ func Markdown(w io.Writer, cases []Case) {
 	}
 	for i, c := range notes {
 		fmt.Fprintf(w, "[%d] %s, %s, %s: %s\n", i+1, c.Scenario, c.Profile, c.Tool, c.Note)
+	}
+	dedupLines(w, cases)
+}
+
+// dedupLines writes, for each scenario with a dedup oracle, every tool's
+// wire bytes as a ratio to it.
+func dedupLines(w io.Writer, cases []Case) {
+	var done []string
+	for _, c := range cases {
+		if c.DedupBytes <= 0 || slices.Contains(done, c.Scenario) {
+			continue
+		}
+		done = append(done, c.Scenario)
+		var parts []string
+		for _, x := range cases {
+			if x.Scenario == c.Scenario && x.Err == "" {
+				parts = append(parts, fmt.Sprintf("%s %s %s", x.Tool, x.Profile, ratio(float64(x.WireBytes), float64(c.DedupBytes))))
+			}
+		}
+		fmt.Fprintf(w, "\n%s, wire bytes / dedup oracle (%.2f MB: the 4 KiB blocks found nowhere in the old image, zstd -3 as one stream): %s\n",
+			c.Scenario, float64(c.DedupBytes)/1e6, strings.Join(parts, ", "))
 	}
 }
 

@@ -35,6 +35,24 @@ func TestMarkdownRatiosAndNotes(t *testing.T) {
 	}
 }
 
+// TestMarkdownDedupOracle: a scenario with a dedup oracle gets a line
+// with every tool's wire bytes as a ratio to it; others get none.
+func TestMarkdownDedupOracle(t *testing.T) {
+	cases := []Case{
+		{Scenario: "debian", Profile: "dsl", Tool: ToolNTC, WireBytes: 55e6, DedupBytes: 50e6},
+		{Scenario: "debian", Profile: "dsl", Tool: ToolRsyncZ, WireBytes: 90e6, DedupBytes: 50e6},
+		{Scenario: "debian", Profile: "wan", Tool: ToolNTC, Err: "failed"},
+		{Scenario: "random-1pct", Profile: "dsl", Tool: ToolNTC, WireBytes: 2e6},
+	}
+	var b bytes.Buffer
+	Markdown(&b, cases)
+	out := b.String()
+	want := "debian, wire bytes / dedup oracle (50.00 MB: the 4 KiB blocks found nowhere in the old image, zstd -3 as one stream): ntc dsl 1.10, rsync -z dsl 1.80\n"
+	if !strings.Contains(out, want) || strings.Count(out, "dedup oracle") != 1 {
+		t.Errorf("want one dedup line %q:\n%s", want, out)
+	}
+}
+
 func TestAppliesKeepsMigrationToVMs(t *testing.T) {
 	img, vm := &Scenario{Name: "random-1pct"}, &Scenario{Name: ScenarioVMIdle, VM: &VMState{}}
 	for _, tc := range []struct {

@@ -78,6 +78,9 @@ type Case struct {
 	// plus the handshake round trips; LimitBytes the oracle.
 	Limit      time.Duration `json:"limit_ns"`
 	LimitBytes int64         `json:"limit_bytes"`
+	// DedupBytes is the scenario's dedup oracle (Scenario.DedupOracle),
+	// when known.
+	DedupBytes int64 `json:"dedup_oracle_bytes,omitempty"`
 	// IndexMS and RunMS are ntc push's own measures: from its start to the
 	// end of indexing, and to the receiver's acknowledgement (Wall adds
 	// starting and ending the process).
@@ -149,7 +152,7 @@ func limitOf(sc *Scenario, p link.Profile) time.Duration {
 
 func runCase(ctx context.Context, cfg Config, l *link.Link, sc *Scenario, tool string) (c Case, err error) {
 	p := l.Profile()
-	c = Case{Scenario: sc.Name, Profile: p.Name, Tool: tool, Limit: limitOf(sc, p), LimitBytes: sc.Oracle}
+	c = Case{Scenario: sc.Name, Profile: p.Name, Tool: tool, Limit: limitOf(sc, p), LimitBytes: sc.Oracle, DedupBytes: sc.DedupOracle}
 	dir, err := os.MkdirTemp(cfg.Dir, "case-")
 	if err != nil {
 		return c, err

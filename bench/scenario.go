@@ -25,6 +25,10 @@ type Scenario struct {
 	Oracle int64
 	// ChangedBytes is the size of those blocks, uncompressed.
 	ChangedBytes int64
+	// DedupOracle, when known (debian), is the zstd-compressed size of the
+	// 4 KiB blocks of New found nowhere in Old nor earlier in New
+	// (debimg.DedupOracle): the least a deduplicating tool must send.
+	DedupOracle int64
 	// Files are the files rsync and a full copy send: for image scenarios
 	// the one image (Old, New), for VM scenarios each checkpoint's
 	// migration stream and raw disk.
@@ -63,7 +67,7 @@ func Prepare(ctx context.Context, name, dir string, size int64) (*Scenario, erro
 		if err != nil {
 			return nil, fmt.Errorf("debian scenario: %w", err)
 		}
-		s := &Scenario{Name: name, Old: p.Old, New: p.New, Oracle: p.Oracle, ChangedBytes: p.ChangedBytes}
+		s := &Scenario{Name: name, Old: p.Old, New: p.New, Oracle: p.Oracle, ChangedBytes: p.ChangedBytes, DedupOracle: p.DedupOracle}
 		for _, r := range p.Changed {
 			s.Changed = append(s.Changed, Extent{Off: r.Off, Len: r.Len})
 		}

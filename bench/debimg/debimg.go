@@ -13,6 +13,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/ntc-project/ntc/internal/atomicfile"
 	"github.com/ntc-project/ntc/internal/filelock"
 )
 
@@ -135,6 +136,10 @@ type Pair struct {
 	// OracleCommand.
 	Oracle        int64  `json:"oracle"`
 	OracleCommand string `json:"oracle_command"`
+	// DedupOracle is the size of New's new blocks ([NewBlocks]) compressed
+	// by OracleCommand as one stream: the least a tool that deduplicates
+	// against all of Old must send ([DedupOracle]).
+	DedupOracle int64 `json:"dedup_oracle,omitempty"`
 
 	Built     time.Time     `json:"built"`
 	BuildTime time.Duration `json:"build_time"` // of the cold build
@@ -186,7 +191,7 @@ func Build(ctx context.Context, opts Options) (*Pair, error) {
 	}
 	dir := filepath.Join(o.CacheDir, recipeKey(o))
 	if p, err := loadPair(dir); err == nil {
-		return p, nil
+		return p, addDedupOracle(ctx, p)
 	}
 	if err := checkTools(); err != nil {
 		return nil, err
@@ -200,7 +205,7 @@ func Build(ctx context.Context, opts Options) (*Pair, error) {
 	}
 	defer unlock()
 	if p, err := loadPair(dir); err == nil {
-		return p, nil // another process built it while we waited
+		return p, addDedupOracle(ctx, p) // another process built it while we waited
 	}
 	// Builds happen under the lock, so a leftover build directory is from a
 	// build that died.
@@ -226,7 +231,30 @@ func Build(ctx context.Context, opts Options) (*Pair, error) {
 	if err := os.Rename(b.out, dir); err != nil {
 		return nil, fmt.Errorf("install built Debian images: %w", err)
 	}
-	return loadPair(dir)
+	p, err := loadPair(dir)
+	if err != nil {
+		return nil, err
+	}
+	return p, addDedupOracle(ctx, p)
+}
+
+// addDedupOracle computes p.DedupOracle for a cache entry made before it
+// was recorded, and records it in the entry's pair.json (replaced
+// atomically; the images are not touched).
+func addDedupOracle(ctx context.Context, p *Pair) error {
+	if p.DedupOracle != 0 {
+		return nil
+	}
+	n, err := DedupOracle(ctx, p.Old, p.New)
+	if err != nil {
+		return fmt.Errorf("dedup oracle of the Debian images: %w", err)
+	}
+	p.DedupOracle = n
+	meta, err := json.Marshal(p)
+	if err != nil {
+		return err
+	}
+	return atomicfile.WriteBytes(filepath.Join(p.Dir, pairMeta), 0o644, append(meta, '\n'))
 }
 
 // loadPair reads a complete cache entry.

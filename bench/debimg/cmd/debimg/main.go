@@ -54,6 +54,7 @@ func main() {
 	fmt.Printf("installed     %d packages (%s)\n", len(p.Installed), strings.Join(p.Packages, " "))
 	fmt.Printf("changed       %d bytes in %d ranges\n", p.ChangedBytes, len(p.Changed))
 	fmt.Printf("oracle        %d bytes (%s of the changed blocks)\n", p.Oracle, p.OracleCommand)
+	fmt.Printf("dedup oracle  %d bytes (%s of the blocks found nowhere in old)\n", p.DedupOracle, p.OracleCommand)
 	fmt.Printf("built         %s in %s\n", p.Built.Format("2006-01-02 15:04:05Z"), p.BuildTime)
 }
 
