@@ -115,7 +115,7 @@
 //     entries of its images and of their bases, its list of new chunks)
 //     is reserved first from a budget shared by all pushes (Memory) and
 //     from its peer's share (PeerMemory); a push that cannot reserve what
-//     it needs within Stall fails with ErrLimit.
+//     it needs within half of Stall fails with ErrLimit.
 //   - Time: every wait for the peer (its next frame, its reading what the
 //     receiver writes, the data streams it announced) ends after Stall
 //     without progress (ErrStalled), releasing the set's lock and the

@@ -14,8 +14,9 @@ import (
 type Limits struct {
 	// Memory bounds the bytes every push together holds in memory: frame
 	// buffers, decompressed chunks, the entries of the offered images and
-	// of their base. What a push cannot reserve within Stall fails it
-	// with ErrLimit. 0: no bound.
+	// of their base. What a push cannot reserve within half of Stall
+	// fails it with ErrLimit (before its peer would look stalled). 0: no
+	// bound.
 	Memory int64
 	// PeerMemory bounds one peer's pushes together (0: Memory), so that
 	// one peer cannot take what another's push needs.
@@ -96,7 +97,11 @@ type budget struct {
 }
 
 func newBudget(l Limits) *budget {
-	b := &budget{size: l.Memory, peer: l.PeerMemory, wait: l.Stall}
+	// A push waiting for memory reads nothing meanwhile, so its peer
+	// looks stalled after Stall: give up on the memory well before, so
+	// that the push ends with the condition that holds (ErrLimit), not
+	// with ErrStalled blaming the peer.
+	b := &budget{size: l.Memory, peer: l.PeerMemory, wait: l.Stall / 2}
 	if l.Memory > 0 {
 		b.global = semaphore.NewWeighted(l.Memory)
 	}
