@@ -22,14 +22,23 @@ type pushedGuest struct {
 	// (QEMU's socket paths are bounded).
 	dir string
 	// before and after are the ticks the guest printed around the
-	// checkpoint.
+	// (last) checkpoint.
 	before, after int
+	// befores and afters are those of each checkpoint, in order.
+	befores, afters []int
 }
 
 // pushCheckpoint starts the test guest, checkpoints it once it ticks,
 // pushes the checkpoint as set office-vm from office to the serve at addr
 // (node ID to) and stops the guest.
 func pushCheckpoint(t *testing.T, ctx context.Context, office node, addr, to string) pushedGuest {
+	t.Helper()
+	return pushCheckpoints(t, ctx, office, addr, to, 1)
+}
+
+// pushCheckpoints is pushCheckpoint with n checkpoints, each pushed before
+// the next, the guest ticking three times between them.
+func pushCheckpoints(t *testing.T, ctx context.Context, office node, addr, to string, n int) pushedGuest {
 	t.Helper()
 	dir, err := os.MkdirTemp("", "ntcr-")
 	if err != nil {
@@ -42,13 +51,21 @@ func pushCheckpoint(t *testing.T, ctx context.Context, office node, addr, to str
 		t.Fatal(err)
 	}
 	repo := filepath.Join(t.TempDir(), "office-vm")
-	p.before = vm.LastTick()
-	if code, _, errs := ntc(t, ctx, "checkpoint", "--qmp", vm.QMPPath(), "--out", repo, "--name", "office-vm"); code != 0 {
-		t.Fatalf("checkpoint: exit %d: %s", code, errs)
-	}
-	p.after = vm.LastTick()
-	if _, err := push(t, ctx, office, addr, to, "--checkpoint", repo, "--name", "office-vm"); err != nil {
-		t.Fatal(err)
+	for i := range n {
+		if i > 0 {
+			if _, err := vm.WaitTick(ctx, vm.LastTick()+3); err != nil {
+				t.Fatal(err)
+			}
+		}
+		p.before = vm.LastTick()
+		if code, _, errs := ntc(t, ctx, "checkpoint", "--qmp", vm.QMPPath(), "--out", repo, "--name", "office-vm"); code != 0 {
+			t.Fatalf("checkpoint %d: exit %d: %s", i+1, code, errs)
+		}
+		p.after = vm.LastTick()
+		p.befores, p.afters = append(p.befores, p.before), append(p.afters, p.after)
+		if _, err := push(t, ctx, office, addr, to, "--checkpoint", repo, "--name", "office-vm"); err != nil {
+			t.Fatal(err)
+		}
 	}
 	if err := vm.Stop(ctx); err != nil {
 		t.Fatal(err)
@@ -158,34 +175,8 @@ func TestResumeVersion(t *testing.T) {
 	office, home := newNode(t), newNode(t)
 	store := t.TempDir()
 	addr, _ := serveWith(t, home, store, nil, office.id)
-	dir, err := os.MkdirTemp("", "ntcv-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	p := pushedGuest{guest: guesttest.Build(t), dir: dir}
-	vm := guesttest.Start(t, testguest.StartOptions{Guest: p.guest, Dir: dir})
-	if _, err := vm.WaitTick(ctx, 2); err != nil {
-		t.Fatal(err)
-	}
-	repo := filepath.Join(t.TempDir(), "office-vm")
-	var before, after [2]int
-	for i := range after {
-		before[i] = vm.LastTick()
-		if code, _, errs := ntc(t, ctx, "checkpoint", "--qmp", vm.QMPPath(), "--out", repo, "--name", "office-vm"); code != 0 {
-			t.Fatalf("checkpoint %d: exit %d: %s", i+1, code, errs)
-		}
-		after[i] = vm.LastTick()
-		if _, err := push(t, ctx, office, addr, home.id, "--checkpoint", repo, "--name", "office-vm"); err != nil {
-			t.Fatal(err)
-		}
-		if _, err := vm.WaitTick(ctx, vm.LastTick()+3); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if err := vm.Stop(ctx); err != nil {
-		t.Fatal(err)
-	}
+	p := pushCheckpoints(t, ctx, office, addr, home.id, 2)
+	before, after, dir := p.befores, p.afters, p.dir
 
 	res, _ := p.resumeDetached(t, ctx, home, store, filepath.Join(dir, "v1"), "--version", "1", "--force")
 	first := copyTick(t, ctx, res.SerialLog, 2)
