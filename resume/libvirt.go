@@ -84,7 +84,10 @@ type LibvirtConfig struct {
 	Kernel, Initrd string
 	// Persistent defines the copy in libvirt once it runs (virsh start
 	// boots it again after a shutdown); otherwise it is transient and
-	// libvirt forgets it when it stops.
+	// libvirt forgets it when it stops. A persistent domain of the name
+	// that is shut off and has the guest's UUID (its original, or a
+	// persistent copy that ran here before) takes the copy, and its
+	// definition becomes the copy's, whatever Persistent says.
 	Persistent bool
 	// Manifest overrides Images/manifest.json.
 	Manifest *capture.Manifest
@@ -136,10 +139,13 @@ type LibvirtTimings struct {
 
 // Files in a libvirt copy's work directory.
 const (
-	libvirtXMLFile   = "domain.xml"
-	libvirtSaveImage = "restore.save"
-	libvirtConsole   = "console.sock"
-	libvirtSerialLog = "serial.log"
+	libvirtXMLFile = "domain.xml"
+	// libvirtOldXMLFile keeps the definition a copy replaced (see
+	// reusableDomain).
+	libvirtOldXMLFile = "replaced-domain.xml"
+	libvirtSaveImage  = "restore.save"
+	libvirtConsole    = "console.sock"
+	libvirtSerialLog  = "serial.log"
 )
 
 // StartLibvirt resumes the checkpoint in cfg.Images as a libvirt domain
@@ -150,7 +156,7 @@ const (
 // left and the disks made for it are removed.
 func StartLibvirt(ctx context.Context, cfg LibvirtConfig) (d *LibvirtDomain, err error) {
 	t0 := time.Now()
-	cfg.Network = Network(cmpOr(string(cfg.Network), string(NetworkOff)))
+	cfg.Network = Network(cmp.Or(string(cfg.Network), string(NetworkOff)))
 	if cfg.Network != NetworkOff && cfg.Network != NetworkOn {
 		return nil, fmt.Errorf("resume: network %q: want %s or %s", cfg.Network, NetworkOff, NetworkOn)
 	}
@@ -199,14 +205,20 @@ func StartLibvirt(ctx context.Context, cfg LibvirtConfig) (d *LibvirtDomain, err
 		return nil, fmt.Errorf("resume: %w", err)
 	}
 	defer conn.Close()
-	if _, err := conn.DomainLookupByName(cfg.Name); err == nil {
-		return nil, fmt.Errorf("resume: libvirt at %s has a domain named %s already: undefine or rename it (virsh -c %s undefine %s), or give another name",
-			conn.URI, cfg.Name, conn.URI, cfg.Name)
+	oldDom, old, err := reusableDomain(conn, cfg.Name, m.Machine.UUID)
+	if err != nil {
+		return nil, err
 	}
+	reuse := old != ""
 	// The copy keeps the source's UUID (the guest's SMBIOS system UUID
 	// after a reboot) unless a domain here has it: the original, still
 	// defined beside its copy.
-	if u, ok := parseUUID(m.Machine.UUID); ok {
+	if reuse {
+		h.uuid = m.Machine.UUID
+		if def, err = domainXML(m, h); err != nil {
+			return nil, fmt.Errorf("resume checkpoint %d as a libvirt domain: %w", m.Seq, err)
+		}
+	} else if u, ok := parseUUID(m.Machine.UUID); ok {
 		if _, err := conn.DomainLookupByUUID(u); err != nil {
 			h.uuid = m.Machine.UUID
 			if def, err = domainXML(m, h); err != nil {
@@ -265,6 +277,23 @@ func StartLibvirt(ctx context.Context, cfg LibvirtConfig) (d *LibvirtDomain, err
 	}
 	d.Timings.Prepare = time.Since(t0)
 
+	if reuse {
+		// The old definition goes while the copy is restored under its
+		// name and UUID, and comes back if that fails.
+		if err := writeFilePrivate(filepath.Join(work, libvirtOldXMLFile), []byte(old)); err != nil {
+			return nil, fmt.Errorf("resume: keep the shut-off definition of %s: %w", cfg.Name, err)
+		}
+		if err := conn.DomainUndefine(oldDom); err != nil {
+			return nil, fmt.Errorf("resume: replace the shut-off definition of %s (virDomainUndefine): %w", cfg.Name, err)
+		}
+		defer func() {
+			if err != nil {
+				if _, derr := conn.DomainDefineXMLFlags(old, 0); derr != nil {
+					err = fmt.Errorf("%w; and the old definition of %s could not be put back (%v): it is saved in %s", err, cfg.Name, derr, filepath.Join(work, libvirtOldXMLFile))
+				}
+			}
+		}()
+	}
 	t1 := time.Now()
 	d.Timings.StreamBytes, err = restoreWithin(ctx, conn, cfg.Name, feed, cmp.Or(cfg.LoadTimeout, DefaultLoadTimeout))
 	if err != nil {
@@ -304,7 +333,7 @@ func StartLibvirt(ctx context.Context, cfg LibvirtConfig) (d *LibvirtDomain, err
 	if libvirt.DomainState(state) != libvirt.DomainRunning {
 		return nil, fmt.Errorf("resume: the domain is in state %d after virDomainResume, not running", state)
 	}
-	if cfg.Persistent {
+	if cfg.Persistent || reuse {
 		def, err := conn.DomainGetXMLDesc(dom, libvirt.DomainXMLInactive|libvirt.DomainXMLSecure)
 		if err == nil {
 			_, err = conn.DomainDefineXMLFlags(def, libvirt.DomainDefineValidate)
@@ -339,11 +368,44 @@ func (d *LibvirtDomain) Destroy(ctx context.Context) error {
 	return nil
 }
 
-func cmpOr(s, def string) string {
-	if s == "" {
-		return def
+// reusableDomain returns the definition of the domain named name that
+// libvirt already has, when it may give way to the copy: only a persistent
+// domain that is shut off and has the checkpoint's UUID, i.e. this guest's
+// own definition (the original coming back, or a persistent copy that ran
+// here before). Its definition is then replaced by the copy's, whose disks
+// hold the guest's state now (starting the old definition later would boot
+// stale disks). It returns "" when there is no such domain; any other
+// domain of that name is refused, and nothing is touched.
+func reusableDomain(conn *capture.LibvirtConn, name, uuid string) (libvirt.Domain, string, error) {
+	dom, err := conn.DomainLookupByName(name)
+	if err != nil {
+		return dom, "", nil
 	}
-	return s
+	refuse := func(why string) (libvirt.Domain, string, error) {
+		return dom, "", fmt.Errorf("resume: libvirt at %s has a domain named %s already (%s): undefine or rename it (virsh -c %s undefine %s), or give another name",
+			conn.URI, name, why, conn.URI, name)
+	}
+	state, _, err := conn.DomainGetState(dom, 0)
+	if err != nil {
+		return dom, "", fmt.Errorf("resume: the existing domain %s: %w", name, err)
+	}
+	persistent, err := conn.DomainIsPersistent(dom)
+	if err != nil {
+		return dom, "", fmt.Errorf("resume: the existing domain %s: %w", name, err)
+	}
+	switch {
+	case libvirt.DomainState(state) != libvirt.DomainShutoff:
+		return refuse("it is not shut off")
+	case persistent == 0:
+		return refuse("transient")
+	case !strings.EqualFold(uuidString(dom.UUID), uuid):
+		return refuse("another guest: its UUID is " + uuidString(dom.UUID))
+	}
+	def, err := conn.DomainGetXMLDesc(dom, libvirt.DomainXMLInactive|libvirt.DomainXMLSecure)
+	if err != nil {
+		return dom, "", fmt.Errorf("resume: the existing domain %s: %w", name, err)
+	}
+	return dom, def, nil
 }
 
 // parseUUID reads a UUID as libvirt writes it.
@@ -716,7 +778,7 @@ func pciAddress(d capture.Device, buses map[string]int) (string, error) {
 	}
 	slot, fn, _ := strings.Cut(d.Addr, ".")
 	s, err1 := strconv.ParseUint(strings.TrimPrefix(slot, "0x"), 16, 8)
-	f, err2 := strconv.ParseUint(strings.TrimPrefix(cmpOr(fn, "0"), "0x"), 16, 8)
+	f, err2 := strconv.ParseUint(strings.TrimPrefix(cmp.Or(fn, "0"), "0x"), 16, 8)
 	if d.Addr == "" || err1 != nil || err2 != nil || s > 31 || f > 7 {
 		return "", refuse("device %s (%s): PCI address %q", d.ID, d.Driver, d.Addr)
 	}
@@ -835,7 +897,7 @@ func domainXML(m *capture.Manifest, h libvirtHost) (*domainDef, error) {
 		}
 		p("</cpu>\n")
 	}
-	offset := cmpOr(mc.RTC["base"], "utc")
+	offset := cmp.Or(mc.RTC["base"], "utc")
 	if offset != "utc" && offset != "localtime" {
 		return nil, refuse("-rtc base=%s: resume it without --libvirt", offset)
 	}
@@ -909,7 +971,7 @@ func domainXML(m *capture.Manifest, h libvirtHost) (*domainDef, error) {
 			def.nics = append(def.nics, n)
 			p("    %s\n", strings.Replace(n.xml(false), "</interface>", boot+"</interface>", 1))
 		case d.Driver == "isa-serial":
-			port := cmpOr(d.Props["index"], "0")
+			port := cmp.Or(d.Props["index"], "0")
 			if !def.serial {
 				def.serial = true
 				p("    <serial type='unix'><source mode='bind' path='%s'/><log file='%s' append='off'/><target type='isa-serial' port='%s'><model name='isa-serial'/></target></serial>\n",

@@ -239,7 +239,8 @@ func TestResumeLibvirtDomain(t *testing.T) {
 	// The adopted copy's checkpoint into this node's repository continues
 	// the set: a child of the version it was resumed from, reading only
 	// what the copy wrote.
-	waitSerialFile(t, ctx, filepath.Join(parent, "on", "serial.log"), 3) // it ticks, and writes its ticks to its disk
+	onLog := filepath.Join(parent, "on", "serial.log")
+	onBefore := waitSerialFile(t, ctx, onLog, 3) // it ticks, and writes its ticks to its disk
 	cout, err := home.cmd(ctx, "--json", "checkpoint", "--domain", set, "--connect", libvirttest.URI, "--out", store, "--name", set).Output()
 	if err != nil {
 		t.Fatalf("checkpoint of the libvirt copy: %v: %s", err, stderrOf(err))
@@ -259,6 +260,31 @@ func TestResumeLibvirtDomain(t *testing.T) {
 	}
 	if st, err := libvirttest.Virsh(ctx, "domstate", set); err != nil || !strings.Contains(st, "shut off") {
 		t.Errorf("the persistent copy after virsh destroy: %q, %v; want it defined, shut off", st, err)
+	}
+
+	// The set resumes here again (the next hand-off to this node): the
+	// shut-off definition has the guest's UUID, so it takes the copy, and
+	// its disks become the new work directory's (a later 'virsh start'
+	// must not boot the old ones).
+	next := filepath.Join(parent, "next")
+	if out, err := home.cmd(ctx, "resume", "--libvirt", "--connect", libvirttest.URI, "--store", store, "--name", set,
+		"--workdir", next, "--kernel", filepath.Join(d.Dir, "vmlinuz"), "--initrd", filepath.Join(d.Dir, "initrd.img")).CombinedOutput(); err != nil {
+		t.Fatalf("resume --libvirt into the shut-off persistent domain %s: %v: %s", set, err, out)
+	}
+	onAll, err := os.ReadFile(onLog)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lo, hi := lastTick(onBefore), lastTick(strings.Split(string(onAll), "\n"))
+	if first := copyTick(t, ctx, filepath.Join(next, "serial.log"), 2); first < lo || first > hi+1 {
+		t.Errorf("the copy resumed into the old definition went on with tick %d; its checkpoint was taken between ticks %d and %d", first, lo, hi)
+	}
+	xml, err := libvirttest.Virsh(ctx, "dumpxml", "--inactive", set)
+	if err != nil || !strings.Contains(xml, next+"/") || strings.Contains(xml, filepath.Join(parent, "on")+"/") {
+		t.Errorf("the definition after the copy resumed into it does not name the new work directory %s only: %v\n%s", next, err, xml)
+	}
+	if _, err := libvirttest.Virsh(ctx, "destroy", set); err != nil {
+		t.Fatal(err)
 	}
 }
 
