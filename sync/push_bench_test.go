@@ -2,7 +2,6 @@ package sync
 
 import (
 	"math/rand/v2"
-	"syscall"
 	"testing"
 	"time"
 
@@ -20,35 +19,25 @@ func BenchmarkPush(b *testing.B) {
 	data := randomData(rand.New(rand.NewPCG(1, 1)), size)
 	v := imageVersion(b, "vm", map[string][]byte{"disk": data})
 	c, s := transporttest.Pair(b, transport.Config{})
-	t0, cpu0 := time.Now(), processCPU(b)
+	t0, cpu0 := time.Now(), transporttest.ProcessCPU(b)
 	if err := transporttest.MoveBytes(b.Context(), c, s, size); err != nil {
 		b.Fatal(err)
 	}
-	raw, rawCPU := time.Since(t0), processCPU(b)-cpu0
+	raw, rawCPU := time.Since(t0), transporttest.ProcessCPU(b)-cpu0
 	b.SetBytes(size)
 	var pushCPU time.Duration
 	for b.Loop() {
 		b.StopTimer()
 		p := newPeers(b)
 		b.StartTimer()
-		cpu0 := processCPU(b)
+		cpu0 := transporttest.ProcessCPU(b)
 		if _, err := p.push(b, b.Context(), &Sender{StateDir: b.TempDir()}, v); err != nil {
 			b.Fatal(err)
 		}
-		pushCPU += processCPU(b) - cpu0
+		pushCPU += transporttest.ProcessCPU(b) - cpu0
 	}
 	b.ReportMetric(float64(raw)/(float64(b.Elapsed())/float64(b.N)), "x-raw-stream")
 	b.ReportMetric(float64(pushCPU)/float64(b.N)/float64(rawCPU), "cpu-ratio")
 	b.ReportMetric(float64(pushCPU)/float64(b.N)/float64(time.Second)*float64(1<<30)/size, "push-cpu-s/GiB")
 	b.ReportMetric(float64(rawCPU)/float64(time.Second)*float64(1<<30)/size, "stream-cpu-s/GiB")
-}
-
-// processCPU is the user and system CPU this process has used so far.
-func processCPU(tb testing.TB) time.Duration {
-	tb.Helper()
-	var ru syscall.Rusage
-	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
-		tb.Fatal(err)
-	}
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
