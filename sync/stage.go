@@ -8,12 +8,12 @@ import (
 	"path/filepath"
 	"strings"
 	"sync/atomic"
-	"unsafe"
 
 	"golang.org/x/sys/unix"
 
 	"github.com/ntc-project/ntc/chunk"
 	"github.com/ntc-project/ntc/internal/atomicfile"
+	"github.com/ntc-project/ntc/internal/directio"
 )
 
 // staging writes the images that materialization would write whole (the
@@ -71,7 +71,7 @@ func (r *Repo) stage(set string, names []string, idx []*chunk.Index) (*staging, 
 			return nil, fmt.Errorf("stage image %s: %w", name, err)
 		}
 		s.files[i] = &stagedFile{f: f, path: path, x: idx[i], written: make([]atomic.Bool, len(idx[i].Entries))}
-		s.files[i].direct = openDirect(f.Name())
+		s.files[i].direct = directio.Open(f.Name())
 		if err := f.Truncate(idx[i].Size); err != nil {
 			s.discard()
 			return nil, fmt.Errorf("stage image %s: %w", name, err)
@@ -145,10 +145,10 @@ type stageWriter struct {
 	file int
 	off  int64
 	// buf holds the run of chunks to write at off; its first byte sits at
-	// off's position within a dioAlign block of memory, so that the
-	// run's whole blocks can be written with direct I/O as they are.
+	// off's position within a block of memory (directio.Align), so that
+	// the run's whole blocks can be written with direct I/O as they are.
 	buf []byte
-	mem []byte // dioAlign-aligned memory buf is cut from
+	mem []byte // aligned memory buf is cut from
 }
 
 const stageFlushSize = 1 << 20
@@ -184,9 +184,9 @@ func (w *stageWriter) put(id chunk.ID, data []byte) error {
 // bytes past stageFlushSize.
 func (w *stageWriter) start(file int, off int64, n int) {
 	w.file, w.off = file, off
-	skip := int(off % dioAlign)
+	skip := int(off % directio.Align)
 	if need := skip + stageFlushSize + n; len(w.mem) < need {
-		w.mem = alignedBytes(max(need, 2*stageFlushSize))
+		w.mem = directio.Bytes(max(need, 2*stageFlushSize))
 	}
 	w.buf = w.mem[skip:skip:len(w.mem)]
 }
@@ -203,15 +203,14 @@ func (w *stageWriter) flush() error {
 	return nil
 }
 
-// writeAt writes p at off: the whole dioAlign blocks it covers with
-// direct I/O where the file allows it, its ends through the page cache.
-// p's first byte must sit at off's position within an aligned block of
-// memory (stageWriter's buffers do). The blocks written directly hold
-// only p's bytes, so no other write, direct or cached, shares them.
+// writeAt writes p at off: the whole blocks it covers with direct I/O
+// where the file allows it, its ends through the page cache. p's first
+// byte must sit at off's position within an aligned block of memory
+// (stageWriter's buffers do). The blocks written directly hold only p's
+// bytes, so no other write, direct or cached, shares them.
 func (sf *stagedFile) writeAt(p []byte, off int64) error {
-	lo := (dioAlign - off%dioAlign) % dioAlign
-	hi := (off+int64(len(p)))/dioAlign*dioAlign - off
-	if sf.direct != nil && !sf.noDir.Load() && lo < hi && uintptr(unsafe.Pointer(&p[lo]))%uintptr(dioAlign) == 0 {
+	lo, hi := directio.Blocks(off, len(p))
+	if sf.direct != nil && !sf.noDir.Load() && lo < hi && directio.Aligned(p[lo:]) {
 		_, err := sf.direct.WriteAt(p[lo:hi], off+lo)
 		switch {
 		case err == nil:
@@ -230,29 +229,6 @@ func (sf *stagedFile) writeAt(p []byte, off int64) error {
 	}
 	_, err := sf.f.WriteAt(p, off)
 	return err
-}
-
-// dioAlign is the alignment of direct writes, in memory and in the file:
-// a page, so that a page of the cache never holds bytes of both kinds of
-// write (a cached write to part of a page reads the rest from the disk
-// first, and would write a stale copy of a direct write back over it).
-var dioAlign = int64(max(os.Getpagesize(), 4096))
-
-// alignedBytes returns n bytes whose first one is dioAlign-aligned.
-func alignedBytes(n int) []byte {
-	b := make([]byte, n+int(dioAlign))
-	skip := int((dioAlign - int64(uintptr(unsafe.Pointer(&b[0])))%dioAlign) % dioAlign)
-	return b[skip : skip+n : skip+n]
-}
-
-// openDirect opens path for direct writes, or returns nil where the file
-// system does not offer them (tmpfs).
-func openDirect(path string) *os.File {
-	f, err := os.OpenFile(path, os.O_WRONLY|unix.O_DIRECT|unix.O_NOFOLLOW, 0)
-	if err != nil {
-		return nil
-	}
-	return f
 }
 
 func (sf *stagedFile) closeDirect() error {

@@ -13,6 +13,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/ntc-project/ntc/chunk"
+	"github.com/ntc-project/ntc/internal/directio"
 )
 
 // A first version is written while its chunks arrive; chunks the store
@@ -113,7 +114,7 @@ func TestStageWritersShareBlocks(t *testing.T) {
 	data := randomData(r, 6<<20)
 	x := &chunk.Index{Size: int64(len(data))}
 	for off := int64(0); off < x.Size; {
-		n := min(1+r.Int64N(3*dioAlign), x.Size-off)
+		n := min(1+r.Int64N(3*directio.Align), x.Size-off)
 		x.Entries = append(x.Entries, chunk.Entry{Offset: off, Length: n, ID: chunk.Sum(data[off : off+n])})
 		off += n
 	}
@@ -125,7 +126,7 @@ func TestStageWritersShareBlocks(t *testing.T) {
 	if err := f.Truncate(x.Size); err != nil {
 		t.Fatal(err)
 	}
-	sf := &stagedFile{f: f, x: x, written: make([]atomic.Bool, len(x.Entries)), direct: openDirect(f.Name())}
+	sf := &stagedFile{f: f, x: x, written: make([]atomic.Bool, len(x.Entries)), direct: directio.Open(f.Name())}
 	defer sf.closeDirect()
 	if sf.direct == nil {
 		t.Logf("%s offers no direct I/O: the page cache only", filepath.Dir(f.Name()))
