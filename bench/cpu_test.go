@@ -3,7 +3,6 @@ package bench
 import (
 	"flag"
 	"path/filepath"
-	"syscall"
 	"testing"
 	"time"
 
@@ -12,16 +11,6 @@ import (
 )
 
 var cpuSize = flag.Int64("cpu.size", 1<<30, "image size for BenchmarkPushCPU")
-
-// selfCPU is the user+system CPU this process has used so far.
-func selfCPU(tb testing.TB) time.Duration {
-	tb.Helper()
-	var ru syscall.Rusage
-	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
-		tb.Fatal(err)
-	}
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
-}
 
 // BenchmarkPushCPU: the CPU a first push of an incompressible image costs
 // both processes ('ntc push' and 'ntc serve' on loopback: indexing,
@@ -44,11 +33,11 @@ func BenchmarkPushCPU(b *testing.B) {
 	for b.Loop() {
 		// Baseline: both ends of one stream, in this process.
 		c, s := transporttest.Pair(b, transport.Config{})
-		cpu0, t0 := selfCPU(b), time.Now()
+		cpu0, t0 := transporttest.ProcessCPU(b), time.Now()
 		if err := transporttest.MoveBytes(ctx, c, s, size); err != nil {
 			b.Fatal(err)
 		}
-		rawCPU, rawWall := selfCPU(b)-cpu0, time.Since(t0)
+		rawCPU, rawWall := transporttest.ProcessCPU(b)-cpu0, time.Since(t0)
 
 		// Server start-up and its idle CPU are outside the push: measure
 		// them on a server that receives nothing.

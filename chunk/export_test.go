@@ -22,3 +22,10 @@ func SetSealMin(s *PackStore, n int64) {
 	s.sealMin = n
 	s.mu.Unlock()
 }
+
+// WritesDirect reports whether s writes its current pack by direct I/O.
+func WritesDirect(s *PackStore) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.direct != nil && !s.noDirect
+}

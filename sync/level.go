@@ -118,10 +118,14 @@ func (c *levelCtl) observe(comp, wait time.Duration) int {
 func levelRange(rtt time.Duration, bytesPerSec int64) (first, top int) {
 	best := len(levels) - 1
 	switch {
-	case bytesPerSec > 0 && bytesPerSec <= 8<<20:
+	case capped(bytesPerSec):
 		return best, best
 	case rtt >= extraConnsRTT:
 		return 2, best
 	}
 	return 0, 1
 }
+
+// capped reports whether a rate cap of bytesPerSec (0: none) is slow
+// enough that one core compresses faster at the best level.
+func capped(bytesPerSec int64) bool { return bytesPerSec > 0 && bytesPerSec <= 8<<20 }

@@ -57,6 +57,30 @@ func TestLevelRange(t *testing.T) {
 	}
 }
 
+// A small round goes at the best level where the link is the limit (a
+// long or capped path), below it on a short uncapped one.
+func TestSmallLevel(t *testing.T) {
+	best := len(levels) - 1
+	tests := []struct {
+		rtt  time.Duration
+		cap  int64
+		want int
+	}{
+		{100 * time.Microsecond, 0, smallShortLevel},
+		{40 * time.Millisecond, 0, best},
+		{100 * time.Microsecond, 2 << 20, best},
+		{100 * time.Microsecond, 100 << 20, smallShortLevel},
+	}
+	for _, tt := range tests {
+		if got := smallLevel(tt.rtt, tt.cap); got != tt.want {
+			t.Errorf("smallLevel(%v, %d) = %s, want %s", tt.rtt, tt.cap, levels[got], levels[tt.want])
+		}
+	}
+	if smallShortLevel >= best {
+		t.Errorf("a small round on a short path goes at %s", levels[smallShortLevel])
+	}
+}
+
 // textData is compressible data with repeats at all distances, as files
 // are: words drawn from a small vocabulary.
 func textData(r *rand.Rand, n int) []byte {

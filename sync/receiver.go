@@ -513,7 +513,7 @@ func (r *Receiver) receiveRound(ctx context.Context, sess *session, rd *frameRea
 
 // readData reads one data stream: chunks of the current round.
 func (r *Receiver) readData(ctx context.Context, ds dataStream, in *incoming, bitmap []byte, have, taken []atomic.Bool, damaged *atomic.Int64) (err error) {
-	s, rd := ds.st, ds.rd
+	s := ds.st
 	// A stream on a data connection lives apart from the control one:
 	// end it when the push ends.
 	stop := context.AfterFunc(ctx, func() { s.Cancel(transport.ErrShuttingDown) })
@@ -527,142 +527,196 @@ func (r *Receiver) readData(ctx context.Context, ds dataStream, in *incoming, bi
 			s.Close()
 		}
 	}()
-	// A chunk frame holds at most a chunk, or a patch of one (its
-	// segments and literal bytes), a group frame a group's compressed
-	// content (smaller than the content, or the sender sends the chunks
-	// alone) and its ordinals.
-	rd.limit = int(max(2*in.maxChunk, maxGroupBytes+maxGroupChunks*binary.MaxVarintLen64) + 1024)
-	rd.acct = in.acct
-	defer rd.release()
-	if err := in.acct.reserve(dataBufSize+frameKeep, "a data stream"); err != nil {
+	d := &dataReader{r: r, in: in, rd: ds.rd, bitmap: bitmap, have: have, taken: taken, damaged: damaged}
+	if err := d.open(); err != nil {
 		return err
 	}
-	defer in.acct.free(dataBufSize + frameKeep)
-	maxDecoded := max(in.maxChunk, maxGroupBytes)
-	dec, err := zstd.NewReader(nil, zstd.WithDecoderConcurrency(1), zstd.WithDecoderLowmem(true),
-		zstd.WithDecoderMaxMemory(uint64(maxDecoded)), zstd.WithDecoderMaxWindow(uint64(maxDecoded)))
-	if err != nil {
-		return err
-	}
-	defer dec.Close()
-	sw := &stageWriter{s: in.stage}
 	defer func() {
-		if ferr := sw.flush(); err == nil {
-			err = ferr
+		if cerr := d.close(); err == nil {
+			err = cerr
 		}
 	}()
-	var buf []byte
-	var bufHeld int64
-	defer func() { in.acct.free(bufHeld) }()
-	take := func(ordinal uint64) (newChunk, error) {
-		if ordinal >= uint64(len(in.news)) || bitmap[ordinal/8]&(1<<(ordinal%8)) == 0 {
-			return newChunk{}, fmt.Errorf("%w: chunk %d was not asked for", ErrMalformed, ordinal)
-		}
-		if taken[ordinal].Swap(true) {
-			return newChunk{}, fmt.Errorf("%w: chunk %d sent twice in a round", ErrMalformed, ordinal)
-		}
-		return in.news[ordinal], nil
-	}
-	// Decompressed data goes to a buffer of the content's length,
-	// charged before it grows; the decoder refuses more.
-	grow := func(n int64) ([]byte, error) {
-		if need := n - int64(cap(buf)); need > 0 {
-			if err := in.acct.reserve(need, "a decompressed chunk"); err != nil {
-				return nil, err
-			}
-			bufHeld += need
-			buf = make([]byte, 0, n)
-		}
-		return buf[:0], nil
-	}
-	store := func(ordinal uint64, id chunk.ID, data, comp []byte, raw bool) error {
-		if err := chunk.Verify(id, data, "received from the sender"); err != nil {
-			r.log().Warn("refused chunk", "err", err)
-			damaged.Add(1)
-			return nil
-		}
-		if err := r.Repo.store.PutVerified(ctx, id, data, comp, raw); err != nil {
-			return err
-		}
-		if err := sw.put(id, data); err != nil {
-			return err
-		}
-		have[ordinal].Store(true)
-		return nil
-	}
 	for {
-		typ, p, err := rd.read()
+		typ, p, err := d.rd.read()
 		if err == io.EOF {
 			return nil
 		}
 		if err != nil {
 			return err
 		}
-		if typ == msgChunks {
-			if err := r.readGroup(p, take, grow, dec, store, damaged); err != nil {
-				return err
-			}
-			continue
+		switch typ {
+		case msgChunk:
+			err = d.chunk(ctx, p)
+		case msgChunks:
+			err = d.group(ctx, p)
+		default:
+			err = fmt.Errorf("%w: frame type %d on a data stream", ErrMalformed, typ)
 		}
-		if typ != msgChunk {
-			return fmt.Errorf("%w: frame type %d on a data stream", ErrMalformed, typ)
-		}
-		m, err := decodeChunk(p)
 		if err != nil {
-			return err
-		}
-		nc, err := take(m.ordinal)
-		if err != nil {
-			return err
-		}
-		if m.codec != codecRaw {
-			if _, err := grow(nc.entry.Length); err != nil {
-				return err
-			}
-		}
-		data := m.data
-		if m.codec == codecPatch {
-			base := in.bases[nc.image]
-			if base == nil {
-				return fmt.Errorf("%w: a patch for an image without a base", ErrMalformed)
-			}
-			if data, err = applyPatch(m.data, nc.entry.Offset, nc.entry.Length, base, dec, buf[:0]); err != nil {
-				// A damaged base chunk of the store's is healed later
-				// (heal.go); the chunk is asked for whole meanwhile.
-				in.damaged.note(err)
-				r.log().Warn("refused chunk", "chunk", nc.entry.ID.Short(), "err", err)
-				damaged.Add(1)
-				continue
-			}
-		} else if m.codec == codecZstd {
-			if !zstdFits(m.data, nc.entry.Length) {
-				r.log().Warn("refused chunk: it does not declare its size", "chunk", nc.entry.ID.Short(), "bytes", nc.entry.Length)
-				damaged.Add(1)
-				continue
-			}
-			out, err := dec.DecodeAll(m.data, buf[:0])
-			if err != nil || int64(len(out)) != nc.entry.Length {
-				r.log().Warn("refused chunk: it does not decompress to its size", "chunk", nc.entry.ID.Short(), "bytes", nc.entry.Length)
-				damaged.Add(1)
-				continue
-			}
-			data = out
-		}
-		var comp []byte
-		if m.codec == codecZstd {
-			comp = m.data
-		}
-		if err := store(m.ordinal, nc.entry.ID, data, comp, m.codec == codecRaw); err != nil {
 			return err
 		}
 	}
 }
 
-// readGroup takes a group of chunks compressed together: each chunk is
+// A dataReader takes the chunks of one data stream through these phases:
+//
+//	take    the chunk was asked for this round, and not sent before
+//	decode  its bytes from what came: raw, zstd, a patch of its base, or
+//	        its share of a group compressed together
+//	store   verified against its ID, then into the store and the staged
+//	        images
+//
+// A chunk that fails decode or verify is damaged (counted, asked for
+// again next round); a frame that breaks the protocol ends the push.
+type dataReader struct {
+	r           *Receiver
+	in          *incoming
+	rd          *frameReader
+	bitmap      []byte
+	have, taken []atomic.Bool
+	damaged     *atomic.Int64
+
+	dec     *zstd.Decoder
+	sw      *stageWriter
+	buf     []byte // decoded content, charged to in.acct
+	bufHeld int64
+}
+
+// open charges the stream's buffers and readies its decoder and writer.
+func (d *dataReader) open() error {
+	in := d.in
+	// A chunk frame holds at most a chunk, or a patch of one (its
+	// segments and literal bytes), a group frame a group's compressed
+	// content (smaller than the content, or the sender sends the chunks
+	// alone) and its ordinals.
+	d.rd.limit = int(max(2*in.maxChunk, maxGroupBytes+maxGroupChunks*binary.MaxVarintLen64) + 1024)
+	d.rd.acct = in.acct
+	if err := in.acct.reserve(dataBufSize+frameKeep, "a data stream"); err != nil {
+		d.rd.release()
+		return err
+	}
+	maxDecoded := max(in.maxChunk, maxGroupBytes)
+	dec, err := zstd.NewReader(nil, zstd.WithDecoderConcurrency(1), zstd.WithDecoderLowmem(true),
+		zstd.WithDecoderMaxMemory(uint64(maxDecoded)), zstd.WithDecoderMaxWindow(uint64(maxDecoded)))
+	if err != nil {
+		in.acct.free(dataBufSize + frameKeep)
+		d.rd.release()
+		return err
+	}
+	d.dec = dec
+	d.sw = &stageWriter{s: in.stage}
+	return nil
+}
+
+// close writes what the stage writer gathered and gives back what open
+// and grow charged.
+func (d *dataReader) close() error {
+	err := d.sw.flush()
+	d.in.acct.free(d.bufHeld)
+	d.dec.Close()
+	d.in.acct.free(dataBufSize + frameKeep)
+	d.rd.release()
+	return err
+}
+
+// take checks that the chunk at ordinal was asked for this round and is
+// sent once.
+func (d *dataReader) take(ordinal uint64) (newChunk, error) {
+	in := d.in
+	if ordinal >= uint64(len(in.news)) || d.bitmap[ordinal/8]&(1<<(ordinal%8)) == 0 {
+		return newChunk{}, fmt.Errorf("%w: chunk %d was not asked for", ErrMalformed, ordinal)
+	}
+	if d.taken[ordinal].Swap(true) {
+		return newChunk{}, fmt.Errorf("%w: chunk %d sent twice in a round", ErrMalformed, ordinal)
+	}
+	return in.news[ordinal], nil
+}
+
+// grow returns the decode buffer, empty, with room for n bytes.
+// Decompressed data goes to a buffer of the content's length, charged
+// before it grows; the decoder refuses more.
+func (d *dataReader) grow(n int64) ([]byte, error) {
+	if need := n - int64(cap(d.buf)); need > 0 {
+		if err := d.in.acct.reserve(need, "a decompressed chunk"); err != nil {
+			return nil, err
+		}
+		d.bufHeld += need
+		d.buf = make([]byte, 0, n)
+	}
+	return d.buf[:0], nil
+}
+
+// refuse counts n damaged chunks and says why.
+func (d *dataReader) refuse(n int, msg string, args ...any) {
+	d.r.log().Warn(msg, args...)
+	d.damaged.Add(int64(n))
+}
+
+// chunk takes a frame of one chunk.
+func (d *dataReader) chunk(ctx context.Context, p []byte) error {
+	m, err := decodeChunk(p)
+	if err != nil {
+		return err
+	}
+	nc, err := d.take(m.ordinal)
+	if err != nil {
+		return err
+	}
+	data, ok, err := d.decode(m, nc)
+	if err != nil || !ok {
+		return err
+	}
+	var comp []byte
+	if m.codec == codecZstd {
+		comp = m.data
+	}
+	return d.store(ctx, m.ordinal, nc.entry.ID, data, comp, m.codec == codecRaw)
+}
+
+// decode returns a chunk's content from its frame; ok is false for a
+// chunk refused as damaged.
+func (d *dataReader) decode(m chunkMsg, nc newChunk) (data []byte, ok bool, err error) {
+	if m.codec == codecRaw {
+		return m.data, true, nil
+	}
+	buf, err := d.grow(nc.entry.Length)
+	if err != nil {
+		return nil, false, err
+	}
+	switch m.codec {
+	case codecPatch:
+		base := d.in.bases[nc.image]
+		if base == nil {
+			return nil, false, fmt.Errorf("%w: a patch for an image without a base", ErrMalformed)
+		}
+		data, err := applyPatch(m.data, nc.entry.Offset, nc.entry.Length, base, d.dec, buf)
+		if err != nil {
+			// A damaged base chunk of the store's is healed later
+			// (heal.go); the chunk is asked for whole meanwhile.
+			d.in.damaged.note(err)
+			d.refuse(1, "refused chunk", "chunk", nc.entry.ID.Short(), "err", err)
+			return nil, false, nil
+		}
+		return data, true, nil
+	case codecZstd:
+		if !zstdFits(m.data, nc.entry.Length) {
+			d.refuse(1, "refused chunk: it does not declare its size", "chunk", nc.entry.ID.Short(), "bytes", nc.entry.Length)
+			return nil, false, nil
+		}
+		out, err := d.dec.DecodeAll(m.data, buf)
+		if err != nil || int64(len(out)) != nc.entry.Length {
+			d.refuse(1, "refused chunk: it does not decompress to its size", "chunk", nc.entry.ID.Short(), "bytes", nc.entry.Length)
+			return nil, false, nil
+		}
+		return out, true, nil
+	}
+	return m.data, true, nil
+}
+
+// group takes a group of chunks compressed together: each chunk is
 // verified and stored alone (compressed again by the store), a group
 // that does not decompress to its chunks' lengths is damaged as a whole.
-func (r *Receiver) readGroup(p []byte, take func(uint64) (newChunk, error), grow func(int64) ([]byte, error), dec *zstd.Decoder,
-	store func(ordinal uint64, id chunk.ID, data, comp []byte, raw bool) error, damaged *atomic.Int64) error {
+func (d *dataReader) group(ctx context.Context, p []byte) error {
 	m, err := decodeChunks(p)
 	if err != nil {
 		return err
@@ -670,7 +724,7 @@ func (r *Receiver) readGroup(p []byte, take func(uint64) (newChunk, error), grow
 	ncs := make([]newChunk, len(m.ordinals))
 	var total int64
 	for i, o := range m.ordinals {
-		if ncs[i], err = take(o); err != nil {
+		if ncs[i], err = d.take(o); err != nil {
 			return err
 		}
 		total += ncs[i].entry.Length
@@ -679,26 +733,41 @@ func (r *Receiver) readGroup(p []byte, take func(uint64) (newChunk, error), grow
 		return fmt.Errorf("%w: a group of %d bytes of chunks", ErrMalformed, total)
 	}
 	if !zstdFits(m.data, total) {
-		r.log().Warn("refused group of chunks: it does not declare its size", "chunks", len(ncs), "bytes", total)
-		damaged.Add(int64(len(ncs)))
+		d.refuse(len(ncs), "refused group of chunks: it does not declare its size", "chunks", len(ncs), "bytes", total)
 		return nil
 	}
-	buf, err := grow(total)
+	buf, err := d.grow(total)
 	if err != nil {
 		return err
 	}
-	out, err := dec.DecodeAll(m.data, buf)
+	out, err := d.dec.DecodeAll(m.data, buf)
 	if err != nil || int64(len(out)) != total {
-		r.log().Warn("refused group of chunks: it does not decompress to its size", "chunks", len(ncs), "bytes", total)
-		damaged.Add(int64(len(ncs)))
+		d.refuse(len(ncs), "refused group of chunks: it does not decompress to its size", "chunks", len(ncs), "bytes", total)
 		return nil
 	}
 	for i, nc := range ncs {
-		if err := store(m.ordinals[i], nc.entry.ID, out[:nc.entry.Length:nc.entry.Length], nil, false); err != nil {
+		if err := d.store(ctx, m.ordinals[i], nc.entry.ID, out[:nc.entry.Length:nc.entry.Length], nil, false); err != nil {
 			return err
 		}
 		out = out[nc.entry.Length:]
 	}
+	return nil
+}
+
+// store verifies a chunk and writes it to the store and the staged
+// images; a chunk that does not match its ID is refused as damaged.
+func (d *dataReader) store(ctx context.Context, ordinal uint64, id chunk.ID, data, comp []byte, raw bool) error {
+	if err := chunk.Verify(id, data, "received from the sender"); err != nil {
+		d.refuse(1, "refused chunk", "err", err)
+		return nil
+	}
+	if err := d.r.Repo.store.PutVerified(ctx, id, data, comp, raw); err != nil {
+		return err
+	}
+	if err := d.sw.put(id, data); err != nil {
+		return err
+	}
+	d.have[ordinal].Store(true)
 	return nil
 }
 

@@ -11,16 +11,19 @@ import (
 func TestZstdSkipper(t *testing.T) {
 	tests := []struct {
 		name      string
+		limit     int
 		compress  func(i int) bool // whether chunk i compresses
 		wantTries int              // of 100 chunks
 	}{
-		{"all compress", func(int) bool { return true }, 100},
-		{"none compress", func(int) bool { return false }, 9}, // 1,2,4,8,16,16,16,16,16 skipped between tries
-		{"compressible after 10", func(i int) bool { return i >= 10 }, 100 - 10 + 3},
+		{"all compress", 0, func(int) bool { return true }, 100},
+		{"none compress", 0, func(int) bool { return false }, 9}, // 1,2,4,8,16,16,16,16,16 skipped between tries
+		{"compressible after 10", 0, func(i int) bool { return i >= 10 }, 100 - 10 + 3},
+		{"none compress, LAN limit", skipLAN, func(int) bool { return false }, 7}, // 1,2,4,...,64 skipped
+		{"all compress, LAN limit", skipLAN, func(int) bool { return true }, 100},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			var z zstdSkipper
+			z := zstdSkipper{limit: tt.limit}
 			tries := 0
 			for i := range 100 {
 				if !z.try() {

@@ -68,6 +68,7 @@ type roundPlan struct {
 	encs       encoders
 	first, top int // zstd levels: the one to start at, the best to go to
 	groups     bool
+	skipLimit  int // the zstdSkipper's backoff limit
 	stats      roundStats
 }
 
@@ -75,7 +76,7 @@ type roundPlan struct {
 // On a short path the receiver's CPU is more likely the limit than the
 // link: it would only pay to compress each chunk of a group again. A small
 // round costs little CPU either way: its chunks (a few pages and disk
-// blocks, the daily case) go together at the best level.
+// blocks, the daily case) go together, at the level smallLevel chooses.
 func (rp *roundPlan) plan(rtt time.Duration) {
 	s := rp.s
 	rp.first, rp.top = levelRange(rtt, s.BytesPerSec)
@@ -88,7 +89,8 @@ func (rp *roundPlan) plan(rtt time.Duration) {
 	}
 	small := todoBytes <= smallRound
 	if small {
-		rp.first, rp.top = len(levels)-1, len(levels)-1
+		l := smallLevel(rtt, s.BytesPerSec)
+		rp.first, rp.top = l, l
 	}
 	if s.level != nil {
 		rp.first = *s.level
@@ -97,7 +99,32 @@ func (rp *roundPlan) plan(rtt time.Duration) {
 	if s.groups != nil {
 		rp.groups = *s.groups
 	}
+	rp.skipLimit = skipShort
+	if rtt < extraConnsRTT && !capped(s.BytesPerSec) && !small {
+		rp.skipLimit = skipLAN
+	}
 }
+
+// smallLevel is the level of a small round: the best on a long or
+// capped path, where every byte saved is time saved. On a short path the
+// round's time is the encoders' rather than the link's: an encoder at the
+// best level compresses at ≈28 MB/s and allocates ≈34 MiB of tables for
+// each of its concurrent users, fresh in each 'ntc push' process, to send
+// a megabyte or two.
+func smallLevel(rtt time.Duration, bytesPerSec int64) int {
+	if rtt >= extraConnsRTT || capped(bytesPerSec) {
+		return len(levels) - 1
+	}
+	return smallShortLevel
+}
+
+// smallShortLevel is a small round's level on a short, uncapped path:
+// the better level, whose encoder allocates ≈4.5 MiB of tables. In
+// bench's SmallPush (1% of 128 MiB, loopback, the same lock hold, two
+// rotations) the round took 73 and 129 ms at the best level, 42 and 45
+// at the better one, 43 and 75 at the default one, and 55 and 57 with
+// the chunks compressed alone at the fastest level.
+const smallShortLevel = 2
 
 // stream opens one data stream on conn and sends batches of the wanted
 // chunks over it until none is left.
@@ -108,7 +135,8 @@ func (rp *roundPlan) stream(ctx context.Context, conn *transport.Conn) error {
 	}
 	stop := context.AfterFunc(ctx, func() { st.Cancel(transport.ErrShuttingDown) })
 	defer stop()
-	ds := &dataSender{s: rp.s, ctx: ctx, lim: rp.lim, encs: &rp.encs, ctl: levelCtl{level: rp.first, top: rp.top}, groups: rp.groups, stats: &rp.stats}
+	ds := &dataSender{s: rp.s, ctx: ctx, lim: rp.lim, encs: &rp.encs, ctl: levelCtl{level: rp.first, top: rp.top}, groups: rp.groups, stats: &rp.stats,
+		zs: zstdSkipper{limit: rp.skipLimit}}
 	if ds.enc, err = rp.encs.get(rp.first); err != nil {
 		return err
 	}
@@ -421,7 +449,20 @@ func readBatch(ctx context.Context, v *Version, batch []newChunk, buf *[]byte) (
 // goes through zstd.
 type zstdSkipper struct {
 	skip, backoff int
+	// limit bounds the backoff (chunks skipped between two tries); 0
+	// means skipShort.
+	limit int
 }
+
+// Backoff limits: on a short uncapped path, where the link outruns the
+// CPU, a sender skips up to 256 chunks (4 MiB of 16 KiB chunks) between
+// tries of incompressible data; elsewhere, where bytes are time, 16.
+// BenchmarkPushCPU's sender (1 GiB incompressible, loopback) spent 7-8% of
+// its CPU in the tries at 16.
+const (
+	skipShort = 16
+	skipLAN   = 256
+)
 
 // try reports whether to compress the next chunk.
 func (z *zstdSkipper) try() bool {
@@ -439,7 +480,11 @@ func (z *zstdSkipper) result(comp, raw int) bool {
 		z.backoff = 0
 		return true
 	}
-	z.backoff = min(max(2*z.backoff, 1), 16)
+	limit := z.limit
+	if limit == 0 {
+		limit = skipShort
+	}
+	z.backoff = min(max(2*z.backoff, 1), limit)
 	z.skip = z.backoff
 	return comp < raw
 }

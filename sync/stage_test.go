@@ -6,9 +6,14 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"sync/atomic"
 	"testing"
 
+	"golang.org/x/sync/errgroup"
 	"golang.org/x/sys/unix"
+
+	"github.com/ntc-project/ntc/chunk"
+	"github.com/ntc-project/ntc/internal/directio"
 )
 
 // A first version is written while its chunks arrive; chunks the store
@@ -97,5 +102,71 @@ func TestImageInUseIsReplacedNotRewritten(t *testing.T) {
 	}
 	if !bytes.Equal(got, disk) {
 		t.Fatal("the locked file was rewritten under its holder")
+	}
+}
+
+// Several data streams write runs of chunks of any length into one staged
+// file at once, through direct I/O where the file system offers it (the
+// runs' whole blocks) and the page cache (their ends): the file holds
+// every chunk where its entries say, the chunks written through both.
+func TestStageWritersShareBlocks(t *testing.T) {
+	r := rand.New(rand.NewPCG(12, 12))
+	data := randomData(r, 6<<20)
+	x := &chunk.Index{Size: int64(len(data))}
+	for off := int64(0); off < x.Size; {
+		n := min(1+r.Int64N(3*directio.Align), x.Size-off)
+		x.Entries = append(x.Entries, chunk.Entry{Offset: off, Length: n, ID: chunk.Sum(data[off : off+n])})
+		off += n
+	}
+	f, err := os.CreateTemp(t.TempDir(), "stage-*")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if err := f.Truncate(x.Size); err != nil {
+		t.Fatal(err)
+	}
+	sf := &stagedFile{f: f, x: x, written: make([]atomic.Bool, len(x.Entries)), direct: directio.Open(f.Name())}
+	defer sf.closeDirect()
+	if sf.direct == nil {
+		t.Logf("%s offers no direct I/O: the page cache only", filepath.Dir(f.Name()))
+	}
+	s := &staging{files: []*stagedFile{sf}, at: map[chunk.ID][]stageTarget{}}
+	for j, e := range x.Entries {
+		s.at[e.ID] = append(s.at[e.ID], stageTarget{0, j})
+	}
+	// Four writers take runs of consecutive entries in turn, so that
+	// neighbouring runs end and start inside one block.
+	var g errgroup.Group
+	for w := range 4 {
+		g.Go(func() error {
+			sw := &stageWriter{s: s}
+			for j := w * 7; j < len(x.Entries); j += 4 * 7 {
+				for _, e := range x.Entries[j:min(j+7, len(x.Entries))] {
+					if err := sw.put(e.ID, data[e.Offset:e.End()]); err != nil {
+						return err
+					}
+				}
+			}
+			return sw.flush()
+		})
+	}
+	if err := g.Wait(); err != nil {
+		t.Fatal(err)
+	}
+	if sf.noDir.Load() {
+		t.Logf("direct writes refused: the page cache only")
+	}
+	for j := range x.Entries {
+		if !sf.written[j].Load() {
+			t.Fatalf("entry %d not marked written", j)
+		}
+	}
+	got, err := os.ReadFile(f.Name())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, data) {
+		t.Fatalf("the staged file differs from the chunks written")
 	}
 }

@@ -1,6 +1,7 @@
 // Package transporttest provides helpers for tests and benchmarks that need
 // connected [transport.Conn] pairs: a loopback pair with fresh identities,
-// and a byte mover that is the baseline for stream throughput.
+// and a byte mover that is the baseline for stream throughput (and, with
+// ProcessCPU, for CPU per byte).
 package transporttest
 
 import (
@@ -10,6 +11,7 @@ import (
 	"io"
 	"net"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -300,4 +302,14 @@ func (r *Recorder) Replay(tb testing.TB) {
 			tb.Fatal(err)
 		}
 	}
+}
+
+// ProcessCPU is the user and system CPU this process has used so far.
+func ProcessCPU(tb testing.TB) time.Duration {
+	tb.Helper()
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		tb.Fatal(err)
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
