@@ -154,7 +154,8 @@ func (s *Sender) Push(ctx context.Context, conn *transport.Conn, v *Version) (*R
 	}
 	defer done()
 	p.ctrl, p.w, p.rd = ctrl, newFrameWriter(ctrl), newFrameReader(ctrl)
-	defer func() { p.extra.close() }()
+	p.extra = s.newDialing()
+	defer p.extra.close()
 	if err := p.open(ctx); err != nil {
 		return nil, err
 	}
@@ -189,7 +190,6 @@ type pushing struct {
 
 	news      []newChunk
 	patchable [][]chunk.Range // by image: the changed ranges, when patches apply
-	conns     []*transport.Conn
 	lim       *limiter
 	// entryOf finds the version's chunks by ID, listed says which are
 	// among news: both made when the receiver first asks to heal.
@@ -251,7 +251,7 @@ func (p *pushing) open(ctx context.Context) error {
 	// Data connections' handshakes overlap the offer's round trip when
 	// enough chunks will probably travel.
 	if s.wantsExtra(p.conn, newBytes(listNew(p.pre.ops, p.pre.results))) {
-		p.extra = s.startDial(ctx, p.conn)
+		s.startDial(ctx, p.conn, p.extra)
 	}
 	return nil
 }
@@ -342,29 +342,28 @@ func (p *pushing) patchRanges() [][]chunk.Range {
 	return patchable
 }
 
-// connect adds data connections when enough chunks will travel, and the
-// rate limiter over all of them.
+// connect starts dialling data connections when enough chunks will
+// travel (the rounds do not wait for them: they join as they open), and
+// makes the rate limiter over all of them.
 func (p *pushing) connect(ctx context.Context) error {
 	s := p.s
-	p.conns = []*transport.Conn{p.conn}
 	if s.wantsExtra(p.conn, newBytes(p.news)) {
-		if p.extra == nil {
-			p.extra = s.startDial(ctx, p.conn)
-		}
-		more, err := p.extra.wait()
-		if err != nil {
-			return err
-		}
-		p.conns = append(p.conns, more...)
+		s.startDial(ctx, p.conn, p.extra)
 	}
 	p.lim = newLimiter(s.BytesPerSec, func() uint64 {
 		var n uint64
-		for _, c := range p.conns {
+		for _, c := range p.conns() {
 			n += c.QUIC().ConnectionStats().BytesSent
 		}
 		return n
 	})
 	return nil
+}
+
+// conns returns the push's connections opened so far: the control
+// connection first.
+func (p *pushing) conns() []*transport.Conn {
+	return append([]*transport.Conn{p.conn}, p.extra.conns()...)
 }
 
 // reply serves the receiver's wants until it commits the version.
@@ -406,8 +405,9 @@ func (p *pushing) committed(b []byte) (*Result, error) {
 		return nil, fmt.Errorf("pushed, but could not record it locally: %w", err)
 	}
 	res.DurationMS = time.Since(p.start).Milliseconds()
-	res.Connections = len(p.conns)
-	for _, c := range p.conns {
+	conns := p.conns()
+	res.Connections = len(conns)
+	for _, c := range conns {
 		st := c.QUIC().ConnectionStats()
 		res.BytesUp += st.BytesSent
 		res.BytesDown += st.BytesReceived
@@ -433,7 +433,7 @@ func (p *pushing) sendWanted(ctx context.Context, b []byte) error {
 	if wt.round > 1 {
 		p.patchable = make([][]chunk.Range, len(p.v.Images)) // whole chunks when asked again
 	}
-	err = p.s.sendRound(ctx, p.conns, p.b.session, p.w, p.v, p.news, wt, p.lim, p.patchable, p.res)
+	err = p.s.sendRound(ctx, p.conn, p.extra, p.b.session, p.w, p.v, p.news, wt, p.lim, p.patchable, p.res)
 	if err == nil {
 		return nil
 	}
