@@ -26,16 +26,20 @@ type Sender struct {
 	// Force asks the receiver to make the version current even when its
 	// current version is not an ancestor (the copies diverged).
 	Force bool
-	// Streams is the number of parallel data streams (default 4).
+	// Streams is the number of parallel data streams (default 4); over
+	// several connections they are shared out, at least one on each.
 	Streams int
 	// BytesPerSec caps the chunk data rate; 0 means no cap.
 	BytesPerSec int64
 	// Conns is the most connections that carry data (default 1, the
 	// control connection): a push uses one per 10 ms of round trip, up to
-	// Conns (dial.go). Each QUIC connection has its own congestion
-	// window, and quic-go's NewReno backs off at every random loss: on a
-	// lossy long link several connections together fill it where one
-	// cannot. Dial makes the extra ones.
+	// Conns (dial.go), dialled with the offer when much will travel, or
+	// during a round when the control connection shows random loss; data
+	// starts on the control connection without waiting for them. Each
+	// QUIC connection has its own congestion window, and quic-go's NewReno
+	// backs off at every random loss: on a lossy long link several
+	// connections together fill it where one cannot. Dial makes the extra
+	// ones; one that fails to open leaves the push with fewer.
 	Conns int
 	Dial  func(ctx context.Context) (*transport.Conn, error)
 	// Progress, if set, is called with the chunk bytes (uncompressed) as
