@@ -135,7 +135,7 @@ func OpenRepo(dir string) (*Repo, error) {
 
 func newDirRepo(dir string, nodes *repo.Repo) *Repo {
 	r := &Repo{dir: dir, local: nodes, locks: map[string]*setLock{}}
-	r.nodes = dirVersions{nodes: nodes, files: r}
+	r.nodes = dirVersions{nodes: nodes}
 	return r
 }
 
@@ -284,11 +284,6 @@ func (r *Repo) lock(ctx context.Context, set, owner string, cancel func()) (func
 	}, nil
 }
 
-// versionPath is the slash-separated path of version v's directory.
-func versionPath(set string, v uint64) string {
-	return path.Join("sets", set, "versions", fmt.Sprintf("%06d", v))
-}
-
 // Current returns the manifest of the set's current version, or nil when
 // the set has none.
 func (r *Repo) Current(set string) (*Manifest, error) {
@@ -312,17 +307,6 @@ func (r *Repo) Manifest(set string, v uint64) (*Manifest, error) {
 		return nil, err
 	}
 	return r.manifestOf(rv, nil)
-}
-
-// openStat checks that the repository's file at rel is one openFile
-// accepts.
-func (r *Repo) openStat(rel string, limit int64) (os.FileInfo, error) {
-	f, err := r.openFile(rel, os.O_RDONLY, limit)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	return f.Stat()
 }
 
 // manifestOf describes v; seqOf, if given, maps digests to numbers here
