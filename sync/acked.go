@@ -215,8 +215,8 @@ func (s *Sender) remember(peer transport.ID, set string, n uint64, d repo.Digest
 	return atomicfile.WriteBytes(s.ackPath(peer, set), 0o600, b)
 }
 
-// prune removes from the sender's repository the versions of set that are
-// neither its head nor what a peer last acknowledged: without it the
+// prune removes from the sender's repository the versions of set that no
+// peer last acknowledged (repo.Thin keeps the head): without it the
 // repository grows by a version's indexes at every push. Failures only
 // leave versions behind.
 func (s *Sender) prune(ctx context.Context, nr *repo.Repo, set string) {
@@ -241,19 +241,13 @@ func (s *Sender) prune(ctx context.Context, nr *repo.Repo, set string) {
 		}
 		named[st.Digest] = true
 	}
-	head, err := nr.Head(set)
-	if err != nil || head == nil {
-		return
-	}
-	vs, err := nr.Versions(set)
-	if err != nil {
-		return
-	}
-	for _, v := range vs {
-		if v.Seq != head.Seq && !named[v.Digest] {
-			nr.Remove(ctx, set, v.Seq)
+	nr.Thin(ctx, set, func(vs []*repo.Version) []bool {
+		keep := make([]bool, len(vs))
+		for i, v := range vs {
+			keep[i] = named[v.Digest]
 		}
-	}
+		return keep
+	})
 }
 
 // AckedDigest returns the version of set that peer last acknowledged to
