@@ -59,21 +59,52 @@ var (
 	ErrNotRepo = errors.New("not an ntc repository")
 )
 
-// Open opens, creating if needed, the repository in dir.
+// Open opens, creating if needed, the repository in dir: DIR/sets and
+// DIR/tmp are made private (0700, also in a directory an older ntc made),
+// and what DIR/tmp holds from before (versions being assembled or removed
+// when a process died) is removed. Every layer over a repository opens
+// it here (package capture to take checkpoints, package sync to receive).
 func Open(dir string) (*Repo, error) {
 	abs, err := filepath.Abs(dir)
 	if err != nil || dir == "" {
 		return nil, fmt.Errorf("open repository %q: %v: %w", dir, err, ErrNotRepo)
 	}
 	for _, d := range []string{setsDir, tmpDir} {
-		if err := os.MkdirAll(filepath.Join(abs, d), dirMode); err != nil {
+		p := filepath.Join(abs, d)
+		if err := os.MkdirAll(p, dirMode); err != nil {
+			return nil, fmt.Errorf("open repository: %w", err)
+		}
+		if err := os.Chmod(p, dirMode); err != nil {
 			return nil, fmt.Errorf("open repository: %w", err)
 		}
 	}
-	return &Repo{dir: abs}, nil
+	r := &Repo{dir: abs}
+	r.removeStaleTmp()
+	return r, nil
 }
 
-// OpenExisting opens the repository in dir, which must exist.
+// staleTmp is the age past which an entry of DIR/tmp is left over: what
+// a live process puts there (a commit's version being assembled) lives
+// for milliseconds.
+const staleTmp = 10 * time.Minute
+
+// removeStaleTmp removes the entries of DIR/tmp older than staleTmp.
+// Failing only leaves them.
+func (r *Repo) removeStaleTmp() {
+	ents, err := os.ReadDir(filepath.Join(r.dir, tmpDir))
+	if err != nil {
+		return
+	}
+	for _, e := range ents {
+		if fi, err := e.Info(); err == nil && time.Since(fi.ModTime()) > staleTmp {
+			os.RemoveAll(filepath.Join(r.dir, tmpDir, e.Name()))
+		}
+	}
+}
+
+// OpenExisting opens the repository in dir, which must be one (hold
+// DIR/sets): ErrNotRepo otherwise. It creates and removes nothing, so a
+// reader may open a repository another process writes.
 func OpenExisting(dir string) (*Repo, error) {
 	abs, err := filepath.Abs(dir)
 	if err != nil || dir == "" {

@@ -102,26 +102,6 @@ type ImageManifest struct {
 // versions. One process receives into a repository at a time; others may
 // take checkpoints into it (package capture) and read it.
 func OpenRepo(dir string) (*Repo, error) {
-	// Versions are guest data: private, also in a repository an older
-	// ntc made.
-	for _, d := range []string{"sets", "tmp"} {
-		if err := os.MkdirAll(filepath.Join(dir, d), 0o700); err != nil {
-			return nil, fmt.Errorf("open repository: %w", err)
-		}
-		if err := os.Chmod(filepath.Join(dir, d), 0o700); err != nil {
-			return nil, fmt.Errorf("open repository: %w", err)
-		}
-	}
-	// What DIR/tmp holds from before (versions being assembled or removed
-	// when a process died) is garbage; what other processes write there
-	// (a checkpoint's commit) lives for milliseconds.
-	if ents, err := os.ReadDir(filepath.Join(dir, "tmp")); err == nil {
-		for _, e := range ents {
-			if fi, err := e.Info(); err == nil && time.Since(fi.ModTime()) > staleTmp {
-				os.RemoveAll(filepath.Join(dir, "tmp", e.Name()))
-			}
-		}
-	}
 	nodes, err := repo.Open(dir)
 	if err != nil {
 		return nil, err
@@ -160,12 +140,9 @@ func OpenRepoOn(cache string, v Versions) (*Repo, error) {
 // versions and indexes, while another process may be serving it. A
 // repository in the older layout is converted first.
 func OpenRepoForReading(dir string) (*Repo, error) {
-	if _, err := os.Stat(filepath.Join(dir, "sets")); err != nil {
-		return nil, fmt.Errorf("open repository %s: %w (is it a directory that 'ntc serve --store' created?)", dir, err)
-	}
 	nodes, err := repo.OpenExisting(dir)
 	if err != nil {
-		return nil, err
+		return nil, err // repo.ErrNotRepo
 	}
 	r := newDirRepo(dir, nodes)
 	if err := r.convert(context.Background()); err != nil {
@@ -181,9 +158,6 @@ func OpenRepoForReading(dir string) (*Repo, error) {
 // does not name their version, which in the default mode it already does.
 // Call it before receiving.
 func (r *Repo) ImagesOnDemand() { r.onDemand = true }
-
-// staleTmp is the age past which an entry of DIR/tmp is left over.
-const staleTmp = 10 * time.Minute
 
 // Close releases the repository's chunk store, if a push left it open.
 func (r *Repo) Close() error {
