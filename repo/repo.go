@@ -20,8 +20,9 @@ import (
 	"github.com/ntc-project/ntc/internal/safefile"
 )
 
-// Repo is a node's repository in a directory (see the package doc). Any
-// number of processes may read it; writing operations (Commit, SetHead,
+// Repo is a node's repository in a directory (see the package doc):
+// capture.Repository and sync.Repo are views of it. Any number of
+// processes may read it; writing operations (Commit, SetHead,
 // SetRunner) take DIR/lock for their duration, so several processes (a
 // receiver and a checkpointing one) can commit to one repository.
 type Repo struct {
@@ -222,6 +223,16 @@ func (r *Repo) Seqs(set string) ([]uint64, error) {
 	}
 	slices.Sort(out)
 	return out, nil
+}
+
+// NextSeq is the number the set's next version gets (without
+// CommitOptions.Seq): one above the highest it holds, 1 for none.
+func (r *Repo) NextSeq(set string) (uint64, error) {
+	seqs, err := r.Seqs(set)
+	if err != nil || len(seqs) == 0 {
+		return 1, err
+	}
+	return seqs[len(seqs)-1] + 1, nil
 }
 
 // maxVersionFile bounds version.json: a version lists at most maxImages
@@ -453,16 +464,13 @@ func nodeName(n string) string {
 
 // writeVersion writes v as the set's next version and returns it numbered.
 func (r *Repo) writeVersion(v *Version, idx []*chunk.Index, meta []byte, seq uint64) (*Version, error) {
-	seqs, err := r.Seqs(v.Set)
+	next, err := r.NextSeq(v.Set)
 	if err != nil {
 		return nil, err
 	}
 	nv := *v
 	nv.Images = slices.Clone(v.Images)
-	nv.Seq = 1
-	if len(seqs) > 0 {
-		nv.Seq = seqs[len(seqs)-1] + 1
-	}
+	nv.Seq = next
 	if seq != 0 {
 		if seq < nv.Seq {
 			return nil, fmt.Errorf("commit %s as version %d: the set has version %d already: %w", v.Set, seq, nv.Seq-1, ErrBadVersion)

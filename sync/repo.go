@@ -19,9 +19,10 @@ import (
 	"github.com/ntc-project/ntc/repo"
 )
 
-// Repo is a receiver's repository: a node repository (package repo) whose
-// committed versions it receives, with the materialized images of each
-// set's current version.
+// Repo is a view of repo.Repo for receiving pushes (see package repo's
+// "one repository, three views"): the node repository whose versions it
+// receives, with per-set push locks and the materialized images of each
+// set's current version, or versions kept elsewhere (Versions).
 //
 //	DIR/packs/…                         the chunk store (chunk.PackStore)
 //	DIR/sets/SET/versions/NNNNNN/       a committed version (package repo)
