@@ -27,24 +27,28 @@ const NoLimit = -1
 func Open(root *os.Root, name string, limit int64) (*os.File, error) {
 	name = filepath.FromSlash(name)
 	path := filepath.Join(root.Name(), name)
-	lfi, err := root.Lstat(name)
+	// os.Root refuses a path, or a link, that leads out of root.
+	// O_NONBLOCK: opening a FIFO must not wait for a writer.
+	f, err := root.OpenFile(name, os.O_RDONLY|syscall.O_NONBLOCK, 0)
 	if err != nil {
 		return nil, err
 	}
-	if !lfi.Mode().IsRegular() {
-		return nil, &fs.PathError{Op: "open", Path: path, Err: fmt.Errorf("not a regular file (%s): refused", lfi.Mode().Type())}
+	// What was opened must be the file itself: a link inside root (which
+	// os.Root follows) is refused too, and so is a FIFO, device or
+	// directory.
+	lfi, err := root.Lstat(name)
+	if err == nil && !lfi.Mode().IsRegular() {
+		err = &fs.PathError{Op: "open", Path: path, Err: fmt.Errorf("not a regular file (%s): refused", lfi.Mode().Type())}
 	}
-	// O_NONBLOCK: a FIFO put there since the Lstat must not make the open
-	// wait for a writer.
-	f, err := root.OpenFile(name, os.O_RDONLY|syscall.O_NONBLOCK, 0)
 	if err != nil {
+		f.Close()
 		return nil, err
 	}
 	fi, err := f.Stat()
 	switch {
 	case err != nil:
 	case !os.SameFile(fi, lfi):
-		// Replaced (by a link, say) between the Lstat and the open.
+		// Replaced (by a link, say) between the open and the Lstat.
 		err = &fs.PathError{Op: "open", Path: path, Err: fmt.Errorf("replaced while being opened: refused")}
 	case limit >= 0 && fi.Size() > limit:
 		err = &fs.PathError{Op: "open", Path: path, Err: fmt.Errorf("holds %d bytes, more than the %d allowed: refused", fi.Size(), limit)}
