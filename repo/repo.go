@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -486,16 +487,14 @@ func (r *Repo) writeVersion(v *Version, idx []*chunk.Index, meta []byte, seq uin
 		return nil, fmt.Errorf("commit: %w", err)
 	}
 	defer os.RemoveAll(tmp)
+	// The version's files go into a directory no reader sees until it is
+	// renamed into place: each file is synced, the directory once.
 	for i, x := range idx {
-		if err := chunk.WriteIndexFile(filepath.Join(tmp, v.Images[i].Name+indexSuffix), x); err != nil {
-			return nil, fmt.Errorf("commit: %w", err)
-		}
-		if err := os.Chmod(filepath.Join(tmp, v.Images[i].Name+indexSuffix), fileMode); err != nil {
-			return nil, fmt.Errorf("commit: %w", err)
-		}
-	}
-	if len(meta) > 0 {
-		if err := atomicfile.WriteBytes(filepath.Join(tmp, metaFile), fileMode, meta); err != nil {
+		err := atomicfile.WriteNew(filepath.Join(tmp, v.Images[i].Name+indexSuffix), fileMode, func(w io.Writer) error {
+			_, err := x.WriteTo(w)
+			return err
+		})
+		if err != nil {
 			return nil, fmt.Errorf("commit: %w", err)
 		}
 	}
@@ -503,7 +502,20 @@ func (r *Repo) writeVersion(v *Version, idx []*chunk.Index, meta []byte, seq uin
 	if err != nil {
 		return nil, err
 	}
-	if err := atomicfile.WriteBytes(filepath.Join(tmp, versionFile), fileMode, append(b, '\n')); err != nil {
+	files := map[string][]byte{versionFile: append(b, '\n')}
+	if len(meta) > 0 {
+		files[metaFile] = meta
+	}
+	for name, data := range files {
+		err := atomicfile.WriteNew(filepath.Join(tmp, name), fileMode, func(w io.Writer) error {
+			_, err := w.Write(data)
+			return err
+		})
+		if err != nil {
+			return nil, fmt.Errorf("commit: %w", err)
+		}
+	}
+	if err := atomicfile.SyncDir(tmp); err != nil {
 		return nil, fmt.Errorf("commit: %w", err)
 	}
 	dst := r.versionDir(v.Set, nv.Seq)
