@@ -2,9 +2,12 @@
 // never outside the directory (os.Root), never through a symbolic link
 // (not even one that stays inside), only regular files (a device or FIFO
 // is refused, and opening one never waits), and never more than a bound,
-// checked before anything is allocated. It is the one way ntc reads the
-// files of a repository or a checkpoint directory; writing is
-// internal/atomicfile's.
+// checked before anything is allocated. repo, sync and capture read the
+// files a repository's versions are made of through it (version records,
+// indexes, metadata, HEAD, runner, acknowledgements); writing is
+// internal/atomicfile's. (A few bookkeeping files a node writes for itself
+// are still read with os.ReadFile: repo's lineage, capture's state.json,
+// images.json and hand-off record, resume's image state in cmd.)
 package safefile
 
 import (
