@@ -83,6 +83,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -536,7 +537,7 @@ func (m *libvirtMonitor) passFile(cmd []byte, f *os.File) ([]byte, error) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), m.timeout)
 	defer cancel()
-	uuid := uuidString(m.dom.UUID)
+	uuid := UUIDString(m.dom.UUID)
 	c := exec.CommandContext(ctx, virsh, "-q", "-c", m.uri, "qemu-monitor-command", "--domain", uuid, "--pass-fds", "3", "--cmd", string(cmd))
 	c.ExtraFiles = []*os.File{f} // fd 3 in virsh
 	var stderr bytes.Buffer
@@ -791,21 +792,12 @@ func (m *libvirtMonitor) watchCommit(job, target, top string) {
 		return
 	}
 	for _, d := range disks {
-		if d.Target.Dev == target && containsString(d.chain(), top) {
+		if d.Target.Dev == target && slices.Contains(d.chain(), top) {
 			fail(fmt.Sprintf("libvirt's block commit on %s ended with %s still in the chain (cancelled or failed: see libvirt's log)", target, top))
 			return
 		}
 	}
 	m.emit(eventNow("BLOCK_JOB_COMPLETED", data))
-}
-
-func containsString(ss []string, s string) bool {
-	for _, x := range ss {
-		if x == s {
-			return true
-		}
-	}
-	return false
 }
 
 // nodeFile finds the image file of a block node: an overlay this session
@@ -909,7 +901,8 @@ func parseDomainDisks(def []byte) ([]domainDisk, error) {
 	return d.Disks, nil
 }
 
-func uuidString(u libvirt.UUID) string {
+// UUIDString writes a libvirt UUID as libvirt and QEMU's -uuid do.
+func UUIDString(u libvirt.UUID) string {
 	h := fmt.Sprintf("%x", u[:])
 	return h[0:8] + "-" + h[8:12] + "-" + h[12:16] + "-" + h[16:20] + "-" + h[20:32]
 }
@@ -917,7 +910,7 @@ func uuidString(u libvirt.UUID) string {
 // domainProcess finds the QEMU process libvirt started for the domain
 // with uuid: libvirt passes it -uuid.
 func domainProcess(uuid libvirt.UUID) (qemu.Process, error) {
-	want := uuidString(uuid)
+	want := UUIDString(uuid)
 	ents, err := os.ReadDir("/proc")
 	if err != nil {
 		return qemu.Process{}, err

@@ -135,7 +135,7 @@ func TestSnapshotXML(t *testing.T) {
 
 func TestUUIDString(t *testing.T) {
 	u := libvirt.UUID{0xb7, 0xac, 0x24, 0xf3, 0x0a, 0x0b, 0x48, 0xea, 0x94, 0x25, 0x76, 0x76, 0x87, 0x8b, 0xd0, 0x22}
-	if got, want := uuidString(u), "b7ac24f3-0a0b-48ea-9425-7676878bd022"; got != want {
+	if got, want := UUIDString(u), "b7ac24f3-0a0b-48ea-9425-7676878bd022"; got != want {
 		t.Errorf("uuidString = %s, want %s", got, want)
 	}
 }

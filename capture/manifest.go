@@ -1,17 +1,15 @@
 package capture
 
 import (
-	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"strconv"
 	"strings"
-	"syscall"
 	"time"
 
+	"github.com/ntc-project/ntc/internal/safefile"
 	"github.com/ntc-project/ntc/repo"
 )
 
@@ -281,59 +279,34 @@ func ReadManifestFile(root *os.Root, name string) (*Manifest, error) {
 }
 
 // ReadFileBounded reads the regular file called name in root (no path
-// leads out of root, no symlink out of it is followed). With size >= 0 the
-// file must hold exactly size bytes; it must never hold more than limit.
-// Both are checked before anything is read.
+// leads out of root, no symbolic link is followed: internal/safefile).
+// With size >= 0 the file must hold exactly size bytes; it must never hold
+// more than limit. Both are checked before anything is read.
 func ReadFileBounded(root *os.Root, name string, size, limit int64) ([]byte, error) {
-	f, err := OpenRegular(root, name)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	fi, err := f.Stat()
-	if err != nil {
+	if err := CheckName(name); err != nil {
 		return nil, err
 	}
 	switch {
-	case fi.Size() > limit:
-		return nil, fmt.Errorf("%s holds %d bytes, more than the %d allowed: refused", name, fi.Size(), limit)
-	case size >= 0 && fi.Size() != size:
-		return nil, fmt.Errorf("%s holds %d bytes, the manifest says %d", name, fi.Size(), size)
+	case size < 0:
+		return safefile.Read(root, name, limit)
+	case size > limit:
+		return nil, fmt.Errorf("%s: the manifest says %d bytes, more than the %d allowed: refused", name, size, limit)
 	}
-	var buf bytes.Buffer
-	buf.Grow(int(fi.Size()))
-	// The file may grow meanwhile: read what was declared, no more.
-	if _, err := io.Copy(&buf, io.LimitReader(f, fi.Size())); err != nil {
-		return nil, fmt.Errorf("read %s: %w", name, err)
+	b, err := safefile.ReadSize(root, name, size)
+	if err != nil {
+		return nil, fmt.Errorf("%w (the manifest says %d bytes)", err, size)
 	}
-	if int64(buf.Len()) != fi.Size() {
-		return nil, fmt.Errorf("read %s: %d bytes, it held %d", name, buf.Len(), fi.Size())
-	}
-	return buf.Bytes(), nil
+	return b, nil
 }
 
-// OpenRegular opens the file called name in root for reading and checks
-// that it is a regular file (not a device, FIFO or directory). name must
-// pass CheckName (manifest.json does).
+// OpenRegular opens the file called name in root for reading: a regular
+// file (not a device, FIFO, directory or symbolic link), inside root.
+// name must pass CheckName (manifest.json does).
 func OpenRegular(root *os.Root, name string) (*os.File, error) {
 	if err := CheckName(name); err != nil {
 		return nil, err
 	}
-	// O_NONBLOCK: opening a FIFO must not wait for a writer.
-	f, err := root.OpenFile(name, os.O_RDONLY|syscall.O_NONBLOCK, 0)
-	if err != nil {
-		return nil, err
-	}
-	fi, err := f.Stat()
-	if err != nil {
-		f.Close()
-		return nil, err
-	}
-	if !fi.Mode().IsRegular() {
-		f.Close()
-		return nil, fmt.Errorf("%s in %s is not a regular file (%s): refused", name, root.Name(), fi.Mode().Type())
-	}
-	return f, nil
+	return safefile.Open(root, name, safefile.NoLimit)
 }
 
 // fileName turns a QEMU name into a file name part: letters, digits, '.',

@@ -6,17 +6,19 @@ import (
 	"slices"
 
 	"github.com/ntc-project/ntc/chunk"
+	"github.com/ntc-project/ntc/repo"
 )
 
 // Prune removes old checkpoints of the set: it keeps the newest keep (at
-// least one), the current one, every checkpoint in pinned (say, the one a
-// receiver last acknowledged, which later pushes patch against), and the
-// checkpoint each disk's overlay chain continues (state.json). It returns
-// the removed checkpoints' numbers, oldest first.
+// least one), every checkpoint in pinned (say, the one a receiver last
+// acknowledged, which later pushes patch against), and the checkpoint
+// each disk's overlay chain continues (state.json); repo.Thin, which does
+// the removing, keeps the current one and the tip of a diverged copy. It
+// returns the removed checkpoints' numbers, oldest first.
 //
-// A checkpoint goes at once (repo.Repo.Remove). A checkpoint whose parent
-// was pruned still pushes in full: Repository.ChangedSince then finds no
-// chain of recorded changes to the receiver's copy.
+// A checkpoint goes at once. A checkpoint whose parent was pruned still
+// pushes in full: Repository.ChangedSince then finds no chain of recorded
+// changes to the receiver's copy.
 //
 // Prune frees only the checkpoints' indexes; Collect then drops the chunks
 // no remaining version refers to. The repository must be open for writing
@@ -42,25 +44,24 @@ func (r *Repository) Prune(ctx context.Context, keep int, pinned ...int) ([]int,
 			pinned = append(pinned, d.Seq)
 		}
 	}
-	if head, err := r.nodes.Head(r.set); err != nil {
-		return nil, err
-	} else if head != nil {
-		pinned = append(pinned, int(head.Seq))
+	removed, err := r.nodes.Thin(ctx, r.set, func(vs []*repo.Version) []bool {
+		kept := make([]bool, len(vs))
+		for i, v := range vs {
+			kept[i] = i >= len(vs)-keep || slices.Contains(pinned, int(v.Seq))
+		}
+		return kept
+	})
+	var out []int
+	for _, s := range removed {
+		out = append(out, int(s))
 	}
-	var removed []int
-	for _, s := range seqs[:len(seqs)-keep] {
-		if slices.Contains(pinned, s) {
-			continue
-		}
-		if err := r.nodes.Remove(ctx, r.set, uint64(s)); err != nil {
-			return removed, fmt.Errorf("prune checkpoint %d: %w", s, err)
-		}
-		removed = append(removed, s)
+	if err != nil {
+		return out, fmt.Errorf("prune checkpoints: %w", err)
 	}
 	if err := r.removeChanges(); err != nil {
-		return removed, fmt.Errorf("prune %s: %w", r.set, err)
+		return out, fmt.Errorf("prune %s: %w", r.set, err)
 	}
-	return removed, nil
+	return out, nil
 }
 
 // Collect drops from the node's store every chunk that no version of any

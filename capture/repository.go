@@ -18,12 +18,14 @@ import (
 	"github.com/ntc-project/ntc/repo"
 )
 
-// Repository is one set of a node repository (package repo) seen as a
-// series of checkpoints: every version of the set is a checkpoint, its
-// metadata the checkpoint's Manifest, one index per image (disks, RAM
-// blocks, device state, stream description), its chunks in the node's
-// store. What this node captured and what it received from a peer are
-// versions of the same kind, so a copy resumed here continues the series.
+// Repository is a view of repo.Repo for taking and reading checkpoints:
+// one set of the node repository seen as a series of checkpoints (see
+// package repo's "one repository, three views"). Every version of the set
+// is a checkpoint, its metadata the checkpoint's Manifest, one index per
+// image (disks, RAM blocks, device state, stream description), its chunks
+// in the node's store. What this node captured and what it received from
+// a peer are versions of the same kind, so a copy resumed here continues
+// the series.
 //
 //	DIR/packs/                                  the node's chunk store
 //	DIR/sets/SET/versions/NNNNNN/               one checkpoint (package repo)
@@ -286,16 +288,10 @@ func (r *Repository) Stream(ctx context.Context, m *Manifest) (*migstream.Stream
 	return s, src, nil
 }
 
-// nextSeq is the number the set's next version gets.
+// nextSeq is the number the set's next checkpoint gets.
 func (r *Repository) nextSeq() (int, error) {
-	seqs, err := r.nodes.Seqs(r.set)
-	if err != nil {
-		return 0, err
-	}
-	if len(seqs) == 0 {
-		return 1, nil
-	}
-	return int(seqs[len(seqs)-1]) + 1, nil
+	seq, err := r.nodes.NextSeq(r.set)
+	return int(seq), err
 }
 
 // commit records checkpoint m, whose chunks are durable, as version m.Seq

@@ -39,7 +39,7 @@ func TestReplicatePushClassify(t *testing.T) {
 		{"receiver gone", fmt.Errorf("x: %w", &transport.WireError{Code: transport.CodeShuttingDown, Remote: true}), false, ""},
 		{"timeout", context.DeadlineExceeded, false, ""},
 		{"disk full there", &ntcsync.RemoteError{Code: 6}, false, ""},
-		{"diverged", fmt.Errorf("x: %w", repo.ErrDiverged), true, "force a push"},
+		{"diverged", fmt.Errorf("x: %w", repo.ErrDiverged), true, ""}, // what to do is cmd's hint
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			got := p.classify(tc.err)

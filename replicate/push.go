@@ -81,7 +81,7 @@ func PushCheckpoint(ctx context.Context, s *ntcsync.Sender, peer transport.ID, d
 	}
 	conn, err := dial(ctx)
 	if err != nil {
-		return nil, v.Seq, fmt.Errorf("connect: %w", err)
+		return nil, v.Seq, err // the dialler says where it tried
 	}
 	defer conn.Close()
 	res, err := s.Push(ctx, conn, v.Sync)
@@ -107,7 +107,7 @@ func (p *Push) classify(err error) error {
 		return Permanent(err)
 	case errors.Is(err, repo.ErrDiverged):
 		// Pushing again changes nothing until someone chooses.
-		return Permanent(fmt.Errorf("%w (the receiver's copy of %s ran on apart from this one: stop it there, or force a push of this one)", err, p.Set))
+		return Permanent(err)
 	}
 	return err
 }

@@ -41,6 +41,31 @@
 // leaves the previous head intact. Files are private (0600, directories
 // 0700): they describe a guest's disks and memory.
 //
+// # One repository, three views
+//
+// A node has one repository directory. This package owns it: opening it
+// (Open creates DIR/sets and DIR/tmp, private, and clears what a dead
+// process left in DIR/tmp; OpenExisting says ErrNotRepo when DIR is not a
+// repository), its versions, heads, lineage and chunk store, reading its
+// files (bounded, never through a link), and removing versions (Remove,
+// and Thin for every keep rule). Two packages look at it each for their
+// own work, and add only that:
+//
+//	type                what it adds                                   who uses it
+//	repo.Repo           versions, head, lineage, runner, chunk         the two views; the sender's
+//	                    store, Thin, Collect                           StateDir; ntc forget, check
+//	capture.Repository  one set as checkpoints: manifests (a           checkpoints and their pruning;
+//	                    version's metadata), overlay chains and        replicate; bench
+//	                    their change records, the set's capture lock
+//	sync.Repo           a receiver's view: per-set push locks,         ntc serve, ls, status, check,
+//	                    images materialised as files, versions kept    pull, upload, resume, demo
+//	                    elsewhere (an S3 bucket) through
+//	                    sync.Versions, the older receiver layout
+//	                    converted on open
+//
+// Both views open the repository through Open or OpenExisting and keep
+// their extra files under DIR/sets/SET (capture/, images/).
+//
 // # What it does not do
 //
 // It does not move versions between nodes (package sync does), capture them

@@ -114,6 +114,15 @@ func (p Policy) Keep(created []time.Time) []bool {
 	return keep
 }
 
+// KeepVersions is Keep for versions, by their creation: a Keep for Thin.
+func (p Policy) KeepVersions(vs []*Version) []bool {
+	created := make([]time.Time, len(vs))
+	for i, v := range vs {
+		created[i] = v.Created
+	}
+	return p.Keep(created)
+}
+
 func sortNewestFirst(order []int, created []time.Time) {
 	for i := 1; i < len(order); i++ {
 		for j := i; j > 0 && created[order[j]].After(created[order[j-1]]); j-- {

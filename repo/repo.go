@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -17,10 +18,12 @@ import (
 
 	"github.com/ntc-project/ntc/chunk"
 	"github.com/ntc-project/ntc/internal/atomicfile"
+	"github.com/ntc-project/ntc/internal/safefile"
 )
 
-// Repo is a node's repository in a directory (see the package doc). Any
-// number of processes may read it; writing operations (Commit, SetHead,
+// Repo is a node's repository in a directory (see the package doc):
+// capture.Repository and sync.Repo are views of it. Any number of
+// processes may read it; writing operations (Commit, SetHead,
 // SetRunner) take DIR/lock for their duration, so several processes (a
 // receiver and a checkpointing one) can commit to one repository.
 type Repo struct {
@@ -58,21 +61,52 @@ var (
 	ErrNotRepo = errors.New("not an ntc repository")
 )
 
-// Open opens, creating if needed, the repository in dir.
+// Open opens, creating if needed, the repository in dir: DIR/sets and
+// DIR/tmp are made private (0700, also in a directory an older ntc made),
+// and what DIR/tmp holds from before (versions being assembled or removed
+// when a process died) is removed. Every layer over a repository opens
+// it here (package capture to take checkpoints, package sync to receive).
 func Open(dir string) (*Repo, error) {
 	abs, err := filepath.Abs(dir)
 	if err != nil || dir == "" {
 		return nil, fmt.Errorf("open repository %q: %v: %w", dir, err, ErrNotRepo)
 	}
 	for _, d := range []string{setsDir, tmpDir} {
-		if err := os.MkdirAll(filepath.Join(abs, d), dirMode); err != nil {
+		p := filepath.Join(abs, d)
+		if err := os.MkdirAll(p, dirMode); err != nil {
+			return nil, fmt.Errorf("open repository: %w", err)
+		}
+		if err := os.Chmod(p, dirMode); err != nil {
 			return nil, fmt.Errorf("open repository: %w", err)
 		}
 	}
-	return &Repo{dir: abs}, nil
+	r := &Repo{dir: abs}
+	r.removeStaleTmp()
+	return r, nil
 }
 
-// OpenExisting opens the repository in dir, which must exist.
+// staleTmp is the age past which an entry of DIR/tmp is left over: what
+// a live process puts there (a commit's version being assembled) lives
+// for milliseconds.
+const staleTmp = 10 * time.Minute
+
+// removeStaleTmp removes the entries of DIR/tmp older than staleTmp.
+// Failing only leaves them.
+func (r *Repo) removeStaleTmp() {
+	ents, err := os.ReadDir(filepath.Join(r.dir, tmpDir))
+	if err != nil {
+		return
+	}
+	for _, e := range ents {
+		if fi, err := e.Info(); err == nil && time.Since(fi.ModTime()) > staleTmp {
+			os.RemoveAll(filepath.Join(r.dir, tmpDir, e.Name()))
+		}
+	}
+}
+
+// OpenExisting opens the repository in dir, which must be one (hold
+// DIR/sets): ErrNotRepo otherwise. It creates and removes nothing, so a
+// reader may open a repository another process writes.
 func OpenExisting(dir string) (*Repo, error) {
 	abs, err := filepath.Abs(dir)
 	if err != nil || dir == "" {
@@ -139,10 +173,16 @@ func (r *Repo) lock(ctx context.Context) (unlock func(), err error) {
 	return func() { f.Close() }, nil
 }
 
-func (r *Repo) setDir(set string) string { return filepath.Join(r.dir, setsDir, set) }
+// Paths relative to the repository's directory (what read takes), and
+// the directories themselves.
+func setRel(set string) string { return filepath.Join(setsDir, set) }
+func versionRel(set string, seq uint64) string {
+	return filepath.Join(setsDir, set, versionsDir, seqName(seq))
+}
 func seqName(seq uint64) string          { return fmt.Sprintf("%06d", seq) }
+func (r *Repo) setDir(set string) string { return filepath.Join(r.dir, setRel(set)) }
 func (r *Repo) versionDir(set string, seq uint64) string {
-	return filepath.Join(r.setDir(set), versionsDir, seqName(seq))
+	return filepath.Join(r.dir, versionRel(set, seq))
 }
 
 // Sets returns the names of the sets the repository holds, sorted.
@@ -186,6 +226,16 @@ func (r *Repo) Seqs(set string) ([]uint64, error) {
 	return out, nil
 }
 
+// NextSeq is the number the set's next version gets (without
+// CommitOptions.Seq): one above the highest it holds, 1 for none.
+func (r *Repo) NextSeq(set string) (uint64, error) {
+	seqs, err := r.Seqs(set)
+	if err != nil || len(seqs) == 0 {
+		return 1, err
+	}
+	return seqs[len(seqs)-1] + 1, nil
+}
+
 // maxVersionFile bounds version.json: a version lists at most maxImages
 // images of a few hundred bytes each.
 const maxVersionFile = 4 << 20
@@ -195,14 +245,15 @@ func (r *Repo) Version(set string, seq uint64) (*Version, error) {
 	if err := CheckName(set); err != nil {
 		return nil, err
 	}
-	p := filepath.Join(r.versionDir(set, seq), versionFile)
-	b, err := readBounded(p, maxVersionFile)
+	p := filepath.Join(versionRel(set, seq), versionFile)
+	b, err := r.read(p, maxVersionFile)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, fmt.Errorf("version %d of %s: %w", seq, set, ErrNotFound)
 	}
 	if err != nil {
 		return nil, err
 	}
+	p = filepath.Join(r.dir, p)
 	var v Version
 	if err := json.Unmarshal(b, &v); err != nil {
 		return nil, fmt.Errorf("read %s: %w", p, err)
@@ -216,26 +267,11 @@ func (r *Repo) Version(set string, seq uint64) (*Version, error) {
 	return &v, nil
 }
 
-// readBounded reads a whole file of at most limit bytes.
-func readBounded(path string, limit int64) ([]byte, error) {
-	// Never through a link: a repository's files are its own.
-	f, err := os.OpenFile(path, os.O_RDONLY|unix.O_NOFOLLOW, 0)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	fi, err := f.Stat()
-	if err != nil {
-		return nil, err
-	}
-	if !fi.Mode().IsRegular() || fi.Size() > limit {
-		return nil, fmt.Errorf("%s: not a regular file of at most %d bytes", path, limit)
-	}
-	b := make([]byte, fi.Size())
-	if _, err := f.ReadAt(b, 0); err != nil {
-		return nil, fmt.Errorf("read %s: %w", path, err)
-	}
-	return b, nil
+// read reads the repository's file at rel (relative to its directory), a
+// regular file of at most limit bytes, never through a link or out of the
+// directory (safefile).
+func (r *Repo) read(rel string, limit int64) ([]byte, error) {
+	return safefile.ReadIn(r.dir, rel, limit)
 }
 
 // Versions returns the set's versions, oldest first.
@@ -274,7 +310,7 @@ func (r *Repo) Head(set string) (*Version, error) {
 	if err := CheckName(set); err != nil {
 		return nil, err
 	}
-	b, err := readBounded(filepath.Join(r.setDir(set), headFile), 64)
+	b, err := r.read(filepath.Join(setRel(set), headFile), 64)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, nil
 	}
@@ -296,18 +332,39 @@ func (r *Repo) Index(set string, seq uint64, name string) (*chunk.Index, error) 
 	if err := CheckName(name); err != nil {
 		return nil, err
 	}
-	return chunk.ReadIndexFile(filepath.Join(r.versionDir(set, seq), name+indexSuffix))
+	return r.ReadIndexFile(filepath.Join(versionRel(set, seq), name+indexSuffix))
 }
 
-// maxMeta bounds a version's metadata.
-const maxMeta = 16 << 20
+// ReadIndexFile reads the index file at rel, relative to the repository's
+// directory, as Index does: bounded, never through a link. For a layer
+// that finds indexes beside the versions (an older layout it converts).
+func (r *Repo) ReadIndexFile(rel string) (*chunk.Index, error) {
+	f, err := safefile.OpenIn(r.dir, rel, maxIndexFile)
+	if err != nil {
+		return nil, fmt.Errorf("open index: %w", err)
+	}
+	defer f.Close()
+	x, err := chunk.DecodeIndex(f)
+	if err != nil {
+		return nil, fmt.Errorf("read index %s: %w", f.Name(), err)
+	}
+	return x, nil
+}
+
+// maxIndexFile bounds an index file: 1<<24 entries (a receiver's default
+// bound, 64 GiB of 4 KiB chunks), each at most a 10-byte length and an ID.
+const maxIndexFile = 64 + (1<<24)*42 + 32
+
+// MaxMeta bounds a version's metadata (a checkpoint's manifest, what a
+// sender attaches): Commit refuses more, Meta reads no more.
+const MaxMeta = 1 << 20
 
 // Meta returns version seq's metadata (nil when it has none).
 func (r *Repo) Meta(set string, seq uint64) ([]byte, error) {
 	if err := CheckName(set); err != nil {
 		return nil, err
 	}
-	b, err := readBounded(filepath.Join(r.versionDir(set, seq), metaFile), maxMeta)
+	b, err := r.read(filepath.Join(versionRel(set, seq), metaFile), MaxMeta)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, nil
 	}
@@ -408,16 +465,13 @@ func nodeName(n string) string {
 
 // writeVersion writes v as the set's next version and returns it numbered.
 func (r *Repo) writeVersion(v *Version, idx []*chunk.Index, meta []byte, seq uint64) (*Version, error) {
-	seqs, err := r.Seqs(v.Set)
+	next, err := r.NextSeq(v.Set)
 	if err != nil {
 		return nil, err
 	}
 	nv := *v
 	nv.Images = slices.Clone(v.Images)
-	nv.Seq = 1
-	if len(seqs) > 0 {
-		nv.Seq = seqs[len(seqs)-1] + 1
-	}
+	nv.Seq = next
 	if seq != 0 {
 		if seq < nv.Seq {
 			return nil, fmt.Errorf("commit %s as version %d: the set has version %d already: %w", v.Set, seq, nv.Seq-1, ErrBadVersion)
@@ -433,16 +487,14 @@ func (r *Repo) writeVersion(v *Version, idx []*chunk.Index, meta []byte, seq uin
 		return nil, fmt.Errorf("commit: %w", err)
 	}
 	defer os.RemoveAll(tmp)
+	// The version's files go into a directory no reader sees until it is
+	// renamed into place: each file is synced, the directory once.
 	for i, x := range idx {
-		if err := chunk.WriteIndexFile(filepath.Join(tmp, v.Images[i].Name+indexSuffix), x); err != nil {
-			return nil, fmt.Errorf("commit: %w", err)
-		}
-		if err := os.Chmod(filepath.Join(tmp, v.Images[i].Name+indexSuffix), fileMode); err != nil {
-			return nil, fmt.Errorf("commit: %w", err)
-		}
-	}
-	if len(meta) > 0 {
-		if err := atomicfile.WriteBytes(filepath.Join(tmp, metaFile), fileMode, meta); err != nil {
+		err := atomicfile.WriteNew(filepath.Join(tmp, v.Images[i].Name+indexSuffix), fileMode, func(w io.Writer) error {
+			_, err := x.WriteTo(w)
+			return err
+		})
+		if err != nil {
 			return nil, fmt.Errorf("commit: %w", err)
 		}
 	}
@@ -450,7 +502,20 @@ func (r *Repo) writeVersion(v *Version, idx []*chunk.Index, meta []byte, seq uin
 	if err != nil {
 		return nil, err
 	}
-	if err := atomicfile.WriteBytes(filepath.Join(tmp, versionFile), fileMode, append(b, '\n')); err != nil {
+	files := map[string][]byte{versionFile: append(b, '\n')}
+	if len(meta) > 0 {
+		files[metaFile] = meta
+	}
+	for name, data := range files {
+		err := atomicfile.WriteNew(filepath.Join(tmp, name), fileMode, func(w io.Writer) error {
+			_, err := w.Write(data)
+			return err
+		})
+		if err != nil {
+			return nil, fmt.Errorf("commit: %w", err)
+		}
+	}
+	if err := atomicfile.SyncDir(tmp); err != nil {
 		return nil, fmt.Errorf("commit: %w", err)
 	}
 	dst := r.versionDir(v.Set, nv.Seq)

@@ -184,6 +184,14 @@ func TestCommitRefusesMismatches(t *testing.T) {
 	if _, err := r.Commit(ctx, &bad, x, []byte{1}, CommitOptions{}); !errors.Is(err, ErrBadVersion) {
 		t.Errorf("a version claiming another's digest: %v", err)
 	}
+	big := make([]byte, MaxMeta+1)
+	large := &Version{Set: "vm", Node: "office", Created: v.Created, Images: []Image{{Name: "disk"}}}
+	if err := large.Seal(x, big); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.Commit(ctx, large, x, big, CommitOptions{}); !errors.Is(err, ErrBadVersion) {
+		t.Errorf("metadata over MaxMeta, which Meta would refuse to read: %v", err)
+	}
 	evil := &Version{Set: "../x", Images: []Image{{Name: "disk"}}}
 	if err := evil.Seal(x, nil); !errors.Is(err, ErrBadName) {
 		t.Errorf("set ../x: %v", err)

@@ -27,7 +27,7 @@ func (r *Repo) Runner(set string) (*Runner, error) {
 	if err := CheckName(set); err != nil {
 		return nil, err
 	}
-	b, err := readBounded(filepath.Join(r.setDir(set), runnerFile), 4096)
+	b, err := r.read(filepath.Join(setRel(set), runnerFile), 4096)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, nil
 	}

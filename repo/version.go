@@ -236,6 +236,9 @@ func (v *Version) Matches(idx []*chunk.Index, meta []byte) error {
 			return fmt.Errorf("commit %s: image %s's index does not match the version: %w", v.Set, v.Images[i].Name, ErrBadVersion)
 		}
 	}
+	if len(meta) > MaxMeta {
+		return fmt.Errorf("commit %s: %d bytes of metadata, at most %d: %w", v.Set, len(meta), MaxMeta, ErrBadVersion)
+	}
 	if metaDigest(meta) != v.Meta {
 		return fmt.Errorf("commit %s: metadata does not match the version: %w", v.Set, ErrBadVersion)
 	}

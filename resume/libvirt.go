@@ -179,12 +179,12 @@ func StartLibvirt(ctx context.Context, cfg LibvirtConfig) (d *LibvirtDomain, err
 	h := libvirtHost{name: cfg.Name, work: work, hugePages: procstat.HugePagesFree() >= m.Machine.RAM.Size && m.Machine.RAM.Size%(2<<20) == 0}
 	if k := m.Machine.Kernel; k != nil {
 		if cfg.Kernel == "" {
-			return nil, fmt.Errorf("resume: the guest booted the kernel %s directly: give this machine's copy (--kernel)", k.Kernel.Name)
+			return nil, fmt.Errorf("resume: the guest booted the kernel %s directly: %w", k.Kernel.Name, ErrNeedKernel)
 		}
 		h.kernel = filepath.Join(work, "vmlinuz")
 		if k.Initrd != nil {
 			if cfg.Initrd == "" {
-				return nil, fmt.Errorf("resume: the guest booted with the initrd %s: give this machine's copy (--initrd)", k.Initrd.Name)
+				return nil, fmt.Errorf("resume: the guest booted with the initrd %s: %w", k.Initrd.Name, ErrNeedInitrd)
 			}
 			h.initrd = filepath.Join(work, "initrd.img")
 		}
@@ -314,7 +314,7 @@ func StartLibvirt(ctx context.Context, cfg LibvirtConfig) (d *LibvirtDomain, err
 	if err := ctx.Err(); err != nil {
 		return nil, fmt.Errorf("resume: %w", err)
 	}
-	d.UUID = uuidString(dom.UUID)
+	d.UUID = capture.UUIDString(dom.UUID)
 	if cfg.Network == NetworkOff {
 		for _, nic := range def.nics {
 			if err := conn.DomainUpdateDeviceFlags(dom, nic.xml(true), libvirt.DomainDeviceModifyLive); err != nil {
@@ -398,8 +398,8 @@ func reusableDomain(conn *capture.LibvirtConn, name, uuid string) (libvirt.Domai
 		return refuse("it is not shut off")
 	case persistent == 0:
 		return refuse("transient")
-	case !strings.EqualFold(uuidString(dom.UUID), uuid):
-		return refuse("another guest: its UUID is " + uuidString(dom.UUID))
+	case !strings.EqualFold(capture.UUIDString(dom.UUID), uuid):
+		return refuse("another guest: its UUID is " + capture.UUIDString(dom.UUID))
 	}
 	def, err := conn.DomainGetXMLDesc(dom, libvirt.DomainXMLInactive|libvirt.DomainXMLSecure)
 	if err != nil {
@@ -417,11 +417,6 @@ func parseUUID(s string) (libvirt.UUID, bool) {
 	}
 	copy(u[:], b)
 	return u, true
-}
-
-func uuidString(u libvirt.UUID) string {
-	h := fmt.Sprintf("%x", u[:])
-	return h[0:8] + "-" + h[8:12] + "-" + h[12:16] + "-" + h[16:20] + "-" + h[20:32]
 }
 
 // checkDomainName accepts the names ntc gives domains: a set's name

@@ -116,7 +116,7 @@ func TestDomainXML(t *testing.T) {
 	if def, err := domainXML(m, h); err != nil || !strings.Contains(def.xml, "\n  <uuid>"+h.uuid+"</uuid>\n") || strings.Contains(string(want), "<uuid>") {
 		t.Errorf("with the source's UUID: %v\n%s", err, def.xml)
 	}
-	if u, ok := parseUUID(h.uuid); !ok || uuidString(u) != h.uuid {
+	if u, ok := parseUUID(h.uuid); !ok || capture.UUIDString(u) != h.uuid {
 		t.Errorf("parseUUID(%s) = %v, %v", h.uuid, u, ok)
 	}
 	for _, bad := range []string{"", "0b3d8bde54a54b45a2c06f7e0d3f4b11", "0b3d8bde-54a5-4b45-a2c0-6f7e0d3f4b1", "zb3d8bde-54a5-4b45-a2c0-6f7e0d3f4b11"} {

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"slices"
@@ -12,6 +13,7 @@ import (
 
 	"github.com/ntc-project/ntc/chunk"
 	"github.com/ntc-project/ntc/internal/atomicfile"
+	"github.com/ntc-project/ntc/internal/safefile"
 	"github.com/ntc-project/ntc/repo"
 	"github.com/ntc-project/ntc/transport"
 )
@@ -28,29 +30,40 @@ type ackState struct {
 	Digest  repo.Digest `json:"digest"`
 }
 
+// ackRel is where, relative to StateDir, the ack of peer (a transport.ID
+// in text) for set is kept.
+func ackRel(peer, set string) string { return filepath.Join(peersDir, peer, set+".json") }
+
+const (
+	peersDir = "peers"
+	// maxAckFile bounds an ack file: a number and a digest.
+	maxAckFile = 4 << 10
+)
+
 func (s *Sender) ackPath(peer transport.ID, set string) string {
-	return filepath.Join(s.StateDir, "peers", peer.String(), set+".json")
+	return filepath.Join(s.StateDir, ackRel(peer.String(), set))
 }
 
 // readAck returns what the sender recorded of peer's copy of set (the zero
 // state when nothing, or nothing readable, is recorded).
 func (s *Sender) readAck(peer transport.ID, set string) ackState {
-	st, err := readAckFile(s.ackPath(peer, set))
+	st, err := s.readAckFile(peer.String(), set)
 	if err != nil {
 		return ackState{}
 	}
 	return st
 }
 
-// readAckFile reads one ack file.
-func readAckFile(path string) (ackState, error) {
+// readAckFile reads one ack file, as a repository's files are read
+// (bounded, never through a link).
+func (s *Sender) readAckFile(peer, set string) (ackState, error) {
 	var st ackState
-	b, err := os.ReadFile(path)
+	b, err := safefile.ReadIn(s.StateDir, ackRel(peer, set), maxAckFile)
 	if err != nil {
 		return ackState{}, err
 	}
 	if err := json.Unmarshal(b, &st); err != nil {
-		return ackState{}, fmt.Errorf("read %s: %w", path, err)
+		return ackState{}, fmt.Errorf("read the ack of %s for %s: %w", peer, set, err)
 	}
 	return st, nil
 }
@@ -202,8 +215,8 @@ func (s *Sender) remember(peer transport.ID, set string, n uint64, d repo.Digest
 	return atomicfile.WriteBytes(s.ackPath(peer, set), 0o600, b)
 }
 
-// prune removes from the sender's repository the versions of set that are
-// neither its head nor what a peer last acknowledged: without it the
+// prune removes from the sender's repository the versions of set that no
+// peer last acknowledged (repo.Thin keeps the head): without it the
 // repository grows by a version's indexes at every push. Failures only
 // leave versions behind.
 func (s *Sender) prune(ctx context.Context, nr *repo.Repo, set string) {
@@ -211,27 +224,30 @@ func (s *Sender) prune(ctx context.Context, nr *repo.Repo, set string) {
 		return
 	}
 	named := map[repo.Digest]bool{}
-	acks, _ := filepath.Glob(filepath.Join(s.StateDir, "peers", "*", set+".json"))
-	for _, p := range acks {
-		st, err := readAckFile(p)
+	peers, err := os.ReadDir(filepath.Join(s.StateDir, peersDir))
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return // unsure what is named: keep everything
+	}
+	for _, p := range peers {
+		if !p.IsDir() {
+			continue
+		}
+		st, err := s.readAckFile(p.Name(), set)
+		if errors.Is(err, fs.ErrNotExist) {
+			continue
+		}
 		if err != nil {
-			return // unsure what is named: keep everything
+			return
 		}
 		named[st.Digest] = true
 	}
-	head, err := nr.Head(set)
-	if err != nil || head == nil {
-		return
-	}
-	vs, err := nr.Versions(set)
-	if err != nil {
-		return
-	}
-	for _, v := range vs {
-		if v.Seq != head.Seq && !named[v.Digest] {
-			nr.Remove(ctx, set, v.Seq)
+	nr.Thin(ctx, set, func(vs []*repo.Version) []bool {
+		keep := make([]bool, len(vs))
+		for i, v := range vs {
+			keep[i] = named[v.Digest]
 		}
-	}
+		return keep
+	})
 }
 
 // AckedDigest returns the version of set that peer last acknowledged to

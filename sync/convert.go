@@ -138,7 +138,7 @@ func (r *Repo) readOldVersion(set string, n uint64, parent repo.Digest) (*repo.V
 		if err := CheckName(im.Name); err != nil {
 			return nil, nil, nil, err
 		}
-		x, err := r.readIndex(path.Join(dir, im.Name+".idx"))
+		x, err := r.local.ReadIndexFile(path.Join(dir, im.Name+".idx"))
 		if err != nil {
 			return nil, nil, nil, err
 		}

@@ -9,11 +9,12 @@
 // that is the same on every node and records its parent's digest and the
 // node that made it. The receiver keeps them in a Repo: a repo.Repo in its
 // directory, the chunk store, and each set's current version materialized
-// as files. The sender keeps the versions it pushes in its own repo.Repo
+// as files (at each commit, or when a resume or restore asks for them:
+// Repo.ImagesOnDemand, and always for a repository kept elsewhere). The sender keeps the versions it pushes in its own repo.Repo
 // (Sender.StateDir), index-only: their chunks stay where its Sources read
 // them.
 //
-// # Protocol (version 3)
+// # Protocol (version 4)
 //
 // A push runs over QUIC connections (package transport: mutually pinned
 // identities): a control connection, and on long paths a few data
@@ -67,7 +68,8 @@
 // receiver syncs its store and commits the version (repo.Repo.Commit, with
 // the offer's lineage). When the set's current version is an ancestor of
 // it (a fast-forward), or the set has none, or the sender forced it, it
-// becomes current and the materialized image files are brought to it.
+// becomes current and the materialized image files are brought to it
+// (unless images are materialized on demand).
 // Otherwise both copies ran since their common base: the version is
 // stored but not made current (a divergence is never silently
 // overwritten), the receiver logs it, and the sender's Push returns an

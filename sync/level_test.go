@@ -64,16 +64,20 @@ func TestSmallLevel(t *testing.T) {
 	tests := []struct {
 		rtt  time.Duration
 		cap  int64
+		n    int64 // the round's bytes
 		want int
 	}{
-		{100 * time.Microsecond, 0, smallShortLevel},
-		{40 * time.Millisecond, 0, best},
-		{100 * time.Microsecond, 2 << 20, best},
-		{100 * time.Microsecond, 100 << 20, smallShortLevel},
+		{100 * time.Microsecond, 0, 8 << 20, smallShortLevel},
+		{40 * time.Millisecond, 0, 8 << 20, best},
+		{40 * time.Millisecond, 0, smallBestFrom - 1, smallShortLevel},
+		{40 * time.Millisecond, 0, 1 << 20, smallShortLevel},
+		{100 * time.Microsecond, 2 << 20, smallBestFrom, best},
+		{100 * time.Microsecond, 2 << 20, 100 << 10, smallShortLevel},
+		{100 * time.Microsecond, 100 << 20, 8 << 20, smallShortLevel},
 	}
 	for _, tt := range tests {
-		if got := smallLevel(tt.rtt, tt.cap); got != tt.want {
-			t.Errorf("smallLevel(%v, %d) = %s, want %s", tt.rtt, tt.cap, levels[got], levels[tt.want])
+		if got := smallLevel(tt.rtt, tt.cap, tt.n); got != tt.want {
+			t.Errorf("smallLevel(%v, %d, %d) = %s, want %s", tt.rtt, tt.cap, tt.n, levels[got], levels[tt.want])
 		}
 	}
 	if smallShortLevel >= best {

@@ -4,53 +4,34 @@ import (
 	"context"
 	"fmt"
 	gosync "sync"
-	"time"
 
 	"github.com/ntc-project/ntc/chunk"
 	"github.com/ntc-project/ntc/repo"
 )
 
-// prune thins the set's versions by policy p. It never removes the
-// current version, nor the versions the set's image files hold or are
-// being moved to (materializing needs both), nor the tip of a copy that
-// diverged from the current version. The caller holds the set's
-// lock. It returns the versions removed, oldest first.
+// Versions are thinned as a node repository's are (repo.Thin).
+var _ repo.Thinnable = Versions(nil)
+
+// prune thins the set's versions by policy p (repo.Thin, which also
+// keeps the current version and the tips of copies that diverged from
+// it), keeping too the versions the set's image files hold or are being
+// moved to (materializing needs both). It works on Versions, so on a
+// repository in a bucket too. The caller holds the set's lock. It returns
+// the versions removed, oldest first.
 func (r *Repo) prune(ctx context.Context, set string, p repo.Policy) ([]uint64, error) {
 	if p.IsZero() {
 		return nil, nil
 	}
-	vs, err := r.nodes.Versions(ctx, set)
-	if err != nil {
-		return nil, err
-	}
-	head, err := r.nodes.Head(ctx, set)
-	if err != nil {
-		return nil, err
-	}
 	st := r.readState(set)
-	// The tips of copies that ran apart stay until someone chooses.
-	tips := map[uint64]bool{}
-	div, err := r.nodes.Diverged(ctx, set)
+	removed, err := repo.Thin(ctx, r.nodes, set, func(vs []*repo.Version) []bool {
+		keep := p.KeepVersions(vs)
+		for i, v := range vs {
+			keep[i] = keep[i] || v.Seq == st.Version || v.Seq == st.Applying
+		}
+		return keep
+	})
 	if err != nil {
-		return nil, err
-	}
-	for _, v := range div {
-		tips[v.Seq] = true
-	}
-	created := make([]time.Time, len(vs))
-	for i, v := range vs {
-		created[i] = v.Created
-	}
-	keep := p.Keep(created)
-	var removed []uint64
-	for i, v := range vs {
-		if keep[i] || tips[v.Seq] || (head != nil && v.Seq == head.Seq) || v.Seq == st.Version || v.Seq == st.Applying {
-			continue
-		}
-		if err := r.nodes.Remove(ctx, set, v.Seq); err != nil {
-			return removed, fmt.Errorf("prune %s: %w", set, err)
-		}
-		removed = append(removed, v.Seq)
+		return removed, fmt.Errorf("prune: %w", err)
 	}
 	return removed, nil
 }

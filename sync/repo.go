@@ -19,9 +19,10 @@ import (
 	"github.com/ntc-project/ntc/repo"
 )
 
-// Repo is a receiver's repository: a node repository (package repo) whose
-// committed versions it receives, with the materialized images of each
-// set's current version.
+// Repo is a view of repo.Repo for receiving pushes (see package repo's
+// "one repository, three views"): the node repository whose versions it
+// receives, with per-set push locks and the materialized images of each
+// set's current version, or versions kept elsewhere (Versions).
 //
 //	DIR/packs/…                         the chunk store (chunk.PackStore)
 //	DIR/sets/SET/versions/NNNNNN/       a committed version (package repo)
@@ -102,26 +103,6 @@ type ImageManifest struct {
 // versions. One process receives into a repository at a time; others may
 // take checkpoints into it (package capture) and read it.
 func OpenRepo(dir string) (*Repo, error) {
-	// Versions are guest data: private, also in a repository an older
-	// ntc made.
-	for _, d := range []string{"sets", "tmp"} {
-		if err := os.MkdirAll(filepath.Join(dir, d), 0o700); err != nil {
-			return nil, fmt.Errorf("open repository: %w", err)
-		}
-		if err := os.Chmod(filepath.Join(dir, d), 0o700); err != nil {
-			return nil, fmt.Errorf("open repository: %w", err)
-		}
-	}
-	// What DIR/tmp holds from before (versions being assembled or removed
-	// when a process died) is garbage; what other processes write there
-	// (a checkpoint's commit) lives for milliseconds.
-	if ents, err := os.ReadDir(filepath.Join(dir, "tmp")); err == nil {
-		for _, e := range ents {
-			if fi, err := e.Info(); err == nil && time.Since(fi.ModTime()) > staleTmp {
-				os.RemoveAll(filepath.Join(dir, "tmp", e.Name()))
-			}
-		}
-	}
 	nodes, err := repo.Open(dir)
 	if err != nil {
 		return nil, err
@@ -135,7 +116,7 @@ func OpenRepo(dir string) (*Repo, error) {
 
 func newDirRepo(dir string, nodes *repo.Repo) *Repo {
 	r := &Repo{dir: dir, local: nodes, locks: map[string]*setLock{}}
-	r.nodes = dirVersions{nodes: nodes, files: r}
+	r.nodes = dirVersions{nodes: nodes}
 	return r
 }
 
@@ -160,12 +141,9 @@ func OpenRepoOn(cache string, v Versions) (*Repo, error) {
 // versions and indexes, while another process may be serving it. A
 // repository in the older layout is converted first.
 func OpenRepoForReading(dir string) (*Repo, error) {
-	if _, err := os.Stat(filepath.Join(dir, "sets")); err != nil {
-		return nil, fmt.Errorf("open repository %s: %w (is it a directory that 'ntc serve --store' created?)", dir, err)
-	}
 	nodes, err := repo.OpenExisting(dir)
 	if err != nil {
-		return nil, err
+		return nil, err // repo.ErrNotRepo
 	}
 	r := newDirRepo(dir, nodes)
 	if err := r.convert(context.Background()); err != nil {
@@ -181,9 +159,6 @@ func OpenRepoForReading(dir string) (*Repo, error) {
 // does not name their version, which in the default mode it already does.
 // Call it before receiving.
 func (r *Repo) ImagesOnDemand() { r.onDemand = true }
-
-// staleTmp is the age past which an entry of DIR/tmp is left over.
-const staleTmp = 10 * time.Minute
 
 // Close releases the repository's chunk store, if a push left it open.
 func (r *Repo) Close() error {
@@ -284,11 +259,6 @@ func (r *Repo) lock(ctx context.Context, set, owner string, cancel func()) (func
 	}, nil
 }
 
-// versionPath is the slash-separated path of version v's directory.
-func versionPath(set string, v uint64) string {
-	return path.Join("sets", set, "versions", fmt.Sprintf("%06d", v))
-}
-
 // Current returns the manifest of the set's current version, or nil when
 // the set has none.
 func (r *Repo) Current(set string) (*Manifest, error) {
@@ -312,17 +282,6 @@ func (r *Repo) Manifest(set string, v uint64) (*Manifest, error) {
 		return nil, err
 	}
 	return r.manifestOf(rv, nil)
-}
-
-// openStat checks that the repository's file at rel is one openFile
-// accepts.
-func (r *Repo) openStat(rel string, limit int64) (os.FileInfo, error) {
-	f, err := r.openFile(rel, os.O_RDONLY, limit)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	return f.Stat()
 }
 
 // manifestOf describes v; seqOf, if given, maps digests to numbers here

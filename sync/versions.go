@@ -2,10 +2,7 @@ package sync
 
 import (
 	"context"
-	"errors"
 	"fmt"
-	"os"
-	"path"
 
 	"github.com/ntc-project/ntc/chunk"
 	"github.com/ntc-project/ntc/repo"
@@ -46,11 +43,10 @@ type Versions interface {
 	Collect(ctx context.Context, st chunk.WriteStore) (chunk.CompactStats, error)
 }
 
-// dirVersions are the versions of the node repository in a directory.
-// Its files are read through files (confined to the directory, bounded).
+// dirVersions are the versions of the node repository in a directory,
+// which reads its files confined to it and bounded.
 type dirVersions struct {
 	nodes *repo.Repo
-	files *Repo
 }
 
 var _ Versions = dirVersions{}
@@ -62,9 +58,6 @@ func (d dirVersions) Versions(_ context.Context, set string) ([]*repo.Version, e
 }
 
 func (d dirVersions) Version(_ context.Context, set string, seq uint64) (*repo.Version, error) {
-	if _, err := d.files.openStat(path.Join(versionPath(set, seq), "version.json"), maxManifestFile); err != nil {
-		return nil, fmt.Errorf("read version %d of %s: %w", seq, set, err)
-	}
 	return d.nodes.Version(set, seq)
 }
 
@@ -73,15 +66,6 @@ func (d dirVersions) ByDigest(_ context.Context, set string, dg repo.Digest) (*r
 }
 
 func (d dirVersions) Head(_ context.Context, set string) (*repo.Version, error) {
-	// HEAD is checked here (a regular file inside the repository, small);
-	// package repo reads it.
-	_, err := d.files.openStat(path.Join("sets", set, "HEAD"), maxCurrentFile)
-	if errors.Is(err, os.ErrNotExist) {
-		return nil, nil
-	}
-	if err != nil {
-		return nil, fmt.Errorf("read current version of %s: %w", set, err)
-	}
 	return d.nodes.Head(set)
 }
 
@@ -94,15 +78,11 @@ func (d dirVersions) Diverged(_ context.Context, set string) ([]*repo.Version, e
 }
 
 func (d dirVersions) Index(_ context.Context, set string, seq uint64, image string) (*chunk.Index, error) {
-	return d.files.readIndex(path.Join(versionPath(set, seq), image+".idx"))
+	return d.nodes.Index(set, seq, image)
 }
 
 func (d dirVersions) Meta(_ context.Context, set string, seq uint64) ([]byte, error) {
-	b, err := d.files.readFile(path.Join(versionPath(set, seq), "meta"), maxMeta)
-	if errors.Is(err, os.ErrNotExist) {
-		return nil, nil
-	}
-	return b, err
+	return d.nodes.Meta(set, seq)
 }
 
 func (d dirVersions) Commit(ctx context.Context, v *repo.Version, idx []*chunk.Index, meta []byte, opt repo.CommitOptions) (*repo.Committed, error) {

@@ -2,9 +2,8 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
-	"os"
-	"path/filepath"
 	"strconv"
 	"strings"
 
@@ -111,13 +110,14 @@ func runCheck(cmd *cobra.Command, g *globals, dir string, o checkOptions) error 
 	switch {
 	case isS3(dir):
 		owners, st, err = g.checkS3(cmd.Context(), dir)
-	case isDir(filepath.Join(dir, "sets")):
+	default:
+		if _, err := repo.OpenExisting(dir); errors.Is(err, repo.ErrNotRepo) {
+			return usagef("%s is not a repository: give the directory of 'ntc serve --store' or 'ntc checkpoint --out'", dir)
+		}
 		owners, err = receiverOwners(dir)
 		if err == nil {
 			st, err = chunk.OpenPackStoreReadOnly(dir)
 		}
-	default:
-		return usagef("%s is not a repository: give the directory of 'ntc serve --store' or 'ntc checkpoint --out'", dir)
 	}
 	if err != nil {
 		return err
@@ -182,11 +182,6 @@ func setAside(ctx context.Context, dir string, ids []chunk.ID) error {
 		return fmt.Errorf("set the damaged chunks aside: %w", err)
 	}
 	return nil
-}
-
-func isDir(p string) bool {
-	fi, err := os.Stat(p)
-	return err == nil && fi.IsDir()
 }
 
 type nopCloser struct{ chunk.Store }

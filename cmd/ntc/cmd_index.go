@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"time"
@@ -44,7 +45,7 @@ Examples:
 		Args: exactArgs(1, "IMAGE"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			o.average = g.v.GetString("chunk.average")
-			o.readonly = firstNonEmpty(o.readonly, g.v.GetString("index.readonly"))
+			o.readonly = cmp.Or(o.readonly, g.v.GetString("index.readonly"))
 			return runIndex(cmd.Context(), g, o, args[0])
 		},
 	}
@@ -185,13 +186,4 @@ func exactArgs(n int, names string) cobra.PositionalArgs {
 		}
 		return nil
 	}
-}
-
-func firstNonEmpty(s ...string) string {
-	for _, x := range s {
-		if x != "" {
-			return x
-		}
-	}
-	return ""
 }

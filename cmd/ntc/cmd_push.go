@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -35,7 +36,7 @@ func (o *receiverOptions) addFlags(g *globals, cmd *cobra.Command) {
 	f.String("to", "", "receiver address HOST:PORT")
 	f.String("peer", "", "the receiver's node ID (from 'ntc id' there)")
 	f.Int("streams", 4, "parallel data streams")
-	f.Int("conns", 8, "at most this many connections carry data when 8 MiB or more travel: one per 10 ms of round trip (each has its own congestion window, which lossy long links need); serve's --max-conns-per-peer caps it")
+	f.Int("conns", defaultConns, "at most this many connections carry data when 8 MiB or more travel: one per 10 ms of round trip (each has its own congestion window, which lossy long links need); serve's --max-conns-per-peer caps it")
 	for _, name := range []string{"to", "peer", "streams", "conns"} {
 		g.bind(cmd, "push."+name, name)
 	}
@@ -318,6 +319,19 @@ func safeName(s string) string {
 		b = b[:128]
 	}
 	return string(b)
+}
+
+// defaultConns is push.conns when nothing sets it.
+const defaultConns = 8
+
+// pushTuning is how a push of any command (push, sync) sends: push.streams,
+// push.conns and push.bwlimit of the configuration (or push's flags).
+func (g *globals) pushTuning() (streams, conns int, bytesPerSec int64, err error) {
+	rate, err := parseRate(g.v.GetString("push.bwlimit"))
+	if err != nil {
+		return 0, 0, 0, usagef("push.bwlimit: %v", err)
+	}
+	return g.v.GetInt("push.streams"), cmp.Or(g.v.GetInt("push.conns"), defaultConns), rate, nil
 }
 
 // parseRate reads a rate: a number with an optional k, M, G prefix (powers

@@ -128,8 +128,14 @@ func runSync(ctx context.Context, g *globals, o syncOptions, vm string) error {
 		return err
 	}
 	cfg.Node, cfg.Final = id.ID().String(), o.handoff
+	// As push: its tuning from the configuration, the last session resumed.
+	streams, conns, rate, err := g.pushTuning()
+	if err != nil {
+		return err
+	}
+	sessions := transport.NewSessionStore(filepath.Join(g.home(), "sessions"))
 	dial := func(ctx context.Context) (*transport.Conn, error) {
-		c, err := transport.Dial(ctx, p.Addr, id, p.ID, transport.Config{})
+		c, err := transport.Dial(ctx, p.Addr, id, p.ID, transport.Config{Sessions: sessions})
 		if err != nil {
 			return nil, fmt.Errorf("connect to %s (%s): %w", p.Name, p.Addr, err)
 		}
@@ -141,7 +147,8 @@ func runSync(ctx context.Context, g *globals, o syncOptions, vm string) error {
 		}
 	}
 
-	s := &ntcsync.Sender{StateDir: cfg.Dir, Node: cfg.Node, Force: o.force, Dial: dial}
+	s := &ntcsync.Sender{StateDir: cfg.Dir, Node: cfg.Node, Force: o.force, Dial: dial,
+		Streams: streams, Conns: conns, BytesPerSec: rate}
 	pending := pendingPath(cfg.Dir, vm)
 	// A failure of the hand-off leaves the original running here.
 	undo := func(err error) error {

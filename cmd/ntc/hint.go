@@ -35,6 +35,7 @@ var hints = []struct {
 	{transport.ErrPeerNotAllowed, "on the receiver, allow this node: ntc serve ... --allow ID ('ntc id' here prints it)"},
 	{transport.ErrVersionMismatch, "upgrade ntc on both sides"},
 	{ntcsync.ErrLimit, "the receiver's log (ntc serve) names the limit: split the push (fewer images), or raise the limit there"},
+	{repo.ErrDiverged, "the other copy ran on apart from this one: stop it there and push this one with --force (ntc push --force, ntc sync --force) to make it current, or keep the other and take it back"},
 	{ntcsync.ErrBusy, "try again when the other push of the set ends"},
 	{ntcsync.ErrNoSpace, "free space on the receiver and push again"},
 	{ntcsync.ErrBadChunks, "check the sender's disk and memory"},

@@ -31,6 +31,7 @@ func TestHint(t *testing.T) {
 		{fmt.Errorf("enable: %w: %w", capture.ErrNoBackgroundSnapshot, capture.ErrUnsupported), []string{"--method precopy"}},
 		{fmt.Errorf("read index: %w: %w: version 9", chunk.ErrCorruptIndex, chunk.ErrIndexVersion), []string{"upgrade ntc here"}},
 		{fmt.Errorf("push: %w", ntcsync.ErrLimit), []string{"raise the limit there"}},
+		{fmt.Errorf("push: %w", repo.ErrDiverged), []string{"--force"}},
 		{fmt.Errorf("kernel and initrd: %w; %w", resume.ErrNeedKernel, resume.ErrNeedInitrd), []string{"--kernel PATH", "--initrd PATH"}},
 		{fmt.Errorf("push: %w", ntcsync.ErrVersionMismatch), []string{"upgrade ntc on both sides"}},
 		{fmt.Errorf("push: %w", ntcsync.ErrNoSpace), []string{"free space on the receiver"}},

@@ -44,6 +44,37 @@ func Write(path string, perm os.FileMode, fill func(w io.Writer) error) (err err
 	return SyncDir(dir)
 }
 
+// WriteNew creates path, which must not exist, in a directory that readers
+// do not see yet (a temporary directory to be renamed into place), with
+// what fill writes, and syncs it. It neither renames nor syncs the
+// directory: the caller syncs the directory once, after its last file,
+// and before renaming it. On error the file is removed.
+func WriteNew(path string, perm os.FileMode, fill func(w io.Writer) error) (err error) {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, perm)
+	if err != nil {
+		return fmt.Errorf("create %s: %w", path, err)
+	}
+	defer func() {
+		if err != nil {
+			f.Close()
+			os.Remove(path)
+		}
+	}()
+	if err := fill(f); err != nil {
+		return err
+	}
+	if err := f.Chmod(perm); err != nil { // the umask may have narrowed it
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	if err := f.Sync(); err != nil {
+		return fmt.Errorf("write %s: sync: %w", path, err)
+	}
+	if err := f.Close(); err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	return nil
+}
+
 // WriteBytes is Write for content already in memory.
 func WriteBytes(path string, perm os.FileMode, data []byte) error {
 	return Write(path, perm, func(w io.Writer) error {

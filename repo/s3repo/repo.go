@@ -26,6 +26,9 @@ type Repo struct {
 	records map[string]map[repo.Digest]*repo.Version
 }
 
+// A bucket's versions are thinned as a directory's are (repo.Thin).
+var _ repo.Thinnable = (*Repo)(nil)
+
 // New returns the repository whose versions sets keeps.
 func New(sets *s3versions.Sets) *Repo {
 	return &Repo{sets: sets, records: map[string]map[repo.Digest]*repo.Version{}}
