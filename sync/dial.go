@@ -215,6 +215,13 @@ func (d *dialing) claim(grow bool) (*transport.Conn, <-chan struct{}, bool) {
 	return nil, d.changed, d.opening > 0 || grow && !d.started
 }
 
+// wait returns once the dials under way end.
+func (d *dialing) wait() {
+	if d != nil {
+		d.wg.Wait()
+	}
+}
+
 // close closes the connections, once their dials end.
 func (d *dialing) close() {
 	if d == nil {

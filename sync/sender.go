@@ -109,7 +109,8 @@ type Result struct {
 	// IndexFetched is set when the sender had to fetch the base indexes.
 	IndexFetched bool  `json:"index_fetched"`
 	DurationMS   int64 `json:"duration_ms"`
-	// Connections is how many connections carried the push; BytesUp and
+	// Connections is how many connections the push opened (the control
+	// connection and the extra data connections that opened); BytesUp and
 	// BytesDown what crossed the wire on all of them (QUIC packets,
 	// retransmissions included), BytesLost what QUIC declared lost.
 	Connections int    `json:"connections"`
@@ -409,6 +410,7 @@ func (p *pushing) committed(b []byte) (*Result, error) {
 		return nil, fmt.Errorf("pushed, but could not record it locally: %w", err)
 	}
 	res.DurationMS = time.Since(p.start).Milliseconds()
+	p.extra.wait() // a dial still under way is counted once it ends
 	conns := p.conns()
 	res.Connections = len(conns)
 	for _, c := range conns {
@@ -418,7 +420,7 @@ func (p *pushing) committed(b []byte) (*Result, error) {
 		res.BytesLost += st.BytesLost
 	}
 	if c.diverged {
-		return res, fmt.Errorf("%s: the receiver kept version %d (%s) but did not make it current: its current version %s is not an ancestor (both copies ran since their common base): %w; to make this one current, push again with --force",
+		return res, fmt.Errorf("%s: the receiver kept version %d (%s) but did not make it current: its current version %s is not an ancestor (both copies ran since their common base): %w",
 			v.Set, c.version, p.lv.Digest.Short(), c.head.Short(), repo.ErrDiverged)
 	}
 	return res, nil
