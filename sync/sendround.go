@@ -257,7 +257,7 @@ func (rp *roundPlan) stream(ctx context.Context, conn *transport.Conn) error {
 	}
 	stop := context.AfterFunc(ctx, func() { st.Cancel(transport.ErrShuttingDown) })
 	defer stop()
-	ds := &dataSender{s: rp.s, ctx: ctx, lim: rp.lim, encs: &rp.encs, ctl: levelCtl{level: rp.first, top: rp.top}, groups: rp.groups, stats: &rp.stats,
+	ds := &dataSender{s: rp.s, ctx: ctx, lim: rp.lim, encs: &rp.encs, ctl: levelCtl{level: rp.first, top: rp.top, minOut: 2 * rp.bufSize}, groups: rp.groups, stats: &rp.stats,
 		zs: zstdSkipper{limit: rp.skipLimit}}
 	if ds.enc, err = rp.encs.get(rp.first); err != nil {
 		return err
@@ -393,8 +393,9 @@ type dataSender struct {
 	// to be compressed together.
 	group []groupItem
 	gbuf  []byte
-	// comp and wait time of the batch so far.
+	// comp and wait time of the batch so far, and the bytes it wrote.
 	compTime, waitTime time.Duration
+	outBytes           int
 }
 
 type groupItem struct {
@@ -508,6 +509,7 @@ func (d *dataSender) write(typ byte, head, body []byte) error {
 func (d *dataSender) account(t0, t1 time.Time, chunks, raw, data int) {
 	d.compTime += t1.Sub(t0)
 	d.waitTime += time.Since(t1)
+	d.outBytes += data
 	d.stats.chunks.Add(int64(chunks))
 	d.stats.bytes.Add(int64(raw))
 	d.stats.data.Add(int64(data))
@@ -522,13 +524,13 @@ func (d *dataSender) endBatch() error {
 	if err := d.flushGroup(); err != nil {
 		return err
 	}
-	comp, wait := d.compTime, d.waitTime
-	d.compTime, d.waitTime = 0, 0
+	comp, wait, out := d.compTime, d.waitTime, d.outBytes
+	d.compTime, d.waitTime, d.outBytes = 0, 0, 0
 	if d.s.level != nil {
 		return nil
 	}
 	var err error
-	d.enc, err = d.encs.get(d.ctl.observe(comp, wait))
+	d.enc, err = d.encs.get(d.ctl.observe(comp, wait, out))
 	return err
 }
 
