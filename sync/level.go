@@ -75,8 +75,10 @@ func (e *encoders) close() {
 // all. The link's rate and the CPU left are measured this way, whatever
 // the loss, the other streams or the other processes do to them.
 type levelCtl struct {
-	// level is the current level, top the highest it may reach.
+	// level is the current level, top the highest it may reach; fixed
+	// keeps the level as it is (a small round's, chosen once).
 	level, top int
+	fixed      bool
 	comp, wait time.Duration
 	batches    int
 	// out is the bytes the stream wrote since the last decision; a
@@ -98,6 +100,9 @@ func (c *levelCtl) observe(comp, wait time.Duration, out int) int {
 	c.wait += wait
 	c.out += out
 	c.batches++
+	if c.fixed {
+		return c.level
+	}
 	if c.batches < ctlBatches || c.out < c.minOut {
 		return c.level
 	}

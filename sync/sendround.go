@@ -178,7 +178,8 @@ type roundPlan struct {
 	drained    chan struct{}
 	drainOnce  sync.Once
 	encs       encoders
-	first, top int // zstd levels: the one to start at, the best to go to
+	first, top int  // zstd levels: the one to start at, the best to go to
+	fixedLevel bool // the streams keep the first level
 	groups     bool
 	skipLimit  int // the zstdSkipper's backoff limit
 	stats      roundStats
@@ -202,10 +203,10 @@ func (rp *roundPlan) plan(rtt time.Duration) {
 	small := todoBytes <= smallRound
 	if small {
 		l := smallLevel(rtt, s.BytesPerSec, todoBytes)
-		rp.first, rp.top = l, l
+		rp.first, rp.top, rp.fixedLevel = l, l, true
 	}
 	if s.level != nil {
-		rp.first = *s.level
+		rp.first, rp.top, rp.fixedLevel = *s.level, *s.level, true
 	}
 	rp.groups = rtt >= extraConnsRTT || small
 	if s.groups != nil {
@@ -257,7 +258,7 @@ func (rp *roundPlan) stream(ctx context.Context, conn *transport.Conn) error {
 	}
 	stop := context.AfterFunc(ctx, func() { st.Cancel(transport.ErrShuttingDown) })
 	defer stop()
-	ds := &dataSender{s: rp.s, ctx: ctx, lim: rp.lim, encs: &rp.encs, ctl: levelCtl{level: rp.first, top: rp.top, minOut: 2 * rp.bufSize}, groups: rp.groups, stats: &rp.stats,
+	ds := &dataSender{s: rp.s, ctx: ctx, lim: rp.lim, encs: &rp.encs, ctl: levelCtl{level: rp.first, top: rp.top, fixed: rp.fixedLevel, minOut: 2 * rp.bufSize}, groups: rp.groups, stats: &rp.stats,
 		zs: zstdSkipper{limit: rp.skipLimit}}
 	if ds.enc, err = rp.encs.get(rp.first); err != nil {
 		return err
@@ -526,9 +527,6 @@ func (d *dataSender) endBatch() error {
 	}
 	comp, wait, out := d.compTime, d.waitTime, d.outBytes
 	d.compTime, d.waitTime, d.outBytes = 0, 0, 0
-	if d.s.level != nil {
-		return nil
-	}
 	var err error
 	d.enc, err = d.encs.get(d.ctl.observe(comp, wait, out))
 	return err
