@@ -54,9 +54,9 @@ func TestLevelRange(t *testing.T) {
 		first, top int
 	}{
 		{100 * time.Microsecond, 0, 0, 1},
-		{40 * time.Millisecond, 0, 2, best},
+		{40 * time.Millisecond, 0, best, best},
 		{100 * time.Microsecond, 2 << 20, best, best},
-		{40 * time.Millisecond, 100 << 20, 2, best},
+		{40 * time.Millisecond, 100 << 20, best, best},
 	}
 	for _, tt := range tests {
 		if first, top := levelRange(tt.rtt, tt.cap); first != tt.first || top != tt.top {
