@@ -71,11 +71,11 @@ func (d *dialer) sender(p peer, dir string, t sendTuning) *ntcsync.Sender {
 // (newDialer), tuned by push.* (pushTuning), logging what it does with
 // --verbose, its state in dir.
 func (g *globals) newSender(p peer, dir string) (*ntcsync.Sender, error) {
-	d, err := g.newDialer()
+	t, err := g.pushTuning()
 	if err != nil {
 		return nil, err
 	}
-	t, err := g.pushTuning()
+	d, err := g.newDialer()
 	if err != nil {
 		return nil, err
 	}
