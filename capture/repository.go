@@ -356,7 +356,7 @@ func (r *Repository) changesDir(d repo.Digest) string {
 func (r *Repository) lock() (unlock func(), err error) {
 	f, err := filelock.TryLock(filepath.Join(r.captureDir(), lockFile))
 	if errors.Is(err, filelock.ErrBusy) {
-		return nil, fmt.Errorf("another ntc process is taking a checkpoint of %s in %s: wait for it to finish: %w", r.set, r.Dir(), ErrBusy)
+		return nil, fmt.Errorf("another ntc process is taking a checkpoint of %s in %s: %w", r.set, r.Dir(), ErrBusy)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("lock set %s: %w", r.set, err)

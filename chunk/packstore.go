@@ -85,7 +85,8 @@ type PackStore struct {
 // packBufSize is how much a PackStore collects before writing.
 const packBufSize = 4 << 20
 
-// ErrStoreBusy reports a store another process has open for writing.
+// ErrStoreBusy reports a store another process has open for writing
+// (it comes wrapped with filelock.ErrBusy).
 var ErrStoreBusy = errors.New("chunk store busy")
 
 type packLoc struct {
@@ -128,7 +129,7 @@ func OpenPackStore(dir string) (*PackStore, error) {
 	// interleave records.
 	lock, err := filelock.TryLock(filepath.Join(pdir, "lock"))
 	if errors.Is(err, filelock.ErrBusy) {
-		return nil, fmt.Errorf("open chunk store %s: %w: another ntc process is using it; stop it first (%w)", dir, ErrStoreBusy, err)
+		return nil, fmt.Errorf("open chunk store %s: %w (%w)", dir, ErrStoreBusy, err)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("open chunk store %s: %w", dir, err)

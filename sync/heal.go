@@ -45,6 +45,11 @@ const (
 // that offers them sends them again.
 var ErrDamagedStore = errors.New("chunks in the receiver's store are damaged (see its log); they are set aside, and a later push sends them again")
 
+// ErrOldSender: the sender's protocol predates healing, so it cannot send
+// chunks the receiver holds damaged again; it comes wrapped with
+// ErrDamagedStore.
+var ErrOldSender = errors.New("the sender's ntc cannot send stored chunks again")
+
 func encodeHeal(ids []chunk.ID) []byte {
 	var e enc
 	e.uvarint(uint64(len(ids)))
@@ -224,7 +229,7 @@ func (p *push) heal(ctx context.Context, ids []chunk.ID) error {
 	p.r.log().Warn("stored chunks damaged or missing: set aside, asking the sender for those of the version", "set", p.set, "chunks", len(ids), "first", ids[0].Short())
 	in := &p.in
 	if p.version < healProtocol {
-		return fmt.Errorf("%w: the sender's ntc is too old to send them again: upgrade it", ErrDamagedStore)
+		return fmt.Errorf("%w: %w", ErrDamagedStore, ErrOldSender)
 	}
 	if p.healed += len(ids); p.healed > maxHealChunks {
 		return fmt.Errorf("%w: over %d chunks", ErrDamagedStore, maxHealChunks)
