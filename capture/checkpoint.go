@@ -1246,7 +1246,7 @@ func (c *checkpointer) finish(ctx context.Context, machine Machine, cs *captured
 	used := map[string]bool{}
 	for _, b := range cs.blocks {
 		x := b.idx.Index()
-		name := uniqueName(used, "ram-"+fileName(b.name))
+		name := imageName(used, "ram-", b.name)
 		r := RAM{Name: b.name, Index: name + ".idx", Size: b.length}
 		c.indexes[r.Index] = x
 		st := x.Stats()

@@ -162,7 +162,7 @@ func queryDisks(ctx context.Context, s *qemu.Session) ([]liveDisk, error) {
 			}
 			d.Chain = append(d.Chain, chainLayer{File: file, Format: t.Format})
 		}
-		d.Name = uniqueName(used, "disk-"+fileName(d.Device))
+		d.Name = imageName(used, "disk-", d.Device)
 		out = append(out, d)
 	}
 	return out, nil
