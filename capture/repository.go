@@ -107,7 +107,7 @@ func OpenRepositoryForReading(dir, set string) (*Repository, error) {
 	if err != nil {
 		return nil, err // repo.ErrNotRepo
 	}
-	st, err := chunk.OpenPackStoreReadOnly(dir)
+	st, err := nodes.OpenStoreReadOnly()
 	if err != nil {
 		return nil, fmt.Errorf("open repository %s: %w", dir, err)
 	}

@@ -126,6 +126,12 @@ func (r *Repo) OpenStore(ctx context.Context) (*chunk.PackStore, error) {
 	return filelock.Wait(ctx, func() (*chunk.PackStore, error) { return chunk.OpenPackStore(r.dir) })
 }
 
+// OpenStoreReadOnly opens the repository's chunk store to read, beside
+// its writers: it sees the chunks stored when it was opened.
+func (r *Repo) OpenStoreReadOnly() (*chunk.ReadOnlyPackStore, error) {
+	return chunk.OpenPackStoreReadOnly(r.dir)
+}
+
 // lock takes DIR/lock for one writing operation, waiting while another
 // process holds it until ctx ends.
 func (r *Repo) lock(ctx context.Context) (unlock func(), err error) {

@@ -421,7 +421,7 @@ func (r *Repo) Materialize(ctx context.Context, set string, v uint64) error {
 		return nil
 	}
 	if r.local != nil {
-		st, err := chunk.OpenPackStoreReadOnly(r.dir)
+		st, err := r.local.OpenStoreReadOnly()
 		if err != nil {
 			return fmt.Errorf("materialize %s: %w", set, err)
 		}
