@@ -31,8 +31,6 @@ import (
 const (
 	msgHeal = 18 // R→S: chunks of the version to send again: the stored copy is damaged
 
-	codeDamagedStore = 16 // see errors.go
-
 	healProtocol  = 4
 	maxHealIDs    = 8192
 	maxHealChunks = 1 << 16
