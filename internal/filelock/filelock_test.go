@@ -158,3 +158,29 @@ func TestWaitStopsAtOtherErrors(t *testing.T) {
 		t.Fatalf("Wait: %v after %d tries, want boom after 1", err, n)
 	}
 }
+
+// TestTryLockFile: a file opened elsewhere (as a cleaner opens another
+// process's lock, never creating it) is busy while the holder lives and
+// free once it closed its file.
+func TestTryLockFile(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "lock")
+	held, err := TryLock(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if err := TryLockFile(f); !errors.Is(err, ErrBusy) {
+		t.Fatalf("TryLockFile while held: %v, want ErrBusy", err)
+	}
+	held.Close()
+	if err := TryLockFile(f); err != nil {
+		t.Fatalf("TryLockFile after the holder closed: %v", err)
+	}
+	if _, err := TryLock(path); !errors.Is(err, ErrBusy) {
+		t.Fatalf("TryLock while TryLockFile holds it: %v, want ErrBusy", err)
+	}
+}
