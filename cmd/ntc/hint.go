@@ -43,7 +43,7 @@ var hints = []struct {
 	{capture.ErrNoBackgroundSnapshot, "switch off xbzrle, compress, multifd and postcopy; run QEMU as root or set the sysctl vm.unprivileged_userfaultfd=1; or checkpoint with --method precopy"},
 	{chunk.ErrIndexVersion, "a newer ntc wrote it: upgrade ntc here"},
 	{transport.ErrNoIdentity, "run 'ntc init' to create this node's identity"},
-	{transport.ErrNoAnswer, "check that 'ntc serve' runs there and listens on that port, and that UDP gets through (a firewall)"},
+	{transport.ErrNoAnswer, "check that 'ntc serve' runs there and listens on that port, that it allows this node (ntc serve ... --allow ID; 'ntc id' here prints it), and that UDP gets through (a firewall)"},
 	{transport.ErrPeerNotAllowed, "on the receiver, allow this node: ntc serve ... --allow ID ('ntc id' here prints it)"},
 	{transport.ErrVersionMismatch, "upgrade ntc on both sides"},
 	{ntcsync.ErrLimit, "the receiver's log (ntc serve) names the limit: split the push (fewer images), or raise the limit there"},
