@@ -62,6 +62,7 @@ import (
 	"github.com/ntc-project/ntc/capture/migstream"
 	"github.com/ntc-project/ntc/internal/atomicfile"
 	"github.com/ntc-project/ntc/internal/clonefile"
+	"github.com/ntc-project/ntc/repo"
 )
 
 // LibvirtConfig says which checkpoint to resume as a libvirt domain.
@@ -401,13 +402,14 @@ func parseUUID(s string) (libvirt.UUID, bool) {
 }
 
 // checkDomainName accepts the names ntc gives domains: a set's name
-// (letters, digits, '.', '_', '-', '+'), not starting with '.' or '-'.
+// (repo.CheckName) that does not start with '-', which virsh would take
+// for an option.
 func checkDomainName(name string) error {
-	if name == "" || len(name) > 128 || name[0] == '.' || name[0] == '-' ||
-		strings.ContainsFunc(name, func(r rune) bool {
-			return !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || strings.ContainsRune("._-+", r))
-		}) {
-		return fmt.Errorf("resume: domain name %q: want 1 to 128 letters, digits, '.', '_', '-', '+', not starting with '.' or '-'", name)
+	if err := repo.CheckName(name); err != nil {
+		return fmt.Errorf("resume: domain name: %w", err)
+	}
+	if name[0] == '-' {
+		return fmt.Errorf("resume: domain name %q: must not start with '-' (virsh would read it as an option): %w", name, repo.ErrBadName)
 	}
 	return nil
 }
