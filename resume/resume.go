@@ -70,7 +70,7 @@ type Config struct {
 	// then it is killed when the process dies, like a copy without Detach.
 	// It needs Keeper.
 	Detach bool
-	// Keeper is the command line that runs RunKeeper (ntc re-executed with
+	// Keeper is the command line of the keeper (ntc re-executed with
 	// KeeperArg): the process between ntc and a detachable QEMU.
 	Keeper []string
 	// Manifest overrides Images/manifest.json.
