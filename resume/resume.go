@@ -292,9 +292,12 @@ func openCheckpoint(network Network, workDir, images string, m *capture.Manifest
 	if c.network != NetworkOff && c.network != NetworkOn {
 		return nil, fmt.Errorf("resume: network %q: want %s or %s", network, NetworkOff, NetworkOn)
 	}
+	if workDir == "" {
+		return nil, errors.New("resume: no work directory")
+	}
 	var err error
-	if c.work, err = filepath.Abs(workDir); err != nil || workDir == "" {
-		return nil, fmt.Errorf("resume: work directory %q: %v", workDir, err)
+	if c.work, err = filepath.Abs(workDir); err != nil {
+		return nil, fmt.Errorf("resume: work directory %q: %w", workDir, err)
 	}
 	if c.images, err = filepath.Abs(images); err != nil {
 		return nil, fmt.Errorf("resume: %w", err)
