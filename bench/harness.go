@@ -158,9 +158,7 @@ func (n *Node) Push(ctx context.Context, addr, peer string, args ...string) (*Pu
 
 // PushVia runs 'ntc push' under a wrapper command (a namespace).
 func (n *Node) PushVia(ctx context.Context, wrap []string, addr, peer string, args ...string) (*PushResult, error) {
-	argv := append(append(wrap, n.Bin, "--json", "push", "--to", addr, "--peer", peer), args...)
-	c := exec.CommandContext(ctx, argv[0], argv[1:]...)
-	c.Env = append(os.Environ(), "NTC_HOME="+n.Home)
+	c := n.CommandIn(ctx, wrap, append([]string{"--json", "push", "--to", addr, "--peer", peer}, args...)...)
 	var stderr bytes.Buffer
 	c.Stderr = &stderr
 	t0 := time.Now()
