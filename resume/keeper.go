@@ -30,6 +30,13 @@ import (
 // KeeperArg is the first argument of a keeper's command line.
 const KeeperArg = "__resume-keeper"
 
+// The lines ntc and the keeper exchange on its control and status (after
+// QEMU's pid).
+const (
+	keeperRelease  = "release"
+	keeperReleased = "released"
+)
+
 // KeeperConfig is what a keeper runs: its command line after KeeperArg.
 type KeeperConfig struct {
 	// Argv is QEMU's command line.
@@ -123,7 +130,7 @@ func Keep(ctx context.Context, cfg KeeperConfig, control io.Reader, status io.Wr
 	released := make(chan bool, 1) // false: ntc went away
 	go func() {
 		line, _ := bufio.NewReader(control).ReadString('\n')
-		released <- strings.TrimSpace(line) == "release"
+		released <- strings.TrimSpace(line) == keeperRelease
 	}()
 	select {
 	case err := <-exited:
@@ -141,7 +148,7 @@ func Keep(ctx context.Context, cfg KeeperConfig, control io.Reader, status io.Wr
 		kill()
 		return fmt.Errorf("resume keeper: clear the parent-death signal: %w", err)
 	}
-	_, err = fmt.Fprintln(status, "released")
+	_, err = fmt.Fprintln(status, keeperReleased)
 	if cerr := status.Close(); err == nil {
 		err = cerr
 	}

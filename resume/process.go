@@ -135,11 +135,11 @@ func start(p *Plan, disks []*os.File, cred *syscall.Credential, keeper []string)
 		}
 	}()
 	pr.release = func() error {
-		if _, err := control.Write([]byte("release\n")); err != nil {
+		if _, err := io.WriteString(control, keeperRelease+"\n"); err != nil {
 			return err
 		}
 		line, err := status.ReadString('\n')
-		if strings.TrimSpace(line) != "released" {
+		if strings.TrimSpace(line) != keeperReleased {
 			return fmt.Errorf("the keeper said %q (%v)", line, err)
 		}
 		return nil
