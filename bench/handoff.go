@@ -82,7 +82,7 @@ func runHandoff(ctx context.Context, bin string, l *link.Link, sc *Scenario, dir
 	// a checkpoint replicate is taking (QEMU serves one QMP client).
 	rctx, rcancel := context.WithCancel(ctx)
 	defer rcancel()
-	rep := wrapCommand(rctx, a.Wrap(), office, "replicate", "--qmp", src.QMPPath(), "--out", officeRepo, "--name", "vm",
+	rep := office.CommandIn(rctx, a.Wrap(), "replicate", "--qmp", src.QMPPath(), "--out", officeRepo, "--name", "vm",
 		"--to", homeAddr, "--peer", home.ID, "--every", "2s")
 	var repErr bytes.Buffer
 	rep.Stderr = &repErr
@@ -95,7 +95,7 @@ func runHandoff(ctx context.Context, bin string, l *link.Link, sc *Scenario, dir
 	}
 
 	t0 := time.Now()
-	out, err := wrapCommand(ctx, a.Wrap(), office, "--json", "sync", "vm", "--to", "home", "--handoff").Output()
+	out, err := office.CommandIn(ctx, a.Wrap(), "--json", "sync", "vm", "--to", "home", "--handoff").Output()
 	c.RunMS = time.Since(t0).Milliseconds()
 	if err != nil {
 		return fmt.Errorf("sync --handoff: %w: %s (serve: %s)", err, stderrOf(err), srv.Log())
@@ -131,16 +131,6 @@ func restoreRunning(ctx context.Context, s *qemu.Session, vm *testguest.VM, st *
 		return fmt.Errorf("guest restored from checkpoint %d: %w%s", st.Seq2, err, oops(vm.Serial()))
 	}
 	return nil
-}
-
-// wrapCommand runs ntc as node n through wrap (an endpoint's namespace).
-func wrapCommand(ctx context.Context, wrap []string, n *Node, args ...string) *exec.Cmd {
-	if len(wrap) == 0 {
-		return n.Command(ctx, args...)
-	}
-	c := exec.CommandContext(ctx, wrap[0], append(append(wrap[1:], n.Bin), args...)...)
-	c.Env = append(os.Environ(), "NTC_HOME="+n.Home)
-	return c
 }
 
 // awaitFile waits until path exists. Nothing announces it: it is looked

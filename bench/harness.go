@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -38,7 +39,14 @@ func NewNode(ctx context.Context, bin, home string) (*Node, error) {
 
 // Command runs ntc as this node.
 func (n *Node) Command(ctx context.Context, args ...string) *exec.Cmd {
-	c := exec.CommandContext(ctx, n.Bin, args...)
+	return n.CommandIn(ctx, nil, args...)
+}
+
+// CommandIn runs ntc as this node through wrap (the command line that
+// enters an endpoint's namespace, link.Endpoint.Wrap); nil: directly.
+func (n *Node) CommandIn(ctx context.Context, wrap []string, args ...string) *exec.Cmd {
+	argv := append(append(slices.Clone(wrap), n.Bin), args...)
+	c := exec.CommandContext(ctx, argv[0], argv[1:]...)
 	c.Env = append(os.Environ(), "NTC_HOME="+n.Home)
 	return c
 }
@@ -58,13 +66,7 @@ func (n *Node) Serve(ctx context.Context, addr, store string, allow string, wrap
 // ServeFlags is Serve with more flags (--resume-allow, say).
 func (n *Node) ServeFlags(ctx context.Context, addr, store string, allow string, flags []string, wrap ...string) (*Server, error) {
 	args := append([]string{"--json", "serve", "--listen", addr, "--store", store, "--allow", allow}, flags...)
-	var c *exec.Cmd
-	if len(wrap) > 0 {
-		c = exec.CommandContext(ctx, wrap[0], append(append(wrap[1:], n.Bin), args...)...)
-		c.Env = append(os.Environ(), "NTC_HOME="+n.Home)
-	} else {
-		c = n.Command(ctx, args...)
-	}
+	c := n.CommandIn(ctx, wrap, args...)
 	s := &Server{cmd: c}
 	c.Stderr = &s.stderr
 	out, err := c.StdoutPipe()
@@ -156,9 +158,7 @@ func (n *Node) Push(ctx context.Context, addr, peer string, args ...string) (*Pu
 
 // PushVia runs 'ntc push' under a wrapper command (a namespace).
 func (n *Node) PushVia(ctx context.Context, wrap []string, addr, peer string, args ...string) (*PushResult, error) {
-	argv := append(append(wrap, n.Bin, "--json", "push", "--to", addr, "--peer", peer), args...)
-	c := exec.CommandContext(ctx, argv[0], argv[1:]...)
-	c.Env = append(os.Environ(), "NTC_HOME="+n.Home)
+	c := n.CommandIn(ctx, wrap, append([]string{"--json", "push", "--to", addr, "--peer", peer}, args...)...)
 	var stderr bytes.Buffer
 	c.Stderr = &stderr
 	t0 := time.Now()

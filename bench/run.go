@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -49,7 +50,12 @@ type Config struct {
 	Profiles  []link.Profile
 	Scenarios []*Scenario
 	Tools     []string
-	// Progress, if set, is told what is running.
+	// Logger, if set, is told each case as it starts (info); nil discards.
+	Logger *slog.Logger
+	// Progress, if set and Logger is not, is told what is running.
+	//
+	// Deprecated: set Logger. Kept until cmd/ntc's bench command sets
+	// Logger instead.
 	Progress func(format string, args ...any)
 	// PushArgs are added to the measured 'ntc push' (an experiment such as
 	// --conns 1; the report is of ntc's defaults without them).
@@ -121,7 +127,10 @@ func Run(ctx context.Context, cfg Config) ([]Case, error) {
 				if !applies(tool, sc) {
 					continue
 				}
-				if cfg.Progress != nil {
+				switch {
+				case cfg.Logger != nil:
+					cfg.Logger.Info("case", "scenario", sc.Name, "link", p.Name, "tool", tool)
+				case cfg.Progress != nil:
 					cfg.Progress("%s over %s: %s", sc.Name, p.Name, tool)
 				}
 				c, err := runCase(ctx, cfg, l, sc, tool)

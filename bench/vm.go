@@ -17,6 +17,7 @@ import (
 	"github.com/ntc-project/ntc/capture"
 	"github.com/ntc-project/ntc/capture/migstream"
 	"github.com/ntc-project/ntc/internal/testguest"
+	"github.com/ntc-project/ntc/internal/zero"
 )
 
 // VM scenarios: the test guest (internal/testguest) checkpointed twice by
@@ -256,7 +257,7 @@ func writeSparse(ctx context.Context, path string, r io.ReaderAt, size int64) er
 			f.Close()
 			return err
 		}
-		if allZero(b) {
+		if zero.Is(b) {
 			continue
 		}
 		if _, err := f.WriteAt(b, off); err != nil {
@@ -269,15 +270,6 @@ func writeSparse(ctx context.Context, path string, r io.ReaderAt, size int64) er
 		return err
 	}
 	return f.Close()
-}
-
-func allZero(b []byte) bool {
-	for _, c := range b {
-		if c != 0 {
-			return false
-		}
-	}
-	return true
 }
 
 // CheckpointOracle returns the zstd-compressed size and the raw size of

@@ -292,7 +292,7 @@ func qemuImgJSON(ctx context.Context, v any, args ...string) error {
 func qemuImg(ctx context.Context, args ...string) ([]byte, error) {
 	bin, err := exec.LookPath("qemu-img")
 	if err != nil {
-		return nil, fmt.Errorf("%w (install Debian's qemu-utils)", err)
+		return nil, fmt.Errorf("%w: %w", ErrNoQemuImg, err)
 	}
 	cmd := exec.CommandContext(ctx, bin, args...)
 	var stdout, stderr bytes.Buffer

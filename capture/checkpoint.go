@@ -207,7 +207,7 @@ func Checkpoint(ctx context.Context, cfg Config) (*Result, error) {
 	var prev *Manifest
 	if head != nil {
 		if prev, err = r.manifestOf(head); err != nil {
-			return nil, fmt.Errorf("%w (the set's current version is not a checkpoint this ntc reads: take checkpoints of this VM into another set)", err)
+			return nil, fmt.Errorf("%w: %w", ErrHeadUnreadable, err)
 		}
 	}
 	seq, err := r.nextSeq()
@@ -300,7 +300,7 @@ func (c *checkpointer) run(ctx context.Context) (res *Result, err error) {
 		}
 	}
 	if migrationActive(mi.Status) {
-		return nil, fmt.Errorf("a migration is under way (status %s): wait for it to end, or cancel it with migrate_cancel: %w", mi.Status, ErrBusy)
+		return nil, fmt.Errorf("%w (status %s): %w", ErrMigrating, mi.Status, ErrBusy)
 	}
 	st, err := queryStatus(ctx, s)
 	if err != nil {
@@ -972,7 +972,7 @@ func (c *checkpointer) instantPrecopy(ctx context.Context, mark int) (qemu.Event
 			return qemu.Event{}, fmt.Errorf("wait for the migration to converge: %w", err)
 		}
 		if time.Now().After(deadline) {
-			return qemu.Event{}, fmt.Errorf("the guest dirties its memory faster than ntc stores it: no switchover within %s: %w (a background snapshot does not wait for it)", c.cfg.ConvergeTimeout, ErrNotConverging)
+			return qemu.Event{}, fmt.Errorf("the guest dirties its memory faster than ntc stores it: no switchover within %s: %w", c.cfg.ConvergeTimeout, ErrNotConverging)
 		}
 		downtime = min(2*downtime, maxDowntime)
 		c.log().Info("migration not converging: allowing a longer final pause", "downtime", downtime)
@@ -1246,7 +1246,7 @@ func (c *checkpointer) finish(ctx context.Context, machine Machine, cs *captured
 	used := map[string]bool{}
 	for _, b := range cs.blocks {
 		x := b.idx.Index()
-		name := uniqueName(used, "ram-"+fileName(b.name))
+		name := imageName(used, "ram-", b.name)
 		r := RAM{Name: b.name, Index: name + ".idx", Size: b.length}
 		c.indexes[r.Index] = x
 		st := x.Stats()

@@ -17,6 +17,26 @@ var (
 	ErrLayerNotPlain = errors.New("disk layer is not plain qcow2 or raw")
 	// ErrBusy: another ntc checkpoint or a migration is in progress.
 	ErrBusy = errors.New("busy")
+	// ErrMigrating: the guest's QEMU is migrating (another tool's
+	// migration or snapshot); it comes wrapped with ErrBusy.
+	ErrMigrating = errors.New("a migration is under way")
+	// ErrHeadUnreadable: the set's current version is not a checkpoint
+	// this ntc reads, so the next checkpoint has no parent to follow.
+	ErrHeadUnreadable = errors.New("the set's current version is not a checkpoint this ntc reads")
+	// ErrNoQemuImg: qemu-img, which lists a disk layer's changes, is not
+	// installed.
+	ErrNoQemuImg = errors.New("qemu-img not found")
+	// ErrRemoteLibvirt: the libvirt URI names a daemon on another host
+	// (or a driver other than QEMU's); ntc reads the guest's disks itself,
+	// so it talks to the local QEMU daemon only.
+	ErrRemoteLibvirt = errors.New("not a local QEMU libvirt URI (qemu:///system or qemu:///session)")
+	// ErrNoLibvirtd: no libvirt daemon listens on this host.
+	ErrNoLibvirtd = errors.New("no libvirt daemon socket")
+	// ErrNoDomain: libvirt knows no domain of that name.
+	ErrNoDomain = errors.New("no such libvirt domain")
+	// ErrNoQEMUProcess: the domain's QEMU process is not visible to this
+	// process (another host, or not permitted to read it).
+	ErrNoQEMUProcess = errors.New("the domain's QEMU process is not visible here")
 	// ErrOldRepository: the directory is a checkpoint repository of an
 	// older ntc (one VM, its own store), which this one does not write.
 	ErrOldRepository = errors.New("checkpoint repository of an older ntc")

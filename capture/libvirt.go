@@ -190,7 +190,7 @@ func (cfg *Config) target() string {
 func (cfg *Config) checkTarget() error {
 	switch {
 	case cfg.QMP != "" && cfg.Domain != "":
-		return errors.New("checkpoint: give a QMP socket or a libvirt domain, not both")
+		return errors.New("checkpoint: a QMP socket and a libvirt domain given: want one, not both")
 	case cfg.QMP == "" && cfg.Domain == "":
 		return errors.New("checkpoint: no QMP socket or libvirt domain given")
 	case cfg.Connect != "" && cfg.Domain == "":
@@ -213,7 +213,7 @@ func libvirtSocket(uri string) (string, error) {
 		}
 		dir = filepath.Join(rt, "libvirt")
 	default:
-		return "", fmt.Errorf("libvirt URI %q: ntc reads the guest's disks itself, so it runs on the VM's host and talks to its local daemon: use qemu:///system or qemu:///session", uri)
+		return "", fmt.Errorf("libvirt URI %q: %w", uri, ErrRemoteLibvirt)
 	}
 	for _, name := range []string{"libvirt-sock", "virtqemud-sock"} {
 		p := filepath.Join(dir, name)
@@ -221,7 +221,7 @@ func libvirtSocket(uri string) (string, error) {
 			return p, nil
 		}
 	}
-	return "", fmt.Errorf("no libvirt daemon socket in %s for %s: is libvirtd (or virtqemud) running?", dir, uri)
+	return "", fmt.Errorf("%w in %s for %s", ErrNoLibvirtd, dir, uri)
 }
 
 // unixDialer dials libvirtd for go-libvirt and keeps the connection, so
@@ -292,7 +292,10 @@ func (m *libvirtMonitor) open() (qemu.Version, error) {
 	m.connected = true
 	dom, err := m.l.DomainLookupByName(m.name)
 	if err != nil {
-		return qemu.Version{}, fmt.Errorf("libvirt domain %q at %s: %w (virsh -c %s list --all shows the domains)", m.name, m.uri, err, m.uri)
+		if libvirt.IsNotFound(err) {
+			err = fmt.Errorf("%w: %w", ErrNoDomain, err)
+		}
+		return qemu.Version{}, fmt.Errorf("libvirt domain %q at %s: %w", m.name, m.uri, err)
 	}
 	m.dom = dom
 	active, err := m.l.DomainIsActive(dom)
@@ -300,7 +303,7 @@ func (m *libvirtMonitor) open() (qemu.Version, error) {
 		return qemu.Version{}, fmt.Errorf("libvirt domain %s: %w", m.name, err)
 	}
 	if active == 0 {
-		return qemu.Version{}, fmt.Errorf("libvirt domain %s is shut off: start it (virsh start %s): %w", m.name, m.name, ErrGuestNotRunning)
+		return qemu.Version{}, fmt.Errorf("libvirt domain %s is shut off: %w", m.name, ErrGuestNotRunning)
 	}
 	// Events first, so that none after the first command is missed.
 	ctx, cancel := context.WithCancel(context.Background())
@@ -930,5 +933,5 @@ func domainProcess(uuid libvirt.UUID) (qemu.Process, error) {
 			}
 		}
 	}
-	return qemu.Process{}, fmt.Errorf("no QEMU process with -uuid %s here: ntc must run on the domain's host, as root or libvirt's QEMU user", want)
+	return qemu.Process{}, fmt.Errorf("no process with -uuid %s: %w", want, ErrNoQEMUProcess)
 }

@@ -2,6 +2,7 @@ package capture
 
 import (
 	"context"
+	"errors"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -164,14 +165,14 @@ func TestLibvirtCheckpoint(t *testing.T) {
 	}
 }
 
-// TestDialDomainMissing: a domain libvirt does not know gets an error
-// that says how to list the domains, and a QMP-style Config naming both a
+// TestDialDomainMissing: a domain libvirt does not know gets ErrNoDomain
+// (the command line's hint says how to list the domains), and a QMP-style Config naming both a
 // socket and a domain is refused before anything is touched.
 func TestDialDomainMissing(t *testing.T) {
 	libvirttest.Daemon(t)
 	_, err := DialDomain(t.Context(), libvirttest.URI, "ntc-no-such-domain", qemu.DialOptions{})
-	if err == nil || !strings.Contains(err.Error(), "list --all") {
-		t.Fatalf("DialDomain of a missing domain: %v, want an error saying how to list domains", err)
+	if !errors.Is(err, ErrNoDomain) || !strings.Contains(err.Error(), "ntc-no-such-domain") {
+		t.Fatalf("DialDomain of a missing domain: %v, want ErrNoDomain naming it", err)
 	}
 	if _, err := Checkpoint(t.Context(), Config{QMP: "/nonexistent.sock", Domain: "x", Dir: t.TempDir()}); err == nil || !strings.Contains(err.Error(), "not both") {
 		t.Fatalf("Checkpoint of a socket and a domain: %v", err)

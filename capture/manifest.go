@@ -309,30 +309,17 @@ func OpenRegular(root *os.Root, name string) (*os.File, error) {
 	return safefile.Open(root, name, safefile.NoLimit)
 }
 
-// fileName turns a QEMU name into a file name part: letters, digits, '.',
-// '_' and '-' stay, everything else becomes '_'.
-func fileName(s string) string {
-	b := []byte(s)
-	for i, c := range b {
-		switch {
-		case c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z', c >= '0' && c <= '9', c == '.', c == '_', c == '-':
-		default:
-			b[i] = '_'
-		}
-	}
-	out := strings.TrimLeft(string(b), ".")
-	if out == "" {
-		out = "_"
-	}
-	return out
-}
-
-// uniqueName returns base, or base with a numeric suffix, not in used, and
-// adds it.
-func uniqueName(used map[string]bool, base string) string {
-	name := base
+// imageName returns the name of an image of a checkpoint: prefix and
+// QEMU's name for it made safe (repo.SafeName), with a numeric suffix if
+// used has it already, short enough that its index file's name (+".idx")
+// passes CheckName. It adds the name to used.
+func imageName(used map[string]bool, prefix, qemuName string) string {
+	const maxLen = repo.MaxName - len(".idx")
+	base := prefix + repo.SafeName(qemuName)
+	name := base[:min(len(base), maxLen)]
 	for i := 2; used[name]; i++ {
-		name = base + "-" + strconv.Itoa(i)
+		suffix := "-" + strconv.Itoa(i)
+		name = base[:min(len(base), maxLen-len(suffix))] + suffix
 	}
 	used[name] = true
 	return name

@@ -32,11 +32,11 @@ func notRunningError(st runState) error {
 	switch st.Status {
 	case "paused":
 		what = "the guest is paused; ntc leaves it paused and checkpoints running guests only " +
-			"(QEMU's background snapshot would resume it): resume it with the QMP command cont and retry"
+			"(QEMU's background snapshot would resume it)"
 	case "shutdown", "guest-panicked", "internal-error", "io-error":
 		what = fmt.Sprintf("the guest has stopped (%s): there is nothing live to checkpoint", st.Status)
 	case "inmigrate", "prelaunch":
-		what = fmt.Sprintf("the guest has not started yet (%s): cont it (or wait for its incoming migration) and retry", st.Status)
+		what = fmt.Sprintf("the guest has not started yet (%s)", st.Status)
 	case "postmigrate", "finish-migrate":
 		what = fmt.Sprintf("the guest was migrated away (%s)", st.Status)
 	default:
@@ -162,7 +162,7 @@ func queryDisks(ctx context.Context, s *qemu.Session) ([]liveDisk, error) {
 			}
 			d.Chain = append(d.Chain, chainLayer{File: file, Format: t.Format})
 		}
-		d.Name = uniqueName(used, "disk-"+fileName(d.Device))
+		d.Name = imageName(used, "disk-", d.Device)
 		out = append(out, d)
 	}
 	return out, nil

@@ -16,7 +16,7 @@ import (
 // queries a refusal needs).
 func TestCheckpointRefusesStoppedGuest(t *testing.T) {
 	for _, tc := range []struct{ status, says string }{
-		{"paused", "resume it with the QMP command cont"},
+		{"paused", "the guest is paused; ntc leaves it paused"},
 		{"shutdown", "the guest has stopped (shutdown)"},
 		{"guest-panicked", "the guest has stopped (guest-panicked)"},
 		{"prelaunch", "has not started yet"},

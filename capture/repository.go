@@ -11,10 +11,9 @@ import (
 	"strings"
 	"time"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/ntc-project/ntc/capture/migstream"
 	"github.com/ntc-project/ntc/chunk"
+	"github.com/ntc-project/ntc/internal/filelock"
 	"github.com/ntc-project/ntc/repo"
 )
 
@@ -108,7 +107,7 @@ func OpenRepositoryForReading(dir, set string) (*Repository, error) {
 	if err != nil {
 		return nil, err // repo.ErrNotRepo
 	}
-	st, err := chunk.OpenPackStoreReadOnly(dir)
+	st, err := nodes.OpenStoreReadOnly()
 	if err != nil {
 		return nil, fmt.Errorf("open repository %s: %w", dir, err)
 	}
@@ -355,15 +354,11 @@ func (r *Repository) changesDir(d repo.Digest) string {
 // lock takes the set's capture lock, so that two processes never take
 // checkpoints of one set at once.
 func (r *Repository) lock() (unlock func(), err error) {
-	f, err := os.OpenFile(filepath.Join(r.captureDir(), lockFile), os.O_RDWR|os.O_CREATE, 0o600)
-	if err != nil {
-		return nil, fmt.Errorf("lock set %s: %w", r.set, err)
+	f, err := filelock.TryLock(filepath.Join(r.captureDir(), lockFile))
+	if errors.Is(err, filelock.ErrBusy) {
+		return nil, fmt.Errorf("another ntc process is taking a checkpoint of %s in %s: %w", r.set, r.Dir(), ErrBusy)
 	}
-	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
-		f.Close()
-		if errors.Is(err, unix.EWOULDBLOCK) {
-			return nil, fmt.Errorf("another ntc process is taking a checkpoint of %s in %s: wait for it to finish: %w", r.set, r.Dir(), ErrBusy)
-		}
+	if err != nil {
 		return nil, fmt.Errorf("lock set %s: %w", r.set, err)
 	}
 	return func() { f.Close() }, nil

@@ -20,6 +20,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/ntc-project/ntc/internal/directio"
+	"github.com/ntc-project/ntc/internal/filelock"
 )
 
 // PackStore keeps chunks appended to large pack files, which costs a few
@@ -84,7 +85,8 @@ type PackStore struct {
 // packBufSize is how much a PackStore collects before writing.
 const packBufSize = 4 << 20
 
-// ErrStoreBusy reports a store another process has open for writing.
+// ErrStoreBusy reports a store another process has open for writing
+// (it comes wrapped with filelock.ErrBusy).
 var ErrStoreBusy = errors.New("chunk store busy")
 
 type packLoc struct {
@@ -125,13 +127,12 @@ func OpenPackStore(dir string) (*PackStore, error) {
 	s.enc = enc
 	// One writer at a time: two processes appending to the same pack would
 	// interleave records.
-	lock, err := os.OpenFile(filepath.Join(pdir, "lock"), os.O_RDWR|os.O_CREATE, 0o600)
-	if err != nil {
-		return nil, fmt.Errorf("open chunk store: %w", err)
+	lock, err := filelock.TryLock(filepath.Join(pdir, "lock"))
+	if errors.Is(err, filelock.ErrBusy) {
+		return nil, fmt.Errorf("open chunk store %s: %w (%w)", dir, ErrStoreBusy, err)
 	}
-	if err := unix.Flock(int(lock.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
-		lock.Close()
-		return nil, fmt.Errorf("open chunk store %s: %w: another ntc process is using it; stop it first", dir, ErrStoreBusy)
+	if err != nil {
+		return nil, fmt.Errorf("open chunk store %s: %w", dir, err)
 	}
 	s.lock = lock
 	nums, err := listPacks(pdir)

@@ -2,6 +2,8 @@ package chunk
 
 import (
 	"fmt"
+
+	"github.com/ntc-project/ntc/internal/zero"
 )
 
 // PageIndex builds the page index of an image whose 4 KiB pages arrive in
@@ -33,7 +35,7 @@ func (p *PageIndex) Set(off int64, data []byte) (Entry, error) {
 	}
 	i := off / BlockSize
 	e := Entry{Offset: off, Length: want}
-	if isZero(data) {
+	if zero.Is(data) {
 		p.set[i], p.ids[i] = false, ID{}
 		e.Zero = true
 		return e, nil

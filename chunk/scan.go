@@ -9,6 +9,8 @@ import (
 
 	"github.com/restic/chunker"
 	"github.com/zeebo/blake3"
+
+	"github.com/ntc-project/ntc/internal/zero"
 )
 
 // viewSize is how much of the image a scanner reads at once.
@@ -110,7 +112,7 @@ func (s *scanner) fill(pos, limit, want int64) error {
 	nb := (len(buf) + BlockSize - 1) / BlockSize
 	s.vZero = s.vZero[:0]
 	for i := range nb {
-		s.vZero = append(s.vZero, isZero(buf[i*BlockSize:min((i+1)*BlockSize, len(buf))]))
+		s.vZero = append(s.vZero, zero.Is(buf[i*BlockSize:min((i+1)*BlockSize, len(buf))]))
 	}
 	return nil
 }
@@ -247,7 +249,7 @@ func (s *scanner) cdc(ctx context.Context, pos, limit int64, final bool, emit fu
 			return pos, atLimit, nil
 		}
 		e := Entry{Offset: pos, Length: int64(c.Length)}
-		if isZero(c.Data) {
+		if zero.Is(c.Data) {
 			e.Zero = true
 		} else {
 			e.ID = ID(blake3.Sum256(c.Data))

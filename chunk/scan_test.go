@@ -11,6 +11,8 @@ import (
 	"testing"
 
 	"github.com/restic/chunker"
+
+	"github.com/ntc-project/ntc/internal/zero"
 )
 
 // naiveIndex is the reference: the definition of an index written as
@@ -21,7 +23,7 @@ func naiveIndex(tb testing.TB, data []byte, p Params) []Entry {
 	tb.Helper()
 	size := int64(len(data))
 	var out []Entry
-	blockZero := func(off int64) bool { return isZero(data[off:min(off+BlockSize, size)]) }
+	blockZero := func(off int64) bool { return zero.Is(data[off:min(off+BlockSize, size)]) }
 	pos := int64(0)
 	for pos < size {
 		if blockZero(pos) {
@@ -56,7 +58,7 @@ func naiveIndex(tb testing.TB, data []byte, p Params) []Entry {
 					tb.Fatal(err)
 				}
 				e := Entry{Offset: pos + int64(ch.Start), Length: int64(ch.Length)}
-				if isZero(ch.Data) {
+				if zero.Is(ch.Data) {
 					e.Zero = true
 				} else {
 					e.ID = Sum(ch.Data)

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"net"
 	"os"
 	"path/filepath"
@@ -122,11 +123,18 @@ func statStart(stat []byte) (uint64, error) {
 	return strconv.ParseUint(f[19], 10, 64)
 }
 
+// ErrNoAccess: this process may not read another's details in /proc (it
+// runs as another user than QEMU, and not as root).
+var ErrNoAccess = errors.New("no access to the process")
+
 // Cmdline returns the command line of process pid (/proc/PID/cmdline).
 func Cmdline(pid int) ([]string, error) {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
 	if err != nil {
-		return nil, fmt.Errorf("read QEMU's command line (run ntc as QEMU's user or root): %w", err)
+		if errors.Is(err, fs.ErrPermission) {
+			err = fmt.Errorf("%w: %w", ErrNoAccess, err)
+		}
+		return nil, fmt.Errorf("read the command line of process %d: %w", pid, err)
 	}
 	b = bytes.TrimSuffix(b, []byte{0})
 	if len(b) == 0 {

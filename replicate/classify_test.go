@@ -24,7 +24,7 @@ func TestReplicatePushClassify(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	p := &Push{Self: self.ID()}
+	p := &Push{Sender: &ntcsync.Sender{Node: self.ID().String()}}
 	for _, tc := range []struct {
 		name      string
 		err       error

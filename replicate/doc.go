@@ -34,7 +34,9 @@
 // # What it does not do
 //
 // It does not prune the receiver's versions (the receiver does, with
-// sync.Receiver.Keep). It prints nothing: each round goes to
-// Config.Report, what the sender does to Push.Logger. Pruning (Capture.Prune) removes old checkpoints and then
-// drops the chunks only they used from the capture repository's store.
+// sync.Receiver.Keep), and it does not dial: Push is given the sync.Sender
+// (connections, tuning, logger) its caller built. It prints nothing: each
+// round goes to Config.Report, what the sender does to Push.Sender.Logger.
+// Pruning (Capture.Prune) removes old checkpoints and then drops the chunks
+// only they used from the capture repository's store.
 package replicate

@@ -4,41 +4,30 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"log/slog"
 
 	"github.com/ntc-project/ntc/repo"
 	ntcsync "github.com/ntc-project/ntc/sync"
 	"github.com/ntc-project/ntc/transport"
 )
 
-// Push pushes checkpoints of set Set of the node repository Dir to one
-// receiver, each over a new connection. What the receiver acknowledged is
-// recorded in Dir too (sync.Sender.StateDir).
+// Push pushes checkpoints of set Set to one receiver, Peer, each over a new
+// connection.
 type Push struct {
-	Dir string
-	Set string
-	// Self is this node's ID, Peer the receiver's; Dial connects to it.
-	Self, Peer transport.ID
-	Dial       func(ctx context.Context) (*transport.Conn, error)
-	// Streams, Conns and BytesPerSec are sync.Sender's.
-	Streams, Conns int
-	BytesPerSec    int64
-	// Logger, if set, gets what the sender does (sync.Sender.Logger).
-	Logger *slog.Logger
+	Set  string
+	Peer transport.ID
+	// Sender pushes: its StateDir is the node repository the checkpoints
+	// are taken into (what Peer acknowledged is recorded there too), its
+	// Node this node's ID, its Dial connects to Peer; its tuning and
+	// Logger apply to every push.
+	Sender *ntcsync.Sender
 }
 
 var _ Pusher = (*Push)(nil)
 
-func (p *Push) sender() *ntcsync.Sender {
-	// A new Sender per push: it caches the indexes it reads, which would
-	// otherwise grow with every version.
-	return &ntcsync.Sender{StateDir: p.Dir, Node: p.Self.String(), Streams: p.Streams, Conns: p.Conns, BytesPerSec: p.BytesPerSec, Dial: p.Dial, Logger: p.Logger}
-}
-
 // Acked returns the checkpoint the receiver last committed from this
 // sender (0 if unknown).
 func (p *Push) Acked(ctx context.Context) (int, error) {
-	return AckedCheckpoint(p.Dir, p.Set, p.sender().AckedDigest(p.Peer, p.Set))
+	return AckedCheckpoint(p.Sender.StateDir, p.Set, p.Sender.AckedDigest(p.Peer, p.Set))
 }
 
 // Push sends checkpoint seq. Failures of the link or of the receiver are
@@ -46,7 +35,7 @@ func (p *Push) Acked(ctx context.Context) (int, error) {
 // speaks another protocol version, or a checkpoint that cannot be read or
 // keeps arriving damaged are Permanent.
 func (p *Push) Push(ctx context.Context, seq int) (Pushed, error) {
-	res, _, err := PushCheckpoint(ctx, p.sender(), p.Peer, p.Dir, p.Set, seq, p.Dial)
+	res, _, err := PushCheckpoint(ctx, p.Sender, p.Peer, p.Set, seq, p.Sender.Dial)
 	var open *openError
 	switch {
 	case errors.As(err, &open):
@@ -58,13 +47,14 @@ func (p *Push) Push(ctx context.Context, seq int) (Pushed, error) {
 }
 
 // PushCheckpoint pushes checkpoint seq (0: the current one) of set in the
-// node repository dir with s (whose StateDir is dir) to peer, over the
+// node repository s.StateDir with s to peer, over the
 // connection dial opens once the checkpoint is open, and closes it. The
 // disks whose writes since peer's copy are known send their new chunks as
 // patches (s.Logger is told which, debug). It returns what sync says of the
 // push and the checkpoint pushed.
-func PushCheckpoint(ctx context.Context, s *ntcsync.Sender, peer transport.ID, dir, set string, seq int,
+func PushCheckpoint(ctx context.Context, s *ntcsync.Sender, peer transport.ID, set string, seq int,
 	dial func(context.Context) (*transport.Conn, error)) (*ntcsync.Result, int, error) {
+	dir := s.StateDir
 	// Before anything reads dir as the sender's repository (which would
 	// create one there).
 	if _, err := repo.OpenExisting(dir); err != nil {
@@ -101,7 +91,7 @@ func (p *Push) classify(err error) error {
 	}
 	switch {
 	case errors.Is(err, transport.ErrPeerNotAllowed):
-		return Permanent(fmt.Errorf("%w: the receiver must allow this node, %s", err, p.Self))
+		return Permanent(fmt.Errorf("%w: the receiver must allow this node, %s", err, p.Sender.Node))
 	case errors.Is(err, transport.ErrVersionMismatch), // sync's too
 		errors.Is(err, ntcsync.ErrBadName), errors.Is(err, ntcsync.ErrBadChunks):
 		return Permanent(err)

@@ -14,10 +14,9 @@ import (
 	"strings"
 	"time"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/ntc-project/ntc/chunk"
 	"github.com/ntc-project/ntc/internal/atomicfile"
+	"github.com/ntc-project/ntc/internal/filelock"
 	"github.com/ntc-project/ntc/internal/safefile"
 )
 
@@ -124,50 +123,20 @@ func (r *Repo) Dir() string { return r.dir }
 // OpenStore opens the repository's chunk store for writing, waiting while
 // another process has it open (chunk.ErrStoreBusy) until ctx ends.
 func (r *Repo) OpenStore(ctx context.Context) (*chunk.PackStore, error) {
-	return retryBusy(ctx, func() (*chunk.PackStore, error) { return chunk.OpenPackStore(r.dir) },
-		func(err error) bool { return errors.Is(err, chunk.ErrStoreBusy) })
+	return filelock.Wait(ctx, func() (*chunk.PackStore, error) { return chunk.OpenPackStore(r.dir) })
 }
 
-// lockWaitStep is how often a waiting writer tries a lock again.
-const lockWaitStep = 20 * time.Millisecond
-
-// retryBusy calls open until it succeeds, fails otherwise than busy, or ctx
-// ends. A lock another process holds announces its release no other way.
-func retryBusy[T any](ctx context.Context, open func() (T, error), busy func(error) bool) (T, error) {
-	t := time.NewTicker(lockWaitStep)
-	defer t.Stop()
-	for {
-		v, err := open()
-		if err == nil || !busy(err) {
-			return v, err
-		}
-		select {
-		case <-ctx.Done():
-			return v, fmt.Errorf("%w (waited: %w)", err, ctx.Err())
-		case <-t.C:
-		}
-	}
+// OpenStoreReadOnly opens the repository's chunk store to read, beside
+// its writers: it sees the chunks stored when it was opened.
+func (r *Repo) OpenStoreReadOnly() (*chunk.ReadOnlyPackStore, error) {
+	return chunk.OpenPackStoreReadOnly(r.dir)
 }
 
-var errLocked = errors.New("repository locked")
-
-// lock takes DIR/lock for one writing operation.
+// lock takes DIR/lock for one writing operation, waiting while another
+// process holds it until ctx ends.
 func (r *Repo) lock(ctx context.Context) (unlock func(), err error) {
-	f, err := os.OpenFile(filepath.Join(r.dir, lockFile), os.O_RDWR|os.O_CREATE, fileMode)
+	f, err := filelock.Wait(ctx, func() (*os.File, error) { return filelock.TryLock(filepath.Join(r.dir, lockFile)) })
 	if err != nil {
-		return nil, fmt.Errorf("lock repository: %w", err)
-	}
-	_, err = retryBusy(ctx, func() (struct{}, error) {
-		if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
-			if errors.Is(err, unix.EWOULDBLOCK) {
-				return struct{}{}, errLocked
-			}
-			return struct{}{}, err
-		}
-		return struct{}{}, nil
-	}, func(err error) bool { return errors.Is(err, errLocked) })
-	if err != nil {
-		f.Close()
 		return nil, fmt.Errorf("lock repository %s: %w", r.dir, err)
 	}
 	return func() { f.Close() }, nil

@@ -209,12 +209,34 @@ func CheckName(s string) error {
 		return fmt.Errorf("%w %q: must not start with '.'", ErrBadName, s)
 	}
 	for _, c := range s {
-		ok := c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '.' || c == '_' || c == '-' || c == '+'
-		if !ok {
+		if !nameByte(c) {
 			return fmt.Errorf("%w %q: only letters, digits, '.', '_', '-' and '+' are allowed", ErrBadName, s)
 		}
 	}
 	return nil
+}
+
+// SafeName turns s into a name CheckName accepts, for names that come
+// from elsewhere (a file's, a QEMU device's): every byte but a letter,
+// digit, '.', '_', '-' or '+' becomes '_', and so does a leading '.'; an
+// empty s becomes "_", a longer one is cut to MaxName bytes. A name
+// CheckName accepts stays as it is.
+func SafeName(s string) string {
+	if s == "" {
+		return "_"
+	}
+	b := []byte(s[:min(len(s), MaxName)])
+	for i, c := range b {
+		if !nameByte(c) || i == 0 && c == '.' {
+			b[i] = '_'
+		}
+	}
+	return string(b)
+}
+
+// nameByte reports whether c may stand in a name.
+func nameByte[T byte | rune](c T) bool {
+	return c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '.' || c == '_' || c == '-' || c == '+'
 }
 
 // Matches checks that v is well formed and that idx (one index per image,

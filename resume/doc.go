@@ -68,7 +68,7 @@
 //     ntc's child with SIGKILL as parent-death signal, forked from a thread
 //     locked until QEMU is reaped (the signal follows the forking thread).
 //     With Detach, ntc starts a keeper (ntc re-executed with KeeperArg,
-//     RunKeeper) with that signal; the keeper starts QEMU with the same
+//     running Keep) with that signal; the keeper starts QEMU with the same
 //     signal tied to itself, and on Release clears its own
 //     (PR_SET_PDEATHSIG 0, on its main thread) and stays to reap QEMU. ntc
 //     killed before Release takes the keeper, and the keeper QEMU, along.

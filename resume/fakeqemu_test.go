@@ -10,6 +10,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"runtime"
 	"slices"
@@ -50,7 +51,7 @@ const (
 
 func init() {
 	// The keeper clears its parent-death signal on the thread it was set
-	// on, the main one (see RunKeeper).
+	// on, the main one (see Keep).
 	if len(os.Args) > 1 && os.Args[1] == KeeperArg {
 		runtime.LockOSThread()
 	}
@@ -58,7 +59,15 @@ func init() {
 
 func TestMain(m *testing.M) {
 	if len(os.Args) > 1 && os.Args[1] == KeeperArg {
-		os.Exit(RunKeeper(os.Args[2:]))
+		// What cmd/ntc's keeper command does.
+		cfg, err := ParseKeeperArgs(os.Args[2:])
+		if err == nil {
+			err = Keep(context.Background(), cfg, os.Stdin, os.Stdout, os.Stderr)
+		}
+		if _, qemuEnded := errors.AsType[*exec.ExitError](err); err != nil && !qemuEnded {
+			fmt.Fprintln(os.Stderr, "keeper:", err)
+		}
+		os.Exit(KeeperExitCode(err))
 	}
 	if os.Getenv(mdweEnv) != "" {
 		os.Exit(mdweExec(os.Args[1:]))

@@ -62,7 +62,7 @@ import (
 	"github.com/ntc-project/ntc/capture/migstream"
 	"github.com/ntc-project/ntc/internal/atomicfile"
 	"github.com/ntc-project/ntc/internal/clonefile"
-	"github.com/ntc-project/ntc/internal/procstat"
+	"github.com/ntc-project/ntc/repo"
 )
 
 // LibvirtConfig says which checkpoint to resume as a libvirt domain.
@@ -156,27 +156,16 @@ const (
 // left and the disks made for it are removed.
 func StartLibvirt(ctx context.Context, cfg LibvirtConfig) (d *LibvirtDomain, err error) {
 	t0 := time.Now()
-	cfg.Network = Network(cmp.Or(string(cfg.Network), string(NetworkOff)))
-	if cfg.Network != NetworkOff && cfg.Network != NetworkOn {
-		return nil, fmt.Errorf("resume: network %q: want %s or %s", cfg.Network, NetworkOff, NetworkOn)
-	}
 	if err := checkDomainName(cfg.Name); err != nil {
 		return nil, err
 	}
-	work, err := filepath.Abs(cfg.WorkDir)
-	if err != nil || cfg.WorkDir == "" {
-		return nil, fmt.Errorf("resume: work directory %q: %v", cfg.WorkDir, err)
-	}
-	root, err := os.OpenRoot(cfg.Images)
-	if err != nil {
-		return nil, fmt.Errorf("resume: %w", err)
-	}
-	defer root.Close()
-	m, err := validManifest(root, cfg.Manifest)
+	c, err := openCheckpoint(cfg.Network, cfg.WorkDir, cfg.Images, cfg.Manifest)
 	if err != nil {
 		return nil, err
 	}
-	h := libvirtHost{name: cfg.Name, work: work, hugePages: procstat.HugePagesFree() >= m.Machine.RAM.Size && m.Machine.RAM.Size%(2<<20) == 0}
+	defer c.Close()
+	m, work := c.m, c.work
+	h := libvirtHost{name: cfg.Name, work: work, hugePages: c.hugePages}
 	if k := m.Machine.Kernel; k != nil {
 		if cfg.Kernel == "" {
 			return nil, fmt.Errorf("resume: the guest booted the kernel %s directly: %w", k.Kernel.Name, ErrNeedKernel)
@@ -193,13 +182,6 @@ func StartLibvirt(ctx context.Context, cfg LibvirtConfig) (d *LibvirtDomain, err
 	if err != nil {
 		return nil, fmt.Errorf("resume checkpoint %d as a libvirt domain: %w", m.Seq, err)
 	}
-	stream, src, disks, err := openImages(root, m)
-	if err != nil {
-		return nil, err
-	}
-	defer src.Close()
-	defer closeAll(disks)
-
 	conn, err := capture.DialLibvirt(ctx, cfg.Connect, 0)
 	if err != nil {
 		return nil, fmt.Errorf("resume: %w", err)
@@ -258,7 +240,7 @@ func StartLibvirt(ctx context.Context, cfg LibvirtConfig) (d *LibvirtDomain, err
 	for i, dd := range def.disks {
 		made = append(made, dd.File, diskBase(dd.File))
 		t := time.Now()
-		if d.Disks[i].Copy, err = makeDisk(ctx, disks[def.diskImage[i]], dd.File); err != nil {
+		if d.Disks[i].Copy, err = makeDisk(ctx, c.disks[def.diskImage[i]], dd.File); err != nil {
 			return nil, fmt.Errorf("resume: disk %s: %w", dd.Device, err)
 		}
 		d.Timings.DiskCopy += time.Since(t)
@@ -271,7 +253,7 @@ func StartLibvirt(ctx context.Context, cfg LibvirtConfig) (d *LibvirtDomain, err
 	if err != nil {
 		return nil, fmt.Errorf("resume: the save image: %w", err)
 	}
-	feed, err := feedSaveImage(ctx, save, hdr, func(ctx context.Context, w io.Writer) error { return migstream.Join(ctx, w, stream, src) })
+	feed, err := feedSaveImage(ctx, save, hdr, func(ctx context.Context, w io.Writer) error { return migstream.Join(ctx, w, c.stream, c.src) })
 	if err != nil {
 		return nil, fmt.Errorf("resume: the save image: %w", err)
 	}
@@ -315,7 +297,7 @@ func StartLibvirt(ctx context.Context, cfg LibvirtConfig) (d *LibvirtDomain, err
 		return nil, fmt.Errorf("resume: %w", err)
 	}
 	d.UUID = capture.UUIDString(dom.UUID)
-	if cfg.Network == NetworkOff {
+	if c.network == NetworkOff {
 		for _, nic := range def.nics {
 			if err := conn.DomainUpdateDeviceFlags(dom, nic.xml(true), libvirt.DomainDeviceModifyLive); err != nil {
 				return nil, fmt.Errorf("resume: set the link of NIC %s down (virDomainUpdateDeviceFlags): %w", nic.mac, err)
@@ -420,13 +402,14 @@ func parseUUID(s string) (libvirt.UUID, bool) {
 }
 
 // checkDomainName accepts the names ntc gives domains: a set's name
-// (letters, digits, '.', '_', '-', '+'), not starting with '.' or '-'.
+// (repo.CheckName) that does not start with '-', which virsh would take
+// for an option.
 func checkDomainName(name string) error {
-	if name == "" || len(name) > 128 || name[0] == '.' || name[0] == '-' ||
-		strings.ContainsFunc(name, func(r rune) bool {
-			return !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || strings.ContainsRune("._-+", r))
-		}) {
-		return fmt.Errorf("resume: domain name %q: want 1 to 128 letters, digits, '.', '_', '-', '+', not starting with '.' or '-'", name)
+	if err := repo.CheckName(name); err != nil {
+		return fmt.Errorf("resume: domain name: %w", err)
+	}
+	if name[0] == '-' {
+		return fmt.Errorf("resume: domain name %q: must not start with '-' (virsh would read it as an option): %w", name, repo.ErrBadName)
 	}
 	return nil
 }

@@ -12,6 +12,7 @@ import (
 	"testing"
 
 	"github.com/ntc-project/ntc/capture"
+	"github.com/ntc-project/ntc/repo"
 )
 
 var update = flag.Bool("update", false, "rewrite the golden files in testdata")
@@ -307,8 +308,9 @@ func FuzzDecodeSaveHeader(f *testing.F) {
 
 func TestCheckDomainName(t *testing.T) {
 	for name, ok := range map[string]bool{"office-vm": true, "a.b_c+1": true, "": false, "-x": false, ".x": false, "a/b": false, "a b": false,
-		"<x>": false, strings.Repeat("a", 129): false} {
-		if err := checkDomainName(name); (err == nil) != ok {
+		"<x>": false, strings.Repeat("a", 128): true, strings.Repeat("a", 129): false, "é": false} {
+		err := checkDomainName(name)
+		if (err == nil) != ok || !ok && !errors.Is(err, repo.ErrBadName) {
 			t.Errorf("checkDomainName(%q) = %v", name, err)
 		}
 	}

@@ -5,7 +5,6 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
-	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -21,9 +20,6 @@ import (
 
 	"github.com/ntc-project/ntc/qemu"
 )
-
-// KeeperArg is the first argument of the command line that runs RunKeeper.
-const KeeperArg = "__resume-keeper"
 
 // process is a running QEMU: started by this process (a child whose
 // parent-death signal is SIGKILL), or by a keeper.
@@ -139,11 +135,11 @@ func start(p *Plan, disks []*os.File, cred *syscall.Credential, keeper []string)
 		}
 	}()
 	pr.release = func() error {
-		if _, err := control.Write([]byte("release\n")); err != nil {
+		if _, err := io.WriteString(control, keeperRelease+"\n"); err != nil {
 			return err
 		}
 		line, err := status.ReadString('\n')
-		if strings.TrimSpace(line) != "released" {
+		if strings.TrimSpace(line) != keeperReleased {
 			return fmt.Errorf("the keeper said %q (%v)", line, err)
 		}
 		return nil
@@ -152,113 +148,6 @@ func start(p *Plan, disks []*os.File, cred *syscall.Credential, keeper []string)
 }
 
 func (p *Plan) dir() string { return p.Control[:strings.LastIndexByte(p.Control, '/')] }
-
-// RunKeeper is the keeper of a detachable copy, in a process of its own
-// (ntc KeeperArg [--fds N] [--uid U --gid G] -- QEMU ARGV…), started with
-// SIGKILL as its parent-death signal. It starts QEMU with its own
-// descriptors 3 to 3+N-1, SIGKILL as QEMU's parent-death signal, and
-// writes QEMU's pid on standard output. Standard input is the control:
-// "release" clears the keeper's parent-death signal (QEMU then outlives
-// ntc; the keeper stays to reap it) and is answered "released"; the end of
-// the input before that kills QEMU. It returns QEMU's exit code.
-//
-// The parent-death signal is a property of the thread: the caller must
-// run RunKeeper on the main thread (runtime.LockOSThread in an init
-// function).
-func RunKeeper(args []string) int {
-	fail := func(format string, a ...any) int {
-		fmt.Fprintf(os.Stderr, "ntc resume keeper: "+format+"\n", a...)
-		return 125
-	}
-	var nfds int
-	var cred *syscall.Credential
-	i := 0
-	for ; i < len(args) && args[i] != "--"; i += 2 {
-		if i+1 >= len(args) {
-			return fail("argument %s lacks its value", args[i])
-		}
-		n, err := strconv.Atoi(args[i+1])
-		if err != nil || n < 0 {
-			return fail("%s %q", args[i], args[i+1])
-		}
-		switch args[i] {
-		case "--fds":
-			nfds = n
-		case "--uid", "--gid":
-			if cred == nil {
-				cred = &syscall.Credential{}
-			}
-			if args[i] == "--uid" {
-				cred.Uid = uint32(n)
-			} else {
-				cred.Gid = uint32(n)
-			}
-		default:
-			return fail("unknown argument %s", args[i])
-		}
-	}
-	if i+1 >= len(args) {
-		return fail("no QEMU command line after --")
-	}
-	argv := args[i+1:]
-	cmd := exec.Command(argv[0], argv[1:]...)
-	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
-	for fd := range nfds {
-		cmd.ExtraFiles = append(cmd.ExtraFiles, os.NewFile(uintptr(3+fd), "disk"))
-	}
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL, Credential: cred}
-	if err := cmd.Start(); err != nil {
-		return fail("start %s: %v", argv[0], err)
-	}
-	for _, f := range cmd.ExtraFiles {
-		f.Close()
-	}
-	if _, err := fmt.Fprintf(os.Stdout, "%d\n", cmd.Process.Pid); err != nil {
-		cmd.Process.Kill()
-	}
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
-	control := make(chan bool, 1) // true: release; false: ntc went away
-	go func() {
-		line, _ := bufio.NewReader(os.Stdin).ReadString('\n')
-		control <- strings.TrimSpace(line) == "release"
-	}()
-	for {
-		select {
-		case err := <-exited:
-			return exitCode(err)
-		case release := <-control:
-			if !release {
-				cmd.Process.Kill()
-				return exitCode(<-exited)
-			}
-			// On this (main) thread: the one the signal was set on.
-			if err := unix.Prctl(unix.PR_SET_PDEATHSIG, 0, 0, 0, 0); err != nil {
-				cmd.Process.Kill()
-				fail("clear the parent-death signal: %v", err)
-				return exitCode(<-exited)
-			}
-			fmt.Fprintln(os.Stdout, "released")
-			os.Stdout.Close()
-			return exitCode(<-exited)
-		}
-	}
-}
-
-func exitCode(err error) int {
-	var ee *exec.ExitError
-	switch {
-	case err == nil:
-		return 0
-	case errors.As(err, &ee):
-		if ws, ok := ee.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
-			return 128 + int(ws.Signal())
-		}
-		return ee.ExitCode()
-	default:
-		return 125
-	}
-}
 
 // qemuBinary picks the QEMU to run: the given one, else qemu-system-ARCH
 // on PATH. Never anything a checkpoint names.

@@ -70,7 +70,7 @@ type Config struct {
 	// then it is killed when the process dies, like a copy without Detach.
 	// It needs Keeper.
 	Detach bool
-	// Keeper is the command line that runs RunKeeper (ntc re-executed with
+	// Keeper is the command line of the keeper (ntc re-executed with
 	// KeeperArg): the process between ntc and a detachable QEMU.
 	Keeper []string
 	// Manifest overrides Images/manifest.json.
@@ -161,40 +161,16 @@ type VM struct {
 // returned VM outlives ctx, which bounds only the start.
 func Start(ctx context.Context, cfg Config) (vm *VM, err error) {
 	t0 := time.Now()
-	if cfg.Network == "" {
-		cfg.Network = NetworkOff
-	}
-	if cfg.Network != NetworkOff && cfg.Network != NetworkOn {
-		return nil, fmt.Errorf("resume: network %q: want %s or %s", cfg.Network, NetworkOff, NetworkOn)
-	}
 	if cfg.Detach && len(cfg.Keeper) == 0 {
 		return nil, errors.New("resume: a detached copy needs a keeper process (Config.Keeper)")
 	}
-	work, err := filepath.Abs(cfg.WorkDir)
-	if err != nil || cfg.WorkDir == "" {
-		return nil, fmt.Errorf("resume: work directory %q: %v", cfg.WorkDir, err)
-	}
-	images, err := filepath.Abs(cfg.Images)
-	if err != nil {
-		return nil, fmt.Errorf("resume: %w", err)
-	}
-	root, err := os.OpenRoot(images)
-	if err != nil {
-		return nil, fmt.Errorf("resume: %w", err)
-	}
-	defer root.Close()
-	// Refuse what the description asks for before anything runs.
-	m, err := validManifest(root, cfg.Manifest)
+	c, err := openCheckpoint(cfg.Network, cfg.WorkDir, cfg.Images, cfg.Manifest)
 	if err != nil {
 		return nil, err
 	}
-	stream, src, disks, err := openImages(root, m)
-	if err != nil {
-		return nil, err
-	}
-	defer src.Close()
-	defer closeAll(disks)
-	h := host{images: images, work: work, network: cfg.Network, digest: fileDigest}
+	defer c.Close()
+	m := c.m
+	h := host{images: c.images, work: c.work, network: c.network, digest: fileDigest, hugePages: c.hugePages}
 	if h.qemu, err = qemuBinary(cfg.QEMU, m.Machine.Arch); err != nil {
 		return nil, fmt.Errorf("resume: %w", err)
 	}
@@ -212,7 +188,6 @@ func Start(ctx context.Context, cfg Config) (vm *VM, err error) {
 			return nil, fmt.Errorf("resume: %s: %w", f.flag, err)
 		}
 	}
-	h.hugePages = procstat.HugePagesFree() >= m.Machine.RAM.Size && m.Machine.RAM.Size%(2<<20) == 0
 	h.sandbox = sandboxSupported(ctx, h.qemu)
 	var cred *syscall.Credential
 	if cfg.User != "" {
@@ -242,7 +217,7 @@ func Start(ctx context.Context, cfg Config) (vm *VM, err error) {
 	if !cfg.Detach {
 		keeper = nil
 	}
-	if v.proc, err = start(p, disks, cred, keeper); err != nil {
+	if v.proc, err = start(p, c.disks, cred, keeper); err != nil {
 		return nil, fmt.Errorf("resume: %w", err)
 	}
 	v.done = v.proc.done
@@ -260,7 +235,7 @@ func Start(ctx context.Context, cfg Config) (vm *VM, err error) {
 	if vm.ctl, err = vm.dial(lctx); err == nil {
 		vm.Timings.Launch = time.Since(t1)
 		t2 := time.Now()
-		vm.Timings.StreamBytes, err = vm.migrate(lctx, stream, src)
+		vm.Timings.StreamBytes, err = vm.migrate(lctx, c.stream, c.src)
 		vm.Timings.Migrate = time.Since(t2)
 	}
 	if err != nil {
@@ -270,7 +245,7 @@ func Start(ctx context.Context, cfg Config) (vm *VM, err error) {
 		}
 		return nil, err
 	}
-	if cfg.Network == NetworkOff {
+	if c.network == NetworkOff {
 		for _, nic := range p.NICs {
 			if err := vm.ctl.Run(ctx, "set_link", map[string]any{"name": nic, "up": false}, nil); err != nil {
 				return nil, vm.failed("setting the links down", fmt.Errorf("set link %s down: %w", nic, err))
@@ -292,6 +267,61 @@ func Start(ctx context.Context, cfg Config) (vm *VM, err error) {
 	}
 	vm.Timings.Total = time.Since(t0)
 	return vm, nil
+}
+
+// checkpoint is what both ways of resuming (Start, StartLibvirt) begin
+// with: the checked configuration, the manifest validate accepted, and
+// the checkpoint's images open.
+type checkpoint struct {
+	network   Network // NetworkOff or NetworkOn
+	work      string  // the work directory, absolute
+	images    string  // the images directory, absolute
+	m         *capture.Manifest
+	stream    *migstream.Stream
+	src       *fileSource
+	disks     []*os.File // the disk images, in m.Disks's order
+	hugePages bool       // the RAM's size of 2 MiB pages is free here
+}
+
+// openCheckpoint checks network ("" is NetworkOff) and the work
+// directory's name, reads the manifest among the images (or checks m,
+// when given) and refuses a description validate does not accept before
+// anything runs, then opens the images (openImages). Close releases them.
+func openCheckpoint(network Network, workDir, images string, m *capture.Manifest) (*checkpoint, error) {
+	c := &checkpoint{network: cmp.Or(network, NetworkOff)}
+	if c.network != NetworkOff && c.network != NetworkOn {
+		return nil, fmt.Errorf("resume: network %q: want %s or %s", network, NetworkOff, NetworkOn)
+	}
+	if workDir == "" {
+		return nil, errors.New("resume: no work directory")
+	}
+	var err error
+	if c.work, err = filepath.Abs(workDir); err != nil {
+		return nil, fmt.Errorf("resume: work directory %q: %w", workDir, err)
+	}
+	if c.images, err = filepath.Abs(images); err != nil {
+		return nil, fmt.Errorf("resume: %w", err)
+	}
+	root, err := os.OpenRoot(c.images)
+	if err != nil {
+		return nil, fmt.Errorf("resume: %w", err)
+	}
+	defer root.Close()
+	if c.m, err = validManifest(root, m); err != nil {
+		return nil, err
+	}
+	if c.stream, c.src, c.disks, err = openImages(root, c.m); err != nil {
+		return nil, err
+	}
+	ram := c.m.Machine.RAM.Size
+	c.hugePages = procstat.HugePagesFree() >= ram && ram%(2<<20) == 0
+	return c, nil
+}
+
+// Close closes the checkpoint's images.
+func (c *checkpoint) Close() {
+	c.src.Close()
+	closeAll(c.disks)
 }
 
 // validManifest returns m (checked), or else the manifest among the

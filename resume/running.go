@@ -1,32 +1,28 @@
 package resume
 
 import (
-	"fmt"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
+
+	"github.com/ntc-project/ntc/qemu"
 )
 
 // Running returns the pid of the QEMU a resume started in work dir (its
-// -pidfile), if that process still runs QEMU: a copy started earlier, by a
-// hand-off that is being run again, say.
+// -pidfile), if that process still runs QEMU (qemu.RunningQEMU): a copy
+// started earlier, by a hand-off that is being run again, say.
 func Running(work string) (int, bool) {
 	b, err := os.ReadFile(filepath.Join(work, pidName))
 	if err != nil {
 		return 0, false
 	}
 	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
-	if err != nil || pid <= 0 {
+	if err != nil {
 		return 0, false
 	}
-	comm, err := os.ReadFile(fmt.Sprintf("/proc/%d/comm", pid))
-	if err != nil || !strings.HasPrefix(string(comm), "qemu-system") {
+	if _, ok := qemu.RunningQEMU(pid); !ok {
 		return 0, false
-	}
-	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if i := strings.LastIndexByte(string(stat), ')'); err != nil || (i >= 0 && i+2 < len(stat) && stat[i+2] == 'Z') {
-		return 0, false // gone, or a zombie
 	}
 	return pid, true
 }

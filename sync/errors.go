@@ -8,23 +8,27 @@ import (
 	"github.com/ntc-project/ntc/transport"
 )
 
-// Sync error codes, sent in error frames on the control stream. They are
-// part of the protocol: add, never renumber. Only codes cross the wire,
-// never text: each side words the error itself.
+// Sync error codes, sent in error frames on the control stream: all of
+// them, here. They are part of the protocol: add, never renumber
+// (TestErrorCodes pins them). Only codes cross the wire, never text: each
+// side words the error itself.
 const (
-	codeInternal   = 1
-	codeMalformed  = 2
-	codeVersion    = 3
-	codeBadName    = 4
-	codeBusy       = 5
-	codeNoSpace    = 6
-	_              = 7 // was "conflict": offers against another base are now skipped
-	codeBadChunks  = 8
-	codeCancelled  = 9
-	codeUnknownImg = 10
-	codeLimit      = 11
-	codeStalled    = 12
-	codeDigest     = 13
+	codeInternal      = 1
+	codeMalformed     = 2
+	codeVersion       = 3
+	codeBadName       = 4
+	codeBusy          = 5
+	codeNoSpace       = 6
+	_                 = 7 // was "conflict": offers against another base are now skipped
+	codeBadChunks     = 8
+	codeCancelled     = 9
+	codeUnknownImg    = 10
+	codeLimit         = 11
+	codeStalled       = 12
+	codeDigest        = 13
+	codeResumeRefused = 14 // a hand-off (handoff.go)
+	codeNotCurrent    = 15 // a hand-off
+	codeDamagedStore  = 16 // a heal that could not be done (heal.go)
 )
 
 // Conditions a push can end with; match them with errors.Is. They say

@@ -20,12 +20,6 @@ const (
 	msgResumed = 17 // R→S: the copy runs
 )
 
-// Error codes of a hand-off (see errors.go).
-const (
-	codeResumeRefused = 14
-	codeNotCurrent    = 15
-)
-
 // Conditions a resume request can end with.
 var (
 	// ErrResumeRefused: the receiver does not resume for this peer.

@@ -31,8 +31,6 @@ import (
 const (
 	msgHeal = 18 // R→S: chunks of the version to send again: the stored copy is damaged
 
-	codeDamagedStore = 16 // see errors.go
-
 	healProtocol  = 4
 	maxHealIDs    = 8192
 	maxHealChunks = 1 << 16
@@ -44,6 +42,11 @@ const (
 // sender that cannot send them again). They are set aside: a later push
 // that offers them sends them again.
 var ErrDamagedStore = errors.New("chunks in the receiver's store are damaged (see its log); they are set aside, and a later push sends them again")
+
+// ErrOldSender: the sender's protocol predates healing, so it cannot send
+// chunks the receiver holds damaged again; it comes wrapped with
+// ErrDamagedStore.
+var ErrOldSender = errors.New("the sender's ntc cannot send stored chunks again")
 
 func encodeHeal(ids []chunk.ID) []byte {
 	var e enc
@@ -224,7 +227,7 @@ func (p *push) heal(ctx context.Context, ids []chunk.ID) error {
 	p.r.log().Warn("stored chunks damaged or missing: set aside, asking the sender for those of the version", "set", p.set, "chunks", len(ids), "first", ids[0].Short())
 	in := &p.in
 	if p.version < healProtocol {
-		return fmt.Errorf("%w: the sender's ntc is too old to send them again: upgrade it", ErrDamagedStore)
+		return fmt.Errorf("%w: %w", ErrDamagedStore, ErrOldSender)
 	}
 	if p.healed += len(ids); p.healed > maxHealChunks {
 		return fmt.Errorf("%w: over %d chunks", ErrDamagedStore, maxHealChunks)

@@ -421,7 +421,7 @@ func (r *Repo) Materialize(ctx context.Context, set string, v uint64) error {
 		return nil
 	}
 	if r.local != nil {
-		st, err := chunk.OpenPackStoreReadOnly(r.dir)
+		st, err := r.local.OpenStoreReadOnly()
 		if err != nil {
 			return fmt.Errorf("materialize %s: %w", set, err)
 		}
@@ -450,16 +450,9 @@ func (r *Repo) lockImages(ctx context.Context, set string) (unlock func(), err e
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("materialize: %w", err)
 	}
-	// Made private first: filelock creates its files world-readable.
-	lock := filepath.Join(dir, ".lock")
-	f, err := os.OpenFile(lock, os.O_RDWR|os.O_CREATE|unix.O_NOFOLLOW, 0o600)
+	unlock, err = filelock.Lock(ctx, filepath.Join(dir, ".lock"), "another process materialising "+set)
 	if err != nil {
 		return nil, fmt.Errorf("lock the images of %s: %w", set, err)
-	}
-	f.Close()
-	unlock, err = filelock.Lock(ctx, lock, "another process materialising "+set)
-	if err != nil {
-		return nil, err
 	}
 	// Only materialisers write temporary files here (atomicfile's), so
 	// any now are those of one that was killed.

@@ -508,7 +508,7 @@ func TestMetaSurvivesTheOffer(t *testing.T) {
 // until the test ends.
 func readStore(t *testing.T, r *Repo) *chunk.ReadOnlyPackStore {
 	t.Helper()
-	st, err := chunk.OpenPackStoreReadOnly(r.Dir())
+	st, err := r.Nodes().OpenStoreReadOnly()
 	if err != nil {
 		t.Fatal(err)
 	}

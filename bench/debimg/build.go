@@ -148,10 +148,11 @@ type builder struct {
 	start time.Time
 }
 
-func (b *builder) logf(format string, args ...any) {
-	if b.opts.Log != nil {
-		fmt.Fprintf(b.opts.Log, "debimg: %5.1fs "+format+"\n",
-			append([]any{time.Since(b.start).Seconds()}, args...)...)
+// step logs a build step at info level, with the time since the build
+// began; nowhere without Options.Logger.
+func (b *builder) step(msg string, args ...any) {
+	if b.opts.Logger != nil {
+		b.opts.Logger.Info(msg, append(args, "elapsed", time.Since(b.start).Round(100*time.Millisecond))...)
 	}
 }
 
@@ -210,7 +211,7 @@ func (b *builder) build(ctx context.Context) error {
 	newImg := filepath.Join(b.out, newImage)
 
 	root := filepath.Join(b.tmp, "root")
-	b.logf("mmdebstrap --variant=%s %s (%s)", o.Variant, o.Suite, strings.Join(o.Sources, "; "))
+	b.step("mmdebstrap", "variant", o.Variant, "suite", o.Suite, "sources", strings.Join(o.Sources, "; "))
 	args := []string{"mmdebstrap", "--mode=root", "--format=directory", "--variant=" + o.Variant,
 		// A system in use has current package lists, translations included
 		// (mmdebstrap's own apt configuration leaves those out).
@@ -222,7 +223,7 @@ func (b *builder) build(ctx context.Context) error {
 		return err
 	}
 
-	b.logf("mkfs.ext4 -d into a %d MiB image", o.Size>>20)
+	b.step("mkfs.ext4 -d", "size_mib", o.Size>>20)
 	if err := createSparse(oldImg, o.Size); err != nil {
 		return err
 	}
@@ -238,7 +239,7 @@ func (b *builder) build(ctx context.Context) error {
 		return err
 	}
 
-	b.logf("copy, then apt-get install %s", strings.Join(o.Packages, " "))
+	b.step("copy, then apt-get install", "packages", strings.Join(o.Packages, " "))
 	if err := b.run(ctx, "copy", "", "cp", "--sparse=always", "--reflink=auto", oldImg, newImg); err != nil {
 		return err
 	}
@@ -252,7 +253,7 @@ func (b *builder) build(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	b.logf("installed %d packages", len(installed))
+	b.step("installed", "packages", len(installed))
 
 	changed, err := ChangedBlocks(ctx, oldImg, newImg)
 	if err != nil {
@@ -281,7 +282,7 @@ func (b *builder) build(ctx context.Context) error {
 		Built:         time.Now().UTC().Truncate(time.Second),
 		BuildTime:     time.Since(b.start).Round(time.Millisecond),
 	}
-	b.logf("%d bytes changed in %d ranges, %d compressed", p.ChangedBytes, len(changed), oracle)
+	b.step("compared", "changed_bytes", p.ChangedBytes, "ranges", len(changed), "compressed_bytes", oracle)
 	meta, err := json.Marshal(p)
 	if err != nil {
 		return err

@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"slices"
@@ -62,9 +63,10 @@ type Options struct {
 	Sources []string
 	// Packages are installed into New; empty means DefaultPackages.
 	Packages []string
-	// Log receives one line per build step; nil is silent. A cached Pair logs
+	// Logger, if set, is told each build step (info, with the time since
+	// the build began as "elapsed"); nil discards. A cached Pair logs
 	// nothing.
-	Log io.Writer
+	Logger *slog.Logger
 }
 
 // withDefaults returns opts with empty fields filled in.

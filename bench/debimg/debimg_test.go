@@ -3,6 +3,7 @@ package debimg
 import (
 	"context"
 	"errors"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"os/exec"
@@ -40,7 +41,7 @@ func buildTB(tb testing.TB) *Pair {
 	skipIfCannotBuild(tb)
 	ctx, cancel := context.WithTimeout(tb.Context(), 8*time.Minute)
 	defer cancel()
-	p, err := Build(ctx, Options{Size: testSize, Log: tbWriter{tb}})
+	p, err := Build(ctx, Options{Size: testSize, Logger: slog.New(slog.NewTextHandler(tbWriter{tb}, nil))})
 	if err != nil {
 		tb.Fatal(err)
 	}
@@ -104,7 +105,7 @@ func TestBuild(t *testing.T) {
 	}
 
 	var log strings.Builder // a cached Pair logs nothing: no step ran
-	again, err := Build(t.Context(), Options{Size: testSize, Log: &log})
+	again, err := Build(t.Context(), Options{Size: testSize, Logger: slog.New(slog.NewTextHandler(&log, nil))})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -14,6 +14,8 @@ import (
 	"strings"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/ntc-project/ntc/internal/filelock"
 )
 
 // A link named ntc-link-PID-N owns the namespaces ntc-link-PID-N-a and -b
@@ -89,15 +91,7 @@ func lockLink(base string) (*os.File, error) {
 	if err := os.MkdirAll(lockDir, 0o700); err != nil {
 		return nil, err
 	}
-	f, err := os.OpenFile(lockPath(base), os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o600)
-	if err != nil {
-		return nil, err
-	}
-	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
-		f.Close()
-		return nil, fmt.Errorf("lock %s: %w", f.Name(), err)
-	}
-	return f, nil
+	return filelock.TryLock(lockPath(base))
 }
 
 // netnsDir is where ip netns keeps its namespaces, one bind mount a name.
@@ -208,7 +202,7 @@ func ownerDead(base string) (release func(), dead bool) {
 	if err != nil {
 		return nil, false
 	}
-	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+	if err := filelock.TryLockFile(f); err != nil {
 		f.Close()
 		return nil, false // held: the owner lives
 	}

@@ -8,6 +8,8 @@ import (
 	"maps"
 	"math/rand/v2"
 	"testing"
+
+	"github.com/ntc-project/ntc/internal/zero"
 )
 
 // memChunk is the granularity of memImage: the smallest target page.
@@ -27,7 +29,7 @@ func (m *memImage) WriteAt(p []byte, off int64) (int, error) {
 	for i := 0; i < len(p); i += memChunk {
 		c := p[i : i+memChunk]
 		k := (off + int64(i)) / memChunk
-		if isZero(c) {
+		if zero.Is(c) {
 			delete(m.chunks, k)
 		} else {
 			m.chunks[k] = bytes.Clone(c)

@@ -7,6 +7,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+
+	"github.com/ntc-project/ntc/internal/zero"
 )
 
 const (
@@ -149,9 +151,9 @@ func (j *joiner) run(r Run) error {
 		}
 		for k := range n {
 			p := buf[k*ps : (k+1)*ps]
-			zero := !r.ForcePage && isZero(p)
+			blank := !r.ForcePage && zero.Is(p)
 			flags := uint64(flagPage)
-			if zero {
+			if blank {
 				flags = flagZero
 			}
 			named := r.Named && done == 0 && k == 0
@@ -162,14 +164,14 @@ func (j *joiner) run(r Run) error {
 			if named {
 				h = appendStr8(h, name)
 			}
-			if zero {
+			if blank {
 				h = append(h, 0)
 			}
 			j.hdr = h
 			if _, err := j.bw.Write(h); err != nil {
 				return err
 			}
-			if !zero {
+			if !blank {
 				if _, err := j.bw.Write(p); err != nil {
 					return err
 				}

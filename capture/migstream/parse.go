@@ -6,6 +6,8 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+
+	"github.com/ntc-project/ntc/internal/zero"
 )
 
 // Parse reads a migration stream from r in one pass, writes each RAM page
@@ -318,7 +320,7 @@ func (p *parser) record(sec *Section, flags, addr uint64) error {
 			return fmt.Errorf("block %q offset %#x: page: %w", b.Name, off, err)
 		}
 		p.s.Stats.Pages++
-		force = isZero(data)
+		force = zero.Is(data)
 		if st.w != nil {
 			if _, err := st.w.WriteAt(data, off); err != nil {
 				return fmt.Errorf("block %q offset %#x: write: %w", b.Name, off, err)

@@ -45,18 +45,8 @@ const (
 	readBufSize = 2 * maxPageSize
 )
 
-// zeroPage is never written: it is compared against and written out.
+// zeroPage is never written: it is written out where pages are zero.
 var zeroPage = make([]byte, maxPageSize)
-
-func isZero(p []byte) bool {
-	for len(p) > maxPageSize {
-		if !isZero(p[:maxPageSize]) {
-			return false
-		}
-		p = p[maxPageSize:]
-	}
-	return string(p) == string(zeroPage[:len(p)])
-}
 
 // reader reads big-endian fields from a buffered input and counts offsets.
 type reader struct {

@@ -125,7 +125,7 @@ func runDemo(ctx context.Context, g *globals, o demoOptions) error {
 		return err
 	}
 	defer recv.stop()
-	sender := &ntcsync.Sender{StateDir: filepath.Join(dir, "office"), Node: nodes.office.ID().String(), Dial: recv.dialer(nodes.office)}
+	sender := recv.sender(nodes.office, filepath.Join(dir, "office"))
 	res1, err := pushDemoImage(ctx, sender, first.Image)
 	if err != nil {
 		return err
@@ -256,17 +256,18 @@ func serveDemo(ctx context.Context, dir string, id, from *transport.Identity) (*
 	}}, nil
 }
 
-// dialer connects node from to the receiver.
-func (r *demoReceiver) dialer(from *transport.Identity) func(context.Context) (*transport.Conn, error) {
-	return func(ctx context.Context) (*transport.Conn, error) {
-		return transport.Dial(ctx, r.addr, from, r.id.ID(), transport.Config{})
-	}
+// sender returns node from's Sender of pushes to the receiver, its state
+// in dir: built as ntc push builds one (dialer.sender), with the library's
+// tuning rather than this node's push.* and no session tickets kept (the
+// demo's nodes last one run).
+func (r *demoReceiver) sender(from *transport.Identity, dir string) *ntcsync.Sender {
+	return (&dialer{id: from}).sender(peerAddr(r.addr, r.id.ID()), dir, sendTuning{})
 }
 
 // pushCheckpoint pushes the current checkpoint of set in node from's
 // repository dir to the receiver, as 'ntc replicate' does.
 func (r *demoReceiver) pushCheckpoint(ctx context.Context, from *transport.Identity, dir, set string) (replicate.Pushed, error) {
-	p := &replicate.Push{Dir: dir, Set: set, Self: from.ID(), Peer: r.id.ID(), Dial: r.dialer(from)}
+	p := &replicate.Push{Set: set, Peer: r.id.ID(), Sender: r.sender(from, dir)}
 	return p.Push(ctx, 0)
 }
 

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -23,12 +22,11 @@ import (
 )
 
 // receiverOptions say where pushes go and how: the flags push and
-// replicate share, bound to push.* in the configuration.
+// replicate share, bound to push.* in the configuration (--streams and
+// --conns are read by pushTuning).
 type receiverOptions struct {
-	to      string
-	peer    string
-	streams int
-	conns   int
+	to   string
+	peer string
 }
 
 func (o *receiverOptions) addFlags(g *globals, cmd *cobra.Command) {
@@ -46,8 +44,6 @@ func (o *receiverOptions) addFlags(g *globals, cmd *cobra.Command) {
 func (o *receiverOptions) load(g *globals) {
 	o.to = g.v.GetString("push.to")
 	o.peer = g.v.GetString("push.peer")
-	o.streams = g.v.GetInt("push.streams")
-	o.conns = g.v.GetInt("push.conns")
 }
 
 type pushOptions struct {
@@ -57,7 +53,6 @@ type pushOptions struct {
 	checkpoint string
 	seq        int
 	name       string
-	bwlimit    string
 	changed    string
 	force      bool
 }
@@ -111,7 +106,6 @@ given.`,
 		},
 		RunE: func(cmd *cobra.Command, args []string) error {
 			o.load(g)
-			o.bwlimit = g.v.GetString("push.bwlimit")
 			return runPush(cmd.Context(), g, o, args)
 		},
 	}
@@ -148,10 +142,6 @@ func runPush(ctx context.Context, g *globals, o pushOptions, paths []string) err
 	if err != nil {
 		return usagef("--peer: %v", err)
 	}
-	rate, err := parseRate(o.bwlimit)
-	if err != nil {
-		return usagef("--bwlimit: %v", err)
-	}
 	if o.checkpoint != "" && len(paths) > 0 {
 		return usagef("push either IMAGE... or --checkpoint DIR, not both")
 	}
@@ -160,10 +150,6 @@ func runPush(ctx context.Context, g *globals, o pushOptions, paths []string) err
 	}
 	if o.changed != "" && len(paths) != 1 {
 		return usagef("--changed describes one image: push one IMAGE with it")
-	}
-	id, err := transport.LoadIdentity(g.home())
-	if err != nil {
-		return err
 	}
 	set := o.name
 	if set == "" && o.checkpoint != "" {
@@ -181,17 +167,11 @@ func runPush(ctx context.Context, g *globals, o pushOptions, paths []string) err
 	if o.checkpoint != "" {
 		state = o.checkpoint
 	}
-	// Every connection resumes the session of the last push (its ticket in
-	// NTC_HOME/sessions). Early data (hello and offer in the first packet)
-	// waits for the receiver's handshake confirmation and quic-go's fix
-	// (transport.Config.EarlyData).
-	sessions := transport.NewSessionStore(filepath.Join(g.home(), "sessions"))
-	s := &ntcsync.Sender{StateDir: state, Node: id.ID().String(), Force: o.force,
-		Streams: o.streams, BytesPerSec: rate, Conns: o.conns,
-		Dial: func(ctx context.Context) (*transport.Conn, error) {
-			return transport.Dial(ctx, o.to, id, peer, transport.Config{Sessions: sessions})
-		}}
-	s.Logger = g.verboseLogger()
+	s, err := g.newSender(peerAddr(o.to, peer), state)
+	if err != nil {
+		return err
+	}
+	s.Force = o.force
 	start := time.Now()
 	// Connect while indexing: the handshake's round trips overlap the work.
 	type dialed struct {
@@ -214,15 +194,12 @@ func runPush(ctx context.Context, g *globals, o pushOptions, paths []string) err
 	connect := func(context.Context) (*transport.Conn, error) {
 		d := <-dch
 		dch <- d // for the deferred close
-		if d.err != nil {
-			return nil, fmt.Errorf("connect to %s: %w", o.to, d.err)
-		}
-		return d.conn, nil
+		return d.conn, d.err
 	}
 	if o.checkpoint != "" {
 		bar := g.newProgress("sending", 0)
 		s.Progress, s.Wanted = bar.Add, bar.AddTotal
-		res, ckpt, err := replicate.PushCheckpoint(ctx, s, peer, o.checkpoint, set, o.seq, connect)
+		res, ckpt, err := replicate.PushCheckpoint(ctx, s, peer, set, o.seq, connect)
 		bar.Done()
 		return printPush(g, o, set, res, err, pushJSON{Checkpoint: ckpt}, start)
 	}
@@ -319,19 +296,6 @@ func safeName(s string) string {
 		b = b[:128]
 	}
 	return string(b)
-}
-
-// defaultConns is push.conns when nothing sets it.
-const defaultConns = 8
-
-// pushTuning is how a push of any command (push, sync) sends: push.streams,
-// push.conns and push.bwlimit of the configuration (or push's flags).
-func (g *globals) pushTuning() (streams, conns int, bytesPerSec int64, err error) {
-	rate, err := parseRate(g.v.GetString("push.bwlimit"))
-	if err != nil {
-		return 0, 0, 0, usagef("push.bwlimit: %v", err)
-	}
-	return g.v.GetInt("push.streams"), cmp.Or(g.v.GetInt("push.conns"), defaultConns), rate, nil
 }
 
 // parseRate reads a rate: a number with an optional k, M, G prefix (powers

@@ -149,20 +149,15 @@ func runReplicate(ctx context.Context, g *globals, o replicateOptions) error {
 		return usagef("--bwlimit: %v", err)
 	}
 	set := ccfg.Set
-	id, err := transport.LoadIdentity(g.home())
+	s, err := g.newSender(peerAddr(o.to, peer), o.out)
 	if err != nil {
 		return err
 	}
-	p := &replicate.Push{
-		Dir: o.out, Set: set, Self: id.ID(), Peer: peer,
-		Dial: func(ctx context.Context) (*transport.Conn, error) {
-			return transport.Dial(ctx, o.to, id, peer, transport.Config{})
-		},
-		Streams: o.streams, Conns: o.conns, BytesPerSec: rate,
-	}
-	if p.Logger, err = g.logger("push"); err != nil {
+	s.BytesPerSec = rate // replicate.bwlimit, not push's
+	if s.Logger, err = g.logger("push"); err != nil {
 		return err
 	}
+	p := &replicate.Push{Set: set, Peer: peer, Sender: s}
 	acked := 0
 	if _, err := os.Stat(o.out); err == nil {
 		if acked, err = p.Acked(ctx); err != nil {

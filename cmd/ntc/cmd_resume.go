@@ -2,10 +2,7 @@ package main
 
 import (
 	"context"
-	"encoding/json"
-	"errors"
 	"fmt"
-	"io/fs"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -286,29 +283,6 @@ func printResumed(g *globals, o resumeJSON, ram int64) {
 	}
 }
 
-// imagesHold checks that the set's image files hold version v, with no
-// update under way (the receiver records it in images/.state.json).
-func imagesHold(dir string, v uint64) error {
-	b, err := os.ReadFile(filepath.Join(dir, ".state.json"))
-	if errors.Is(err, fs.ErrNotExist) {
-		return fmt.Errorf("%s holds no received images yet", dir)
-	}
-	if err != nil {
-		return err
-	}
-	var st struct {
-		Version  uint64 `json:"version"`
-		Applying uint64 `json:"applying"`
-	}
-	if err := json.Unmarshal(b, &st); err != nil {
-		return fmt.Errorf("read %s/.state.json: %w", dir, err)
-	}
-	if st.Version != v || st.Applying != 0 {
-		return fmt.Errorf("the images in %s are being updated by a push (version %d current, files hold %d): wait for it to finish", dir, v, st.Version)
-	}
-	return nil
-}
-
 // versionManifest returns the checkpoint manifest version v of set carries
 // as its metadata, or nil when it has none (a version an older ntc pushed
 // carries it as the image manifest.json, which resume reads).
@@ -341,12 +315,14 @@ func receivedManifest(r *ntcsync.Repo, set string) (*capture.Manifest, error) {
 // o.store as a running copy, and makes it the set's guest here
 // (capture.Adopt), unless another node runs the set (without o.force).
 func startCopy(ctx context.Context, g *globals, o resumeOptions, network resume.Network) (*resume.VM, *ntcsync.Manifest, error) {
-	cur, images, work, manifest, err := copySource(ctx, g, o)
+	src, err := copySource(ctx, g, o)
 	if err != nil {
 		return nil, nil, err
 	}
+	defer src.close()
+	cur := src.cur
 	self := g.nodeName()
-	cfg := resume.Config{Images: images, Manifest: manifest, WorkDir: work, Network: network, QEMU: o.qemu, Detach: o.detach,
+	cfg := resume.Config{Images: src.images, Manifest: src.manifest, WorkDir: src.work, Network: network, QEMU: o.qemu, Detach: o.detach,
 		Kernel: o.kernel, Initrd: o.initrd, Firmware: o.bios, User: o.user, LoadTimeout: o.loadTimeout}
 	if o.detach {
 		exe, err := os.Executable()
@@ -360,7 +336,7 @@ func startCopy(ctx context.Context, g *globals, o resumeOptions, network resume.
 		return nil, nil, err
 	}
 	// A push that landed meanwhile may have changed what was read.
-	if err := imagesHold(images, cur.Version); err != nil {
+	if err := src.stillHeld(); err != nil {
 		vm.Kill()
 		return nil, nil, fmt.Errorf("%w; the copy was stopped: run resume again", err)
 	}
@@ -372,49 +348,77 @@ func startCopy(ctx context.Context, g *globals, o resumeOptions, network resume.
 	return vm, cur, nil
 }
 
+// copyFrom is what a copy of a set resumes from: a version, the directory
+// of its image files, its checkpoint manifest, and the copy's work
+// directory. Its repository stays open until close, for stillHeld.
+type copyFrom struct {
+	set      string
+	cur      *ntcsync.Manifest
+	images   string
+	manifest *capture.Manifest
+	work     string
+	repo     *ntcsync.Repo
+	close    func() error
+}
+
+// stillHeld checks that the image files hold the version still: a push
+// that lands while the copy starts moves them (sync.Repo.ImagesHold).
+func (c *copyFrom) stillHeld() error {
+	if c.repo.ImagesHold(c.set, c.cur.Version) {
+		return nil
+	}
+	return fmt.Errorf("the images in %s do not hold version %d of %s: a push is updating them: wait for it to finish", c.images, c.cur.Version, c.set)
+}
+
 // copySource finds what a copy of set o.name resumes from: the current
-// version, its images and manifest, and the work directory; it refuses
-// a set another node runs (unless o.force).
-func copySource(ctx context.Context, g *globals, o resumeOptions) (cur *ntcsync.Manifest, images, work string, manifest *capture.Manifest, err error) {
+// version (or o.version), its images and manifest, and the work
+// directory; it refuses a set another node runs (unless o.force). The
+// caller closes it.
+func copySource(ctx context.Context, g *globals, o resumeOptions) (_ *copyFrom, err error) {
 	repo, closeRepo, err := g.openResumeRepo(ctx, o.store, o.name)
 	if err != nil {
-		return nil, "", "", nil, err
+		return nil, err
 	}
-	defer closeRepo()
-	if cur, err = repo.Current(o.name); err != nil {
-		return nil, "", "", nil, err
+	defer func() {
+		if err != nil {
+			closeRepo()
+		}
+	}()
+	cur, err := repo.Current(o.name)
+	if err != nil {
+		return nil, err
 	}
 	if cur == nil {
-		return nil, "", "", nil, fmt.Errorf("%s holds no set %q: 'ntc ls --store %s' lists what was received", o.store, o.name, o.store)
+		return nil, fmt.Errorf("%s holds no set %q: 'ntc ls --store %s' lists what was received", o.store, o.name, o.store)
 	}
 	if o.version != 0 && o.version != cur.Version {
 		if cur, err = repo.Manifest(o.name, o.version); err != nil {
-			return nil, "", "", nil, fmt.Errorf("version %d of %s: %w ('ntc ls --store %s' lists the versions)", o.version, o.name, err, o.store)
+			return nil, fmt.Errorf("version %d of %s: %w ('ntc ls --store %s' lists the versions)", o.version, o.name, err, o.store)
 		}
 	}
 	self := g.nodeName()
 	if rn, err := runnerOf(repo, o.name); err != nil {
-		return nil, "", "", nil, err
+		return nil, err
 	} else if rn != nil && rn.Node != "" && rn.Node != self && !o.force {
-		return nil, "", "", nil, fmt.Errorf("%s runs at node %s (since %s, from version %s): a copy here would run beside it; "+
+		return nil, fmt.Errorf("%s runs at node %s (since %s, from version %s): a copy here would run beside it; "+
 			"stop it there, or hand it over with 'ntc sync %s --to ... --handoff' from there; --force resumes here anyway",
 			o.name, rn.Node, rn.Since.Format(time.RFC3339), rn.Version.Short(), o.name)
 	}
 	if err := g.materializeFor(ctx, repo, o.store, o.name, cur.Version); err != nil {
-		return nil, "", "", nil, err
+		return nil, err
 	}
-	images = filepath.Dir(repo.ImagePath(o.name, resume.ManifestImage))
-	if err := imagesHold(images, cur.Version); err != nil {
-		return nil, "", "", nil, err
+	c := &copyFrom{set: o.name, cur: cur, images: filepath.Dir(repo.ImagePath(o.name, resume.ManifestImage)),
+		work: o.workdir, repo: repo, close: closeRepo}
+	if err := c.stillHeld(); err != nil {
+		return nil, err
 	}
-	work = o.workdir
-	if work == "" {
-		work = filepath.Join(g.home(), "resume", o.name)
+	if c.work == "" {
+		c.work = filepath.Join(g.home(), "resume", o.name)
 	}
-	if manifest, err = versionManifest(repo, o.name, cur.Version); err != nil {
-		return nil, "", "", nil, err
+	if c.manifest, err = versionManifest(repo, o.name, cur.Version); err != nil {
+		return nil, err
 	}
-	return cur, images, work, manifest, nil
+	return c, nil
 }
 
 // resumeLibvirt runs the copy as a libvirt domain named after the set
@@ -438,17 +442,19 @@ func resumeLibvirt(ctx context.Context, g *globals, o resumeOptions, network res
 // startLibvirtCopy is startCopy for a copy run as a libvirt domain named
 // after the set (resume.StartLibvirt), left to libvirt.
 func startLibvirtCopy(ctx context.Context, g *globals, o resumeOptions, network resume.Network) (*resume.LibvirtDomain, *ntcsync.Manifest, error) {
-	cur, images, work, manifest, err := copySource(ctx, g, o)
+	src, err := copySource(ctx, g, o)
 	if err != nil {
 		return nil, nil, err
 	}
-	d, err := resume.StartLibvirt(ctx, resume.LibvirtConfig{Images: images, Manifest: manifest, WorkDir: work, Name: o.name,
+	defer src.close()
+	cur := src.cur
+	d, err := resume.StartLibvirt(ctx, resume.LibvirtConfig{Images: src.images, Manifest: src.manifest, WorkDir: src.work, Name: o.name,
 		Connect: o.connect, Network: network, Kernel: o.kernel, Initrd: o.initrd, Persistent: o.persistent, LoadTimeout: o.loadTimeout})
 	if err != nil {
 		return nil, nil, err
 	}
 	// A push that landed meanwhile may have changed what was read.
-	if err := imagesHold(images, cur.Version); err != nil {
+	if err := src.stillHeld(); err != nil {
 		d.Destroy(context.WithoutCancel(ctx))
 		return nil, nil, fmt.Errorf("%w; the copy was stopped: run resume again", err)
 	}

@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"fmt"
-	"log"
 	"log/slog"
 	"net"
 	"runtime/debug"
@@ -192,8 +191,7 @@ func runServe(ctx context.Context, g *globals, o serveOptions) error {
 	if err != nil {
 		return err
 	}
-	logger := slog.NewLogLogger(lg.Handler(), slog.LevelInfo)
-	refusals := &refusalLog{log: logger, rate: ratelimit.Keyed{Rate: 1, Burst: 5}}
+	refusals := &refusalLog{log: lg, rate: ratelimit.Keyed{Rate: 1, Burst: 5}}
 	tcfg.Limits.Refused = refusals.transport
 	l, err := transport.Listen(o.listen, id, transport.AllowIDs(allowed...), tcfg)
 	if err != nil {
@@ -236,7 +234,7 @@ func runServe(ctx context.Context, g *globals, o serveOptions) error {
 	if err := rcv.ServeListener(ctx, l); err != nil {
 		return err
 	}
-	logger.Printf("stopping: pushes in progress are abandoned; their sets keep their previous version")
+	lg.Info("stopping: pushes in progress are abandoned; their sets keep their previous version")
 	return nil
 }
 
@@ -278,26 +276,26 @@ func (o serveOptions) limits(peers int) (ntcsync.Limits, transport.Config, error
 	return lim, tcfg, nil
 }
 
-// refusalLog logs refused peers and failed pushes, at most a few lines a
-// second for each peer (or address, before the peer is known), with how
-// many were left out.
+// refusalLog logs refused peers and failed pushes (warnings), at most a
+// few a second for each peer (or address, before the peer is known), with
+// how many were left out (not_logged).
 type refusalLog struct {
-	log  *log.Logger
+	log  *slog.Logger
 	rate ratelimit.Keyed
 	// n counts refusals, logged or not (ntc_serve_refusals_total).
 	n atomic.Int64
 }
 
-func (r *refusalLog) printf(key, format string, args ...any) {
+func (r *refusalLog) warn(key, msg string, args ...any) {
 	r.n.Add(1)
 	ok, dropped := r.rate.Allow(key)
 	if !ok {
 		return
 	}
 	if dropped > 0 {
-		format += fmt.Sprintf(" (and %d more not logged)", dropped)
+		args = append(args, "not_logged", dropped)
 	}
-	r.log.Printf(format, args...)
+	r.log.Warn(msg, args...)
 }
 
 func (r *refusalLog) transport(f transport.Refusal) {
@@ -306,12 +304,12 @@ func (r *refusalLog) transport(f transport.Refusal) {
 		host = ua.IP.String()
 	}
 	if f.Peer.IsZero() {
-		r.printf(host, "refused a connection from %s: %v", f.Addr, f.Err)
+		r.warn(host, "refused a connection", "addr", f.Addr, "err", f.Err)
 		return
 	}
-	r.printf(f.Peer.String(), "refused peer %s at %s: %v", f.Peer, f.Addr, f.Err)
+	r.warn(f.Peer.String(), "refused a peer", "peer", f.Peer, "addr", f.Addr, "err", f.Err)
 }
 
 func (r *refusalLog) push(peer transport.ID, addr net.Addr, err error) {
-	r.printf(peer.String(), "push from %s at %s: %v", peer, addr, err)
+	r.warn(peer.String(), "push failed", "peer", peer, "addr", addr, "err", err)
 }

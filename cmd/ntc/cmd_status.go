@@ -34,6 +34,8 @@ type peerStatusJSON struct {
 	Now   *time.Time    `json:"now,omitempty"`
 	Sets  []peerSetJSON `json:"sets,omitempty"`
 	Error string        `json:"error,omitempty"`
+	// err is Error's error, for its hints.
+	err error
 }
 
 type peerSetJSON struct {
@@ -126,8 +128,8 @@ func runStatus(ctx context.Context, g *globals, o statusOptions, sets []string, 
 		for i, ps := range out.Peers {
 			// A peer asked for by name must answer; the configuration's
 			// peers are reported as they are.
-			if ps.Error != "" && len(o.peers) > 0 && failed == nil {
-				failed = fmt.Errorf("status at %s: %s", peers[i].Name, ps.Error)
+			if ps.err != nil && len(o.peers) > 0 && failed == nil {
+				failed = fmt.Errorf("status at %s: %w", peers[i].Name, ps.err)
 			}
 		}
 	}
@@ -137,7 +139,8 @@ func runStatus(ctx context.Context, g *globals, o statusOptions, sets []string, 
 		}
 		return failed
 	}
-	printStatus(g, out, o.store, now)
+	// The error a failed command returns brings its own hint (main).
+	printStatus(g, out, o.store, now, failed == nil)
 	return failed
 }
 
@@ -193,7 +196,7 @@ func (g *globals) statusPeers(args []string) ([]peer, error) {
 			if err != nil || addr == "" {
 				return nil, usagef("--peer %q: want a peer's name in the configuration, or ID@HOST:PORT (%v)", a, err)
 			}
-			out = append(out, peer{Name: addr, Addr: addr, ID: pid})
+			out = append(out, peerAddr(addr, pid))
 			continue
 		}
 		if name := g.peerAt(a); name != "" {
@@ -228,26 +231,26 @@ func askPeers(ctx context.Context, g *globals, peers []peer, sets []string) []pe
 	if len(peers) == 0 {
 		return out
 	}
-	id, err := transport.LoadIdentity(g.home())
+	d, err := g.newDialer()
 	var wg gosync.WaitGroup
 	for i, p := range peers {
 		out[i] = peerStatusJSON{Peer: p.Name, Addr: p.Addr, ID: p.ID.String()}
 		if err != nil {
-			out[i].Error = err.Error()
+			out[i].Error, out[i].err = err.Error(), err
 			continue
 		}
 		wg.Go(func() {
 			t0 := time.Now()
-			st, err := askPeer(ctx, id, p, sets)
+			st, err := askPeer(ctx, d, p, sets)
 			out[i].LatencyMS = ms(time.Since(t0))
 			if err != nil {
-				out[i].Error = err.Error()
+				out[i].Error, out[i].err = err.Error(), err
 				return
 			}
 			out[i].Now = &st.Now
 			for _, s := range st.Sets {
 				out[i].Sets = append(out[i].Sets, peerSetJSON{SetStatus: s, AgeMS: ms(st.Now.Sub(s.Created)),
-					SenderName: g.nodeCalled(s.Sender, id.ID())})
+					SenderName: g.nodeCalled(s.Sender, d.id.ID())})
 			}
 		})
 	}
@@ -256,15 +259,12 @@ func askPeers(ctx context.Context, g *globals, peers []peer, sets []string) []pe
 }
 
 // askPeer dials p and asks for its status.
-func askPeer(ctx context.Context, id *transport.Identity, p peer, sets []string) (*ntcsync.PeerStatus, error) {
+func askPeer(ctx context.Context, d *dialer, p peer, sets []string) (*ntcsync.PeerStatus, error) {
 	ctx, cancel := context.WithTimeout(ctx, peerStatusTimeout)
 	defer cancel()
-	c, err := transport.Dial(ctx, p.Addr, id, p.ID, transport.Config{})
-	if errors.Is(err, transport.ErrNoAnswer) {
-		return nil, fmt.Errorf("connect to %s: %w: check that 'ntc serve' runs there, allows this node, and that UDP gets through", p.Addr, err)
-	}
+	c, err := d.dial(p)(ctx)
 	if err != nil {
-		return nil, fmt.Errorf("connect to %s: %w", p.Addr, err)
+		return nil, err // transport.ErrNoAnswer and others: hint.go says what to check
 	}
 	defer c.Close()
 	var st *ntcsync.PeerStatus

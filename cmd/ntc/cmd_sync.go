@@ -17,7 +17,6 @@ import (
 	"github.com/ntc-project/ntc/replicate"
 	"github.com/ntc-project/ntc/repo"
 	ntcsync "github.com/ntc-project/ntc/sync"
-	"github.com/ntc-project/ntc/transport"
 )
 
 type syncOptions struct {
@@ -118,37 +117,24 @@ func runSync(ctx context.Context, g *globals, o syncOptions, vm string) error {
 	if err != nil {
 		return err
 	}
-	id, err := transport.LoadIdentity(g.home())
-	if err != nil {
-		return err
-	}
 	guest.out = g.repoDir()
 	cfg, err := guest.config(g)
 	if err != nil {
 		return err
 	}
-	cfg.Node, cfg.Final = id.ID().String(), o.handoff
 	// As push: its tuning from the configuration, the last session resumed.
-	streams, conns, rate, err := g.pushTuning()
+	s, err := g.newSender(p, cfg.Dir)
 	if err != nil {
 		return err
 	}
-	sessions := transport.NewSessionStore(filepath.Join(g.home(), "sessions"))
-	dial := func(ctx context.Context) (*transport.Conn, error) {
-		c, err := transport.Dial(ctx, p.Addr, id, p.ID, transport.Config{Sessions: sessions})
-		if err != nil {
-			return nil, fmt.Errorf("connect to %s (%s): %w", p.Name, p.Addr, err)
-		}
-		return c, nil
-	}
+	s.Force = o.force
+	cfg.Node, cfg.Final = s.Node, o.handoff
 	say := func(format string, a ...any) {
 		if !g.json && isTerminal(g.stderr) {
 			fmt.Fprintf(g.stderr, format+"\n", a...)
 		}
 	}
 
-	s := &ntcsync.Sender{StateDir: cfg.Dir, Node: cfg.Node, Force: o.force, Dial: dial,
-		Streams: streams, Conns: conns, BytesPerSec: rate}
 	pending := pendingPath(cfg.Dir, vm)
 	// A failure of the hand-off leaves the original running here.
 	undo := func(err error) error {
@@ -171,7 +157,7 @@ func runSync(ctx context.Context, g *globals, o syncOptions, vm string) error {
 		say("finishing the hand-off of checkpoint %d begun at %s", ph.Seq, ph.Paused.Format(time.TimeOnly))
 		out := syncJSON{VM: vm, Peer: p.Name, Seq: ph.Seq, Digest: ph.Digest, Handoff: true,
 			Base: ph.Base, BytesSent: ph.BytesSent, ChunksSent: ph.ChunksSent}
-		err := finishHandoff(ctx, g, s, cfg, p, dial, &out, ph.Paused)
+		err := finishHandoff(ctx, g, s, cfg, p, &out, ph.Paused)
 		if err == nil {
 			return printSync(g, out, t0)
 		}
@@ -189,11 +175,10 @@ func runSync(ctx context.Context, g *globals, o syncOptions, vm string) error {
 	out := syncJSON{VM: vm, Peer: p.Name, Seq: res.Manifest.Seq, Digest: res.Version.Digest, Handoff: o.handoff,
 		GuestPauseMS: res.Stats.GuestPauseMS}
 
-	s.Logger = g.verboseLogger()
 	say("pushing checkpoint %d to %s", out.Seq, p.Name)
 	bar := g.newProgress("sending", 0)
 	s.Progress, s.Wanted = bar.Add, bar.AddTotal
-	pr, _, err := replicate.PushCheckpoint(ctx, s, p.ID, cfg.Dir, vm, res.Manifest.Seq, dial)
+	pr, _, err := replicate.PushCheckpoint(ctx, s, p.ID, vm, res.Manifest.Seq, s.Dial)
 	bar.Done()
 	if err != nil {
 		return undo(fmt.Errorf("push %s to %s: %w", vm, p.Name, err))
@@ -207,7 +192,7 @@ func runSync(ctx context.Context, g *globals, o syncOptions, vm string) error {
 			return undo(err)
 		}
 		say("asking %s to resume it", p.Name)
-		if err := finishHandoff(ctx, g, s, cfg, p, dial, &out, res.Instant); err != nil {
+		if err := finishHandoff(ctx, g, s, cfg, p, &out, res.Instant); err != nil {
 			return undo(err)
 		}
 	}
@@ -216,10 +201,9 @@ func runSync(ctx context.Context, g *globals, o syncOptions, vm string) error {
 
 // finishHandoff asks the peer to resume version out.Digest, then stops the
 // original here and records that the peer runs the set.
-func finishHandoff(ctx context.Context, g *globals, s *ntcsync.Sender, cfg capture.Config, p peer,
-	dial func(context.Context) (*transport.Conn, error), out *syncJSON, paused time.Time) error {
+func finishHandoff(ctx context.Context, g *globals, s *ntcsync.Sender, cfg capture.Config, p peer, out *syncJSON, paused time.Time) error {
 	crashPoint("before-resume")
-	conn, err := dial(ctx)
+	conn, err := s.Dial(ctx)
 	if err != nil {
 		return err
 	}

@@ -37,6 +37,18 @@ func TestHint(t *testing.T) {
 		{fmt.Errorf("push: %w", ntcsync.ErrNoSpace), []string{"free space on the receiver"}},
 		{fmt.Errorf("connect to h:1: %w", transport.ErrNoAnswer), []string{"'ntc serve' runs there"}},
 		{fmt.Errorf("push: %w", fmt.Errorf("open repository d: %w", repo.ErrNotRepo)), []string{"'ntc checkpoint --out'"}},
+		{fmt.Errorf("x: %w", capture.ErrGuestNotRunning), []string{"virsh start or resume DOMAIN"}},
+		{fmt.Errorf("lock: %w", capture.ErrBusy), []string{"wait for the other checkpoint"}},
+		{fmt.Errorf("x: %w (status active): %w", capture.ErrMigrating, capture.ErrBusy), []string{"wait for the other checkpoint", "migrate_cancel"}},
+		{fmt.Errorf("x: %w: %w", capture.ErrHeadUnreadable, capture.ErrOldManifest), []string{"into another set", "take a new checkpoint with this ntc"}},
+		{fmt.Errorf("x: %w: exec: not found", capture.ErrNoQemuImg), []string{"qemu-utils"}},
+		{fmt.Errorf("libvirt URI %q: %w", "qemu+ssh://h/system", capture.ErrRemoteLibvirt), []string{"--connect qemu:///system"}},
+		{fmt.Errorf("%w in /run/libvirt", capture.ErrNoLibvirtd), []string{"is libvirtd"}},
+		{fmt.Errorf("domain: %w: %w", capture.ErrNoDomain, errors.New("Domain not found")), []string{"list --all"}},
+		{fmt.Errorf("x: %w", capture.ErrNoQEMUProcess), []string{"on the domain's host"}},
+		{fmt.Errorf("cmdline: %w: %w", qemu.ErrNoAccess, os.ErrPermission), []string{"as QEMU's user or as root"}},
+		{fmt.Errorf("open chunk store d: %w", chunk.ErrStoreBusy), []string{"another ntc process"}},
+		{fmt.Errorf("%w: %w", ntcsync.ErrDamagedStore, ntcsync.ErrOldSender), []string{"upgrade ntc on the sending node"}},
 		{errors.New("something else"), nil},
 	} {
 		got := hint(tc.err)

@@ -46,6 +46,10 @@ type peer struct {
 	ID   transport.ID
 }
 
+// peerAddr is a peer given by its address and ID (push --to --peer,
+// status --peer ID@HOST:PORT) rather than by a name in the configuration.
+func peerAddr(addr string, id transport.ID) peer { return peer{Name: addr, Addr: addr, ID: id} }
+
 // peerNamed returns the configuration's peer name (peers.NAME.addr/id).
 func (g *globals) peerNamed(name string) (peer, error) {
 	if capture.CheckName(name) != nil || !g.v.IsSet("peers."+name) {

@@ -313,7 +313,7 @@ func TestServeWithstandsHostilePeers(t *testing.T) {
 	if waited := time.Since(t0); waited < time.Second {
 		t.Errorf("the honest push took %s: did the stalled one hold the set at all?", waited)
 	}
-	srv.waitLog(t, mark, "push from "+evilID+" at 127.0.0.2:[0-9]+: .*stopped making progress", 10*time.Second)
+	srv.waitLog(t, mark, `msg="push failed" component=serve peer=`+evilID+` addr=127.0.0.2:[0-9]+ err=".*stopped making progress`, 10*time.Second)
 	// v1 was removed; its chunks go once no push is under way.
 	srv.waitLog(t, mark, "collected garbage", 20*time.Second)
 
@@ -350,13 +350,13 @@ func TestServeWithstandsHostilePeers(t *testing.T) {
 		t.Fatalf("64 MiB of one-byte entries: frame %d %x, %v; want error 11 (limit)", typ, p, err)
 	}
 	c.CloseWithError(0, "")
-	srv.waitLog(t, mark, "push from "+evilID+" at .*limit.*memory", 10*time.Second)
+	srv.waitLog(t, mark, `msg="push failed" component=serve peer=`+evilID+` addr=\S+ err=".*limit.*memory`, 10*time.Second)
 
 	// A frame announcing 16 MiB that never comes.
 	mark = srv.mark()
 	c, st, _, _ = p.push(t, ctx, "announce")
 	st.Write(uv([]byte{wOffer}, 16<<20-1))
-	srv.waitLog(t, mark, "push from "+evilID+" at .*stopped making progress", 10*time.Second)
+	srv.waitLog(t, mark, `msg="push failed" component=serve peer=`+evilID+` addr=\S+ err=".*stopped making progress`, 10*time.Second)
 	c.CloseWithError(0, "")
 
 	mark = srv.mark()
@@ -400,7 +400,7 @@ func TestServeWithstandsHostilePeers(t *testing.T) {
 		}
 		c.CloseWithError(0, "")
 	}
-	srv.waitLog(t, mark, "push from "+evilID+" at .*(damaged|sent twice)", 10*time.Second)
+	srv.waitLog(t, mark, `msg="push failed" component=serve peer=`+evilID+` addr=\S+ err=".*(damaged|sent twice)`, 10*time.Second)
 
 	// Many connections from the allowed attacker, held open.
 	mark = srv.mark()
@@ -414,7 +414,7 @@ func TestServeWithstandsHostilePeers(t *testing.T) {
 		}
 		held = append(held, c)
 	}
-	srv.waitLog(t, mark, "refused peer "+evilID+" at 127.0.0.2:[0-9]+: too many connections", 10*time.Second)
+	srv.waitLog(t, mark, `level=WARN msg="refused a peer" component=serve peer=`+evilID+` addr=127.0.0.2:[0-9]+ err=".*too many connections`, 10*time.Second)
 
 	mark = srv.mark()
 	// Handshake floods: the attacker from another address, and a peer
@@ -438,8 +438,8 @@ func TestServeWithstandsHostilePeers(t *testing.T) {
 	for _, c := range held {
 		c.CloseWithError(0, "")
 	}
-	srv.waitLog(t, mark, "refused a connection from 127.0.0.3:[0-9]+: too many connection attempts", 5*time.Second)
-	srv.waitLog(t, mark, "refused peer "+regexp.QuoteMeta(stranger.id)+" at 127.0.0.4:[0-9]+: peer not allowed", 5*time.Second)
+	srv.waitLog(t, mark, `level=WARN msg="refused a connection" component=serve addr=127.0.0.3:[0-9]+ err=".*too many connection attempts`, 5*time.Second)
+	srv.waitLog(t, mark, `msg="refused a peer" component=serve peer=`+regexp.QuoteMeta(stranger.id)+` addr=127.0.0.4:[0-9]+ err=".*peer not allowed`, 5*time.Second)
 
 	// After all that, a push still completes, and serve stayed under its
 	// ceiling.

@@ -160,8 +160,9 @@ func humanRate(bps float64) string {
 	}
 }
 
-// printStatus writes the status in words, as of now.
-func printStatus(g *globals, out statusJSON, store string, now time.Time) {
+// printStatus writes the status in words, as of now; with hints, what to
+// do about each peer that did not answer.
+func printStatus(g *globals, out statusJSON, store string, now time.Time, hints bool) {
 	if len(out.Replicating) == 0 && len(out.Received) == 0 && len(out.Peers) == 0 {
 		fmt.Fprintf(g.stdout, "nothing replicates from this node (no 'ntc replicate' has run as %s)\n", g.home())
 		if store == "" {
@@ -177,12 +178,12 @@ func printStatus(g *globals, out statusJSON, store string, now time.Time) {
 			r.Received.Local().Format(time.DateTime), time.Duration(r.AgeMS*float64(time.Millisecond)).Round(time.Second), r.Versions)
 	}
 	for _, p := range out.Peers {
-		fmt.Fprint(g.stdout, p.describe())
+		fmt.Fprint(g.stdout, p.describe(hints))
 	}
 }
 
-// describe is a peer's answer in words.
-func (p peerStatusJSON) describe() string {
+// describe is a peer's answer in words, with the hints of its error.
+func (p peerStatusJSON) describe(hints bool) string {
 	var b strings.Builder
 	where := p.Peer
 	if p.Addr != p.Peer {
@@ -190,6 +191,9 @@ func (p peerStatusJSON) describe() string {
 	}
 	if p.Error != "" {
 		fmt.Fprintf(&b, "at %s: no answer: %s\n", where, p.Error)
+		if h := hint(p.err); hints && h != "" {
+			b.WriteString("  " + strings.ReplaceAll(strings.TrimSuffix(h, "\n"), "\n", "\n  ") + "\n")
+		}
 		return b.String()
 	}
 	fmt.Fprintf(&b, "at %s (answered in %.0f ms): %s\n", where, p.LatencyMS, plural(len(p.Sets), "set"))

@@ -81,9 +81,20 @@ func TestStatusAtPeers(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(stranger.home, "ntc.yaml"), []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	st, _, err = status(stranger, "--peer", "home")
+	st, errs, err := status(stranger, "--peer", "home")
 	if err == nil || len(st.Peers) != 1 || st.Peers[0].Error == "" || len(st.Peers[0].Sets) != 0 {
 		t.Fatalf("status from a node serve does not allow: %v, %+v", err, st)
+	}
+	// What to do is said once: by the failed command's error (the
+	// transport's typed error and its hint), not in the peer's answer.
+	if !strings.Contains(errs, "\nhint: ") || strings.Contains(st.Peers[0].Error, "hint") {
+		t.Errorf("status --peer home from a stranger: error %q, stderr %q: want one hint, on stderr", st.Peers[0].Error, errs)
+	}
+	// Asking the configuration's peers does not fail: the report says what
+	// to check under the peer that did not answer.
+	out, err = stranger.cmd(t.Context(), "status").Output()
+	if err != nil || !strings.Contains(string(out), "no answer: ") || !strings.Contains(string(out), "\n  hint: ") {
+		t.Errorf("status from a stranger, in words: %v\n%s", err, out)
 	}
 	st, _, err = status(stranger, "--local")
 	if err != nil || len(st.Peers) != 0 {

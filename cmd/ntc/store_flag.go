@@ -10,11 +10,11 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
-	"golang.org/x/sys/unix"
 
 	"github.com/ntc-project/ntc/capture"
 	"github.com/ntc-project/ntc/chunk"
 	"github.com/ntc-project/ntc/chunk/s3store"
+	"github.com/ntc-project/ntc/internal/filelock"
 	"github.com/ntc-project/ntc/qemu"
 	"github.com/ntc-project/ntc/repo/s3repo"
 	"github.com/ntc-project/ntc/repo/s3versions"
@@ -88,17 +88,12 @@ func (g *globals) s3Cache(url string) (dir string, temp bool, release func(), er
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return "", false, nil, fmt.Errorf("cache of %s: %w", url, err)
 	}
-	lock, err := os.OpenFile(filepath.Join(dir, "lock"), os.O_CREATE|os.O_RDWR, 0o600)
-	if err != nil {
+	lock, err := filelock.TryLock(filepath.Join(dir, "lock"))
+	if err == nil {
+		return dir, false, func() { lock.Close() }, nil
+	} else if !errors.Is(err, filelock.ErrBusy) {
 		return "", false, nil, fmt.Errorf("cache of %s: %w", url, err)
 	}
-	if err := unix.Flock(int(lock.Fd()), unix.LOCK_EX|unix.LOCK_NB); err == nil {
-		return dir, false, func() { lock.Close() }, nil
-	} else if !errors.Is(err, unix.EWOULDBLOCK) {
-		lock.Close()
-		return "", false, nil, fmt.Errorf("lock the cache %s: %w", dir, err)
-	}
-	lock.Close()
 	tmp, err := os.MkdirTemp(base, "tmp-")
 	if err != nil {
 		return "", false, nil, fmt.Errorf("cache of %s: %w", url, err)

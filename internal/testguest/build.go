@@ -11,7 +11,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
+	"log/slog"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -46,9 +46,9 @@ type Options struct {
 	// KernelMetaPackage depends on at the time of the first build; that
 	// guest is then reused until the cache entry is removed.
 	KernelPackage string
-	// Log receives one line per build step; nil is silent. A cached guest
-	// logs nothing.
-	Log io.Writer
+	// Logger, if set, is told each build step (info); nil discards. A
+	// cached guest logs nothing.
+	Logger *slog.Logger
 }
 
 // Guest is a built guest: a kernel and an initramfs to pass to QEMU's -kernel
@@ -205,10 +205,12 @@ type builder struct {
 	out  string // tmp/out, renamed into the cache at the end
 }
 
-func (b *builder) logf(format string, args ...any) {
-	if b.opts.Log != nil {
-		fmt.Fprintf(b.opts.Log, format+"\n", args...)
+// log is the build's log: Options.Logger, or nowhere.
+func (b *builder) log() *slog.Logger {
+	if b.opts.Logger != nil {
+		return b.opts.Logger
 	}
+	return slog.New(slog.DiscardHandler)
 }
 
 // run runs a command in dir and returns its standard output.
@@ -252,7 +254,7 @@ func (b *builder) build(ctx context.Context) error {
 	if err := os.Mkdir(debs, 0o755); err != nil {
 		return err
 	}
-	b.logf("apt-get download %s %s", kpkg, BusyboxPackage)
+	b.log().Info("apt-get download", "kernel", kpkg, "busybox", BusyboxPackage)
 	if _, err := run(ctx, debs, aptHint, "apt-get", "download", "-q", kpkg, BusyboxPackage); err != nil {
 		return err
 	}
@@ -264,7 +266,7 @@ func (b *builder) build(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	b.logf("extracted %s %s and %s %s", kpkg, kver, BusyboxPackage, bver)
+	b.log().Info("extracted", "kernel", kpkg, "kernel_version", kver, "busybox", BusyboxPackage, "busybox_version", bver)
 
 	kroot := filepath.Join(b.tmp, "kernel")
 	vmlinuz, err := filepath.Glob(filepath.Join(kroot, "boot", "vmlinuz-*"))
@@ -313,7 +315,7 @@ func (b *builder) build(ctx context.Context) error {
 	if err := os.WriteFile(filepath.Join(b.out, guestMeta), append(meta, '\n'), 0o644); err != nil {
 		return fmt.Errorf("write %s: %w", guestMeta, err)
 	}
-	b.logf("built guest: kernel %s, modules %s", release, strings.Join(g.Modules, " "))
+	b.log().Info("built guest", "kernel", release, "modules", strings.Join(g.Modules, " "))
 	return nil
 }
 

@@ -159,7 +159,7 @@ func openRepo(t testing.TB) *repo.Repo {
 // upload uploads set's version seq of r to sets.
 func upload(t testing.TB, r *repo.Repo, sets *s3versions.Sets, set string, seq uint64, opt Options) (Stats, error) {
 	t.Helper()
-	st, err := chunk.OpenPackStoreReadOnly(r.Dir())
+	st, err := r.OpenStoreReadOnly()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -194,7 +194,7 @@ func checkHolds(t testing.TB, r *repo.Repo, v *repo.Version, ims []image, meta [
 	if h.Digest != v.Digest || h.Parent != v.Parent || h.Node != v.Node || !h.Created.Equal(v.Created) {
 		t.Fatalf("head %s (parent %s, node %q), want %s (parent %s, node %q)", h.Digest.Short(), h.Parent.Short(), h.Node, v.Digest.Short(), v.Parent.Short(), v.Node)
 	}
-	st, err := chunk.OpenPackStoreReadOnly(r.Dir())
+	st, err := r.OpenStoreReadOnly()
 	if err != nil {
 		t.Fatal(err)
 	}

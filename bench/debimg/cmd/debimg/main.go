@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"flag"
 	"fmt"
+	"log/slog"
 	"os"
 	"os/signal"
 	"strings"
@@ -27,7 +28,7 @@ func main() {
 	opts.Size = *sizeMiB << 20
 	opts.Packages = strings.Split(*pkgs, ",")
 	if !*quiet {
-		opts.Log = os.Stderr
+		opts.Logger = slog.New(slog.NewTextHandler(os.Stderr, nil)).With("component", "debimg")
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()

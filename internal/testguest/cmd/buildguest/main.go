@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"flag"
 	"fmt"
+	"log/slog"
 	"os"
 	"os/signal"
 	"syscall"
@@ -22,7 +23,7 @@ func main() {
 	flag.StringVar(&opts.KernelPackage, "kernel-package", "", "versioned kernel package (default: what "+testguest.KernelMetaPackage+" depends on)")
 	flag.Parse()
 	if !*quiet {
-		opts.Log = os.Stderr
+		opts.Logger = slog.New(slog.NewTextHandler(os.Stderr, nil))
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
