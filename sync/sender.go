@@ -98,8 +98,10 @@ type Result struct {
 	Rounds    int   `json:"rounds"`
 	// Patched counts chunks sent as patches against the receiver's copy.
 	Patched int `json:"chunks_patched"`
-	// Grouped counts chunks sent compressed together with others.
+	// Grouped counts chunks sent compressed together with others, in
+	// Groups frames.
 	Grouped int `json:"chunks_grouped,omitempty"`
+	Groups  int `json:"groups,omitempty"`
 	// Healed counts chunks the receiver asked for again because its
 	// stored copy was damaged (they are in ChunksSent too).
 	Healed int `json:"chunks_healed,omitempty"`

@@ -281,6 +281,9 @@ func (rp *roundPlan) stream(ctx context.Context, conn *transport.Conn) error {
 			return err
 		}
 	}
+	if err := ds.flushGroup(); err != nil {
+		return err
+	}
 	if err := ds.fw.flush(); err != nil {
 		return err
 	}
@@ -342,13 +345,24 @@ func (rp *roundPlan) batch(ds *dataSender, k, n int, rbuf *[]byte) error {
 			return err
 		}
 	}
-	return ds.endBatch()
+	return ds.endBatch(rp.holdGroup())
+}
+
+// holdGroup reports whether a stream's group may wait for the stream's
+// next batch to fill it: while the batches are not tapering toward the
+// round's end. Groups as large as the batches (down to minBatch chunks
+// when connections may join) compress worse than full ones: bench's
+// Debian chunks in 64 KiB groups at the best level come to 1.007 of the
+// dedup oracle, in 1 MiB groups to 0.966.
+func (rp *roundPlan) holdGroup() bool {
+	left := len(rp.todo) - int(rp.next.Load())
+	return left > 0 && left >= 2*max(rp.taper, 1)*rp.batchLen
 }
 
 // roundStats counts what a round's data streams sent.
 type roundStats struct {
-	chunks, bytes, data, patched, grouped atomic.Int64
-	levelBytes                            [len(levels)]atomic.Int64
+	chunks, bytes, data, patched, grouped, groups atomic.Int64
+	levelBytes                                    [len(levels)]atomic.Int64
 }
 
 // addTo adds what was sent to res.
@@ -358,6 +372,7 @@ func (st *roundStats) addTo(res *Result) {
 	res.DataBytes += st.data.Load()
 	res.Patched += int(st.patched.Load())
 	res.Grouped += int(st.grouped.Load())
+	res.Groups += int(st.groups.Load())
 	for l := range st.levelBytes {
 		if n := st.levelBytes[l].Load(); n > 0 {
 			if res.Compressed == nil {
@@ -458,6 +473,7 @@ func (d *dataSender) flushGroup() error {
 			}
 			d.account(t0, t1, len(group), len(gbuf), len(m.data))
 			d.stats.grouped.Add(int64(len(group)))
+			d.stats.groups.Add(1)
 			return nil
 		}
 	}
@@ -519,11 +535,13 @@ func (d *dataSender) account(t0, t1 time.Time, chunks, raw, data int) {
 	}
 }
 
-// endBatch sends what is grouped and lets the level controller see the
-// batch.
-func (d *dataSender) endBatch() error {
-	if err := d.flushGroup(); err != nil {
-		return err
+// endBatch sends what is grouped, unless hold lets the group wait for
+// the next batch, and lets the level controller see the batch.
+func (d *dataSender) endBatch(hold bool) error {
+	if !hold {
+		if err := d.flushGroup(); err != nil {
+			return err
+		}
 	}
 	comp, wait, out := d.compTime, d.waitTime, d.outBytes
 	d.compTime, d.waitTime, d.outBytes = 0, 0, 0
