@@ -3,9 +3,11 @@ package sync
 import (
 	"context"
 	"fmt"
+	"slices"
+	"sync"
 	"time"
 
-	"golang.org/x/sync/errgroup"
+	"github.com/quic-go/quic-go"
 
 	"github.com/ntc-project/ntc/transport"
 )
@@ -69,61 +71,164 @@ func newBytes(news []newChunk) int64 {
 	return n
 }
 
-// dialing is the opening of a push's extra data connections.
+// growFrom is how many bytes a round must still have to send for extra
+// data connections, dialled during the round, to be worth their
+// handshakes.
+const growFrom = 256 << 10
+
+// mayGrow reports whether a round over conn may dial extra data
+// connections once the control connection shows random loss: the path
+// is long enough for several connections, and none was dialled yet.
+func (s *Sender) mayGrow(conn *transport.Conn, d *dialing) bool {
+	if s.Conns <= 1 || s.Dial == nil || d == nil || d.wasStarted() {
+		return false
+	}
+	return s.connsAnyRTT || conn.QUIC().ConnectionStats().MinRTT >= extraConnsRTT && s.dataConns(conn) > 1
+}
+
+// randomLoss reports whether st, the control connection's statistics,
+// show a few packets newly lost (more than lost0, those lost at the last
+// look, and at most randomLossMax more) while the path's queue is short:
+// the latest round trip is within a quarter of the shortest. Such a loss
+// is the link's, not a full queue's: it cuts the window of a connection
+// that had not filled the link, and more connections carry more. A loss
+// with a long queue, or a burst of them, is congestion (on bench's dsl a
+// fresh connection's slow start loses tens of packets to the queue at
+// once), and fresh connections' initial windows would only overflow the
+// queue again.
+func randomLoss(st quic.ConnectionStats, lost0 uint64) bool {
+	n := st.PacketsLost - lost0
+	return st.PacketsLost > lost0 && n <= randomLossMax && st.LatestRTT > 0 && st.LatestRTT <= st.MinRTT+st.MinRTT/4
+}
+
+// randomLossMax is the most packets lost between two looks that can be
+// the link's random loss.
+const randomLossMax = 3
+
+// dialing is the opening of a push's extra data connections: they join
+// the rounds as they open, and data starts on the control connection
+// without waiting for them.
 type dialing struct {
-	done  chan struct{}
-	conns []*transport.Conn
-	err   error
+	dial func(ctx context.Context) (*transport.Conn, error)
+	log  func(err error)
+
+	mu      sync.Mutex
+	started bool
+	opening int               // dials under way
+	open    []*transport.Conn // opened
+	claimed int               // how many of open this round's streams took
+	changed chan struct{}     // closed (and replaced) when open or opening changes
+	wg      sync.WaitGroup
+}
+
+// newDialing returns the extra data connections of a push, none opened
+// yet; nil when s dials none.
+func (s *Sender) newDialing() *dialing {
+	if s.Conns <= 1 || s.Dial == nil {
+		return nil
+	}
+	return &dialing{dial: s.Dial, changed: make(chan struct{}), log: func(err error) {
+		s.log().Warn("extra data connection", "err", err)
+	}}
 }
 
 // startDial starts opening the extra data connections of a push over
-// conn (dataConns-1 of them). It returns nil when there are none to open.
-func (s *Sender) startDial(ctx context.Context, conn *transport.Conn) *dialing {
-	n := s.dataConns(conn) - 1
-	if n <= 0 || s.Dial == nil {
+// conn (dataConns-1 of them), once per push.
+func (s *Sender) startDial(ctx context.Context, conn *transport.Conn, d *dialing) {
+	d.start(ctx, s.dataConns(conn)-1)
+}
+
+// start starts n dials, unless d was started already. A dial that fails
+// only leaves the push with fewer connections.
+func (d *dialing) start(ctx context.Context, n int) {
+	if d == nil || n <= 0 {
+		return
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.started {
+		return
+	}
+	d.started = true
+	d.opening = n
+	d.wg.Add(n)
+	for range n {
+		go func() {
+			defer d.wg.Done()
+			c, err := d.dial(ctx)
+			if err != nil && ctx.Err() == nil {
+				d.log(fmt.Errorf("open data connection: %w", err))
+			}
+			d.mu.Lock()
+			defer d.mu.Unlock()
+			d.opening--
+			if err == nil {
+				d.open = append(d.open, c)
+			}
+			close(d.changed)
+			d.changed = make(chan struct{})
+		}()
+	}
+}
+
+func (d *dialing) wasStarted() bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.started
+}
+
+// conns returns the connections opened so far (none for a nil d).
+func (d *dialing) conns() []*transport.Conn {
+	if d == nil {
 		return nil
 	}
-	d := &dialing{done: make(chan struct{})}
-	go func() {
-		defer close(d.done)
-		out := make([]*transport.Conn, n)
-		g, gctx := errgroup.WithContext(ctx)
-		for i := range n {
-			g.Go(func() error {
-				c, err := s.Dial(gctx)
-				if err != nil {
-					return fmt.Errorf("open data connection: %w", err)
-				}
-				out[i] = c
-				return nil
-			})
-		}
-		d.err = g.Wait()
-		for _, c := range out {
-			if c != nil {
-				d.conns = append(d.conns, c)
-			}
-		}
-	}()
-	return d
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return slices.Clone(d.open)
 }
 
-// wait returns the opened connections (none for a nil d).
-func (d *dialing) wait() ([]*transport.Conn, error) {
+// newRound lets a round's streams claim the connections again, and
+// returns how many there are or will be (opened or opening).
+func (d *dialing) newRound() int {
 	if d == nil {
-		return nil, nil
+		return 0
 	}
-	<-d.done
-	return d.conns, d.err
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.claimed = 0
+	return len(d.open) + d.opening
 }
 
-// close closes the connections, once they are open.
+// claim returns an opened connection no stream of this round took yet;
+// else nil and a channel closed when that may change, and whether any
+// dial is under way (or may start, when grow).
+func (d *dialing) claim(grow bool) (*transport.Conn, <-chan struct{}, bool) {
+	if d == nil {
+		return nil, nil, false
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.claimed < len(d.open) {
+		d.claimed++
+		return d.open[d.claimed-1], nil, false
+	}
+	return nil, d.changed, d.opening > 0 || grow && !d.started
+}
+
+// wait returns once the dials under way end.
+func (d *dialing) wait() {
+	if d != nil {
+		d.wg.Wait()
+	}
+}
+
+// close closes the connections, once their dials end.
 func (d *dialing) close() {
 	if d == nil {
 		return
 	}
-	<-d.done
-	for _, c := range d.conns {
+	d.wg.Wait()
+	for _, c := range d.open {
 		c.Close()
 	}
 }

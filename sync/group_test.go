@@ -161,7 +161,7 @@ func TestGroupedPush(t *testing.T) {
 	level := 0
 	for i, groups := range []bool{false, true} {
 		p := newPeers(t)
-		res, err := p.push(t, t.Context(), &Sender{StateDir: t.TempDir(), level: &level, groups: &groups}, imageVersion(t, "vm", images))
+		res, err := p.push(t, t.Context(), &Sender{StateDir: t.TempDir(), Streams: 1, level: &level, groups: &groups}, imageVersion(t, "vm", images))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -170,6 +170,11 @@ func TestGroupedPush(t *testing.T) {
 			t.Fatalf("groups %v: %d of %d chunks grouped", groups, res.Grouped, res.ChunksSent)
 		}
 		data[i] = res.DataBytes
+		// One stream's groups wait for its next batch until the
+		// round's end nears: they hold more chunks than a batch.
+		if groups && res.Grouped < sendBatch*res.Groups {
+			t.Errorf("%d chunks in %d groups: no larger than a batch (%d)", res.Grouped, res.Groups, sendBatch)
+		}
 	}
 	t.Logf("data bytes at %s, alone: %d, grouped: %d", levels[level], data[0], data[1])
 	if data[1] >= data[0] {

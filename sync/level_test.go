@@ -15,21 +15,29 @@ func TestLevelCtl(t *testing.T) {
 		// each batch's compression and waiting time
 		comp, wait time.Duration
 		batches    int
-		want       int
+		// the bytes each batch wrote, and the fewest a decision needs
+		out, minOut int
+		want        int
+		fixed       bool
 	}{
-		{"the link waits for the CPU: stays fastest", 0, 3, 10 * ms, 0, 20, 0},
-		{"the CPU waits for the link: climbs to best", 0, 3, 10 * ms, 200 * ms, 20, len(levels) - 1},
-		{"waiting covers better's cost, not best's", 0, 3, 10 * ms, 10 * ms, 20, 2},
-		{"best is too slow for the link: steps down", len(levels) - 1, 3, 50 * ms, 1 * ms, 2, len(levels) - 2},
-		{"a single batch decides nothing", 0, 3, 10 * ms, 200 * ms, 1, 0},
-		{"no higher than top", 0, 1, 10 * ms, 200 * ms, 20, 1},
+		{"the link waits for the CPU: stays fastest", 0, 3, 10 * ms, 0, 20, 100, 0, 0, false},
+		{"the CPU waits for the link: climbs to best", 0, 3, 10 * ms, 200 * ms, 20, 100, 0, len(levels) - 1, false},
+		{"waiting covers better's cost, not best's", 0, 3, 10 * ms, 10 * ms, 20, 100, 0, 2, false},
+		{"best is too slow for the link: steps down", len(levels) - 1, 3, 50 * ms, 1 * ms, 2, 100, 0, len(levels) - 2, false},
+		{"a single batch decides nothing", 0, 3, 10 * ms, 200 * ms, 1, 100, 0, 0, false},
+		{"no higher than top", 0, 1, 10 * ms, 200 * ms, 20, 100, 0, 1, false},
+		{"a level chosen once stays", 2, 2, 50 * ms, 0, 20, 100, 0, 2, true},
+		// Batches that fit in the write buffer wait for nothing, whatever
+		// the link: they decide nothing until minOut bytes are written.
+		{"batches in the buffer decide nothing", len(levels) - 1, 3, 50 * ms, 0, 9, 100, 1000, len(levels) - 1, false},
+		{"with minOut bytes written it decides", len(levels) - 1, 3, 50 * ms, 0, 10, 100, 1000, len(levels) - 2, false},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			c := levelCtl{level: tt.start, top: tt.top}
+			c := levelCtl{level: tt.start, top: tt.top, fixed: tt.fixed, minOut: tt.minOut}
 			got := c.level
 			for range tt.batches {
-				got = c.observe(tt.comp, tt.wait)
+				got = c.observe(tt.comp, tt.wait, tt.out)
 			}
 			if got != tt.want {
 				t.Errorf("level %s after %d batches, want %s", levels[got], tt.batches, levels[tt.want])
@@ -46,9 +54,9 @@ func TestLevelRange(t *testing.T) {
 		first, top int
 	}{
 		{100 * time.Microsecond, 0, 0, 1},
-		{40 * time.Millisecond, 0, 2, best},
+		{40 * time.Millisecond, 0, best, best},
 		{100 * time.Microsecond, 2 << 20, best, best},
-		{40 * time.Millisecond, 100 << 20, 2, best},
+		{40 * time.Millisecond, 100 << 20, best, best},
 	}
 	for _, tt := range tests {
 		if first, top := levelRange(tt.rtt, tt.cap); first != tt.first || top != tt.top {

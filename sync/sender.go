@@ -26,16 +26,20 @@ type Sender struct {
 	// Force asks the receiver to make the version current even when its
 	// current version is not an ancestor (the copies diverged).
 	Force bool
-	// Streams is the number of parallel data streams (default 4).
+	// Streams is the number of parallel data streams (default 4); over
+	// several connections they are shared out, at least one on each.
 	Streams int
 	// BytesPerSec caps the chunk data rate; 0 means no cap.
 	BytesPerSec int64
 	// Conns is the most connections that carry data (default 1, the
 	// control connection): a push uses one per 10 ms of round trip, up to
-	// Conns (dial.go). Each QUIC connection has its own congestion
-	// window, and quic-go's NewReno backs off at every random loss: on a
-	// lossy long link several connections together fill it where one
-	// cannot. Dial makes the extra ones.
+	// Conns (dial.go), dialled with the offer when much will travel, or
+	// during a round when the control connection shows random loss; data
+	// starts on the control connection without waiting for them. Each
+	// QUIC connection has its own congestion window, and quic-go's NewReno
+	// backs off at every random loss: on a lossy long link several
+	// connections together fill it where one cannot. Dial makes the extra
+	// ones; one that fails to open leaves the push with fewer.
 	Conns int
 	Dial  func(ctx context.Context) (*transport.Conn, error)
 	// Progress, if set, is called with the chunk bytes (uncompressed) as
@@ -94,8 +98,10 @@ type Result struct {
 	Rounds    int   `json:"rounds"`
 	// Patched counts chunks sent as patches against the receiver's copy.
 	Patched int `json:"chunks_patched"`
-	// Grouped counts chunks sent compressed together with others.
+	// Grouped counts chunks sent compressed together with others, in
+	// Groups frames.
 	Grouped int `json:"chunks_grouped,omitempty"`
+	Groups  int `json:"groups,omitempty"`
 	// Healed counts chunks the receiver asked for again because its
 	// stored copy was damaged (they are in ChunksSent too).
 	Healed int `json:"chunks_healed,omitempty"`
@@ -105,7 +111,8 @@ type Result struct {
 	// IndexFetched is set when the sender had to fetch the base indexes.
 	IndexFetched bool  `json:"index_fetched"`
 	DurationMS   int64 `json:"duration_ms"`
-	// Connections is how many connections carried the push; BytesUp and
+	// Connections is how many connections the push opened (the control
+	// connection and the extra data connections that opened); BytesUp and
 	// BytesDown what crossed the wire on all of them (QUIC packets,
 	// retransmissions included), BytesLost what QUIC declared lost.
 	Connections int    `json:"connections"`
@@ -154,7 +161,8 @@ func (s *Sender) Push(ctx context.Context, conn *transport.Conn, v *Version) (*R
 	}
 	defer done()
 	p.ctrl, p.w, p.rd = ctrl, newFrameWriter(ctrl), newFrameReader(ctrl)
-	defer func() { p.extra.close() }()
+	p.extra = s.newDialing()
+	defer p.extra.close()
 	if err := p.open(ctx); err != nil {
 		return nil, err
 	}
@@ -189,7 +197,6 @@ type pushing struct {
 
 	news      []newChunk
 	patchable [][]chunk.Range // by image: the changed ranges, when patches apply
-	conns     []*transport.Conn
 	lim       *limiter
 	// entryOf finds the version's chunks by ID, listed says which are
 	// among news: both made when the receiver first asks to heal.
@@ -251,7 +258,7 @@ func (p *pushing) open(ctx context.Context) error {
 	// Data connections' handshakes overlap the offer's round trip when
 	// enough chunks will probably travel.
 	if s.wantsExtra(p.conn, newBytes(listNew(p.pre.ops, p.pre.results))) {
-		p.extra = s.startDial(ctx, p.conn)
+		s.startDial(ctx, p.conn, p.extra)
 	}
 	return nil
 }
@@ -342,29 +349,28 @@ func (p *pushing) patchRanges() [][]chunk.Range {
 	return patchable
 }
 
-// connect adds data connections when enough chunks will travel, and the
-// rate limiter over all of them.
+// connect starts dialling data connections when enough chunks will
+// travel (the rounds do not wait for them: they join as they open), and
+// makes the rate limiter over all of them.
 func (p *pushing) connect(ctx context.Context) error {
 	s := p.s
-	p.conns = []*transport.Conn{p.conn}
 	if s.wantsExtra(p.conn, newBytes(p.news)) {
-		if p.extra == nil {
-			p.extra = s.startDial(ctx, p.conn)
-		}
-		more, err := p.extra.wait()
-		if err != nil {
-			return err
-		}
-		p.conns = append(p.conns, more...)
+		s.startDial(ctx, p.conn, p.extra)
 	}
 	p.lim = newLimiter(s.BytesPerSec, func() uint64 {
 		var n uint64
-		for _, c := range p.conns {
+		for _, c := range p.conns() {
 			n += c.QUIC().ConnectionStats().BytesSent
 		}
 		return n
 	})
 	return nil
+}
+
+// conns returns the push's connections opened so far: the control
+// connection first.
+func (p *pushing) conns() []*transport.Conn {
+	return append([]*transport.Conn{p.conn}, p.extra.conns()...)
 }
 
 // reply serves the receiver's wants until it commits the version.
@@ -406,15 +412,17 @@ func (p *pushing) committed(b []byte) (*Result, error) {
 		return nil, fmt.Errorf("pushed, but could not record it locally: %w", err)
 	}
 	res.DurationMS = time.Since(p.start).Milliseconds()
-	res.Connections = len(p.conns)
-	for _, c := range p.conns {
+	p.extra.wait() // a dial still under way is counted once it ends
+	conns := p.conns()
+	res.Connections = len(conns)
+	for _, c := range conns {
 		st := c.QUIC().ConnectionStats()
 		res.BytesUp += st.BytesSent
 		res.BytesDown += st.BytesReceived
 		res.BytesLost += st.BytesLost
 	}
 	if c.diverged {
-		return res, fmt.Errorf("%s: the receiver kept version %d (%s) but did not make it current: its current version %s is not an ancestor (both copies ran since their common base): %w; to make this one current, push again with --force",
+		return res, fmt.Errorf("%s: the receiver kept version %d (%s) but did not make it current: its current version %s is not an ancestor (both copies ran since their common base): %w",
 			v.Set, c.version, p.lv.Digest.Short(), c.head.Short(), repo.ErrDiverged)
 	}
 	return res, nil
@@ -433,7 +441,7 @@ func (p *pushing) sendWanted(ctx context.Context, b []byte) error {
 	if wt.round > 1 {
 		p.patchable = make([][]chunk.Range, len(p.v.Images)) // whole chunks when asked again
 	}
-	err = p.s.sendRound(ctx, p.conns, p.b.session, p.w, p.v, p.news, wt, p.lim, p.patchable, p.res)
+	err = p.s.sendRound(ctx, p.conn, p.extra, p.b.session, p.w, p.v, p.news, wt, p.lim, p.patchable, p.res)
 	if err == nil {
 		return nil
 	}
